@@ -1,0 +1,47 @@
+"""libc loaded once, with errno captured, and a raw ``syscall()`` wrapper."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["libc", "syscall", "check", "PAGE_SIZE"]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+libc.syscall.restype = ctypes.c_long
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+libc.ioctl.restype = ctypes.c_int
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+libc.ptrace.restype = ctypes.c_long
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mmap.restype = ctypes.c_void_p
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.munmap.restype = ctypes.c_int
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.madvise.restype = ctypes.c_int
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.mprotect.restype = ctypes.c_int
+
+PAGE_SIZE: int = os.sysconf("SC_PAGE_SIZE")
+
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def check(ret: int, what: str) -> int:
+    """Return ``ret``; raise ``OSError`` with the saved errno if it is -1.
+
+    Callers translate the ``OSError`` into a :class:`dumper.DumperError` at
+    their own boundary, where they know which process or feature it concerns.
+    """
+    if ret == -1 or (ret is not None and ret == MAP_FAILED and what.startswith("mmap")):
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def syscall(nr: int, *args: int) -> int:
+    """Raw ``syscall(nr, args...)``; returns the result or raises ``OSError``."""
+    cargs = [ctypes.c_long(a) for a in args]
+    return check(libc.syscall(ctypes.c_long(nr), *cargs), f"syscall({nr})")

@@ -1,0 +1,143 @@
+"""/proc/PID/maps and /proc/PID/smaps parsing (fs/proc/task_mmu.c
+``show_map_vma``; VmFlags mnemonics from ``show_smap_vma_flags``, 3.8+)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from ..kernel.mman import PROT_EXEC, PROT_READ, PROT_WRITE
+
+__all__ = ["Vma", "parse_maps", "TASK_SIZE_MAX"]
+
+# Highest user address + 1 on x86_64 with 5-level paging (arch/x86/include/asm/
+# page_64_types.h); [vsyscall] sits above every TASK_SIZE and is not in the mm.
+TASK_SIZE_MAX = (1 << 56) - 4096
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+@dataclass(slots=True)
+class Vma:
+    """One line of /proc/PID/maps, plus smaps fields when read from smaps.
+
+    ``start``/``end`` are byte addresses, end-exclusive. ``pgoff`` is the file
+    offset in bytes (as maps prints it). ``path`` is the decoded name column:
+    a file path, ``[heap]``/``[stack]``/``[vdso]``/``[vvar]``/``[vsyscall]``,
+    ``[anon:NAME]``, or ``""`` for plain anonymous memory. ``vmflags`` holds
+    the two-letter smaps ``VmFlags`` mnemonics (empty when read from maps).
+    ``rss``/``swap``/``anonymous`` are smaps counters in bytes.
+    """
+
+    start: int
+    end: int
+    perms: str
+    pgoff: int
+    dev_major: int
+    dev_minor: int
+    inode: int
+    path: str
+    vmflags: frozenset[str] = field(default_factory=frozenset)
+    rss: int = 0
+    swap: int = 0
+    anonymous: int = 0
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def nr_pages(self) -> int:
+        return self.size // os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def prot(self) -> int:
+        p = self.perms
+        return (
+            (PROT_READ if p[0] == "r" else 0)
+            | (PROT_WRITE if p[1] == "w" else 0)
+            | (PROT_EXEC if p[2] == "x" else 0)
+        )
+
+    @property
+    def shared(self) -> bool:
+        """VM_MAYSHARE: MAP_SHARED file, shared anonymous, memfd, SysV shm."""
+        return self.perms[3] == "s"
+
+    @property
+    def file_backed(self) -> bool:
+        """True when a file (or shmem object) backs the mapping."""
+        return self.inode != 0 or self.path.startswith("/")
+
+    @property
+    def anonymous_private(self) -> bool:
+        return not self.shared and not self.file_backed
+
+    @property
+    def special(self) -> str | None:
+        """``[vdso]``, ``[vvar]``, ``[heap]``, ... or None."""
+        if self.path.startswith("[") and not self.path.startswith("[anon:"):
+            return self.path
+        return None
+
+    @property
+    def pfnmap(self) -> bool:
+        return "pf" in self.vmflags
+
+    @property
+    def io(self) -> bool:
+        return "io" in self.vmflags
+
+    @property
+    def user(self) -> bool:
+        """False for the [vsyscall] gate area, which no page walk visits."""
+        return self.end <= TASK_SIZE_MAX
+
+    def __repr__(self) -> str:
+        return f"Vma({self.start:#x}-{self.end:#x} {self.perms} {self.path!r})"
+
+
+def _parse_header(line: bytes) -> Vma:
+    # "7f3c1c000000-7f3c1c021000 rw-p 00000000 00:00 0          [heap]"
+    parts = line.split(None, 5)
+    lo, _, hi = parts[0].partition(b"-")
+    major, _, minor = parts[3].partition(b":")
+    path = parts[5].rstrip(b"\n") if len(parts) > 5 else b""
+    return Vma(
+        start=int(lo, 16),
+        end=int(hi, 16),
+        perms=parts[1].decode(),
+        pgoff=int(parts[2], 16),
+        dev_major=int(major, 16),
+        dev_minor=int(minor, 16),
+        inode=int(parts[4]),
+        path=os.fsdecode(path),
+    )
+
+
+_KB_FIELDS = {b"Rss": "rss", b"Swap": "swap", b"Anonymous": "anonymous"}
+
+
+def parse_maps(data: bytes) -> list[Vma]:
+    """Parse the bytes of /proc/PID/maps or /proc/PID/smaps into VMAs.
+
+    smaps field lines start with an upper-case key; a VMA header starts with
+    a lower-case hex digit, which is how the two are told apart.
+    """
+    vmas: list[Vma] = []
+    cur: Vma | None = None
+    for line in data.splitlines():
+        if not line:
+            continue
+        if line[0] in _HEX:
+            cur = _parse_header(line)
+            vmas.append(cur)
+            continue
+        if cur is None:
+            continue
+        key, _, value = line.partition(b":")
+        if key == b"VmFlags":
+            cur.vmflags = frozenset(value.decode().split())
+        elif key in _KB_FIELDS:
+            setattr(cur, _KB_FIELDS[key], int(value.split()[0]) * 1024)
+    return vmas

@@ -1,0 +1,168 @@
+"""A target process seen through /proc/PID, with errors translated once."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+from ..errors import AccessDenied, NoMemoryMap, NoSuchProcess, ProcessError, ZombieProcess
+from .maps import Vma, parse_maps
+
+__all__ = ["Process", "ProcStat", "PF_KTHREAD"]
+
+PF_KTHREAD = 0x00200000  # include/linux/sched.h
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """Fields of /proc/PID/stat that dumper uses (see proc(5) for indices)."""
+
+    pid: int
+    comm: str
+    state: str  # R S D T t Z X I ...
+    ppid: int
+    flags: int
+    starttime: int  # clock ticks after boot
+    num_threads: int
+
+
+def _parse_stat(pid: int, data: bytes) -> ProcStat:
+    # comm may hold spaces and parentheses: it ends at the *last* ')'.
+    lpar = data.index(b"(")
+    rpar = data.rindex(b")")
+    rest = data[rpar + 2 :].split()
+    return ProcStat(
+        pid=pid,
+        comm=os.fsdecode(data[lpar + 1 : rpar]),
+        state=rest[0].decode(),
+        ppid=int(rest[1]),
+        flags=int(rest[6]),
+        num_threads=int(rest[17]),
+        starttime=int(rest[19]),
+    )
+
+
+class Process:
+    """Read-only view of a process. Methods raise :class:`ProcessError` kinds.
+
+    ``Process(pid)`` checks that the pid exists. It does not freeze anything.
+    """
+
+    PROCFS = "/proc"
+
+    def __init__(self, pid: int) -> None:
+        if not isinstance(pid, int) or pid <= 0:
+            raise NoSuchProcess(pid if isinstance(pid, int) else -1, f"invalid pid {pid!r}")
+        self.pid = pid
+        self.path = f"{self.PROCFS}/{pid}"
+        self._stat0 = self.stat()  # identity for pid-reuse checks
+
+    # -- error translation ---------------------------------------------------
+
+    def _gone_or_zombie(self) -> ProcessError | None:
+        """The error that explains a vanished /proc file, or None if alive."""
+        try:
+            with open(f"{self.path}/stat", "rb") as f:
+                st = _parse_stat(self.pid, f.read())
+        except OSError:
+            return NoSuchProcess(self.pid)
+        if st.state in ("Z", "X"):
+            return ZombieProcess(self.pid)
+        return None
+
+    @contextlib.contextmanager
+    def translate(self, what: str = "") -> Iterator[None]:
+        """Turn an OSError raised inside into the matching ProcessError."""
+        try:
+            yield
+        except (PermissionError,) as err:
+            raise AccessDenied(self.pid, f"access denied{': ' + what if what else ''}") from err
+        except (FileNotFoundError, ProcessLookupError) as err:
+            # A missing per-process file is not a dead process (psutil #2418).
+            raise (self._gone_or_zombie() or err) from err
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise (self._gone_or_zombie() or NoSuchProcess(self.pid)) from err
+            if err.errno in (errno.EPERM, errno.EACCES):
+                raise AccessDenied(self.pid) from err
+            raise
+
+    # -- /proc files ---------------------------------------------------------
+
+    def read_file(self, name: str) -> bytes:
+        with self.translate(name), open(f"{self.path}/{name}", "rb", buffering=0) as f:
+            chunks = []
+            while chunk := f.read(1 << 16):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    def open(self, name: str, flags: int = os.O_RDONLY) -> int:
+        """Open /proc/PID/NAME; returns a raw fd (O_CLOEXEC added)."""
+        with self.translate(name):
+            return os.open(f"{self.path}/{name}", flags | os.O_CLOEXEC)
+
+    def stat(self) -> ProcStat:
+        return _parse_stat(self.pid, self.read_file("stat"))
+
+    def status(self) -> dict[str, str]:
+        out = {}
+        for line in self.read_file("status").splitlines():
+            key, _, value = line.partition(b":")
+            out[key.decode()] = value.strip().decode(errors="replace")
+        return out
+
+    @property
+    def name(self) -> str:
+        return self._stat0.comm
+
+    def same_process(self) -> bool:
+        """False if the pid now names another process (pid reuse)."""
+        try:
+            return self.stat().starttime == self._stat0.starttime
+        except NoSuchProcess:
+            return False
+
+    def threads(self) -> list[int]:
+        with self.translate("task"):
+            return sorted(int(t) for t in os.listdir(f"{self.path}/task"))
+
+    def check_has_mm(self) -> ProcStat:
+        """Raise ZombieProcess / NoMemoryMap if there is no memory to look at.
+
+        Must pass before any pagemap ioctl: the kernel gives a NULL mm for
+        zombies and kernel threads.
+        """
+        st = self.stat()
+        if st.state in ("Z", "X"):
+            raise ZombieProcess(self.pid)
+        if st.flags & PF_KTHREAD:
+            raise NoMemoryMap(self.pid)
+        return st
+
+    def vmas(self, smaps: bool = True) -> list[Vma]:
+        """The process's VMAs in address order (from smaps unless ``smaps=False``).
+
+        Raises ZombieProcess / NoMemoryMap instead of returning an empty list.
+        """
+        self.check_has_mm()
+        vmas = parse_maps(self.read_file("smaps" if smaps else "maps"))
+        if not vmas:
+            self.check_has_mm()  # it may have exited meanwhile
+            raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
+        return vmas
+
+    def exe(self) -> str:
+        with self.translate("exe"):
+            try:
+                return os.readlink(f"{self.path}/exe")
+            except FileNotFoundError:
+                return ""
+
+    def cmdline(self) -> list[str]:
+        return [os.fsdecode(a) for a in self.read_file("cmdline").split(b"\0") if a]
+
+    def __repr__(self) -> str:
+        return f"Process(pid={self.pid}, name={self.name!r})"
