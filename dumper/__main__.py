@@ -1,0 +1,7 @@
+"""``python -m dumper`` == the ``dumper`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

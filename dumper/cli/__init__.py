@@ -1,0 +1,90 @@
+"""The ``dumper`` command line: one module per subcommand.
+
+Each subcommand module defines ``configure(parser)`` (its arguments),
+``run(args) -> int`` and ``main(argv) -> int`` (run it alone). Expected
+failures (:class:`dumper.DumperError`) print one line and exit non-zero;
+``--traceback`` (or ``DUMPER_TRACEBACK=1``) shows the stack as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from ..errors import DumperError
+
+__all__ = ["main", "COMMANDS", "build_parser", "run_command"]
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("check", "report what the running kernel supports"),
+    "scan": ("scan", "list page regions of a process with the mask scanner"),
+}
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _module(name: str):
+    return importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--traceback", action="store_true", help="show a traceback on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(prog="dumper", description="CRIU-style process memory checkpoints.")
+    parser.add_argument("--version", action="version", version=f"dumper {__version__}")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        _add_common(p)
+        _module(name).configure(p)
+    return parser
+
+
+def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand, turning expected failures into one line on stderr."""
+    show_tb = getattr(args, "traceback", False) or os.environ.get("DUMPER_TRACEBACK") == "1"
+    try:
+        return func(args)
+    except DumperError as err:
+        if show_tb:
+            traceback.print_exc()
+        print(f"dumper: error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        if show_tb:
+            traceback.print_exc()
+        print("dumper: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `dumper ... | head`: stop quietly, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+
+
+def subcommand_main(name: str, argv: Sequence[str] | None) -> int:
+    """``main(argv)`` of one subcommand module."""
+    mod = _module(name)
+    parser = argparse.ArgumentParser(prog=f"dumper {name}", description=COMMANDS[name][1])
+    _add_common(parser)
+    mod.configure(parser)
+    args = parser.parse_args(argv)
+    return run_command(mod.run, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_command(_module(args.command).run, args)

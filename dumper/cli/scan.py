@@ -1,0 +1,59 @@
+"""``dumper scan PID``: page regions selected by the four masks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Sequence
+
+from ..kernel.libc import PAGE_SIZE
+from ..proc.process import Process
+from ..scan import BACKENDS, Category, ScanMasks, default_range, open_backend, parse_categories, scan_range
+from .options import address, human_bytes, non_negative, pid
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=pid, help="target process id")
+    parser.add_argument("--start", type=address, help="first address (page aligned; default: first VMA)")
+    parser.add_argument("--end", type=address, help="end address, exclusive (default: end of the last VMA)")
+    for name, what in (
+        ("required", "categories that must all be set"),
+        ("anyof", "categories of which at least one must be set"),
+        ("excluded", "categories that must all be clear"),
+        ("return", "categories to report (default: all the backend computes)"),
+    ):
+        parser.add_argument(f"--{name}", metavar="NAMES", help=f"{what}, comma-separated")
+    parser.add_argument("--max-pages", type=non_negative, default=0, help="stop after N pages (0: no limit)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = {k: parse_categories(getattr(args, k)) for k in ("required", "anyof", "excluded")}
+    proc = Process(args.pid)
+    with open_backend(proc, args.backend) as be:
+        start, end = args.start, args.end
+        if start is None or end is None:
+            lo, hi = default_range(proc)
+            start = lo if start is None else start
+            end = hi if end is None else end
+        returned = be.supported if args.__dict__["return"] is None else parse_categories(args.__dict__["return"])
+        masks = ScanMasks(returned=returned, **names)
+        result = scan_range(be, start, end, masks, max_pages=args.max_pages)
+    if args.json:
+        print(json.dumps(result.to_json(args.pid)))
+        return 0
+    print(f"pid {args.pid} ({proc.name}), backend {result.backend}, "
+          f"range {start:#x}-{end:#x}, walk_end {result.walk_end:#x}")
+    print(f"{'start':>18} {'end':>18} {'pages':>10} {'size':>10}  categories")
+    for r in result:
+        print(f"{r.start:#18x} {r.end:#18x} {r.nr_pages:>10} {human_bytes(r.end - r.start):>10}  "
+              f"{','.join(Category.names(r.categories)) or '-'}")
+    print(f"{len(result)} regions, {result.nr_pages} pages ({human_bytes(result.nr_pages * PAGE_SIZE)})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import subcommand_main
+
+    return subcommand_main("scan", argv)

@@ -1,0 +1,194 @@
+"""ptrace: mirror of include/uapi/linux/ptrace.h, and thin call wrappers.
+
+PTRACE_SEIZE, PTRACE_INTERRUPT and PTRACE_LISTEN (and PTRACE_EVENT_STOP)
+need Linux >= 3.4; everything else here is far older.
+
+Every wrapper raises ``OSError`` with the kernel's errno (ESRCH: no such
+tracee, or it is not stopped; EPERM: not allowed to trace it). Callers
+translate it at their own boundary. See ptrace(2).
+
+A tracee belongs to the *thread* that attached, not to the process: every
+request and every ``waitpid`` on the tracee must come from that same OS thread
+(kernel/ptrace.c: ``child->parent == current`` in ptrace_check_attach()).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from .libc import check, libc
+
+__all__ = [
+    "PTRACE_TRACEME",
+    "PTRACE_PEEKDATA",
+    "PTRACE_POKEDATA",
+    "PTRACE_CONT",
+    "PTRACE_KILL",
+    "PTRACE_SINGLESTEP",
+    "PTRACE_GETREGS",
+    "PTRACE_SETREGS",
+    "PTRACE_ATTACH",
+    "PTRACE_DETACH",
+    "PTRACE_SYSCALL",
+    "PTRACE_SETOPTIONS",
+    "PTRACE_GETEVENTMSG",
+    "PTRACE_GETSIGINFO",
+    "PTRACE_SETSIGINFO",
+    "PTRACE_SEIZE",
+    "PTRACE_INTERRUPT",
+    "PTRACE_LISTEN",
+    "PTRACE_EVENT_STOP",
+    "PTRACE_O_TRACESYSGOOD",
+    "PTRACE_O_TRACECLONE",
+    "PTRACE_O_TRACEEXEC",
+    "PTRACE_O_TRACEEXIT",
+    "PTRACE_O_EXITKILL",
+    "PTRACE_O_SUSPEND_SECCOMP",
+    "WALL",
+    "siginfo_t",
+    "seize",
+    "interrupt",
+    "detach",
+    "cont",
+    "listen",
+    "getsiginfo",
+    "getregs",
+    "setregs",
+    "stop_event",
+]
+
+# -- requests (include/uapi/linux/ptrace.h; GETREGS/SETREGS from the arch's
+#    asm/ptrace-abi.h, same numbers on x86_64 and i386) ------------------------
+PTRACE_TRACEME = 0
+PTRACE_PEEKDATA = 2
+PTRACE_POKEDATA = 5
+PTRACE_CONT = 7
+PTRACE_KILL = 8  # deprecated: ptrace(2) says use kill(SIGKILL) instead
+PTRACE_SINGLESTEP = 9
+PTRACE_GETREGS = 12
+PTRACE_SETREGS = 13
+PTRACE_ATTACH = 16
+PTRACE_DETACH = 17
+PTRACE_SYSCALL = 24
+PTRACE_SETOPTIONS = 0x4200
+PTRACE_GETEVENTMSG = 0x4201
+PTRACE_GETSIGINFO = 0x4202
+PTRACE_SETSIGINFO = 0x4203
+PTRACE_SEIZE = 0x4206  # 3.4
+PTRACE_INTERRUPT = 0x4207  # 3.4
+PTRACE_LISTEN = 0x4208  # 3.4
+
+# -- events: waitpid status >> 16 --------------------------------------------
+PTRACE_EVENT_FORK = 1
+PTRACE_EVENT_VFORK = 2
+PTRACE_EVENT_CLONE = 3
+PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_VFORK_DONE = 5
+PTRACE_EVENT_EXIT = 6
+PTRACE_EVENT_SECCOMP = 7
+PTRACE_EVENT_STOP = 128  # 3.4: group-stop or PTRACE_INTERRUPT stop of a SEIZEd tracee
+
+# -- options (PTRACE_SETOPTIONS, or the data argument of PTRACE_SEIZE) -------
+PTRACE_O_TRACESYSGOOD = 1
+PTRACE_O_TRACEFORK = 1 << PTRACE_EVENT_FORK
+PTRACE_O_TRACEVFORK = 1 << PTRACE_EVENT_VFORK
+PTRACE_O_TRACECLONE = 1 << PTRACE_EVENT_CLONE
+PTRACE_O_TRACEEXEC = 1 << PTRACE_EVENT_EXEC
+PTRACE_O_TRACEVFORKDONE = 1 << PTRACE_EVENT_VFORK_DONE
+PTRACE_O_TRACEEXIT = 1 << PTRACE_EVENT_EXIT
+PTRACE_O_TRACESECCOMP = 1 << PTRACE_EVENT_SECCOMP
+PTRACE_O_EXITKILL = 1 << 20  # 3.8: SIGKILL every tracee when the tracer exits
+PTRACE_O_SUSPEND_SECCOMP = 1 << 21  # 4.3, needs CAP_SYS_ADMIN
+
+# waitpid flag: wait for threads (clone children) too (include/uapi/linux/wait.h).
+WALL = 0x40000000
+
+
+class siginfo_t(ctypes.Structure):
+    """The 128-byte siginfo_t; only the common header is named."""
+
+    _fields_ = [
+        ("si_signo", ctypes.c_int),
+        ("si_errno", ctypes.c_int),
+        ("si_code", ctypes.c_int),
+        ("_pad", ctypes.c_int),
+        ("_rest", ctypes.c_byte * 112),
+    ]
+
+
+assert ctypes.sizeof(siginfo_t) == 128
+
+
+def _ptrace(request: int, name: str, tid: int, addr: int | None = None, data=None) -> int:
+    ctypes.set_errno(0)
+    return check(libc.ptrace(request, tid, addr, data), f"ptrace({name}, {tid})")
+
+
+def seize(tid: int, options: int = 0) -> None:
+    """PTRACE_SEIZE thread ``tid`` without stopping it (Linux >= 3.4).
+
+    ``options`` are PTRACE_O_* bits. Raises ``OSError``: EPERM (not allowed,
+    or already traced), ESRCH (no such thread), EIO/EINVAL (bad options).
+    """
+    _ptrace(PTRACE_SEIZE, "PTRACE_SEIZE", tid, None, options)
+
+
+def interrupt(tid: int) -> None:
+    """PTRACE_INTERRUPT: ask a SEIZEd tracee to enter a PTRACE_EVENT_STOP.
+
+    Returns at once; the stop is collected with ``waitpid(tid, WALL)``.
+    Raises ``OSError`` ESRCH if ``tid`` is not our SEIZEd tracee.
+    """
+    _ptrace(PTRACE_INTERRUPT, "PTRACE_INTERRUPT", tid)
+
+
+def detach(tid: int, sig: int = 0) -> None:
+    """PTRACE_DETACH a stopped tracee; it runs again unless a group-stop holds.
+
+    ``sig`` is delivered only if the tracee sits in a signal-delivery-stop.
+    Raises ``OSError`` ESRCH if it is not our tracee or not stopped.
+    """
+    _ptrace(PTRACE_DETACH, "PTRACE_DETACH", tid, None, sig)
+
+
+def cont(tid: int, sig: int = 0) -> None:
+    """PTRACE_CONT a stopped tracee, injecting ``sig`` (0: none).
+
+    Injection works only from a signal-delivery-stop (ptrace(2)). Raises
+    ``OSError`` ESRCH if it is not our tracee or not stopped.
+    """
+    _ptrace(PTRACE_CONT, "PTRACE_CONT", tid, None, sig)
+
+
+def listen(tid: int) -> None:
+    """PTRACE_LISTEN: let a tracee in group-stop wait for SIGCONT while traced.
+
+    Raises ``OSError`` ESRCH if it is not stopped, EIO if not in a group-stop.
+    """
+    _ptrace(PTRACE_LISTEN, "PTRACE_LISTEN", tid)
+
+
+def getsiginfo(tid: int) -> siginfo_t:
+    """PTRACE_GETSIGINFO of a stopped tracee.
+
+    Raises ``OSError`` EINVAL in a group-stop (ptrace(2), "Group-stop"),
+    ESRCH if it is not our stopped tracee.
+    """
+    info = siginfo_t()
+    _ptrace(PTRACE_GETSIGINFO, "PTRACE_GETSIGINFO", tid, None, ctypes.addressof(info))
+    return info
+
+
+def getregs(tid: int, regs: ctypes.Structure) -> None:
+    """PTRACE_GETREGS into ``regs``, the arch's ``struct user_regs_struct``."""
+    _ptrace(PTRACE_GETREGS, "PTRACE_GETREGS", tid, None, ctypes.addressof(regs))
+
+
+def setregs(tid: int, regs: ctypes.Structure) -> None:
+    """PTRACE_SETREGS from ``regs``, the arch's ``struct user_regs_struct``."""
+    _ptrace(PTRACE_SETREGS, "PTRACE_SETREGS", tid, None, ctypes.addressof(regs))
+
+
+def stop_event(status: int) -> int:
+    """The PTRACE_EVENT_* of a waitpid ``status`` (0 if it is not an event stop)."""
+    return (status >> 16) & 0xFF
