@@ -24,11 +24,11 @@ translate losslessly:
 ``returned``   ``return_mask = returned``
 =============  ==========================================================
 
-The translation is exact only when ``anyof`` and ``excluded`` share no bit:
-the kernel tests ``anyof`` on the *inverted* categories, so an excluded bit
-in ``anyof`` would be satisfied by its absence. :class:`ScanMasks` refuses
-that combination. ``required & excluded`` is allowed and matches nothing,
-as in the kernel.
+The translation is exact only when ``excluded`` shares no bit with the
+other two: a bit both required and excluded becomes "must be 0" in the
+kernel's encoding, and the kernel tests ``anyof`` on the *inverted*
+categories, so an excluded bit in ``anyof`` would be satisfied by its
+absence. :class:`ScanMasks` refuses both combinations.
 
 Reported categories are ``cats & return_mask`` (not inverted). Contiguous
 matching pages with identical reported categories form one ``page_region``;
@@ -123,11 +123,12 @@ class ScanMasks:
     def __post_init__(self) -> None:
         for name in ("required", "anyof", "excluded", "returned"):
             object.__setattr__(self, name, parse_categories(getattr(self, name)))
-        if self.anyof & self.excluded:
-            raise ScanError(
-                "a category cannot be both any-of and excluded: "
-                + ",".join(Category.names(self.anyof & self.excluded))
-            )
+        for other in ("required", "anyof"):
+            both = getattr(self, other) & self.excluded
+            if both:
+                raise ScanError(
+                    f"a category cannot be both {other} and excluded: " + ",".join(Category.names(both))
+                )
 
     @property
     def used(self) -> Category:
