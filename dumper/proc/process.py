@@ -154,6 +154,41 @@ class Process:
             raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
         return vmas
 
+    def mm_layout(self) -> dict[str, int]:
+        """mm addresses from /proc/PID/stat fields 26-28 and 45-51 (proc(5)).
+
+        Keys are CRIU's ``mm_entry`` names; the kernel shows them as 0 to a
+        reader without ptrace access. ``mm_brk`` is the end of ``[heap]``.
+        """
+        data = self.read_file("stat")
+        f = data[data.rindex(b")") + 2 :].split()  # f[0] is field 3 (state)
+        def field(n: int) -> int:
+            return int(f[n - 3]) if len(f) > n - 3 else 0
+        heap_end = 0
+        for v in self.vmas(smaps=False):
+            if v.path == "[heap]":
+                heap_end = v.end
+        return {
+            "mm_start_code": field(26),
+            "mm_end_code": field(27),
+            "mm_start_stack": field(28),
+            "mm_start_data": field(45),
+            "mm_end_data": field(46),
+            "mm_start_brk": field(47),
+            "mm_brk": heap_end or field(47),
+            "mm_arg_start": field(48),
+            "mm_arg_end": field(49),
+            "mm_env_start": field(50),
+            "mm_env_end": field(51),
+        }
+
+    def auxv(self) -> list[int]:
+        """/proc/PID/auxv as native u64 words (key, value pairs)."""
+        import struct
+
+        data = self.read_file("auxv")
+        return list(struct.unpack(f"<{len(data) // 8}Q", data[: len(data) // 8 * 8]))
+
     def exe(self) -> str:
         with self.translate("exe"):
             try:
