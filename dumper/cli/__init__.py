@@ -23,6 +23,9 @@ __all__ = ["main", "COMMANDS", "build_parser", "run_command"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "report what the running kernel supports"),
     "scan": ("scan", "list page regions of a process with the mask scanner"),
+    "dump": ("dump", "checkpoint a process's memory into an image directory"),
+    "show": ("show", "summarise a checkpoint directory"),
+    "demo": ("demo", "dump a bundled example process and show the result"),
 }
 
 EXIT_ERROR = 1

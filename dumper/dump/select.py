@@ -17,33 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..image import format as fmt
 from ..kernel.libc import PAGE_SIZE
 from ..proc.maps import Vma
 from ..scan import Category, ScanMasks
 
-__all__ = ["VmaPlan", "classify", "dump_masks", "runs_in_vmas", "VMA_AREA"]
-
-# VMA status bits: criu/include/image.h (part of CRIU's image ABI).
-VMA_AREA = {
-    "REGULAR": 1 << 0,
-    "STACK": 1 << 1,
-    "VSYSCALL": 1 << 2,
-    "VDSO": 1 << 3,
-    "HEAP": 1 << 5,
-    "FILE_PRIVATE": 1 << 6,
-    "FILE_SHARED": 1 << 7,
-    "ANON_SHARED": 1 << 8,
-    "ANON_PRIVATE": 1 << 9,
-    "SYSVIPC": 1 << 10,
-    "SOCKET": 1 << 11,
-    "VVAR": 1 << 12,
-    "AIORING": 1 << 13,
-    "MEMFD": 1 << 14,
-    "SHSTK": 1 << 15,
-    "GUARD": 1 << 16,
-    "UPROBES": 1 << 17,
-}
-
+__all__ = ["VmaPlan", "classify", "dump_masks", "runs_in_vmas"]
 
 @dataclass(slots=True)
 class VmaPlan:
@@ -64,29 +43,29 @@ def classify(vma: Vma) -> VmaPlan:
     name = vma.special
     st = 0
     if name in ("[vvar]", "[vvar_vclock]"):
-        return VmaPlan(vma, VMA_AREA["REGULAR"] | VMA_AREA["VVAR"], "skip", "vvar: provided by the kernel")
+        return VmaPlan(vma, fmt.VMA_AREA_REGULAR | fmt.VMA_AREA_VVAR, "skip", "vvar: provided by the kernel")
     if name == "[vsyscall]" or not vma.user:
-        return VmaPlan(vma, VMA_AREA["VSYSCALL"], "skip", "vsyscall: provided by the kernel")
+        return VmaPlan(vma, fmt.VMA_AREA_VSYSCALL, "skip", "vsyscall: provided by the kernel")
     if name == "[uprobes]":
-        return VmaPlan(vma, VMA_AREA["UPROBES"], "skip", "uprobes: provided by the kernel")
-    st |= VMA_AREA["REGULAR"]
+        return VmaPlan(vma, fmt.VMA_AREA_UPROBES, "skip", "uprobes: provided by the kernel")
+    st |= fmt.VMA_AREA_REGULAR
     if name == "[vdso]":
-        return VmaPlan(vma, st | VMA_AREA["VDSO"] | VMA_AREA["ANON_PRIVATE"], "whole")
+        return VmaPlan(vma, st | fmt.VMA_AREA_VDSO | fmt.VMA_ANON_PRIVATE, "whole")
     if name == "[stack]" or "gd" in vma.vmflags:
-        st |= VMA_AREA["STACK"]
+        st |= fmt.VMA_AREA_STACK
     if name == "[heap]":
-        st |= VMA_AREA["HEAP"]
+        st |= fmt.VMA_AREA_HEAP
     if vma.shared:
         if vma.path.startswith("/memfd:"):
-            st |= VMA_AREA["MEMFD"]
+            st |= fmt.VMA_AREA_MEMFD
         elif vma.path.startswith("/SYSV"):
-            st |= VMA_AREA["SYSVIPC"]
+            st |= fmt.VMA_AREA_SYSVIPC
         elif vma.path.startswith("/dev/zero") or (not vma.file_backed) or vma.path.startswith("[anon_shmem"):
-            st |= VMA_AREA["ANON_SHARED"]
+            st |= fmt.VMA_ANON_SHARED
         else:
-            st |= VMA_AREA["FILE_SHARED"]
+            st |= fmt.VMA_FILE_SHARED
         return VmaPlan(vma, st, "skip", "shared mapping: contents are not dumped yet")
-    st |= VMA_AREA["FILE_PRIVATE"] if vma.file_backed else VMA_AREA["ANON_PRIVATE"]
+    st |= fmt.VMA_FILE_PRIVATE if vma.file_backed else fmt.VMA_ANON_PRIVATE
     if vma.io or vma.pfnmap:
         return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory")
     if "dp" in vma.vmflags:
