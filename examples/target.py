@@ -58,7 +58,9 @@ def main() -> None:
     dense = args.dense_mib << 20
     base = mmap(dense, MAP_PRIVATE | MAP_ANONYMOUS)
     half = dense // 2
-    ctypes.memmove(base, rng.randbytes(half), half)
+    for off in range(0, half, 1 << 20):  # random half, 1 MiB at a time
+        n = min(1 << 20, half - off)
+        ctypes.memmove(base + off, rng.randbytes(n), n)
     text = b"The quick brown fox jumps over the lazy dog. " * 100
     pattern = (text * (half // len(text) + 1))[:half]
     ctypes.memmove(base + half, pattern, half)
