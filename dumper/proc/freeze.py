@@ -48,6 +48,7 @@ _STOP_SIGNALS = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signa
 
 _SEIZED = "seized"  # PTRACE_INTERRUPT sent, stop not collected yet
 _STOPPED = "stopped"  # in PTRACE_EVENT_STOP: frozen
+_EXITED = "exited"  # a zombie group leader whose exit report we still owe a wait
 
 
 class _Gone(Exception):
@@ -179,6 +180,8 @@ class Freezer:
     * ``stopped_ns`` / ``resumed_ns``: ``time.monotonic_ns()`` when the first
       thread stopped / the last thread was let go; ``frozen_time_ns``.
 
+    ``stop_timeout`` (seconds) bounds each wait for a thread to stop or die.
+
     All methods must be called from the thread that called :meth:`freeze`
     (RuntimeError otherwise).
     """
@@ -240,7 +243,10 @@ class Freezer:
         ptrace is refused (other user, already traced, Yama), KernelError
         (ETIMEDOUT) if a thread does not stop within ``stop_timeout`` seconds
         (uninterruptible sleep, or a vfork parent). On any error or
-        interruption every thread seized so far is let go again.
+        interruption every thread seized so far is let go again, except one
+        that never stopped: PTRACE_DETACH needs a stopped tracee, so it stays
+        attached until :meth:`thaw` is called after it stops (or this thread
+        exits).
         """
         if self._tracer is not None:
             raise RuntimeError("a Freezer freezes once")
@@ -255,7 +261,7 @@ class Freezer:
             self.stopped_ns = self.stopped_ns or time.monotonic_ns()
             self.resumed_ns = time.monotonic_ns()
             raise
-        self.threads = tuple(sorted(self._tracees))
+        self.threads = tuple(sorted(t for t, s in self._tracees.items() if s == _STOPPED))
         return self
 
     def _seize_all(self) -> None:
@@ -277,7 +283,13 @@ class Freezer:
                 if self._tracees.get(tid) == _SEIZED:
                     self._wait_stop(tid)
         st = _read_stat(f"{self.process.path}/stat")
-        if not self._tracees or st is None or st[0] in ("Z", "X") or not self.process.same_process():
+        if (
+            _STOPPED not in self._tracees.values()
+            or self._tracees.get(self.pid) == _EXITED
+            or st is None
+            or st[0] in ("Z", "X")
+            or not self.process.same_process()
+        ):
             raise NoSuchProcess(self.pid, "process exited while being frozen")
 
     def _seize(self, tid: int) -> bool:
@@ -337,7 +349,8 @@ class Freezer:
                     errno.ETIMEDOUT,
                     "waitpid",
                     f"thread {tid} of pid {self.pid} did not stop within {self.stop_timeout} s "
-                    f"(state {st[0]}: uninterruptible sleep, or a vfork parent?)",
+                    f"(state {st[0]}: uninterruptible sleep, or a vfork parent?); it stays "
+                    "attached to this thread until it stops and thaw() is called, or this thread exits",
                 )
             time.sleep(pause)
             pause = min(pause * 2, 2e-3)
@@ -349,7 +362,10 @@ class Freezer:
             try:
                 status = self._waitpid(tid, deadline)
             except _Gone:
-                del self._tracees[tid]
+                if tid == self.pid and os.path.exists(f"{self.process.path}/stat"):
+                    self._tracees[tid] = _EXITED  # reported once its threads are reaped
+                else:
+                    del self._tracees[tid]
                 return
             if not os.WIFSTOPPED(status):  # exited or killed
                 del self._tracees[tid]
@@ -390,10 +406,12 @@ class Freezer:
           is gone from /proc or a zombie. If we are its real parent as well,
           that wait also reaps it.
 
-        Calling it again is a no-op. A target that died meanwhile is not an
-        error. Raises ValueError for an unknown mode, RuntimeError from the
-        wrong thread or before :meth:`freeze`, KernelError if the target does
-        not reach the asked state within ``stop_timeout`` seconds.
+        Calling it again is a no-op, except that it retries threads a failed
+        :meth:`freeze` could not let go (they had not stopped yet). A target
+        that died meanwhile is not an error. Raises ValueError for an unknown
+        mode, RuntimeError from the wrong thread or before :meth:`freeze`,
+        KernelError if the target does not reach the asked state within
+        ``stop_timeout`` seconds.
         """
         if mode not in THAW_MODES:
             raise ValueError(f"thaw mode must be one of {THAW_MODES}, not {mode!r}")
@@ -401,6 +419,9 @@ class Freezer:
             raise RuntimeError("thaw() before freeze()")
         self._check_thread()
         if self.resumed_ns is not None:
+            if self._tracees:  # left over by a freeze() that timed out
+                with _uninterruptible():
+                    self._release()
             return
         with _uninterruptible():
             self.thaw_mode = mode
@@ -442,7 +463,8 @@ class Freezer:
         """Detach every tracee, first collecting the stop of those not stopped yet.
 
         Best effort: it never raises for a thread that vanished. A thread that
-        never stops stays traced until the tracer thread exits.
+        does not stop within ``stop_timeout`` stays traced (and is kept in
+        ``_tracees`` for a later thaw()) until the tracer thread exits.
         """
         for tid in self._reap_order():
             if self._tracees.get(tid) == _SEIZED:
@@ -450,6 +472,8 @@ class Freezer:
                     self._wait_stop(tid)
                 except KernelError:
                     continue
+            if self._tracees.get(tid) == _EXITED:
+                self._reap(tid)
             if tid not in self._tracees:
                 continue
             try:
