@@ -61,9 +61,9 @@ def main() -> None:
     for off in range(0, half, 1 << 20):  # random half, 1 MiB at a time
         n = min(1 << 20, half - off)
         ctypes.memmove(base + off, rng.randbytes(n), n)
-    text = b"The quick brown fox jumps over the lazy dog. " * 100
-    pattern = (text * (half // len(text) + 1))[:half]
-    ctypes.memmove(base + half, pattern, half)
+    text = b"The quick brown fox jumps over the lazy dog. " * 1000
+    for off in range(half, dense, len(text)):  # compressible half
+        ctypes.memmove(base + off, text, min(len(text), dense - off))
 
     shadow = mmap(SPARSE_BYTES, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
     for i in range(args.sparse_pages):

@@ -1,0 +1,506 @@
+"""Reading image files back: decoding, pagemaps, page bytes.
+
+Input is untrusted: sizes are checked against limits and the file size before
+anything is allocated, zstd frames are checked against the index before they
+are decompressed, and every failure is an :class:`~dumper.errors.ImageError`
+naming the file and byte offset (BadMagic, UnsupportedVersion, CorruptImage).
+
+- :func:`read_image` decodes any image file of ours (or CRIU's of the same
+  types) into ``(magic_name, messages)``.
+- :func:`load_pagemap` applies CRIU's compatibility rules (criu/pagemap.c
+  ``init_compat_pagemap_entry``) and validates the entry list.
+- :class:`PagesReader` returns pages of the page stream from a raw
+  ``pages-N.img`` or a compressed ``pages-N.zst.img``, decompressing only the
+  frames it needs.
+- :func:`iter_present` walks the PE_PRESENT entries of a pagemap with their
+  bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zstandard
+from google.protobuf.message import DecodeError, Message
+
+from ..errors import BadMagic, CorruptImage, ImageError, UnsupportedVersion
+from . import format as fmt
+from .pb import inventory_pb2, pagemap_pb2, zpages_pb2
+
+__all__ = [
+    "PagemapEntry",
+    "ZpagesLayout",
+    "read_image",
+    "load_inventory",
+    "load_pagemap",
+    "read_zpages_layout",
+    "PagesReader",
+    "open_pages",
+    "iter_present",
+]
+
+_U64_LIMIT = 1 << 64
+_KNOWN_FLAGS = fmt.PE_PARENT | fmt.PE_LAZY | fmt.PE_PRESENT
+
+
+@dataclass(frozen=True, slots=True)
+class PagemapEntry:
+    """One pagemap entry after CRIU's compat rules.
+
+    ``vaddr`` in bytes; ``nr_pages`` pages; ``flags`` PE_* bits;
+    ``pages_off`` is the index (in pages) of the entry's first page in the
+    page stream for PE_PRESENT entries, -1 for the others.
+    """
+
+    vaddr: int
+    nr_pages: int
+    flags: int
+    pages_off: int
+
+    @property
+    def present(self) -> bool:
+        return bool(self.flags & fmt.PE_PRESENT)
+
+    @property
+    def in_parent(self) -> bool:
+        return bool(self.flags & fmt.PE_PARENT)
+
+    def end(self, page_size: int) -> int:
+        """First byte address past the entry (end-exclusive)."""
+        return self.vaddr + self.nr_pages * page_size
+
+
+def _file_size(f) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
+def _open(path):
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise ImageError(path, None, f"cannot open: {err.strerror}") from err
+
+
+# --- generic images
+
+
+def read_image(path: str | os.PathLike) -> tuple[str, list[Message]]:
+    """Decode an image file into ``(magic_name, messages)``.
+
+    ``magic_name`` is a key of :data:`dumper.image.format.MAGICS`. Messages:
+    INVENTORY ``[inventory_entry]``, MM ``[mm_entry]``, STATS
+    ``[stats_entry]``, PAGEMAP ``[pagemap_head, pagemap_entry...]``, ZPAGES
+    ``[zpages_head, zpages_index]``. Nothing is normalised or version-checked
+    (see :func:`load_inventory`, :func:`load_pagemap`).
+
+    Raises BadMagic (wrong or unknown magic, raw pages data), ImageError (a
+    CRIU image type dumper does not read), CorruptImage (truncation, absurd
+    sizes, undecodable or incomplete messages).
+    """
+    with _open(path) as f:
+        name = fmt.read_magic(f, path)
+        if name == "ZPAGES":
+            layout = read_zpages_layout(f, path)
+            return name, [layout.head, layout.index]
+        if name not in fmt.ENTRY_TYPES:
+            raise ImageError(path, 4, f"CRIU {name} images are not read by dumper")
+        offset = f.tell()
+        cls = fmt.ENTRY_TYPES[name]
+        msgs: list[Message] = []
+        for off, payload in fmt.iter_entries(f, path, offset):
+            first_of_pagemap = name == "PAGEMAP" and not msgs
+            msgs.append(fmt.parse_entry(pagemap_pb2.pagemap_head if first_of_pagemap else cls, payload, path, off))
+    return name, msgs
+
+
+def _single(path, name: str, expect: str, msgs: list[Message]) -> Message:
+    if name != expect:
+        raise BadMagic(path, 0, f"expected a {expect} image, found {name}")
+    if len(msgs) != 1:
+        raise CorruptImage(path, None, f"{expect} image holds {len(msgs)} entries, expected 1")
+    return msgs[0]
+
+
+def load_inventory(path: str | os.PathLike) -> inventory_pb2.inventory_entry:
+    """Read ``inventory.img`` and check its versions
+    (:func:`~dumper.image.format.check_inventory`: UnsupportedVersion)."""
+    name, msgs = read_image(path)
+    inv = _single(path, name, "INVENTORY", msgs)
+    fmt.check_inventory(inv, path)
+    return inv
+
+
+# --- pagemap
+
+
+def load_pagemap(
+    path: str | os.PathLike, *, page_size: int | None = None
+) -> tuple[pagemap_pb2.pagemap_head, list[PagemapEntry]]:
+    """Read ``pagemap-PID.img`` into ``(head, entries)``.
+
+    Per entry (criu/pagemap.c ``init_compat_pagemap_entry``): ``nr_pages`` is
+    field 5 if present, else field 2; ``in_parent`` adds PE_PARENT; absent
+    ``flags`` means PE_PRESENT. ``page_size`` (bytes) is the head's if it
+    has one, else the argument, else the running system's.
+
+    Raises CorruptImage when entries are unaligned, empty, overlapping or
+    descending, carry unknown flags or PE_PARENT|PE_PRESENT, have a
+    ``pages_off`` that is not the running sum of PE_PRESENT pages, or do not
+    add up to the head's ``nr_present_pages``; and for a bad ``pages_file``.
+    """
+    name, msgs = read_image(path)
+    if name != "PAGEMAP":
+        raise BadMagic(path, 0, f"expected a PAGEMAP image, found {name}")
+    if not msgs:
+        raise CorruptImage(path, None, "no pagemap_head")
+    head = msgs[0]
+    ps = head.page_size if head.HasField("page_size") else (page_size or os.sysconf("SC_PAGE_SIZE"))
+    fmt.check_page_size(ps, path)
+    _pages_file_name(head, path)  # validates it
+    entries: list[PagemapEntry] = []
+    next_vaddr = 0
+    total = 0
+    for i, pe in enumerate(msgs[1:], 1):
+        where = f"entry {i}"
+        nr = pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages
+        if pe.HasField("in_parent") and pe.in_parent:
+            flags = pe.flags | fmt.PE_PARENT
+        elif not pe.HasField("flags"):
+            flags = fmt.PE_PRESENT
+        else:
+            flags = pe.flags
+        vaddr = pe.vaddr
+        end = vaddr + nr * ps
+        if nr == 0 or vaddr % ps or end > _U64_LIMIT:
+            raise CorruptImage(path, None, f"{where}: bad range {vaddr:#x} + {nr} pages")
+        if vaddr < next_vaddr:
+            raise CorruptImage(path, None, f"{where}: {vaddr:#x} overlaps or precedes the previous entry")
+        if flags & ~_KNOWN_FLAGS or (flags & fmt.PE_PARENT and flags & fmt.PE_PRESENT):
+            raise CorruptImage(path, None, f"{where}: bad flags {fmt.format_flags(flags, 'pmap.flags')}")
+        off = -1
+        if flags & fmt.PE_PRESENT:
+            if pe.HasField("pages_off") and pe.pages_off != total:
+                raise CorruptImage(path, None, f"{where}: pages_off {pe.pages_off}, expected {total}")
+            off = total
+            total += nr
+        entries.append(PagemapEntry(vaddr, nr, flags, off))
+        next_vaddr = end
+    if head.HasField("nr_present_pages") and head.nr_present_pages != total:
+        raise CorruptImage(
+            path, None, f"head says {head.nr_present_pages} present pages, entries hold {total}"
+        )
+    return head, entries
+
+
+def _pages_file_name(head: pagemap_pb2.pagemap_head, path) -> tuple[str, bool]:
+    """``(file name, compressed)`` of the pages file a pagemap head names.
+    Only the two names derived from ``pages_id`` are accepted, so an
+    untrusted head cannot point outside the image directory."""
+    codec = fmt.raw_enum(head, "compression")
+    if codec not in (None, fmt.COMPRESSION_NONE, fmt.COMPRESSION_ZSTD):
+        raise UnsupportedVersion(path, None, f"unknown pages compression {codec}")
+    compressed = codec == fmt.COMPRESSION_ZSTD
+    name = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
+    if head.HasField("pages_file") and head.pages_file != name:
+        raise CorruptImage(path, None, f"pages_file {head.pages_file!r} does not match pages_id (expected {name!r})")
+    return name, compressed
+
+
+# --- compressed pages
+
+
+@dataclass(slots=True)
+class ZpagesLayout:
+    """The validated structure of a ``pages-N.zst.img``.
+
+    ``offsets[i]``/``sizes[i]``: file offset and size in bytes of zstd frame
+    ``i`` (int64 arrays); ``data_offset`` where frame 0 starts; ``index_offset``
+    where the index entry starts (end of the frames).
+    """
+
+    head: zpages_pb2.zpages_head
+    index: zpages_pb2.zpages_index
+    data_offset: int
+    index_offset: int
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def nr_pages(self) -> int:
+        return self.index.nr_pages
+
+    @property
+    def nr_frames(self) -> int:
+        return len(self.sizes)
+
+    def frame_len(self, i: int) -> int:
+        """Uncompressed length (bytes) of frame ``i``."""
+        fp = self.head.frame_pages
+        pages = min(fp, self.index.nr_pages - i * fp)
+        return pages * self.head.page_size
+
+
+def read_zpages_layout(f, path: str | os.PathLike | None) -> ZpagesLayout:
+    """Read and validate header, footer and index of a compressed pages file
+    open as ``f`` (a binary file object); see :mod:`dumper.image.format` for
+    the layout. BadMagic if it is not one; UnsupportedVersion for an unknown
+    compression; CorruptImage for any inconsistency (offset given)."""
+    size = _file_size(f)
+    f.seek(0)
+    if fmt.read_magic(f, path) != "ZPAGES":
+        raise BadMagic(path, 4, "not a compressed pages file")
+    # Head entry: the first entry after the 8 magic bytes.
+    head_payload = next(fmt.iter_entries(f, path, 8, limit=None), None)
+    if head_payload is None:
+        raise CorruptImage(path, 8, "no zpages_head")
+    try:
+        head = zpages_pb2.zpages_head.FromString(head_payload[1])
+    except DecodeError:
+        head = None  # parse_entry below reports it
+    # Before the required-field check: an unknown codec would look "missing".
+    codec = fmt.raw_enum(head, "compression") if head is not None else fmt.COMPRESSION_ZSTD
+    if codec not in (None, fmt.COMPRESSION_ZSTD):
+        raise UnsupportedVersion(path, 8, f"unknown pages compression {codec}")
+    head = fmt.parse_entry(zpages_pb2.zpages_head, head_payload[1], path, 8)
+    ps = fmt.check_page_size(head.page_size, path)
+    if not 1 <= head.frame_pages * ps <= fmt.MAX_FRAME_BYTES:
+        raise CorruptImage(path, 8, f"implausible frame_pages {head.frame_pages}")
+    data_offset = 8 + fmt.U32.size + len(head_payload[1])
+
+    foot_at = size - fmt.ZPAGES_FOOTER.size
+    if foot_at < data_offset + fmt.U32.size:
+        raise CorruptImage(path, data_offset, "truncated: no room for index and footer")
+    f.seek(foot_at)
+    index_offset, crc, magic = fmt.ZPAGES_FOOTER.unpack(f.read(fmt.ZPAGES_FOOTER.size))
+    if magic != fmt.ZPAGES_MAGIC:
+        raise CorruptImage(path, foot_at, f"no footer (magic {magic:#010x}): truncated or overwritten")
+    if not data_offset <= index_offset <= foot_at - fmt.U32.size:
+        raise CorruptImage(path, foot_at, f"index offset {index_offset} outside [{data_offset}, {foot_at})")
+    f.seek(index_offset)
+    _, payload = next(fmt.iter_entries(f, path, index_offset, limit=foot_at))
+    if index_offset + fmt.U32.size + len(payload) != foot_at:
+        raise CorruptImage(path, index_offset, "the index does not end where the footer starts")
+    if zlib.crc32(payload) != crc:
+        raise CorruptImage(path, index_offset, "index checksum mismatch")
+    index = fmt.parse_entry(zpages_pb2.zpages_index, payload, path, index_offset)
+
+    fp = head.frame_pages
+    nr_frames = -(-index.nr_pages // fp)
+    if len(index.frame_size) != nr_frames:
+        raise CorruptImage(
+            path, index_offset, f"{len(index.frame_size)} frames for {index.nr_pages} pages of {fp} per frame"
+        )
+    raw_sizes = np.fromiter(index.frame_size, dtype=np.uint64, count=nr_frames)
+    bound = fmt.zstd_frame_bound(fp * ps)
+    if nr_frames and (int(raw_sizes.min()) < 1 or int(raw_sizes.max()) > bound):
+        raise CorruptImage(path, index_offset, f"frame size outside [1, {bound}]")
+    sizes = raw_sizes.astype(np.int64)  # each <= bound, so no overflow
+    if int(sizes.sum()) != index_offset - data_offset:
+        raise CorruptImage(
+            path, index_offset, f"frame sizes add up to {int(sizes.sum())}, frames span {index_offset - data_offset}"
+        )
+    offsets = np.empty_like(sizes)
+    if nr_frames:
+        offsets[0] = data_offset
+        np.cumsum(sizes[:-1], out=offsets[1:])
+        offsets[1:] += data_offset
+    return ZpagesLayout(head, index, data_offset, index_offset, offsets, sizes)
+
+
+# --- page bytes
+
+
+def _zstd_frame_length(raw: bytes, pos: int) -> int:
+    """Length in bytes of the zstd frame at the start of ``raw`` whose header
+    is ``pos`` bytes long (RFC 8878 3.1.1: 3-byte block headers, bit 0 last
+    block, bits 1-2 type, bits 3-23 size; an RLE block stores 1 byte), with
+    its 4-byte checksum (we only accept checksummed frames). Only called on
+    a frame that just decoded, so the walk ends within ``raw``'s length + 4."""
+    n = len(raw)
+    while pos + 3 <= n:
+        hdr = int.from_bytes(raw[pos : pos + 3], "little")
+        pos += 3 + (1 if (hdr >> 1) & 3 == 1 else hdr >> 3)
+        if hdr & 1:
+            return pos + 4
+    return -1
+
+
+class PagesReader:
+    """Random access to the page stream of one pages file.
+
+    ``path`` is a raw ``pages-N.img`` or a compressed ``pages-N.zst.img``
+    (``compressed=None`` decides by the name's ``.zst.img`` suffix).
+    ``page_size`` (bytes) is required knowledge for raw files (default: the
+    running system's); a compressed file carries its own and a differing
+    argument is CorruptImage. Not thread-safe; keeps the last decompressed
+    frame for sequential reads.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        compressed: bool | None = None,
+        page_size: int | None = None,
+    ) -> None:
+        self.path = os.fspath(path)
+        if compressed is None:
+            compressed = self.path.endswith(".zst.img")
+        self.compressed = compressed
+        self._f = _open(self.path)
+        self._fd = self._f.fileno()
+        self._cached: tuple[int, bytes] | None = None
+        try:
+            if compressed:
+                self.layout: ZpagesLayout | None = read_zpages_layout(self._f, self.path)
+                self.page_size = self.layout.head.page_size
+                if page_size is not None and page_size != self.page_size:
+                    raise CorruptImage(self.path, 8, f"page size {self.page_size}, expected {page_size}")
+                self.nr_pages = self.layout.nr_pages
+                self.frame_pages = self.layout.head.frame_pages
+                self._dctx = zstandard.ZstdDecompressor()
+            else:
+                self.layout = None
+                self.page_size = fmt.check_page_size(page_size or os.sysconf("SC_PAGE_SIZE"), self.path)
+                size = _file_size(self._f)
+                if size % self.page_size:
+                    raise CorruptImage(
+                        self.path, size - size % self.page_size, f"size {size} is not a whole number of pages"
+                    )
+                self.nr_pages = size // self.page_size
+                self.frame_pages = 0
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _pread(self, n: int, offset: int, what: str) -> bytes:
+        parts = []
+        got = 0
+        while got < n:
+            chunk = os.pread(self._fd, n - got, offset + got)
+            if not chunk:
+                raise CorruptImage(self.path, offset + got, f"truncated {what}: {got} of {n} bytes")
+            parts.append(chunk)
+            got += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _frame(self, i: int) -> bytes:
+        """Decompressed frame ``i``, checked against the index."""
+        if self._cached is not None and self._cached[0] == i:
+            return self._cached[1]
+        lay = self.layout
+        off, size = int(lay.offsets[i]), int(lay.sizes[i])
+        expect = lay.frame_len(i)
+        raw = self._pread(size, off, f"frame {i}")
+        try:
+            params = zstandard.get_frame_parameters(raw)
+        except zstandard.ZstdError as err:
+            raise CorruptImage(self.path, off, f"frame {i}: bad zstd header: {err}") from err
+        # Check before decompressing: a lying content size must not drive allocation.
+        if params.content_size != expect or not params.has_checksum:
+            raise CorruptImage(
+                self.path,
+                off,
+                f"frame {i}: content size {params.content_size} (expected {expect}), "
+                f"checksum {'present' if params.has_checksum else 'absent'}",
+            )
+        try:
+            # Output buffer is exactly the (checked) content size: a bound.
+            data = self._dctx.decompress(raw, max_output_size=expect)
+        except zstandard.ZstdError as err:
+            raise CorruptImage(self.path, off, f"frame {i}: {err}") from err
+        if len(data) != expect:
+            raise CorruptImage(self.path, off, f"frame {i}: {len(data)} bytes decoded, expected {expect}")
+        end = _zstd_frame_length(raw, zstandard.frame_header_size(raw))
+        if end != size:
+            raise CorruptImage(self.path, off, f"frame {i}: the frame is {end} bytes, the index expected {size}")
+        self._cached = (i, data)
+        return data
+
+    def read_pages(self, page_index: int, count: int) -> bytes:
+        """Bytes of stream pages ``[page_index, page_index + count)``
+        (``count * page_size`` bytes). CorruptImage if the range passes the
+        end of the stream or the data is damaged; ValueError if negative."""
+        if page_index < 0 or count < 0:
+            raise ValueError(f"bad page range {page_index} + {count}")
+        if page_index + count > self.nr_pages:
+            raise CorruptImage(
+                self.path,
+                None,
+                f"pages [{page_index}, {page_index + count}) beyond the {self.nr_pages} pages of the stream",
+            )
+        if count == 0:
+            return b""
+        ps = self.page_size
+        if not self.compressed:
+            return self._pread(count * ps, page_index * ps, "pages")
+        fp = self.frame_pages
+        first, last = page_index // fp, (page_index + count - 1) // fp
+        start = (page_index - first * fp) * ps
+        if first == last:
+            frame = self._frame(first)
+            if start == 0 and len(frame) == count * ps:
+                return frame
+            return frame[start : start + count * ps]
+        out = bytearray()
+        out += memoryview(self._frame(first))[start:]
+        for i in range(first + 1, last):
+            out += self._frame(i)
+        tail = (page_index + count - last * fp) * ps
+        out += memoryview(self._frame(last))[:tail]
+        return bytes(out)
+
+    def close(self) -> None:
+        self._f.close()
+        self._cached = None
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def __enter__(self) -> PagesReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_pages(image_dir: str | os.PathLike, head: pagemap_pb2.pagemap_head) -> PagesReader:
+    """Open the pages file that pagemap ``head`` names, inside ``image_dir``.
+
+    Raw when the head has no ``compression`` (CRIU images) or NONE; the page
+    size of a raw file is the head's, else the running system's.
+    """
+    name, compressed = _pages_file_name(head, None)
+    ps = head.page_size if head.HasField("page_size") else None
+    return PagesReader(Path(image_dir) / name, compressed=compressed, page_size=ps)
+
+
+def iter_present(
+    entries: list[PagemapEntry], pages: PagesReader, *, max_pages: int = 256
+) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(vaddr, data)`` for the PE_PRESENT entries, in order, in chunks
+    of at most ``max_pages`` pages (an entry may span several chunks).
+
+    Raises CorruptImage first if the entries' PE_PRESENT pages do not add up
+    to the length of the page stream.
+    """
+    total = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
+    if total != pages.nr_pages:
+        raise CorruptImage(
+            pages.path, None, f"pagemap has {total} present pages, the pages file {pages.nr_pages}"
+        )
+    ps = pages.page_size
+    off = 0
+    for e in entries:
+        if not e.flags & fmt.PE_PRESENT:
+            continue
+        for done in range(0, e.nr_pages, max_pages):
+            n = min(max_pages, e.nr_pages - done)
+            yield e.vaddr + done * ps, pages.read_pages(off + done, n)
+        off += e.nr_pages

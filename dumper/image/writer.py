@@ -1,0 +1,673 @@
+"""Writing a checkpoint directory: atomic, private, bounded in memory.
+
+:class:`CheckpointWriter` builds the image files in a hidden temporary
+directory next to the destination (``.NAME.tmp-XXXXXXXX``, mode 0700, every
+file 0600) and renames it into place on :meth:`~CheckpointWriter.commit`,
+after fsyncing every file and the directory. Until then nothing exists at the
+destination, so a failed or interrupted dump never leaves something that looks
+like a checkpoint (an interrupted one may leave the hidden temporary
+directory; it never has the destination's name).
+
+:class:`PagesWriter` writes one process's ``pagemap-PID.img`` and its pages
+file: either CRIU's raw ``pages-N.img`` (criu/page-xfer.c layout: the bytes of
+the PE_PRESENT entries, in entry order) or dumper's ``pages-N.zst.img`` (see
+:mod:`dumper.image.format`), compressed by a thread pool while the caller goes
+on reading memory.
+
+Errors: :class:`~dumper.errors.DumpError` for I/O failures (with the OSError
+as ``__cause__``) and for an existing destination; ``ValueError`` for misuse
+(unaligned or out-of-order entries).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import secrets
+import shutil
+import threading
+import time
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import zstandard
+from google.protobuf.message import EncodeError, Message
+
+from ..errors import DumpError
+from ..proc.maps import Vma
+from . import format as fmt
+from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_pb2
+
+__all__ = ["CheckpointWriter", "PagesWriter", "PagesWriterStats", "vma_entry_from", "fill_required"]
+
+_U64_LIMIT = 1 << 64
+_U32_LIMIT = 1 << 32
+
+
+def fill_required(msg: Message) -> Message:
+    """Set every unset *required scalar* field of ``msg`` (not of nested
+    messages) to its zero value, CRIU's "unknown" for mm_entry and
+    dump_stats_entry. Returns ``msg``."""
+    for field in msg.DESCRIPTOR.fields:
+        if (
+            field.is_required
+            and field.type != field.TYPE_MESSAGE
+            and not msg.HasField(field.name)
+        ):
+            setattr(msg, field.name, field.default_value)
+    return msg
+
+
+# smaps VmFlags -> MAP_* and 1 << MADV_* (criu/proc_parse.c __parse_vmflags;
+# MADV_* numbers from include/uapi/asm-generic/mman-common.h).
+_VMFLAG_MAP = {
+    "gd": fmt.FLAG_TABLES["mmap.flags"]["MAP_GROWSDOWN"],
+    "lo": fmt.FLAG_TABLES["mmap.flags"]["MAP_LOCKED"],
+    "nr": fmt.FLAG_TABLES["mmap.flags"]["MAP_NORESERVE"],
+    "ht": fmt.FLAG_TABLES["mmap.flags"]["MAP_HUGETLB"],
+    "dp": fmt.FLAG_TABLES["mmap.flags"]["MAP_DROPPABLE"],
+}
+_VMFLAG_MADV = {"sr": 2, "rr": 1, "dc": 10, "dd": 16, "mg": 12, "hg": 14, "nh": 15, "wf": 18}
+_MAP_SHARED = fmt.FLAG_TABLES["mmap.flags"]["MAP_SHARED"]
+_MAP_PRIVATE = fmt.FLAG_TABLES["mmap.flags"]["MAP_PRIVATE"]
+_MAP_ANONYMOUS = fmt.FLAG_TABLES["mmap.flags"]["MAP_ANONYMOUS"]
+_MAP_DROPPABLE = fmt.FLAG_TABLES["mmap.flags"]["MAP_DROPPABLE"]
+
+
+def vma_entry_from(
+    vma: Vma,
+    *,
+    status: int,
+    shmid: int = 0,
+    dumped: bool | None = None,
+    contents_skipped_reason: str | None = None,
+    nr_pages_dumped: int | None = None,
+    nr_pages_parent: int | None = None,
+) -> vma_pb2.vma_entry:
+    """A ``vma_entry`` for ``vma`` with the given VMA_* ``status`` bits.
+
+    ``flags`` and ``madv`` are derived as CRIU does (proc_parse.c): shared or
+    private from the perms, MAP_ANONYMOUS when ``status`` has
+    VMA_ANON_PRIVATE/VMA_ANON_SHARED, the rest from smaps VmFlags
+    (MAP_DROPPABLE replaces MAP_PRIVATE). ``fd`` is -1 as in CRIU.
+    The classification itself (``status``) is the caller's.
+    """
+    flags = _MAP_SHARED if vma.shared else _MAP_PRIVATE
+    if status & (fmt.VMA_ANON_PRIVATE | fmt.VMA_ANON_SHARED):
+        flags |= _MAP_ANONYMOUS
+    madv = 0
+    for mnemonic in vma.vmflags:
+        flags |= _VMFLAG_MAP.get(mnemonic, 0)
+        if mnemonic in _VMFLAG_MADV:
+            madv |= 1 << _VMFLAG_MADV[mnemonic]
+    if flags & _MAP_DROPPABLE:
+        flags &= ~_MAP_PRIVATE
+    e = vma_pb2.vma_entry(
+        start=vma.start,
+        end=vma.end,
+        pgoff=vma.pgoff,
+        shmid=shmid,
+        prot=vma.prot,
+        flags=flags,
+        status=status,
+        fd=-1,
+        path=vma.path,
+        dev_major=vma.dev_major,
+        dev_minor=vma.dev_minor,
+        inode=vma.inode,
+        vmflags=" ".join(sorted(vma.vmflags)),
+    )
+    if madv:
+        e.madv = madv
+    if dumped is not None:
+        e.dumped = dumped
+    if contents_skipped_reason is not None:
+        e.contents_skipped_reason = contents_skipped_reason
+    if nr_pages_dumped is not None:
+        e.nr_pages_dumped = nr_pages_dumped
+    if nr_pages_parent is not None:
+        e.nr_pages_parent = nr_pages_parent
+    return e
+
+
+def _check_page_size(page_size: int) -> int:
+    if not (4096 <= page_size <= 65536 and page_size & (page_size - 1) == 0):
+        raise ValueError(f"page size {page_size} is not a power of two in [4096, 65536]")
+    return page_size
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """Create ``path`` (must not exist) with mode 0600 whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return open(fd, "wb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fsync_close(f: BinaryIO) -> None:
+    try:
+        f.flush()
+        os.fsync(f.fileno())
+    finally:
+        f.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(slots=True)
+class PagesWriterStats:
+    """Counters of one :class:`PagesWriter`.
+
+    Pages are counted after entry merging; ``bytes_raw`` is the length of the
+    page stream (``pages_present * page_size``); ``bytes_compressed`` the sum
+    of zstd frame sizes (0 when raw); ``bytes_file`` the size of the pages
+    file (header, index and footer included). Times in nanoseconds:
+    ``compress_ns`` is summed over worker threads, so it may exceed wall
+    time; ``write_ns`` covers write and fsync of the pages file.
+    """
+
+    entries: int = 0
+    pages_present: int = 0
+    pages_parent: int = 0
+    frames: int = 0
+    bytes_raw: int = 0
+    bytes_compressed: int = 0
+    bytes_file: int = 0
+    compress_ns: int = 0
+    write_ns: int = 0
+
+    def add_to(self, dump: stats_pb2.dump_stats_entry) -> None:
+        """Add these counters into a ``dump_stats_entry`` (pages_written,
+        pages_skipped_parent, bytes_*, compress/write times in µs)."""
+        dump.pages_written += self.pages_present
+        dump.pages_skipped_parent += self.pages_parent
+        dump.bytes_raw += self.bytes_raw
+        dump.bytes_compressed += self.bytes_compressed
+        dump.compress_time_us += self.compress_ns // 1000
+        dump.write_time_us += self.write_ns // 1000
+
+
+class PagesWriter:
+    """Writer of ``pagemap-PID.img`` and its pages file for one process.
+
+    Get one from :meth:`CheckpointWriter.pages_writer`. Add entries in
+    ascending, non-overlapping vaddr order with :meth:`add_present` and
+    :meth:`add_parent`, then :meth:`close`. Not thread-safe: one caller.
+
+    ``compress=False`` writes ``pages-N.img`` exactly as CRIU would for the
+    same entries. ``compress=True`` writes ``pages-N.zst.img``: the same page
+    stream cut into frames of ``frame_pages`` pages, each compressed at
+    ``level`` by a pool of ``threads`` workers (default ``os.cpu_count()``).
+    At most ``2 * threads`` frames are in flight, so memory stays near
+    ``2 * threads * frame_pages * page_size`` bytes whatever the dump size.
+    ``merge=True`` folds an entry into the previous one when both have the
+    same flags and are contiguous in memory.
+    """
+
+    def __init__(
+        self,
+        create: Callable[[str], BinaryIO],
+        pid: int,
+        pages_id: int,
+        *,
+        page_size: int,
+        compress: bool = True,
+        level: int = fmt.ZSTD_LEVEL,
+        threads: int | None = None,
+        frame_pages: int = fmt.FRAME_PAGES,
+        merge: bool = True,
+    ) -> None:
+        _check_page_size(page_size)
+        if not 1 <= frame_pages * page_size <= fmt.MAX_FRAME_BYTES:
+            raise ValueError(f"frame_pages {frame_pages} out of range")
+        if not 0 < pages_id < _U32_LIMIT:
+            raise ValueError(f"pages_id {pages_id} out of range")
+        self.pid = pid
+        self.pages_id = pages_id
+        self.page_size = page_size
+        self.compress = compress
+        self.level = level
+        self.frame_pages = frame_pages
+        self.merge = merge
+        self.stats = PagesWriterStats()
+        self.pages_file = fmt.zpages_name(pages_id) if compress else fmt.pages_name(pages_id)
+        self.closed = False
+
+        # Entries as parallel lists of ints; messages are built once, in close().
+        self._vaddr: list[int] = []
+        self._nr: list[int] = []
+        self._flags: list[int] = []
+        self._off: list[int] = []
+        self._next = 0  # lowest vaddr the next entry may start at
+
+        self._pool: ThreadPoolExecutor | None = None
+        self._pages_f: BinaryIO | None = None
+        self._pagemap_f: BinaryIO | None = create(fmt.pagemap_name(pid))
+        try:
+            self._pages_f = create(self.pages_file)
+        except BaseException:
+            self._pagemap_f.close()
+            raise
+        self._pos = 0  # bytes written to the pages file
+        if compress:
+            self._frame_bytes = frame_pages * page_size
+            self._pending = bytearray()  # start of the next frame
+            self._frame_sizes: list[int] = []
+            self._inflight: collections.deque[Future] = collections.deque()
+            nthreads = threads or os.cpu_count() or 1
+            self._max_inflight = 2 * nthreads
+            self._tls = threading.local()
+            self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix=f"zstd-{pid}")
+            head = zpages_pb2.zpages_head(
+                page_size=page_size,
+                frame_pages=frame_pages,
+                compression=fmt.COMPRESSION_ZSTD,
+                level=level,
+                pages_id=pages_id,
+            )
+            self._write(fmt.U32.pack(fmt.IMG_COMMON_MAGIC) + fmt.U32.pack(fmt.ZPAGES_MAGIC))
+            payload = head.SerializeToString()
+            self._write(fmt.U32.pack(len(payload)) + payload)
+            self._data_offset = self._pos
+
+    # --- entries
+
+    def _add_entry(self, vaddr: int, nr: int, flags: int) -> None:
+        if self.closed:
+            raise ValueError("PagesWriter is closed")
+        if vaddr % self.page_size:
+            raise ValueError(f"vaddr {vaddr:#x} is not page aligned")
+        if vaddr < self._next:
+            raise ValueError(f"entry at {vaddr:#x} is below the end of the previous one ({self._next:#x})")
+        end = vaddr + nr * self.page_size
+        if nr <= 0 or end > _U64_LIMIT:
+            raise ValueError(f"bad entry {vaddr:#x} + {nr} pages")
+        st = self.stats
+        if flags & fmt.PE_PRESENT:
+            off = st.pages_present
+            st.pages_present += nr
+        else:
+            off = -1
+            st.pages_parent += nr
+        if self.merge and self._vaddr and self._flags[-1] == flags and vaddr == self._next:
+            self._nr[-1] += nr
+        else:
+            self._vaddr.append(vaddr)
+            self._nr.append(nr)
+            self._flags.append(flags)
+            self._off.append(off)
+        self._next = end
+
+    def add_present(self, vaddr: int, data) -> None:
+        """Append a PE_PRESENT entry at ``vaddr`` (bytes, page aligned) holding
+        ``data`` (any C-contiguous bytes-like object; its length a non-zero
+        multiple of the page size). ``data`` is copied or written before this
+        returns, so the caller may reuse its buffer. ValueError on misuse,
+        DumpError on I/O failure."""
+        mv = memoryview(data).cast("B")
+        n = mv.nbytes
+        if n == 0 or n % self.page_size:
+            raise ValueError(f"data length {n} is not a non-zero multiple of the page size {self.page_size}")
+        self._add_entry(vaddr, n // self.page_size, fmt.PE_PRESENT)
+        self.stats.bytes_raw += n
+        if self.compress:
+            self._feed(mv)
+        else:
+            self._write(mv)
+
+    def add_parent(self, vaddr: int, nr_pages: int) -> None:
+        """Append a PE_PARENT entry: ``nr_pages`` pages at ``vaddr`` whose data
+        is in the parent checkpoint (no bytes here)."""
+        self._add_entry(vaddr, nr_pages, fmt.PE_PARENT)
+
+    # --- page stream
+
+    def _write(self, data) -> None:
+        t0 = time.perf_counter_ns()
+        try:
+            self._pages_f.write(data)
+        except OSError as err:
+            raise DumpError(f"writing {self.pages_file}: {err.strerror}") from err
+        self.stats.write_ns += time.perf_counter_ns() - t0
+        self._pos += len(data)
+
+    def _feed(self, mv: memoryview) -> None:
+        fb = self._frame_bytes
+        n = mv.nbytes
+        pos = 0
+        if self._pending:
+            pos = min(fb - len(self._pending), n)
+            self._pending += mv[:pos]
+            if len(self._pending) == fb:
+                self._submit(bytes(self._pending))
+                self._pending.clear()
+        while n - pos >= fb:
+            self._submit(mv[pos : pos + fb].tobytes())  # own copy: the caller reuses data
+            pos += fb
+        if pos < n:
+            self._pending += mv[pos:]
+
+    def _compress(self, chunk: bytes) -> tuple[bytes, int]:
+        # One compressor per worker thread: ZstdCompressor is not thread-safe.
+        cctx = getattr(self._tls, "cctx", None)
+        if cctx is None:
+            cctx = self._tls.cctx = zstandard.ZstdCompressor(
+                level=self.level, write_content_size=True, write_checksum=True
+            )
+        t0 = time.perf_counter_ns()
+        frame = cctx.compress(chunk)
+        return frame, time.perf_counter_ns() - t0
+
+    def _submit(self, chunk: bytes) -> None:
+        if len(self._inflight) >= self._max_inflight:
+            self._retire_one()
+        self._inflight.append(self._pool.submit(self._compress, chunk))
+
+    def _retire_one(self) -> None:
+        frame, ns = self._inflight.popleft().result()
+        self.stats.compress_ns += ns
+        self._write(frame)
+        self._frame_sizes.append(len(frame))
+        self.stats.frames += 1
+        self.stats.bytes_compressed += len(frame)
+
+    def _finish_zpages(self) -> None:
+        if self._pending:
+            self._submit(bytes(self._pending))
+            self._pending.clear()
+        while self._inflight:
+            self._retire_one()
+        index = zpages_pb2.zpages_index(nr_pages=self.stats.pages_present, frame_size=self._frame_sizes)
+        payload = index.SerializeToString()
+        index_offset = self._pos
+        self._write(fmt.U32.pack(len(payload)) + payload)
+        self._write(fmt.ZPAGES_FOOTER.pack(index_offset, zlib.crc32(payload), fmt.ZPAGES_MAGIC))
+
+    # --- pagemap
+
+    def _pagemap_messages(self):
+        yield pagemap_pb2.pagemap_head(
+            pages_id=self.pages_id,
+            pages_file=self.pages_file,
+            compression=fmt.COMPRESSION_ZSTD if self.compress else fmt.COMPRESSION_NONE,
+            page_size=self.page_size,
+            nr_present_pages=self.stats.pages_present,
+        )
+        entry = pagemap_pb2.pagemap_entry
+        for vaddr, nr, flags, off in zip(self._vaddr, self._nr, self._flags, self._off):
+            e = entry(vaddr=vaddr, compat_nr_pages=nr if nr < _U32_LIMIT else 0, flags=flags, nr_pages=nr)
+            if off >= 0:
+                e.pages_off = off
+            yield e
+
+    def close(self) -> None:
+        """Finish the pages file (drain the pool, write index and footer) and
+        write ``pagemap-PID.img``; both are fsynced and closed. Idempotent."""
+        if self.closed:
+            return
+        try:
+            if self.compress:
+                self._finish_zpages()
+            t0 = time.perf_counter_ns()
+            _fsync_close(self._pages_f)
+            self.stats.write_ns += time.perf_counter_ns() - t0
+            self.stats.bytes_file = self._pos
+            self.stats.entries = len(self._vaddr)
+            fmt.write_magic(self._pagemap_f, "PAGEMAP")
+            fmt.write_entries(self._pagemap_f, self._pagemap_messages())
+            _fsync_close(self._pagemap_f)
+        except OSError as err:
+            self.abort()
+            raise DumpError(f"writing pages of pid {self.pid}: {err.strerror}") from err
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+        self.closed = True
+
+    def abort(self) -> None:
+        """Drop queued work and close the files without syncing (the caller
+        removes them). Idempotent."""
+        self.closed = True
+        if self._pool is not None:
+            for fut in getattr(self, "_inflight", ()):
+                fut.cancel()
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for f in (self._pages_f, self._pagemap_f):
+            if f is not None and not f.closed:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> PagesWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class CheckpointWriter:
+    """Builds a checkpoint directory at ``dest`` atomically.
+
+    ``dest``'s parent must exist. Without ``force`` an existing ``dest``
+    raises DumpError here, before anything is written. With ``force`` an
+    existing ``dest`` is replaced at :meth:`commit` (renamed aside, then
+    removed); a directory is only replaced if it looks like a checkpoint
+    (holds ``inventory.img``) or is empty, so a typo cannot wipe a tree.
+
+    Use as a context manager: leaving the block by an exception calls
+    :meth:`abort`; leaving it normally without :meth:`commit` aborts too.
+    """
+
+    def __init__(self, dest: str | os.PathLike, *, force: bool = False, page_size: int | None = None) -> None:
+        self.dest = Path(os.path.abspath(dest))
+        self.force = force
+        self.page_size = _check_page_size(page_size or os.sysconf("SC_PAGE_SIZE"))
+        parent = self.dest.parent
+        if not parent.is_dir():
+            raise DumpError(f"{parent}: no such directory")
+        if os.path.lexists(self.dest):
+            if not force:
+                raise DumpError(f"{self.dest} already exists (use force to replace it)")
+            self._check_replaceable()
+        try:
+            tmp = parent / f".{self.dest.name}.tmp-{secrets.token_hex(4)}"
+            os.mkdir(tmp, 0o700)
+            os.chmod(tmp, 0o700)
+        except OSError as err:
+            raise DumpError(f"cannot create a directory in {parent}: {err.strerror}") from err
+        self.tmpdir: Path | None = tmp
+        self.files: list[str] = []  # names written so far
+        self._pages_writers: list[PagesWriter] = []
+        self.committed = False
+
+    def _check_replaceable(self) -> None:
+        d = self.dest
+        if d.is_dir() and not d.is_symlink():
+            if not (d / fmt.INVENTORY_NAME).exists() and any(d.iterdir()):
+                raise DumpError(f"refusing to replace {d}: not empty and not a checkpoint (no {fmt.INVENTORY_NAME})")
+
+    # --- files
+
+    def _create(self, name: str) -> BinaryIO:
+        if self.tmpdir is None:
+            raise DumpError("checkpoint writer is closed")
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"bad image file name {name!r}")
+        try:
+            f = _open_private(self.tmpdir / name)
+        except OSError as err:
+            raise DumpError(f"creating {name}: {err.strerror}") from err
+        self.files.append(name)
+        return f
+
+    def write_image(self, name: str, magic: str, msgs: list[Message]) -> Path:
+        """Write image file ``name``: the ``magic`` header (a
+        :data:`~dumper.image.format.MAGICS` key), then ``msgs`` as entries.
+        Returns its (temporary) path. DumpError on I/O failure or a message
+        missing required fields."""
+        f = self._create(name)
+        try:
+            fmt.write_magic(f, magic)
+            fmt.write_entries(f, msgs)
+            _fsync_close(f)
+        except OSError as err:
+            f.close()
+            raise DumpError(f"writing {name}: {err.strerror}") from err
+        except (EncodeError, ValueError) as err:
+            f.close()
+            raise DumpError(f"writing {name}: {err}") from err
+        return self.tmpdir / name
+
+    def write_inventory(self, inv: inventory_pb2.inventory_entry) -> Path:
+        """Write ``inventory.img``. A copy of ``inv`` is written with defaults
+        for unset fields: img_version 2, fdinfo_per_id true (CRIU refuses
+        images without it), dumper_format_version, page_size."""
+        m = inventory_pb2.inventory_entry()
+        m.CopyFrom(inv)
+        if not m.HasField("img_version"):
+            m.img_version = fmt.CRTOOLS_IMAGES_V1_1
+        if not m.HasField("fdinfo_per_id"):
+            m.fdinfo_per_id = True
+        if not m.HasField("dumper_format_version"):
+            m.dumper_format_version = fmt.DUMPER_FORMAT_VERSION
+        if not m.HasField("page_size"):
+            m.page_size = self.page_size
+        return self.write_image(fmt.INVENTORY_NAME, "INVENTORY", [m])
+
+    def write_mm(self, pid: int, mm: mm_pb2.mm_entry) -> Path:
+        """Write ``mm-PID.img``: one mm_entry (a copy, with unset required
+        top-level fields set to 0). Its VMAs must be complete."""
+        m = mm_pb2.mm_entry()
+        m.CopyFrom(mm)
+        fill_required(m)
+        return self.write_image(fmt.mm_name(pid), "MM", [m])
+
+    def write_stats(self, stats: stats_pb2.stats_entry | stats_pb2.dump_stats_entry) -> Path:
+        """Write ``stats-dump`` (service magic). A bare dump_stats_entry is
+        wrapped in ``stats_entry.dump``; unset required fields become 0."""
+        m = stats_pb2.stats_entry()
+        if isinstance(stats, stats_pb2.dump_stats_entry):
+            m.dump.CopyFrom(stats)
+        else:
+            m.CopyFrom(stats)
+        if m.HasField("dump"):
+            fill_required(m.dump)
+        return self.write_image(fmt.STATS_DUMP_NAME, "STATS", [m])
+
+    def link_parent(self, target: str | os.PathLike) -> None:
+        """Create the ``parent`` symlink to ``target`` (CRIU's
+        ``--prev-images-dir``; a relative target such as ``../1`` keeps the
+        pair movable). The target is stored as given."""
+        if self.tmpdir is None:
+            raise DumpError("checkpoint writer is closed")
+        try:
+            os.symlink(os.fspath(target), self.tmpdir / fmt.PARENT_LINK)
+        except OSError as err:
+            raise DumpError(f"creating {fmt.PARENT_LINK} link: {err.strerror}") from err
+        self.files.append(fmt.PARENT_LINK)
+
+    def pages_writer(
+        self,
+        pid: int,
+        pages_id: int,
+        *,
+        compress: bool = True,
+        level: int = fmt.ZSTD_LEVEL,
+        threads: int | None = None,
+        frame_pages: int = fmt.FRAME_PAGES,
+        merge: bool = True,
+    ) -> PagesWriter:
+        """A :class:`PagesWriter` for ``pagemap-PID.img`` and
+        ``pages-<pages_id>.img`` (raw) or ``pages-<pages_id>.zst.img``
+        (compressed). Close it before :meth:`commit`."""
+        pw = PagesWriter(
+            self._create,
+            pid,
+            pages_id,
+            page_size=self.page_size,
+            compress=compress,
+            level=level,
+            threads=threads,
+            frame_pages=frame_pages,
+            merge=merge,
+        )
+        self._pages_writers.append(pw)
+        return pw
+
+    # --- commit / abort
+
+    def commit(self) -> Path:
+        """Make the checkpoint visible at ``dest`` and return ``dest``.
+
+        Every PagesWriter must be closed (DumpError otherwise). Files were
+        fsynced when closed; here the directory is fsynced, renamed into place
+        and the parent directory fsynced. With ``force`` an existing ``dest``
+        is first renamed to ``.NAME.old-XXXXXXXX`` and removed afterwards.
+        On failure the temporary directory stays for the caller to
+        :meth:`abort`.
+        """
+        if self.tmpdir is None:
+            raise DumpError("checkpoint writer is closed")
+        open_writers = [pw.pid for pw in self._pages_writers if not pw.closed]
+        if open_writers:
+            raise DumpError(f"pages writers still open for pids {open_writers}")
+        parent = self.dest.parent
+        old: Path | None = None
+        try:
+            _fsync_dir(self.tmpdir)
+            if os.path.lexists(self.dest):
+                if not self.force:
+                    raise DumpError(f"{self.dest} already exists (use force to replace it)")
+                self._check_replaceable()
+                old = parent / f".{self.dest.name}.old-{secrets.token_hex(4)}"
+                os.rename(self.dest, old)
+            os.rename(self.tmpdir, self.dest)
+            _fsync_dir(parent)
+        except OSError as err:
+            if old is not None and not os.path.lexists(self.dest):
+                os.rename(old, self.dest)  # put the previous checkpoint back
+            raise DumpError(f"committing {self.dest}: {err.strerror}") from err
+        self.tmpdir = None
+        self.committed = True
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+        return self.dest
+
+    def abort(self) -> None:
+        """Close any open PagesWriter and remove the temporary directory.
+        Idempotent; does nothing after a successful commit."""
+        for pw in self._pages_writers:
+            if not pw.closed:
+                pw.abort()
+        if self.tmpdir is not None:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = None
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.committed:
+            self.abort()
