@@ -261,15 +261,17 @@ def test_target_exits_mid_dump(spawn_target, tmp_path, monkeypatch):
     t = spawn_target("dense,zero")
     from dumper.dump import memread
 
-    real = memread.MemReader.read_runs
+    real = memread.MemReader.readinto
+    calls = []
 
-    def dying(self, runs):
-        for i, item in enumerate(real(self, runs)):
-            if i == 0:
-                os.kill(t.pid, signal.SIGKILL)
-            yield item
+    def dying(self, view, addr):
+        calls.append(addr)
+        if len(calls) == 2:
+            os.kill(t.pid, signal.SIGKILL)
+            time.sleep(0.1)
+        return real(self, view, addr)
 
-    monkeypatch.setattr(memread.MemReader, "read_runs", dying)
+    monkeypatch.setattr(memread.MemReader, "readinto", dying)
     with pytest.raises((NoSuchProcess, DumpError)):
         dump(t.pid, tmp_path / "ck")
     no_checkpoint_left(tmp_path, "ck")

@@ -248,19 +248,67 @@ def test_add_present_copies_the_callers_buffer(tmp_path):
 def test_in_flight_frames_are_bounded(tmp_path, monkeypatch):
     from dumper.image import writer as wmod
 
-    seen = []
-    orig = wmod.PagesWriter._submit
+    seen, buffers = [], set()
+    orig = wmod.PagesWriter._submit_frame
 
-    def spy(self, chunk):
-        orig(self, chunk)
-        seen.append(len(self._inflight))
+    def spy(self):
+        buffers.add(id(self._cur))
+        orig(self)
+        seen.append(self._out.qsize())
 
-    monkeypatch.setattr(wmod.PagesWriter, "_submit", spy)
+    monkeypatch.setattr(wmod.PagesWriter, "_submit_frame", spy)
     with CheckpointWriter(tmp_path / "c", page_size=PS) as w:
         with w.pages_writer(1, 1, threads=3, frame_pages=4) as pw:
             pw.add_present(0, os.urandom(PS * 400))
         w.commit()
-    assert len(seen) == 100 and max(seen) <= 6
+    pool = max(4 * 3, 16) + 1
+    assert len(seen) >= 100 and max(seen) <= pool
+    assert len(buffers) <= pool  # buffers are recycled, never allocated per frame
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_add_present_from_reads_into_the_writer_and_stops_short(tmp_path, compress):
+    memory = _pages(50, 3)
+    bad_page = 37
+
+    def readinto(view, addr):
+        # pages 0..49 at address 0; page 37 cannot be read
+        first = addr // PS
+        n = len(view) // PS
+        ok = min(n, max(0, bad_page - first)) if first <= bad_page else n
+        view[: ok * PS] = memory[first * PS : (first + ok) * PS]
+        return ok * PS
+
+    dest = tmp_path / "c"
+    with CheckpointWriter(dest, page_size=PS) as w:
+        with w.pages_writer(1, 1, compress=compress, frame_pages=8) as pw:
+            assert pw.add_present_from(0, 50, readinto) == bad_page
+            assert pw.add_present_from((bad_page + 1) * PS, 50 - bad_page - 1, readinto) == 50 - bad_page - 1
+        w.commit()
+    from dumper.image.reader import iter_present, load_pagemap, open_pages
+
+    head, entries = load_pagemap(dest / "pagemap-1.img")
+    assert [(e.vaddr, e.nr_pages) for e in entries] == [(0, bad_page), ((bad_page + 1) * PS, 12)]
+    with open_pages(dest, head) as pages:
+        got = b"".join(bytes(d) for _, d in iter_present(entries, pages))
+    assert got == memory[: bad_page * PS] + memory[(bad_page + 1) * PS :]
+
+
+def test_write_error_in_the_writer_thread_reaches_the_caller(tmp_path, monkeypatch):
+    from dumper.errors import DumpError
+    from dumper.image import writer as wmod
+
+    def failing(self, data):
+        raise DumpError("writing pages-1.zst.img: No space left on device")
+
+    with CheckpointWriter(tmp_path / "c", page_size=PS) as w:
+        pw = w.pages_writer(1, 1, threads=2, frame_pages=4)
+        monkeypatch.setattr(wmod.PagesWriter, "_write", failing)
+        with pytest.raises(DumpError, match="No space left"):
+            for i in range(200):
+                pw.add_present(i * 16 * PS, os.urandom(PS * 16))
+            pw.close()
+    assert not (tmp_path / "c").exists()
 
 
 def test_stats(tmp_path):

@@ -138,11 +138,7 @@ def dump(
         dumped = [0] * len(per_vma)
         with _progress(total_bytes, progress) as bar:
             for i, (plan, runs) in enumerate(per_vma):
-                for vaddr, data in reader.read_runs(runs):
-                    pw.add_present(vaddr, data)
-                    dumped[i] += len(data) // PAGE_SIZE
-                    if bar is not None:
-                        bar.update(len(data))
+                dumped[i] = reader.copy_runs(runs, pw.add_present_from, bar.update if bar is not None else None)
         mm = mm_pb2.mm_entry(**proc.mm_layout(), exe_file_id=0, mm_saved_auxv=proc.auxv())
         freezer.thaw(thaw)
         frozen_ns = freezer.frozen_time_ns or 0

@@ -1,4 +1,7 @@
-"""Reading page contents from /proc/PID/mem into one bounded, reused buffer.
+"""Reading page contents from /proc/PID/mem straight into the writer's buffers.
+
+The buffers are the pages writer's bounded frame pool: nothing is ever sized
+from a VMA's length or the dump's total size.
 
 fs/proc/base.c ``mem_rw`` copies page by page; when the first page fails the
 read returns EIO, otherwise it stops short before the failing page (guard
@@ -12,14 +15,11 @@ import errno
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ..kernel.libc import PAGE_SIZE
 from ..proc.process import Process
 
-__all__ = ["MemReader", "CHUNK_BYTES"]
-
-CHUNK_BYTES = 4 << 20  # the whole read buffer: never sized from a VMA
+__all__ = ["MemReader"]
 
 
 @dataclass(slots=True)
@@ -31,16 +31,13 @@ class MemReader:
     """
 
     process: Process
-    chunk_bytes: int = CHUNK_BYTES
     unreadable: list[tuple[int, int]] = field(default_factory=list)
     read_ns: int = 0
     bytes_read: int = 0
     fd: int = -1
-    buf: bytearray = field(default_factory=bytearray)
 
     def __post_init__(self) -> None:
         self.fd = self.process.open("mem")
-        self.buf = bytearray(self.chunk_bytes)
 
     def _pread(self, view: memoryview, addr: int) -> int:
         """Fill as much of ``view`` as the kernel gives; stop at the first failure."""
@@ -58,32 +55,37 @@ class MemReader:
             got += n
         return got - got % PAGE_SIZE
 
-    def read_runs(self, runs: list[tuple[int, int]]) -> Iterator[tuple[int, memoryview]]:
-        """Yield ``(vaddr, data)`` pieces covering the readable pages of ``runs``.
+    def readinto(self, view: memoryview, addr: int) -> int:
+        """Read ``len(view)`` bytes at ``addr``; returns the bytes got (whole
+        pages), fewer when the page after them cannot be read."""
+        t0 = time.perf_counter_ns()
+        got = self._pread(view, addr)
+        self.read_ns += time.perf_counter_ns() - t0
+        self.bytes_read += got
+        return got
 
-        ``data`` is a view into the reused buffer, valid until the next item:
-        copy it (or finish with it) before asking for more.
+    def copy_runs(self, runs: list[tuple[int, int]], add_from, progress=None) -> int:
+        """Feed the readable pages of ``(vaddr, nr_pages)`` runs to a sink.
+
+        ``add_from(vaddr, nr_pages, readinto) -> pages added`` is
+        :meth:`dumper.image.PagesWriter.add_present_from`: the pages go
+        straight from the kernel into the writer's buffers. A page that
+        cannot be read is recorded in ``unreadable`` and skipped. Returns the
+        pages copied; ``progress(nbytes)`` is called as they go.
         """
-        mv = memoryview(self.buf)
-        max_pages = self.chunk_bytes // PAGE_SIZE
+        copied = 0
         for vaddr, nr_pages in runs:
-            pos, left = vaddr, nr_pages
-            while left:
-                n = min(left, max_pages)
-                t0 = time.perf_counter_ns()
-                got = self._pread(mv[: n * PAGE_SIZE], pos)
-                self.read_ns += time.perf_counter_ns() - t0
-                self.bytes_read += got
-                if got:
-                    yield pos, mv[:got]
-                done = got // PAGE_SIZE
-                if done < n:
-                    # The page at pos+got failed: record it, go on after it.
-                    bad = pos + got
-                    self._record_unreadable(bad)
+            done = 0
+            while done < nr_pages:
+                got = add_from(vaddr + done * PAGE_SIZE, nr_pages - done, self.readinto)
+                done += got
+                copied += got
+                if progress is not None and got:
+                    progress(got * PAGE_SIZE)
+                if done < nr_pages:  # the page at this address failed
+                    self._record_unreadable(vaddr + done * PAGE_SIZE)
                     done += 1
-                pos += done * PAGE_SIZE
-                left -= done
+        return copied
 
     def _record_unreadable(self, addr: int) -> None:
         last = self.unreadable[-1] if self.unreadable else None

@@ -21,14 +21,14 @@ as ``__cause__``) and for an existing destination; ``ValueError`` for misuse
 
 from __future__ import annotations
 
-import collections
 import os
+import queue
 import secrets
 import shutil
 import threading
 import time
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -209,9 +209,12 @@ class PagesWriter:
     ``compress=False`` writes ``pages-N.img`` exactly as CRIU would for the
     same entries. ``compress=True`` writes ``pages-N.zst.img``: the same page
     stream cut into frames of ``frame_pages`` pages, each compressed at
-    ``level`` by a pool of ``threads`` workers (default ``os.cpu_count()``).
-    At most ``2 * threads`` frames are in flight, so memory stays near
-    ``2 * threads * frame_pages * page_size`` bytes whatever the dump size.
+    ``level`` by a pool of ``threads`` workers (default ``os.cpu_count()``)
+    and written, in order, by one writer thread. Frames live in a fixed pool
+    of ``max(4 * threads, 16) + 1`` buffers that are recycled once written,
+    so memory stays near that many frames (about 4 MiB with 256 KiB frames)
+    whatever the dump size, and :meth:`add_present_from` lets the caller read
+    memory straight into a frame buffer, without a copy.
     ``merge=True`` folds an entry into the previous one when both have the
     same flags and are contiguous in memory.
     """
@@ -263,13 +266,19 @@ class PagesWriter:
         self._pos = 0  # bytes written to the pages file
         if compress:
             self._frame_bytes = frame_pages * page_size
-            self._pending = bytearray()  # start of the next frame
             self._frame_sizes: list[int] = []
-            self._inflight: collections.deque[Future] = collections.deque()
             nthreads = threads or os.cpu_count() or 1
-            self._max_inflight = 2 * nthreads
             self._tls = threading.local()
             self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix=f"zstd-{pid}")
+            # Bounded buffer pool: taking a free buffer is the back-pressure.
+            self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+            for _ in range(max(4 * nthreads, 16) + 1):
+                self._free.put(bytearray(self._frame_bytes))
+            self._cur = self._free.get()
+            self._fill = 0  # bytes of self._cur in use
+            self._out: queue.SimpleQueue = queue.SimpleQueue()  # (future, buffer) in stream order
+            self._error: BaseException | None = None
+            self._writer: threading.Thread | None = None
             head = zpages_pb2.zpages_head(
                 page_size=page_size,
                 frame_pages=frame_pages,
@@ -281,6 +290,10 @@ class PagesWriter:
             payload = head.SerializeToString()
             self._write(fmt.U32.pack(len(payload)) + payload)
             self._data_offset = self._pos
+            self._writer = threading.Thread(target=self._write_frames, name=f"zpages-writer-{pid}", daemon=True)
+            self._writer.start()
+        else:
+            self._raw_buf: bytearray | None = None
 
     # --- entries
 
@@ -327,6 +340,44 @@ class PagesWriter:
         else:
             self._write(mv)
 
+    def add_present_from(self, vaddr: int, nr_pages: int, readinto: Callable[[memoryview, int], int]) -> int:
+        """Append up to ``nr_pages`` pages at ``vaddr`` that ``readinto`` reads
+        straight into the writer's buffers (no copy).
+
+        ``readinto(view, addr)`` fills ``view`` with the memory at ``addr`` and
+        returns the bytes it got, a multiple of the page size; fewer than asked
+        means the page after them could not be read. Returns the pages added:
+        less than ``nr_pages`` when ``readinto`` came up short, and the caller
+        decides what to do with the failing page before calling again past it.
+        """
+        ps = self.page_size
+        done = 0
+        while done < nr_pages:
+            if self.compress:
+                buf, fill = self._cur, self._fill
+                n = min((len(buf) - fill) // ps, nr_pages - done)
+                view = memoryview(buf)[fill : fill + n * ps]
+            else:
+                if self._raw_buf is None:
+                    self._raw_buf = bytearray(fmt.FRAME_PAGES * ps)
+                n = min(len(self._raw_buf) // ps, nr_pages - done)
+                view = memoryview(self._raw_buf)[: n * ps]
+            got = readinto(view, vaddr + done * ps)
+            got -= got % ps
+            if got:
+                self._add_entry(vaddr + done * ps, got // ps, fmt.PE_PRESENT)
+                self.stats.bytes_raw += got
+                if self.compress:
+                    self._fill += got
+                    if self._fill == len(self._cur):
+                        self._submit_frame()
+                else:
+                    self._write(view[:got])
+            done += got // ps
+            if got < n * ps:
+                break
+        return done
+
     def add_parent(self, vaddr: int, nr_pages: int) -> None:
         """Append a PE_PARENT entry: ``nr_pages`` pages at ``vaddr`` whose data
         is in the parent checkpoint (no bytes here)."""
@@ -344,22 +395,16 @@ class PagesWriter:
         self._pos += len(data)
 
     def _feed(self, mv: memoryview) -> None:
-        fb = self._frame_bytes
-        n = mv.nbytes
-        pos = 0
-        if self._pending:
-            pos = min(fb - len(self._pending), n)
-            self._pending += mv[:pos]
-            if len(self._pending) == fb:
-                self._submit(bytes(self._pending))
-                self._pending.clear()
-        while n - pos >= fb:
-            self._submit(mv[pos : pos + fb].tobytes())  # own copy: the caller reuses data
-            pos += fb
-        if pos < n:
-            self._pending += mv[pos:]
+        pos, n = 0, mv.nbytes
+        while pos < n:
+            k = min(len(self._cur) - self._fill, n - pos)
+            self._cur[self._fill : self._fill + k] = mv[pos : pos + k]  # own copy: the caller reuses data
+            self._fill += k
+            pos += k
+            if self._fill == len(self._cur):
+                self._submit_frame()
 
-    def _compress(self, chunk: bytes) -> tuple[bytes, int]:
+    def _compress(self, chunk) -> tuple[bytes, int]:
         # One compressor per worker thread: ZstdCompressor is not thread-safe.
         cctx = getattr(self._tls, "cctx", None)
         if cctx is None:
@@ -370,25 +415,48 @@ class PagesWriter:
         frame = cctx.compress(chunk)
         return frame, time.perf_counter_ns() - t0
 
-    def _submit(self, chunk: bytes) -> None:
-        if len(self._inflight) >= self._max_inflight:
-            self._retire_one()
-        self._inflight.append(self._pool.submit(self._compress, chunk))
+    def _submit_frame(self) -> None:
+        """Hand the current buffer to the pool and take a free one (may wait)."""
+        if self._fill:
+            chunk = memoryview(self._cur)[: self._fill]
+            self._out.put((self._pool.submit(self._compress, chunk), self._cur))
+            self._cur = self._free.get()
+            self._fill = 0
+        if self._error is not None:
+            raise self._error
 
-    def _retire_one(self) -> None:
-        frame, ns = self._inflight.popleft().result()
-        self.stats.compress_ns += ns
-        self._write(frame)
-        self._frame_sizes.append(len(frame))
-        self.stats.frames += 1
-        self.stats.bytes_compressed += len(frame)
+    def _write_frames(self) -> None:
+        """Writer thread: write compressed frames in stream order, recycle buffers."""
+        while True:
+            item = self._out.get()
+            if item is None:
+                return
+            fut, buf = item
+            try:
+                if self._error is None:
+                    frame, ns = fut.result()
+                    self.stats.compress_ns += ns
+                    self._write(frame)
+                    self._frame_sizes.append(len(frame))
+                    self.stats.frames += 1
+                    self.stats.bytes_compressed += len(frame)
+                else:
+                    fut.cancel()
+            except BaseException as err:  # handed to the producer, which raises it
+                self._error = err if isinstance(err, DumpError) else DumpError(f"compressing pages: {err}")
+            finally:
+                self._free.put(buf)
+
+    def _stop_writer(self) -> None:
+        if self._writer is not None and self._writer.is_alive():
+            self._out.put(None)
+            self._writer.join()
 
     def _finish_zpages(self) -> None:
-        if self._pending:
-            self._submit(bytes(self._pending))
-            self._pending.clear()
-        while self._inflight:
-            self._retire_one()
+        self._submit_frame()
+        self._stop_writer()
+        if self._error is not None:
+            raise self._error
         index = zpages_pb2.zpages_index(nr_pages=self.stats.pages_present, frame_size=self._frame_sizes)
         payload = index.SerializeToString()
         index_offset = self._pos
@@ -444,8 +512,9 @@ class PagesWriter:
         removes them). Idempotent."""
         self.closed = True
         if self._pool is not None:
-            for fut in getattr(self, "_inflight", ()):
-                fut.cancel()
+            if self._error is None:
+                self._error = DumpError("pages writer aborted")
+            self._stop_writer()
             self._pool.shutdown(wait=True, cancel_futures=True)
         for f in (self._pages_f, self._pagemap_f):
             if f is not None and not f.closed:
