@@ -5,35 +5,27 @@ from __future__ import annotations
 import argparse
 
 
+def _integer(text: str, *, base: int, what: str, minimum: int) -> int:
+    try:
+        value = int(text, base)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r} (must be >= {minimum})")
+    return value
+
+
 def address(text: str) -> int:
     """An address: hex with 0x, or decimal."""
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an address: {text!r} (use 0x... or decimal)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"negative address: {text!r}")
-    return value
+    return _integer(text, base=0, what="an address (use 0x... or decimal)", minimum=0)
 
 
 def pid(text: str) -> int:
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a pid: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a pid: {text!r} (must be > 0)")
-    return value
+    return _integer(text, base=10, what="a pid", minimum=1)
 
 
 def non_negative(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
-    return value
+    return _integer(text, base=0, what="a number", minimum=0)
 
 
 def human_bytes(n: float) -> str:
