@@ -1,0 +1,58 @@
+"""Syscall injection into a frozen target (x86_64)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dumper.kernel import x86_64
+from dumper.proc.freeze import Freezer
+from dumper.proc.inject import Injector
+
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="syscall injection is x86_64 only")
+
+BLOCKED_READER = """
+import os, sys
+r, w = os.pipe()
+print(w, flush=True)
+data = os.read(r, 100)   # blocks in read(2) while we inject
+print("got", data.decode(), flush=True)
+"""
+
+
+def test_injected_syscalls_run_as_the_target_and_leave_no_trace():
+    p = subprocess.Popen([sys.executable, "-c", BLOCKED_READER], stdout=subprocess.PIPE, text=True)
+    try:
+        wfd = int(p.stdout.readline())
+        time.sleep(0.1)  # let it block in read(2)
+        with open(f"/proc/{p.pid}/syscall") as f:
+            before_syscall = f.read().split()[0]
+        maps_before = open(f"/proc/{p.pid}/maps").read()
+        with Freezer(p.pid) as fz:
+            with Injector(fz) as inj:
+                saved = bytes(inj.saved)
+                assert inj.syscall(39) == p.pid  # getpid
+                addr = inj.syscall(x86_64.NR_mmap, 0, 4096, 3, 0x22, -1, 0)
+                assert addr > 0
+                assert inj.syscall(x86_64.NR_munmap, addr, 4096) == 0
+                assert inj.syscall(x86_64.NR_munmap, 1, 4096) == -22  # EINVAL comes back as -errno
+            from dumper.kernel import ptrace
+
+            after = x86_64.user_regs_struct()
+            ptrace.getregs(p.pid, after)
+            assert bytes(after) == saved  # registers restored exactly
+        assert open(f"/proc/{p.pid}/maps").read() == maps_before  # no scratch mapping left
+        time.sleep(0.1)
+        with open(f"/proc/{p.pid}/syscall") as f:
+            assert f.read().split()[0] == before_syscall  # back in the same read(2)
+        # The interrupted read(2) was restarted, not failed with ERESTARTSYS.
+        os.write(os.open(f"/proc/{p.pid}/fd/{wfd}", os.O_WRONLY), b"hello")
+        assert p.stdout.readline().strip() == "got hello"
+    finally:
+        p.kill()
+        p.wait()
