@@ -2,13 +2,19 @@
 
 Order of work, chosen to keep the frozen time short:
 
-1. refuse an existing destination before touching the target;
+1. refuse an existing destination, and check the parent, before touching
+   the target;
 2. freeze every thread (ptrace), list VMAs (smaps), scan the private ones
-   with the mask scanner (:func:`dumper.dump.select.dump_masks`), read the
-   selected pages from /proc/PID/mem into a bounded buffer and hand them to
-   the pages writer, which copies and compresses them in a thread pool;
-3. thaw (resume, leave stopped, or kill) as soon as the last page is copied;
-4. let compression finish, write mm/inventory/stats, fsync and rename the
+   with the mask scanner (:func:`dumper.dump.select.dump_masks`);
+3. with a parent and write tracking, keep only the pages written since the
+   parent (the others become PE_PARENT entries, after checking the parent
+   really holds them);
+4. read the selected pages from /proc/PID/mem straight into the pages
+   writer's buffers, which compresses them in a thread pool (a pre-dump
+   reads after the target runs again, like CRIU's ``--pre-dump-mode=read``);
+5. arm or reset write tracking for the next dump, thaw (resume, leave
+   stopped, or kill) as soon as the last page is copied;
+6. let compression finish, write mm/inventory/stats, fsync and rename the
    checkpoint into place.
 
 On any error, SIGINT or SIGTERM the target is thawed back into the state it
@@ -26,19 +32,23 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from ..errors import DumpError
+from ..errors import DumpError, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..kernel.libc import PAGE_SIZE
 from ..proc.freeze import THAW_MODES, Freezer, raise_on_termination
 from ..proc.process import Process
-from ..scan import open_backend, scan_range
+from ..scan import Category, open_backend, scan_range
 from ..scan.base import REGION_DTYPE
+from ..scan.features import probe_scan_categories, probe_soft_dirty, probe_uffd_wp_async
 from .memread import MemReader
-from .select import classify, dump_masks, runs_in_vmas
+from .parent import ParentInfo, load_parent, split_by_coverage
+from .select import VmaPlan, classify, dump_masks, runs_in_vmas
 
-__all__ = ["dump", "DumpResult", "THAW_MODES"]
+__all__ = ["dump", "DumpResult", "THAW_MODES", "TRACKERS", "pick_tracker"]
+
+TRACKERS = ("auto", "uffd-wp", "soft-dirty", "none")
 
 
 @dataclass(slots=True)
@@ -49,6 +59,9 @@ class DumpResult:
     pid: int
     comm: str
     backend: str
+    tracker: str
+    parent: str | None
+    pre_dump: bool
     frozen_ns: int
     freezing_ns: int
     scan_ns: int
@@ -56,6 +69,7 @@ class DumpResult:
     total_ns: int
     pages_scanned: int
     pages_written: int
+    pages_parent: int
     pages_unreadable: int
     bytes_raw: int
     bytes_written: int
@@ -64,9 +78,36 @@ class DumpResult:
     vmas: int
     vmas_skipped: dict = field(default_factory=dict)
     unreadable: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
+
+
+def pick_tracker(requested: str) -> str:
+    """The write tracker to use: ``requested``, or for "auto" what works here.
+
+    Raises UnsupportedKernel naming what is missing and what to do.
+    """
+    if requested not in TRACKERS:
+        raise DumpError(f"unknown tracker {requested!r} (choose from {', '.join(TRACKERS)})")
+    uffd_ok = bool(probe_scan_categories()) and probe_uffd_wp_async()
+    if requested == "auto":
+        if uffd_ok:
+            return "uffd-wp"
+        if probe_soft_dirty():
+            return "soft-dirty"
+        raise UnsupportedKernel(
+            "write tracking",
+            "neither userfaultfd WP_ASYNC with PAGEMAP_SCAN (Linux 6.7+) nor soft-dirty "
+            "(CONFIG_MEM_SOFT_DIRTY) works here (see `dumper check`); dump without "
+            "--track-mem/--parent: every dump is then a full one")
+    if requested == "uffd-wp" and not uffd_ok:
+        raise UnsupportedKernel("uffd-wp tracking", "needs userfaultfd WP_ASYNC and PAGEMAP_SCAN (Linux 6.7)")
+    if requested == "soft-dirty" and not probe_soft_dirty():
+        raise UnsupportedKernel("soft-dirty tracking", "the kernel has no working soft-dirty bits "
+                                "(CONFIG_MEM_SOFT_DIRTY, x86_64/ppc64/s390 only)")
+    return requested
 
 
 def _progress(total_bytes: int, enabled: bool):
@@ -77,6 +118,56 @@ def _progress(total_bytes: int, enabled: bool):
     # delay: only dumps that take more than about a second show a bar.
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                 desc="dumping", delay=1.0, leave=False)
+
+
+def _relative_link(parent: str, dest: str) -> str:
+    return os.path.relpath(os.path.abspath(parent), os.path.dirname(os.path.abspath(dest)) or "/")
+
+
+# --- incremental selection -----------------------------------------------
+
+
+def _tracked(plan: VmaPlan, tracker: str, ranges: list[tuple[int, int]]) -> bool:
+    """Does the tracker know which pages of this VMA changed since the parent?"""
+    if tracker == "soft-dirty":
+        return True  # new VMAs are born VM_SOFTDIRTY: entirely dirty
+    v = plan.vma
+    return "uw" in v.vmflags and any(s <= v.start and v.end <= e for s, e in ranges)
+
+
+def _incremental_runs(pid, plan, regions, tracker, tracked_ranges, parent):
+    """Per VMA: sorted ``(vaddr, nr_pages, "dump"|"parent")`` runs.
+
+    ``regions`` holds the VMA's scan regions with WRITTEN/SOFT_DIRTY and
+    SWAPPED reported. Unchanged pages become PE_PARENT when the parent holds
+    them; uffd-wp markers (no data) are dropped.
+    """
+    from ..track.uffd import marker_mask
+
+    changed_bit = Category.SOFT_DIRTY if tracker == "soft-dirty" else Category.WRITTEN
+    dump_runs, keep = [], []
+    for s, e, c in regions:
+        (dump_runs if c & changed_bit else keep).append((s, (e - s) // PAGE_SIZE, c))
+    dump_runs = [(s, n) for s, n, _ in dump_runs]
+    unchanged = []
+    swapped = [(s, n) for s, n, c in keep if c & Category.SWAPPED]
+    masks = marker_mask(pid, swapped) if tracker == "uffd-wp" and swapped else []
+    mi = iter(masks)
+    for s, n, c in keep:
+        if tracker == "uffd-wp" and c & Category.SWAPPED:
+            m = next(mi)
+            real = np.flatnonzero(~m)
+            if not real.size:
+                continue
+            cut = np.flatnonzero(np.diff(real) != 1) + 1
+            for grp in np.split(real, cut):
+                unchanged.append((s + int(grp[0]) * PAGE_SIZE, int(grp.size)))
+        else:
+            unchanged.append((s, n))
+    covered, missing = split_by_coverage(unchanged, parent)
+    runs = [(s, n, "dump") for s, n in dump_runs + missing] + [(s, n, "parent") for s, n in covered]
+    runs.sort()
+    return runs
 
 
 def dump(
@@ -90,24 +181,38 @@ def dump(
     backend: str = "auto",
     force: bool = False,
     progress: bool = False,
+    parent: str | os.PathLike | None = None,
+    track_mem: bool = False,
+    tracker: str = "auto",
+    pre_dump: bool = False,
 ) -> DumpResult:
     """Checkpoint the memory of process ``pid`` into directory ``dest``.
 
     ``thaw`` is "resume", "leave-stopped" or "kill". ``compress`` selects
     zstd frames (``pages-1.zst.img``) over CRIU's raw ``pages-1.img``.
-    Raises DumpError (destination exists without ``force``, disk full, ...),
-    the ProcessError kinds (NoSuchProcess, ZombieProcess, NoMemoryMap,
-    AccessDenied, RefusedTarget), UnsupportedKernel for ``backend="ioctl"``
-    on kernels before 6.7; KeyboardInterrupt/SystemExit on SIGINT/SIGTERM.
+    ``track_mem`` arms write tracking (``tracker``: auto, uffd-wp,
+    soft-dirty) before the target resumes; ``parent`` makes the dump
+    incremental over that checkpoint (tracking is kept armed); ``pre_dump``
+    writes pages only, reading them after the target runs again.
+
+    Raises DumpError (destination exists without ``force``, bad parent,
+    disk full, ...), UnsupportedKernel (no working tracker, ``backend="ioctl"``
+    before 6.7), the ProcessError kinds (NoSuchProcess, ZombieProcess,
+    NoMemoryMap, AccessDenied, RefusedTarget); KeyboardInterrupt/SystemExit
+    on SIGINT/SIGTERM.
     """
     if thaw not in THAW_MODES:
         raise DumpError(f"unknown thaw mode {thaw!r} (choose from {', '.join(THAW_MODES)})")
     t_begin = time.monotonic_ns()
     wall_begin = time.time_ns()
     proc = Process(pid)
+    start_time = proc.stat().starttime
+    want_tracking = track_mem or pre_dump or parent is not None
+    tracker = pick_tracker(tracker) if want_tracking else "none"
     freezer = Freezer(proc)  # refuses self/ancestors/zombies/kthreads up front
+    pinfo: ParentInfo | None = load_parent(parent, pid, start_time) if parent is not None else None
+    notes: list[str] = []
     writer = CheckpointWriter(dest, force=force)  # refuses an existing dest up front
-    pages_id = 1
     with ExitStack() as stack:
         stack.callback(writer.abort)  # no-op after commit
         if threading.current_thread() is threading.main_thread():
@@ -116,41 +221,117 @@ def dump(
         stack.enter_context(freezer)  # freezes; thaws to "resume" on any way out
         freezing_ns = time.monotonic_ns() - t0
 
-        vmas = proc.vmas()
-        plans = [classify(v) for v in vmas]
+        plans = [classify(v) for v in proc.vmas()]
+
+        # Is the parent's tracking still in place?
+        tracked_ranges: list[tuple[int, int]] = []
+        uffd_state = None
+        if pinfo is not None:
+            inv = pinfo.inventory
+            if tracker == "uffd-wp":
+                from ..track import uffd
+
+                if inv.tracker != "uffd-wp" or not inv.HasField("uffd_fd") or not uffd.find_uffd(pid, inv.uffd_fd):
+                    notes.append("the parent armed no uffd-wp tracking that is still in place: full dump")
+                    pinfo = None
+                else:
+                    tracked_ranges = [(r.start, r.end) for r in inv.tracked_ranges]
+                    uffd_state = uffd.UffdTracking(inv.uffd_fd, [])
+            elif inv.tracker != tracker:
+                notes.append(f"the parent was tracked with {inv.tracker or 'nothing'}, not {tracker}: full dump")
+                pinfo = None
+
         t0 = time.monotonic_ns()
         with open_backend(proc, backend) as be:
             backend_name = be.name
+            masks = dump_masks(be.supported)
+            if pinfo is not None:
+                changed = Category.SOFT_DIRTY if tracker == "soft-dirty" else Category.WRITTEN
+                if not be.supported & changed:
+                    raise UnsupportedKernel(f"{tracker} tracking with the {be.name} scanner",
+                                            f"it cannot report {changed.name}")
+                masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded,
+                                    returned=changed | Category.SWAPPED)
             scanned = [p.vma for p in plans if p.mode == "pages"]
             if scanned:
-                result = scan_range(be, scanned[0].start, scanned[-1].end, dump_masks(be.supported))
-                regions = result.array
+                regions = scan_range(be, scanned[0].start, scanned[-1].end, masks).array
             else:
                 regions = np.empty(0, REGION_DTYPE)
         scan_ns = time.monotonic_ns() - t0
-        per_vma = runs_in_vmas(regions, plans)
-        pages_scanned = sum(p.vma.size // PAGE_SIZE for p in plans if p.mode != "skip")
-        total_bytes = sum(n for _, runs in per_vma for _, n in runs) * PAGE_SIZE
 
-        pw = writer.pages_writer(pid, pages_id, compress=compress, level=level, threads=threads)
+        per_vma = runs_in_vmas(regions, plans, with_categories=pinfo is not None)
+        work: list[tuple[VmaPlan, list[tuple[int, int, str]]]] = []
+        for plan, runs in per_vma:
+            if pinfo is not None and plan.mode == "pages" and _tracked(plan, tracker, tracked_ranges):
+                work.append((plan, _incremental_runs(pid, plan, runs, tracker, tracked_ranges, pinfo)))
+            else:
+                if pinfo is not None:  # runs carry (start, end, categories)
+                    runs = [(s_, (e_ - s_) // PAGE_SIZE) for s_, e_, _ in runs]
+                work.append((plan, [(v, n, "dump") for v, n in runs]))
+        pages_scanned = sum(p.vma.size // PAGE_SIZE for p in plans if p.mode != "skip")
+        total_bytes = sum(n for _, runs in work for _, n, k in runs if k == "dump") * PAGE_SIZE
+
+        pw = writer.pages_writer(pid, 1, compress=compress, level=level, threads=threads)
         reader = MemReader(proc)
         stack.callback(reader.close)
-        dumped = [0] * len(per_vma)
-        with _progress(total_bytes, progress) as bar:
-            for i, (plan, runs) in enumerate(per_vma):
-                dumped[i] = reader.copy_runs(runs, pw.add_present_from, bar.update if bar is not None else None)
         mm = mm_pb2.mm_entry(**proc.mm_layout(), exe_file_id=0, mm_saved_auxv=proc.auxv())
-        freezer.thaw(thaw)
+
+        def arm_tracking() -> None:
+            nonlocal uffd_state
+            if tracker == "soft-dirty":
+                with proc.translate("clear_refs"), open(f"{proc.path}/clear_refs", "w") as f:
+                    f.write("4")
+            elif tracker == "uffd-wp":
+                from ..track import uffd
+
+                # Only VMAs we dump are tracked; [vdso] and skipped ones are not.
+                want = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages"]
+                current = [(p.vma.start, p.vma.end) for p in plans
+                           if p.mode == "pages" and "uw" in p.vma.vmflags]
+                if uffd_state is None:
+                    uffd_state = uffd.arm(freezer, want)
+                else:
+                    uffd.reset(pid, current)
+                    uffd_state.ranges = list(current)
+                    uffd.register(freezer, uffd_state, [r for r in want if r not in set(current)])
+                    uffd_state.ranges.sort()
+
+        dumped = [0] * len(work)
+        parent_pages = [0] * len(work)
+
+        def copy_pages(bar) -> None:
+            for i, (plan, runs) in enumerate(work):
+                for vaddr, n, kind in runs:
+                    if kind == "parent":
+                        pw.add_parent(vaddr, n)
+                        parent_pages[i] += n
+                    else:
+                        dumped[i] += reader.copy_runs([(vaddr, n)], pw.add_present_from,
+                                                      bar.update if bar is not None else None)
+
+        with _progress(total_bytes, progress) as bar:
+            if pre_dump:
+                # CRIU's read mode: reset tracking, let the target go, copy after.
+                if tracker != "none":
+                    arm_tracking()
+                freezer.thaw(thaw)
+                copy_pages(bar)
+            else:
+                copy_pages(bar)
+                if tracker != "none":
+                    arm_tracking()
+                freezer.thaw(thaw)
         frozen_ns = freezer.frozen_time_ns or 0
 
         pw.close()  # compression tail runs while the target already runs
         skipped: dict[str, int] = {}
-        for i, (plan, _) in enumerate(per_vma):
+        for i, (plan, _) in enumerate(work):
             if plan.mode == "skip":
                 skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
             mm.vmas.append(vma_entry_from(
                 plan.vma, status=plan.status, dumped=plan.mode != "skip",
-                contents_skipped_reason=plan.reason or None, nr_pages_dumped=dumped[i]))
+                contents_skipped_reason=plan.reason or None, nr_pages_dumped=dumped[i],
+                nr_pages_parent=parent_pages[i] or None))
         writer.write_mm(pid, mm)
         st = pw.stats
         stats = stats_pb2.dump_stats_entry(
@@ -159,7 +340,7 @@ def dump(
             memdump_time=min(reader.read_ns // 1000, 2**32 - 1),
             memwrite_time=min(st.write_ns // 1000, 2**32 - 1),
             pages_scanned=pages_scanned,
-            pages_skipped_parent=0,
+            pages_skipped_parent=st.pages_parent,
             pages_written=st.pages_present,
             pages_lazy=0,
             bytes_raw=st.bytes_raw,
@@ -176,13 +357,22 @@ def dump(
             kernel_release=os.uname().release,
             machine=os.uname().machine,
             scanner=backend_name,
-            tracker="none",
+            tracker=tracker,
             dump_start_ns=wall_begin,
             dump_end_ns=time.time_ns(),
             root_pid=pid,
             pids=[pid],
-            pre_dump=False,
+            pre_dump=pre_dump,
+            task_start_time=start_time,
         )
+        if uffd_state is not None:
+            inv.uffd_fd = uffd_state.fd
+            inv.tracked_ranges.extend(inventory_pb2.tracked_range(start=s, end=e) for s, e in uffd_state.ranges)
+        parent_link = None
+        if pinfo is not None:
+            parent_link = _relative_link(pinfo.path, os.fspath(dest))
+            writer.link_parent(parent_link)
+            inv.parent_path = parent_link
         inv.compression = fmt.COMPRESSION_ZSTD if compress else fmt.COMPRESSION_NONE
         if compress:
             inv.compression_level = level
@@ -190,10 +380,12 @@ def dump(
         writer.write_inventory(inv)
         path = writer.commit()
     return DumpResult(
-        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name,
+        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker,
+        parent=parent_link, pre_dump=pre_dump,
         frozen_ns=frozen_ns, freezing_ns=freezing_ns, scan_ns=scan_ns, read_ns=reader.read_ns,
         total_ns=time.monotonic_ns() - t_begin, pages_scanned=pages_scanned,
-        pages_written=st.pages_present, pages_unreadable=reader.pages_unreadable,
+        pages_written=st.pages_present, pages_parent=st.pages_parent, pages_unreadable=reader.pages_unreadable,
         bytes_raw=st.bytes_raw, bytes_written=st.bytes_file, compress_ns=st.compress_ns,
         write_ns=st.write_ns, vmas=len(plans), vmas_skipped=skipped, unreadable=reader.unreadable,
+        notes=notes,
     )

@@ -88,6 +88,8 @@ class MemReader:
         return copied
 
     def _record_unreadable(self, addr: int) -> None:
+        # A dead target reads as failures too: that is not an unreadable page.
+        self.process.check_has_mm()
         last = self.unreadable[-1] if self.unreadable else None
         if last and last[0] + last[1] * PAGE_SIZE == addr:
             self.unreadable[-1] = (last[0], last[1] + 1)

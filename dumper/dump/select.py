@@ -83,30 +83,33 @@ def dump_masks(supported: Category) -> ScanMasks:
     return ScanMasks(anyof=Category.PRESENT | Category.SWAPPED, excluded=excluded, returned=Category(0))
 
 
-def runs_in_vmas(regions: np.ndarray, plans: list[VmaPlan]) -> list[tuple[VmaPlan, list[tuple[int, int]]]]:
-    """Cut scan regions at VMA boundaries: for each plan, its ``(vaddr, nr_pages)`` runs.
+def runs_in_vmas(regions: np.ndarray, plans: list[VmaPlan], *, with_categories: bool = False):
+    """Cut scan regions at VMA boundaries: for each plan, its runs.
 
-    ``regions`` is the scanner's REGION_DTYPE array (sorted, disjoint);
-    regions merge across VMA boundaries, so this splits them per VMA.
-    Work is O(len(regions) + len(plans)).
+    Runs are ``(vaddr, nr_pages)``, or ``(start, end, categories)`` with
+    ``with_categories``. ``regions`` is the scanner's REGION_DTYPE array
+    (sorted, disjoint); regions merge across VMA boundaries, so this splits
+    them per VMA. Work is O(len(regions) + len(plans)).
     """
     out = []
     starts = regions["start"] if len(regions) else np.empty(0, np.uint64)
     ends = regions["end"] if len(regions) else np.empty(0, np.uint64)
+    cats = regions["categories"] if len(regions) else np.empty(0, np.uint64)
     for plan in plans:
         v = plan.vma
         if plan.mode == "skip":
             out.append((plan, []))
             continue
         if plan.mode == "whole":
-            out.append((plan, [(v.start, v.size // PAGE_SIZE)]))
+            whole = (v.start, v.end, 0) if with_categories else (v.start, v.size // PAGE_SIZE)
+            out.append((plan, [whole]))
             continue
         lo = int(np.searchsorted(ends, v.start, side="right"))
         hi = int(np.searchsorted(starts, v.end, side="left"))
         runs = []
-        for s, e in zip(starts[lo:hi].tolist(), ends[lo:hi].tolist()):
+        for s, e, c in zip(starts[lo:hi].tolist(), ends[lo:hi].tolist(), cats[lo:hi].tolist()):
             s, e = max(s, v.start), min(e, v.end)
             if e > s:
-                runs.append((s, (e - s) // PAGE_SIZE))
+                runs.append((s, e, c) if with_categories else (s, (e - s) // PAGE_SIZE))
         out.append((plan, runs))
     return out

@@ -13,6 +13,7 @@ ARCH = platform.machine()
 NR_mmap = 9
 NR_munmap = 11
 NR_ioctl = 16
+NR_close = 3
 NR_userfaultfd = 323
 NR_pidfd_open = 434
 NR_pidfd_getfd = 438

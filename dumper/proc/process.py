@@ -11,9 +11,10 @@ from typing import Iterator
 from ..errors import AccessDenied, NoMemoryMap, NoSuchProcess, ProcessError, ZombieProcess
 from .maps import Vma, parse_maps
 
-__all__ = ["Process", "ProcStat", "PF_KTHREAD"]
+__all__ = ["Process", "ProcStat", "PF_KTHREAD", "PF_EXITING"]
 
-PF_KTHREAD = 0x00200000  # include/linux/sched.h
+PF_EXITING = 0x00000004  # include/linux/sched.h
+PF_KTHREAD = 0x00200000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,8 @@ class Process:
         st = self.stat()
         if st.state in ("Z", "X"):
             raise ZombieProcess(self.pid)
+        if st.flags & PF_EXITING:
+            raise NoSuchProcess(self.pid, "process is exiting")
         if st.flags & PF_KTHREAD:
             raise NoMemoryMap(self.pid)
         return st

@@ -27,7 +27,7 @@ from . import core_pb2 as core__pb2
 from . import pagemap_pb2 as pagemap__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0finventory.proto\x1a\nopts.proto\x1a\ncore.proto\x1a\rpagemap.proto\" \n\rplugins_entry\x12\x0f\n\x07plugins\x18\x0c \x03(\t\"\xf5\x05\n\x0finventory_entry\x12\x13\n\x0bimg_version\x18\x01 \x02(\r\x12\x15\n\rfdinfo_per_id\x18\x02 \x01(\x08\x12&\n\x08root_ids\x18\x03 \x01(\x0b\x32\x14.task_kobj_ids_entry\x12\x11\n\tns_per_id\x18\x04 \x01(\x08\x12\x13\n\x0broot_cg_set\x18\x05 \x01(\r\x12\x19\n\x07lsmtype\x18\x06 \x01(\x0e\x32\x08.lsmtype\x12\x1d\n\x0b\x64ump_uptime\x18\x08 \x01(\x04\x42\x08\xd2\xf4\x18\x04\"\x02us\x12\x15\n\rpre_dump_mode\x18\t \x01(\r\x12\x11\n\ttcp_close\x18\n \x01(\x08\x12\x1b\n\x13network_lock_method\x18\x0b \x01(\r\x12%\n\rplugins_entry\x18\x0c \x01(\x0b\x32\x0e.plugins_entry\x12\x18\n\x10\x64ump_criu_run_id\x18\r \x01(\t\x12\x15\n\rallow_uprobes\x18\x0e \x01(\x08\x12\x1d\n\x15\x64umper_format_version\x18  \x01(\r\x12\x16\n\x0e\x64umper_version\x18! \x01(\t\x12\x16\n\x0ekernel_release\x18\" \x01(\t\x12\x0f\n\x07machine\x18# \x01(\t\x12\x1e\n\tpage_size\x18$ \x01(\rB\x0b\xd2\xf4\x18\x07\"\x05\x62ytes\x12\x0f\n\x07scanner\x18% \x01(\t\x12\x0f\n\x07tracker\x18& \x01(\t\x12\x1f\n\rdump_start_ns\x18\' \x01(\x04\x42\x08\xd2\xf4\x18\x04\"\x02ns\x12\x1d\n\x0b\x64ump_end_ns\x18( \x01(\x04\x42\x08\xd2\xf4\x18\x04\"\x02ns\x12\x10\n\x08root_pid\x18) \x01(\r\x12\x0c\n\x04pids\x18* \x03(\r\x12\x13\n\x0bparent_path\x18+ \x01(\t\x12\x10\n\x08pre_dump\x18, \x01(\x08\x12\'\n\x0b\x63ompression\x18- \x01(\x0e\x32\x12.pages_compression\x12\x19\n\x11\x63ompression_level\x18. \x01(\x05\x12 \n\x0b\x66rame_pages\x18/ \x01(\rB\x0b\xd2\xf4\x18\x07\"\x05pages*0\n\x07lsmtype\x12\n\n\x06NO_LSM\x10\x00\x12\x0b\n\x07SELINUX\x10\x01\x12\x0c\n\x08\x41PPARMOR\x10\x02')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0finventory.proto\x1a\nopts.proto\x1a\ncore.proto\x1a\rpagemap.proto\" \n\rplugins_entry\x12\x0f\n\x07plugins\x18\x0c \x03(\t\"\xc7\x06\n\x0finventory_entry\x12\x13\n\x0bimg_version\x18\x01 \x02(\r\x12\x15\n\rfdinfo_per_id\x18\x02 \x01(\x08\x12&\n\x08root_ids\x18\x03 \x01(\x0b\x32\x14.task_kobj_ids_entry\x12\x11\n\tns_per_id\x18\x04 \x01(\x08\x12\x13\n\x0broot_cg_set\x18\x05 \x01(\r\x12\x19\n\x07lsmtype\x18\x06 \x01(\x0e\x32\x08.lsmtype\x12\x1d\n\x0b\x64ump_uptime\x18\x08 \x01(\x04\x42\x08\xd2\xf4\x18\x04\"\x02us\x12\x15\n\rpre_dump_mode\x18\t \x01(\r\x12\x11\n\ttcp_close\x18\n \x01(\x08\x12\x1b\n\x13network_lock_method\x18\x0b \x01(\r\x12%\n\rplugins_entry\x18\x0c \x01(\x0b\x32\x0e.plugins_entry\x12\x18\n\x10\x64ump_criu_run_id\x18\r \x01(\t\x12\x15\n\rallow_uprobes\x18\x0e \x01(\x08\x12\x1d\n\x15\x64umper_format_version\x18  \x01(\r\x12\x16\n\x0e\x64umper_version\x18! \x01(\t\x12\x16\n\x0ekernel_release\x18\" \x01(\t\x12\x0f\n\x07machine\x18# \x01(\t\x12\x1e\n\tpage_size\x18$ \x01(\rB\x0b\xd2\xf4\x18\x07\"\x05\x62ytes\x12\x0f\n\x07scanner\x18% \x01(\t\x12\x0f\n\x07tracker\x18& \x01(\t\x12\x1f\n\rdump_start_ns\x18\' \x01(\x04\x42\x08\xd2\xf4\x18\x04\"\x02ns\x12\x1d\n\x0b\x64ump_end_ns\x18( \x01(\x04\x42\x08\xd2\xf4\x18\x04\"\x02ns\x12\x10\n\x08root_pid\x18) \x01(\r\x12\x0c\n\x04pids\x18* \x03(\r\x12\x13\n\x0bparent_path\x18+ \x01(\t\x12\x10\n\x08pre_dump\x18, \x01(\x08\x12\'\n\x0b\x63ompression\x18- \x01(\x0e\x32\x12.pages_compression\x12\x19\n\x11\x63ompression_level\x18. \x01(\x05\x12 \n\x0b\x66rame_pages\x18/ \x01(\rB\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x0f\n\x07uffd_fd\x18\x30 \x01(\x05\x12&\n\x0etracked_ranges\x18\x31 \x03(\x0b\x32\x0e.tracked_range\x12\x17\n\x0ftask_start_time\x18\x32 \x01(\x04\";\n\rtracked_range\x12\x15\n\x05start\x18\x01 \x02(\x04\x42\x06\xd2\xf4\x18\x02\x08\x01\x12\x13\n\x03\x65nd\x18\x02 \x02(\x04\x42\x06\xd2\xf4\x18\x02\x08\x01*0\n\x07lsmtype\x12\n\n\x06NO_LSM\x10\x00\x12\x0b\n\x07SELINUX\x10\x01\x12\x0c\n\x08\x41PPARMOR\x10\x02')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,10 +44,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INVENTORY_ENTRY'].fields_by_name['dump_end_ns']._serialized_options = b'\322\364\030\004\"\002ns'
   _globals['_INVENTORY_ENTRY'].fields_by_name['frame_pages']._loaded_options = None
   _globals['_INVENTORY_ENTRY'].fields_by_name['frame_pages']._serialized_options = b'\322\364\030\007\"\005pages'
-  _globals['_LSMTYPE']._serialized_start=852
-  _globals['_LSMTYPE']._serialized_end=900
+  _globals['_TRACKED_RANGE'].fields_by_name['start']._loaded_options = None
+  _globals['_TRACKED_RANGE'].fields_by_name['start']._serialized_options = b'\322\364\030\002\010\001'
+  _globals['_TRACKED_RANGE'].fields_by_name['end']._loaded_options = None
+  _globals['_TRACKED_RANGE'].fields_by_name['end']._serialized_options = b'\322\364\030\002\010\001'
+  _globals['_LSMTYPE']._serialized_start=995
+  _globals['_LSMTYPE']._serialized_end=1043
   _globals['_PLUGINS_ENTRY']._serialized_start=58
   _globals['_PLUGINS_ENTRY']._serialized_end=90
   _globals['_INVENTORY_ENTRY']._serialized_start=93
-  _globals['_INVENTORY_ENTRY']._serialized_end=850
+  _globals['_INVENTORY_ENTRY']._serialized_end=932
+  _globals['_TRACKED_RANGE']._serialized_start=934
+  _globals['_TRACKED_RANGE']._serialized_end=993
 # @@protoc_insertion_point(module_scope)

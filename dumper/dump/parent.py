@@ -1,0 +1,87 @@
+"""The parent of an incremental dump: which pages it (with its own chain) holds.
+
+CRIU's rule (criu/mem.c, ``check_pagehole_in_parent``): a page may be written
+as a PE_PARENT hole only if the parent image covers it with a PE_PRESENT or
+PE_PARENT entry. The parent's own PE_PARENT entries were checked the same way
+when it was written, so the parent's pagemap alone answers the question.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DumpError, ImageError
+from ..image import format as fmt
+from ..image import load_inventory, load_pagemap
+from ..image.pb import inventory_pb2
+from ..kernel.libc import PAGE_SIZE
+
+__all__ = ["ParentInfo", "load_parent", "split_by_coverage"]
+
+
+@dataclass(slots=True)
+class ParentInfo:
+    """``path`` of the parent directory, its inventory, and the byte ranges
+    ``[starts[i], ends[i])`` its pagemap covers for ``pid`` (sorted, merged)."""
+
+    path: str
+    inventory: inventory_pb2.inventory_entry
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+def load_parent(path: str | os.PathLike, pid: int, start_time: int) -> ParentInfo:
+    """Read what a dump of ``pid`` needs from checkpoint ``path``.
+
+    Raises DumpError when ``path`` is no checkpoint of this very process
+    (another pid, or the pid was reused: the start time differs), and
+    ImageError when its images are damaged.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(os.path.join(path, fmt.INVENTORY_NAME)):
+        raise DumpError(f"parent {path!r} is not a checkpoint directory (no {fmt.INVENTORY_NAME})")
+    inv = load_inventory(os.path.join(path, fmt.INVENTORY_NAME))
+    if pid not in (inv.pids or [inv.root_pid]):
+        raise DumpError(f"parent {path!r} is a checkpoint of pid {inv.root_pid}, not {pid}")
+    if inv.HasField("task_start_time") and inv.task_start_time != start_time:
+        raise DumpError(f"parent {path!r} was taken of an earlier process with pid {pid} (pid reused)")
+    try:
+        _, entries = load_pagemap(os.path.join(path, fmt.pagemap_name(pid)))
+    except FileNotFoundError as err:
+        raise ImageError(os.path.join(path, fmt.pagemap_name(pid)), None, "missing") from err
+    starts = np.array([e.vaddr for e in entries], dtype=np.uint64)
+    ends = np.array([e.vaddr + e.nr_pages * PAGE_SIZE for e in entries], dtype=np.uint64)
+    if len(starts) > 1:  # merge touching entries so coverage tests cross them
+        brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        starts = starts[np.concatenate(([0], brk))]
+        ends = ends[np.concatenate((brk - 1, [len(ends) - 1]))]
+    return ParentInfo(path, inv, starts, ends)
+
+
+def split_by_coverage(runs: list[tuple[int, int]], parent: ParentInfo) -> tuple[list, list]:
+    """Split ``(vaddr, nr_pages)`` runs into (covered by the parent, not covered).
+
+    Work is O(len(runs) + intervals touched): each run looks up its first
+    interval by binary search.
+    """
+    covered, missing = [], []
+    starts, ends = parent.starts, parent.ends
+    for vaddr, n in runs:
+        pos, end = vaddr, vaddr + n * PAGE_SIZE
+        i = int(np.searchsorted(ends, pos, side="right"))
+        while pos < end:
+            if i >= len(starts) or int(starts[i]) >= end:
+                missing.append((pos, (end - pos) // PAGE_SIZE))
+                break
+            s, e = int(starts[i]), int(ends[i])
+            if s > pos:
+                missing.append((pos, (s - pos) // PAGE_SIZE))
+                pos = s
+            stop = min(e, end)
+            covered.append((pos, (stop - pos) // PAGE_SIZE))
+            pos = stop
+            i += 1
+    return covered, missing
