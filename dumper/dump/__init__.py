@@ -121,7 +121,9 @@ def _progress(total_bytes: int, enabled: bool):
 
 
 def _relative_link(parent: str, dest: str) -> str:
-    return os.path.relpath(os.path.abspath(parent), os.path.dirname(os.path.abspath(dest)) or "/")
+    """The ``parent`` symlink's target, relative to the checkpoint directory
+    (CRIU's documented ``../1`` style), so a chain can be moved as a whole."""
+    return os.path.relpath(os.path.abspath(parent), os.path.abspath(dest))
 
 
 # --- incremental selection -----------------------------------------------
@@ -135,39 +137,45 @@ def _tracked(plan: VmaPlan, tracker: str, ranges: list[tuple[int, int]]) -> bool
     return "uw" in v.vmflags and any(s <= v.start and v.end <= e for s, e in ranges)
 
 
-def _incremental_runs(pid, plan, regions, tracker, tracked_ranges, parent):
-    """Per VMA: sorted ``(vaddr, nr_pages, "dump"|"parent")`` runs.
+def _without_markers(pid: int, runs: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Drop uffd-wp markers from ``(start, end, categories)`` runs.
 
-    ``regions`` holds the VMA's scan regions with WRITTEN/SOFT_DIRTY and
-    SWAPPED reported. Unchanged pages become PE_PARENT when the parent holds
-    them; uffd-wp markers (no data) are dropped.
+    A marker (SWAPPED, not WRITTEN, in a uffd-wp VMA) holds no data. Only
+    SWAPPED runs without WRITTEN are looked up in pagemap: few pages.
     """
     from ..track.uffd import marker_mask
 
+    suspects = [(s, (e - s) // PAGE_SIZE) for s, e, c in runs
+                if c & Category.SWAPPED and not c & Category.WRITTEN]
+    if not suspects:
+        return runs
+    masks = iter(marker_mask(pid, suspects))
+    out = []
+    for s, e, c in runs:
+        if not (c & Category.SWAPPED and not c & Category.WRITTEN):
+            out.append((s, e, c))
+            continue
+        real = np.flatnonzero(~next(masks))
+        if real.size:
+            for grp in np.split(real, np.flatnonzero(np.diff(real) != 1) + 1):
+                out.append((s + int(grp[0]) * PAGE_SIZE, s + (int(grp[-1]) + 1) * PAGE_SIZE, c))
+    return out
+
+
+def _incremental_runs(runs, tracker, parent):
+    """Per tracked VMA: sorted ``(vaddr, nr_pages, "dump"|"parent")`` runs.
+
+    ``runs`` are the VMA's ``(start, end, categories)`` scan regions, markers
+    already dropped. Changed pages are dumped; unchanged ones become
+    PE_PARENT where the parent holds them, and are dumped where it does not.
+    """
     changed_bit = Category.SOFT_DIRTY if tracker == "soft-dirty" else Category.WRITTEN
-    dump_runs, keep = [], []
-    for s, e, c in regions:
-        (dump_runs if c & changed_bit else keep).append((s, (e - s) // PAGE_SIZE, c))
-    dump_runs = [(s, n) for s, n, _ in dump_runs]
-    unchanged = []
-    swapped = [(s, n) for s, n, c in keep if c & Category.SWAPPED]
-    masks = marker_mask(pid, swapped) if tracker == "uffd-wp" and swapped else []
-    mi = iter(masks)
-    for s, n, c in keep:
-        if tracker == "uffd-wp" and c & Category.SWAPPED:
-            m = next(mi)
-            real = np.flatnonzero(~m)
-            if not real.size:
-                continue
-            cut = np.flatnonzero(np.diff(real) != 1) + 1
-            for grp in np.split(real, cut):
-                unchanged.append((s + int(grp[0]) * PAGE_SIZE, int(grp.size)))
-        else:
-            unchanged.append((s, n))
+    dump_runs = [(s, (e - s) // PAGE_SIZE) for s, e, c in runs if c & changed_bit]
+    unchanged = [(s, (e - s) // PAGE_SIZE) for s, e, c in runs if not c & changed_bit]
     covered, missing = split_by_coverage(unchanged, parent)
-    runs = [(s, n, "dump") for s, n in dump_runs + missing] + [(s, n, "parent") for s, n in covered]
-    runs.sort()
-    return runs
+    out = [(s, n, "dump") for s, n in dump_runs + missing] + [(s, n, "parent") for s, n in covered]
+    out.sort()
+    return out
 
 
 def dump(
@@ -245,13 +253,16 @@ def dump(
         with open_backend(proc, backend) as be:
             backend_name = be.name
             masks = dump_masks(be.supported)
+            # WRITTEN|SWAPPED tell uffd-wp markers apart; SOFT_DIRTY or
+            # WRITTEN tell what changed since the parent.
+            returned = (Category.WRITTEN | Category.SWAPPED) & be.supported
             if pinfo is not None:
                 changed = Category.SOFT_DIRTY if tracker == "soft-dirty" else Category.WRITTEN
                 if not be.supported & changed:
                     raise UnsupportedKernel(f"{tracker} tracking with the {be.name} scanner",
                                             f"it cannot report {changed.name}")
-                masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded,
-                                    returned=changed | Category.SWAPPED)
+                returned |= changed
+            masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
             scanned = [p.vma for p in plans if p.mode == "pages"]
             if scanned:
                 regions = scan_range(be, scanned[0].start, scanned[-1].end, masks).array
@@ -259,15 +270,14 @@ def dump(
                 regions = np.empty(0, REGION_DTYPE)
         scan_ns = time.monotonic_ns() - t0
 
-        per_vma = runs_in_vmas(regions, plans, with_categories=pinfo is not None)
         work: list[tuple[VmaPlan, list[tuple[int, int, str]]]] = []
-        for plan, runs in per_vma:
+        for plan, runs in runs_in_vmas(regions, plans, with_categories=True):
+            if "uw" in plan.vma.vmflags:
+                runs = _without_markers(pid, runs)
             if pinfo is not None and plan.mode == "pages" and _tracked(plan, tracker, tracked_ranges):
-                work.append((plan, _incremental_runs(pid, plan, runs, tracker, tracked_ranges, pinfo)))
+                work.append((plan, _incremental_runs(runs, tracker, pinfo)))
             else:
-                if pinfo is not None:  # runs carry (start, end, categories)
-                    runs = [(s_, (e_ - s_) // PAGE_SIZE) for s_, e_, _ in runs]
-                work.append((plan, [(v, n, "dump") for v, n in runs]))
+                work.append((plan, [(s_, (e_ - s_) // PAGE_SIZE, "dump") for s_, e_, _ in runs]))
         pages_scanned = sum(p.vma.size // PAGE_SIZE for p in plans if p.mode != "skip")
         total_bytes = sum(n for _, runs in work for _, n, k in runs if k == "dump") * PAGE_SIZE
 

@@ -152,20 +152,34 @@ def register(freezer: Freezer, state: UffdTracking, ranges: list[tuple[int, int]
 
 
 def reset(pid: int, ranges: list[tuple[int, int]]) -> None:
-    """Write-protect every existing page of ``ranges`` again (PAGEMAP_SCAN
-    PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC). EPERM -> a range is no
-    longer registered (KernelError)."""
+    """Write-protect every existing page of ``ranges`` again.
+
+    PAGEMAP_SCAN with PM_SCAN_WP_MATCHING | PM_SCAN_CHECK_WPASYNC, matching
+    WRITTEN pages that are PRESENT or SWAPPED. An output vector is passed on
+    purpose: without one the kernel takes a fast path that ignores the masks
+    and puts a uffd-wp marker into every empty PTE of the page tables it
+    walks (fs/proc/task_mmu.c ``pagemap_scan_pmd_entry``), and markers read as
+    SWAPPED pages. EPERM -> a range is no longer registered (KernelError).
+    """
     masks = KernelMasks(category_mask=int(Category.WRITTEN), category_inverted=0,
                         category_anyof_mask=int(Category.PRESENT | Category.SWAPPED), return_mask=0)
+    vec = (fs.page_region * 512)()
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         for start, end in ranges:
-            try:
-                pagemap_scan(fd, start, end, masks, None, 0,
-                             fs.PM_SCAN_WP_MATCHING | fs.PM_SCAN_CHECK_WPASYNC)
-            except OSError as err:
-                raise KernelError(err.errno, "ioctl(PAGEMAP_SCAN, WP_MATCHING)",
-                                  f"[{start:#x}, {end:#x}) of pid {pid}") from err
+            pos = start
+            while pos < end:
+                try:
+                    n, walk_end = pagemap_scan(fd, pos, end, masks, vec, 0,
+                                               fs.PM_SCAN_WP_MATCHING | fs.PM_SCAN_CHECK_WPASYNC)
+                except OSError as err:
+                    raise KernelError(err.errno, "ioctl(PAGEMAP_SCAN, WP_MATCHING)",
+                                      f"[{start:#x}, {end:#x}) of pid {pid}") from err
+                if n:
+                    walk_end = max(walk_end, vec[n - 1].end)
+                if walk_end <= pos:
+                    raise KernelError(errno.EAGAIN, "ioctl(PAGEMAP_SCAN, WP_MATCHING)", "no progress")
+                pos = walk_end
     finally:
         os.close(fd)
 

@@ -10,6 +10,7 @@ layouts up, prints one JSON line ``{"name": [addr, length], ...}`` and then
     pageout NAME                MADV_PAGEOUT the whole layout
     dontneed NAME PAGE          MADV_DONTNEED one page
     mmap NAME PAGES             map a new anonymous private region, write it
+    mremap NAME                 move a layout elsewhere (MREMAP_FIXED)
     munmap NAME                 unmap a layout
     checksum NAME               crc32 of the layout's bytes
     exit                        exit(0)
@@ -220,6 +221,17 @@ def serve():
                 ctypes.memset(a, 0x33, n)
                 regions[args[0]] = (a, n)
                 sys.stdout.write(json.dumps({args[0]: [a, n]}) + "\n")
+            elif cmd == "mremap":
+                a, n = regions[args[0]]
+                dst = mmap(n)  # a free place to move to
+                libc.mremap.restype = ctypes.c_void_p
+                libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int,
+                                        ctypes.c_void_p]
+                moved = libc.mremap(a, n, n, 1 | 2, dst)  # MREMAP_MAYMOVE | MREMAP_FIXED
+                if moved in (None, ctypes.c_void_p(-1).value):
+                    raise OSError(ctypes.get_errno(), "mremap")
+                regions[args[0]] = (moved, n)
+                sys.stdout.write(json.dumps({args[0]: [moved, n]}) + "\n")
             elif cmd == "munmap":
                 a, n = regions.pop(args[0])
                 libc.munmap(a, n)

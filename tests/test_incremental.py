@@ -1,0 +1,281 @@
+"""Incremental dumps with write tracking, on real targets.
+
+The oracle here is independent of dumper's reader: pages are resolved
+through the ``parent`` links by reading each pagemap and pages file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dumper.dump import dump
+from dumper.errors import DumpError
+from dumper.image import format as fmt
+from dumper.image import load_inventory, load_pagemap, open_pages
+from dumper.image.reader import iter_present
+from dumper.kernel.libc import PAGE_SIZE
+from dumper.scan.features import probe_scan_categories, probe_soft_dirty, probe_uffd_wp_async
+
+P = PAGE_SIZE
+needs_uffd = pytest.mark.skipif(not (probe_scan_categories() and probe_uffd_wp_async()),
+                                reason="uffd-wp tracking needs userfaultfd WP_ASYNC and PAGEMAP_SCAN (Linux 6.7)")
+
+
+def own_pages(ckpt: Path, pid: int) -> tuple[dict[int, bytes], list[tuple[int, int]]]:
+    """(vaddr -> bytes of PE_PRESENT pages, PE_PARENT runs) of one checkpoint."""
+    head, entries = load_pagemap(ckpt / fmt.pagemap_name(pid))
+    pages = {}
+    with open_pages(ckpt, head) as pr:
+        for vaddr, data in iter_present(entries, pr):
+            for i in range(0, len(data), P):
+                pages[vaddr + i] = bytes(data[i : i + P])
+    return pages, [(e.vaddr, e.nr_pages) for e in entries if e.flags & fmt.PE_PARENT]
+
+
+def chain_pages(ckpt: Path, pid: int) -> dict[int, bytes]:
+    """Memory as of ``ckpt``, PE_PARENT pages resolved through the chain."""
+    pages, holes = own_pages(ckpt, pid)
+    if holes:
+        parent = chain_pages((ckpt / "parent").resolve(), pid)
+        for vaddr, n in holes:
+            for a in range(vaddr, vaddr + n * P, P):
+                assert a in parent, f"{a:#x} marked in parent but the parent has no such page"
+                pages[a] = parent[a]
+    return pages
+
+
+def stop(t) -> None:
+    os.kill(t.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{t.pid}/stat", "rb") as f:
+            d = f.read()
+        if d[d.rindex(b")") + 2 :].split()[0] == b"T":
+            return
+        time.sleep(0.005)
+
+
+@needs_uffd
+def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
+    t = spawn_target("dense,zero,alt,guard")
+    full0 = tmp_path / "0"
+    r0 = dump(t.pid, full0, track_mem=True)
+    assert r0.tracker == "uffd-wp"
+    inv = load_inventory(full0 / fmt.INVENTORY_NAME)
+    assert inv.HasField("uffd_fd") and len(inv.tracked_ranges) > 0
+
+    dense, _ = t.regions["dense"]
+    written = [3, 4, 5, 100, 255]
+    t.command("write dense " + " ".join(map(str, written)))
+    new = json.loads(t.command("mmap fresh 8")[0])["fresh"][0]   # a new VMA, 8 pages
+    t.command("munmap guard")
+    moved_from = t.regions["alt"][0]
+    moved_to = json.loads(t.command("mremap alt")[0])["alt"][0]
+    t.command("dontneed dense 10")
+    t.command("dontneed dense 11")
+    t.command("read zero 3")
+    stop(t)
+
+    inc = tmp_path / "1"
+    r1 = dump(t.pid, inc, parent=full0, thaw="leave-stopped")
+    fresh = tmp_path / "fresh"
+    dump(t.pid, fresh, thaw="leave-stopped")
+
+    via_chain = chain_pages(inc, t.pid)
+    expected, _ = own_pages(fresh, t.pid)
+    assert via_chain.keys() == expected.keys()
+    assert all(via_chain[a] == expected[a] for a in expected)
+
+    own, holes = own_pages(inc, t.pid)
+    assert os.readlink(inc / "parent") == "../0"  # relative, like CRIU's
+    # The payload: the written pages, the new VMA, the moved VMA (its pages
+    # are not in the parent at their new address) and whatever the Python
+    # interpreter itself wrote; never the untouched bulk of "dense".
+    assert all(dense + p * P in own for p in written)
+    assert all(new + p * P in own for p in range(8))
+    untouched = [dense + p * P for p in range(256) if p not in written and p not in (10, 11)]
+    assert not any(a in own for a in untouched)
+    assert all(a in via_chain for a in untouched)
+    assert dense + 10 * P not in via_chain  # MADV_DONTNEED: zero now
+    assert moved_to != moved_from
+    assert all(moved_to + p * P in own for p in range(0, 4000, 2))  # not at this address in the parent
+    # 5 written + 8 new + 2000 moved, plus what the interpreter touched itself
+    assert 2013 <= r1.pages_written < 2013 + 300
+    assert r1.pages_parent >= 256 - 7
+
+
+@needs_uffd
+def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path):
+    t = spawn_target("dense,alt")
+    prev = tmp_path / "d0"
+    dump(t.pid, prev, track_mem=True)
+    for i in range(1, 11):
+        t.command(f"write dense {i} {i * 20 % 256} {(i * 37) % 256}")
+        t.command(f"write alt {(i * 2) % 4000} {(i * 400) % 4000}")
+        cur = tmp_path / f"d{i}"
+        res = dump(t.pid, cur, parent=prev, thaw="leave-stopped")
+        pages = chain_pages(cur, t.pid)
+        fd = os.open(f"/proc/{t.pid}/mem", os.O_RDONLY)
+        try:
+            bad = [a for a, data in pages.items() if os.pread(fd, P, a) != data]
+        finally:
+            os.close(fd)
+        assert not bad, f"dump {i}: {len(bad)} pages differ from the live process"
+        assert res.pages_parent > 0
+        os.kill(t.pid, signal.SIGCONT)
+        prev = cur
+
+
+@needs_uffd
+def test_pre_dump_then_final_dump(tmp_path):
+    code = """
+import ctypes, mmap, os, sys, threading, time
+buf = mmap.mmap(-1, 512 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for p in range(512): buf[p * 4096] = 1
+print(ctypes.addressof(ctypes.c_char.from_buffer(buf)), flush=True)
+i = 0
+while True:                      # keeps writing while it is pre-dumped
+    i += 1
+    p = (i * 7919) % 512
+    buf[p * 4096 : p * 4096 + 8] = i.to_bytes(8, "little")
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        base = int(p.stdout.readline())
+        pre = tmp_path / "pre"
+        r = dump(p.pid, pre, pre_dump=True)
+        assert r.pre_dump and load_inventory(pre / fmt.INVENTORY_NAME).pre_dump
+        time.sleep(0.2)
+        final = tmp_path / "final"
+        rf = dump(p.pid, final, parent=pre, thaw="leave-stopped")
+        pages = chain_pages(final, p.pid)
+        fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY)
+        try:
+            live = {a: os.pread(fd, P, a) for a in pages}
+        finally:
+            os.close(fd)
+        assert all(pages[a] == live[a] for a in pages)
+        assert all(base + q * P in pages for q in range(512))
+        assert rf.pages_parent > 0
+    finally:
+        p.kill()
+        p.wait()
+
+
+@needs_uffd
+def test_target_unchanged_by_tracking(tmp_path):
+    # A target that checksums its own memory continuously: tracked and dumped
+    # ten times, it never sees its memory change behind its back.
+    code = """
+import mmap, os, sys, zlib
+buf = mmap.mmap(-1, 256 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+for p in range(256): buf[p * 4096 : p * 4096 + 64] = os.urandom(64)
+expect = zlib.crc32(buf)
+print("READY", flush=True)
+n = 0
+while True:
+    n += 1
+    if zlib.crc32(buf) != expect:
+        print("CORRUPT", n, flush=True); sys.exit(1)
+    q = n % 256
+    buf[q * 4096] = (buf[q * 4096] + 1) % 256
+    expect = zlib.crc32(buf)
+    if n % 200 == 0:
+        print("ok", n, flush=True)
+"""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        prev = tmp_path / "t0"
+        dump(p.pid, prev, track_mem=True)
+        for i in range(1, 10):
+            cur = tmp_path / f"t{i}"
+            dump(p.pid, cur, parent=prev)
+            prev = cur
+        line = p.stdout.readline().strip()
+        assert line.startswith("ok"), line
+        time.sleep(0.2)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+@needs_uffd
+def test_untracked_parent_gives_a_full_dump(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a")  # no tracking armed
+    r = dump(t.pid, tmp_path / "b", parent=tmp_path / "a")
+    assert r.pages_parent == 0 and r.notes and "full dump" in r.notes[0]
+    assert not (tmp_path / "b" / "parent").exists()
+
+
+def test_parent_of_another_process_is_refused(spawn_target, tmp_path):
+    a = spawn_target("dense")
+    b = spawn_target("dense")
+    dump(a.pid, tmp_path / "a")
+    if not (probe_uffd_wp_async() or probe_soft_dirty()):
+        pytest.skip("no write tracker on this kernel")
+    with pytest.raises(DumpError, match="not"):
+        dump(b.pid, tmp_path / "b", parent=tmp_path / "a")
+    with pytest.raises(DumpError, match="not a checkpoint"):
+        dump(b.pid, tmp_path / "c", parent=tmp_path)
+
+
+@pytest.mark.skipif(not probe_soft_dirty(), reason="soft-dirty is compiled out of this kernel "
+                    "(CONFIG_MEM_SOFT_DIRTY); the kernel-matrix run covers it")
+def test_soft_dirty_chain(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "0", track_mem=True, tracker="soft-dirty")
+    t.command("write dense 7")
+    stop(t)
+    r = dump(t.pid, tmp_path / "1", parent=tmp_path / "0", tracker="soft-dirty", thaw="leave-stopped")
+    own, _ = own_pages(tmp_path / "1", t.pid)
+    assert t.regions["dense"][0] + 7 * P in own and r.pages_parent > 200
+
+
+def _vmpte_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(f.read().split("VmPTE:")[1].split()[0])
+
+
+@needs_uffd
+def test_arming_neither_populates_page_tables_nor_leaves_markers(spawn_target, tmp_path):
+    # Regressions: WP_MATCHING over holes would allocate page tables for the
+    # whole 64 GiB reservation; the mask-less fast path would put a marker
+    # (read back as a SWAPPED page) into every empty PTE.
+    from dumper.scan import scan
+
+    t = spawn_target("dense,sparse")
+    t.stop()
+    before = dump(t.pid, tmp_path / "a", thaw="leave-stopped").pages_written
+    pte = _vmpte_kib(t.pid)
+    dump(t.pid, tmp_path / "b", track_mem=True, thaw="leave-stopped")
+    assert _vmpte_kib(t.pid) <= pte + 16
+    assert scan(t.pid, anyof="SWAPPED").nr_pages == 0
+    assert dump(t.pid, tmp_path / "c", thaw="leave-stopped").pages_written == before
+
+
+@needs_uffd
+def test_markers_of_zapped_pages_are_never_dumped(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a", track_mem=True)
+    t.command("dontneed dense 20")  # a protected page zapped: the kernel keeps a marker
+    a = t.regions["dense"][0] + 20 * P
+    from dumper.scan import scan
+
+    assert scan(t.pid, a, a + P, anyof="SWAPPED").nr_pages == 1
+    t.stop()
+    own, _ = own_pages(tmp_path / "a", t.pid)
+    assert a in own
+    dump(t.pid, tmp_path / "b", thaw="leave-stopped")  # a full dump
+    full, _ = own_pages(tmp_path / "b", t.pid)
+    assert a not in full
