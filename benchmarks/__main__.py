@@ -8,9 +8,9 @@ import os
 import sys
 import time
 
-from . import dump_dense, scan_sparse
+from . import dump_dense, incremental, reader, scan_sparse
 
-BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense}
+BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader}
 
 
 def main(argv=None) -> int:

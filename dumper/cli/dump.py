@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Sequence
 
-from ..dump import dump
+from ..dump import TRACKERS, dump
 from ..scan import BACKENDS
 from .options import human_bytes, pid
 
@@ -27,7 +27,7 @@ def _threads(text: str) -> int:
     return value
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> None:
     parser.add_argument("pid", type=pid, help="process to checkpoint")
     parser.add_argument("-D", "--images-dir", required=True, metavar="DIR",
                         help="checkpoint directory to create (refused if it exists, unless --force)")
@@ -40,8 +40,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="compression threads (default: all cores)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="page scanner (default auto)")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint directory")
+    add_tracking_options(parser, pre_dump=pre_dump)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the summary")
+
+
+def add_tracking_options(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> None:
+    if not pre_dump:
+        parser.add_argument("--track-mem", action="store_true",
+                            help="arm write tracking before the process resumes, for a later --parent dump")
+    parser.add_argument("--parent", metavar="PREV",
+                        help="incremental: save only pages written since checkpoint PREV")
+    parser.add_argument("--tracker", choices=TRACKERS, default="auto",
+                        help="write tracker (default auto: what `dumper check` found working)")
 
 
 def summary_lines(r, verbose: bool = False) -> list[str]:
@@ -50,12 +61,18 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
     lines = [
         f"dumped pid {r.pid} ({r.comm}) into {r.dest}",
         f"  pages       {r.pages_written} written ({human_bytes(r.bytes_raw)}) of "
-        f"{r.pages_scanned} in private VMAs; {r.pages_unreadable} unreadable",
+        f"{r.pages_scanned} in private VMAs; {r.pages_unreadable} unreadable"
+        + (f"; {r.pages_parent} in parent {r.parent}" if r.parent else ""),
         f"  image       {human_bytes(r.bytes_written)} (compression {ratio:.2f}x)",
         f"  frozen      {ms(r.frozen_ns)} (freezing {ms(r.freezing_ns)}); total {ms(r.total_ns)}",
         f"  scanner     {r.backend}, scan {ms(r.scan_ns)}, read {ms(r.read_ns)}, "
         f"compress {ms(r.compress_ns)} (all threads), write {ms(r.write_ns)}",
     ]
+    if r.tracker != "none":
+        lines.append(f"  tracking    {r.tracker} armed for the next dump --parent {r.dest}"
+                     + ("  (PRE-DUMP: pages only)" if r.pre_dump else ""))
+    for note in r.notes:
+        lines.append(f"  note        {note}")
     if verbose or r.vmas_skipped:
         lines.append(f"  VMAs        {r.vmas}; contents skipped: "
                      + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
@@ -68,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         args.pid, args.images_dir, thaw=thaw, compress=not args.no_compress,
         level=args.compress_level, threads=args.threads, backend=args.backend,
         force=args.force, progress=sys.stderr.isatty() and not args.json,
+        track_mem=getattr(args, "track_mem", False), parent=args.parent, tracker=args.tracker,
+        pre_dump=getattr(args, "pre_dump", False),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -1,0 +1,50 @@
+"""``dumper untrack PID``: remove the uffd-wp write tracking a dump armed.
+
+Unregisters the ranges and closes the userfaultfd inside the process (found
+through the checkpoint that armed it, or by its descriptor number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+from ..errors import DumperError
+from ..image import format as fmt
+from ..image import load_inventory
+from ..proc.freeze import Freezer, raise_on_termination
+from ..track import uffd
+from .options import pid
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=pid, help="tracked process")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("-D", "--images-dir", metavar="DIR", help="the last checkpoint that armed or reset tracking")
+    src.add_argument("--fd", type=int, help="the process's userfaultfd descriptor number")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.images_dir:
+        inv = load_inventory(os.path.join(args.images_dir, fmt.INVENTORY_NAME))
+        if inv.tracker != "uffd-wp" or not inv.HasField("uffd_fd"):
+            raise DumperError(f"{args.images_dir} armed no uffd-wp tracking (tracker: {inv.tracker or 'none'})")
+        state = uffd.UffdTracking(inv.uffd_fd, [(r.start, r.end) for r in inv.tracked_ranges])
+    else:
+        state = uffd.UffdTracking(args.fd, [])
+    if not uffd.find_uffd(args.pid, state.fd):
+        raise DumperError(f"descriptor {state.fd} of pid {args.pid} is not a userfaultfd: nothing to remove")
+    with raise_on_termination(), Freezer(args.pid) as fz:
+        if not state.ranges:  # unregister whatever carries VM_UFFD_WP
+            state.ranges = [(v.start, v.end) for v in fz.process.vmas() if "uw" in v.vmflags]
+        uffd.disarm(fz, state)
+    print(f"removed uffd-wp tracking from pid {args.pid} (descriptor {state.fd} closed, "
+          f"{len(state.ranges)} ranges unregistered)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import subcommand_main
+
+    return subcommand_main("untrack", argv)
