@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--until-eof", action="store_true", help="exit when stdin closes")
     args = ap.parse_args()
+    if args.dense_mib < 1 or args.sparse_pages < 0 or args.threads < 0:
+        ap.error("--dense-mib must be >= 1, --sparse-pages and --threads >= 0")
 
     rng = random.Random(1234)
     dense = args.dense_mib << 20

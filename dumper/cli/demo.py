@@ -26,8 +26,18 @@ def _example_target() -> list[str]:
     return [sys.executable, str(here)]
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dense-mib", type=int, default=64, help="dense memory of the example (MiB)")
+    parser.add_argument("--dense-mib", type=_positive, default=64, help="dense memory of the example (MiB, >= 1)")
     parser.add_argument("--keep", metavar="DIR", help="keep the checkpoint in DIR instead of a temp dir")
 
 
@@ -41,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         line = target.stdout.readline().strip()
         if not line.startswith("READY"):
             raise DumperError(f"the example target did not start (it said {line!r})")
-        print(f"example target running as pid {target.pid}: 64 MiB dense memory, a 16 TiB sparse "
+        print(f"example target running as pid {target.pid}: {args.dense_mib} MiB dense memory, a 16 TiB sparse "
               "reservation with 1000 touched pages, a private file mapping, 4 threads")
         print(f"$ dumper dump {target.pid} -D {dest}")
         result = dump(target.pid, dest, progress=sys.stderr.isatty())

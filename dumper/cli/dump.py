@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..dump import TRACKERS, dump
 from ..scan import BACKENDS
+from ..kernel.libc import PAGE_SIZE
 from .options import human_bytes, pid
 
 
@@ -21,15 +22,26 @@ def _level(text: str) -> int:
 
 
 def _threads(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("need at least one thread")
+    from ..image.writer import MAX_THREADS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"threads must be between 1 and {MAX_THREADS}")
     return value
+
+
+def _directory(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("empty directory name")
+    return text
 
 
 def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> None:
     parser.add_argument("pid", type=pid, help="process to checkpoint")
-    parser.add_argument("-D", "--images-dir", required=True, metavar="DIR",
+    parser.add_argument("-D", "--images-dir", required=True, metavar="DIR", type=_directory,
                         help="checkpoint directory to create (refused if it exists, unless --force)")
     after = parser.add_mutually_exclusive_group()
     after.add_argument("--leave-stopped", action="store_true", help="leave the process stopped (state T)")
@@ -38,7 +50,9 @@ def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> Non
     parser.add_argument("--compress-level", type=_level, default=3, metavar="N", help="zstd level (default 3)")
     parser.add_argument("--threads", type=_threads, default=None, metavar="N",
                         help="compression threads (default: all cores)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="page scanner (default auto)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="page scanner: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap "
+                             "(slow on huge sparse mappings; default auto: the ioctl where the kernel has it)")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint directory")
     add_tracking_options(parser, pre_dump=pre_dump)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -58,24 +72,32 @@ def add_tracking_options(parser: argparse.ArgumentParser, *, pre_dump: bool = Fa
 def summary_lines(r, verbose: bool = False) -> list[str]:
     ms = lambda ns: f"{ns / 1e6:.1f} ms"  # noqa: E731
     ratio = r.bytes_raw / r.bytes_written if r.bytes_written else 0.0
+    after = {"resume": "running again", "leave-stopped": "left stopped", "kill": "killed"}[r.thaw]
     lines = [
-        f"dumped pid {r.pid} ({r.comm}) into {r.dest}",
-        f"  pages       {r.pages_written} written ({human_bytes(r.bytes_raw)}) of "
-        f"{r.pages_scanned} in private VMAs; {r.pages_unreadable} unreadable"
+        f"dumped pid {r.pid} ({r.comm}) into {r.dest}; the process was {after}",
+        f"  pages       {r.pages_written} written ({human_bytes(r.bytes_raw)}) from "
+        f"{human_bytes(r.pages_scanned * PAGE_SIZE)} of private mappings; {r.pages_unreadable} unreadable"
         + (f"; {r.pages_parent} in parent {r.parent}" if r.parent else ""),
-        f"  image       {human_bytes(r.bytes_written)} (compression {ratio:.2f}x)",
+        f"  image       {human_bytes(r.bytes_written)}"
+        + (f" (raw / image = {ratio:.2f}x)" if r.bytes_written != r.bytes_raw else " (uncompressed)"),
         f"  frozen      {ms(r.frozen_ns)} (freezing {ms(r.freezing_ns)}); total {ms(r.total_ns)}",
-        f"  scanner     {r.backend}, scan {ms(r.scan_ns)}, read {ms(r.read_ns)}, "
-        f"compress {ms(r.compress_ns)} (all threads), write {ms(r.write_ns)}",
+        f"  time        scan {ms(r.scan_ns)} ({r.backend}), read {ms(r.read_ns)}, "
+        f"compress {ms(r.compress_ns)} of CPU, write {ms(r.write_ns)}",
     ]
     if r.tracker != "none":
         lines.append(f"  tracking    {r.tracker} armed for the next dump --parent {r.dest}"
                      + ("  (PRE-DUMP: pages only)" if r.pre_dump else ""))
     for note in r.notes:
         lines.append(f"  note        {note}")
-    if verbose or r.vmas_skipped:
-        lines.append(f"  VMAs        {r.vmas}; contents skipped: "
-                     + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
+    lines.append(f"  VMAs        {r.vmas}; contents skipped: "
+                 + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
+    if verbose:
+        for vaddr, n in r.unreadable[:20]:
+            lines.append(f"  unreadable  {vaddr:#x} +{n} pages")
+        if len(r.unreadable) > 20:
+            lines.append(f"  unreadable  ... {len(r.unreadable) - 20} more runs")
+        lines.append(f"  stats       {r.pages_scanned} pages of private mappings, {r.vmas} VMAs, "
+                     f"{r.bytes_raw} bytes raw, {r.bytes_written} bytes written")
     return lines
 
 

@@ -6,7 +6,11 @@ import argparse
 import json
 from typing import Sequence
 
+import sys
+
+from ..errors import ScanError
 from ..kernel.libc import PAGE_SIZE
+from ..scan.features import probe_soft_dirty
 from ..proc.process import Process
 from ..scan import BACKENDS, Category, ScanMasks, default_range, open_backend, parse_categories, scan_range
 from .options import address, human_bytes, non_negative, pid
@@ -14,8 +18,10 @@ from .options import address, human_bytes, non_negative, pid
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pid", type=pid, help="target process id")
-    parser.add_argument("--start", type=address, help="first address (page aligned; default: first VMA)")
-    parser.add_argument("--end", type=address, help="end address, exclusive (default: end of the last VMA)")
+    parser.add_argument("--start", type=address, help="first address, 0x... or decimal, page aligned "
+                        "(default: the first VMA)")
+    parser.add_argument("--end", type=address, help="end address, exclusive, rounded up to a page as the kernel "
+                        "does (default: the end of the last VMA)")
     for name, what in (
         ("required", "categories that must all be set"),
         ("anyof", "categories of which at least one must be set"),
@@ -24,7 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ):
         parser.add_argument(f"--{name}", metavar="NAMES", help=f"{what}, comma-separated")
     parser.add_argument("--max-pages", type=non_negative, default=0, help="stop after N pages (0: no limit)")
-    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap entries (slow on huge "
+                             "sparse mappings, cannot report HUGE); default auto: the ioctl where it exists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -35,10 +43,17 @@ def run(args: argparse.Namespace) -> int:
         start, end = args.start, args.end
         if start is None or end is None:
             lo, hi = default_range(proc)
+            if start is not None and start >= hi:
+                raise ScanError(f"--start {start:#x} is past the last VMA (which ends at {hi:#x})")
+            if end is not None and end <= lo:
+                raise ScanError(f"--end {end:#x} is before the first VMA (which starts at {lo:#x})")
             start = lo if start is None else start
             end = hi if end is None else end
         returned = be.supported if args.__dict__["return"] is None else parse_categories(args.__dict__["return"])
         masks = ScanMasks(returned=returned, **names)
+        if Category.SOFT_DIRTY & masks.used and not probe_soft_dirty():
+            print("dumper: note: soft-dirty tracking does not work on this kernel: SOFT_DIRTY is never set",
+                  file=sys.stderr)
         result = scan_range(be, start, end, masks, max_pages=args.max_pages)
     if args.json:
         print(json.dumps(result.to_json(args.pid)))

@@ -60,6 +60,7 @@ class DumpResult:
     comm: str
     backend: str
     tracker: str
+    thaw: str
     parent: str | None
     pre_dump: bool
     frozen_ns: int
@@ -211,6 +212,10 @@ def dump(
     """
     if thaw not in THAW_MODES:
         raise DumpError(f"unknown thaw mode {thaw!r} (choose from {', '.join(THAW_MODES)})")
+    from ..image.writer import MAX_THREADS
+
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {threads}")
     t_begin = time.monotonic_ns()
     wall_begin = time.time_ns()
     proc = Process(pid)
@@ -225,6 +230,8 @@ def dump(
         stack.callback(writer.abort)  # no-op after commit
         if threading.current_thread() is threading.main_thread():
             stack.enter_context(raise_on_termination())
+        # Allocated before the freeze: the target should not wait for it.
+        pw = writer.pages_writer(pid, 1, compress=compress, level=level, threads=threads)
         t0 = time.monotonic_ns()
         stack.enter_context(freezer)  # freezes; thaws to "resume" on any way out
         freezing_ns = time.monotonic_ns() - t0
@@ -281,7 +288,6 @@ def dump(
         pages_scanned = sum(p.vma.size // PAGE_SIZE for p in plans if p.mode != "skip")
         total_bytes = sum(n for _, runs in work for _, n, k in runs if k == "dump") * PAGE_SIZE
 
-        pw = writer.pages_writer(pid, 1, compress=compress, level=level, threads=threads)
         reader = MemReader(proc)
         stack.callback(reader.close)
         mm = mm_pb2.mm_entry(**proc.mm_layout(), exe_file_id=0, mm_saved_auxv=proc.auxv())
@@ -390,7 +396,7 @@ def dump(
         writer.write_inventory(inv)
         path = writer.commit()
     return DumpResult(
-        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker,
+        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker, thaw=thaw,
         parent=parent_link, pre_dump=pre_dump,
         frozen_ns=frozen_ns, freezing_ns=freezing_ns, scan_ns=scan_ns, read_ns=reader.read_ns,
         total_ns=time.monotonic_ns() - t_begin, pages_scanned=pages_scanned,

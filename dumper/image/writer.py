@@ -44,6 +44,9 @@ from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_p
 __all__ = ["CheckpointWriter", "PagesWriter", "PagesWriterStats", "vma_entry_from", "fill_required"]
 
 _U64_LIMIT = 1 << 64
+# Compression threads: each brings 4 frame buffers (1 MiB); more threads than
+# this cannot help on any machine and would only grow memory.
+MAX_THREADS = 256
 _U32_LIMIT = 1 << 32
 
 
@@ -268,6 +271,8 @@ class PagesWriter:
             self._frame_bytes = frame_pages * page_size
             self._frame_sizes: list[int] = []
             nthreads = threads or os.cpu_count() or 1
+            if not 1 <= nthreads <= MAX_THREADS:
+                raise ValueError(f"threads must be between 1 and {MAX_THREADS}, not {nthreads}")
             self._tls = threading.local()
             self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix=f"zstd-{pid}")
             # Bounded buffer pool: taking a free buffer is the back-pressure.
@@ -533,6 +538,19 @@ class PagesWriter:
             self.abort()
 
 
+def _remove_stale_tmpdirs(parent: Path, name: str) -> None:
+    """Remove ``.NAME.tmp-PID-*`` directories whose creator no longer runs."""
+    prefix = f".{name}.tmp-"
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for p in candidates:
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class CheckpointWriter:
     """Builds a checkpoint directory at ``dest`` atomically.
 
@@ -555,10 +573,13 @@ class CheckpointWriter:
             raise DumpError(f"{parent}: no such directory")
         if os.path.lexists(self.dest):
             if not force:
-                raise DumpError(f"{self.dest} already exists (use force to replace it)")
+                raise DumpError(f"{self.dest} already exists (--force replaces a checkpoint)")
             self._check_replaceable()
+        _remove_stale_tmpdirs(parent, self.dest.name)
         try:
-            tmp = parent / f".{self.dest.name}.tmp-{secrets.token_hex(4)}"
+            # The creator's pid in the name lets a later run remove what a
+            # killed run (SIGKILL, OOM) left behind.
+            tmp = parent / f".{self.dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
             os.mkdir(tmp, 0o700)
             os.chmod(tmp, 0o700)
         except OSError as err:
@@ -570,6 +591,8 @@ class CheckpointWriter:
 
     def _check_replaceable(self) -> None:
         d = self.dest
+        if not d.is_dir() or d.is_symlink():
+            raise DumpError(f"refusing to replace {d}: not a directory")
         if d.is_dir() and not d.is_symlink():
             if not (d / fmt.INVENTORY_NAME).exists() and any(d.iterdir()):
                 raise DumpError(f"refusing to replace {d}: not empty and not a checkpoint (no {fmt.INVENTORY_NAME})")

@@ -90,7 +90,7 @@ def _uninterruptible() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def raise_on_termination(signals=(signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+def raise_on_termination(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
     """Turn SIGINT into KeyboardInterrupt and the others into SystemExit(128+sig).
 
     So ``finally`` blocks and :meth:`Freezer.__exit__` run when the dumper is
