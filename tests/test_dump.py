@@ -63,6 +63,7 @@ def stopped_dump(spawn_target, tmp_path):
     return run
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("compress", [True, False])
 def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress):
     t, ckpt, res = stopped_dump("dense,zero,file,guard,thp,sparse", compress=compress)
@@ -73,6 +74,7 @@ def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress):
     assert not bad, f"{len(bad)} pages differ, first {bad[:5]}"
 
 
+@pytest.mark.kernel(needs="guard")
 def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump):
     t, ckpt, res = stopped_dump("dense,zero,file,guard,shared,thp")
     pages = image_pages(ckpt, t.pid)
@@ -108,6 +110,7 @@ def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump):
     assert not any(thp + (2 << 20) + p * P in pages for p in range(512))
 
 
+@pytest.mark.kernel
 def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path):
     t = spawn_target("swap")
     t.command("pageout swap")
@@ -124,6 +127,7 @@ def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path):
     assert res.pages_unreadable == 0
 
 
+@pytest.mark.kernel
 def test_no_compress_is_criu_raw_layout(stopped_dump):
     t, ckpt, _ = stopped_dump("dense,zero,file", compress=False)
     head, entries = load_pagemap(ckpt / fmt.pagemap_name(t.pid))
@@ -215,6 +219,7 @@ def test_kill_mode(spawn_target, tmp_path):
     assert (tmp_path / "ck" / "inventory.img").exists()
 
 
+@pytest.mark.kernel
 def test_sparse_16tib_dump_is_proportional_to_touched_pages(tmp_path):
     if not probe_scan_categories():
         pytest.skip("PAGEMAP_SCAN missing: the pagemap fallback is O(reservation) by design")
@@ -339,6 +344,7 @@ def test_refuses_itself_and_bad_pids(zombie, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.kernel(needs="guard")
 def test_guard_markers_without_the_guard_bit_are_skipped_at_read_time(spawn_target, tmp_path, monkeypatch):
     # Kernels before 6.16 report guard markers only as SWAPPED: the scanner
     # selects them and /proc/PID/mem refuses them. Simulate that here.
@@ -356,6 +362,7 @@ def test_guard_markers_without_the_guard_bit_are_skipped_at_read_time(spawn_targ
     assert [p for p in range(16) if a + p * P in pages] == [p for p in range(16) if p not in (4, 5, 6, 12)]
 
 
+@pytest.mark.kernel
 def test_dump_and_show_cli(spawn_target, tmp_path):
     t = spawn_target("dense,shared")
     ck = tmp_path / "ck"

@@ -27,6 +27,10 @@ from dumper.scan.features import probe_scan_categories, probe_soft_dirty, probe_
 P = PAGE_SIZE
 needs_uffd = pytest.mark.skipif(not (probe_scan_categories() and probe_uffd_wp_async()),
                                 reason="uffd-wp tracking needs userfaultfd WP_ASYNC and PAGEMAP_SCAN (Linux 6.7)")
+needs_soft_dirty = pytest.mark.skipif(not probe_soft_dirty(), reason="soft-dirty is compiled out of this kernel "
+                                      "(CONFIG_MEM_SOFT_DIRTY); the kernel-matrix run covers it")
+# The chain tests run once per write tracker.
+TRACKERS = [pytest.param("uffd-wp", marks=needs_uffd), pytest.param("soft-dirty", marks=needs_soft_dirty)]
 
 
 def own_pages(ckpt: Path, pid: int) -> tuple[dict[int, bytes], list[tuple[int, int]]]:
@@ -63,6 +67,7 @@ def stop(t) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.kernel
 @needs_uffd
 def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
     t = spawn_target("dense,zero,alt,guard")
@@ -112,16 +117,17 @@ def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
     assert r1.pages_parent >= 256 - 7
 
 
-@needs_uffd
-def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path):
+@pytest.mark.kernel
+@pytest.mark.parametrize("tracker", TRACKERS)
+def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path, tracker):
     t = spawn_target("dense,alt")
     prev = tmp_path / "d0"
-    dump(t.pid, prev, track_mem=True)
+    assert dump(t.pid, prev, track_mem=True, tracker=tracker).tracker == tracker
     for i in range(1, 11):
         t.command(f"write dense {i} {i * 20 % 256} {(i * 37) % 256}")
         t.command(f"write alt {(i * 2) % 4000} {(i * 400) % 4000}")
         cur = tmp_path / f"d{i}"
-        res = dump(t.pid, cur, parent=prev, thaw="leave-stopped")
+        res = dump(t.pid, cur, parent=prev, thaw="leave-stopped", tracker=tracker)
         pages = chain_pages(cur, t.pid)
         fd = os.open(f"/proc/{t.pid}/mem", os.O_RDONLY)
         try:
@@ -134,8 +140,9 @@ def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path):
         prev = cur
 
 
-@needs_uffd
-def test_pre_dump_then_final_dump(tmp_path):
+@pytest.mark.kernel
+@pytest.mark.parametrize("tracker", TRACKERS)
+def test_pre_dump_then_final_dump(tmp_path, tracker):
     code = """
 import ctypes, mmap, os, sys, threading, time
 buf = mmap.mmap(-1, 512 * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
@@ -151,11 +158,12 @@ while True:                      # keeps writing while it is pre-dumped
     try:
         base = int(p.stdout.readline())
         pre = tmp_path / "pre"
-        r = dump(p.pid, pre, pre_dump=True)
+        r = dump(p.pid, pre, pre_dump=True, tracker=tracker)
         assert r.pre_dump and load_inventory(pre / fmt.INVENTORY_NAME).pre_dump
+        assert r.tracker == tracker
         time.sleep(0.2)
         final = tmp_path / "final"
-        rf = dump(p.pid, final, parent=pre, thaw="leave-stopped")
+        rf = dump(p.pid, final, parent=pre, thaw="leave-stopped", tracker=tracker)
         pages = chain_pages(final, p.pid)
         fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY)
         try:
@@ -218,6 +226,7 @@ def test_untracked_parent_gives_a_full_dump(spawn_target, tmp_path):
     assert not (tmp_path / "b" / "parent").exists()
 
 
+@pytest.mark.kernel
 def test_parent_of_another_process_is_refused(spawn_target, tmp_path):
     a = spawn_target("dense")
     b = spawn_target("dense")
@@ -230,8 +239,8 @@ def test_parent_of_another_process_is_refused(spawn_target, tmp_path):
         dump(b.pid, tmp_path / "c", parent=tmp_path)
 
 
-@pytest.mark.skipif(not probe_soft_dirty(), reason="soft-dirty is compiled out of this kernel "
-                    "(CONFIG_MEM_SOFT_DIRTY); the kernel-matrix run covers it")
+@pytest.mark.kernel
+@needs_soft_dirty
 def test_soft_dirty_chain(spawn_target, tmp_path):
     t = spawn_target("dense")
     dump(t.pid, tmp_path / "0", track_mem=True, tracker="soft-dirty")
@@ -240,6 +249,58 @@ def test_soft_dirty_chain(spawn_target, tmp_path):
     r = dump(t.pid, tmp_path / "1", parent=tmp_path / "0", tracker="soft-dirty", thaw="leave-stopped")
     own, _ = own_pages(tmp_path / "1", t.pid)
     assert t.regions["dense"][0] + 7 * P in own and r.pages_parent > 200
+
+
+@pytest.mark.kernel
+@needs_soft_dirty
+def test_soft_dirty_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
+    # The uffd-wp test above, tracked with soft-dirty: clear_refs "4" after
+    # the parent, pagemap bit 55 (or PAGE_IS_SOFT_DIRTY) for what changed.
+    # New VMAs are born VM_SOFTDIRTY, so they are dumped whole.
+    t = spawn_target("dense,zero,alt,file")
+    full0 = tmp_path / "0"
+    r0 = dump(t.pid, full0, track_mem=True, tracker="soft-dirty")
+    assert r0.tracker == "soft-dirty"
+    inv = load_inventory(full0 / fmt.INVENTORY_NAME)
+    assert inv.tracker == "soft-dirty" and not inv.HasField("uffd_fd")
+
+    dense, _ = t.regions["dense"]
+    written = [3, 4, 5, 100, 255]
+    t.command("write dense " + " ".join(map(str, written)))
+    new = json.loads(t.command("mmap fresh 8")[0])["fresh"][0]
+    t.command("munmap file")
+    moved_from = t.regions["alt"][0]
+    moved_to = json.loads(t.command("mremap alt")[0])["alt"][0]
+    t.command("dontneed dense 10")
+    t.command("dontneed dense 11")
+    t.command("read zero 3")
+    stop(t)
+
+    inc = tmp_path / "1"
+    r1 = dump(t.pid, inc, parent=full0, tracker="soft-dirty", thaw="leave-stopped")
+    assert r1.tracker == "soft-dirty" and not r1.notes
+    fresh = tmp_path / "fresh"
+    dump(t.pid, fresh, thaw="leave-stopped")
+
+    via_chain = chain_pages(inc, t.pid)
+    expected, _ = own_pages(fresh, t.pid)
+    assert via_chain.keys() == expected.keys()
+    assert all(via_chain[a] == expected[a] for a in expected)
+
+    own, holes = own_pages(inc, t.pid)
+    assert os.readlink(inc / "parent") == "../0"
+    assert all(dense + p * P in own for p in written)
+    assert all(new + p * P in own for p in range(8))
+    untouched = [dense + p * P for p in range(256) if p not in written and p not in (10, 11)]
+    assert not any(a in own for a in untouched)
+    assert all(a in via_chain for a in untouched)
+    assert dense + 10 * P not in via_chain
+    assert moved_to != moved_from
+    assert all(moved_to + p * P in own for p in range(0, 4000, 2))
+    # The interpreter dirties more than uffd-wp would see (a grown heap VMA
+    # is VM_SOFTDIRTY as a whole), but far less than a full dump.
+    assert 2013 <= r1.pages_written < r0.pages_written
+    assert r1.pages_parent >= 256 - 7
 
 
 def _vmpte_kib(pid: int) -> int:

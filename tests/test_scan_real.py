@@ -89,6 +89,7 @@ def test_whole_process_scans_the_same(target):
 
 
 @needs_ioctl
+@pytest.mark.kernel(needs=("guard", "guard-bit"))
 def test_expected_categories_per_layout(target):
     t, _ = target
     want = Category.PRESENT | Category.SWAPPED | Category.FILE | Category.PFNZERO | Category.GUARD
@@ -148,6 +149,7 @@ def _masks():
 
 
 @needs_ioctl
+@pytest.mark.kernel(needs="guard")
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=_masks() if _COMMON else st.nothing(), max_pages=st.sampled_from([0, 0, 1, 7, 300]))
 def test_random_masks_agree(target, m, max_pages):

@@ -24,7 +24,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "report what the running kernel supports"),
     "scan": ("scan", "list page regions of a process with the mask scanner"),
     "dump": ("dump", "checkpoint a process's memory into an image directory"),
+    "pre-dump": ("predump", "copy pages now and arm write tracking, for a later dump --parent"),
+    "untrack": ("untrack", "remove the uffd-wp write tracking a dump armed in a process"),
     "show": ("show", "summarise a checkpoint directory"),
+    "cat": ("cat", "print memory of a checkpointed process as it was at dump time"),
+    "verify": ("verify", "check a checkpoint's frames and structure (and a live process with --pid)"),
+    "diff": ("diff", "list the pages that differ between two checkpoints"),
+    "decode": ("decode", "print one image file as JSON (like crit decode)"),
+    "mems": ("mems", "list the VMAs of a checkpoint (like crit x DIR mems)"),
+    "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
+    "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }
 
@@ -37,8 +46,10 @@ def _module(name: str):
     return importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--traceback", action="store_true", help="show a traceback on errors")
+def _add_common(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    # SUPPRESS in subcommands, so `dumper --traceback CMD` is not reset by CMD's default.
+    parser.add_argument("--traceback", action="store_true", help="show a traceback on errors",
+                        default=argparse.SUPPRESS if sub else False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
-        _add_common(p)
+        _add_common(p, sub=True)
         _module(name).configure(p)
     return parser
 
@@ -70,10 +81,20 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
             traceback.print_exc()
         print("dumper: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as exc:  # SIGTERM/SIGHUP, turned into SystemExit(128 + signo)
+        if isinstance(exc.code, int) and exc.code > 128:
+            print(f"dumper: stopped by signal {exc.code - 128}", file=sys.stderr)
+        raise
     except BrokenPipeError:
         # `dumper ... | head`: stop quietly, and keep Python from complaining at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_ERROR
+    except OSError as err:
+        if err.errno is None or getattr(err, "filename", None):
+            raise
+        # Writing our own output failed (`> /dev/full`, closed stdout).
+        print(f"dumper: error: writing output: {err.strerror}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -88,6 +109,16 @@ def subcommand_main(name: str, argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run_command(_module(args.command).run, args)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while modules still load
+        print("dumper: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    def run_and_flush(a: argparse.Namespace) -> int:
+        rc = _module(a.command).run(a)
+        sys.stdout.flush()  # surface a failing write (/dev/full) inside run_command
+        return rc
+
+    return run_command(run_and_flush, args)

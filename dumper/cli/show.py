@@ -11,6 +11,7 @@ from typing import Sequence
 from ..errors import ImageError
 from ..image import format as fmt
 from ..image import load_inventory, load_pagemap, read_image
+from ..image.checkpoint import resolve_parent_chain
 from .options import human_bytes
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -63,6 +64,11 @@ def summarize(path: str) -> dict:
             "pages_file_bytes": os.path.getsize(pages_file) if os.path.exists(pages_file) else None,
             "vmas": vmas,
         })
+    chain, chain_error = [], None
+    try:
+        chain = [str(p) for p in resolve_parent_chain(path)]
+    except ImageError as err:
+        chain_error = str(err)
     out = {
         "dir": path,
         "dumper_version": inv.dumper_version,
@@ -76,6 +82,8 @@ def summarize(path: str) -> dict:
         "compression_level": inv.compression_level if inv.compression == fmt.COMPRESSION_ZSTD else None,
         "pre_dump": inv.pre_dump,
         "parent": os.readlink(os.path.join(path, "parent")) if os.path.islink(os.path.join(path, "parent")) else None,
+        "parent_chain": chain,  # resolved, nearest first
+        "parent_chain_error": chain_error,
         "dump_start_ns": inv.dump_start_ns,
         "processes": procs,
     }
@@ -97,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"  pages      compression {comp}" + ("; PRE-DUMP (pages only)" if s["pre_dump"] else ""))
     if s["parent"]:
         print(f"  parent     {s['parent']}")
+    if s["parent_chain"]:
+        print(f"  chain      {' -> '.join(s['parent_chain'])} ({len(s['parent_chain'])} deep)")
+    if s["parent_chain_error"]:
+        print(f"  chain      BROKEN: {s['parent_chain_error']}")
     st = s.get("stats", {})
     if st:
         raw, comp_b = st.get("bytes_raw", 0), st.get("bytes_compressed", 0)

@@ -256,6 +256,22 @@ def dump(
                 notes.append(f"the parent was tracked with {inv.tracker or 'nothing'}, not {tracker}: full dump")
                 pinfo = None
 
+        if tracker == "uffd-wp":
+            # Inject first (create the userfaultfd, register new VMAs): the
+            # thread touches user mode for an instant, and whatever the kernel
+            # writes then (rseq) must be seen by the scan and the copy below.
+            from ..track import uffd
+
+            want = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages"]
+            current = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages" and "uw" in p.vma.vmflags]
+            if uffd_state is None:
+                uffd_state = uffd.arm(freezer, want, protect=False)
+            else:
+                uffd_state.ranges = list(current)
+                known = set(current)
+                uffd.register(freezer, uffd_state, [r for r in want if r not in known], protect=False)
+                uffd_state.ranges.sort()
+
         t0 = time.monotonic_ns()
         with open_backend(proc, backend) as be:
             backend_name = be.name
@@ -292,25 +308,15 @@ def dump(
         stack.callback(reader.close)
         mm = mm_pb2.mm_entry(**proc.mm_layout(), exe_file_id=0, mm_saved_auxv=proc.auxv())
 
-        def arm_tracking() -> None:
-            nonlocal uffd_state
+        def reset_tracking() -> None:
+            """Start the next interval: every page counts as unchanged from now."""
             if tracker == "soft-dirty":
                 with proc.translate("clear_refs"), open(f"{proc.path}/clear_refs", "w") as f:
                     f.write("4")
             elif tracker == "uffd-wp":
                 from ..track import uffd
 
-                # Only VMAs we dump are tracked; [vdso] and skipped ones are not.
-                want = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages"]
-                current = [(p.vma.start, p.vma.end) for p in plans
-                           if p.mode == "pages" and "uw" in p.vma.vmflags]
-                if uffd_state is None:
-                    uffd_state = uffd.arm(freezer, want)
-                else:
-                    uffd.reset(pid, current)
-                    uffd_state.ranges = list(current)
-                    uffd.register(freezer, uffd_state, [r for r in want if r not in set(current)])
-                    uffd_state.ranges.sort()
+                uffd.reset(pid, uffd_state.ranges)
 
         dumped = [0] * len(work)
         parent_pages = [0] * len(work)
@@ -328,14 +334,12 @@ def dump(
         with _progress(total_bytes, progress) as bar:
             if pre_dump:
                 # CRIU's read mode: reset tracking, let the target go, copy after.
-                if tracker != "none":
-                    arm_tracking()
+                reset_tracking()
                 freezer.thaw(thaw)
                 copy_pages(bar)
             else:
                 copy_pages(bar)
-                if tracker != "none":
-                    arm_tracking()
+                reset_tracking()
                 freezer.thaw(thaw)
         frozen_ns = freezer.frozen_time_ns or 0
 

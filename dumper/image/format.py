@@ -59,6 +59,7 @@ from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 from google.protobuf import unknown_fields
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import BadMagic, CorruptImage, UnsupportedVersion
@@ -300,28 +301,32 @@ def zstd_frame_bound(nbytes: int) -> int:
     return nbytes + (nbytes >> 8) + 512
 
 
-def check_page_size(page_size: int, path: str | os.PathLike | None = None) -> int:
+def check_page_size(page_size: int, path: str | os.PathLike | None = None, offset: int | None = None) -> int:
     """Return ``page_size`` if it is a power of two in [4 KiB, 64 KiB] (the
-    sizes Linux supports for user pages), else raise CorruptImage."""
+    sizes Linux supports for user pages), else raise CorruptImage (with
+    ``offset``, where the size was read, if given)."""
     if not (4096 <= page_size <= 65536 and page_size & (page_size - 1) == 0):
-        raise CorruptImage(path, None, f"implausible page size {page_size}")
+        raise CorruptImage(path, offset, f"implausible page size {page_size}")
     return page_size
 
 
-def check_inventory(inv: inventory_pb2.inventory_entry, path: str | os.PathLike | None = None) -> None:
+def check_inventory(
+    inv: inventory_pb2.inventory_entry, path: str | os.PathLike | None = None, offset: int | None = None
+) -> None:
     """Refuse an inventory this code cannot read.
 
     Raises UnsupportedVersion when ``img_version`` is not CRIU's 2
     (criu/image.c refuses other values the same way) or when
     ``dumper_format_version`` is newer than :data:`DUMPER_FORMAT_VERSION`.
     An absent ``dumper_format_version`` means a plain CRIU image.
+    ``offset`` (for errors) is where the inventory entry starts.
     """
     if inv.img_version != CRTOOLS_IMAGES_V1_1:
-        raise UnsupportedVersion(path, None, f"images version {inv.img_version} (expected {CRTOOLS_IMAGES_V1_1})")
+        raise UnsupportedVersion(path, offset, f"images version {inv.img_version} (expected {CRTOOLS_IMAGES_V1_1})")
     if inv.HasField("dumper_format_version") and inv.dumper_format_version > DUMPER_FORMAT_VERSION:
         raise UnsupportedVersion(
             path,
-            None,
+            offset,
             f"dumper format version {inv.dumper_format_version} is newer than this dumper "
             f"understands ({DUMPER_FORMAT_VERSION})",
         )
@@ -478,7 +483,47 @@ def parse_entry(cls: type[Message], payload: bytes, path: str | os.PathLike | No
     if not msg.IsInitialized():
         missing = ", ".join(msg.FindInitializationErrors())
         raise CorruptImage(path, offset, f"{cls.__name__} lacks required fields: {missing}")
+    bad = _bad_text(msg)
+    if bad is not None:
+        raise CorruptImage(path, offset, f"{cls.__name__}.{bad} is not valid UTF-8")
     return msg
+
+
+# Per message type: its string fields and the message fields that (maybe
+# deeply) hold strings, as (name, repeated) pairs.
+_TEXT_PLANS: dict[str, tuple[tuple[tuple[str, bool], ...], tuple[tuple[str, bool], ...]]] = {}
+
+
+def _text_plan(desc: Descriptor):
+    plan = _TEXT_PLANS.get(desc.full_name)
+    if plan is None:
+        _TEXT_PLANS[desc.full_name] = ((), ())  # a recursive type: no strings through itself
+        strings = tuple((f.name, f.is_repeated) for f in desc.fields if f.type == FieldDescriptor.TYPE_STRING)
+        subs = tuple(
+            (f.name, f.is_repeated)
+            for f in desc.fields
+            if f.type == FieldDescriptor.TYPE_MESSAGE and any(_text_plan(f.message_type))
+        )
+        plan = _TEXT_PLANS[desc.full_name] = (strings, subs)
+    return plan
+
+
+def _bad_text(msg: Message) -> str | None:
+    """The name of a string field of ``msg`` (or of a message inside it)
+    that holds invalid UTF-8, else None. proto2 parsers do not check UTF-8
+    and the Python runtime then hands out ``bytes`` where callers expect
+    ``str``."""
+    strings, subs = _text_plan(msg.DESCRIPTOR)
+    for name, repeated in strings:
+        values = getattr(msg, name)
+        if any(isinstance(v, bytes) for v in values) if repeated else isinstance(values, bytes):
+            return name
+    for name, repeated in subs:
+        for i, sub in enumerate(getattr(msg, name) if repeated else [getattr(msg, name)]):
+            bad = _bad_text(sub)
+            if bad is not None:
+                return f"{name}[{i}].{bad}" if repeated else f"{name}.{bad}"
+    return None
 
 
 

@@ -102,36 +102,48 @@ def read_image(path: str | os.PathLike) -> tuple[str, list[Message]]:
     CRIU image type dumper does not read), CorruptImage (truncation, absurd
     sizes, undecodable or incomplete messages).
     """
+    name, msgs, _ = _read_entries(path)
+    return name, msgs
+
+
+def _read_entries(path: str | os.PathLike) -> tuple[str, list[Message], list[int]]:
+    """:func:`read_image` plus the file offset of each message's entry
+    (for errors about what a message says) and, as the last element, the
+    offset where the entries end."""
     with _open(path) as f:
         name = fmt.read_magic(f, path)
         if name == "ZPAGES":
             layout = read_zpages_layout(f, path)
-            return name, [layout.head, layout.index]
+            return name, [layout.head, layout.index], [8, layout.index_offset, _file_size(f)]
         if name not in fmt.ENTRY_TYPES:
             raise ImageError(path, 4, f"CRIU {name} images are not read by dumper")
         offset = f.tell()
         cls = fmt.ENTRY_TYPES[name]
         msgs: list[Message] = []
+        offsets: list[int] = []
         for off, payload in fmt.iter_entries(f, path, offset):
             first_of_pagemap = name == "PAGEMAP" and not msgs
             msgs.append(fmt.parse_entry(pagemap_pb2.pagemap_head if first_of_pagemap else cls, payload, path, off))
-    return name, msgs
+            offsets.append(off)
+        offsets.append(f.tell())
+    return name, msgs, offsets
 
 
-def _single(path, name: str, expect: str, msgs: list[Message]) -> Message:
+def _single(path, name: str, expect: str, msgs: list[Message], offsets: list[int]) -> Message:
     if name != expect:
         raise BadMagic(path, 0, f"expected a {expect} image, found {name}")
     if len(msgs) != 1:
-        raise CorruptImage(path, None, f"{expect} image holds {len(msgs)} entries, expected 1")
+        # where the second entry starts, or where the first one is missing
+        raise CorruptImage(path, offsets[min(1, len(msgs))], f"{expect} image holds {len(msgs)} entries, expected 1")
     return msgs[0]
 
 
 def load_inventory(path: str | os.PathLike) -> inventory_pb2.inventory_entry:
     """Read ``inventory.img`` and check its versions
     (:func:`~dumper.image.format.check_inventory`: UnsupportedVersion)."""
-    name, msgs = read_image(path)
-    inv = _single(path, name, "INVENTORY", msgs)
-    fmt.check_inventory(inv, path)
+    name, msgs, offsets = _read_entries(path)
+    inv = _single(path, name, "INVENTORY", msgs, offsets)
+    fmt.check_inventory(inv, path, offsets[0])
     return inv
 
 
@@ -153,20 +165,21 @@ def load_pagemap(
     ``pages_off`` that is not the running sum of PE_PRESENT pages, or do not
     add up to the head's ``nr_present_pages``; and for a bad ``pages_file``.
     """
-    name, msgs = read_image(path)
+    name, msgs, offsets = _read_entries(path)
     if name != "PAGEMAP":
         raise BadMagic(path, 0, f"expected a PAGEMAP image, found {name}")
     if not msgs:
-        raise CorruptImage(path, None, "no pagemap_head")
+        raise CorruptImage(path, offsets[0], "no pagemap_head")
     head = msgs[0]
     ps = head.page_size if head.HasField("page_size") else (page_size or os.sysconf("SC_PAGE_SIZE"))
-    fmt.check_page_size(ps, path)
-    _pages_file_name(head, path)  # validates it
+    fmt.check_page_size(ps, path, offsets[0])
+    _pages_file_name(head, path, offsets[0])  # validates it
     entries: list[PagemapEntry] = []
     next_vaddr = 0
     total = 0
     for i, pe in enumerate(msgs[1:], 1):
         where = f"entry {i}"
+        at = offsets[i]
         nr = pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages
         if pe.HasField("in_parent") and pe.in_parent:
             flags = pe.flags | fmt.PE_PARENT
@@ -177,37 +190,40 @@ def load_pagemap(
         vaddr = pe.vaddr
         end = vaddr + nr * ps
         if nr == 0 or vaddr % ps or end > _U64_LIMIT:
-            raise CorruptImage(path, None, f"{where}: bad range {vaddr:#x} + {nr} pages")
+            raise CorruptImage(path, at, f"{where}: bad range {vaddr:#x} + {nr} pages")
         if vaddr < next_vaddr:
-            raise CorruptImage(path, None, f"{where}: {vaddr:#x} overlaps or precedes the previous entry")
+            raise CorruptImage(path, at, f"{where}: {vaddr:#x} overlaps or precedes the previous entry")
         if flags & ~_KNOWN_FLAGS or (flags & fmt.PE_PARENT and flags & fmt.PE_PRESENT):
-            raise CorruptImage(path, None, f"{where}: bad flags {fmt.format_flags(flags, 'pmap.flags')}")
+            raise CorruptImage(path, at, f"{where}: bad flags {fmt.format_flags(flags, 'pmap.flags')}")
         off = -1
         if flags & fmt.PE_PRESENT:
             if pe.HasField("pages_off") and pe.pages_off != total:
-                raise CorruptImage(path, None, f"{where}: pages_off {pe.pages_off}, expected {total}")
+                raise CorruptImage(path, at, f"{where}: pages_off {pe.pages_off}, expected {total}")
             off = total
             total += nr
         entries.append(PagemapEntry(vaddr, nr, flags, off))
         next_vaddr = end
     if head.HasField("nr_present_pages") and head.nr_present_pages != total:
         raise CorruptImage(
-            path, None, f"head says {head.nr_present_pages} present pages, entries hold {total}"
+            path, offsets[0], f"head says {head.nr_present_pages} present pages, entries hold {total}"
         )
     return head, entries
 
 
-def _pages_file_name(head: pagemap_pb2.pagemap_head, path) -> tuple[str, bool]:
+def _pages_file_name(head: pagemap_pb2.pagemap_head, path, offset: int | None = None) -> tuple[str, bool]:
     """``(file name, compressed)`` of the pages file a pagemap head names.
     Only the two names derived from ``pages_id`` are accepted, so an
-    untrusted head cannot point outside the image directory."""
+    untrusted head cannot point outside the image directory. ``offset``:
+    where the head is, for errors."""
     codec = fmt.raw_enum(head, "compression")
     if codec not in (None, fmt.COMPRESSION_NONE, fmt.COMPRESSION_ZSTD):
-        raise UnsupportedVersion(path, None, f"unknown pages compression {codec}")
+        raise UnsupportedVersion(path, offset, f"unknown pages compression {codec}")
     compressed = codec == fmt.COMPRESSION_ZSTD
     name = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
     if head.HasField("pages_file") and head.pages_file != name:
-        raise CorruptImage(path, None, f"pages_file {head.pages_file!r} does not match pages_id (expected {name!r})")
+        raise CorruptImage(
+            path, offset, f"pages_file {head.pages_file!r} does not match pages_id (expected {name!r})"
+        )
     return name, compressed
 
 
@@ -267,7 +283,7 @@ def read_zpages_layout(f, path: str | os.PathLike | None) -> ZpagesLayout:
     if codec not in (None, fmt.COMPRESSION_ZSTD):
         raise UnsupportedVersion(path, 8, f"unknown pages compression {codec}")
     head = fmt.parse_entry(zpages_pb2.zpages_head, head_payload[1], path, 8)
-    ps = fmt.check_page_size(head.page_size, path)
+    ps = fmt.check_page_size(head.page_size, path, 8)
     if not 1 <= head.frame_pages * ps <= fmt.MAX_FRAME_BYTES:
         raise CorruptImage(path, 8, f"implausible frame_pages {head.frame_pages}")
     data_offset = 8 + fmt.U32.size + len(head_payload[1])
@@ -378,6 +394,12 @@ class PagesReader:
             self._f.close()
             raise
 
+    @property
+    def end_offset(self) -> int:
+        """Where the page stream's length is recorded: the index of a
+        compressed file, the end of a raw one (for errors)."""
+        return self.layout.index_offset if self.layout is not None else self.nr_pages * self.page_size
+
     def _pread(self, n: int, offset: int, what: str) -> bytes:
         parts = []
         got = 0
@@ -401,6 +423,11 @@ class PagesReader:
             params = zstandard.get_frame_parameters(raw)
         except zstandard.ZstdError as err:
             raise CorruptImage(self.path, off, f"frame {i}: bad zstd header: {err}") from err
+        # Frame_Header_Descriptor bits 3 (reserved) and 4 (unused, ignored by
+        # decoders) are never set by libzstd: refuse them, or a flip of bit 4
+        # would decode as if nothing had happened (RFC 8878 3.1.1.1.1).
+        if raw[4] & 0x18:
+            raise CorruptImage(self.path, off + 4, f"frame {i}: reserved bits set in the zstd frame header")
         # Check before decompressing: a lying content size must not drive allocation.
         if params.content_size != expect or not params.has_checksum:
             raise CorruptImage(
@@ -431,7 +458,7 @@ class PagesReader:
         if page_index + count > self.nr_pages:
             raise CorruptImage(
                 self.path,
-                None,
+                self.end_offset,
                 f"pages [{page_index}, {page_index + count}) beyond the {self.nr_pages} pages of the stream",
             )
         if count == 0:
@@ -493,7 +520,7 @@ def iter_present(
     total = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
     if total != pages.nr_pages:
         raise CorruptImage(
-            pages.path, None, f"pagemap has {total} present pages, the pages file {pages.nr_pages}"
+            pages.path, pages.end_offset, f"pagemap has {total} present pages, the pages file {pages.nr_pages}"
         )
     ps = pages.page_size
     off = 0

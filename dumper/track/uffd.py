@@ -108,10 +108,13 @@ def _register(freezer: Freezer, inj: Injector, scratch: int, state: UffdTracking
             state.ranges.append((start, end))
 
 
-def arm(freezer: Freezer, ranges: list[tuple[int, int]]) -> UffdTracking:
+def arm(freezer: Freezer, ranges: list[tuple[int, int]], *, protect: bool = True) -> UffdTracking:
     """Make the frozen target create a WP_ASYNC userfaultfd and register ``ranges``.
 
-    Then write-protects every existing page (:func:`reset`). Raises
+    Then, with ``protect``, write-protects every existing page (:func:`reset`).
+    The injected calls let the thread back into user mode for an instant,
+    where the kernel may update its rseq area: a dump injects *before* it
+    scans and reads, and protects after. Raises
     UnsupportedKernel when userfaultfd or WP_ASYNC is missing, KernelError
     for other failures inside the target. The scratch page used for the
     ioctl arguments is unmapped again before returning.
@@ -132,13 +135,15 @@ def arm(freezer: Freezer, ranges: list[tuple[int, int]]) -> UffdTracking:
             _register(freezer, inj, scratch, state, ranges)
         finally:
             inj.syscall(NR_munmap, scratch, PAGE_SIZE)
-    reset(freezer.pid, state.ranges)
+    if protect:
+        reset(freezer.pid, state.ranges)
     return state
 
 
-def register(freezer: Freezer, state: UffdTracking, ranges: list[tuple[int, int]]) -> None:
+def register(freezer: Freezer, state: UffdTracking, ranges: list[tuple[int, int]], *,
+             protect: bool = True) -> None:
     """Register more ranges (new VMAs) with the target's existing userfaultfd
-    and write-protect them; ``state`` is updated."""
+    and, with ``protect``, write-protect them; ``state`` is updated."""
     if not ranges:
         return
     with Injector(freezer) as inj:
@@ -148,7 +153,8 @@ def register(freezer: Freezer, state: UffdTracking, ranges: list[tuple[int, int]
             _register(freezer, inj, scratch, state, ranges)
         finally:
             inj.syscall(NR_munmap, scratch, PAGE_SIZE)
-    reset(freezer.pid, state.ranges[before:])
+    if protect:
+        reset(freezer.pid, state.ranges[before:])
 
 
 def reset(pid: int, ranges: list[tuple[int, int]]) -> None:

@@ -1,0 +1,75 @@
+"""``dumper decode FILE [--pretty]``: one image file as JSON, like ``crit decode``.
+
+Prints ``{"magic": "PAGEMAP", "entries": [...]}``: the image type without
+the common magic, then every entry (a pagemap's first entry is its
+``pagemap_head``; a compressed pages file gives its ``zpages_head`` and
+``zpages_index``, not the page bytes). Only fields that are set appear,
+under their proto names. ``--pretty`` indents and prints addresses in hex
+and flag fields by name (:mod:`dumper.image.pretty`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+from ..errors import BadMagic
+from ..image import format as fmt
+from ..image import read_image
+from ..image.pretty import message_to_dict
+
+_IMAGE_FIRST_WORDS = frozenset({fmt.INVENTORY_MAGIC, fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC})
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", help="an image file: inventory.img, mm-PID.img, pagemap-PID.img, stats-dump, pages-N.zst.img"
+    )
+    parser.add_argument(
+        "--pretty", action="store_true", help="indent; addresses in hex, flags by name (like crit decode --pretty)"
+    )
+
+
+def _first_word(path: str | os.PathLike) -> int | None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(fmt.U32.size)
+    except OSError:
+        return None
+    return fmt.U32.unpack(head)[0] if len(head) == fmt.U32.size else None
+
+
+def decode(path: str | os.PathLike, *, pretty: bool = False) -> dict:
+    """``{"magic": NAME, "entries": [dict, ...]}`` for the image at ``path``.
+
+    Raises BadMagic ("raw page data, not an image" for a file with no image
+    magic, such as CRIU's ``pages-N.img``), and the other ImageErrors of
+    :func:`dumper.image.read_image`.
+    """
+    try:
+        name, msgs = read_image(path)
+    except BadMagic as err:
+        word = _first_word(path)
+        if err.offset == 0 and word is not None and word not in _IMAGE_FIRST_WORDS:
+            raise BadMagic(
+                path, 0, f"raw page data, not an image: no image magic at the start ({word:#010x}); "
+                "pages-N.img files hold page bytes only"
+            ) from err
+        raise
+    return {"magic": name, "entries": [message_to_dict(m, pretty=pretty) for m in msgs]}
+
+
+def run(args: argparse.Namespace) -> int:
+    img = decode(args.file, pretty=args.pretty)
+    json.dump(img, sys.stdout, indent=4 if args.pretty else None)
+    sys.stdout.write("\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import subcommand_main
+
+    return subcommand_main("decode", argv)

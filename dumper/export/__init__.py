@@ -1,0 +1,31 @@
+"""Exporting checkpoints into other tools' formats.
+
+Only one format so far: ``criu``, a CRIU 4.x image directory that CRIU's
+``crit`` reads (``decode``, ``show``, ``x DIR mems``, ``x DIR rss``). It
+holds memory only; CRIU cannot restore from it. See :mod:`.criu` and
+docs/criu-export.md::
+
+    from dumper.export import export
+    result = export("/ckpt/2", "/tmp/criu-set")              # chain flattened
+    result = export("/ckpt/2", "/tmp/criu-chain", keep_chain=True)
+"""
+
+from __future__ import annotations
+
+import os
+
+from .criu import ExportedSet, ExportError, ExportResult, criu_fields_only, export_criu
+
+__all__ = ["FORMATS", "export", "export_criu", "ExportError", "ExportResult", "ExportedSet", "criu_fields_only"]
+
+FORMATS = ("criu",)
+
+
+def export(src, out: str | os.PathLike, *, format: str = "criu", keep_chain: bool = False,
+           force: bool = False) -> ExportResult:
+    """Export checkpoint ``src`` to ``out`` in ``format`` (one of
+    :data:`FORMATS`); see :func:`~dumper.export.criu.export_criu`.
+    ExportError for an unknown format."""
+    if format not in FORMATS:
+        raise ExportError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
+    return export_criu(src, out, keep_chain=keep_chain, force=force)

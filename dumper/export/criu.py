@@ -1,0 +1,543 @@
+"""Export a checkpoint as a CRIU 4.x image directory (memory only).
+
+:func:`export_criu` turns a dumper checkpoint (or a CRIU image set, read
+through :mod:`dumper.image.checkpoint`) into files CRIU's tools read:
+
+==================  =========================================================
+``inventory.img``   ``inventory_entry``: img_version 2, fdinfo_per_id true
+``pstree.img``      one ``pstree_entry`` per process, root first
+``files.img``       one REG ``file_entry`` per mapped file and executable
+                    (``crit x mems``/``rss`` look file VMAs up there)
+``mm-PID.img``      ``mm_entry`` with its ``vma_entry`` list, CRIU's status bits
+``pagemap-PID.img`` ``pagemap_head`` + ``pagemap_entry`` (fields 2 and 5 set)
+``pages-N.img``     the PE_PRESENT pages, raw, in entry order
+==================  =========================================================
+
+Every message holds CRIU's fields only (numbers below 32); dumper's own
+additions (inventory versions, VMA paths, pagemap ``pages_off``...) are
+left out, so ``crit decode`` shows exactly what CRIU would have written.
+The set holds **memory only**: no ``core-PID.img`` (registers, signals),
+no ``ids``/``fdinfo``/``fs`` images, no namespaces. CRIU cannot restore
+from it; ``crit decode``, ``crit show``, ``crit x DIR mems`` and
+``crit x DIR rss`` read it.
+
+Chains: by default PE_PARENT pages are resolved through the source's
+``parent`` chain and written as PE_PRESENT, so the set stands alone. With
+``keep_chain`` every checkpoint of the chain is exported as its own set,
+PE_PARENT entries kept, the parent set written in a directory named
+``parent`` inside its child (CRIU opens ``parent`` with ``openat``, a
+directory serves as well as its usual symlink, and the chain moves as one
+tree): ``OUT``, ``OUT/parent``, ``OUT/parent/parent``...
+
+VMAs are listed as CRIU 4.2 lists them: the pieces of ``[vvar]`` merged
+into one VMA, ``[vvar]``/``[vsyscall]`` marked anonymous private. File VMAs
+and the executable name their ``files.img`` entry in ``shmid`` and
+``exe_file_id``; shared memory has its inode as ``shmid``.
+
+Facts a dumper checkpoint does not record are written as CRIU's "unknown":
+``pgid``/``sid`` 0 and ``threads`` = the pid alone (unless the source has
+a ``pstree.img``), ``mm_entry`` fields it lacks 0; the saved auxv stops
+before its AT_NULL pair, as CRIU stores it. The executable's file is
+the file mapping that holds ``mm_start_code`` when the image does not name it.
+
+The output is written like a checkpoint: into a hidden temporary directory
+next to ``out`` (mode 0700, files 0600: process memory holds secrets),
+fsynced, then renamed into place, so a failed export leaves nothing that
+looks like an image set.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from google.protobuf.message import Message
+
+from ..errors import DumpError, ImageError
+from ..image import format as fmt
+from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
+from ..image.pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2
+from . import files_pb
+
+__all__ = [
+    "ExportError",
+    "ExportedSet",
+    "ExportResult",
+    "export_criu",
+    "criu_fields_only",
+    "FILES_NAME",
+    "PSTREE_NAME",
+    "FIRST_OWN_FIELD",
+]
+
+FILES_NAME = "files.img"
+# dumper's additions to CRIU's messages start at this field number.
+FIRST_OWN_FIELD = 32
+
+_U32_LIMIT = 1 << 32
+_O_RDWR = 0o2
+_PROT_WRITE = 0x2
+_MAP_ANONYMOUS = fmt.FLAG_TABLES["mmap.flags"]["MAP_ANONYMOUS"]
+_FILE_VMA = fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED
+_SHMEM_VMA = fmt.VMA_ANON_SHARED | fmt.VMA_AREA_SYSVIPC
+# Pages copied per read/write when streaming a pages file.
+_CHUNK_PAGES = 256
+# CRIU's own files images, copied as they are when exporting a CRIU set.
+_CRIU_FILE_IMAGES = ("files.img", "reg-files.img")
+
+
+class ExportError(DumpError):
+    """An export could not be completed (destination exists, I/O error, a
+    source page the format cannot express)."""
+
+    __module__ = "dumper"
+
+
+@dataclass(slots=True)
+class ExportedSet:
+    """One CRIU image directory written by an export.
+
+    ``path`` is its final location; ``pids`` root first; per pid
+    ``pages_present`` (pages in ``pages-N.img``) and ``pages_parent``
+    (PE_PARENT pages, only with ``keep_chain``); ``files`` the names written;
+    ``bytes`` their total size.
+    """
+
+    path: Path
+    source: Path
+    pids: tuple[int, ...]
+    pages_present: dict[int, int] = field(default_factory=dict)
+    pages_parent: dict[int, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+@dataclass(slots=True)
+class ExportResult:
+    """What :func:`export_criu` wrote: ``sets`` top first (one unless
+    ``keep_chain``), ``bytes`` in all files, ``notes`` for the reader."""
+
+    out: Path
+    source: Path
+    keep_chain: bool
+    sets: list[ExportedSet]
+    bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "out": str(self.out),
+            "source": str(self.source),
+            "keep_chain": self.keep_chain,
+            "bytes": self.bytes,
+            "notes": list(self.notes),
+            "sets": [
+                {
+                    "path": str(s.path),
+                    "source": str(s.source),
+                    "pids": list(s.pids),
+                    "pages_present": {str(k): v for k, v in s.pages_present.items()},
+                    "pages_parent": {str(k): v for k, v in s.pages_parent.items()},
+                    "files": list(s.files),
+                    "bytes": s.bytes,
+                }
+                for s in self.sets
+            ],
+        }
+
+
+def criu_fields_only(msg: Message) -> Message:
+    """A new message of ``msg``'s type holding only CRIU's fields (numbers
+    below :data:`FIRST_OWN_FIELD`), nested messages filtered the same way.
+    Unknown fields are dropped."""
+    out = type(msg)()
+    for fd, value in msg.ListFields():
+        if fd.number >= FIRST_OWN_FIELD:
+            continue
+        if fd.type == fd.TYPE_MESSAGE:
+            if fd.is_repeated:
+                getattr(out, fd.name).extend(criu_fields_only(v) for v in value)
+            else:
+                getattr(out, fd.name).CopyFrom(criu_fields_only(value))
+        elif fd.is_repeated:
+            getattr(out, fd.name).extend(value)
+        else:
+            setattr(out, fd.name, value)
+    return out
+
+
+# --- files
+
+
+def _open_private(path: Path) -> BinaryIO:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return open(fd, "wb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _SetWriter:
+    """Files of one image directory; every file fsynced when closed."""
+
+    def __init__(self, directory: Path, final: Path, source: Path, pids: tuple[int, ...]) -> None:
+        self.dir = directory
+        self.result = ExportedSet(path=final, source=source, pids=pids)
+
+    def create(self, name: str) -> BinaryIO:
+        try:
+            f = _open_private(self.dir / name)
+        except OSError as err:
+            raise ExportError(f"creating {self.result.path / name}: {err.strerror}") from err
+        self.result.files.append(name)
+        return f
+
+    def finish(self, f: BinaryIO) -> None:
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+            self.result.bytes += f.tell()
+        except OSError as err:
+            raise ExportError(f"writing {f.name}: {err.strerror}") from err
+        finally:
+            f.close()
+
+    def image(self, name: str, magic: str, msgs: list[Message]) -> None:
+        f = self.create(name)
+        try:
+            fmt.write_magic(f, magic)
+            fmt.write_entries(f, msgs)
+        except OSError as err:
+            f.close()
+            raise ExportError(f"writing {self.result.path / name}: {err.strerror}") from err
+        self.finish(f)
+
+    def copy(self, src: Path, name: str) -> None:
+        f = self.create(name)
+        try:
+            with open(src, "rb") as g:
+                shutil.copyfileobj(g, f, 1 << 20)
+        except OSError as err:
+            f.close()
+            raise ExportError(f"copying {src} to {self.result.path / name}: {err.strerror}") from err
+        self.finish(f)
+
+
+# --- per-process content
+
+
+class _FileIds:
+    """Ids for ``files.img``: one per distinct mapped file, from 1."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple, int] = {}
+        self.entries: list[Message] = []
+
+    def get(self, name: str, key: tuple, flags: int) -> int:
+        if key in self.ids:
+            return self.ids[key]
+        fid = len(self.entries) + 1
+        self.ids[key] = fid
+        reg = files_pb.reg_file_entry(
+            id=fid, flags=flags, pos=0, name=name,
+            fown=files_pb.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0),
+        )
+        self.entries.append(files_pb.file_entry(type=files_pb.FD_TYPE_REG, id=fid, reg=reg))
+        return fid
+
+
+def _file_key(v) -> tuple[str, tuple]:
+    """(name for reg_file_entry, identity) of a file VMA of a dumper image.
+    An empty name is what crit prints as "unknown path"."""
+    path = v.path if v.HasField("path") else ""
+    if path.endswith(" (deleted)"):
+        path = path[: -len(" (deleted)")]
+    if not path.startswith("/"):
+        path = ""
+    if v.HasField("inode") and (v.inode or path):
+        return path, (path, v.dev_major, v.dev_minor, v.inode)
+    return path, (path, "vma", v.start)  # nothing to share the id on
+
+
+def _exe_vma(mm: mm_pb2.mm_entry):
+    """The file VMA that holds the start of the code: the executable."""
+    code = mm.mm_start_code
+    for v in mm.vmas:
+        if v.status & _FILE_VMA and v.start <= code < v.end:
+            return v
+    return None
+
+
+def _as_criu_lists_them(mm: mm_pb2.mm_entry) -> None:
+    """Make the VMA list read as CRIU 4.2 writes it (criu/proc_parse.c):
+    kernel-provided anonymous mappings ([vvar], [vsyscall]) carry
+    VMA_ANON_PRIVATE and MAP_ANONYMOUS, and consecutive [vvar] VMAs
+    ([vvar] + [vvar_vclock] on 6.x kernels) are one VMA."""
+    merged = []
+    for v in mm.vmas:
+        if v.status & (fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL) and not v.status & _FILE_VMA:
+            v.status |= fmt.VMA_ANON_PRIVATE
+            v.flags |= _MAP_ANONYMOUS
+        prev = merged[-1] if merged else None
+        if (prev is not None and prev.status & fmt.VMA_AREA_VVAR and v.status & fmt.VMA_AREA_VVAR
+                and prev.end == v.start):
+            prev.end = v.end
+            continue
+        merged.append(v)
+    if len(merged) != len(mm.vmas):
+        kept = [type(v)() for v in merged]
+        for k, v in zip(kept, merged):
+            k.CopyFrom(v)
+        del mm.vmas[:]
+        mm.vmas.extend(kept)
+
+
+def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
+    """``proc``'s mm_entry with CRIU's fields only. With ``files`` (a dumper
+    source) file VMAs and the executable get ``files.img`` ids in
+    ``shmid``/``exe_file_id``, and shared memory its inode as ``shmid``
+    (CRIU's shmem id); a CRIU source keeps its ids."""
+    src = proc.mm
+    mm = criu_fields_only(src)
+    for f in mm.DESCRIPTOR.fields:  # CRIU's required fields, 0 when unknown
+        if f.is_required and not mm.HasField(f.name):
+            setattr(mm, f.name, 0)
+    if files is None:
+        return mm
+    auxv = list(mm.mm_saved_auxv)
+    for i in range(0, len(auxv) - 1, 2):
+        if auxv[i] == 0:  # AT_NULL ends the vector; CRIU stores what precedes it
+            del mm.mm_saved_auxv[i:]
+            break
+    exe = _exe_vma(src)
+    if src.HasField("exe_path") and src.exe_path:
+        name = src.exe_path.removesuffix(" (deleted)")
+        key = next((_file_key(v)[1] for v in src.vmas if v.status & _FILE_VMA and v.path == src.exe_path), None)
+        mm.exe_file_id = files.get(name, key or (name, "exe"), 0)
+    elif exe is not None:
+        name, key = _file_key(exe)
+        mm.exe_file_id = files.get(name, key, 0)
+    else:
+        mm.exe_file_id = files.get("", ("", "exe", proc.pid), 0)
+    for v, out in zip(src.vmas, mm.vmas):
+        if v.status & _FILE_VMA:
+            name, key = _file_key(v)
+            writable_shared = v.status & fmt.VMA_FILE_SHARED and v.prot & _PROT_WRITE
+            out.shmid = files.get(name, key, _O_RDWR if writable_shared else 0)
+        elif v.status & _SHMEM_VMA and not v.shmid and v.HasField("inode") and v.inode:
+            out.shmid = v.inode
+    _as_criu_lists_them(mm)
+    return mm
+
+
+def _pagemap_entry(vaddr: int, nr: int, flags: int) -> pagemap_pb2.pagemap_entry:
+    # Field 2 for CRIU < 4.2 (0 when it does not fit, as CRIU 4.2 does),
+    # field 5 for 4.2 and later.
+    return pagemap_pb2.pagemap_entry(
+        vaddr=vaddr, compat_nr_pages=nr if nr < _U32_LIMIT else 0, flags=flags, nr_pages=nr
+    )
+
+
+def _flat_runs(ck: Checkpoint, pid: int) -> Iterator[tuple[int, bytes]]:
+    """Every recorded page of ``pid``, PE_PARENT resolved, ascending."""
+    proc = ck.process(pid)
+    for e in proc.entries:
+        if not e.flags & (fmt.PE_PRESENT | fmt.PE_PARENT):
+            raise ExportError(
+                f"{proc.pagemap_path}: pages [{e.vaddr:#x}, {e.end(proc.page_size):#x}) are "
+                f"{fmt.format_flags(e.flags, 'pmap.flags')} only: their data is in no image"
+            )
+    yield from ck.iter_pages(pid, max_pages=_CHUNK_PAGES, parents=True)
+
+
+def _own_runs(proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
+    """``(vaddr, nr_pages, flags, data)`` of ``proc``'s own entries, data for
+    PE_PRESENT pieces only (entries cut into chunks)."""
+    ps = proc.page_size
+    for e in proc.entries:
+        if e.flags & fmt.PE_PRESENT:
+            for done in range(0, e.nr_pages, _CHUNK_PAGES):
+                n = min(_CHUNK_PAGES, e.nr_pages - done)
+                yield e.vaddr + done * ps, n, e.flags, proc.pages.read_pages(e.pages_off + done, n)
+        else:
+            yield e.vaddr, e.nr_pages, e.flags, None
+
+
+def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten: bool) -> None:
+    proc = ck.process(pid)
+    ps = proc.page_size
+    entries: list[list[int]] = []  # [vaddr, nr, flags], merged when contiguous with equal flags
+    present = parent = 0
+    f = w.create(fmt.pages_name(pages_id))
+    try:
+        if flatten:
+            runs = ((vaddr, len(data) // ps, fmt.PE_PRESENT, data) for vaddr, data in _flat_runs(ck, pid))
+        else:
+            runs = _own_runs(proc)
+        for vaddr, nr, flags, data in runs:
+            if data is not None:
+                f.write(data)
+                present += nr
+            elif flags & fmt.PE_PARENT:
+                parent += nr
+            last = entries[-1] if entries else None
+            if last is not None and last[2] == flags and last[0] + last[1] * ps == vaddr:
+                last[1] += nr
+            else:
+                entries.append([vaddr, nr, flags])
+    except OSError as err:
+        f.close()
+        raise ExportError(f"writing {w.result.path / fmt.pages_name(pages_id)}: {err.strerror}") from err
+    except BaseException:
+        f.close()
+        raise
+    w.finish(f)
+    msgs: list[Message] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
+    msgs.extend(_pagemap_entry(v, n, fl) for v, n, fl in entries)
+    w.image(fmt.pagemap_name(pid), "PAGEMAP", msgs)
+    w.result.pages_present[pid] = present
+    if parent:
+        w.result.pages_parent[pid] = parent
+
+
+def _pstree(ck: Checkpoint) -> list[Message]:
+    src = {}
+    if (ck.path / PSTREE_NAME).exists():
+        for e in read_pstree(ck.path / PSTREE_NAME):
+            src.setdefault(e.pid, e)
+    out = []
+    for pid in ck.pids:
+        e = src.get(pid)
+        if e is not None:
+            out.append(pstree_pb2.pstree_entry(pid=pid, ppid=e.ppid, pgid=e.pgid, sid=e.sid,
+                                               threads=list(e.threads) or [pid]))
+        else:
+            ppid = 0 if pid == ck.root_pid else ck.root_pid
+            out.append(pstree_pb2.pstree_entry(pid=pid, ppid=ppid, pgid=0, sid=0, threads=[pid]))
+    return out
+
+
+def _write_set(ck: Checkpoint, directory: Path, final: Path, flatten: bool) -> ExportedSet:
+    w = _SetWriter(directory, final, ck.path, tuple(ck.pids))
+    inv = inventory_pb2.inventory_entry(img_version=fmt.CRTOOLS_IMAGES_V1_1, fdinfo_per_id=True)
+    w.image(fmt.INVENTORY_NAME, "INVENTORY", [inv])
+    w.image(PSTREE_NAME, "PSTREE", _pstree(ck))
+    files = None if ck.is_criu else _FileIds()
+    mms = {pid: _mm_for(ck.processes[pid], files) for pid in ck.pids if ck.processes[pid].mm is not None}
+    if files is not None:
+        w.image(FILES_NAME, "FILES", files.entries)
+    else:
+        for name in _CRIU_FILE_IMAGES:
+            if (ck.path / name).is_file():
+                w.copy(ck.path / name, name)
+    for pages_id, pid in enumerate(ck.pids, 1):
+        if pid in mms:
+            w.image(fmt.mm_name(pid), "MM", [mms[pid]])
+        _write_pages(w, ck, pid, pages_id, flatten)
+    _fsync_dir(directory)
+    return w.result
+
+
+# --- destination
+
+
+def _check_replaceable(dest: Path) -> None:
+    if dest.is_dir() and not dest.is_symlink():
+        if not (dest / fmt.INVENTORY_NAME).exists() and any(dest.iterdir()):
+            raise ExportError(f"refusing to replace {dest}: not empty and not an image set (no {fmt.INVENTORY_NAME})")
+
+
+def export_criu(
+    src: str | os.PathLike | Checkpoint,
+    out: str | os.PathLike,
+    *,
+    keep_chain: bool = False,
+    force: bool = False,
+) -> ExportResult:
+    """Write checkpoint ``src`` (a directory or an open
+    :class:`~dumper.image.checkpoint.Checkpoint`) as CRIU image set ``out``.
+
+    ``keep_chain``: export the whole parent chain as nested sets
+    (``out/parent``...) keeping PE_PARENT entries; default: one set, the
+    chain's pages resolved into it. ``force`` replaces an existing ``out``
+    that is empty or an image set (holds ``inventory.img``).
+
+    Raises ExportError (``out`` exists, I/O failure, lazy pages whose data
+    no image holds) and ImageError for a damaged source.
+    """
+    dest = Path(os.path.abspath(out))
+    parent_dir = dest.parent
+    if not parent_dir.is_dir():
+        raise ExportError(f"{parent_dir}: no such directory")
+    if os.path.lexists(dest):
+        if not force:
+            raise ExportError(f"{dest} already exists (use force to replace it)")
+        _check_replaceable(dest)
+    own = not isinstance(src, Checkpoint)
+    ck = open_checkpoint(src) if own else src
+    tmp = parent_dir / f".{dest.name}.tmp-{secrets.token_hex(4)}"
+    try:
+        if dest == ck.path or dest in ck.path.parents:
+            raise ExportError(f"{dest} would overwrite the checkpoint being exported")
+        try:
+            os.mkdir(tmp, 0o700)
+            os.chmod(tmp, 0o700)
+        except OSError as err:
+            raise ExportError(f"cannot create a directory in {parent_dir}: {err.strerror}") from err
+        chain = list(ck.chain()) if keep_chain else [ck]
+        sets = []
+        for depth, c in enumerate(chain):
+            rel = Path(*([fmt.PARENT_LINK] * depth)) if depth else Path()
+            d = tmp / rel
+            if depth:
+                os.mkdir(d, 0o700)
+                os.chmod(d, 0o700)
+            sets.append(_write_set(c, d, dest / rel, flatten=not keep_chain))
+        for depth in range(len(chain) - 1, -1, -1):
+            _fsync_dir(tmp / Path(*([fmt.PARENT_LINK] * depth)) if depth else tmp)
+        old = None
+        if os.path.lexists(dest):
+            _check_replaceable(dest)
+            old = parent_dir / f".{dest.name}.old-{secrets.token_hex(4)}"
+            os.rename(dest, old)
+        try:
+            os.rename(tmp, dest)
+            _fsync_dir(parent_dir)
+        except OSError:
+            if old is not None and not os.path.lexists(dest):
+                os.rename(old, dest)
+            raise
+        if old is not None:
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ExportError(f"exporting to {dest}: {err.strerror}") from err
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if own:
+            ck.close()
+    notes = ["memory only: CRIU cannot restore from this image set (no core, ids, fdinfo or namespace images)"]
+    if keep_chain and len(sets) > 1:
+        notes.append(f"{len(sets) - 1} parent set(s) nested as {dest.name}/{fmt.PARENT_LINK}/...")
+    return ExportResult(out=dest, source=sets[0].source, keep_chain=keep_chain, sets=sets,
+                        bytes=sum(s.bytes for s in sets), notes=notes)

@@ -1,0 +1,1084 @@
+"""A whole checkpoint directory, read-only: :func:`open_checkpoint`.
+
+:class:`Checkpoint` bundles what the lower-level readers give separately
+(:func:`~dumper.image.reader.load_inventory`,
+:func:`~dumper.image.reader.load_pagemap`,
+:class:`~dumper.image.reader.PagesReader`) into one object that answers "what
+was in memory at address A of process P at dump time"::
+
+    with open_checkpoint("/ckpt/2") as ck:
+        ck.pids                        # (root_pid, ...)
+        ck.processes[pid].vmas         # vma_entry list, ascending
+        ck.read(pid, addr, 4096)       # bytes as they were at dump time
+        for vaddr, data in ck.iter_pages():   # root pid's recorded pages
+            ...
+
+Opening reads metadata only: ``inventory.img``, ``pstree.img`` when there is
+one, every ``mm-PID.img`` and ``pagemap-PID.img``, the head, footer and frame
+index of every ``pages-N.zst.img`` (a raw ``pages-N.img`` is only stat'ed) and
+the ``parent`` links; never page payload. A parent checkpoint is opened the
+first time it is needed.
+
+Where the bytes of :meth:`Checkpoint.read` come from, page by page:
+
+* a PE_PRESENT entry: this checkpoint's pages file (only the zstd frames
+  that hold the range are decompressed);
+* a PE_PARENT entry: the same pid's entries in the parent checkpoint,
+  recursively (CRIU's incremental dumps, ``parent`` symlink);
+* no entry, inside a private anonymous VMA: zeros (never touched, the zero
+  page, or a page a dump skips because the kernel would give zeros);
+* no entry, inside a private file mapping: the mapped file at the VMA's
+  offset, if the file still exists with the device and inode recorded in the
+  vma_entry (the page was never written, so it was the file's);
+* anything else (outside every recorded VMA, a VMA whose contents were not
+  dumped such as shared memory or [vvar], a CRIU image that does not record
+  the mapped file): :class:`~dumper.errors.ImageError`.
+
+The parent chain must stay inside the directory that holds the checkpoint
+(``/ckpt`` for ``/ckpt/2``; ``parent -> ../1`` is the usual link) and must
+not loop: otherwise ImageError naming the offending ``parent`` link.
+
+CRIU image directories are read too: no dumper fields, raw ``pages-N.img``,
+``nr_pages`` from pagemap field 5 or field 2, ``in_parent``/absent flags as
+CRIU's reader; pids from ``pstree.img`` (CRIU's ``pstree_entry``) when the
+inventory does not list them, else from the ``pagemap-PID.img`` names.
+
+Units: addresses and sizes in bytes, ranges end-exclusive, ``nr_pages`` and
+stream indexes in pages. A Checkpoint is not thread-safe (its PagesReaders
+cache a frame); open one per thread.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import re
+import threading
+import types
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError, Message
+
+from ..errors import BadMagic, CorruptImage, ImageError
+from . import format as fmt
+from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2
+from .reader import PagemapEntry, PagesReader, _zstd_frame_length, load_inventory, load_pagemap, read_image
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointProcess",
+    "open_checkpoint",
+    "resolve_parent_chain",
+    "read_pstree",
+    "PSTREE_NAME",
+    "MAX_PARENT_CHAIN",
+]
+
+PSTREE_NAME = "pstree.img"
+# Longest parent chain followed. Loops are caught by identity, this only
+# bounds the work a hostile directory tree can cause.
+MAX_PARENT_CHAIN = 4096
+
+_U64_LIMIT = 1 << 64
+_PAGEMAP_RE = re.compile(r"^pagemap-(\d+)\.img$")
+_KERNEL_VMAS = fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL | fmt.VMA_AREA_UPROBES
+_SHARED_VMAS = (
+    fmt.VMA_FILE_SHARED | fmt.VMA_ANON_SHARED | fmt.VMA_AREA_SYSVIPC | fmt.VMA_AREA_MEMFD | fmt.VMA_AREA_SOCKET
+)
+# Raw pages files are read in chunks of this many bytes (compressed: a frame).
+_RAW_CHUNK = 16 << 20
+# verify: compressed bytes handed to one worker at a time.
+_VERIFY_BATCH = 4 << 20
+
+
+# --- pstree.img (CRIU images/pstree.proto; dumper has no .proto for it)
+
+
+def _pstree_class() -> type[Message]:
+    """``pstree_entry {pid=1, ppid=2, pgid=3, sid=4, repeated threads=5}``,
+    all uint32, built in a private descriptor pool so it can never clash
+    with a generated module of the same name."""
+    fdp = descriptor_pb2.FileDescriptorProto(name="dumper_checkpoint_pstree.proto", syntax="proto2")
+    msg = fdp.message_type.add(name="pstree_entry")
+    F = descriptor_pb2.FieldDescriptorProto
+    for name, number in (("pid", 1), ("ppid", 2), ("pgid", 3), ("sid", 4)):
+        msg.field.add(name=name, number=number, type=F.TYPE_UINT32, label=F.LABEL_REQUIRED)
+    msg.field.add(name="threads", number=5, type=F.TYPE_UINT32, label=F.LABEL_REPEATED)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("pstree_entry"))
+
+
+_pstree_entry: type[Message] | None = None
+
+
+def read_pstree(path: str | os.PathLike) -> list[Message]:
+    """The ``pstree_entry`` messages of a CRIU ``pstree.img`` (root first).
+
+    Fields ``pid``, ``ppid``, ``pgid``, ``sid`` and ``threads``. BadMagic if
+    the file is not a PSTREE image, CorruptImage if it is damaged.
+    """
+    global _pstree_entry
+    if _pstree_entry is None:
+        _pstree_entry = _pstree_class()
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise ImageError(path, None, f"cannot open: {err.strerror}") from err
+    with f:
+        name = fmt.read_magic(f, path)
+        if name != "PSTREE":
+            raise BadMagic(path, 0, f"expected a PSTREE image, found {name}")
+        return [fmt.parse_entry(_pstree_entry, payload, path, off) for off, payload in fmt.iter_entries(f, path, 8)]
+
+
+# --- parent chain
+
+
+def resolve_parent_chain(path: str | os.PathLike) -> list[Path]:
+    """The resolved parent chain of checkpoint directory ``path``, nearest
+    first (``[]`` without a ``parent`` link). Reads links only.
+
+    Each ``parent`` (a symlink, as CRIU's ``--prev-images-dir`` makes, or a
+    directory) must resolve to a directory strictly inside the directory that
+    holds ``path`` (its real path's parent), and no directory may come twice.
+    Raises ImageError naming the offending ``parent`` link: dangling or
+    looping symlink, not a directory, outside, a loop, or longer than
+    :data:`MAX_PARENT_CHAIN`.
+    """
+    top = Path(os.path.realpath(path))
+    root = top.parent
+    seen = {top}
+    chain: list[Path] = []
+    cur = top
+    while True:
+        link = cur / fmt.PARENT_LINK
+        if not os.path.lexists(link):
+            return chain
+        try:
+            target = Path(os.path.realpath(link, strict=True))
+        except OSError as err:
+            raise ImageError(link, None, f"parent link does not resolve: {err.strerror}") from err
+        if not target.is_dir():
+            raise ImageError(link, None, f"parent {target} is not a directory")
+        if target == root or root not in target.parents:
+            raise ImageError(link, None, f"parent {target} is outside {root}, the directory holding the checkpoint")
+        if target in seen:
+            raise ImageError(link, None, f"parent chain loops: {target} comes twice")
+        if len(chain) >= MAX_PARENT_CHAIN:
+            raise ImageError(link, None, f"parent chain longer than {MAX_PARENT_CHAIN}")
+        seen.add(target)
+        chain.append(target)
+        cur = target
+
+
+# --- one process
+
+
+def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
+    """What a page of ``vma`` with no pagemap entry holds: ``("zero", "")``,
+    ``("file", "")`` or ``("none", why)``."""
+    if vma.HasField("dumped") and not vma.dumped:
+        return "none", vma.contents_skipped_reason or "the dump skipped this VMA's contents"
+    st = vma.status
+    if st & fmt.VMA_AREA_AIORING:
+        return "zero", ""  # CRIU dumps AIO rings whole, whatever their other bits
+    if st & _KERNEL_VMAS:
+        return "none", "a kernel-provided mapping, not in the checkpoint"
+    if st & _SHARED_VMAS:
+        return "none", "a shared mapping: its contents are not in the process's pagemap"
+    if st & fmt.VMA_FILE_PRIVATE:
+        return "file", ""
+    return "zero", ""
+
+
+@dataclass(eq=False)
+class CheckpointProcess:
+    """The recorded memory of one process of a checkpoint.
+
+    ``mm`` is the ``mm_entry`` (None when there is no ``mm-PID.img``, e.g. a
+    CRIU pre-dump: then VMAs are unknown and only pages with pagemap entries
+    can be read). ``vmas``: its ``vma_entry`` list, ascending and disjoint,
+    without CRIU's VMA_AREA_GUARD pseudo-VMAs (those are in ``guards``).
+    ``head``/``entries``: the pagemap after CRIU's compat rules (ascending,
+    disjoint, page-aligned; see :class:`~dumper.image.reader.PagemapEntry`).
+    ``pages``: the open :class:`~dumper.image.reader.PagesReader`.
+    ``ppid``/``threads`` come from ``pstree.img`` when there is one.
+    """
+
+    pid: int
+    page_size: int
+    mm: mm_pb2.mm_entry | None
+    vmas: list[vma_pb2.vma_entry]
+    guards: list[vma_pb2.vma_entry]
+    head: pagemap_pb2.pagemap_head
+    entries: list[PagemapEntry]
+    pages: PagesReader
+    mm_path: Path
+    pagemap_path: Path
+    ppid: int | None = None
+    threads: tuple[int, ...] = ()
+    _vstarts: list[int] = field(default_factory=list, repr=False)
+    _estarts: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        self._vstarts = [v.start for v in self.vmas]
+        self._estarts = [e.vaddr for e in self.entries]
+
+    @property
+    def pages_path(self) -> Path:
+        return Path(self.pages.path)
+
+    @property
+    def nr_pages_present(self) -> int:
+        """Pages stored in this checkpoint's pages file."""
+        return self.pages.nr_pages
+
+    @property
+    def nr_pages_parent(self) -> int:
+        """Pages whose data is in the parent chain (PE_PARENT)."""
+        return sum(e.nr_pages for e in self.entries if e.flags & fmt.PE_PARENT)
+
+    def vma_at(self, addr: int) -> vma_pb2.vma_entry | None:
+        """The recorded VMA holding byte ``addr``, or None."""
+        i = bisect.bisect_right(self._vstarts, addr) - 1
+        if i >= 0 and addr < self.vmas[i].end:
+            return self.vmas[i]
+        return None
+
+    def entry_at(self, addr: int) -> PagemapEntry | None:
+        """The pagemap entry holding byte ``addr``, or None."""
+        i = bisect.bisect_right(self._estarts, addr) - 1
+        if i >= 0 and addr < self.entries[i].end(self.page_size):
+            return self.entries[i]
+        return None
+
+
+def _load_mm(path: Path) -> mm_pb2.mm_entry:
+    """``mm-PID.img``, tolerant of absent fields (only VMA start/end matter)."""
+    try:
+        f = open(path, "rb")
+    except OSError as err:
+        raise ImageError(path, None, f"cannot open: {err.strerror}") from err
+    with f:
+        name = fmt.read_magic(f, path)
+        if name != "MM":
+            raise BadMagic(path, 0, f"expected an MM image, found {name}")
+        entries = list(fmt.iter_entries(f, path, 8))
+    if len(entries) != 1:
+        raise CorruptImage(path, None, f"MM image holds {len(entries)} entries, expected 1")
+    off, payload = entries[0]
+    mm = mm_pb2.mm_entry()
+    try:
+        mm.ParseFromString(payload)
+    except DecodeError as err:
+        raise CorruptImage(path, off, f"bad mm_entry: {err}") from err
+    # proto2 parsers hand out bytes for invalid UTF-8 in string fields.
+    for name in _string_fields(mm):
+        if isinstance(getattr(mm, name), bytes):
+            raise CorruptImage(path, off, f"mm_entry.{name} is not valid UTF-8")
+    vma_strings = _string_fields(vma_pb2.vma_entry())
+    for i, v in enumerate(mm.vmas):
+        if not (v.HasField("start") and v.HasField("end")):
+            raise CorruptImage(path, off, f"VMA {i} has no start or end")
+        for name in vma_strings:
+            if isinstance(getattr(v, name), bytes):
+                raise CorruptImage(path, off, f"VMA {i}: {name} is not valid UTF-8")
+    return mm
+
+
+def _string_fields(msg: Message) -> list[str]:
+    return [f.name for f in msg.DESCRIPTOR.fields if f.type == f.TYPE_STRING and not f.is_repeated]
+
+
+def _check_vmas(mm: mm_pb2.mm_entry, path: Path, ps: int) -> tuple[list, list]:
+    vmas, guards = [], []
+    prev_end = 0
+    for i, v in enumerate(mm.vmas):
+        if v.status & fmt.VMA_AREA_GUARD:
+            guards.append(v)
+            continue
+        if v.start % ps or v.end % ps or v.end <= v.start:
+            raise CorruptImage(path, None, f"VMA {i} [{v.start:#x}, {v.end:#x}) is empty or not page aligned")
+        if v.start < prev_end:
+            raise CorruptImage(path, None, f"VMA {i} at {v.start:#x} overlaps or precedes the previous VMA")
+        vmas.append(v)
+        prev_end = v.end
+    return vmas, guards
+
+
+# --- the checkpoint
+
+
+class Checkpoint:
+    """A checkpoint directory opened read-only (see the module docstring).
+
+    Attributes: ``path`` (absolute, symlinks resolved), ``inventory``
+    (``inventory_entry``), ``page_size`` (bytes), ``pids`` (root first),
+    ``root_pid``, ``processes`` (read-only mapping pid ->
+    :class:`CheckpointProcess`), ``parent_paths`` (the resolved parent chain,
+    nearest first), ``is_criu`` (no dumper fields in the inventory).
+    Properties ``stats`` and ``parent`` load on first use.
+
+    Raises ImageError (or a subclass) for anything wrong with the metadata:
+    not a directory, bad inventory, a pid without its pagemap, a pagemap
+    whose PE_PRESENT pages do not match its pages file, bad VMAs, a bad
+    parent chain. A context manager; :meth:`close` closes the files and any
+    parent opened meanwhile.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, _chain: list[Path] | None = None) -> None:
+        given = os.fspath(path)
+        if not os.path.isdir(given):
+            raise ImageError(given, None, "not a checkpoint directory")
+        self.path = Path(os.path.realpath(given))
+        self.parent_paths: tuple[Path, ...] = tuple(resolve_parent_chain(self.path) if _chain is None else _chain)
+        self._parent: Checkpoint | None = None
+        self._stats: stats_pb2.dump_stats_entry | None | bool = False  # False: not loaded
+        self._files: dict[tuple, tuple[int, str]] = {}
+        self._closed = False
+        self.inventory: inventory_pb2.inventory_entry = load_inventory(self.path / fmt.INVENTORY_NAME)
+        inv = self.inventory
+        self.is_criu = not inv.HasField("dumper_format_version")
+        inv_ps = inv.page_size if inv.HasField("page_size") else None
+        if inv_ps is not None:
+            fmt.check_page_size(inv_ps, self.path / fmt.INVENTORY_NAME)
+
+        tree: dict[int, Message] = {}
+        if len(inv.pids):
+            pids = list(dict.fromkeys(inv.pids))
+            root = inv.root_pid if inv.HasField("root_pid") else pids[0]
+        elif (self.path / PSTREE_NAME).exists():
+            for e in read_pstree(self.path / PSTREE_NAME):
+                tree.setdefault(e.pid, e)
+            if not tree:
+                raise CorruptImage(self.path / PSTREE_NAME, None, "no processes")
+            # Processes without memory (zombies) have no pagemap in CRIU's images.
+            pids = [p for p in tree if (self.path / fmt.pagemap_name(p)).exists()]
+            root = next(iter(tree))
+        else:
+            pids = sorted(int(m.group(1)) for n in os.listdir(self.path) if (m := _PAGEMAP_RE.match(n)))
+            root = inv.root_pid if inv.HasField("root_pid") else (pids[0] if pids else 0)
+        if not pids:
+            raise ImageError(self.path, None, "no process images (no pagemap-PID.img)")
+        if root not in pids:
+            raise CorruptImage(self.path / fmt.INVENTORY_NAME, None, f"root pid {root} has no pagemap")
+        pids.remove(root)
+        self.pids: tuple[int, ...] = (root, *pids)
+        self.root_pid = root
+
+        procs: dict[int, CheckpointProcess] = {}
+        try:
+            for pid in self.pids:
+                procs[pid] = self._load_process(pid, inv_ps, tree.get(pid))
+        except BaseException:
+            for p in procs.values():
+                p.pages.close()
+            raise
+        self.processes: Mapping[int, CheckpointProcess] = types.MappingProxyType(procs)
+        self.page_size = procs[root].page_size
+
+    def _load_process(self, pid: int, inv_ps: int | None, tree_entry) -> CheckpointProcess:
+        pm_path = self.path / fmt.pagemap_name(pid)
+        mm_path = self.path / fmt.mm_name(pid)
+        if not pm_path.exists():
+            raise ImageError(pm_path, None, f"missing: pid {pid} has no pagemap")
+        head, entries = load_pagemap(pm_path, page_size=inv_ps)
+        ps = head.page_size if head.HasField("page_size") else (inv_ps or os.sysconf("SC_PAGE_SIZE"))
+        if inv_ps is not None and ps != inv_ps:
+            raise CorruptImage(pm_path, None, f"page size {ps}, the inventory says {inv_ps}")
+        mm = _load_mm(mm_path) if mm_path.exists() else None
+        vmas, guards = _check_vmas(mm, mm_path, ps) if mm is not None else ([], [])
+        compressed = head.compression == fmt.COMPRESSION_ZSTD  # load_pagemap refused unknown codecs
+        name = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
+        pages = PagesReader(self.path / name, compressed=compressed, page_size=ps)
+        try:
+            if pages.page_size != ps:
+                raise CorruptImage(pages.path, None, f"page size {pages.page_size}, the pagemap's is {ps}")
+            present = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
+            if present != pages.nr_pages:
+                raise CorruptImage(
+                    pages.path, None,
+                    f"holds {pages.nr_pages} pages, {pm_path.name} has {present} PE_PRESENT pages",
+                )
+        except BaseException:
+            pages.close()
+            raise
+        return CheckpointProcess(
+            pid=pid, page_size=ps, mm=mm, vmas=vmas, guards=guards, head=head, entries=entries, pages=pages,
+            mm_path=mm_path, pagemap_path=pm_path,
+            ppid=tree_entry.ppid if tree_entry is not None else None,
+            threads=tuple(tree_entry.threads) if tree_entry is not None else (),
+        )
+
+    # --- lazily loaded parts
+
+    @property
+    def stats(self) -> stats_pb2.dump_stats_entry | None:
+        """The ``dump_stats_entry`` of ``stats-dump``, None if there is none.
+        ImageError if the file is damaged."""
+        if self._stats is False:
+            spath = self.path / fmt.STATS_DUMP_NAME
+            if not spath.exists():
+                self._stats = None
+            else:
+                name, msgs = read_image(spath)
+                if name != "STATS" or len(msgs) != 1:
+                    raise CorruptImage(spath, None, f"expected one STATS entry, found {name} x{len(msgs)}")
+                self._stats = msgs[0].dump if msgs[0].HasField("dump") else None
+        return self._stats
+
+    @property
+    def parent(self) -> Checkpoint | None:
+        """The parent checkpoint (opened on first use, closed with this one),
+        or None without a ``parent`` link."""
+        self._check_open()
+        if self._parent is None and self.parent_paths:
+            self._parent = Checkpoint(self.parent_paths[0], _chain=list(self.parent_paths[1:]))
+        return self._parent
+
+    def chain(self) -> Iterator[Checkpoint]:
+        """This checkpoint, then its parent, grandparent... (opened as reached)."""
+        ck: Checkpoint | None = self
+        while ck is not None:
+            yield ck
+            ck = ck.parent
+
+    # --- lookups
+
+    def process(self, pid: int | None = None) -> CheckpointProcess:
+        """The process ``pid`` (None: the root). ImageError if absent."""
+        self._check_open()
+        if pid is None:
+            pid = self.root_pid
+        try:
+            return self.processes[pid]
+        except KeyError:
+            raise ImageError(self.path, None, f"no process {pid} in this checkpoint (pids {list(self.pids)})") from None
+
+    def iter_entries(self, pid: int | None = None) -> Iterator[PagemapEntry]:
+        """The pagemap entries of ``pid`` (default root), ascending by vaddr,
+        as recorded here (PE_PARENT entries are not resolved)."""
+        yield from self.process(pid).entries
+
+    def iter_pages(
+        self, pid: int | None = None, *, max_pages: int = 256, parents: bool = True
+    ) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(vaddr, data)`` for every recorded page of ``pid`` (default
+        root), ascending: PE_PRESENT pages from this checkpoint and, with
+        ``parents``, PE_PARENT pages read from the parent chain. ``data`` is
+        a whole number of pages, at most ``max_pages`` of them, never spanning
+        two entries. CorruptImage/ImageError on damaged data or a PE_PARENT
+        range the chain does not hold."""
+        if max_pages < 1:
+            raise ValueError("max_pages must be >= 1")
+        proc = self.process(pid)
+        ps = proc.page_size
+        for e in proc.entries:
+            present = e.flags & fmt.PE_PRESENT
+            if not present and not (parents and e.flags & fmt.PE_PARENT):
+                continue
+            for done in range(0, e.nr_pages, max_pages):
+                n = min(max_pages, e.nr_pages - done)
+                vaddr = e.vaddr + done * ps
+                if present:
+                    yield vaddr, proc.pages.read_pages(e.pages_off + done, n)
+                else:
+                    yield vaddr, self._parent_for(proc, vaddr, n * ps).read_recorded(proc.pid, vaddr, n * ps)
+
+    def recorded_ranges(self, pid: int | None = None) -> list[tuple[int, int]]:
+        """``(start, end)`` byte ranges (end-exclusive, ascending, adjacent
+        entries merged) of ``pid``'s pages that have PE_PRESENT or PE_PARENT
+        entries here: the pages the dump recorded."""
+        proc = self.process(pid)
+        ps = proc.page_size
+        out: list[tuple[int, int]] = []
+        for e in proc.entries:
+            if not e.flags & (fmt.PE_PRESENT | fmt.PE_PARENT):
+                continue
+            s, end = e.vaddr, e.vaddr + e.nr_pages * ps
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], end)
+            else:
+                out.append((s, end))
+        return out
+
+    # --- reading memory
+
+    def read(self, pid: int | None, addr: int, size: int) -> bytes:
+        """``size`` bytes of process ``pid``'s memory (None: the root) at byte
+        address ``addr``, as they were at dump time (see the module docstring
+        for where each page comes from). Only the zstd frames holding the
+        range are decompressed; the work is per entry and per frame.
+
+        Raises ValueError for a negative ``addr``/``size`` or a range past
+        2**64; ImageError when part of the range is outside every recorded
+        VMA, in a VMA whose contents are not in the checkpoint, in a private
+        file mapping whose file is gone or was replaced (naming the file),
+        past the end of that file, or in a PE_PARENT range the parent chain
+        does not hold; CorruptImage for damaged page data.
+        """
+        proc = self.process(pid)
+        lo, hi = _page_span(proc.page_size, addr, size)
+        parts = [c for s, e, vma in self._vma_pieces(proc, lo, hi, addr) for c in self._chunks(proc, s, e, vma)]
+        return _join(parts, addr - lo, size)
+
+    def read_recorded(self, pid: int | None, addr: int, size: int) -> bytes:
+        """Like :meth:`read`, but only pages that have pagemap entries here
+        (PE_PRESENT, or PE_PARENT resolved through the chain) are allowed;
+        any other page raises ImageError. VMAs are not consulted."""
+        proc = self.process(pid)
+        lo, hi = _page_span(proc.page_size, addr, size)
+        parts = list(self._chunks(proc, lo, hi, None)) if hi > lo else []
+        return _join(parts, addr - lo, size)
+
+    def iter_chunks(
+        self, pid: int | None, addr: int, size: int, *, recorded_only: bool = False
+    ) -> Iterator[tuple[int, bytes | memoryview]]:
+        """Stream what :meth:`read` (or, with ``recorded_only``,
+        :meth:`read_recorded`) would return, without assembling it: yield
+        ``(vaddr, chunk)`` in address order, each chunk a read-only
+        bytes-like object (a decompressed frame or part of one, a view of
+        shared zeros, file data) of a whole number of pages, together
+        covering ``[addr, addr + size)``. ``addr`` and ``size`` must be page
+        aligned (ValueError). Errors as :meth:`read`, raised when reached."""
+        proc = self.process(pid)
+        ps = proc.page_size
+        if addr % ps or size % ps:
+            raise ValueError(f"range {addr:#x} + {size} is not page aligned")
+        lo, hi = _page_span(ps, addr, size)
+        pieces = [(lo, hi, None)] if recorded_only else self._vma_pieces(proc, lo, hi, addr)
+        pos = lo
+        for s, e, vma in pieces:
+            if s >= e:
+                continue
+            for chunk in self._chunks(proc, s, e, vma):
+                yield pos, chunk
+                pos += len(chunk)
+
+    def _vma_pieces(self, proc: CheckpointProcess, lo: int, hi: int, addr: int) -> Iterator[tuple[int, int, object]]:
+        """Cut ``[lo, hi)`` at VMA boundaries: ``(start, end, vma)``; ImageError
+        at the first address no recorded VMA holds (``addr``: the address
+        asked for, named when the very first page is outside)."""
+        if hi <= lo:
+            return
+        if proc.mm is None:
+            yield lo, hi, None
+            return
+        for g in proc.guards:
+            if g.start < hi and lo < g.end:
+                raise ImageError(
+                    proc.mm_path, None,
+                    f"pid {proc.pid}: [{max(lo, g.start):#x}, {min(hi, g.end):#x}) is a guard region "
+                    "(reading it faults in the process)",
+                )
+        vmas = proc.vmas
+        i = max(bisect.bisect_right(proc._vstarts, lo) - 1, 0)
+        if i < len(vmas) and vmas[i].end <= lo:
+            i += 1
+        pos = lo
+        while pos < hi:
+            if i >= len(vmas) or vmas[i].start > pos:
+                raise ImageError(
+                    proc.mm_path, None, f"pid {proc.pid}: address {max(pos, addr):#x} is outside any recorded VMA"
+                )
+            v = vmas[i]
+            end = min(v.end, hi)
+            yield pos, end, v
+            pos = end
+            i += 1
+
+    def _chunks(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[bytes | memoryview]:
+        """Bytes-like chunks that together are the bytes of page-aligned
+        ``[s, e)``, in order. ``vma`` decides what pages without an entry
+        hold; None: they are an error."""
+        ps = proc.page_size
+        entries = proc.entries
+        i = max(bisect.bisect_right(proc._estarts, s) - 1, 0)
+        if i < len(entries) and entries[i].vaddr + entries[i].nr_pages * ps <= s:
+            i += 1
+        pos = s
+        while pos < e and i < len(entries):
+            ent = entries[i]
+            es = ent.vaddr
+            if es >= e:
+                break
+            if es > pos:
+                yield from self._hole(proc, pos, es, vma)
+                pos = es
+            b = min(es + ent.nr_pages * ps, e)
+            if ent.flags & fmt.PE_PRESENT:
+                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b)
+            elif ent.flags & fmt.PE_PARENT:
+                parent = self._parent_for(proc, pos, b - pos)
+                pproc = parent.processes.get(proc.pid)
+                if pproc is None:
+                    raise ImageError(
+                        parent.path, None,
+                        f"has no process {proc.pid}, whose pages [{pos:#x}, {b:#x}) {proc.pagemap_path} "
+                        "marks PE_PARENT",
+                    )
+                yield from parent._chunks(pproc, pos, b, None)
+            else:
+                raise ImageError(
+                    proc.pagemap_path, None,
+                    f"pid {proc.pid}: pages [{pos:#x}, {b:#x}) are lazy ({fmt.format_flags(ent.flags, 'pmap.flags')}):"
+                    " their data is not in the checkpoint",
+                )
+            pos = b
+            i += 1
+        if pos < e:
+            yield from self._hole(proc, pos, e, vma)
+
+    def _parent_for(self, proc: CheckpointProcess, addr: int, size: int) -> Checkpoint:
+        parent = self.parent
+        if parent is None:
+            raise ImageError(
+                proc.pagemap_path, None,
+                f"pid {proc.pid}: pages [{addr:#x}, {addr + size:#x}) are PE_PARENT but there is no parent checkpoint",
+            )
+        return parent
+
+    def _present(self, proc: CheckpointProcess, index: int, s: int, e: int) -> Iterator[bytes]:
+        """Stream pages from ``index`` on, for ``[s, e)``: one chunk per zstd
+        frame (whole frames come back without a copy), or per 16 MiB raw."""
+        ps = proc.page_size
+        pages = proc.pages
+        step = pages.frame_pages or max(1, _RAW_CHUNK // ps)
+        left = (e - s) // ps
+        while left:
+            n = min(left, step - index % step)  # stop at a frame boundary
+            yield pages.read_pages(index, n)
+            index += n
+            left -= n
+
+    def _hole(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[bytes | memoryview]:
+        if vma is None:
+            extra = " (and there is no mm image to say which VMA holds them)" if proc.mm is None else ""
+            raise ImageError(proc.pagemap_path, None, f"pid {proc.pid}: no pagemap entry for [{s:#x}, {e:#x}){extra}")
+        kind, why = _vma_hole(vma)
+        if kind == "zero":
+            yield from _zeros(e - s)
+        elif kind == "file":
+            yield from self._read_file(proc, s, e, vma)
+        else:
+            raise ImageError(
+                proc.mm_path, None,
+                f"pid {proc.pid}: the contents of [{s:#x}, {e:#x}) (VMA {vma.start:#x}-{vma.end:#x} "
+                f"{vma.path or ''}) are not in the checkpoint: {why}",
+            )
+
+    # --- private file mappings
+
+    def _mapped_file(self, proc: CheckpointProcess, vma, s: int, e: int) -> tuple[int, str]:
+        rng = f"[{s:#x}, {e:#x})"
+        if not (vma.HasField("path") and vma.path.startswith("/") and vma.HasField("inode")):
+            raise ImageError(
+                proc.mm_path, None,
+                f"pid {proc.pid}: {rng} are untouched pages of a private file mapping and the image does not "
+                "record which file (CRIU keeps it in reg-files.img, which dumper does not read)",
+            )
+        path = vma.path
+        deleted = path.endswith(" (deleted)")
+        if deleted:
+            path = path[: -len(" (deleted)")]
+        key = (path, vma.dev_major, vma.dev_minor, vma.inode)
+        hit = self._files.get(key)
+        if hit is not None:
+            return hit
+        note = " (it was already deleted at dump time)" if deleted else ""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise ImageError(
+                path, None,
+                f"cannot open the file mapped at {vma.start:#x} in pid {proc.pid}, needed for its untouched "
+                f"private pages {rng}: {err.strerror}{note}",
+            ) from err
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        found = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+        if found != key[1:]:
+            os.close(fd)
+            raise ImageError(
+                path, None,
+                f"is not the file that was mapped at {vma.start:#x} in pid {proc.pid} (dump: device "
+                f"{key[1]}:{key[2]} inode {key[3]}; now {found[0]}:{found[1]} inode {found[2]}){note}: "
+                f"cannot supply its untouched private pages {rng}",
+            )
+        self._files[key] = (fd, path)
+        return fd, path
+
+    def _read_file(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[memoryview]:
+        """The mapped file's bytes for ``[s, e)``, in chunks of whole pages."""
+        fd, path = self._mapped_file(proc, vma, s, e)
+        ps = proc.page_size
+        pos = s
+        while pos < e:
+            n = min(e - pos, _RAW_CHUNK)
+            offset = vma.pgoff + (pos - vma.start)
+            buf = bytearray(n)
+            got = 0
+            while got < n:
+                try:
+                    k = os.preadv(fd, [memoryview(buf)[got:]], offset + got)
+                except OSError as err:
+                    raise ImageError(path, offset + got, f"reading the mapped file: {err.strerror}") from err
+                if k == 0:
+                    break
+                got += k
+            # The page holding end-of-file reads as zeros past it (buf is
+            # zero-filled); pages wholly past it do not exist (SIGBUS).
+            valid = -(-got // ps) * ps
+            if valid < n:
+                raise ImageError(
+                    path, offset + valid,
+                    f"pid {proc.pid}: [{pos + valid:#x}, {e:#x}) lies past the end of the mapped file "
+                    f"({offset + got} bytes): no such pages",
+                )
+            yield memoryview(buf).toreadonly()
+            pos += n
+
+    # --- verification
+
+    def verify(self, *, parents: bool = True, frames: bool = True, threads: int | None = None) -> Iterator[ImageError]:
+        """Check the checkpoint; yield one CorruptImage/ImageError per problem
+        found (not raised), nothing when intact.
+
+        Checks: every zstd frame decompressed (content size, XXH64 checksum,
+        frame length against the index) unless ``frames`` is false; PE_PRESENT
+        pages equal to the pages file's length; every entry inside recorded
+        VMAs whose contents are dumped; VMAs' ``nr_pages_dumped`` equal to
+        their PE_PRESENT pages; ``stats-dump`` readable; every PE_PARENT range
+        held by the parent's entries. With ``parents`` the whole parent chain
+        is checked the same way. (Entry order, alignment and overlap, VMA
+        order, the frame index and footer are checked when opening.)
+
+        Frames are decompressed by ``threads`` workers (default: up to 4, the
+        CPU count) in batches of about 4 MiB of compressed data, so memory
+        stays bounded whatever the size.
+        """
+        ck: Checkpoint | None = self
+        while ck is not None:
+            yield from ck._verify_one(frames, threads)
+            if not parents:
+                return
+            try:
+                ck = ck.parent
+            except ImageError as err:
+                yield err
+                return
+
+    def _verify_one(self, frames: bool, threads: int | None) -> Iterator[ImageError]:
+        try:
+            self.stats
+        except ImageError as err:
+            yield err
+        for proc in self.processes.values():
+            yield from self._verify_layout(proc)
+            if any(e.flags & fmt.PE_PARENT for e in proc.entries):
+                yield from self._verify_parent_cover(proc)
+            if frames:
+                yield from _verify_frames(proc.pages, threads)
+
+    def _verify_layout(self, proc: CheckpointProcess) -> Iterator[ImageError]:
+        ps = proc.page_size
+        path = proc.pagemap_path
+        if proc.mm is None:
+            return
+        vmas = proc.vmas
+        present_in = [0] * len(vmas)
+        parent_in = [0] * len(vmas)
+        j = 0
+        for k, ent in enumerate(proc.entries):
+            s, e = ent.vaddr, ent.vaddr + ent.nr_pages * ps
+            while j < len(vmas) and vmas[j].end <= s:
+                j += 1
+            pos, jj = s, j
+            while pos < e:
+                if jj >= len(vmas) or vmas[jj].start > pos:
+                    yield CorruptImage(
+                        path, None,
+                        f"pid {proc.pid}: entry {k + 1} [{s:#x}, {e:#x}): {pos:#x} is outside any recorded VMA",
+                    )
+                    break
+                v = vmas[jj]
+                kind, why = _vma_hole(v)
+                if kind == "none":
+                    yield CorruptImage(
+                        path, None,
+                        f"pid {proc.pid}: entry {k + 1} [{s:#x}, {e:#x}) lies in VMA {v.start:#x}-{v.end:#x} "
+                        f"whose contents are not dumped ({why})",
+                    )
+                end = min(v.end, e)
+                n = (end - pos) // ps
+                if ent.flags & fmt.PE_PRESENT:
+                    present_in[jj] += n
+                elif ent.flags & fmt.PE_PARENT:
+                    parent_in[jj] += n
+                pos = end
+                jj += 1
+        for v, pres, par in zip(vmas, present_in, parent_in):
+            if v.HasField("nr_pages_dumped") and v.nr_pages_dumped != pres:
+                yield CorruptImage(
+                    proc.mm_path, None,
+                    f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x} records {v.nr_pages_dumped} pages dumped, "
+                    f"the pagemap has {pres}",
+                )
+            if v.HasField("nr_pages_parent") and v.nr_pages_parent != par:
+                yield CorruptImage(
+                    proc.mm_path, None,
+                    f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x} records {v.nr_pages_parent} pages in the parent, "
+                    f"the pagemap has {par}",
+                )
+
+    def _verify_parent_cover(self, proc: CheckpointProcess) -> Iterator[ImageError]:
+        try:
+            parent = self.parent
+        except ImageError as err:
+            yield err
+            return
+        if parent is None:
+            yield CorruptImage(proc.pagemap_path, None, f"pid {proc.pid}: PE_PARENT entries but no parent checkpoint")
+            return
+        pproc = parent.processes.get(proc.pid)
+        if pproc is None:
+            yield CorruptImage(
+                parent.path, None, f"no process {proc.pid}, which has PE_PARENT entries in {proc.pagemap_path}"
+            )
+            return
+        ps = proc.page_size
+        pent = pproc.entries
+        for ent in proc.entries:
+            if not ent.flags & fmt.PE_PARENT:
+                continue
+            s, e = ent.vaddr, ent.vaddr + ent.nr_pages * ps
+            i = bisect.bisect_right(pproc._estarts, s) - 1
+            if i < 0 or pent[i].vaddr + pent[i].nr_pages * ps <= s:
+                i += 1
+            pos = s
+            missing = []
+            while pos < e:
+                if i >= len(pent) or pent[i].vaddr >= e:
+                    missing.append((pos, e))
+                    break
+                pe = pent[i]
+                if pe.vaddr > pos:
+                    missing.append((pos, pe.vaddr))
+                    pos = pe.vaddr
+                    continue
+                stop = min(pe.vaddr + pe.nr_pages * ps, e)
+                if not pe.flags & (fmt.PE_PRESENT | fmt.PE_PARENT):
+                    missing.append((pos, stop))
+                pos = stop
+                i += 1
+            for a, b in missing:
+                yield CorruptImage(
+                    proc.pagemap_path, None,
+                    f"pid {proc.pid}: PE_PARENT pages [{a:#x}, {b:#x}) are not in the parent {pproc.pagemap_path}",
+                )
+
+    # --- life cycle
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"checkpoint {self.path} is closed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close pages files, mapped files and any parent opened. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for p in self.processes.values():
+            p.pages.close()
+        for fd, _ in self._files.values():
+            os.close(fd)
+        self._files.clear()
+        if self._parent is not None:
+            self._parent.close()
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Checkpoint {self.path} pids={list(self.pids)}{' closed' if self._closed else ''}>"
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open checkpoint directory ``path`` read-only (dumper's or CRIU's);
+    see :class:`Checkpoint`. Reads metadata only. ImageError if it is not a
+    readable checkpoint."""
+    return Checkpoint(path)
+
+
+# --- byte assembly
+
+_ZERO = bytes(1 << 20)  # calloc'd: costs no memory until read
+
+
+def _zeros(n: int) -> Iterator[memoryview]:
+    """``n`` zero bytes as views of one shared block."""
+    z = memoryview(_ZERO)
+    while n > 0:
+        k = min(n, len(z))
+        yield z[:k]
+        n -= k
+
+
+def _page_span(ps: int, addr: int, size: int) -> tuple[int, int]:
+    """``[lo, hi)``: ``[addr, addr + size)`` widened to whole pages."""
+    if addr < 0 or size < 0 or addr + size > _U64_LIMIT:
+        raise ValueError(f"bad range {addr:#x} + {size}")
+    lo = addr - addr % ps
+    hi = -(-(addr + size) // ps) * ps if size else lo
+    return lo, hi
+
+
+def _join(parts: list, skip: int, size: int) -> bytes:
+    """``size`` bytes from the concatenation of ``parts``, ``skip`` bytes in;
+    one copy (none when a single ``bytes`` part is the answer)."""
+    if size == 0:
+        return b""
+    if len(parts) == 1 and skip == 0 and len(parts[0]) == size and type(parts[0]) is bytes:
+        return parts[0]
+    out = []
+    need = size
+    for p in parts:
+        n = len(p)
+        if skip >= n:
+            skip -= n
+            continue
+        mv = memoryview(p)[skip:]
+        skip = 0
+        if len(mv) >= need:
+            out.append(mv[:need])
+            break
+        out.append(mv)
+        need -= len(mv)
+    return b"".join(out)
+
+
+# --- frame verification
+
+
+def _verify_frames(pages: PagesReader, threads: int | None) -> Iterator[ImageError]:
+    """Decompress every frame of a compressed pages file; one ImageError per
+    bad frame. Raw files have nothing to decompress (their length was
+    checked on open)."""
+    lay = pages.layout
+    if lay is None or lay.nr_frames == 0:
+        return
+    offsets = lay.offsets.tolist()
+    sizes = lay.sizes.tolist()
+    n = len(sizes)
+    full = lay.head.frame_pages * lay.head.page_size
+    last = lay.frame_len(n - 1)
+    # Batches of consecutive frames, about _VERIFY_BATCH compressed bytes each.
+    batches = []
+    i = 0
+    while i < n:
+        j, acc = i, 0
+        while j < n and (acc < _VERIFY_BATCH or j == i):
+            acc += sizes[j]
+            j += 1
+        batches.append((i, j))
+        i = j
+    try:
+        fd = os.open(pages.path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        yield ImageError(pages.path, None, f"cannot open: {err.strerror}")
+        return
+    local = threading.local()
+    path = pages.path
+
+    def check(batch: tuple[int, int]) -> list[ImageError]:
+        dctx = getattr(local, "dctx", None)
+        if dctx is None:
+            dctx = local.dctx = zstandard.ZstdDecompressor()
+        a, b = batch
+        start = offsets[a]
+        span = offsets[b - 1] + sizes[b - 1] - start
+        # One buffer per thread, reused: fresh memory for every batch would
+        # cost a page fault per 4 KiB.
+        buf = getattr(local, "buf", None)
+        if buf is None or len(buf) < span:
+            buf = local.buf = bytearray(span)
+        mv = memoryview(buf)[:span]
+        got = 0
+        try:
+            while got < span:
+                k = os.preadv(fd, [mv[got:]], start + got)
+                if k == 0:
+                    break
+                got += k
+        except OSError as err:
+            return [ImageError(path, start + got, f"frames {a}-{b - 1}: read failed: {err.strerror}")]
+        mv = mv[:got]
+        problems = []
+        for k in range(a, b):
+            off = offsets[k] - start
+            size = sizes[k]
+            frame = mv[off : off + size]
+            expect = full if k < n - 1 else last
+            where = offsets[k]
+            if len(frame) != size:
+                problems.append(CorruptImage(path, where, f"frame {k}: truncated ({len(frame)} of {size} bytes)"))
+                continue
+            try:
+                params = zstandard.get_frame_parameters(frame)
+            except zstandard.ZstdError as err:
+                problems.append(CorruptImage(path, where, f"frame {k}: bad zstd header: {err}"))
+                continue
+            if params.content_size != expect or not params.has_checksum:
+                problems.append(CorruptImage(
+                    path, where,
+                    f"frame {k}: content size {params.content_size} (expected {expect}), checksum "
+                    f"{'present' if params.has_checksum else 'absent'}",
+                ))
+                continue
+            try:
+                decoded = len(dctx.decompress(frame, max_output_size=expect))
+            except zstandard.ZstdError as err:
+                problems.append(CorruptImage(path, where, f"frame {k}: {err}"))
+                continue
+            if decoded != expect:
+                problems.append(CorruptImage(path, where, f"frame {k}: {decoded} bytes decoded, expected {expect}"))
+                continue
+            flen = _zstd_frame_length(frame, zstandard.frame_header_size(frame))
+            if flen != size:
+                problems.append(
+                    CorruptImage(path, where, f"frame {k}: the frame is {flen} bytes, the index says {size}")
+                )
+        return problems
+
+    nthreads = threads or min(4, os.cpu_count() or 1)
+    try:
+        if nthreads <= 1:
+            for batch in batches:
+                yield from check(batch)
+            return
+        with ThreadPoolExecutor(nthreads, thread_name_prefix="zverify") as pool:
+            inflight = []
+            for batch in batches:
+                inflight.append(pool.submit(check, batch))
+                if len(inflight) >= 2 * nthreads:
+                    yield from inflight.pop(0).result()
+            for fut in inflight:
+                yield from fut.result()
+    finally:
+        os.close(fd)

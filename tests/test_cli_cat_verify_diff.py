@@ -1,0 +1,333 @@
+"""dumper cat / verify / diff on real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dumper.cli import main
+from dumper.cli.cat import hexdump_lines
+from dumper.cli.diff import diff_checkpoints
+from dumper.dump import dump
+from dumper.image import format as fmt
+from dumper.image.checkpoint import open_checkpoint
+from dumper.image.reader import read_image, read_zpages_layout
+from dumper.kernel.libc import PAGE_SIZE
+
+P = PAGE_SIZE
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(capfdbinary, *argv) -> tuple[int, bytes, str]:
+    rc = main([str(a) for a in argv])
+    out, err = capfdbinary.readouterr()
+    return rc, out, err.decode()
+
+
+def state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def settles_stopped(pid: int, timeout: float = 5.0) -> bool:
+    """A job-stopped tracee re-enters the stop on detach asynchronously
+    (state R for a moment, no user code): wait for T."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if state(pid) == "T":
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.fixture
+def dumped(spawn_target, tmp_path):
+    """A stopped layouts target and its checkpoint."""
+
+    def make(layouts="dense,zero,file", **kw):
+        t = spawn_target(layouts)
+        d = tmp_path / f"ck-{len(list(tmp_path.glob('ck-*')))}"
+        dump(t.pid, d, thaw="leave-stopped", **kw)
+        return t, d
+
+    return make
+
+
+# --- cat
+
+
+def test_cat_equals_read(dumped, capfdbinary, tmp_path):
+    t, d = dumped()
+    base, length = t.regions["file"]
+    addr, size = base + 123, 5 * P + 7
+    with open_checkpoint(d) as ck:
+        expect = ck.read(t.pid, addr, size)
+    rc, out, err = run_cli(capfdbinary, "cat", d, "--addr", hex(addr), "--size", size)
+    assert (rc, err) == (0, "") and out == expect
+    rc, out, _ = run_cli(capfdbinary, "cat", d, "--addr", addr, "--size", size, "--pid", t.pid, "--hexdump")
+    assert rc == 0 and out.decode().splitlines() == hexdump_lines(expect, addr)
+    assert out.decode().splitlines()[0].startswith(f"{addr:08x}: ")
+    dest = tmp_path / "mem.bin"
+    rc, out, _ = run_cli(capfdbinary, "cat", d, "--addr", hex(addr), "--size", size, "-o", dest)
+    assert rc == 0 and out == b"" and dest.read_bytes() == expect
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    # the CLI as a program, streaming a range larger than one chunk is covered by read()
+    r = subprocess.run([sys.executable, "-m", "dumper", "cat", str(d), "--addr", hex(addr), "--size", str(size)],
+                       capture_output=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout == expect
+
+
+def test_cat_streams_large_ranges_in_chunks(dumped, capfdbinary, monkeypatch):
+    import dumper.cli.cat as cat
+
+    t, d = dumped("dense")
+    base, length = t.regions["dense"]
+    monkeypatch.setattr(cat, "CHUNK", 3 * P + 5)
+    with open_checkpoint(d) as ck:
+        expect = ck.read(None, base + 7, length - 20)
+    rc, out, _ = run_cli(capfdbinary, "cat", d, "--addr", base + 7, "--size", length - 20)
+    assert rc == 0 and out == expect
+    rc, out, _ = run_cli(capfdbinary, "cat", d, "--addr", base + 7, "--size", 100, "--hexdump")
+    assert out.decode().splitlines() == hexdump_lines(expect[:100], base + 7)
+
+
+def test_cat_errors(dumped, capfdbinary, tmp_path):
+    t, d = dumped("dense")
+    rc, out, err = run_cli(capfdbinary, "cat", d, "--addr", "0x1000", "--size", 10)
+    assert rc == 1 and out == b""
+    assert err.startswith("dumper: error: ") and "0x1000 is outside any recorded VMA" in err and err.count("\n") == 1
+    rc, _, err = run_cli(capfdbinary, "cat", d, "--addr", "0x1000", "--size", 10, "--pid", 1, "-o", tmp_path / "x")
+    assert rc == 1 and "no process 1" in err and not (tmp_path / "x").exists()
+    rc, _, err = run_cli(capfdbinary, "cat", tmp_path / "nothing", "--addr", "0", "--size", 1)
+    assert rc == 1 and "not a checkpoint directory" in err
+    rc, _, err = run_cli(capfdbinary, "cat", d, "--addr", "0x1000", "--size", 2 * P, "-o", tmp_path / "y")
+    assert rc == 1 and "outside any recorded VMA" in err and not (tmp_path / "y").exists()
+    rc, _, err = run_cli(capfdbinary, "cat", d, "--addr", hex((1 << 64) - 10), "--size", 20)
+    assert rc == 1 and "past the end of the address space" in err
+
+
+def test_hexdump_format():
+    lines = hexdump_lines(b"hello world, this is a test of xxd!", 0x10)
+    assert lines == [
+        "00000010: 6865 6c6c 6f20 776f 726c 642c 2074 6869  hello world, thi",
+        "00000020: 7320 6973 2061 2074 6573 7420 6f66 2078  s is a test of x",
+        "00000030: 7864 21                                  xd!",
+    ]
+
+
+# --- verify
+
+
+def test_verify_good(dumped, capfdbinary):
+    t, d = dumped()
+    rc, out, err = run_cli(capfdbinary, "verify", d)
+    assert rc == 0 and out.decode().startswith(f"OK: {d}: 1 process(es)"), (out, err)
+    with open_checkpoint(d) as ck:
+        assert list(ck.verify(threads=1)) == []
+
+
+def test_verify_flipped_frame_byte(dumped, capfdbinary):
+    t, d = dumped()
+    zp = d / fmt.zpages_name(1)
+    with open(zp, "rb") as f:
+        lay = read_zpages_layout(f, zp)
+    frame = lay.nr_frames // 2
+    # A byte of the frame's XXH64 checksum (its last 4 bytes): a flip there
+    # is always caught. (A flip elsewhere can, rarely, leave the decoded
+    # bytes unchanged: then nothing of the memory is wrong.)
+    at = int(lay.offsets[frame]) + int(lay.sizes[frame]) - 2
+    data = bytearray(zp.read_bytes())
+    data[at] ^= 0x40
+    zp.write_bytes(bytes(data))
+    rc, out, err = run_cli(capfdbinary, "verify", d)
+    lines = out.decode().splitlines()
+    assert rc == 1 and "FAILED" in err
+    assert len(lines) == 1 and lines[0].startswith(f"{zp} at offset {int(lay.offsets[frame])}: frame {frame}:"), lines
+    assert "checksum" in lines[0]
+
+
+def test_verify_truncated_pages_file(dumped, capfdbinary):
+    t, d = dumped()
+    zp = d / fmt.zpages_name(1)
+    os.truncate(zp, zp.stat().st_size // 2)
+    rc, out, _ = run_cli(capfdbinary, "verify", d)
+    assert rc == 1 and str(zp) in out.decode() and "truncated" in out.decode()
+
+
+def test_verify_truncated_raw_pages_file(dumped, capfdbinary):
+    t, d = dumped(compress=False)
+    rp = d / fmt.pages_name(1)
+    os.truncate(rp, rp.stat().st_size - 2 * P)
+    rc, out, _ = run_cli(capfdbinary, "verify", d)
+    assert rc == 1 and str(rp) in out.decode() and "PE_PRESENT pages" in out.decode()
+
+
+def _delete_entry(d: Path, pid: int, which: int) -> None:
+    path = d / fmt.pagemap_name(pid)
+    _, msgs = read_image(path)
+    del msgs[1 + which]
+    path.write_bytes(fmt.encode_image("PAGEMAP", msgs))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_verify_deleted_entry(dumped, capfdbinary, compress):
+    t, d = dumped(compress=compress)
+    _delete_entry(d, t.pid, 3)
+    rc, out, _ = run_cli(capfdbinary, "verify", d)
+    assert rc == 1 and str(d / fmt.pagemap_name(t.pid)) in out.decode()
+
+
+def test_verify_deleted_entry_criu_style(tmp_path, capfdbinary):
+    """Without pages_off or head counts (CRIU images), a deleted entry still
+    shows: the page stream is longer than the pagemap says."""
+    from test_reader_api import _criu_procs, write_criu_images
+
+    d = tmp_path / "criu"
+    write_criu_images(d, _criu_procs())
+    assert run_cli(capfdbinary, "verify", d)[0] == 0
+    _delete_entry(d, 700, 0)
+    rc, out, _ = run_cli(capfdbinary, "verify", d)
+    assert rc == 1 and "PE_PRESENT" in out.decode()
+
+
+def test_verify_deleted_last_entry_is_seen_per_vma(dumped, capfdbinary):
+    """pages_off cannot catch the last entry going, nor can the stream length
+    once the pages are cut off too: the per-VMA page counts do."""
+    t, d = dumped(compress=False)
+    path = d / fmt.pagemap_name(t.pid)
+    _, msgs = read_image(path)
+    last = msgs.pop()
+    msgs[0].nr_present_pages -= last.nr_pages
+    path.write_bytes(fmt.encode_image("PAGEMAP", msgs))
+    rp = d / fmt.pages_name(1)
+    os.truncate(rp, rp.stat().st_size - last.nr_pages * P)
+    rc, out, _ = run_cli(capfdbinary, "verify", d)
+    assert rc == 1 and "pages dumped, the pagemap has" in out.decode()
+
+
+def test_verify_lists_a_bounded_number(dumped, capfdbinary):
+    t, d = dumped()
+    zp = d / fmt.zpages_name(1)
+    with open(zp, "rb") as f:
+        lay = read_zpages_layout(f, zp)
+    data = bytearray(zp.read_bytes())
+    for i in range(lay.nr_frames):
+        data[int(lay.offsets[i]) + int(lay.sizes[i]) - 3] ^= 1  # in each frame's checksum
+    zp.write_bytes(bytes(data))
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--max-problems", 3)
+    lines = out.decode().splitlines()
+    assert rc == 1 and len(lines) == 4 and lines[-1] == f"... and {lay.nr_frames - 3} more problem(s)"
+
+
+def _ranges(text: str) -> list[tuple[int, int]]:
+    return [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\[(0x[0-9a-f]+), (0x[0-9a-f]+)\)", text)]
+
+
+def test_verify_against_the_live_process(dumped, capfdbinary):
+    t, d = dumped("dense,zero")
+    rc, out, err = run_cli(capfdbinary, "verify", d, "--pid", t.pid)
+    assert rc == 0 and "compared with live pid" in out.decode(), (out, err)
+    assert settles_stopped(t.pid)  # given back stopped, as found
+    base, _ = t.regions["dense"]
+    t.cont()
+    t.command("write dense 3 4 9")
+    t.stop()
+    rc, out, err = run_cli(capfdbinary, "verify", d, "--pid", t.pid, "--max-problems", 1000)
+    assert rc == 1, (out, err)
+    diffs = [r for line in out.decode().splitlines() if "differ" in line for r in _ranges(line)]
+    dense = [r for r in diffs if base <= r[0] < base + 256 * P]
+    assert dense == [(base + 3 * P, base + 5 * P), (base + 9 * P, base + 10 * P)]
+    assert settles_stopped(t.pid)
+
+
+# --- diff
+
+
+def _write_mem(pid: int, addr: int, data: bytes) -> None:
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    try:
+        assert os.pwrite(fd, data, addr) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_diff_lists_exactly_the_written_pages(dumped, capfdbinary, tmp_path):
+    """The target stays stopped between the dumps; only our writes (through
+    /proc/PID/mem) change its memory."""
+    t, a = dumped("dense,zero")
+    dense, _ = t.regions["dense"]
+    zero, _ = t.regions["zero"]
+    _write_mem(t.pid, dense + 5 * P + 100, b"changed")
+    _write_mem(t.pid, dense + 6 * P, b"X" * 2 * P)  # pages 6 and 7
+    _write_mem(t.pid, zero + 1 * P, b"new")  # was the zero page: now dumped
+    b = tmp_path / "b"
+    dump(t.pid, b, thaw="leave-stopped")
+    rc, out, _ = run_cli(capfdbinary, "diff", a, b, "--json")
+    res = json.loads(out)
+    assert rc == 1 and not res["same"] and res["notes"] == []
+    (p,) = res["processes"]
+    assert p["differ"] == {"pages": 3, "ranges": [[dense + 5 * P, dense + 8 * P]]}
+    assert p["only-in-B"] == {"pages": 1, "ranges": [[zero + P, zero + 2 * P]]}
+    assert p["only-in-A"] == {"pages": 0, "ranges": []}
+    rc, out, _ = run_cli(capfdbinary, "diff", a, b)
+    text = out.decode()
+    assert rc == 1 and f"pid {t.pid}: 3 page(s) differ, 0 page(s) only-in-A, 1 page(s) only-in-B" in text
+    assert f"differ     {dense + 5 * P:#x}-{dense + 8 * P:#x} " in text
+    rc, out, _ = run_cli(capfdbinary, "diff", a, a)
+    assert rc == 0 and "no differences" in out.decode()
+
+
+def test_diff_after_the_process_ran(dumped, tmp_path):
+    """The target writes and drops pages itself; inside its dense layout the
+    diff names exactly those (elsewhere the interpreter changed things too)."""
+    t, a = dumped("dense")
+    base, length = t.regions["dense"]
+    t.cont()
+    t.command("write dense 3 200")
+    t.command("dontneed dense 10")
+    t.stop()
+    b = tmp_path / "b"
+    dump(t.pid, b, thaw="leave-stopped")
+    with open_checkpoint(a) as ca, open_checkpoint(b) as cb:
+        (d,), notes = diff_checkpoints(ca, cb)
+    inside = {k: [r for r in v if base <= r[0] < base + length] for k, v in d.ranges.items()}
+    assert inside == {
+        "differ": [(base + 3 * P, base + 4 * P), (base + 200 * P, base + 201 * P)],
+        "only-in-A": [(base + 10 * P, base + 11 * P)],
+        "only-in-B": [],
+    }
+    assert notes == []
+
+
+def test_diff_different_pids_and_processes(tmp_path, capfdbinary):
+    from test_reader_api import _fill, write_ckpt
+
+    a = write_ckpt(tmp_path / "a", [(0, 2, _fill(1, 2))], pid=100)
+    b = write_ckpt(tmp_path / "b", [(0, 1, _fill(1, 1)), (1, 1, _fill(2, 1))], pid=200)
+    rc, out, _ = run_cli(capfdbinary, "diff", a, b, "--json")
+    res = json.loads(out)
+    assert rc == 1 and res["notes"] == ["comparing pid 100 of A with pid 200 of B"]
+    assert res["processes"][0]["differ"]["pages"] == 1
+    rc, out, err = run_cli(capfdbinary, "diff", a, b, "--pid", 100)
+    assert rc == 1 and "no process 100" in err
+
+
+def test_subcommand_mains(dumped, capfdbinary):
+    from dumper.cli import cat, diff, verify
+
+    t, d = dumped("dense")
+    assert verify.main([str(d), "-q"]) == 0
+    assert diff.main([str(d), str(d)]) == 0
+    base, _ = t.regions["dense"]
+    assert cat.main([str(d), "--addr", str(base), "--size", "3"]) == 0
+    out, _ = capfdbinary.readouterr()
+    assert out.endswith(bytes([1, 1, 1]))

@@ -1,0 +1,518 @@
+"""open_checkpoint / Checkpoint: memory as it was at dump time, lazily."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+import dumper
+from dumper.dump import dump
+from dumper.errors import CorruptImage, ImageError
+from dumper.image import format as fmt
+from dumper.image.checkpoint import Checkpoint, open_checkpoint, resolve_parent_chain
+from dumper.image.pb import inventory_pb2, mm_pb2, pagemap_pb2, vma_pb2
+from dumper.image.reader import read_zpages_layout
+from dumper.image.writer import CheckpointWriter, fill_required
+from dumper.kernel.libc import PAGE_SIZE
+
+P = PAGE_SIZE
+
+
+def live(pid: int, addr: int, size: int) -> bytes:
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        out = b""
+        while len(out) < size:
+            chunk = os.pread(fd, size - len(out), addr + len(out))
+            if not chunk:
+                break
+            out += chunk
+        return out
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def stopped(spawn_target, tmp_path):
+    """(target, checkpoint dir) of a layouts target dumped with leave-stopped."""
+
+    def make(layouts: str, **kw):
+        t = spawn_target(layouts)
+        ck = tmp_path / "ck"
+        dump(t.pid, ck, thaw="leave-stopped", **kw)
+        return t, ck
+
+    return make
+
+
+# --- real processes
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_equals_the_stopped_memory(stopped, compress):
+    t, d = stopped("dense,zero,file,sparse", compress=compress)
+    rng = random.Random(5)
+    with open_checkpoint(d) as ck:
+        assert ck.pids == (t.pid,) and ck.root_pid == t.pid
+        # random unaligned ranges inside each layout: dumped pages, zero-page
+        # pages, written pages, untouched file pages, never-touched pages
+        for name in ("dense", "zero", "file", "sparse"):
+            base, length = t.regions[name]
+            for _ in range(40):
+                off = rng.randrange(0, length - 1)
+                size = rng.randrange(1, min(length - off, 9 * P))
+                assert ck.read(t.pid, base + off, size) == live(t.pid, base + off, size), (name, off, size)
+            if length <= 64 << 20:
+                assert ck.read(t.pid, base, length) == live(t.pid, base, length), name
+        # the file layout mixes all three sources within a few pages
+        fbase, flen = t.regions["file"]
+        assert ck.read(None, fbase + 100, flen - 200) == live(t.pid, fbase + 100, flen - 200)
+        # the sparse reservation: never-touched pages around the touched ones
+        sbase, slen = t.regions["sparse"]
+        entry = next(e for e in ck.iter_entries() if sbase + 3 * P <= e.vaddr < sbase + slen - 8 * P)
+        lo = entry.vaddr - 3 * P - 7
+        assert ck.read(t.pid, lo, 7 * P + 20) == live(t.pid, lo, 7 * P + 20)
+
+        # every other VMA whose contents were dumped: libraries (untouched
+        # private file pages), heap, stack, vdso
+        checked = 0
+        for v in ck.process().vmas:
+            if not v.dumped or v.end - v.start > 64 << 20:
+                continue
+            mem = live(t.pid, v.start, v.end - v.start)
+            if len(mem) != v.end - v.start:
+                continue  # a file mapping reaching past its file's end
+            assert ck.read(t.pid, v.start, v.end - v.start) == mem, (hex(v.start), v.path)
+            checked += 1
+        assert checked > 10
+
+
+def test_read_errors(stopped):
+    t, d = stopped("dense,shared")
+    with open_checkpoint(d) as ck:
+        vmas = ck.process().vmas
+        hole = next(a.end for a, b in zip(vmas, vmas[1:]) if a.end < b.start)
+        with pytest.raises(ImageError, match=f"address {hole + 5:#x} is outside any recorded VMA"):
+            ck.read(t.pid, hole + 5, 10)
+        # a range running off the end of a VMA into a hole
+        with pytest.raises(ImageError, match=f"{hole:#x} is outside"):
+            ck.read(t.pid, hole - 10, 20)
+        sh, _ = t.regions["shared"]
+        with pytest.raises(ImageError, match="shared mapping"):
+            ck.read(t.pid, sh, 10)
+        with pytest.raises(ImageError, match="no process 1 in this checkpoint"):
+            ck.read(1, t.regions["dense"][0], 1)
+        with pytest.raises(ValueError):
+            ck.read(t.pid, 10, -1)
+        assert ck.read(t.pid, t.regions["dense"][0], 0) == b""
+    with pytest.raises(ValueError, match="closed"):
+        ck.read(t.pid, t.regions["dense"][0], 1)
+
+
+def test_replaced_or_deleted_mapped_file(stopped, tmp_path):
+    t, d = stopped("file")
+    base, length = t.regions["file"]
+    path = tmp_path / "mapped.bin"
+    with open_checkpoint(d) as ck:
+        untouched = base + 3 * P  # never read nor written: the file's
+        written = base + 1 * P  # COWed: dumped
+        expect = live(t.pid, untouched, P)
+        assert ck.read(t.pid, untouched, P) == expect
+    # same name, new inode: the recorded identity no longer matches
+    new = tmp_path / "mapped.new"
+    new.write_bytes(path.read_bytes())
+    os.replace(new, path)
+    with open_checkpoint(d) as ck:
+        assert ck.read(t.pid, written, P) == live(t.pid, written, P)  # dumped: no file needed
+        with pytest.raises(ImageError, match="is not the file that was mapped") as ei:
+            ck.read(t.pid, untouched, P)
+        assert ei.value.path == str(path)
+    path.unlink()
+    with open_checkpoint(d) as ck:
+        with pytest.raises(ImageError, match="cannot open the file mapped") as ei:
+            ck.read(t.pid, untouched, 10)
+        assert ei.value.path == str(path)
+
+
+def test_open_reads_metadata_only(spawn_target, tmp_path):
+    t = spawn_target("dense,zero")
+    d = tmp_path / "ck"
+    dump(t.pid, d)
+    zp = d / fmt.zpages_name(1)
+    with open(zp, "rb") as f:
+        lay = read_zpages_layout(f, zp)
+
+    def rchar() -> int:
+        with open("/proc/self/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("rchar"))
+
+    before = rchar()
+    with open_checkpoint(d) as ck:
+        read = rchar() - before
+        assert read < (lay.index_offset - lay.data_offset) // 4, read
+        # wreck every frame: opening cannot notice, reading does
+        with open(zp, "r+b") as f:
+            f.seek(lay.data_offset)
+            f.write(b"\xa5" * (lay.index_offset - lay.data_offset))
+    with open_checkpoint(d) as ck:
+        assert ck.process().nr_pages_present == lay.nr_pages
+        with pytest.raises(CorruptImage, match="frame"):
+            ck.read(None, t.regions["dense"][0], 1)
+
+
+def test_iterators(stopped):
+    t, d = stopped("dense,zero")
+    ck = dumper.open_checkpoint(d)
+    with ck:
+        assert isinstance(ck, Checkpoint)
+        entries = list(ck.iter_entries())
+        assert entries == list(ck.iter_entries(t.pid)) == ck.process().entries
+        total = 0
+        prev_end = 0
+        for vaddr, data in ck.iter_pages(max_pages=3):
+            assert len(data) % P == 0 and 0 < len(data) <= 3 * P
+            assert vaddr >= prev_end
+            assert data == live(t.pid, vaddr, len(data))
+            prev_end = vaddr + len(data)
+            total += len(data) // P
+        assert total == ck.process().nr_pages_present == ck.stats.pages_written
+        with pytest.raises(ImageError, match="no process 424242"):
+            list(ck.iter_pages(424242))
+        with pytest.raises(ImageError):
+            list(ck.iter_entries(424242))
+
+
+# --- parent chains (built with the writer: PE_PARENT entries)
+
+VBASE = 0x10000000
+
+
+def _mm(vmas) -> mm_pb2.mm_entry:
+    mm = mm_pb2.mm_entry(exe_file_id=0)
+    for start, end in vmas:
+        mm.vmas.append(vma_pb2.vma_entry(
+            start=start, end=end, pgoff=0, shmid=0, prot=3, flags=0x22, fd=-1,
+            status=fmt.VMA_AREA_REGULAR | fmt.VMA_ANON_PRIVATE))
+    return mm
+
+
+def write_ckpt(dest: Path, runs, *, pid=100, compress=True, parent=None, vmas=((VBASE, VBASE + 64 * P),)):
+    """A checkpoint of one process: ``runs`` = [(page, count, bytes | "parent")]."""
+    with CheckpointWriter(dest, page_size=P) as w:
+        with w.pages_writer(pid, 1, compress=compress, frame_pages=4, threads=1, merge=False) as pw:
+            for page, n, data in runs:
+                if data == "parent":
+                    pw.add_parent(VBASE + page * P, n)
+                else:
+                    pw.add_present(VBASE + page * P, data)
+        w.write_mm(pid, _mm(vmas))
+        w.write_inventory(inventory_pb2.inventory_entry(root_pid=pid, pids=[pid]))
+        if parent is not None:
+            w.link_parent(parent)
+        w.commit()
+    return dest
+
+
+def _fill(byte: int, pages: int) -> bytes:
+    return bytes([byte]) * (pages * P)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """grand (pages 0-9 = 0x11) <- mid (2-3 = 0x22, 0-1/4-9 parent) <- top
+    (5 = 0x33; 0-4 and 6-7 parent; 8-9 untouched -> zero... no: parent 8-9)."""
+    root = tmp_path / "ckpts"
+    root.mkdir()
+    write_ckpt(root / "0", [(0, 10, _fill(0x11, 10))])
+    write_ckpt(root / "1", [(0, 2, "parent"), (2, 2, _fill(0x22, 2)), (4, 6, "parent")], parent="../0")
+    write_ckpt(root / "2", [(0, 5, "parent"), (5, 1, _fill(0x33, 1)), (6, 4, "parent")], parent="../1")
+    return root
+
+
+def test_parent_chain_read(chain):
+    with open_checkpoint(chain / "2") as ck:
+        assert ck.parent_paths == (chain / "1", chain / "0")
+        assert ck._parent is None  # opened lazily
+        got = ck.read(100, VBASE, 12 * P)
+        expect = _fill(0x11, 2) + _fill(0x22, 2) + _fill(0x11, 1) + _fill(0x33, 1) + _fill(0x11, 4) + bytes(2 * P)
+        assert got == expect
+        assert ck.read(100, VBASE + 3 * P + 5, 3 * P) == expect[3 * P + 5 : 6 * P + 5]
+        pages = dict(ck.iter_pages(100, max_pages=1))
+        assert sorted(pages) == [VBASE + i * P for i in range(10)]
+        assert b"".join(pages[k] for k in sorted(pages)) == expect[: 10 * P]
+        assert [e.flags for e in ck.iter_entries()] == [fmt.PE_PARENT, fmt.PE_PRESENT, fmt.PE_PARENT]
+        assert [c.path for c in ck.chain()] == [chain / "2", chain / "1", chain / "0"]
+        chunks = list(ck.iter_chunks(100, VBASE, 12 * P))
+        assert b"".join(c for _, c in chunks) == expect
+        assert [v for v, _ in chunks] == sorted(v for v, _ in chunks) and chunks[0][0] == VBASE
+        with pytest.raises(ValueError, match="not page aligned"):
+            next(ck.iter_chunks(100, VBASE + 1, P))
+        with pytest.raises(ImageError, match="no pagemap entry"):
+            list(ck.iter_chunks(100, VBASE, 12 * P, recorded_only=True))
+        assert ck.recorded_ranges() == [(VBASE, VBASE + 10 * P)]
+        assert list(ck.verify()) == []
+        parent = ck.parent
+    assert parent.closed  # closed with its child
+
+
+def test_parent_hole_not_in_parent(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    write_ckpt(root / "0", [(0, 2, _fill(1, 2))])
+    write_ckpt(root / "1", [(0, 4, "parent")], parent="../0")
+    with open_checkpoint(root / "1") as ck:
+        assert ck.read(100, VBASE, 2 * P) == _fill(1, 2)
+        with pytest.raises(ImageError, match=r"no pagemap entry for \[0x10002000, 0x10004000\)") as ei:
+            ck.read(100, VBASE, 4 * P)
+        assert ei.value.path == str(root / "0" / fmt.pagemap_name(100))
+        problems = [str(p) for p in ck.verify()]
+        assert len(problems) == 1 and "PE_PARENT pages [0x10002000, 0x10004000) are not in the parent" in problems[0]
+    # PE_PARENT with no parent link at all
+    write_ckpt(root / "2", [(0, 1, "parent")])
+    with open_checkpoint(root / "2") as ck:
+        with pytest.raises(ImageError, match="no parent checkpoint"):
+            ck.read(100, VBASE, 1)
+        assert any("no parent checkpoint" in str(p) for p in ck.verify())
+
+
+def test_parent_chain_loops_and_escapes(tmp_path):
+    root = tmp_path / "c"
+    root.mkdir()
+    write_ckpt(root / "a", [(0, 1, _fill(1, 1))], parent="../b")
+    write_ckpt(root / "b", [(0, 1, _fill(1, 1))], parent="../a")
+    with pytest.raises(ImageError, match="loops") as ei:
+        open_checkpoint(root / "a")
+    assert ei.value.path == str(root / "b" / "parent")
+    write_ckpt(root / "self", [(0, 1, _fill(1, 1))], parent=".")
+    with pytest.raises(ImageError, match="loops") as ei:
+        open_checkpoint(root / "self")
+    assert ei.value.path == str(root / "self" / "parent")
+
+    outside = tmp_path / "elsewhere"
+    write_ckpt(outside, [(0, 1, _fill(1, 1))])
+    write_ckpt(root / "out", [(0, 1, "parent")], parent=str(outside))
+    with pytest.raises(ImageError, match="outside") as ei:
+        open_checkpoint(root / "out")
+    assert ei.value.path == str(root / "out" / "parent")
+    write_ckpt(root / "up", [(0, 1, "parent")], parent="..")
+    with pytest.raises(ImageError, match="outside"):
+        open_checkpoint(root / "up")
+    # a chain that leaves the directory further up is refused too
+    write_ckpt(root / "mid", [(0, 1, "parent")], parent="../out")
+    with pytest.raises(ImageError, match="outside") as ei:
+        resolve_parent_chain(root / "mid")
+    assert ei.value.path == str(root / "out" / "parent")
+
+    write_ckpt(root / "dangling", [(0, 1, "parent")], parent="../nothing")
+    with pytest.raises(ImageError, match="does not resolve") as ei:
+        open_checkpoint(root / "dangling")
+    assert ei.value.path == str(root / "dangling" / "parent")
+    os.symlink("link2", root / "link1")
+    os.symlink("link1", root / "link2")
+    write_ckpt(root / "symloop", [(0, 1, "parent")], parent="../link1")
+    with pytest.raises(ImageError, match="does not resolve"):
+        open_checkpoint(root / "symloop")
+
+
+# --- CRIU image directories (raw pages, no dumper fields)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _pstree_entry(pid: int, ppid: int, threads: list[int]) -> bytes:
+    """CRIU pstree_entry, hand-encoded: pid=1, ppid=2, pgid=3, sid=4, threads=5."""
+    msg = b""
+    for number, value in ((1, pid), (2, ppid), (3, pid), (4, ppid or pid)):
+        msg += _varint(number << 3) + _varint(value)
+    for tid in threads:
+        msg += _varint(5 << 3) + _varint(tid)
+    return msg
+
+
+def write_criu_images(d: Path, procs: dict, *, pstree: bool = True) -> None:
+    """A CRIU-style image set: inventory without dumper fields, pstree.img,
+    mm-PID.img with CRIU-only vma fields, pagemap-PID.img with field 2 only
+    (no nr_pages, no pages_off, no head extras) and raw pages-N.img.
+
+    ``procs``: pid -> dict(ppid, pages_id, vmas=[(start, end, status)],
+    runs=[(vaddr, bytes, style)]) with style "flags" (flags=PE_PRESENT),
+    "noflags" (absent flags: present) or "v42" (field 5, field 2 = 0).
+    """
+    d.mkdir()
+    inv = inventory_pb2.inventory_entry(img_version=2, fdinfo_per_id=True)
+    (d / fmt.INVENTORY_NAME).write_bytes(fmt.encode_image("INVENTORY", [inv]))
+    if pstree:
+        data = struct.pack("<II", fmt.IMG_COMMON_MAGIC, fmt.PSTREE_MAGIC)
+        for pid, p in procs.items():
+            e = _pstree_entry(pid, p["ppid"], [pid])
+            data += struct.pack("<I", len(e)) + e
+        (d / "pstree.img").write_bytes(data)
+    for pid, p in procs.items():
+        mm = mm_pb2.mm_entry(exe_file_id=0)
+        for start, end, status in p["vmas"]:
+            mm.vmas.append(vma_pb2.vma_entry(start=start, end=end, pgoff=0, shmid=0, prot=3, flags=0x22,
+                                             status=fmt.VMA_AREA_REGULAR | status, fd=-1))
+        fill_required(mm)
+        (d / fmt.mm_name(pid)).write_bytes(fmt.encode_image("MM", [mm]))
+        msgs = [pagemap_pb2.pagemap_head(pages_id=p["pages_id"])]
+        raw = b""
+        for vaddr, data, style in p["runs"]:
+            n = len(data) // P
+            if style == "flags":
+                msgs.append(pagemap_pb2.pagemap_entry(vaddr=vaddr, compat_nr_pages=n, flags=fmt.PE_PRESENT))
+            elif style == "noflags":
+                msgs.append(pagemap_pb2.pagemap_entry(vaddr=vaddr, compat_nr_pages=n))
+            else:
+                msgs.append(pagemap_pb2.pagemap_entry(vaddr=vaddr, compat_nr_pages=0, nr_pages=n,
+                                                      flags=fmt.PE_PRESENT))
+            raw += data
+        (d / fmt.pagemap_name(pid)).write_bytes(fmt.encode_image("PAGEMAP", msgs))
+        (d / fmt.pages_name(p["pages_id"])).write_bytes(raw)
+
+
+def _criu_procs():
+    r = random.Random(3)
+    a = [r.randbytes(2 * P), r.randbytes(P), r.randbytes(3 * P)]
+    b = [r.randbytes(P), r.randbytes(4 * P)]
+    return {
+        # the root, listed first in pstree, has the larger pid
+        700: dict(ppid=0, pages_id=1, vmas=[(0x400000, 0x410000, fmt.VMA_ANON_PRIVATE),
+                                             (0x410000, 0x420000, fmt.VMA_FILE_PRIVATE)],
+                  runs=[(0x400000, a[0], "flags"), (0x404000, a[1], "noflags"), (0x410000, a[2], "v42")]),
+        12: dict(ppid=700, pages_id=2, vmas=[(0x800000, 0x808000, fmt.VMA_ANON_PRIVATE)],
+                 runs=[(0x801000, b[0], "noflags"), (0x803000, b[1], "flags")]),
+    }
+
+
+def test_criu_image_set(tmp_path):
+    procs = _criu_procs()
+    d = tmp_path / "criu"
+    write_criu_images(d, procs)
+    with open_checkpoint(d) as ck:
+        assert ck.is_criu and ck.stats is None and ck.parent is None
+        assert ck.pids == (700, 12) and ck.root_pid == 700
+        assert ck.processes[12].ppid == 700 and ck.processes[12].threads == (12,)
+        a = procs[700]["runs"]
+        assert ck.read(None, 0x400000, 2 * P) == a[0][1]
+        assert ck.read(700, 0x400000, 5 * P) == a[0][1] + bytes(2 * P) + a[1][1]
+        assert ck.read(700, 0x410000, 3 * P) == a[2][1]
+        with pytest.raises(ImageError, match="reg-files.img"):
+            ck.read(700, 0x413000, P)  # untouched private file page: CRIU keeps the file elsewhere
+        b = procs[12]["runs"]
+        assert ck.read(12, 0x800000, 8 * P) == bytes(P) + b[0][1] + bytes(P) + b[1][1] + bytes(P)
+        assert [(v, len(x)) for v, x in ck.iter_pages(12)] == [(0x801000, P), (0x803000, 4 * P)]
+        assert [e.nr_pages for e in ck.iter_entries()] == [2, 1, 3]
+        assert list(ck.verify()) == []
+        with pytest.raises(ImageError, match="outside any recorded VMA"):
+            ck.read(12, 0x808000, 1)
+
+
+def test_criu_image_set_without_pstree(tmp_path):
+    d = tmp_path / "criu"
+    write_criu_images(d, _criu_procs(), pstree=False)
+    with open_checkpoint(d) as ck:
+        assert ck.pids == (12, 700)  # from the pagemap file names
+        assert ck.read(700, 0x404000, P) == _criu_procs()[700]["runs"][1][1]
+
+
+def test_criu_raw_pages_file_shorter_than_pagemap(tmp_path):
+    d = tmp_path / "criu"
+    write_criu_images(d, _criu_procs())
+    p = d / fmt.pages_name(2)
+    p.write_bytes(p.read_bytes()[:-P])
+    with pytest.raises(CorruptImage, match="holds 4 pages, pagemap-12.img has 5 PE_PRESENT pages") as ei:
+        open_checkpoint(d)
+    assert ei.value.path == str(p)
+
+
+def test_real_incremental_dump(spawn_target, tmp_path):
+    """A child dump written by dumper itself (write tracking + --parent):
+    read() resolves its PE_PARENT pages to the stopped process's memory."""
+    from dumper.scan.features import probe_scan_categories, probe_uffd_wp_async
+
+    if not (probe_scan_categories() and probe_uffd_wp_async()):
+        pytest.skip("uffd-wp tracking needs userfaultfd WP_ASYNC and PAGEMAP_SCAN (Linux 6.7)")
+    t = spawn_target("dense,zero")
+    root = tmp_path / "chain"
+    root.mkdir()
+    dump(t.pid, root / "0", track_mem=True)
+    t.command("write dense 3 4 200")
+    t.stop()
+    dump(t.pid, root / "1", parent=root / "0", thaw="leave-stopped")
+    with open_checkpoint(root / "1") as ck:
+        assert ck.parent_paths == (root / "0",)
+        assert ck.process().nr_pages_parent > 0
+        for name in ("dense", "zero"):
+            base, length = t.regions[name]
+            assert ck.read(t.pid, base, length) == live(t.pid, base, length), name
+        assert list(ck.verify()) == []
+
+
+def test_without_mm_only_recorded_pages_read(tmp_path):
+    d = write_ckpt(tmp_path / "c", [(2, 2, _fill(7, 2))])
+    (d / fmt.mm_name(100)).unlink()
+    with open_checkpoint(d) as ck:
+        assert ck.process().mm is None and ck.process().vmas == []
+        assert ck.read(100, VBASE + 2 * P + 1, P) == _fill(7, 2)[1 : P + 1]
+        with pytest.raises(ImageError, match="no mm image"):
+            ck.read(100, VBASE, P)
+        assert list(ck.verify()) == []
+
+
+def test_bad_mm_images(tmp_path):
+    d = write_ckpt(tmp_path / "c", [(0, 1, _fill(7, 1))])
+    mm = fill_required(_mm([(VBASE, VBASE + 64 * P)]))
+    mm.vmas[0].path = "SENTINEL"
+    raw = fmt.encode_image("MM", [mm]).replace(b"SENTINEL", b"SENT\xffNEL")
+    (d / fmt.mm_name(100)).write_bytes(raw)
+    with pytest.raises(CorruptImage, match="VMA 0: path is not valid UTF-8"):
+        open_checkpoint(d)
+    mm = fill_required(_mm([(VBASE, VBASE + 64 * P), (VBASE + 63 * P, VBASE + 70 * P)]))
+    (d / fmt.mm_name(100)).write_bytes(fmt.encode_image("MM", [mm]))
+    with pytest.raises(CorruptImage, match="VMA 1 at 0x1003f000 overlaps"):
+        open_checkpoint(d)
+    (d / fmt.mm_name(100)).write_bytes(fmt.encode_image("PAGEMAP", [pagemap_pb2.pagemap_head(pages_id=1)]))
+    with pytest.raises(ImageError, match="expected an MM image"):
+        open_checkpoint(d)
+
+
+def test_private_file_pages_at_end_of_file(tmp_path):
+    """Untouched pages of a private file mapping come from the file; the page
+    holding end-of-file is zero past it, pages beyond it do not exist."""
+    f = tmp_path / "data.bin"
+    content = random.Random(9).randbytes(5 * P + 100)
+    f.write_bytes(content)
+    st = f.stat()
+    d = tmp_path / "c"
+    with CheckpointWriter(d, page_size=P) as w:
+        with w.pages_writer(100, 1, threads=1) as pw:
+            pw.add_present(VBASE + 2 * P, b"\x77" * P)  # page 2 was written (COW)
+        mm = fill_required(mm_pb2.mm_entry())
+        mm.vmas.append(vma_pb2.vma_entry(
+            start=VBASE, end=VBASE + 8 * P, pgoff=P, shmid=0, prot=3, flags=0x02, fd=-1,
+            status=fmt.VMA_AREA_REGULAR | fmt.VMA_FILE_PRIVATE, path=str(f),
+            dev_major=os.major(st.st_dev), dev_minor=os.minor(st.st_dev), inode=st.st_ino))
+        w.write_mm(100, mm)
+        w.write_inventory(inventory_pb2.inventory_entry(root_pid=100, pids=[100]))
+        w.commit()
+    with open_checkpoint(d) as ck:
+        # mapping page k holds file page k + 1 (pgoff = one page)
+        expect = content[P : 2 * P] + content[2 * P : 3 * P] + b"\x77" * P + content[4 * P :] + bytes(P - 100)
+        assert ck.read(100, VBASE, 5 * P) == expect
+        assert ck.read(100, VBASE + 4 * P + 50, 100) == content[5 * P + 50 : 5 * P + 100] + bytes(50)
+        with pytest.raises(ImageError, match=r"\[0x10005000, 0x10006000\) lies past the end of the mapped file"):
+            ck.read(100, VBASE + 4 * P, 2 * P)
