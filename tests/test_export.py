@@ -504,3 +504,12 @@ def test_differential_against_criu_dump(spawn_target, tmp_path, working_criu):
     criu_vmas = [(s, e, p, o) for s, e, p, o, _ in vma_ranges(theirs, t.pid)]
     assert mine == criu_vmas
     os.kill(t.pid, signal.SIGCONT)
+
+
+def test_decode_reads_exported_pstree(spawn_target, tmp_path, capsys):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "ck")
+    export(tmp_path / "ck", tmp_path / "criu")
+    assert cli_main(["decode", str(tmp_path / "criu" / "pstree.img")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["magic"] == "PSTREE" and out["entries"][0]["pid"] == t.pid

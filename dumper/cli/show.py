@@ -8,7 +8,7 @@ import os
 from datetime import datetime, timezone
 from typing import Sequence
 
-from ..errors import ImageError
+from ..errors import CorruptImage, ImageError
 from ..image import format as fmt
 from ..image import load_inventory, load_pagemap, read_image
 from ..image.checkpoint import resolve_parent_chain
@@ -40,11 +40,16 @@ def summarize(path: str) -> dict:
     stats = None
     spath = os.path.join(path, fmt.STATS_DUMP_NAME)
     if os.path.exists(spath):
-        _, msgs = read_image(spath)
-        stats = msgs[0].dump if msgs and msgs[0].HasField("dump") else None
+        name, msgs = read_image(spath)
+        if name != "STATS" or len(msgs) != 1:
+            raise CorruptImage(spath, 0, f"expected one stats entry, found a {name} image with {len(msgs)} entries")
+        stats = msgs[0].dump if msgs[0].HasField("dump") else None
     procs = []
     for pid in inv.pids or [inv.root_pid]:
-        _, mm_msgs = read_image(os.path.join(path, fmt.mm_name(pid)))
+        mm_path = os.path.join(path, fmt.mm_name(pid))
+        name, mm_msgs = read_image(mm_path)
+        if name != "MM" or len(mm_msgs) != 1:
+            raise CorruptImage(mm_path, 0, f"expected one mm entry, found a {name} image with {len(mm_msgs)} entries")
         mm = mm_msgs[0]
         head, entries = load_pagemap(os.path.join(path, fmt.pagemap_name(pid)))
         pages_file = os.path.join(path, fmt.zpages_name(head.pages_id) if head.compression == fmt.COMPRESSION_ZSTD

@@ -64,7 +64,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import BadMagic, CorruptImage, UnsupportedVersion
 from ..kernel import mman
-from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2
+from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2
 
 __all__ = [
     "U32",
@@ -197,6 +197,7 @@ ENTRY_TYPES: dict[str, type[Message]] = {
     "PAGEMAP": pagemap_pb2.pagemap_entry,
     "MM": mm_pb2.mm_entry,
     "STATS": stats_pb2.stats_entry,
+    "PSTREE": pstree_pb2.pstree_entry,
 }
 
 # --- versions
