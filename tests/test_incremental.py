@@ -340,3 +340,30 @@ def test_uffd_wp_markers_are_never_dumped(spawn_target, tmp_path):
     dump(t.pid, tmp_path / "full", thaw="leave-stopped")
     own, _ = own_pages(tmp_path / "full", t.pid)
     assert [p for p in range(32) if a + p * P in own] == [p for p in range(32) if p not in markers]
+
+
+@needs_uffd
+def test_flatten_a_chain(spawn_target, tmp_path):
+    from dumper.dump.flatten import flatten
+
+    t = spawn_target("dense,alt")
+    dump(t.pid, tmp_path / "0", track_mem=True)
+    t.command("write dense 1 2 3")
+    dump(t.pid, tmp_path / "1", parent=tmp_path / "0")
+    t.command("write alt 4 6")
+    stop(t)
+    dump(t.pid, tmp_path / "2", parent=tmp_path / "1", thaw="leave-stopped")
+    r = flatten(tmp_path / "2", tmp_path / "flat")
+    assert r.chain_length == 3
+    flat, holes = own_pages(tmp_path / "flat", t.pid)
+    assert holes == [] and not (tmp_path / "flat" / "parent").exists()
+    assert flat == chain_pages(tmp_path / "2", t.pid)
+    # the flattened checkpoint carries the tracking record: it can be a parent
+    os.kill(t.pid, signal.SIGCONT)
+    t.command("write dense 9")
+    r3 = dump(t.pid, tmp_path / "3", parent=tmp_path / "flat")
+    assert r3.pages_parent > 0
+    # pre-dumps are not complete checkpoints
+    dump(t.pid, tmp_path / "pre", pre_dump=True)
+    with pytest.raises(DumpError, match="pre-dump"):
+        flatten(tmp_path / "pre", tmp_path / "nope")

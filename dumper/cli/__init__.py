@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dump": ("dump", "checkpoint a process's memory into an image directory"),
     "pre-dump": ("predump", "copy pages now and arm write tracking, for a later dump --parent"),
     "untrack": ("untrack", "remove the uffd-wp write tracking a dump armed in a process"),
+    "flatten": ("flatten", "write one standalone checkpoint from an incremental chain"),
     "show": ("show", "summarise a checkpoint directory"),
     "cat": ("cat", "print memory of a checkpointed process as it was at dump time"),
     "verify": ("verify", "check a checkpoint's frames and structure (and a live process with --pid)"),

@@ -116,11 +116,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"  chain      BROKEN: {s['parent_chain_error']}")
     st = s.get("stats", {})
     if st:
-        raw, comp_b = st.get("bytes_raw", 0), st.get("bytes_compressed", 0)
-        ratio = f", ratio {raw / comp_b:.2f}x" if comp_b else ""
+        raw = st.get("bytes_raw", 0)
+        files = sum(p["pages_file_bytes"] or 0 for p in s["processes"])
+        # the same ratio `dumper dump` prints: raw page bytes / pages file size
+        ratio = f", raw / image = {raw / files:.2f}x" if files and s["compression"] == "zstd" else ""
         print(f"  frozen     {st.get('frozen_time', 0) / 1000:.1f} ms (freezing {st.get('freezing_time', 0) / 1000:.1f} ms)")
-        print(f"  stats      {st.get('pages_written', 0)} pages written of {st.get('pages_scanned', 0)} scanned, "
-              f"{st.get('pages_unreadable', 0)} unreadable; {human_bytes(raw)} raw{ratio}")
+        print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) from "
+              f"{human_bytes(st.get('pages_scanned', 0) * (s['page_size'] or 4096))} of private mappings, "
+              f"{st.get('pages_unreadable', 0)} unreadable"
+              + (f", {st.get('pages_skipped_parent', 0)} in parent" if st.get("pages_skipped_parent") else "")
+              + ratio)
+    if s["tracker"] and s["tracker"] != "none":
+        print(f"  tracking   {s['tracker']} armed by this dump" + ("; PRE-DUMP: pages only" if s["pre_dump"] else ""))
     for p in s["processes"]:
         print(f"process {p['pid']}: {p['entries']} pagemap entries, {p['pages_present']} pages in "
               f"{p['pages_file']} ({human_bytes(p['pages_file_bytes'] or 0)})"

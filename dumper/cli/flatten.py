@@ -1,0 +1,29 @@
+"""``dumper flatten DIR OUT``: one standalone checkpoint from an incremental chain."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from ..dump.flatten import flatten
+from .options import human_bytes
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="newest checkpoint of the chain")
+    parser.add_argument("out", help="checkpoint directory to create")
+    parser.add_argument("--no-compress", action="store_true", help="write CRIU's raw pages-1.img")
+    parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at OUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    r = flatten(args.dir, args.out, compress=not args.no_compress, force=args.force)
+    print(f"flattened {r.source} (chain of {r.chain_length}) into {r.dest}: "
+          f"{r.pages} pages, {human_bytes(r.bytes_written)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from . import subcommand_main
+
+    return subcommand_main("flatten", argv)

@@ -1,0 +1,79 @@
+"""Flatten a chain of incremental checkpoints into one standalone checkpoint.
+
+Every PE_PARENT range is replaced by the pages the chain holds for it, so
+the result reads back page for page like the chain and needs no parent. Its
+inventory keeps the write-tracking record of the newest checkpoint, so the
+flattened one can be the parent of the next incremental dump.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import DumpError
+from ..image import CheckpointWriter
+from ..image import format as fmt
+from ..image.checkpoint import open_checkpoint
+from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+
+__all__ = ["flatten", "FlattenResult"]
+
+
+@dataclass(slots=True)
+class FlattenResult:
+    """``dest`` written from ``source`` (and ``chain_length`` checkpoints)."""
+
+    dest: str
+    source: str
+    chain_length: int
+    pages: int
+    bytes_written: int
+
+
+def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool = True, level: int = 3,
+            threads: int | None = None, force: bool = False) -> FlattenResult:
+    """Write ``dest``: the memory of checkpoint ``src`` with its chain resolved.
+
+    Raises ImageError for a damaged or incomplete chain (nothing is written),
+    DumpError for the destination (exists without ``force``, disk full).
+    A pre-dump source is refused: it is not a complete checkpoint.
+    """
+    with open_checkpoint(src) as ck:
+        if ck.inventory.pre_dump:
+            raise DumpError(f"{src} is a pre-dump (pages only): flatten the final dump taken with --parent")
+        chain = list(ck.chain())
+        total_pages = 0
+        written = 0
+        with CheckpointWriter(dest, force=force, page_size=ck.page_size) as w:
+            for pid in ck.pids:
+                proc = ck.process(pid)
+                with w.pages_writer(pid, 1, compress=compress, level=level, threads=threads) as pw:
+                    for vaddr, data in ck.iter_pages(pid, parents=True):
+                        pw.add_present(vaddr, data)
+                mm = mm_pb2.mm_entry()
+                mm.CopyFrom(proc.mm)
+                for v in mm.vmas:  # every page now lives here
+                    v.nr_pages_dumped = v.nr_pages_dumped + v.nr_pages_parent
+                    v.ClearField("nr_pages_parent")
+                w.write_mm(pid, mm)
+                total_pages += pw.stats.pages_present
+                written += pw.stats.bytes_file
+            inv = inventory_pb2.inventory_entry()
+            inv.CopyFrom(ck.inventory)
+            inv.ClearField("parent_path")
+            inv.compression = fmt.COMPRESSION_ZSTD if compress else fmt.COMPRESSION_NONE
+            if compress:
+                inv.compression_level = level
+            else:
+                inv.ClearField("compression_level")
+                inv.ClearField("frame_pages")
+            w.write_inventory(inv)
+            if ck.stats is not None:
+                st = stats_pb2.dump_stats_entry()
+                st.CopyFrom(ck.stats)
+                st.pages_written += st.pages_skipped_parent
+                st.pages_skipped_parent = 0
+                w.write_stats(st)
+            path = w.commit()
+    return FlattenResult(os.fspath(path), os.fspath(src), len(chain), total_pages, written)
