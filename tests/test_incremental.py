@@ -367,3 +367,33 @@ def test_flatten_a_chain(spawn_target, tmp_path):
     dump(t.pid, tmp_path / "pre", pre_dump=True)
     with pytest.raises(DumpError, match="pre-dump"):
         flatten(tmp_path / "pre", tmp_path / "nope")
+
+
+@needs_uffd
+def test_cli_pre_dump_dump_parent_untrack(spawn_target, tmp_path):
+    t = spawn_target("dense")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "dumper", *args], capture_output=True, text=True)
+
+    r = cli("pre-dump", str(t.pid), "-D", str(tmp_path / "pre"))
+    assert r.returncode == 0, r.stderr
+    assert "PRE-DUMP" in r.stdout and "uffd-wp armed" in r.stdout
+    t.command("write dense 5")
+    r = cli("dump", str(t.pid), "-D", str(tmp_path / "final"), "--parent", str(tmp_path / "pre"))
+    assert r.returncode == 0, r.stderr
+    assert "in parent ../pre" in r.stdout
+    fd = load_inventory(tmp_path / "final" / fmt.INVENTORY_NAME).uffd_fd
+    assert os.readlink(f"/proc/{t.pid}/fd/{fd}") == "anon_inode:[userfaultfd]"
+    r = cli("untrack", str(t.pid), "-D", str(tmp_path / "final"))
+    assert r.returncode == 0, r.stderr
+    assert not os.path.exists(f"/proc/{t.pid}/fd/{fd}")
+    with open(f"/proc/{t.pid}/smaps") as f:
+        assert " uw" not in f.read()
+    assert t.command("checksum dense")  # still fine
+    # a second untrack has nothing to remove: one clear line
+    r = cli("untrack", str(t.pid), "-D", str(tmp_path / "final"))
+    assert r.returncode == 1 and "is not a userfaultfd" in r.stderr
+    # and a dump --parent now falls back to a full dump, saying why
+    r = cli("dump", str(t.pid), "-D", str(tmp_path / "again"), "--parent", str(tmp_path / "final"))
+    assert r.returncode == 0 and "full dump" in r.stdout
