@@ -62,6 +62,7 @@ from ..errors import DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
 from ..image.pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2
+from ..image.writer import fsync_dir, open_private
 from . import files_pb
 
 __all__ = [
@@ -174,24 +175,6 @@ def criu_fields_only(msg: Message) -> Message:
 # --- files
 
 
-def _open_private(path: Path) -> BinaryIO:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        return open(fd, "wb", buffering=1 << 20)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _SetWriter:
     """Files of one image directory; every file fsynced when closed."""
 
@@ -201,7 +184,7 @@ class _SetWriter:
 
     def create(self, name: str) -> BinaryIO:
         try:
-            f = _open_private(self.dir / name)
+            f = open_private(self.dir / name)
         except OSError as err:
             raise ExportError(f"creating {self.result.path / name}: {err.strerror}") from err
         self.result.files.append(name)
@@ -449,7 +432,7 @@ def _write_set(ck: Checkpoint, directory: Path, final: Path, flatten: bool) -> E
         if pid in mms:
             w.image(fmt.mm_name(pid), "MM", [mms[pid]])
         _write_pages(w, ck, pid, pages_id, flatten)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return w.result
 
 
@@ -509,7 +492,7 @@ def export_criu(
                 os.chmod(d, 0o700)
             sets.append(_write_set(c, d, dest / rel, flatten=not keep_chain))
         for depth in range(len(chain) - 1, -1, -1):
-            _fsync_dir(tmp / Path(*([fmt.PARENT_LINK] * depth)) if depth else tmp)
+            fsync_dir(tmp / Path(*([fmt.PARENT_LINK] * depth)) if depth else tmp)
         old = None
         if os.path.lexists(dest):
             _check_replaceable(dest)
@@ -517,7 +500,7 @@ def export_criu(
             os.rename(dest, old)
         try:
             os.rename(tmp, dest)
-            _fsync_dir(parent_dir)
+            fsync_dir(parent_dir)
         except OSError:
             if old is not None and not os.path.lexists(dest):
                 os.rename(old, dest)

@@ -41,7 +41,15 @@ from ..proc.maps import Vma
 from . import format as fmt
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_pb2
 
-__all__ = ["CheckpointWriter", "PagesWriter", "PagesWriterStats", "vma_entry_from", "fill_required"]
+__all__ = [
+    "CheckpointWriter",
+    "PagesWriter",
+    "PagesWriterStats",
+    "vma_entry_from",
+    "fill_required",
+    "open_private",
+    "fsync_dir",
+]
 
 _U64_LIMIT = 1 << 64
 # Compression threads: each brings 4 frame buffers (1 MiB); more threads than
@@ -142,7 +150,7 @@ def _check_page_size(page_size: int) -> int:
     return page_size
 
 
-def _open_private(path: Path) -> BinaryIO:
+def open_private(path: Path) -> BinaryIO:
     """Create ``path`` (must not exist) with mode 0600 whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -161,7 +169,7 @@ def _fsync_close(f: BinaryIO) -> None:
         f.close()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -605,7 +613,7 @@ class CheckpointWriter:
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"bad image file name {name!r}")
         try:
-            f = _open_private(self.tmpdir / name)
+            f = open_private(self.tmpdir / name)
         except OSError as err:
             raise DumpError(f"creating {name}: {err.strerror}") from err
         self.files.append(name)
@@ -725,7 +733,7 @@ class CheckpointWriter:
         parent = self.dest.parent
         old: Path | None = None
         try:
-            _fsync_dir(self.tmpdir)
+            fsync_dir(self.tmpdir)
             if os.path.lexists(self.dest):
                 if not self.force:
                     raise DumpError(f"{self.dest} already exists (use force to replace it)")
@@ -733,7 +741,7 @@ class CheckpointWriter:
                 old = parent / f".{self.dest.name}.old-{secrets.token_hex(4)}"
                 os.rename(self.dest, old)
             os.rename(self.tmpdir, self.dest)
-            _fsync_dir(parent)
+            fsync_dir(parent)
         except OSError as err:
             if old is not None and not os.path.lexists(self.dest):
                 os.rename(old, self.dest)  # put the previous checkpoint back
