@@ -67,7 +67,7 @@ def stop(t) -> None:
         time.sleep(0.005)
 
 
-@pytest.mark.kernel
+@pytest.mark.kernel(needs="guard")
 @needs_uffd
 def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
     t = spawn_target("dense,zero,alt,guard")
@@ -397,3 +397,89 @@ def test_cli_pre_dump_dump_parent_untrack(spawn_target, tmp_path):
     # and a dump --parent now falls back to a full dump, saying why
     r = cli("dump", str(t.pid), "-D", str(tmp_path / "again"), "--parent", str(tmp_path / "final"))
     assert r.returncode == 0 and "full dump" in r.stdout
+
+
+# --- regressions from a first-user trial of incremental dumps ---------------
+
+
+@needs_uffd
+def test_parent_must_be_the_last_reset_or_the_dump_is_full(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "x", pre_dump=True)
+    t.command("write dense 1 2 3")
+    dump(t.pid, tmp_path / "a", parent=tmp_path / "x")  # resets tracking
+    t.command("write dense 4")
+    stop(t)
+    # x is no longer the last reset: pages 1-3 (written before a) would be missed
+    r = dump(t.pid, tmp_path / "b", parent=tmp_path / "x", thaw="leave-stopped")
+    assert r.pages_parent == 0 and any("last reset" in n for n in r.notes)
+    pages = chain_pages(tmp_path / "b", t.pid)
+    fd = os.open(f"/proc/{t.pid}/mem", os.O_RDONLY)
+    try:
+        assert all(os.pread(fd, P, a) == d for a, d in pages.items())
+    finally:
+        os.close(fd)
+
+
+@needs_uffd
+def test_a_second_pre_dump_reuses_the_tracking(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a", pre_dump=True)
+    dump(t.pid, tmp_path / "b", pre_dump=True)  # no --parent: a full pre-dump, same uffd
+    uffds = [f for f in os.listdir(f"/proc/{t.pid}/fd")
+             if os.readlink(f"/proc/{t.pid}/fd/{f}") == "anon_inode:[userfaultfd]"]
+    assert len(uffds) == 1
+    t.command("write dense 9")
+    r = dump(t.pid, tmp_path / "c", parent=tmp_path / "b")
+    assert r.pages_parent > 200 and not r.notes
+
+
+def test_pre_dump_cannot_kill(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    with pytest.raises(DumpError, match="cannot --kill"):
+        dump(t.pid, tmp_path / "a", pre_dump=True, thaw="kill")
+    assert t.proc.poll() is None
+
+
+@needs_uffd
+def test_force_cannot_replace_the_chain_and_parents_stay_alongside(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a", track_mem=True)
+    dump(t.pid, tmp_path / "b", parent=tmp_path / "a")
+    for dest in ("a", "b"):
+        with pytest.raises(DumpError, match="ancestors"):
+            dump(t.pid, tmp_path / dest, parent=tmp_path / "b", force=True)
+    assert (tmp_path / "a" / "inventory.img").exists() and (tmp_path / "b" / "parent").is_symlink()
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(DumpError, match="same directory"):
+        dump(t.pid, tmp_path / "elsewhere" / "c", parent=tmp_path / "b")
+
+
+@needs_uffd
+def test_untrack_checks_the_checkpoint_belongs_to_the_process(spawn_target, tmp_path):
+    a = spawn_target("dense")
+    b = spawn_target("uffd")  # holds its own userfaultfd
+    dump(a.pid, tmp_path / "a", track_mem=True)
+    r = subprocess.run([sys.executable, "-m", "dumper", "untrack", str(b.pid), "-D", str(tmp_path / "a")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "not" in r.stderr and "Traceback" not in r.stderr
+    fds = [os.readlink(f"/proc/{b.pid}/fd/{f}") for f in os.listdir(f"/proc/{b.pid}/fd")]
+    assert "anon_inode:[userfaultfd]" in fds  # its own uffd untouched
+    # and uffd-wp tracking refuses to take over memory registered elsewhere
+    with pytest.raises(DumpError, match="did not arm"):
+        dump(b.pid, tmp_path / "b", track_mem=True)
+
+
+@needs_uffd
+def test_flatten_and_export_never_overwrite_the_chain(spawn_target, tmp_path):
+    from dumper.dump.flatten import flatten
+    from dumper.export import ExportError, export
+
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a", track_mem=True)
+    dump(t.pid, tmp_path / "b", parent=tmp_path / "a")
+    with pytest.raises(DumpError, match="chain being flattened"):
+        flatten(tmp_path / "b", tmp_path / "a", force=True)
+    with pytest.raises(ExportError, match="chain being exported"):
+        export(tmp_path / "b", tmp_path / "a", force=True)
+    assert chain_pages(tmp_path / "b", t.pid)  # still readable

@@ -73,6 +73,8 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
     ms = lambda ns: f"{ns / 1e6:.1f} ms"  # noqa: E731
     ratio = r.bytes_raw / r.bytes_written if r.bytes_written else 0.0
     after = {"resume": "running again", "leave-stopped": "left stopped", "kill": "killed"}[r.thaw]
+    if r.thaw == "resume" and r.was_stopped:
+        after = "left stopped, as it was before"
     lines = [
         f"dumped pid {r.pid} ({r.comm}) into {r.dest}; the process was {after}",
         f"  pages       {r.pages_written} written ({human_bytes(r.bytes_raw)}) from "

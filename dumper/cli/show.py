@@ -11,7 +11,7 @@ from typing import Sequence
 from ..errors import CorruptImage, ImageError
 from ..image import format as fmt
 from ..image import load_inventory, load_pagemap, read_image
-from ..image.checkpoint import resolve_parent_chain
+from ..image.checkpoint import open_checkpoint, resolve_parent_chain
 from .options import human_bytes
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +44,10 @@ def summarize(path: str) -> dict:
         if name != "STATS" or len(msgs) != 1:
             raise CorruptImage(spath, 0, f"expected one stats entry, found a {name} image with {len(msgs)} entries")
         stats = msgs[0].dump if msgs[0].HasField("dump") else None
+    with open_checkpoint(path) as ck:  # finds the pids of CRIU's image sets too
+        pids = list(ck.pids)
     procs = []
-    for pid in inv.pids or [inv.root_pid]:
+    for pid in pids:
         mm_path = os.path.join(path, fmt.mm_name(pid))
         name, mm_msgs = read_image(mm_path)
         if name != "MM" or len(mm_msgs) != 1:
@@ -72,6 +74,9 @@ def summarize(path: str) -> dict:
     chain, chain_error = [], None
     try:
         chain = [str(p) for p in resolve_parent_chain(path)]
+        for member in chain:  # metadata of each: damage anywhere breaks reads
+            with open_checkpoint(member):
+                pass
     except ImageError as err:
         chain_error = str(err)
     out = {
@@ -104,8 +109,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     when = datetime.fromtimestamp(s["dump_start_ns"] / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"checkpoint {s['dir']}")
-    print(f"  written    {when} by dumper {s['dumper_version']} (format {s['format_version']})")
-    print(f"  kernel     {s['kernel']} {s['machine']}, {s['page_size']} B pages, scanner {s['scanner']}")
+    if s["dumper_version"]:
+        print(f"  written    {when} by dumper {s['dumper_version']} (format {s['format_version']})")
+    else:
+        print("  written    by CRIU or another tool (no dumper fields in inventory.img)")
+    if s["kernel"]:
+        print(f"  kernel     {s['kernel']} {s['machine']}, {s['page_size']} B pages, scanner {s['scanner']}")
     comp = f"zstd level {s['compression_level']}" if s["compression"] == "zstd" else "none (CRIU raw pages)"
     print(f"  pages      compression {comp}" + ("; PRE-DUMP (pages only)" if s["pre_dump"] else ""))
     if s["parent"]:

@@ -14,6 +14,8 @@ from ..errors import DumperError
 from ..image import format as fmt
 from ..image import load_inventory
 from ..proc.freeze import Freezer, raise_on_termination
+from ..proc.process import Process
+from ..track import state as tracking_state
 from ..track import uffd
 from .options import pid
 
@@ -26,12 +28,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    proc = Process(args.pid)
+    start_time = proc.stat().starttime
     if args.images_dir:
         inv = load_inventory(os.path.join(args.images_dir, fmt.INVENTORY_NAME))
         if inv.tracker != "uffd-wp" or not inv.HasField("uffd_fd"):
             raise DumperError(f"{args.images_dir} armed no uffd-wp tracking (tracker: {inv.tracker or 'none'})")
+        if args.pid not in (inv.pids or [inv.root_pid]) or (
+                inv.HasField("task_start_time") and inv.task_start_time != start_time):
+            raise DumperError(f"{args.images_dir} is not a checkpoint of pid {args.pid} "
+                              "(another process, or the pid was reused)")
         state = uffd.UffdTracking(inv.uffd_fd, [(r.start, r.end) for r in inv.tracked_ranges])
     else:
+        last = tracking_state.load(args.pid, start_time)
+        if last is None or last.uffd_fd != args.fd:
+            raise DumperError(f"dumper armed no uffd-wp tracking on descriptor {args.fd} of pid {args.pid}")
         state = uffd.UffdTracking(args.fd, [])
     if not uffd.find_uffd(args.pid, state.fd):
         raise DumperError(f"descriptor {state.fd} of pid {args.pid} is not a userfaultfd: nothing to remove")
@@ -39,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if not state.ranges:  # unregister whatever carries VM_UFFD_WP
             state.ranges = [(v.start, v.end) for v in fz.process.vmas() if "uw" in v.vmflags]
         uffd.disarm(fz, state)
+    tracking_state.clear(args.pid, start_time)
     print(f"removed uffd-wp tracking from pid {args.pid} (descriptor {state.fd} closed, "
           f"{len(state.ranges)} ranges unregistered)")
     return 0

@@ -43,7 +43,8 @@ from ..scan import Category, open_backend, scan_range
 from ..scan.base import REGION_DTYPE
 from ..scan.features import probe_scan_categories, probe_soft_dirty, probe_uffd_wp_async
 from .memread import MemReader
-from .parent import ParentInfo, load_parent, split_by_coverage
+from ..track import state as tracking_state
+from .parent import ParentInfo, check_parent_placement, load_parent, split_by_coverage
 from .select import VmaPlan, classify, dump_masks, runs_in_vmas
 
 __all__ = ["dump", "DumpResult", "THAW_MODES", "TRACKERS", "pick_tracker"]
@@ -61,6 +62,7 @@ class DumpResult:
     backend: str
     tracker: str
     thaw: str
+    was_stopped: bool
     parent: str | None
     pre_dump: bool
     frozen_ns: int
@@ -216,6 +218,8 @@ def dump(
 
     if threads is not None and not 1 <= threads <= MAX_THREADS:
         raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {threads}")
+    if pre_dump and thaw == "kill":
+        raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
     t_begin = time.monotonic_ns()
     wall_begin = time.time_ns()
     proc = Process(pid)
@@ -223,8 +227,12 @@ def dump(
     want_tracking = track_mem or pre_dump or parent is not None
     tracker = pick_tracker(tracker) if want_tracking else "none"
     freezer = Freezer(proc)  # refuses self/ancestors/zombies/kthreads up front
-    pinfo: ParentInfo | None = load_parent(parent, pid, start_time) if parent is not None else None
+    pinfo: ParentInfo | None = None
+    if parent is not None:
+        pinfo = load_parent(parent, pid, start_time)
+        check_parent_placement(parent, dest)
     notes: list[str] = []
+    last = tracking_state.load(pid, start_time) if want_tracking else None
     writer = CheckpointWriter(dest, force=force)  # refuses an existing dest up front
     with ExitStack() as stack:
         stack.callback(writer.abort)  # no-op after commit
@@ -241,6 +249,10 @@ def dump(
         # Is the parent's tracking still in place?
         tracked_ranges: list[tuple[int, int]] = []
         uffd_state = None
+        if pinfo is not None and (last is None or pinfo.inventory.tracking_id != last.tracking_id):
+            where = f" (that is {last.checkpoint})" if last is not None else ""
+            notes.append(f"the parent is not the checkpoint that last reset write tracking{where}: full dump")
+            pinfo = None
         if pinfo is not None:
             inv = pinfo.inventory
             if tracker == "uffd-wp":
@@ -264,6 +276,12 @@ def dump(
 
             want = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages"]
             current = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages" and "uw" in p.vma.vmflags]
+            if uffd_state is None and last is not None and last.uffd_fd is not None \
+                    and uffd.find_uffd(pid, last.uffd_fd):
+                uffd_state = uffd.UffdTracking(last.uffd_fd, [])  # ours, armed by an earlier dump
+            if uffd_state is None and current:
+                raise DumpError(f"pid {pid} already has memory registered with a userfaultfd that dumper "
+                                "did not arm (its own?): uffd-wp tracking cannot share it")
             if uffd_state is None:
                 uffd_state = uffd.arm(freezer, want, protect=False)
             else:
@@ -308,8 +326,15 @@ def dump(
         stack.callback(reader.close)
         mm = mm_pb2.mm_entry(**proc.mm_layout(), exe_file_id=0, mm_saved_auxv=proc.auxv())
 
+        tracking_id = tracking_state.new_id() if tracker != "none" else ""
+
         def reset_tracking() -> None:
             """Start the next interval: every page counts as unchanged from now."""
+            # Recorded first: should this dump fail after the reset, no
+            # checkpoint carries the new id and no --parent can miss pages.
+            with proc.translate("tracking state"):
+                tracking_state.save(pid, start_time, tracking_state.TrackingState(
+                    tracking_id, tracker, os.path.abspath(dest), uffd_state.fd if uffd_state else None))
             if tracker == "soft-dirty":
                 with proc.translate("clear_refs"), open(f"{proc.path}/clear_refs", "w") as f:
                     f.write("4")
@@ -317,6 +342,8 @@ def dump(
                 from ..track import uffd
 
                 uffd.reset(pid, uffd_state.ranges)
+                if not uffd_state.ranges:
+                    notes.append("uffd-wp tracking could not register any mapping: the next dump will be full")
 
         dumped = [0] * len(work)
         parent_pages = [0] * len(work)
@@ -385,6 +412,8 @@ def dump(
             pre_dump=pre_dump,
             task_start_time=start_time,
         )
+        if tracking_id:
+            inv.tracking_id = tracking_id
         if uffd_state is not None:
             inv.uffd_fd = uffd_state.fd
             inv.tracked_ranges.extend(inventory_pb2.tracked_range(start=s, end=e) for s, e in uffd_state.ranges)
@@ -400,7 +429,7 @@ def dump(
         writer.write_inventory(inv)
         path = writer.commit()
     return DumpResult(
-        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker, thaw=thaw,
+        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker, thaw=thaw, was_stopped=freezer.was_stopped,
         parent=parent_link, pre_dump=pre_dump,
         frozen_ns=frozen_ns, freezing_ns=freezing_ns, scan_ns=scan_ns, read_ns=reader.read_ns,
         total_ns=time.monotonic_ns() - t_begin, pages_scanned=pages_scanned,

@@ -39,6 +39,12 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
     DumpError for the destination (exists without ``force``, disk full).
     A pre-dump source is refused: it is not a complete checkpoint.
     """
+    from .parent import chain_paths
+
+    dest_real = os.path.realpath(dest)
+    for member in chain_paths(src):
+        if dest_real == member or member.startswith(dest_real + os.sep):
+            raise DumpError(f"{dest} would overwrite {member}, a checkpoint of the chain being flattened")
     with open_checkpoint(src) as ck:
         if ck.inventory.pre_dump:
             raise DumpError(f"{src} is a pre-dump (pages only): flatten the final dump taken with --parent")

@@ -19,7 +19,7 @@ from ..image import load_inventory, load_pagemap
 from ..image.pb import inventory_pb2
 from ..kernel.libc import PAGE_SIZE
 
-__all__ = ["ParentInfo", "load_parent", "split_by_coverage"]
+__all__ = ["ParentInfo", "load_parent", "split_by_coverage", "check_parent_placement", "chain_paths"]
 
 
 @dataclass(slots=True)
@@ -31,6 +31,36 @@ class ParentInfo:
     inventory: inventory_pb2.inventory_entry
     starts: np.ndarray
     ends: np.ndarray
+
+
+def chain_paths(path: str | os.PathLike) -> list[str]:
+    """Real paths of ``path`` and of every checkpoint its ``parent`` links
+    reach (stops at a loop or a missing link; the readers report those)."""
+    seen: list[str] = []
+    cur = os.path.realpath(path)
+    while cur not in seen and os.path.isdir(cur):
+        seen.append(cur)
+        link = os.path.join(cur, fmt.PARENT_LINK)
+        if not os.path.islink(link):
+            break
+        cur = os.path.realpath(link)
+    return seen
+
+
+def check_parent_placement(parent: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Refuse a parent the readers could not follow, or one ``dest`` would replace.
+
+    The readers follow ``parent`` links only inside the directory holding
+    the checkpoint (a link leaving it could point anywhere), so the parent
+    must live next to ``dest``. With ``--force``, ``dest`` must not be the
+    parent or any checkpoint of its chain. Raises DumpError.
+    """
+    dest_real = os.path.realpath(dest)
+    if dest_real in chain_paths(parent):
+        raise DumpError(f"{dest} is {parent} or one of its ancestors: it cannot be replaced by a child of it")
+    if os.path.dirname(os.path.realpath(parent)) != os.path.dirname(dest_real):
+        raise DumpError(f"the parent {parent} must be in the same directory as {dest} "
+                        "(readers follow parent links only within it)")
 
 
 def load_parent(path: str | os.PathLike, pid: int, start_time: int) -> ParentInfo:

@@ -469,14 +469,17 @@ def export_criu(
         raise ExportError(f"{parent_dir}: no such directory")
     if os.path.lexists(dest):
         if not force:
-            raise ExportError(f"{dest} already exists (use force to replace it)")
+            raise ExportError(f"{dest} already exists (--force replaces it)")
         _check_replaceable(dest)
     own = not isinstance(src, Checkpoint)
     ck = open_checkpoint(src) if own else src
     tmp = parent_dir / f".{dest.name}.tmp-{secrets.token_hex(4)}"
     try:
-        if dest == ck.path or dest in ck.path.parents:
-            raise ExportError(f"{dest} would overwrite the checkpoint being exported")
+        real = Path(os.path.realpath(dest))
+        for c in ck.chain():
+            cp = Path(os.path.realpath(c.path))
+            if real == cp or real in cp.parents:
+                raise ExportError(f"{dest} would overwrite {c.path}, a checkpoint of the chain being exported")
         try:
             os.mkdir(tmp, 0o700)
             os.chmod(tmp, 0o700)

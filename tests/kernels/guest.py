@@ -295,7 +295,6 @@ mount -t devtmpfs devtmpfs $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs tmpfs $R/dev/shm
-mount -t tmpfs tmpfs $R/tmp
 mount -t tmpfs tmpfs $R/run
 mkdir -p "$R@OUT@"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 @OUT_TAG@ "$R@OUT@" \
@@ -392,6 +391,7 @@ def run_in_guest(
     outdir: str | os.PathLike | None = None,
     boot_retries: int = 1,
     on_output=None,
+    kernel_args: str = "",
 ) -> GuestResult:
     """Boot ``kernel``, run ``argv`` in it, return its exit status and output.
 
@@ -400,6 +400,7 @@ def run_in_guest(
     ``outdir`` (a host directory, shared writable with the guest at the same
     path) keeps what the command writes there; a temporary one otherwise.
     ``on_output(text)`` is called with new output while the guest runs.
+    ``kernel_args`` are appended to the kernel command line (later wins).
     """
     image = Path(kernel)
     if not image.is_file():
@@ -428,7 +429,8 @@ def run_in_guest(
                 for name in (STARTED, RC, OUTPUT):
                     (out / name).unlink(missing_ok=True)
                 console = Path(boot) / f"console-{attempts}.log"
-                res = _boot_once(qemu_path, vmlinux or image, initrd, out, console, memory, timeout, on_output)
+                res = _boot_once(qemu_path, vmlinux or image, initrd, out, console, memory, timeout, on_output,
+                                 kernel_args)
                 wall, boot_s = res
                 text = _read(console)
                 if not (out / STARTED).exists():
@@ -450,9 +452,23 @@ def run_in_guest(
             own_tmp.cleanup()
 
 
-def _boot_once(qemu_path, kernel, initrd, out, console, memory, timeout, on_output) -> tuple[float, float]:
-    append = (os.environ.get("KGUEST_APPEND", "") + " console=ttyS0 rdinit=/init panic=-1 oops=panic quiet loglevel=4 mitigations=off "
-              "nokaslr random.trust_cpu=on tsc=reliable")
+def _host_thp_mode() -> str | None:
+    """The host's transparent_hugepage mode ("always", "madvise", "never")."""
+    m = re.search(r"\[(\w+)\]", _read(Path("/sys/kernel/mm/transparent_hugepage/enabled")))
+    return m[1] if m else None
+
+
+def _boot_once(qemu_path, kernel, initrd, out, console, memory, timeout, on_output,
+               kernel_args) -> tuple[float, float]:
+    append = ("console=ttyS0 rdinit=/init panic=-1 oops=panic quiet loglevel=4 mitigations=off "
+              "random.trust_cpu=on tsc=reliable")
+    # Debian builds THP "always"; give the guest the host's policy so a test
+    # target touching scattered pages of a huge reservation gets 4 KiB pages
+    # there as here (1000 touched pages would otherwise be 2 GiB of THPs).
+    thp = _host_thp_mode()
+    if thp:
+        append += f" transparent_hugepage={thp}"
+    append += " " + kernel_args
     cmd = [
         qemu_path, "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", memory,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -522,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory", default="2G")
     ap.add_argument("--qemu", default=None, help=f"qemu binary (default {QEMU}, or $KGUEST_QEMU)")
     ap.add_argument("--outdir", default=None, help="host directory the guest may write (same path inside)")
+    ap.add_argument("--append", default="", help="more kernel command line arguments")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -529,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("no command given (put it after --)")
     try:
         res = run_in_guest(args.kernel, command, timeout=args.timeout, memory=args.memory, qemu=args.qemu,
-                           outdir=args.outdir, on_output=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+                           outdir=args.outdir, kernel_args=args.append, on_output=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
     except GuestError as err:
         print(f"guest: {type(err).__name__}: {err}", file=sys.stderr)
         return err.exit_status

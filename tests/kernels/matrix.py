@@ -178,6 +178,8 @@ def run_guest(image: str, py: str, files: list[str], extra: list[str], timeout: 
                                      timeout=timeout, memory=memory, outdir=out)
             entry.update(rc=res.returncode, output=res.output, boot_s=round(res.boot_s, 1), attempts=res.attempts)
             entry["problems"] += res.notes
+            if res.returncode not in (0, 1):  # killed (OOM?), interrupted, internal error: show the kernel's side
+                entry["problems"].append(f"exit {res.returncode}; guest console tail:\n{res.console[-3000:]}")
         except guest.GuestTimeout as err:
             entry["status"] = "timeout"
             entry["problems"].append(str(err))
@@ -218,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary", type=Path, default=DEFAULT_SUMMARY, help="where to write the JSON summary")
     ap.add_argument("--skip-without-qemu", action="store_true",
                     help="if qemu cannot run at all, skip the guests loudly (exit 0) instead of failing")
+    ap.add_argument("--check-readme", type=Path, metavar="README",
+                    help="warn if this run's table (tests/kernels/render.py) differs from the one in README")
     ap.add_argument("pytest_args", nargs=argparse.REMAINDER, help="-- extra pytest arguments")
     args = ap.parse_args(argv)
     extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
@@ -279,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+
+    if args.check_readme and not skipped_guests:
+        import render
+
+        if render.main(["--summary", str(args.summary), "--readme", str(args.check_readme), "--check"]):
+            print(f"matrix: WARNING: the committed table in {args.check_readme} is not what this run proved; "
+                  f"update it: python tests/kernels/render.py --readme {args.check_readme}")
 
     print(f"\n===== kernel matrix ({wall:.0f} s wall; summary {args.summary}) =====")
     for e in entries:

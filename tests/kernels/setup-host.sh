@@ -81,7 +81,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     for pkg in "${missing[@]}"; do
         [ "$pkg" = "$bpo" ] && args+=("$pkg/$backports") || args+=("$pkg")
     done
-    apt-get install -y -qq --no-install-recommends "${args[@]}" >/dev/null
+    # INITRD=No: the kernel's postinst hook skips update-initramfs (minutes
+    # per kernel); the guests boot with tests/kernels/guest.py's own initramfs.
+    INITRD=No apt-get install -y -qq --no-install-recommends "${args[@]}" >/dev/null
 fi
 for pkg in "$stable" "$bpo"; do
     echo "setup-host: /boot/vmlinuz-${pkg#linux-image-}"

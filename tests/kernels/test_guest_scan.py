@@ -97,7 +97,7 @@ def dirtied(spawn_target):
 @pytest.mark.parametrize("backend", ["pagemap", "ioctl"])
 def test_soft_dirty_is_exactly_the_written_pages(dirtied, backend):
     if backend == "ioctl" and not sd_in_ioctl:
-        pytest.skip("PAGEMAP_SCAN without PAGE_IS_SOFT_DIRTY (needs Linux 6.8)")
+        pytest.skip("no PAGEMAP_SCAN with PAGE_IS_SOFT_DIRTY here (the ioctl needs Linux 6.7, the category 6.8)")
     t, (fresh, fresh_len) = dirtied
     want = {"dense": [3, 4, 200], "alt": [10, 11, 12, 3999], "file": [0, 2], "zero": []}
     for name, pages in want.items():
