@@ -259,6 +259,11 @@ class CheckpointProcess:
         return None
 
 
+# The one mm_entry of mm-PID.img follows the two magics: errors in the VMAs
+# it holds are reported at that entry.
+_MM_ENTRY_OFFSET = 8
+
+
 def _load_mm(path: Path) -> mm_pb2.mm_entry:
     """``mm-PID.img``, tolerant of absent fields (only VMA start/end matter)."""
     try:
@@ -271,7 +276,7 @@ def _load_mm(path: Path) -> mm_pb2.mm_entry:
             raise BadMagic(path, 0, f"expected an MM image, found {name}")
         entries = list(fmt.iter_entries(f, path, 8))
     if len(entries) != 1:
-        raise CorruptImage(path, None, f"MM image holds {len(entries)} entries, expected 1")
+        raise CorruptImage(path, _MM_ENTRY_OFFSET, f"MM image holds {len(entries)} entries, expected 1")
     off, payload = entries[0]
     mm = mm_pb2.mm_entry()
     try:
@@ -304,9 +309,11 @@ def _check_vmas(mm: mm_pb2.mm_entry, path: Path, ps: int) -> tuple[list, list]:
             guards.append(v)
             continue
         if v.start % ps or v.end % ps or v.end <= v.start:
-            raise CorruptImage(path, None, f"VMA {i} [{v.start:#x}, {v.end:#x}) is empty or not page aligned")
+            raise CorruptImage(path, _MM_ENTRY_OFFSET,
+                               f"VMA {i} [{v.start:#x}, {v.end:#x}) is empty or not page aligned")
         if v.start < prev_end:
-            raise CorruptImage(path, None, f"VMA {i} at {v.start:#x} overlaps or precedes the previous VMA")
+            raise CorruptImage(path, _MM_ENTRY_OFFSET,
+                               f"VMA {i} at {v.start:#x} overlaps or precedes the previous VMA")
         vmas.append(v)
         prev_end = v.end
     return vmas, guards
@@ -367,7 +374,8 @@ class Checkpoint:
         if not pids:
             raise ImageError(self.path, None, "no process images (no pagemap-PID.img)")
         if root not in pids:
-            raise CorruptImage(self.path / fmt.INVENTORY_NAME, None, f"root pid {root} has no pagemap")
+            # inventory.img has one magic, then its one entry at byte 4
+            raise CorruptImage(self.path / fmt.INVENTORY_NAME, 4, f"root pid {root} has no pagemap")
         pids.remove(root)
         self.pids: tuple[int, ...] = (root, *pids)
         self.root_pid = root
@@ -403,7 +411,7 @@ class Checkpoint:
             present = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
             if present != pages.nr_pages:
                 raise CorruptImage(
-                    pages.path, None,
+                    pages.path, pages.end_offset,
                     f"holds {pages.nr_pages} pages, {pm_path.name} has {present} PE_PRESENT pages",
                 )
         except BaseException:

@@ -7,7 +7,9 @@ The guest sees the host's ``/`` through virtio-9p under a tmpfs overlay (so
 it can write; nothing reaches the host), runs the command as root in the
 directory it was started from, with the interpreter paths it was given, and
 powers off. The command's output and exit status come back through a second,
-writable 9p share; the runner's exit status is the command's.
+writable 9p share; the runner's exit status is the command's. The guest gets
+the host's transparent_hugepage policy (Debian builds "always", these
+machines run "madvise") and 1 vCPU (2 gave rare early-boot oopses under TCG).
 
 Failures, each with its own exception and message (and CLI exit status):
 
@@ -207,10 +209,13 @@ def _extract_vmlinux(image: Path) -> Path | None:
         return None
     if not elf.startswith(b"\x7fELF") or not _has_pvh_note(elf):
         return None
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".{os.getpid()}")
-    tmp.write_bytes(elf)
-    os.replace(tmp, out)
+    try:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".{os.getpid()}")
+        tmp.write_bytes(elf)
+        os.replace(tmp, out)
+    except OSError:  # no cache: boot the bzImage
+        return None
     return out
 
 
@@ -241,6 +246,8 @@ def _modules(release: str) -> list[Path]:
         raise KernelMissing(f"modules of {release} not installed ({moddir}/modules.dep missing): "
                             f"install its linux-image package")
     modprobe = shutil.which("modprobe") or "/sbin/modprobe"
+    if not os.access(modprobe, os.X_OK):
+        raise GuestError("modprobe not found: install Debian's kmod")
     out: list[Path] = []
     for mod in MODULES:
         r = subprocess.run([modprobe, "-S", release, "--show-depends", mod], capture_output=True, text=True)
@@ -277,7 +284,7 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-fail() { echo "kguest: $*"; poweroff -f; }
+fail() { echo "kguest: FAILED: $*"; poweroff -f; }
 for m in $(cat /modules.list); do
     insmod "/modules/$m" || fail "insmod $m failed"
 done
@@ -373,7 +380,7 @@ def _read(path: Path) -> str:
 
 def _panic_line(console: str) -> str:
     for line in console.splitlines():
-        if "Kernel panic" in line or "BUG:" in line or "Oops" in line or "kguest:" in line and "fail" in line:
+        if any(s in line for s in ("Kernel panic", "BUG:", "Oops", "kguest: FAILED")):
             return line.strip()
     tail = [line for line in console.splitlines() if line.strip()][-3:]
     return " | ".join(tail) or "no console output"
@@ -401,6 +408,7 @@ def run_in_guest(
     path) keeps what the command writes there; a temporary one otherwise.
     ``on_output(text)`` is called with new output while the guest runs.
     ``kernel_args`` are appended to the kernel command line (later wins).
+    ``timeout`` covers the boot retry too.
     """
     image = Path(kernel)
     if not image.is_file():
@@ -424,14 +432,14 @@ def run_in_guest(
             (out / "cmd.sh").write_text(_command_script(list(argv), cwd, env))
             notes = [] if vmlinux else ["booted the bzImage: no PVH-capable vmlinux could be extracted"]
             attempts = 0
+            deadline = time.monotonic() + timeout  # for all attempts together
             while True:
                 attempts += 1
                 for name in (STARTED, RC, OUTPUT):
                     (out / name).unlink(missing_ok=True)
                 console = Path(boot) / f"console-{attempts}.log"
-                res = _boot_once(qemu_path, vmlinux or image, initrd, out, console, memory, timeout, on_output,
-                                 kernel_args)
-                wall, boot_s = res
+                wall, boot_s = _boot_once(qemu_path, vmlinux or image, initrd, out, console, memory,
+                                          deadline, timeout, on_output, kernel_args, release)
                 text = _read(console)
                 if not (out / STARTED).exists():
                     why = _panic_line(text)
@@ -458,8 +466,10 @@ def _host_thp_mode() -> str | None:
     return m[1] if m else None
 
 
-def _boot_once(qemu_path, kernel, initrd, out, console, memory, timeout, on_output,
-               kernel_args) -> tuple[float, float]:
+def _boot_once(qemu_path, kernel, initrd, out, console, memory, deadline, timeout, on_output,
+               kernel_args, release) -> tuple[float, float]:
+    # oops=panic: a kernel oops ends the guest at once (GuestCrashed, with
+    # the oops line) rather than leaving a half-dead command to time out.
     append = ("console=ttyS0 rdinit=/init panic=-1 oops=panic quiet loglevel=4 mitigations=off "
               "random.trust_cpu=on tsc=reliable")
     # Debian builds THP "always"; give the guest the host's policy so a test
@@ -470,6 +480,7 @@ def _boot_once(qemu_path, kernel, initrd, out, console, memory, timeout, on_outp
         append += f" transparent_hugepage={thp}"
     append += " " + kernel_args
     cmd = [
+        # -cpu max: numpy's wheels need x86-64-v2 (SSE4.2, POPCNT); qemu64 lacks it.
         qemu_path, "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", memory,
         "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-serial", f"file:{console}", "-monitor", "none",
@@ -499,12 +510,12 @@ def _boot_once(qemu_path, kernel, initrd, out, console, memory, timeout, on_outp
                 if len(text) > seen:
                     on_output(text[seen:])
                     seen = len(text)
-            if time.monotonic() - t0 > timeout:
+            if time.monotonic() > deadline:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 started = (out / STARTED).exists()
                 raise GuestTimeout(
-                    f"{kernel}: no result after {timeout:.0f} s "
+                    f"{release}: no result after {timeout:.0f} s "
                     f"({'the command was running' if started else 'the command never started'}); qemu killed\n"
                     f"--- output tail ---\n{_read(out / OUTPUT)[-3000:]}\n"
                     f"--- console tail ---\n{_read(console)[-3000:]}")

