@@ -331,3 +331,18 @@ def test_subcommand_mains(dumped, capfdbinary):
     assert cat.main([str(d), "--addr", str(base), "--size", "3"]) == 0
     out, _ = capfdbinary.readouterr()
     assert out.endswith(bytes([1, 1, 1]))
+
+
+def test_cat_checks_the_whole_range_before_writing(spawn_target, tmp_path):
+    # Regression: a range running past its VMA used to leave 16 MiB of output
+    # behind before failing.
+    from dumper.dump import dump
+
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "ck", thaw="leave-stopped")
+    addr, length = t.regions["dense"]
+    out = tmp_path / "out.bin"
+    r = subprocess.run([sys.executable, "-m", "dumper", "cat", str(tmp_path / "ck"), "--addr", hex(addr),
+                        "--size", str(64 << 30), "-o", str(out)], capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert not out.exists()

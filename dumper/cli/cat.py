@@ -11,6 +11,7 @@ holds secrets).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import BinaryIO, Sequence
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.addr + args.size > 1 << 64:
         raise DumperError(f"{args.addr:#x} + {args.size} runs past the end of the address space")
     with open_checkpoint(args.dir) as ck:
+        _check_range(ck, args.pid, args.addr, args.size)
         # The first chunk (all of it up to CHUNK bytes) is read before the
         # output is opened: a bad range leaves no output file behind.
         n = min(CHUNK, args.size)
@@ -81,11 +83,40 @@ def run(args: argparse.Namespace) -> int:
         except BrokenPipeError:
             raise
         except OSError as err:
+            _discard(args.output, out)
             raise DumperError(f"writing {args.output or 'stdout'}: {err.strerror}") from err
+        except BaseException:
+            _discard(args.output, out)  # no half-written output left behind
+            raise
         finally:
-            if args.output:
+            if args.output and not out.closed:
                 out.close()
     return 0
+
+
+def _discard(path: str | None, out) -> None:
+    if path:
+        out.close()
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _check_range(ck, pid: int | None, addr: int, size: int) -> None:
+    """Refuse up front a range not wholly inside VMAs whose contents the
+    checkpoint can give, so nothing is written for a range that fails later.
+    O(number of VMAs crossed)."""
+    proc = ck.process(pid)
+    if not proc.vmas:
+        return  # a CRIU set without mm-PID.img: read() decides page by page
+    pos, end = addr, addr + size
+    while pos < end:
+        v = proc.vma_at(pos)
+        if v is None:
+            raise DumperError(f"{pos:#x} is outside any recorded VMA of pid {proc.pid} in {ck.path}")
+        if v.HasField("dumped") and not v.dumped:
+            raise DumperError(f"{pos:#x} is in [{v.start:#x}, {v.end:#x}), whose contents were not dumped: "
+                              f"{v.contents_skipped_reason or 'skipped'}")
+        pos = v.end
 
 
 def main(argv: Sequence[str] | None = None) -> int:
