@@ -15,6 +15,11 @@ import pytest
 
 TARGETS = Path(__file__).parent / "targets"
 
+# @pytest.mark.kernel(needs=...) skips, with the reason, where the running
+# kernel lacks a feature (the kernel matrix loads the same plugin).
+sys.path.insert(0, str(Path(__file__).parent / "kernels"))
+pytest_plugins = ["kernel_needs"]
+
 
 class Target:
     """A spawned layouts.py process; ``regions[name] = (addr, length)``."""

@@ -10,6 +10,8 @@ plugin (``-p kernel_needs``) in every guest and on the host.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -72,7 +74,5 @@ def pytest_collection_modifyitems(config, items):
             if need not in cache:
                 cache[need] = probe()
             if not cache[need]:
-                import os
-
                 item.add_marker(pytest.mark.skip(reason=f"needs {what}; {os.uname().release} has none"))
                 break

@@ -159,7 +159,8 @@ def run_host(py: str, files: list[str], extra: list[str], timeout: float) -> dic
         except subprocess.TimeoutExpired as err:
             entry["status"] = "timeout"
             entry["problems"].append(f"no result after {timeout:.0f} s")
-            entry["output"] = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else ""
+            partial = err.stdout or ""
+            entry["output"] = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
         entry["wall_s"] = round(time.monotonic() - t0, 1)
         collect(entry, out)
     return finish(entry)
@@ -184,7 +185,7 @@ def run_guest(image: str, py: str, files: list[str], extra: list[str], timeout: 
             entry["status"] = "timeout"
             entry["problems"].append(str(err))
         except guest.GuestError as err:
-            entry["status"] = "boot-failed" if isinstance(err, guest.BootFailed) else "crashed"
+            entry["status"] = {guest.BootFailed: "boot-failed", guest.GuestCrashed: "crashed"}.get(type(err), "error")
             entry["problems"].append(f"{type(err).__name__}: {err}")
         entry["wall_s"] = round(time.monotonic() - t0, 1)
         collect(entry, out)

@@ -32,10 +32,6 @@ SR, SD, INC, GS = ("tests/test_scan_real.py::", "tests/test_dump.py::", "tests/t
                    "tests/kernels/test_guest_scan.py::")
 
 
-def cats(c: dict) -> list[str]:
-    return c.get("pagemap_scan_categories", [])
-
-
 def auto_tracker(c: dict) -> str:
     """What ``--tracker auto`` picks (dumper.dump.pick_tracker's rule)."""
     if c["pagemap_scan"] and c["uffd_wp_async"]:

@@ -6,7 +6,6 @@ two boot a real kernel where qemu and one of the matrix kernels are here.
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import sys
@@ -138,3 +137,17 @@ def test_real_panic_before_the_command(tmp_path):
     image = real_kernel()
     with pytest.raises(guest.BootFailed, match="2 times"):
         guest.run_in_guest(image, ["true"], kernel_args="rdinit=/no-such-init", timeout=300)
+
+
+def test_matrix_without_a_runnable_qemu(tmp_path, monkeypatch, capsys):
+    image = tmp_path / "vmlinuz-6.1.0-fake"
+    image.write_bytes(b"")
+    monkeypatch.setenv("KGUEST_QEMU", str(tmp_path / "no-qemu"))
+    args = ["--kernel", str(image), "--no-host", "--summary", str(tmp_path / "summary.json")]
+    assert matrix.main(args) == 1
+    assert "no-qemu not found" in capsys.readouterr().err
+    # CI: skipped, loudly, and said again in the closing lines.
+    assert matrix.main(args + ["--skip-without-qemu"]) == 0
+    out = capsys.readouterr().out
+    assert "KERNEL MATRIX SKIPPED: qemu cannot run" in out and "were NOT tested" in out
+    assert "GUESTS SKIPPED" in out.splitlines()[-2]
