@@ -61,12 +61,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zstandard
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import BadMagic, CorruptImage, ImageError
 from . import format as fmt
-from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2
+from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2, vma_pb2
 from .reader import PagemapEntry, PagesReader, _zstd_frame_length, load_inventory, load_pagemap, read_image
 
 __all__ = [
@@ -96,25 +95,7 @@ _RAW_CHUNK = 16 << 20
 _VERIFY_BATCH = 4 << 20
 
 
-# --- pstree.img (CRIU images/pstree.proto; dumper has no .proto for it)
-
-
-def _pstree_class() -> type[Message]:
-    """``pstree_entry {pid=1, ppid=2, pgid=3, sid=4, repeated threads=5}``,
-    all uint32, built in a private descriptor pool so it can never clash
-    with a generated module of the same name."""
-    fdp = descriptor_pb2.FileDescriptorProto(name="dumper_checkpoint_pstree.proto", syntax="proto2")
-    msg = fdp.message_type.add(name="pstree_entry")
-    F = descriptor_pb2.FieldDescriptorProto
-    for name, number in (("pid", 1), ("ppid", 2), ("pgid", 3), ("sid", 4)):
-        msg.field.add(name=name, number=number, type=F.TYPE_UINT32, label=F.LABEL_REQUIRED)
-    msg.field.add(name="threads", number=5, type=F.TYPE_UINT32, label=F.LABEL_REPEATED)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(fdp)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("pstree_entry"))
-
-
-_pstree_entry: type[Message] | None = None
+# --- pstree.img (CRIU images/pstree.proto; ours is proto/pstree.proto)
 
 
 def read_pstree(path: str | os.PathLike) -> list[Message]:
@@ -123,9 +104,6 @@ def read_pstree(path: str | os.PathLike) -> list[Message]:
     Fields ``pid``, ``ppid``, ``pgid``, ``sid`` and ``threads``. BadMagic if
     the file is not a PSTREE image, CorruptImage if it is damaged.
     """
-    global _pstree_entry
-    if _pstree_entry is None:
-        _pstree_entry = _pstree_class()
     try:
         f = open(path, "rb")
     except OSError as err:
@@ -134,7 +112,7 @@ def read_pstree(path: str | os.PathLike) -> list[Message]:
         name = fmt.read_magic(f, path)
         if name != "PSTREE":
             raise BadMagic(path, 0, f"expected a PSTREE image, found {name}")
-        return [fmt.parse_entry(_pstree_entry, payload, path, off) for off, payload in fmt.iter_entries(f, path, 8)]
+        return [fmt.parse_entry(pstree_pb2.pstree_entry, payload, path, off) for off, payload in fmt.iter_entries(f, path, 8)]
 
 
 # --- parent chain
