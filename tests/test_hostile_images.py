@@ -719,3 +719,14 @@ def test_fuzz_harness_seeds():
     finally:
         for d in harness._scratch.values():
             shutil.rmtree(d.parent, ignore_errors=True)
+
+
+def test_a_fifo_in_a_checkpoint_never_blocks(sources, scratch):
+    # Regression: decode/show opened a FIFO and waited forever for a writer.
+    d, pid = _tiny(sources)
+    bad = _damaged_copy(d, scratch, fmt.mm_name(pid), b"")
+    (bad / fmt.mm_name(pid)).unlink()
+    os.mkfifo(bad / fmt.mm_name(pid))
+    for argv in (["show", str(bad)], ["decode", str(bad / fmt.mm_name(pid))], ["mems", str(bad)]):
+        rc, out, err = _cli(argv)
+        assert rc == 1 and "not a regular file" in err and err.count("\n") == 1, (argv, err)

@@ -16,9 +16,10 @@ import os
 import sys
 from typing import Sequence
 
-from ..errors import BadMagic
+from ..errors import BadMagic, ImageError
 from ..image import format as fmt
 from ..image import read_image
+from ..image.reader import open_image_file
 from ..image.pretty import message_to_dict
 
 _IMAGE_FIRST_WORDS = frozenset({fmt.INVENTORY_MAGIC, fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC})
@@ -35,9 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _first_word(path: str | os.PathLike) -> int | None:
     try:
-        with open(path, "rb") as f:
+        with open_image_file(path) as f:
             head = f.read(fmt.U32.size)
-    except OSError:
+    except (OSError, ImageError):
         return None
     return fmt.U32.unpack(head)[0] if len(head) == fmt.U32.size else None
 

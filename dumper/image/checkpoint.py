@@ -66,7 +66,15 @@ from google.protobuf.message import DecodeError, Message
 from ..errors import BadMagic, CorruptImage, ImageError
 from . import format as fmt
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2, vma_pb2
-from .reader import PagemapEntry, PagesReader, _zstd_frame_length, load_inventory, load_pagemap, read_image
+from .reader import (
+    PagemapEntry,
+    PagesReader,
+    _zstd_frame_length,
+    load_inventory,
+    load_pagemap,
+    open_image_file,
+    read_image,
+)
 
 __all__ = [
     "Checkpoint",
@@ -104,10 +112,7 @@ def read_pstree(path: str | os.PathLike) -> list[Message]:
     Fields ``pid``, ``ppid``, ``pgid``, ``sid`` and ``threads``. BadMagic if
     the file is not a PSTREE image, CorruptImage if it is damaged.
     """
-    try:
-        f = open(path, "rb")
-    except OSError as err:
-        raise ImageError(path, None, f"cannot open: {err.strerror}") from err
+    f = open_image_file(path)
     with f:
         name = fmt.read_magic(f, path)
         if name != "PSTREE":
@@ -244,10 +249,7 @@ _MM_ENTRY_OFFSET = 8
 
 def _load_mm(path: Path) -> mm_pb2.mm_entry:
     """``mm-PID.img``, tolerant of absent fields (only VMA start/end matter)."""
-    try:
-        f = open(path, "rb")
-    except OSError as err:
-        raise ImageError(path, None, f"cannot open: {err.strerror}") from err
+    f = open_image_file(path)
     with f:
         name = fmt.read_magic(f, path)
         if name != "MM":

@@ -19,6 +19,7 @@ naming the file and byte offset (BadMagic, UnsupportedVersion, CorruptImage).
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -79,11 +80,26 @@ def _file_size(f) -> int:
     return os.fstat(f.fileno()).st_size
 
 
-def _open(path):
+def open_image_file(path):
+    """Open an image file for reading: ImageError unless it is a regular file.
+
+    O_NONBLOCK keeps a FIFO planted in a checkpoint from blocking the open;
+    anything but a regular file (FIFO, device, directory) is refused.
+    """
     try:
-        return open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ImageError(path, None, f"cannot open: {err.strerror}") from err
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(path, None, "not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_open = open_image_file
 
 
 # --- generic images
