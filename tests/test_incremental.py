@@ -68,6 +68,24 @@ def stop(t) -> None:
 
 
 @pytest.mark.kernel(needs="guard")
+def mutate_and_stop(t, unmap: str):
+    """After a tracked dump: write known pages of "dense", map a new 8-page
+    VMA, unmap layout ``unmap``, move "alt", zap dense pages 10-11, read a
+    zero page; then stop the target. Returns (written pages, new VMA
+    address, alt's old and new address)."""
+    written = [3, 4, 5, 100, 255]
+    t.command("write dense " + " ".join(map(str, written)))
+    new = json.loads(t.command("mmap fresh 8")[0])["fresh"][0]  # a new VMA, 8 pages
+    t.command(f"munmap {unmap}")
+    moved_from = t.regions["alt"][0]
+    moved_to = json.loads(t.command("mremap alt")[0])["alt"][0]
+    t.command("dontneed dense 10")
+    t.command("dontneed dense 11")
+    t.command("read zero 3")
+    stop(t)
+    return written, new, moved_from, moved_to
+
+
 @needs_uffd
 def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
     t = spawn_target("dense,zero,alt,guard")
@@ -78,16 +96,7 @@ def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
     assert inv.HasField("uffd_fd") and len(inv.tracked_ranges) > 0
 
     dense, _ = t.regions["dense"]
-    written = [3, 4, 5, 100, 255]
-    t.command("write dense " + " ".join(map(str, written)))
-    new = json.loads(t.command("mmap fresh 8")[0])["fresh"][0]   # a new VMA, 8 pages
-    t.command("munmap guard")
-    moved_from = t.regions["alt"][0]
-    moved_to = json.loads(t.command("mremap alt")[0])["alt"][0]
-    t.command("dontneed dense 10")
-    t.command("dontneed dense 11")
-    t.command("read zero 3")
-    stop(t)
+    written, new, moved_from, moved_to = mutate_and_stop(t, unmap="guard")
 
     inc = tmp_path / "1"
     r1 = dump(t.pid, inc, parent=full0, thaw="leave-stopped")
@@ -265,16 +274,7 @@ def test_soft_dirty_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
     assert inv.tracker == "soft-dirty" and not inv.HasField("uffd_fd")
 
     dense, _ = t.regions["dense"]
-    written = [3, 4, 5, 100, 255]
-    t.command("write dense " + " ".join(map(str, written)))
-    new = json.loads(t.command("mmap fresh 8")[0])["fresh"][0]
-    t.command("munmap file")
-    moved_from = t.regions["alt"][0]
-    moved_to = json.loads(t.command("mremap alt")[0])["alt"][0]
-    t.command("dontneed dense 10")
-    t.command("dontneed dense 11")
-    t.command("read zero 3")
-    stop(t)
+    written, new, moved_from, moved_to = mutate_and_stop(t, unmap="file")
 
     inc = tmp_path / "1"
     r1 = dump(t.pid, inc, parent=full0, tracker="soft-dirty", thaw="leave-stopped")
