@@ -730,3 +730,19 @@ def test_a_fifo_in_a_checkpoint_never_blocks(sources, scratch):
     for argv in (["show", str(bad)], ["decode", str(bad / fmt.mm_name(pid))], ["mems", str(bad)]):
         rc, out, err = _cli(argv)
         assert rc == 1 and "not a regular file" in err and err.count("\n") == 1, (argv, err)
+
+
+@pytest.mark.parametrize("edit", ["page_size", "extra_pid"])
+def test_inventory_errors_name_an_offset_in_show(sources, scratch, edit):
+    # Regressions found by the fuzzer once show read through open_checkpoint.
+    from dumper.image import load_inventory
+
+    d, pid = _tiny(sources)
+    inv = load_inventory(d / fmt.INVENTORY_NAME)
+    if edit == "page_size":
+        inv.page_size = 4097
+    else:
+        inv.pids.append(64)
+    bad = _damaged_copy(d, scratch, fmt.INVENTORY_NAME, fmt.encode_image("INVENTORY", [inv]))
+    rc, out, err = _cli(["show", str(bad)])
+    assert rc == 1 and err.count("\n") == 1 and "inventory.img at offset 4" in err, err

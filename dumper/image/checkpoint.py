@@ -242,9 +242,11 @@ class CheckpointProcess:
         return None
 
 
-# The one mm_entry of mm-PID.img follows the two magics: errors in the VMAs
-# it holds are reported at that entry.
-_MM_ENTRY_OFFSET = 8
+# Where the first entry of an image starts, for errors about what it says:
+# after the two magics of most images, after the one magic of inventory.img.
+_FIRST_ENTRY_OFFSET = 8
+_MM_ENTRY_OFFSET = _FIRST_ENTRY_OFFSET
+_INVENTORY_ENTRY_OFFSET = 4
 
 
 def _load_mm(path: Path) -> mm_pb2.mm_entry:
@@ -334,17 +336,21 @@ class Checkpoint:
         self.is_criu = not inv.HasField("dumper_format_version")
         inv_ps = inv.page_size if inv.HasField("page_size") else None
         if inv_ps is not None:
-            fmt.check_page_size(inv_ps, self.path / fmt.INVENTORY_NAME)
+            fmt.check_page_size(inv_ps, self.path / fmt.INVENTORY_NAME, _INVENTORY_ENTRY_OFFSET)
 
         tree: dict[int, Message] = {}
         if len(inv.pids):
             pids = list(dict.fromkeys(inv.pids))
             root = inv.root_pid if inv.HasField("root_pid") else pids[0]
+            for pid in pids:  # the inventory names them: a missing one is its error
+                if not (self.path / fmt.pagemap_name(pid)).exists():
+                    raise CorruptImage(self.path / fmt.INVENTORY_NAME, _INVENTORY_ENTRY_OFFSET,
+                                       f"pid {pid} has no {fmt.pagemap_name(pid)}")
         elif (self.path / PSTREE_NAME).exists():
             for e in read_pstree(self.path / PSTREE_NAME):
                 tree.setdefault(e.pid, e)
             if not tree:
-                raise CorruptImage(self.path / PSTREE_NAME, None, "no processes")
+                raise CorruptImage(self.path / PSTREE_NAME, _FIRST_ENTRY_OFFSET, "no processes")
             # Processes without memory (zombies) have no pagemap in CRIU's images.
             pids = [p for p in tree if (self.path / fmt.pagemap_name(p)).exists()]
             root = next(iter(tree))
@@ -354,8 +360,8 @@ class Checkpoint:
         if not pids:
             raise ImageError(self.path, None, "no process images (no pagemap-PID.img)")
         if root not in pids:
-            # inventory.img has one magic, then its one entry at byte 4
-            raise CorruptImage(self.path / fmt.INVENTORY_NAME, 4, f"root pid {root} has no pagemap")
+            raise CorruptImage(self.path / fmt.INVENTORY_NAME, _INVENTORY_ENTRY_OFFSET,
+                               f"root pid {root} has no pagemap")
         pids.remove(root)
         self.pids: tuple[int, ...] = (root, *pids)
         self.root_pid = root
@@ -379,7 +385,7 @@ class Checkpoint:
         head, entries = load_pagemap(pm_path, page_size=inv_ps)
         ps = head.page_size if head.HasField("page_size") else (inv_ps or os.sysconf("SC_PAGE_SIZE"))
         if inv_ps is not None and ps != inv_ps:
-            raise CorruptImage(pm_path, None, f"page size {ps}, the inventory says {inv_ps}")
+            raise CorruptImage(pm_path, _FIRST_ENTRY_OFFSET, f"page size {ps}, the inventory says {inv_ps}")
         mm = _load_mm(mm_path) if mm_path.exists() else None
         vmas, guards = _check_vmas(mm, mm_path, ps) if mm is not None else ([], [])
         compressed = head.compression == fmt.COMPRESSION_ZSTD  # load_pagemap refused unknown codecs
@@ -387,7 +393,7 @@ class Checkpoint:
         pages = PagesReader(self.path / name, compressed=compressed, page_size=ps)
         try:
             if pages.page_size != ps:
-                raise CorruptImage(pages.path, None, f"page size {pages.page_size}, the pagemap's is {ps}")
+                raise CorruptImage(pages.path, _FIRST_ENTRY_OFFSET, f"page size {pages.page_size}, the pagemap's is {ps}")
             present = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
             if present != pages.nr_pages:
                 raise CorruptImage(
@@ -417,7 +423,7 @@ class Checkpoint:
             else:
                 name, msgs = read_image(spath)
                 if name != "STATS" or len(msgs) != 1:
-                    raise CorruptImage(spath, None, f"expected one STATS entry, found {name} x{len(msgs)}")
+                    raise CorruptImage(spath, _FIRST_ENTRY_OFFSET, f"expected one STATS entry, found {name} x{len(msgs)}")
                 self._stats = msgs[0].dump if msgs[0].HasField("dump") else None
         return self._stats
 
