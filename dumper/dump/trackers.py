@@ -104,9 +104,15 @@ class Tracker:
         """The interval set whose changes the tracker knows since the parent."""
         return iv.EMPTY
 
-    def reset(self, tracer, pid: int, dest: str) -> list[str]:
-        """Start the next interval; returns notes for the user."""
+    def reset(self, tracer, pid: int, dest: str, *, record: bool = True) -> list[str]:
+        """Start the next interval; ``record`` it as this checkpoint's (the
+        state file a later ``--parent`` checks). Returns notes for the user."""
         return []
+
+    def disarm(self, tracer, pid: int) -> None:
+        """Remove what this session armed in the target (nothing for most kinds)."""
+
+    preexisting = False  # tracking was armed before this session (an earlier dump's)
 
     def inventory(self, inv) -> None:
         """Record what was armed in the checkpoint's inventory."""
@@ -134,26 +140,36 @@ class SoftDirtyTracker(Tracker):
     name = "soft-dirty"
     changed = Category.SOFT_DIRTY
 
+    def __init__(self, pid: int, start_time: int) -> None:
+        super().__init__(pid, start_time)
+        self._reset_done = False
+        self._tracked = iv.EMPTY
+
     @property
     def returned(self) -> Category:
         return Category.SOFT_DIRTY
 
     def prepare(self, tracer, pid, vmas, want, parent_inv) -> None:
-        self._all = iv.merge(*iv.from_pairs(want))
+        self.preexisting = self.state is not None and not self._reset_done
+        # New VMAs are born VM_SOFTDIRTY (entirely dirty): every VMA is tracked.
+        has_base = self._reset_done or parent_inv is not None
+        self._tracked = iv.merge(*iv.from_pairs(want)) if has_base else iv.EMPTY
 
     def tracked(self):
-        return self._all  # new VMAs are born VM_SOFTDIRTY: entirely dirty
+        return self._tracked
 
-    def reset(self, tracer, pid, dest) -> list[str]:
-        self._save_state(dest, None)
+    def reset(self, tracer, pid, dest, *, record: bool = True) -> list[str]:
+        if record:
+            self._save_state(dest, None)
         try:
             with open(f"/proc/{pid}/clear_refs", "w") as f:
                 f.write("4")
-        except OSError as err:
+        except OSError:
             from ..proc.process import Process
 
             with Process(pid).translate("clear_refs"):
                 raise
+        self._reset_done = True
         return []
 
 
@@ -165,6 +181,7 @@ class UffdWpTracker(Tracker):
         super().__init__(pid, start_time)
         self.uffd = None  # dumper.track.uffd.UffdTracking once armed
         self._tracked = iv.EMPTY
+        self._reset_ranges: list[tuple[int, int]] = []
 
     @property
     def returned(self) -> Category:
@@ -179,13 +196,18 @@ class UffdWpTracker(Tracker):
     def prepare(self, tracer, pid, vmas, want, parent_inv) -> None:
         from ..track import uffd
 
-        current = [(v.start, v.end) for v in vmas if "uw" in v.vmflags and (v.start, v.end) in set(want)]
-        fd = None
-        if parent_inv is not None and uffd.find_uffd(pid, parent_inv.uffd_fd):
-            fd = parent_inv.uffd_fd
-            self._tracked = iv.merge(*iv.from_pairs(sorted((r.start, r.end) for r in parent_inv.tracked_ranges)))
+        wanted = set(want)
+        current = [(v.start, v.end) for v in vmas if "uw" in v.vmflags and (v.start, v.end) in wanted]
+        base = None  # ranges write-protected at the reset the dump builds on
+        if self.uffd is not None:  # armed by an earlier round of this session (--pre-copy)
+            fd, base = self.uffd.fd, self._reset_ranges
+        elif parent_inv is not None and uffd.find_uffd(pid, parent_inv.uffd_fd):
+            fd, base = parent_inv.uffd_fd, sorted((r.start, r.end) for r in parent_inv.tracked_ranges)
         elif self.state is not None and self.state.uffd_fd is not None and uffd.find_uffd(pid, self.state.uffd_fd):
             fd = self.state.uffd_fd  # ours, armed by an earlier dump
+        else:
+            fd = None
+        self.preexisting = fd is not None and self.uffd is None
         if fd is None and current:
             raise DumpError(f"pid {pid} already has memory registered with a userfaultfd that dumper "
                             "did not arm (its own?): uffd-wp tracking cannot share it")
@@ -194,20 +216,29 @@ class UffdWpTracker(Tracker):
         else:
             known = set(current)
             self.uffd = tracer.call(_register, pid, fd, current, [r for r in want if r not in known])
-        if parent_inv is None:
-            self._tracked = iv.EMPTY
+        # Known since the base: what was protected then and is still registered now.
+        self._tracked = (iv.intersect(iv.merge(*iv.from_pairs(base)), iv.merge(*iv.from_pairs(current)))
+                         if base else iv.EMPTY)
 
     def tracked(self):
         return self._tracked
 
-    def reset(self, tracer, pid, dest) -> list[str]:
+    def reset(self, tracer, pid, dest, *, record: bool = True) -> list[str]:
         from ..track import uffd
 
-        self._save_state(dest, self.uffd.fd)
+        if record:
+            self._save_state(dest, self.uffd.fd)
         uffd.reset(pid, self.uffd.ranges)
+        self._reset_ranges = list(self.uffd.ranges)
         if not self.uffd.ranges:
             return ["uffd-wp tracking could not register any mapping: the next dump will be full"]
         return []
+
+    def disarm(self, tracer, pid) -> None:
+        """Remove what this session armed (unregister, close the userfaultfd)."""
+        if self.uffd is not None:
+            tracer.call(_disarm, pid, self.uffd)
+            self.uffd = None
 
     def inventory(self, inv) -> None:
         super().inventory(inv)
@@ -224,6 +255,12 @@ def _arm(ctx, pid: int, want):
     from ..track import uffd
 
     return uffd.arm(ctx.freezer(pid), want, protect=False)
+
+
+def _disarm(ctx, pid: int, state):
+    from ..track import uffd
+
+    uffd.disarm(ctx.freezer(pid), state)
 
 
 def _register(ctx, pid: int, fd: int, current, new):
