@@ -7,22 +7,44 @@ magic.h, criu/image.c, criu/protobuf.c, lib/pycriu/images/images.py)::
     MAGIC        ::= INVENTORY_MAGIC                     (inventory.img only)
                    | IMG_COMMON_MAGIC  u32 TYPE_MAGIC    (mm-*, pagemap-*, ...)
                    | IMG_SERVICE_MAGIC u32 TYPE_MAGIC    (stats-dump)
-    ENTRY        ::= u32 SIZE, PAYLOAD                   (SIZE bytes of protobuf)
+    ENTRY        ::= u32 SIZE, PAYLOAD [EXTRA]            (SIZE bytes of protobuf)
+    EXTRA        ::= raw bytes whose length the PAYLOAD gives (a few types)
 
 Every u32 is little-endian and unsigned (CRIU writes host order, which is
 little-endian on x86_64/arm64). End of file exactly at an entry boundary
 ends the list; a partial size or payload is an error. Entries larger than
-:data:`MAX_ENTRY_SIZE` are refused before anything is allocated.
+:data:`MAX_ENTRY_SIZE` are refused before anything is allocated, and an
+EXTRA must fit in the file before it is skipped or read.
 
-Files, for pid ``P`` and pages id ``N`` (criu/image-desc.c)::
+Files, for pid ``P``, thread ``T``, pages id ``N`` and object ids ``ID``
+(criu/image-desc.c; each type's messages in :data:`ENTRY_TYPES`)::
 
     inventory.img        one inventory_entry
+    pstree.img           one pstree_entry per process, root first
+    core-T.img           one core_entry per thread (the leader's with tc, ids)
+    ids-P.img, fs-P.img  one task_kobj_ids_entry, one fs_entry
     mm-P.img             one mm_entry (its VMAs in field 14)
     pagemap-P.img        one pagemap_head, then pagemap_entry ascending by vaddr
+    pagemap-shmem-ID.img the same, for a shared memory object (shmid)
     pages-N.img          raw: the PE_PRESENT pages, in entry order, no header
     pages-N.zst.img      dumper only: the same page stream, zstd-compressed
+    fdinfo-ID.img        fdinfo_entry per descriptor of file table ID
+    files.img            file_entry per open file description
+    remap-fpath.img      remap_file_path_entry per file deleted while open...
+    ghost-file-ID.img    ghost_file_entry, then the contents (EXTRA) or
+                         ghost_chunk_entry + EXTRA per data extent (ID in hex)
+    pipes-data.img       pipe_data_entry + EXTRA (the buffered bytes) per pipe
+    fifo-data.img        the same, for FIFOs
+    tty-info.img         tty_info_entry per terminal
+    memfd.img            memfd_inode_entry per memfd inode
+    seccomp.img          one seccomp_entry; timens-ID.img one timens_entry
+    ipcns-shm-ID.img     ipc_shm_entry per SysV segment (+ EXTRA in old images)
     stats-dump           one stats_entry (service magic)
     parent               symlink to the parent checkpoint (incremental dumps)
+
+:func:`iter_image` reads any of them as :class:`ImageEntry` items (message,
+offset, and where its EXTRA is); :func:`read_extra`/:func:`iter_extra`
+fetch an EXTRA's bytes.
 
 Compressed pages file (``pages-N.zst.img``, no CRIU counterpart; CRIU opens
 ``pages-N.img`` by name and so never mistakes it for raw pages)::
