@@ -50,6 +50,9 @@ from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
 from .select import VmaPlan, classify, drop_uffd_markers, dump_masks
 from .spool import Spool
+from ..proc.task import TaskState, collect_task
+from . import core as criu_core
+from .core import KobjIds, NamespaceIds
 from .tracer import FrozenProcess, LocalTracer
 from .trackers import Tracker, make_tracker, pick_tracker
 
@@ -170,6 +173,9 @@ class ProcessDump:
     regions: tuple = (iv.EMPTY[0], iv.EMPTY[1], np.empty(0, _U64))  # scanned runs and categories
     extents: Extents | None = None
     mm: mm_pb2.mm_entry | None = None
+    task: TaskState | None = None
+    ns_ids: dict = field(default_factory=dict)
+    kobj_ids: dict = field(default_factory=dict)
     copier: PageCopier | None = None
     pages_id: int = 0
 
@@ -189,6 +195,9 @@ class DumpSession:
         self.backend_name = ""
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
+        self.ns_ids = NamespaceIds()
+        self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
+        self.kobj_ids = KobjIds()
 
     # -- phases ----------------------------------------------------------------
 
@@ -274,9 +283,15 @@ class DumpSession:
                 self._set_vmas(p, p.proc.vmas())
 
     def collect(self) -> None:
-        """Process state that must be read while it exists and holds still."""
+        """Process state that must be read while it exists and holds still:
+        registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
         for p in self.processes:
             p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv())
+            fp = p.frozen
+            p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
+                                      stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            p.ns_ids = self.ns_ids.of(p.pid)
+            p.kobj_ids = self.kobj_ids.of(p.pid)
 
     def arm(self) -> None:
         for p in self.processes:
@@ -357,6 +372,7 @@ class DumpSession:
             pw.close()
             pages_stats.append(pw.stats)
             w.write_mm(p.pid, self._mm_entry(p, skipped))
+        self._write_task_images()
         st = pages_stats[0]
         reader = self.processes[0].copier
         stats = stats_pb2.dump_stats_entry(
@@ -391,6 +407,7 @@ class DumpSession:
             task_start_time=root.start_time,
         )
         root.tracker.inventory(inv)
+        criu_core.fill_inventory(inv, criu_core.ids_entry({k: 1 for k in KobjIds.KINDS}, self.root_ns))
         parent_link = None
         if root.parent is not None:
             parent_link = os.path.relpath(os.path.abspath(root.parent.path), os.path.abspath(self.dest))
@@ -416,6 +433,22 @@ class DumpSession:
         )
 
     # -- helpers ---------------------------------------------------------------
+
+    def _write_task_images(self) -> None:
+        """core-TID, ids-PID, pstree, seccomp and timens images (criu/cr-dump.c)."""
+        w = self.writer
+        seccomp = criu_core.seccomp_entry([p.task for p in self.processes])  # sets each thread's filter index
+        tree = []
+        for p in self.processes:
+            fp = p.frozen
+            for i, t in enumerate(p.task.threads):
+                w.write_image(fmt.core_name(t.tid), "CORE", [criu_core.core_entry(p.task, t, leader=i == 0)])
+            w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
+            ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
+            tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
+        w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
+        w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
+        w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
     def _pages_scanned(self) -> int:
         return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode != "skip")
