@@ -133,7 +133,7 @@ def test_replaced_or_deleted_mapped_file(stopped, tmp_path):
         assert ei.value.path == str(path)
     path.unlink()
     with open_checkpoint(d) as ck:
-        with pytest.raises(ImageError, match="cannot open the file mapped") as ei:
+        with pytest.raises(ImageError, match="is gone") as ei:
             ck.read(t.pid, untouched, 10)
         assert ei.value.path == str(path)
 
@@ -284,23 +284,32 @@ def test_parent_chain_loops_and_escapes(tmp_path):
     root.mkdir()
     write_ckpt(root / "a", [(0, 1, _fill(1, 1))], parent="../b")
     write_ckpt(root / "b", [(0, 1, _fill(1, 1))], parent="../a")
-    with pytest.raises(ImageError, match="loops") as ei:
-        open_checkpoint(root / "a")
-    assert ei.value.path == str(root / "b" / "parent")
+    # One rule for broken chains: the checkpoint opens, its own pages read,
+    # and what needs the parent fails naming the broken link.
+    with open_checkpoint(root / "a") as ck:
+        assert ck.read(100, VBASE, P) == _fill(1, 1)
+        with pytest.raises(ImageError, match="loops") as ei:
+            ck.parent.parent
+        assert ei.value.path == str(root / "b" / "parent")
     write_ckpt(root / "self", [(0, 1, _fill(1, 1))], parent=".")
-    with pytest.raises(ImageError, match="loops") as ei:
-        open_checkpoint(root / "self")
-    assert ei.value.path == str(root / "self" / "parent")
+    with open_checkpoint(root / "self") as ck:
+        with pytest.raises(ImageError, match="loops") as ei:
+            ck.parent
+        assert ei.value.path == str(root / "self" / "parent")
+        assert ck.chain_status()[-1]["ok"] is False
 
     outside = tmp_path / "elsewhere"
     write_ckpt(outside, [(0, 1, _fill(1, 1))])
     write_ckpt(root / "out", [(0, 1, "parent")], parent=str(outside))
-    with pytest.raises(ImageError, match="outside") as ei:
-        open_checkpoint(root / "out")
-    assert ei.value.path == str(root / "out" / "parent")
+    with open_checkpoint(root / "out") as ck:
+        with pytest.raises(ImageError, match="outside") as ei:
+            ck.parent
+        assert ei.value.path == str(root / "out" / "parent")
+        with pytest.raises(ImageError, match=r"in the parent checkpoint, which cannot be used: .*outside") as ei:
+            ck.read(100, VBASE, P)
     write_ckpt(root / "up", [(0, 1, "parent")], parent="..")
-    with pytest.raises(ImageError, match="outside"):
-        open_checkpoint(root / "up")
+    with open_checkpoint(root / "up") as ck, pytest.raises(ImageError, match="outside"):
+        ck.read(100, VBASE, P)
     # a chain that leaves the directory further up is refused too
     write_ckpt(root / "mid", [(0, 1, "parent")], parent="../out")
     with pytest.raises(ImageError, match="outside") as ei:
@@ -308,14 +317,14 @@ def test_parent_chain_loops_and_escapes(tmp_path):
     assert ei.value.path == str(root / "out" / "parent")
 
     write_ckpt(root / "dangling", [(0, 1, "parent")], parent="../nothing")
-    with pytest.raises(ImageError, match="does not resolve") as ei:
-        open_checkpoint(root / "dangling")
+    with open_checkpoint(root / "dangling") as ck, pytest.raises(ImageError, match="does not resolve") as ei:
+        ck.parent
     assert ei.value.path == str(root / "dangling" / "parent")
     os.symlink("link2", root / "link1")
     os.symlink("link1", root / "link2")
     write_ckpt(root / "symloop", [(0, 1, "parent")], parent="../link1")
-    with pytest.raises(ImageError, match="does not resolve"):
-        open_checkpoint(root / "symloop")
+    with open_checkpoint(root / "symloop") as ck, pytest.raises(ImageError, match="does not resolve"):
+        ck.read(100, VBASE, P)
 
 
 # --- CRIU image directories (raw pages, no dumper fields)

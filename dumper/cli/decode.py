@@ -19,7 +19,7 @@ from typing import Sequence
 from ..errors import BadMagic, ImageError
 from ..image import format as fmt
 from ..image import read_image
-from ..image.reader import open_image_file
+from ..image.reader import iter_image, open_image_file
 from ..image.pretty import message_to_dict
 
 _IMAGE_FIRST_WORDS = frozenset({fmt.INVENTORY_MAGIC, fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC})
@@ -63,10 +63,36 @@ def decode(path: str | os.PathLike, *, pretty: bool = False) -> dict:
     return {"magic": name, "entries": [message_to_dict(m, pretty=pretty) for m in msgs]}
 
 
+# Entries held back before output starts: an image this small prints all
+# or (on an error) nothing; a larger one streams.
+_HOLD = 10_000
+
+
 def run(args: argparse.Namespace) -> int:
-    img = decode(args.file, pretty=args.pretty)
-    json.dump(img, sys.stdout, indent=4 if args.pretty else None)
-    sys.stdout.write("\n")
+    # Streamed: one entry decoded at a time (a pagemap may hold millions);
+    # the output is exactly what json.dump of decode() prints.
+    try:
+        with iter_image(args.file) as (name, entries):
+            if args.pretty:
+                parts = ['{\n    "magic": ' + json.dumps(name) + ',\n    "entries": [']
+                sep, first, close = ",\n        ", "\n        ", "\n    ]\n}\n"
+            else:
+                parts = ['{"magic": ' + json.dumps(name) + ', "entries": [']
+                sep, first, close = ", ", "", "]}\n"
+            n = 0
+            for _, msg in entries:
+                d = message_to_dict(msg, pretty=args.pretty)
+                text = json.dumps(d, indent=4).replace("\n", "\n        ") if args.pretty else json.dumps(d)
+                parts.append((sep if n else first) + text)
+                n += 1
+                if len(parts) > _HOLD:
+                    sys.stdout.write("".join(parts))
+                    parts.clear()
+            parts.append(close if n else ("]\n}\n" if args.pretty else "]}\n"))
+            sys.stdout.write("".join(parts))
+    except BadMagic:
+        decode(args.file)  # the error decode() gives (raw page data...)
+        raise
     return 0
 
 
