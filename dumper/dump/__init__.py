@@ -35,6 +35,8 @@ from .. import __version__
 from ..errors import DumpError, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
+from ..image.checkpoint import new_checkpoint_id
+from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..kernel.libc import PAGE_SIZE
 from ..proc.freeze import THAW_MODES, Freezer, raise_on_termination
@@ -245,6 +247,7 @@ def dump(
         freezing_ns = time.monotonic_ns() - t0
 
         plans = [classify(v) for v in proc.vmas()]
+        file_ids = mapped_file_identities(pid, [p.vma for p in plans])  # reader: was the file written since?
 
         # Is the parent's tracking still in place?
         tracked_ranges: list[tuple[int, int]] = []
@@ -304,11 +307,13 @@ def dump(
                                             f"it cannot report {changed.name}")
                 returned |= changed
             masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
+            masks = with_guards(masks, be.supported)  # MADV_GUARD_INSTALL ranges, recorded as CRIU does
             scanned = [p.vma for p in plans if p.mode == "pages"]
             if scanned:
                 regions = scan_range(be, scanned[0].start, scanned[-1].end, masks).array
             else:
                 regions = np.empty(0, REGION_DTYPE)
+            regions, guard_vmas = split_guards(regions)
         scan_ns = time.monotonic_ns() - t0
 
         work: list[tuple[VmaPlan, list[tuple[int, int, str]]]] = []
@@ -379,6 +384,8 @@ def dump(
                 plan.vma, status=plan.status, dumped=plan.mode != "skip",
                 contents_skipped_reason=plan.reason or None, nr_pages_dumped=dumped[i],
                 nr_pages_parent=parent_pages[i] or None))
+        apply_file_identities(mm.vmas, file_ids)
+        mm.vmas.extend(guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         writer.write_mm(pid, mm)
         st = pw.stats
         stats = stats_pb2.dump_stats_entry(
@@ -411,6 +418,7 @@ def dump(
             pids=[pid],
             pre_dump=pre_dump,
             task_start_time=start_time,
+            checkpoint_id=new_checkpoint_id(),
         )
         if tracking_id:
             inv.tracking_id = tracking_id
@@ -422,6 +430,8 @@ def dump(
             parent_link = _relative_link(pinfo.path, os.fspath(dest))
             writer.link_parent(parent_link)
             inv.parent_path = parent_link
+            if pinfo.inventory.checkpoint_id:
+                inv.parent_checkpoint_id = pinfo.inventory.checkpoint_id
         inv.compression = fmt.COMPRESSION_ZSTD if compress else fmt.COMPRESSION_NONE
         if compress:
             inv.compression_level = level

@@ -76,7 +76,7 @@ import numpy as np
 import zstandard
 from google.protobuf.message import DecodeError, Message
 
-from ..errors import BadMagic, CorruptImage, ImageError
+from ..errors import BadMagic, CorruptImage, DumpError, ImageError
 from . import format as fmt
 from .criu_files import CriuFile, load_criu_files
 from .mapped import FileIdentity, ImageDir, MappedFileError, open_mapped_file, printable_path, recorded_identity
@@ -99,6 +99,8 @@ __all__ = [
     "resolve_parent_chain",
     "read_pstree",
     "new_checkpoint_id",
+    "children_of",
+    "check_not_a_parent",
     "PSTREE_NAME",
     "MAX_PARENT_CHAIN",
 ]
@@ -192,6 +194,36 @@ def resolve_parent_chain(path: str | os.PathLike) -> list[Path]:
         chain.append(target)
         cur = target
     return chain
+
+
+def children_of(path: str | os.PathLike) -> list[str]:
+    """The checkpoints next to ``path`` (in the directory holding it, where
+    readers follow ``parent`` links) whose ``parent`` resolves to ``path``.
+    Sorted; reads directory entries and links only."""
+    real = os.path.realpath(path)
+    holder = os.path.dirname(real)
+    try:
+        names = os.listdir(holder)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        link = os.path.join(holder, name, fmt.PARENT_LINK)
+        if os.path.lexists(link) and os.path.realpath(link) == real:
+            out.append(os.path.join(holder, name))
+    return sorted(out)
+
+
+def check_not_a_parent(path: str | os.PathLike) -> None:
+    """Refuse to replace checkpoint ``path`` while another checkpoint is
+    taken over it: the child's PE_PARENT pages would read the replacement's
+    bytes (readers catch it by checkpoint id, but the child would be lost).
+    Raises DumpError naming the child."""
+    kids = children_of(path)
+    if kids:
+        more = f" (and {len(kids) - 1} more)" if len(kids) > 1 else ""
+        raise DumpError(f"refusing to replace {path}: it is the parent of {kids[0]}{more}; "
+                        "flatten or remove the child first")
 
 
 # --- one process
