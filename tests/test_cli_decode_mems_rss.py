@@ -331,7 +331,7 @@ def test_mems_criu_image(capsys, criu_dir):
         "\t7fff00000000-7fff00004000           r--        0 [vvar]",
         "\t7fff00004000-7fff00006000           r-x        2 [vdso]",
         "\tffffffffff600000-ffffffffff601000   --x        0 [vsyscall] *",
-        "\t7f000000f000-7f0000010000           ---        0 [guard] *",
+        "\t7f000000f000-7f0000010000           ---    guard [guard] *",
         "101",
         "\t00500000-00510000                   rw-        2",
     ]
@@ -382,6 +382,7 @@ def test_rss_criu_image(capsys, criu_dir):
 def test_rss_entry_outside_vmas(capsys, criu_dir):
     pm = [pagemap_pb2.pagemap_head(pages_id=2), pagemap_pb2.pagemap_entry(vaddr=0x900000, compat_nr_pages=1)]
     (criu_dir / "pagemap-101.img").write_bytes(fmt.encode_image("PAGEMAP", pm))
+    (criu_dir / "pages-2.img").write_bytes(_page(101, 0))  # one PE_PRESENT page, as the pagemap says
     rc, out, _ = _run(capsys, "rss", str(criu_dir))
     assert out.splitlines()[-1] == "\t900000 / 1              PRESENT      (outside every VMA)"
 
@@ -404,7 +405,7 @@ def test_overlapping_vmas_are_corrupt(capsys, criu_dir, cmd):
     (criu_dir / "mm-101.img").write_bytes(fmt.encode_image("MM", [_mm(vmas)]))
     rc, out, err = _run(capsys, cmd, str(criu_dir))
     assert (rc, out) == (1, "")
-    assert err == f"dumper: error: {criu_dir / 'mm-101.img'} at offset 8: vma 1: 0x508000-0x520000 overlaps or " \
+    assert err == f"dumper: error: {criu_dir / 'mm-101.img'} at offset 8: VMA 1 at 0x508000 overlaps or " \
                   "precedes the previous VMA\n"
 
 

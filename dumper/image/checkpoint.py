@@ -161,7 +161,8 @@ def _parent_target(cur: Path, root: Path, seen: set[Path], depth: int) -> Path |
     try:
         target = Path(os.path.realpath(link, strict=True))
     except OSError as err:
-        raise ImageError(link, None, f"parent link does not resolve: {err.strerror}") from err
+        raise ImageError(link, None, f"parent link does not resolve ({os.path.realpath(link)}): "
+                         f"{err.strerror}") from err
     if not target.is_dir():
         raise ImageError(link, None, f"parent {target} is not a directory")
     if target == root or root not in target.parents:
