@@ -875,3 +875,25 @@ def test_three_million_pagemap_entries_in_bounded_memory(tmp_path):
     count, grown = map(int, r.stdout.split())
     assert count == n
     assert grown <= 64 * n, f"{grown / n:.1f} bytes per pagemap entry"
+
+
+# --- issue 15 item 12: one answer across commands for a set without mm-PID.img
+
+
+def test_set_without_mm_one_answer(sources, tmp_path):
+    d = tmp_path / "nomm"
+    shutil.copytree(sources["tiny-zst"], d)
+    (mm,) = d.glob("mm-*.img")
+    mm.unlink()
+    outs = {}
+    for argv in (["show", str(d)], ["mems", str(d)], ["rss", str(d)], ["verify", str(d)],
+                 ["flatten", str(d), str(tmp_path / "flat")], ["export", str(d), str(tmp_path / "exp")]):
+        rc, out, err = _cli(argv)
+        assert rc == 0 and "Traceback" not in err, (argv, err)
+        outs[argv[0]] = out
+    assert "no mm image" in outs["show"] and "no mm image" in outs["mems"]
+    from dumper.image.checkpoint import open_checkpoint
+
+    with open_checkpoint(d) as a, open_checkpoint(tmp_path / "flat") as b:
+        e = a.process().entries[0]
+        assert b.read(None, e.vaddr, 4096) == a.read(None, e.vaddr, 4096)

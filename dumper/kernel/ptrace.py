@@ -192,3 +192,39 @@ def setregs(tid: int, regs: ctypes.Structure) -> None:
 def stop_event(status: int) -> int:
     """The PTRACE_EVENT_* of a waitpid ``status`` (0 if it is not an event stop)."""
     return (status >> 16) & 0xFF
+
+
+# --- rseq (include/uapi/linux/ptrace.h, Linux 5.13; include/uapi/linux/rseq.h)
+
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # 5.13
+
+
+class ptrace_rseq_configuration(ctypes.Structure):
+    """``struct ptrace_rseq_configuration`` (24 bytes)."""
+
+    _fields_ = [
+        ("rseq_abi_pointer", ctypes.c_uint64),
+        ("rseq_abi_size", ctypes.c_uint32),
+        ("signature", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+assert ctypes.sizeof(ptrace_rseq_configuration) == 24
+
+# Fields of ``struct rseq`` the kernel writes on its own (when the thread
+# migrates or is scheduled): (offset, size) in bytes. include/uapi/linux/rseq.h:
+# cpu_id_start @0, cpu_id @4, (rseq_cs @8, flags @16: the thread's), node_id
+# @20 (6.3), mm_cid @24 (6.3).
+RSEQ_KERNEL_FIELDS = ((0, 4), (4, 4), (20, 4), (24, 4))
+
+
+def get_rseq_configuration(tid: int) -> ptrace_rseq_configuration:
+    """PTRACE_GET_RSEQ_CONFIGURATION of a stopped tracee (Linux >= 5.13):
+    where its ``struct rseq`` is (``rseq_abi_pointer`` 0: none registered).
+    Raises ``OSError``: EIO before 5.13, ESRCH if not our stopped tracee."""
+    conf = ptrace_rseq_configuration()
+    _ptrace(PTRACE_GET_RSEQ_CONFIGURATION, "PTRACE_GET_RSEQ_CONFIGURATION", tid,
+            ctypes.sizeof(conf), ctypes.addressof(conf))
+    return conf
