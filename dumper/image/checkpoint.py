@@ -1003,8 +1003,8 @@ class Checkpoint:
         seen = set()
         ps = proc.page_size
         for v in proc.vmas:
-            if _vma_hole(v)[0] != "file":
-                continue
+            if _vma_hole(v)[0] != "file" or v.path.endswith(" (deleted)"):
+                continue  # a file deleted before the dump: reads say so, nothing changed since
             # Needed only if some page of the VMA has no pagemap entry.
             i = proc.entries.index_at(v.start)
             covered = 0
