@@ -352,6 +352,7 @@ def test_guard_markers_without_the_guard_bit_are_skipped_at_read_time(spawn_targ
 
     real = dmod.dump_masks
     monkeypatch.setattr(dmod, "dump_masks", lambda supported: real(supported & ~Category.GUARD))
+    monkeypatch.setattr(dmod, "with_guards", lambda masks, supported: masks)
     t = spawn_target("guard")
     res = dump(t.pid, tmp_path / "ck", thaw="leave-stopped")
     a, _ = t.regions["guard"]

@@ -38,6 +38,8 @@ from .. import __version__
 from ..errors import DumpError, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
+from ..image.checkpoint import new_checkpoint_id
+from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
@@ -174,6 +176,8 @@ class ProcessDump:
     extents: Extents | None = None
     mm: mm_pb2.mm_entry | None = None
     task: TaskState | None = None
+    file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
+    guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
     copier: PageCopier | None = None
@@ -255,6 +259,9 @@ class DumpSession:
         """VMAs (smaps) and their classification, read while the target runs."""
         p.pre_maps = p.proc.read_file("maps")
         vmas = p.proc.vmas()
+        # Before the freeze is early enough: a file written in between reads
+        # as changed to the readers, which then refuse it (never the reverse).
+        p.file_ids = mapped_file_identities(p.pid, vmas)
         if [(v.start, v.end) for v in vmas] != [(v.start, v.end) for v in parse_maps(p.pre_maps)]:
             p.pre_maps = b""  # changed in between: read again when frozen
         self._set_vmas(p, vmas)
@@ -315,10 +322,12 @@ class DumpSession:
                 raise UnsupportedKernel(f"{p.tracker.name} tracking with the {be.name} scanner",
                                         f"it cannot report {p.tracker.changed.name}")
             masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
+            masks = with_guards(masks, be.supported)  # MADV_GUARD_INSTALL ranges, recorded as CRIU does
             if len(starts):
                 regions = scan_range(be, int(starts[0]), int(ends[-1]), masks).array
             else:
                 regions = np.empty(0, [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+        regions, p.guard_vmas = split_guards(regions)
         # Regions merge across VMA boundaries: keep what lies in scanned VMAs.
         s, e, cats = iv.intersect((regions["start"], regions["end"]), p.scan_iv, keep=regions["categories"])
         s, e, cats = drop_uffd_markers(p.pid, s, e, cats, p.marker_iv)
@@ -405,6 +414,7 @@ class DumpSession:
             pids=[p.pid for p in self.processes],
             pre_dump=opts.pre_dump,
             task_start_time=root.start_time,
+            checkpoint_id=new_checkpoint_id(),
         )
         root.tracker.inventory(inv)
         criu_core.fill_inventory(inv, criu_core.ids_entry({k: 1 for k in KobjIds.KINDS}, self.root_ns))
@@ -413,6 +423,8 @@ class DumpSession:
             parent_link = os.path.relpath(os.path.abspath(root.parent.path), os.path.abspath(self.dest))
             w.link_parent(parent_link)
             inv.parent_path = parent_link
+            if root.parent.inventory.checkpoint_id:
+                inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
         inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
         if opts.compress:
             inv.compression_level = opts.level
@@ -483,6 +495,8 @@ class DumpSession:
                 v, status=plan.status, dumped=plan.mode != "skip",
                 contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
                 nr_pages_parent=int(in_parent[i]) or None))
+        apply_file_identities(mm.vmas, p.file_ids)
+        mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         return mm
 
 
