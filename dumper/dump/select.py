@@ -37,6 +37,7 @@ class VmaPlan:
     status: int
     mode: str
     reason: str = ""
+    unrestorable: str = ""  # why `criu restore` could not rebuild it from our images, if so
 
 
 def classify(vma: Vma) -> VmaPlan:
@@ -65,12 +66,17 @@ def classify(vma: Vma) -> VmaPlan:
             st |= fmt.VMA_ANON_SHARED
         else:
             st |= fmt.VMA_FILE_SHARED
-        return VmaPlan(vma, st, "skip", "shared mapping: contents are not dumped yet")
+        if st & fmt.VMA_FILE_SHARED:  # the file holds the contents; CRIU maps it again
+            return VmaPlan(vma, st, "skip", "shared file mapping: contents live in the file")
+        return VmaPlan(vma, st, "skip", "shared memory: contents are not dumped yet",
+                       "shared memory (shared anonymous, memfd or SysV shm) is not saved yet")
     st |= fmt.VMA_FILE_PRIVATE if vma.file_backed else fmt.VMA_ANON_PRIVATE
     if vma.io or vma.pfnmap:
-        return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory")
+        return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory", "device memory cannot be saved")
     if "dp" in vma.vmflags:
         return VmaPlan(vma, st, "skip", "MAP_DROPPABLE: contents may be dropped anyway")
+    if vma.path.startswith("/[aio]"):
+        return VmaPlan(vma, st, "pages", unrestorable="AIO rings are not saved")
     return VmaPlan(vma, st, "pages")
 
 

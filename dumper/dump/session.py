@@ -72,7 +72,9 @@ class DumpOptions:
     write tracking (``tracker``) for a later ``parent`` dump; ``pre_dump``
     writes pages only, copied after the target runs again. ``spool_limit``:
     bytes of RAM for pages copied while frozen (None: half of MemAvailable).
-    ``freeze_timeout``: seconds a thread may take to stop.
+    ``freeze_timeout``: seconds a thread may take to stop. ``restorable``:
+    fail (before the thaw) rather than write a checkpoint `criu restore`
+    could not bring back.
     """
 
     thaw: str = "resume"
@@ -88,6 +90,7 @@ class DumpOptions:
     pre_dump: bool = False
     freeze_timeout: float = 5.0
     spool_limit: int | None = None
+    restorable: bool = False
 
     def validate(self) -> None:
         if self.thaw not in THAW_MODES:
@@ -144,6 +147,7 @@ class DumpResult:
     pids: list = field(default_factory=list)
     spool_bytes: int = 0
     spilled_bytes: int = 0
+    unrestorable: list = field(default_factory=list)  # one line per reason `criu restore` would fail
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -199,6 +203,7 @@ class DumpSession:
         self.backend_name = ""
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
+        self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
         self.kobj_ids = KobjIds()
@@ -216,6 +221,7 @@ class DumpSession:
             self.freeze()
             self.list_vmas()
             self.collect()
+            self.check_restorable()
             self.arm()
             self.scan()
             self.select()
@@ -225,6 +231,7 @@ class DumpSession:
                 self.copy()
             else:
                 self.copy()
+                self.check_restorable(after_copy=True)
                 self.reset()
                 self.thaw()
             return self.write()
@@ -299,6 +306,41 @@ class DumpSession:
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0)
             p.ns_ids = self.ns_ids.of(p.pid)
             p.kobj_ids = self.kobj_ids.of(p.pid)
+
+    def check_restorable(self, *, after_copy: bool = False) -> None:
+        """Collect why `criu restore` could not bring the checkpoint back
+        (one reason per resource); with ``restorable``, fail now, while the
+        target is still frozen and nothing has changed in it."""
+        if not after_copy:
+            pids = {p.pid for p in self.processes}
+            for p in self.processes:
+                for v, plan in zip(p.vmas, p.plans):
+                    if plan.unrestorable:
+                        self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
+                                           plan.unrestorable)
+                for kind, nid in p.ns_ids.items():
+                    if nid != self.root_ns.get(kind):
+                        self._unrestorable(p.pid, "namespace", f"{kind} namespace",
+                                           f"differs from the dumper's: namespaces are not saved")
+                for child in p.proc.children():
+                    if child not in pids:
+                        self._unrestorable(p.pid, "child process", f"pid {child}",
+                                           "a child process outside the checkpoint")
+                if p.frozen.zombie:
+                    self._unrestorable(p.pid, "zombie", f"pid {p.pid}", "zombie processes are not saved yet")
+        else:
+            for p in self.processes:
+                if p.copier is not None and p.copier.unreadable:
+                    n = p.copier.pages_unreadable
+                    self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+        if self.opts.restorable and self.unrestorable:
+            r = self.unrestorable[0]
+            more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
+            raise DumpError(f"not restorable: pid {r.pid}: {r.kind} {r.what}: {r.why}{more}; "
+                            "the process was left as it was (drop --restorable to dump it anyway)")
+
+    def _unrestorable(self, pid: int, kind: str, what: str, why: str) -> None:
+        self.unrestorable.append(inventory_pb2.unrestorable_reason(pid=pid, kind=kind, what=what, why=why))
 
     def arm(self) -> None:
         for p in self.processes:
@@ -425,6 +467,7 @@ class DumpSession:
             inv.parent_path = parent_link
             if root.parent.inventory.checkpoint_id:
                 inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
+        inv.unrestorable.extend(self.unrestorable)
         inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
         if opts.compress:
             inv.compression_level = opts.level
@@ -442,6 +485,7 @@ class DumpSession:
             compress_ns=st.compress_ns, write_ns=st.write_ns, vmas=len(root.vmas), vmas_skipped=skipped,
             unreadable=reader.unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
             spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
+            unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
         )
 
     # -- helpers ---------------------------------------------------------------
