@@ -33,6 +33,16 @@ def _threads(text: str) -> int:
     return value
 
 
+def _rounds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of rounds: {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("--pre-copy rounds run from 1 to 100")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -79,6 +89,9 @@ def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> Non
                         help="RAM for pages copied while the process is frozen (e.g. 2G; default: half of "
                              "MemAvailable); beyond it pages spill into the checkpoint's directory")
     if not pre_dump:
+        parser.add_argument("--pre-copy", nargs="?", type=_rounds, const=4, default=0, metavar="N",
+                            help="copy pages while the process runs, in up to N rounds (default 4) while "
+                                 "the set of written pages shrinks; then freeze and copy only what changed")
         parser.add_argument("--restorable", action="store_true",
                             help="fail (leaving the process as it was) rather than write a checkpoint "
                                  "`criu restore` could not bring back")
@@ -141,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         track_mem=getattr(args, "track_mem", False), parent=args.parent, tracker=args.tracker,
         pre_dump=getattr(args, "pre_dump", False), freeze_timeout=args.freeze_timeout,
         spool_limit=args.spool_limit, restorable=getattr(args, "restorable", False),
+        pre_copy=getattr(args, "pre_copy", 0),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
