@@ -23,7 +23,7 @@ from ..proc.maps import Vma
 from ..scan import Category, ScanMasks
 from . import intervals as iv
 
-__all__ = ["VmaPlan", "classify", "dump_masks", "drop_uffd_markers"]
+__all__ = ["VmaPlan", "classify", "classify_all", "dump_masks", "drop_uffd_markers"]
 
 @dataclass(slots=True)
 class VmaPlan:
@@ -78,6 +78,21 @@ def classify(vma: Vma) -> VmaPlan:
     if vma.path.startswith("/[aio]"):
         return VmaPlan(vma, st, "pages", unrestorable="AIO rings are not saved")
     return VmaPlan(vma, st, "pages")
+
+
+def classify_all(vmas: list[Vma]) -> list[VmaPlan]:
+    """:func:`classify` for a whole VMA list. What classify looks at repeats
+    from VMA to VMA (name, VmFlags, sharing), so each distinct combination
+    is classified once: 64,000 VMAs cost a few distinct calls."""
+    cache: dict[tuple, VmaPlan] = {}
+    out = []
+    for v in vmas:
+        key = (v.path, v.vmflags, v.perms[3], v.inode != 0, v.user)
+        proto = cache.get(key)
+        if proto is None:
+            proto = cache[key] = classify(v)
+        out.append(VmaPlan(v, proto.status, proto.mode, proto.reason, proto.unrestorable))
+    return out
 
 
 def dump_masks(supported: Category) -> ScanMasks:

@@ -50,7 +50,7 @@ from ..scan import Category, open_backend, scan_range
 from . import intervals as iv
 from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
-from .select import VmaPlan, classify, drop_uffd_markers, dump_masks
+from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
 from .spool import Spool
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
@@ -328,7 +328,7 @@ class DumpSession:
 
     def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
         p.vmas = vmas
-        p.plans = [classify(v) for v in vmas]
+        p.plans = classify_all(vmas)
         pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]
         p.scan_iv = iv.from_pairs(pages)
         p.whole_iv = iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "whole"])
