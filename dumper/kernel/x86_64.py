@@ -14,6 +14,7 @@ NR_mmap = 9
 NR_munmap = 11
 NR_ioctl = 16
 NR_close = 3
+NR_kcmp = 312
 NR_userfaultfd = 323
 NR_pidfd_open = 434
 NR_pidfd_getfd = 438
