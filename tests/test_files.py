@@ -1,0 +1,235 @@
+"""Open files: collection from real processes (dumper.proc.fds), CRIU images
+(dumper.dump.files), differential against ``criu dump`` and restore by
+``criu restore``."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dumper.errors import NoSuchProcess
+from dumper.kernel import fcntl as kf
+from dumper.proc.fds import collect_fds, collect_path, read_umask
+from dumper.proc.process import Process
+
+from files_helpers import (
+    DATA_POS,
+    DATA_SIZE,
+    EFD_COUNTER,
+    FIFO_BYTES,
+    GHOST_POS,
+    GHOST_SIZE,
+    LOG_POS,
+    PIPE_BYTES,
+    PIPE_SIZE,
+    SPARSE_OFF,
+    SPARSE_SIZE,
+    FdsTarget,
+    build_target,
+    letters,
+    pattern,
+)
+
+
+@pytest.fixture(scope="session")
+def fds_exe(tmp_path_factory):
+    return build_target(tmp_path_factory.mktemp("fds-bin"))
+
+
+@pytest.fixture
+def fds_target(fds_exe, tmp_path):
+    """``fds_target(*args)`` -> a running FdsTarget in a fresh directory."""
+    made: list[FdsTarget] = []
+
+    def spawn(*args: str, name: str = "t") -> FdsTarget:
+        t = FdsTarget(fds_exe, tmp_path / f"{name}{len(made)}", *args)
+        made.append(t)
+        return t
+
+    yield spawn
+    for t in made:
+        t.close()
+
+
+def by_fd(fds):
+    return {f.fd: f for f in fds}
+
+
+# --- collection --------------------------------------------------------------
+
+
+def test_collect_each_kind_with_its_values(fds_target):
+    t = fds_target()
+    t.stop()
+    fds = by_fd(collect_fds(Process(t.pid)))
+    n = t.fds
+    d = str(t.dir)
+
+    assert sorted(fds) == sorted([0, 1, 2, *n.values()])
+    assert all(f.unrestorable is None for f in fds.values()), [f.unrestorable for f in fds.values()]
+
+    log = fds[n["log"]]
+    assert (log.kind, log.path, log.pos, log.cloexec) == ("reg", f"{d}/log", LOG_POS, False)
+    assert log.flags & (kf.O_ACCMODE | kf.O_APPEND) == kf.O_WRONLY | kf.O_APPEND
+    assert log.flags & kf.O_CLOEXEC == 0  # the descriptor's bit is in cloexec, as CRIU keeps it
+    dup = fds[n["log_dup"]]
+    assert (dup.ino, dup.pos, dup.flags) == (log.ino, log.pos, log.flags)
+
+    data = fds[n["data"]]
+    assert (data.kind, data.pos, data.cloexec, data.file.size) == ("reg", DATA_POS, True, DATA_SIZE)
+    assert data.flags & kf.O_ACCMODE == kf.O_RDWR
+    assert (data.file.deleted, data.file.ghost, data.file.build_id) == (False, None, None)
+    assert stat.S_IMODE(data.file.mode) == 0o600
+
+    ghost = fds[n["ghost"]]
+    assert (ghost.path, ghost.pos, ghost.file.deleted, ghost.file.nlink) == (f"{d}/ghost", GHOST_POS, True, 0)
+    assert ghost.file.ghost.read_all() == pattern(GHOST_SIZE, 13, 5)
+    assert stat.S_IMODE(ghost.file.mode) == 0o640  # 0644 & ~umask 027
+
+    sparse = fds[n["sparse"]]
+    assert sparse.file.ghost.size == SPARSE_SIZE
+    assert [(off, len(b)) for off, b in sparse.file.ghost.extents] == [(0, 8192), (SPARSE_OFF, 4096)]
+    assert sparse.file.ghost.extents[1][1] == pattern(4096, 13, 5)
+
+    null = fds[n["devnull"]]
+    assert (null.kind, null.path, null.cloexec, null.flags & kf.O_ACCMODE) == ("chr", "/dev/null", True, kf.O_WRONLY)
+    urandom = fds[n["urandom"]]
+    assert (urandom.kind, urandom.path) == ("chr", "/dev/urandom")
+    assert urandom.flags & kf.O_NONBLOCK
+
+    dirfd = fds[n["dir"]]
+    assert (dirfd.kind, dirfd.path) == ("dir", d)
+    assert dirfd.flags & kf.O_DIRECTORY
+
+    pr, pw = fds[n["pipe_r"]], fds[n["pipe_w"]]
+    assert (pr.kind, pw.kind) == ("pipe", "pipe")
+    assert pr.pipe.pipe_id == pw.pipe.pipe_id == pr.ino
+    assert pr.pipe.data == letters(PIPE_BYTES, "a")
+    assert pr.pipe.size == pw.pipe.size == PIPE_SIZE
+    assert pw.pipe.data is None  # a write end is not read from (CRIU: dump_one_pipe_data)
+    assert pr.flags & kf.O_NONBLOCK and not pw.flags & kf.O_NONBLOCK
+
+    fr, fw = fds[n["fifo_r"]], fds[n["fifo_w"]]
+    assert (fr.kind, fr.path, fw.path) == ("fifo", f"{d}/fifo", f"{d}/fifo")
+    assert fr.pipe.data == letters(FIFO_BYTES, "A") and fw.pipe.data is None
+    assert fr.pipe.pipe_id == fw.pipe.pipe_id == os.stat(f"{d}/fifo").st_ino
+    assert (fr.cloexec, fw.cloexec) == (False, True)
+
+    efd = fds[n["efd"]]
+    assert (efd.kind, efd.eventfd_counter, efd.cloexec) == ("eventfd", EFD_COUNTER, True)
+    assert efd.flags & (kf.O_ACCMODE | kf.O_NONBLOCK) == kf.O_RDWR | kf.O_NONBLOCK
+
+    opath = fds[n["opath"]]
+    assert (opath.kind, opath.path, opath.flags & kf.O_PATH) == ("reg", f"{d}/data", kf.O_PATH)
+
+    assert all(f.fown.pid == 0 and f.fown.signum == 0 for f in fds.values())
+
+    # Nothing was consumed or moved: the target finds its bytes and positions.
+    t.cont()
+    rep = t.report()
+    assert (rep["pipe_bytes"], rep["pipe_ok"]) == (str(PIPE_BYTES), "1")
+    assert (rep["fifo_bytes"], rep["fifo_ok"]) == (str(FIFO_BYTES), "1")
+    assert rep["efd_counter"] == str(EFD_COUNTER)
+    assert (rep["pos_data"], rep["pos_ghost"], rep["pos_sparse"]) == (str(DATA_POS), str(GHOST_POS), "7")
+    assert (rep["ghost_ok"], rep["sparse_ok"]) == ("1", "1")
+
+
+def test_collect_cwd_root_exe_umask(fds_target, fds_exe):
+    t = fds_target()
+    t.stop()
+    p = Process(t.pid)
+    cwd, root, exe = collect_path(p, "cwd"), collect_path(p, "root"), collect_path(p, "exe")
+    assert (cwd.path, stat.S_ISDIR(cwd.mode), cwd.reason) == (str(t.dir), True, None)
+    assert (root.path, root.reason) == ("/", None)
+    assert exe.path == str(fds_exe)
+    assert exe.build_id and len(exe.build_id) == 20  # gcc's default sha1 build-id
+    assert read_umask(p) == 0o027
+
+
+def test_collect_owner_and_signal(fds_target):
+    """F_SETOWN_EX / F_SETSIG live in the open file description: read them
+    through our copy of it."""
+    import fcntl
+
+    t = fds_target()
+    # Give the target's log descriptor an owner through /proc: a new open file
+    # description would not do, so use pidfd_getfd and set it on the shared one.
+    from dumper.kernel.pidfd import pidfd_getfd, pidfd_open
+
+    pidfd = pidfd_open(t.pid)
+    copy = pidfd_getfd(pidfd, t.fds["data"])
+    try:
+        fcntl.fcntl(copy, fcntl.F_SETOWN, t.pid)
+        fcntl.fcntl(copy, fcntl.F_SETSIG, 10)
+    finally:
+        os.close(copy)
+        os.close(pidfd)
+    t.stop()
+    f = by_fd(collect_fds(Process(t.pid)))[t.fds["data"]]
+    assert (f.fown.pid, f.fown.pid_type, f.fown.signum) == (t.pid, kf.F_OWNER_PID, 10)
+    assert (f.fown.uid, f.fown.euid) == (os.getuid(), os.geteuid())
+
+
+def test_collect_unrestorable_kinds_named(fds_target):
+    t = fds_target("--bad")
+    t.stop()
+    fds = by_fd(collect_fds(Process(t.pid)))
+    tcp, ino, sfd = fds[t.fds["tcp"]], fds[t.fds["inotify"]], fds[t.fds["signalfd"]]
+    assert (tcp.kind, tcp.unrestorable) == ("socket", "TCP socket (IPv4)")
+    assert (ino.kind, ino.unrestorable) == ("inotify", "inotify")
+    assert (sfd.kind, sfd.unrestorable) == ("signalfd", "signalfd")
+    # the others are unaffected
+    assert fds[t.fds["pipe_r"]].unrestorable is None
+
+
+EDGE_TARGET = textwrap.dedent(
+    """
+    import os, sys, time
+    d = sys.argv[1]
+    os.mkdir(d + "/gone"); gone = os.open(d + "/gone", os.O_RDONLY | os.O_DIRECTORY); os.rmdir(d + "/gone")
+    os.mkfifo(d + "/f"); fifo = os.open(d + "/f", os.O_RDWR); os.unlink(d + "/f")
+    big = os.open(d + "/big", os.O_RDWR | os.O_CREAT); os.write(big, b"x" * 20000); os.unlink(d + "/big")
+    with open(d + "/linked", "w") as f: f.write("y")
+    os.link(d + "/linked", d + "/other"); linked = os.open(d + "/linked", os.O_RDONLY); os.unlink(d + "/linked")
+    with open(d + "/renamed", "w") as f: f.write("z")
+    swapped = os.open(d + "/renamed", os.O_RDONLY)
+    with open(d + "/new", "w") as f: f.write("w")
+    os.rename(d + "/new", d + "/renamed")  # the name now belongs to another file; ours shows as deleted
+    os.mkdir(d + "/cwd"); os.chdir(d + "/cwd"); os.rmdir(d + "/cwd")
+    print(gone, fifo, big, linked, swapped, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_collect_paths_a_restore_cannot_reopen(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", EDGE_TARGET, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        gone, fifo, big, linked, swapped = map(int, proc.stdout.readline().split())
+        p = Process(proc.pid)
+        fds = by_fd(collect_fds(p, ghost_limit=8192))
+        assert fds[gone].kind == "dir" and "deleted directory" in fds[gone].unrestorable
+        assert fds[fifo].kind == "fifo" and "deleted FIFO" in fds[fifo].unrestorable
+        assert "ghost limit" in fds[big].unrestorable and fds[big].file.ghost is None
+        assert "other links" in fds[linked].unrestorable
+        # nlink 0 after the rename over it: an ordinary ghost, contents kept
+        assert fds[swapped].unrestorable is None and fds[swapped].file.ghost.read_all() == b"z"
+        cwd = collect_path(p, "cwd")
+        assert cwd.deleted and "deleted directory" in cwd.reason
+        assert by_fd(collect_fds(p))[big].file.ghost.read_all() == b"x" * 20000  # under the default limit
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_collect_gone_process():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    p = Process(proc.pid)
+    proc.wait()
+    with pytest.raises(NoSuchProcess):
+        collect_fds(p)
