@@ -31,7 +31,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 import zstandard
 from google.protobuf.message import EncodeError, Message
@@ -628,6 +628,28 @@ class CheckpointWriter:
         try:
             fmt.write_magic(f, magic)
             fmt.write_entries(f, msgs)
+            _fsync_close(f)
+        except OSError as err:
+            f.close()
+            raise DumpError(f"writing {name}: {err.strerror}") from err
+        except (EncodeError, ValueError) as err:
+            f.close()
+            raise DumpError(f"writing {name}: {err}") from err
+        return self.tmpdir / name
+
+    def write_image_extra(self, name: str, magic: str, items: Iterable[Message | bytes]) -> Path:
+        """Like :meth:`write_image` for images with raw data after some
+        entries (pipes-data, fifo-data, ghost-file: crit's "extra"
+        payloads): each item is a message, written as an entry, or bytes,
+        written as they are right after the previous entry."""
+        f = self._create(name)
+        try:
+            fmt.write_magic(f, magic)
+            for item in items:
+                if isinstance(item, Message):
+                    fmt.write_entry(f, item)
+                else:
+                    f.write(item)
             _fsync_close(f)
         except OSError as err:
             f.close()

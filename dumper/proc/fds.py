@@ -64,6 +64,9 @@ __all__ = [
     "collect_path",
     "collect_mapped_file",
     "read_umask",
+    "map_files_fdflags",
+    "memfd_dev",
+    "is_shared_memory",
     "DEFAULT_GHOST_LIMIT",
     "RESTORABLE_KINDS",
 ]
@@ -392,9 +395,10 @@ def _open_readable(proc_path: str) -> int:
 _MEMFD_DEV: list[int] = []
 
 
-def _memfd_dev() -> int:
-    """st_dev of memfd files (the kernel's internal shmem mount), found the
-    way CRIU's is_memfd does: by making one."""
+def memfd_dev() -> int:
+    """st_dev of the kernel's internal shmem mount, which holds memfd files,
+    MAP_SHARED anonymous memory and SysV shm segments; found the way CRIU's
+    is_memfd does: by making a memfd."""
     if not _MEMFD_DEV:
         fd = os.memfd_create("dumper-probe", os.MFD_CLOEXEC)
         try:
@@ -431,6 +435,11 @@ def _check_path(info: FileInfo, mount_ids: set[int] | None) -> None:
     link = info.path
     if not link.startswith("/"):
         info.reason = f"path {link!r} is not absolute"
+        return
+    try:
+        link.encode("utf-8")
+    except UnicodeEncodeError:
+        info.reason = f"path {link!r} is not UTF-8 (image paths are protobuf strings)"
         return
     if mount_ids is not None and info.mnt_id >= 0 and info.mnt_id not in mount_ids:
         info.reason = f"its mount (mnt_id {info.mnt_id}) is not in the process's mount table"
@@ -775,7 +784,7 @@ class _Collector:
             o.kind = DIR
         else:
             o.kind = REG
-        if o.link.startswith("/memfd:") and (st.st_dev == _memfd_dev() or o.fs_type == HUGETLBFS_MAGIC):
+        if o.link.startswith("/memfd:") and (st.st_dev == memfd_dev() or o.fs_type == HUGETLBFS_MAGIC):
             o.kind = "memfd"
             o.unrestorable = f"memfd {o.link[1:].removesuffix(_DELETED)!r} (saved with shared memory, issue 11)"
             return o
@@ -878,9 +887,19 @@ def collect_path(process: Process, name: str, *, ghost_limit: int = DEFAULT_GHOS
         fs_type = statfs_type(base)
         mnt_id = _mnt_id_of(base)
     info = _file_info(base, link, st, mnt_id, fs_type)
+    if is_shared_memory(info):
+        info.reason = f"{link!r} is a shared memory object, not a file"
+        return info
     _check_path(info, _mount_ids(process))
     _add_contents(info, None, base, ghost_limit, want_build_id=name != "cwd" and name != "root")
     return info
+
+
+def is_shared_memory(info: FileInfo) -> bool:
+    """True for the objects behind MAP_SHARED|MAP_ANONYMOUS mappings (also
+    with MAP_HUGETLB), memfd files and SysV shm segments: their contents
+    are memory to save, not a file to reopen."""
+    return info.dev == memfd_dev() or (info.fs_type == HUGETLBFS_MAGIC and info.nlink == 0)
 
 
 def _mnt_id_of(path: str) -> int:
@@ -898,6 +917,20 @@ def collect_mapped_file(process: Process, vma: Vma, *, ghost_limit: int = DEFAUL
     """The file mapped at ``vma`` (through /proc/PID/map_files, which needs
     CAP_SYS_ADMIN), as CRIU's dump_filemap records it."""
     return collect_path(process, f"map_files/{vma.start:x}-{vma.end:x}", ghost_limit=ghost_limit)
+
+
+def map_files_fdflags(process: Process, vma: Vma) -> int | None:
+    """O_RDONLY, O_WRONLY or O_RDWR: how the file mapped at ``vma`` was
+    opened, from the mode of its /proc/PID/map_files link (criu/proc_parse.c
+    vma_get_mapfile_flags; CRIU's restore reopens the file so, as
+    ``vma_entry.fdflags``). None when there is no such link."""
+    path = f"{process.path}/map_files/{vma.start:x}-{vma.end:x}"
+    with process.translate("map_files"):
+        try:
+            mode = os.lstat(path).st_mode & 0o600
+        except FileNotFoundError:
+            return None
+    return {0o200: kf.O_WRONLY, 0o400: kf.O_RDONLY, 0o600: kf.O_RDWR}.get(mode)
 
 
 def read_umask(process: Process) -> int:
