@@ -359,8 +359,9 @@ def read_build_id(fd: int, size: int) -> bytes | None:
 
 def read_ghost(fd: int, size: int) -> GhostContents:
     """Data extents of the readable file at ``fd`` (SEEK_DATA/SEEK_HOLE,
-    as CRIU's copy_file_to_chunks; a file system without them is read
-    whole). Uses pread and lseek on ``fd``: pass a descriptor of our own."""
+    as CRIU's copy_file_to_chunks without FIEMAP, whose FIEMAP_FLAG_SYNC
+    would write the file back; a file system without SEEK_DATA is read
+    whole). Moves ``fd``'s position: pass a descriptor of our own."""
     extents: list[tuple[int, bytes]] = []
     hole = 0
     while hole < size:
@@ -479,9 +480,11 @@ def _check_path(info: FileInfo, mount_ids: set[int] | None) -> None:
         info.reason = f"{link!r} now names another file (renamed over or overmounted)"
 
 
-def _add_contents(info: FileInfo, fd: int | None, reopen: str, ghost_limit: int, want_build_id: bool) -> None:
-    """Read the ghost contents and build-id that ``info`` needs: through
-    ``fd`` (our copy, when readable) or by reopening ``reopen`` read-only."""
+def _add_contents(info: FileInfo, reopen: str, ghost_limit: int, want_build_id: bool) -> None:
+    """Read the ghost contents and build-id that ``info`` needs, through a
+    descriptor of our own opened from the magic link ``reopen`` with
+    O_NOATIME: reading through the target's open file description would
+    update the file's atime (CRIU's reads do; ours leave it as it was)."""
     need_ghost = info.deleted and info.reason is None and stat.S_ISREG(info.mode)
     if need_ghost and info.blocks * 512 > ghost_limit:
         info.reason = (
@@ -492,22 +495,19 @@ def _add_contents(info: FileInfo, fd: int | None, reopen: str, ghost_limit: int,
     want_build_id = want_build_id and stat.S_ISREG(info.mode) and info.size >= 5 and info.reason is None
     if not (need_ghost or want_build_id):
         return
-    own = None
+    fd = None
     try:
-        if fd is None:
-            fd = own = _open_readable(reopen)
+        fd = _open_readable(reopen)
         if want_build_id:
             info.build_id = read_build_id(fd, info.size)
         if need_ghost:
-            if own is None:  # lseek moves the shared position: use a descriptor of our own
-                fd = own = _open_readable(reopen)
             info.ghost = read_ghost(fd, info.size)
     except OSError as err:
         if need_ghost:
             info.reason = f"cannot read deleted file {info.path!r}: {err.strerror}"
     finally:
-        if own is not None:
-            os.close(own)
+        if fd is not None:
+            os.close(fd)
 
 
 # --- terminals ---------------------------------------------------------------
@@ -799,14 +799,11 @@ class _Collector:
                 o.unrestorable = info.reason
                 return o
             return self._pipe(o)  # reopened by path on restore; the bytes come from the pipe
-        readable = not (o.flags & kf.O_PATH) and (o.flags & kf.O_ACCMODE) != kf.O_WRONLY
         want_build_id = not ((o.flags & kf.O_ACCMODE) == kf.O_WRONLY and o.flags & kf.O_APPEND)
-        if o.flags & kf.O_PATH:
-            _add_contents(info, None, base, self.ghost_limit, want_build_id)
-        else:
+        if not o.flags & kf.O_PATH:
             with self.getfd(o.fd) as copy:
                 o.fown = _fown(copy, o.flags)
-                _add_contents(info, copy if readable else None, base, self.ghost_limit, want_build_id)
+        _add_contents(info, base, self.ghost_limit, want_build_id)
         if info.reason:
             o.unrestorable = info.reason
         return o
@@ -891,7 +888,7 @@ def collect_path(process: Process, name: str, *, ghost_limit: int = DEFAULT_GHOS
         info.reason = f"{link!r} is a shared memory object, not a file"
         return info
     _check_path(info, _mount_ids(process))
-    _add_contents(info, None, base, ghost_limit, want_build_id=name != "cwd" and name != "root")
+    _add_contents(info, base, ghost_limit, want_build_id=name != "cwd" and name != "root")
     return info
 
 
