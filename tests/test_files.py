@@ -393,3 +393,106 @@ def test_differential_with_criu_dump(fds_target, tmp_path, tree):
     if tree == "fork":  # inherited descriptors: one file_entry for both processes
         parent, child = ({e.fd: e.id for e in fdinfos[pid]} for pid in pids)
         assert parent == child
+
+
+def swap_in_ours(criu_dir: Path, ours_dir: Path, dest: Path, pids, maps, exes) -> Path:
+    """CRIU's image set with every files image replaced by ours: files,
+    fdinfo (renamed to CRIU's files_id), fs, pipes/fifo data, remaps, ghosts,
+    tty-info; mm's exe_file_id and file VMA shmids set to our ids."""
+    import shutil
+
+    from dumper.image import format as fmt
+
+    shutil.copytree(criu_dir, dest)
+    for name in files_images(dest):
+        (dest / name).unlink()
+    for name in files_images(ours_dir):
+        if not name.startswith("fdinfo-"):
+            shutil.copy(ours_dir / name, dest / name)
+    for pid in pids:
+        ids, mm = criu_ids_of(criu_dir, pid)
+        shutil.copy(ours_dir / fmt.fdinfo_name(pid), dest / fmt.fdinfo_name(ids.files_id))
+        mm.exe_file_id = exes[pid]
+        for v in mm.vmas:
+            if v.status & (fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED):
+                v.shmid = maps[pid][v.start]
+        (dest / fmt.mm_name(pid)).write_bytes(fmt.encode_image("MM", [mm]))
+    return dest
+
+
+def _comparable(f):
+    """What a restore must give back of a descriptor."""
+    return (
+        f.fd, f.kind, f.path, f.flags, f.cloexec, f.pos,
+        f.pipe.data if f.pipe else None, f.pipe.size if f.pipe else None, f.eventfd_counter,
+        f.file.ghost.read_all() if f.file and f.file.ghost else None,
+        f.file.deleted if f.file else None, stat.S_IMODE(f.file.mode) if f.file else None,
+    )
+
+
+@pytest.mark.parametrize("tree", ["single", "fork"])
+def test_criu_restores_our_files_images(fds_target, tmp_path, tree):
+    """criu restore of CRIU's own core/mm/pages/pstree/ids/inventory images
+    with our files, fdinfo, fs, pipes/fifo data, remap and ghost images
+    swapped in: the process continues with its descriptors."""
+    from dumper.kernel.kcmp import KCMP_FILE, kcmp
+    from files_helpers import read_report, wait_state
+
+    criu_binary()
+    t = fds_target(*(["--fork"] if tree == "fork" else []))
+    pids = [t.pid] + ([t.fds["child"]] if tree == "fork" else [])
+    for pid in reversed(pids):
+        os.kill(pid, 19)
+    for pid in pids:
+        wait_state(pid, "T")
+    before = {pid: [_comparable(f) for f in collect_fds(Process(pid))] for pid in pids}
+    _, fdinfos, maps, exes = dump_ours(pids, tmp_path / "ours")
+    criu_dump(t.pid, tmp_path / "criu")
+    t.close()  # killed and reaped: CRIU restores the same pids
+    for pid in pids[1:]:  # the child was re-parented to init; wait until it is gone
+        os.kill(pid, 9)
+        for _ in range(1000):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                if f.read().split(b") ")[1][:1] == b"Z":
+                    pytest.skip("the forked child stays a zombie: nothing here reaps orphans")
+            import time
+
+            time.sleep(0.01)
+    rest = swap_in_ours(tmp_path / "criu", tmp_path / "ours", tmp_path / "restore", pids, maps, exes)
+
+    with criu_restore(rest) as r:
+        assert r.pid == t.pid
+        for pid in pids:
+            wait_state(pid, "T")  # dumped stopped, restored stopped
+        after = {pid: [_comparable(f) for f in collect_fds(Process(pid))] for pid in pids}
+        assert after == before
+        if tree == "fork":  # the child's inherited descriptors are the parent's again, not copies
+            for e in fdinfos[pids[1]]:
+                assert kcmp(pids[0], pids[1], KCMP_FILE, e.fd, e.fd) == 0, f"fd {e.fd}"
+        for pid in pids:
+            os.kill(pid, 18)  # SIGCONT
+        rep = t.report()
+        n = t.fds
+        assert (rep["pipe_bytes"], rep["pipe_ok"], rep["pipe_size"]) == (str(PIPE_BYTES), "1", str(PIPE_SIZE))
+        assert (rep["fifo_bytes"], rep["fifo_ok"]) == (str(FIFO_BYTES), "1")
+        assert (rep["efd_read"], rep["efd_counter"]) == ("8", str(EFD_COUNTER))
+        assert (rep["pos_data"], rep["pos_ghost"], rep["pos_sparse"]) == (str(DATA_POS), str(GHOST_POS), "7")
+        assert (rep["ghost_ok"], rep["sparse_ok"], rep["sparse_size"]) == ("1", "1", str(SPARSE_SIZE))
+        assert rep["sparse_nlink"] == "0"  # restored as a deleted file again
+        after_line = f"after {t.pid}\n"
+        assert rep["pos_log"] == str(LOG_POS + len(after_line))  # appends continue at the end
+        assert (t.dir / "log").read_text() == "".join(f"line {i}\n" for i in range(10)) + after_line
+        assert (rep["cwd"], rep["umask"]) == (str(t.dir), "27")
+        orig = {fd: flags for fd, _, _, flags, *_ in before[t.pid]}
+        cloexec = {fd: c for fd, _, _, _, c, *_ in before[t.pid]}
+        for name, fd in n.items():
+            if name == "child":
+                continue
+            assert int(rep[f"fl_{name}"]) == orig[fd], name
+            assert int(rep[f"fd_{name}"]) == int(cloexec[fd]), name
+        if tree == "fork":
+            crep = t.report(pids[1])
+            assert crep["pipe_bytes"] == "-1"  # the parent emptied the shared pipe
+            assert crep["pos_log"] == str(LOG_POS + 2 * len(after_line))  # one shared position
