@@ -64,6 +64,15 @@ def wait_state(pid: int, states: str, timeout: float = 10.0) -> None:
     raise TimeoutError(f"pid {pid} never reached state {states}")
 
 
+def wait_gone(pid: int, timeout: float = 10.0) -> None:
+    """Wait until ``pid`` no longer exists (not even as a zombie)."""
+    deadline = time.monotonic() + timeout
+    while os.path.exists(f"/proc/{pid}"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {pid} still exists")
+        time.sleep(0.005)
+
+
 class FdsTarget:
     """A running fds_target: ``fds[name]`` is a descriptor number, ``dir``
     its working directory."""
