@@ -494,3 +494,92 @@ def test_criu_restores_our_files_images(fds_target, tmp_path, tree):
             assert crep["pipe_bytes"] == "-1"  # the parent emptied the shared pipe
             child_line = f"after {pids[1]}\n"
             assert crep["pos_log"] == str(LOG_POS + len(after_line) + len(child_line))  # one shared position
+
+
+# --- terminals: a job started from a shell -----------------------------------
+
+SHELL = textwrap.dedent(
+    """
+    import os, sys, fcntl, termios, time
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)   # the pty on stdin is our controlling terminal
+    pid = os.fork()
+    if pid == 0:
+        os.setpgid(0, 0)
+        os.execvp(sys.argv[1], sys.argv[1:])
+    os.setpgid(pid, pid)
+    os.tcsetpgrp(0, pid)                    # the job runs in the foreground
+    print(pid, flush=True)
+    os.waitpid(pid, 0)                      # reap it when it is killed
+    time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def shell_job():
+    """A job (``sleep``) started by a "shell" that owns a pseudo-terminal:
+    the job's stdin/stdout/stderr are the pty slave, its session leader and
+    the pty master are outside it -- the case of ``criu --shell-job``.
+    Yields (job pid, shell pid, slave path, master fd)."""
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    shell = subprocess.Popen([sys.executable, "-c", SHELL, "sleep", "600"], stdin=slave, stdout=subprocess.PIPE,
+                             stderr=slave, text=True)
+    os.close(slave)
+    try:
+        job = int(shell.stdout.readline())
+        yield job, shell.pid, path, master
+    finally:
+        shell.kill()
+        shell.wait()
+        os.close(master)
+
+
+def test_shell_job_terminal_differential_and_restore(shell_job, tmp_path):
+    """What CRIU writes for a job's terminal under --shell-job, and ours;
+    then criu restore --shell-job gives the job the terminal on criu's stdin."""
+    from files_helpers import wait_gone, wait_state
+
+    job, shell, slave, master = shell_job
+    os.kill(job, 19)
+    wait_state(job, "T")
+    table, fdinfos, maps, exes = dump_ours([job], tmp_path / "ours")
+    assert table.needs_shell_job and table.unrestorable == []
+    criu_dump(job, tmp_path / "criu", "--shell-job")
+
+    (ti_c,), (ti_o,) = read_msgs(tmp_path / "criu/tty-info.img"), read_msgs(tmp_path / "ours/tty-info.img")
+    index = int(slave.rsplit("/", 1)[1])
+    assert (ti_o.id, ti_o.type, ti_o.pty.index, ti_o.sid, ti_o.pgrp) == (index << 1, 1, index, shell, job)
+    for t in (ti_c, ti_o):  # differ by nature: CRIU copies 32 bytes into 19 words, the rest is its heap
+        for e in (t.termios, t.termios_locked):
+            del e.c_cc[8:]
+    assert ti_c == ti_o
+    mapping = id_map(tmp_path / "criu", tmp_path / "ours", [job], maps, exes)
+    theirs = {e.id: e for e in read_msgs(tmp_path / "criu/files.img")}
+    ours = {e.id: e for e in read_msgs(tmp_path / "ours/files.img")}
+    for cid, e in theirs.items():
+        assert _renumbered(e, mapping) == ours[mapping[cid]], f"file {cid}"
+
+    os.kill(job, 9)
+    wait_gone(job)  # the shell reaps it
+    rest = swap_in_ours(tmp_path / "criu", tmp_path / "ours", tmp_path / "restore", [job], maps, exes)
+    m2, s2 = os.openpty()  # the terminal the restore runs on
+    try:
+        with criu_restore(rest, "--shell-job", stdin=os.ttyname(s2)) as r:
+            assert r.pid == job
+            for fd in (0, 1, 2):
+                assert os.readlink(f"/proc/{job}/fd/{fd}") == os.ttyname(s2)
+            restored = by_fd(collect_fds(Process(job)))
+            assert restored[0].tty.termios == by_fd_termios(tmp_path)  # settings carried over
+    finally:
+        os.close(m2)
+        os.close(s2)
+
+
+def by_fd_termios(tmp_path):
+    """The termios the dump saved (first 17 + 19 bytes), rebuilt from ours."""
+    (ti,) = read_msgs(tmp_path / "ours/tty-info.img")
+    t = ti.termios
+    cc = b"".join(w.to_bytes(4, "little") for w in t.c_cc[:8])[:19]
+    return b"".join(v.to_bytes(4, "little") for v in (t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag)) + bytes([t.c_line]) + cc

@@ -64,9 +64,9 @@ from ..proc.fds import (
     Fown,
     OpenFd,
     TtyState,
-    collect_mapped_file,
     collect_path,
     is_shared_memory,
+    read_mount_ids,
     read_umask,
 )
 from ..proc.maps import Vma
@@ -181,6 +181,7 @@ class FileTable:
         self.fs: dict[int, fs_pb2.fs_entry] = {}
         self._unrestorable: list[Unrestorable] = []
         self._processes: dict[int, Process] = {}
+        self._mount_ids: dict[int, set[int]] = {}
 
     # --- ids
 
@@ -194,6 +195,15 @@ class FileTable:
         if p is None:
             p = self._processes[pid] = Process(pid)
         return p
+
+    def _mounts(self, pid: int) -> set[int]:
+        ids = self._mount_ids.get(pid)
+        if ids is None:
+            ids = self._mount_ids[pid] = read_mount_ids(self._process(pid))
+        return ids
+
+    def _collect(self, pid: int, name: str) -> FileInfo:
+        return collect_path(self._process(pid), name, ghost_limit=self.ghost_limit, mount_ids=self._mounts(pid))
 
     def _not_saved(self, pid: int, kind: str, what: str, why: str) -> None:
         self._unrestorable.append(Unrestorable(pid, kind, what, why))
@@ -396,7 +406,7 @@ class FileTable:
         if hit is not None:
             return hit
         what = f"mapping {vma.start:#x}-{vma.end:#x}"
-        info = collect_mapped_file(self._process(pid), vma, ghost_limit=self.ghost_limit)
+        info = self._collect(pid, f"map_files/{vma.start:x}-{vma.end:x}")
         if is_shared_memory(info):
             self._not_saved(pid, "shared memory", what,
                             f"{info.path!r}: shared anonymous memory, memfd or SysV shm contents are not saved")
@@ -409,7 +419,7 @@ class FileTable:
     def exe_file(self, pid: int) -> int:
         """``mm_entry.exe_file_id``: the file id of /proc/PID/exe (0 and a
         reason when not saved). Call while ``pid`` is frozen."""
-        info = collect_path(self._process(pid), "exe", ghost_limit=self.ghost_limit)
+        info = self._collect(pid, "exe")
         return self._special_id(pid, "exe", "exe", info)
 
     def fs_entry(self, pid: int) -> fs_pb2.fs_entry:
@@ -417,8 +427,8 @@ class FileTable:
         directories (new REG entries, as CRIU) and the umask; :meth:`write`
         writes it. Call while ``pid`` is frozen."""
         p = self._process(pid)
-        cwd = self._special_id(pid, "cwd", "cwd", collect_path(p, "cwd", ghost_limit=self.ghost_limit))
-        root = self._special_id(pid, "root", "root", collect_path(p, "root", ghost_limit=self.ghost_limit))
+        cwd = self._special_id(pid, "cwd", "cwd", self._collect(pid, "cwd"))
+        root = self._special_id(pid, "root", "root", self._collect(pid, "root"))
         fs = fs_pb2.fs_entry(cwd_id=cwd, root_id=root, umask=read_umask(p))
         self.fs[pid] = fs
         return fs

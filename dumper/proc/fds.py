@@ -65,6 +65,7 @@ __all__ = [
     "collect_mapped_file",
     "read_umask",
     "map_files_fdflags",
+    "read_mount_ids",
     "memfd_dev",
     "is_shared_memory",
     "DEFAULT_GHOST_LIMIT",
@@ -269,7 +270,8 @@ def _readlink(path: str) -> str:
     return os.readlink(path)
 
 
-def _mount_ids(process: Process) -> set[int]:
+def read_mount_ids(process: Process) -> set[int]:
+    """Ids of the mounts in the process's mount table (/proc/PID/mountinfo)."""
     ids = set()
     for line in process.read_file("mountinfo").splitlines():
         head = line.split(None, 1)
@@ -608,7 +610,7 @@ class _Collector:
         self.pid = process.pid
         self.ghost_limit = ghost_limit
         self.pidfd: int | None = None
-        self.mount_ids = _mount_ids(process)
+        self.mount_ids = read_mount_ids(process)
         self.pipes_read: dict[int, bytes] = {}  # pipe_id -> data, read once per process
         self._ctl: tuple[int, int, int] | None = None
 
@@ -872,11 +874,15 @@ def collect_fds(process: Process, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> 
         col.close()
 
 
-def collect_path(process: Process, name: str, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> FileInfo:
+def collect_path(
+    process: Process, name: str, *, ghost_limit: int = DEFAULT_GHOST_LIMIT, mount_ids: set[int] | None = None
+) -> FileInfo:
     """The file behind ``/proc/PID/NAME`` for NAME ``cwd``, ``root`` or
     ``exe`` (or ``map_files/START-END``), as CRIU's dump_task_fs and
     dump_task_exe_link record it: path, stat, mount id; contents if it was
-    deleted. ``reason`` set when a restore could not reopen it."""
+    deleted. ``reason`` set when a restore could not reopen it.
+    ``mount_ids``: the process's mount ids (:func:`mount_ids`), read here
+    when not given."""
     base = f"{process.path}/{name}"
     with process.translate(name):
         link = _readlink(base)
@@ -887,7 +893,7 @@ def collect_path(process: Process, name: str, *, ghost_limit: int = DEFAULT_GHOS
     if is_shared_memory(info):
         info.reason = f"{link!r} is a shared memory object, not a file"
         return info
-    _check_path(info, _mount_ids(process))
+    _check_path(info, mount_ids if mount_ids is not None else read_mount_ids(process))
     _add_contents(info, base, ghost_limit, want_build_id=name != "cwd" and name != "root")
     return info
 
@@ -910,10 +916,12 @@ def _mnt_id_of(path: str) -> int:
         os.close(fd)
 
 
-def collect_mapped_file(process: Process, vma: Vma, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> FileInfo:
+def collect_mapped_file(
+    process: Process, vma: Vma, *, ghost_limit: int = DEFAULT_GHOST_LIMIT, mount_ids: set[int] | None = None
+) -> FileInfo:
     """The file mapped at ``vma`` (through /proc/PID/map_files, which needs
     CAP_SYS_ADMIN), as CRIU's dump_filemap records it."""
-    return collect_path(process, f"map_files/{vma.start:x}-{vma.end:x}", ghost_limit=ghost_limit)
+    return collect_path(process, f"map_files/{vma.start:x}-{vma.end:x}", ghost_limit=ghost_limit, mount_ids=mount_ids)
 
 
 def map_files_fdflags(process: Process, vma: Vma) -> int | None:
