@@ -84,7 +84,12 @@ _REAPER = textwrap.dedent(
         sys.exit("prctl(PR_SET_CHILD_SUBREAPER) failed")
     stdin_path = sys.argv[1]
     cmd = sys.argv[2:]
-    stdin = open(stdin_path, "rb") if stdin_path != "-" else subprocess.DEVNULL
+    stdin = subprocess.DEVNULL
+    if stdin_path != "-":  # a terminal: make it ours, as a shell's terminal is its jobs'
+        import fcntl, termios
+        os.setsid()
+        stdin = os.open(stdin_path, os.O_RDWR)
+        fcntl.ioctl(stdin, termios.TIOCSCTTY, 0)
     r = subprocess.run(cmd, stdin=stdin)
     print(r.returncode, flush=True)
     sys.stdin.readline()  # the test is done with the restored tree: kill all we adopted
@@ -127,8 +132,10 @@ class Restored:
 def criu_restore(image_dir: Path, *args: str, stdin: str | None = None) -> Iterator[Restored]:
     """Restore ``image_dir`` detached (``-d``), yield it, then kill and reap
     the restored tree. The dumped process must be gone (and reaped): CRIU
-    restores it with its pid. ``stdin``: a path opened as criu's stdin (a
-    terminal, for --shell-job). AssertionError with the log on failure."""
+    restores it with its pid. ``stdin``: a terminal opened as criu's stdin
+    and made the controlling terminal of its session, as when criu runs
+    from a shell (``--shell-job`` gives it to the restored job).
+    AssertionError with the log on failure."""
     pidfile = image_dir / "restored.pid"
     pidfile.unlink(missing_ok=True)
     cmd = [criu_binary(), "restore", "-d", "-D", str(image_dir), "-o", "restore.log", "-v4",
