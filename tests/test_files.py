@@ -583,3 +583,62 @@ def by_fd_termios(tmp_path):
     t = ti.termios
     cc = b"".join(w.to_bytes(4, "little") for w in t.c_cc[:8])[:19]
     return b"".join(v.to_bytes(4, "little") for v in (t.c_iflag, t.c_oflag, t.c_cflag, t.c_lflag)) + bytes([t.c_line]) + cc
+
+
+# --- what is not saved --------------------------------------------------------
+
+
+def test_table_lists_what_it_does_not_save(fds_target):
+    from dumper.dump.files import FileTable, Unrestorable
+
+    t = fds_target("--bad")
+    t.stop()
+    table = FileTable()
+    fdinfos = table.add_process(t.pid, collect_fds(Process(t.pid)))
+    bad = {t.fds["tcp"]: "socket", t.fds["inotify"]: "inotify", t.fds["signalfd"]: "signalfd"}
+    assert {e.fd for e in fdinfos} == {0, 1, 2} | {v for k, v in t.fds.items() if k != "child"} - set(bad)
+    assert table.unrestorable == [
+        Unrestorable(t.pid, "socket", f"fd {t.fds['tcp']}", "TCP socket (IPv4)"),
+        Unrestorable(t.pid, "inotify", f"fd {t.fds['inotify']}", "inotify"),
+        Unrestorable(t.pid, "signalfd", f"fd {t.fds['signalfd']}", "signalfd"),
+    ]
+    assert str(table.unrestorable[0]) == f"pid {t.pid} fd {t.fds['tcp']} (socket): TCP socket (IPv4)"
+
+
+SHM_TARGET = textwrap.dedent(
+    """
+    import mmap, os, sys, time
+    anon = mmap.mmap(-1, 1 << 20, flags=mmap.MAP_SHARED)
+    anon[:5] = b"hello"
+    mfd = os.memfd_create("shared-thing")
+    os.ftruncate(mfd, 1 << 16)
+    mem = mmap.mmap(mfd, 1 << 16, flags=mmap.MAP_SHARED)
+    master, slave = os.openpty()
+    print(mfd, master, slave, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_shared_memory_and_pty_pairs_not_saved(tmp_path):
+    from dumper.dump.files import FileTable
+
+    proc = subprocess.Popen([sys.executable, "-c", SHM_TARGET], stdout=subprocess.PIPE, text=True)
+    try:
+        mfd, master, slave = map(int, proc.stdout.readline().split())
+        p = Process(proc.pid)
+        table = FileTable()
+        shared = [v for v in p.vmas() if v.shared and v.path.startswith("/")]
+        assert {v.path.split(" ")[0] for v in shared} >= {"/dev/zero", "/memfd:shared-thing"}
+        assert all(table.mapped_file(proc.pid, v) == 0 for v in shared)
+        lib = next(v for v in p.vmas() if v.path.startswith("/") and not v.shared)
+        assert table.mapped_file(proc.pid, lib) > 0
+        table.add_process(proc.pid, collect_fds(p))
+        by_what = {u.what: u for u in table.unrestorable}
+        assert by_what[f"fd {mfd}"].kind == "memfd"
+        assert "pty pairs are not saved" in by_what[f"fd {master}"].why
+        assert "its master is in the checkpoint" in by_what[f"fd {slave}"].why
+        assert sum(u.kind == "shared memory" for u in table.unrestorable) == len(shared)
+    finally:
+        proc.kill()
+        proc.wait()
