@@ -254,6 +254,8 @@ class FileTable:
         for o in fds:
             if o.unrestorable is not None:
                 self._not_saved(pid, o.kind, f"fd {o.fd}", o.unrestorable)
+                if o.tty is not None:  # a pty master: its slaves are not shell-job terminals
+                    self._ptys.append(_Pty(pid, o.fd, o.tty.index, o.tty.driver == "ptmx"))
                 continue
             file_id = self._shared_id(pid, o)
             out.append(
