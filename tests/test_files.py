@@ -642,3 +642,10 @@ def test_shared_memory_and_pty_pairs_not_saved(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_collect_zombie_refused(zombie):
+    from dumper.errors import ZombieProcess
+
+    with pytest.raises(ZombieProcess):
+        collect_fds(Process(zombie))

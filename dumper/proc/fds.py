@@ -266,8 +266,20 @@ def _parse_fdinfo(data: bytes) -> dict[str, str]:
     return out
 
 
-def _readlink(path: str) -> str:
-    return os.readlink(path)
+def _read_small(path: str) -> bytes:
+    """A /proc file that fits one read (fdinfo: a few lines, more for
+    inotify/epoll, which get read whole)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 4096)
+        if len(data) < 4096:
+            return data
+        chunks = [data]
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_mount_ids(process: Process) -> set[int]:
@@ -648,8 +660,8 @@ class _Collector:
     def one(self, fd: int) -> OpenFd:
         base = f"{self.process.path}/fd/{fd}"
         with self.process.translate(f"fd {fd}"):
-            link = _readlink(base)
-            info = _parse_fdinfo(self.process.read_file(f"fdinfo/{fd}"))
+            link = os.readlink(base)
+            info = _parse_fdinfo(_read_small(f"{self.process.path}/fdinfo/{fd}"))
             st = os.stat(base)
         raw_flags = int(info.get("flags", "0"), 8)
         o = OpenFd(
@@ -863,8 +875,10 @@ def collect_fds(process: Process, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> 
     The process must be frozen. ``ghost_limit``: the most allocated bytes
     of a deleted file whose contents are read (CRIU's ``--ghost-limit``,
     1 MiB by default); a larger one is reported unrestorable. Errors:
-    ProcessError kinds, UnsupportedKernel (no pidfd_getfd), KernelError.
+    ProcessError kinds (ZombieProcess for a zombie), UnsupportedKernel (no
+    pidfd_getfd), KernelError.
     """
+    process.check_has_mm()  # a zombie has no descriptors left; a kernel thread never had any
     col = _Collector(process, ghost_limit)
     try:
         with process.translate("fd"):
@@ -885,7 +899,7 @@ def collect_path(
     when not given."""
     base = f"{process.path}/{name}"
     with process.translate(name):
-        link = _readlink(base)
+        link = os.readlink(base)
         st = os.stat(base)
         fs_type = statfs_type(base)
         mnt_id = _mnt_id_of(base)
