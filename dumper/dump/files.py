@@ -269,7 +269,8 @@ class FileTable:
         """The id of ``o``'s open file description: an earlier one if kcmp
         says it is the same (a sorted list per gen key, binary search by the
         kernel's order, as CRIU's kcmp tree), else a new file entry."""
-        key = (o.kind, o.dev, o.ino, o.pos, o.flags)
+        # eventfd-id (Linux 6.6 fdinfo) tells eventfds apart: they share one inode
+        key = (o.kind, o.dev, o.ino, o.pos, o.flags, o.fdinfo.get("eventfd-id"))
         group = self._shared.setdefault(key, [])
         lo, hi = 0, len(group)
         while lo < hi:

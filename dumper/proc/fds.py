@@ -624,7 +624,16 @@ class _Collector:
         self.pidfd: int | None = None
         self.mount_ids = read_mount_ids(process)
         self.pipes_read: dict[int, bytes] = {}  # pipe_id -> data, read once per process
+        self.fs_types: dict[int, int] = {}  # st_dev -> statfs f_type
         self._ctl: tuple[int, int, int] | None = None
+
+    def fs_type(self, dev: int, base: str, fd: int) -> int:
+        """statfs f_type of the file at ``base``; one statfs per device."""
+        t = self.fs_types.get(dev)
+        if t is None:
+            with self.process.translate(f"fd {fd}"):
+                t = self.fs_types[dev] = statfs_type(base)
+        return t
 
     def ctl(self) -> tuple[int, int, int]:
         if self._ctl is None:
@@ -690,8 +699,7 @@ class _Collector:
         if stat.S_ISFIFO(mode) and link.startswith("pipe:["):
             o.kind = PIPE
             return self._pipe(o)
-        with self.process.translate(f"fd {fd}"):
-            o.fs_type = statfs_type(base)
+        o.fs_type = self.fs_type(st.st_dev, base, fd)
         if o.fs_type == PID_FS_MAGIC:
             o.kind = "pidfd"
             o.unrestorable = "pidfd"
