@@ -216,7 +216,7 @@ def test_collect_paths_a_restore_cannot_reopen(tmp_path):
         assert fds[gone].kind == "dir" and "deleted directory" in fds[gone].unrestorable
         assert fds[fifo].kind == "fifo" and "deleted FIFO" in fds[fifo].unrestorable
         assert "ghost limit" in fds[big].unrestorable and fds[big].file.ghost is None
-        assert "other links" in fds[linked].unrestorable
+        assert "still has links elsewhere" in fds[linked].unrestorable
         # nlink 0 after the rename over it: an ordinary ghost, contents kept
         assert fds[swapped].unrestorable is None and fds[swapped].file.ghost.read_all() == b"z"
         cwd = collect_path(p, "cwd")
@@ -649,3 +649,27 @@ def test_collect_zombie_refused(zombie):
 
     with pytest.raises(ZombieProcess):
         collect_fds(Process(zombie))
+
+
+def test_file_on_a_detached_mount_not_saved(tmp_path):
+    """A file whose mount was detached (umount -l) is out of the mount table:
+    no restore can reach it."""
+    m = tmp_path / "m"
+    m.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "none", str(m)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    proc = None
+    try:
+        (m / "f").write_text("x")
+        code = "import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print(fd, flush=True); time.sleep(600)"
+        proc = subprocess.Popen([sys.executable, "-c", code, str(m / "f")], stdout=subprocess.PIPE, text=True)
+        fd = int(proc.stdout.readline())
+        subprocess.run(["umount", "-l", str(m)], check=True)
+        f = by_fd(collect_fds(Process(proc.pid)))[fd]
+        assert f.kind == "reg" and "is not in the process's mount table" in f.unrestorable
+    finally:
+        subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        if proc is not None:
+            proc.kill()
+            proc.wait()

@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from google.protobuf.message import Message
 
@@ -91,11 +91,10 @@ _KMSG = (ktty.MEM_MAJOR, 11)
 _U64_MAX = (1 << 64) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class Unrestorable:
+class Unrestorable(NamedTuple):
     """One thing of the checkpoint a restore would lack: ``pid``, ``kind``
     (``socket``, ``inotify``, ...), ``what`` (``fd 5``, ``cwd``, ``exe``,
-    ``mapping 0x7f..-0x7f..``), ``why`` (one line)."""
+    ``mapping 0x7f..-0x7f..``), ``why`` (one line). A tuple."""
 
     pid: int
     kind: str

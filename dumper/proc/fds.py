@@ -483,8 +483,8 @@ def _check_path(info: FileInfo, mount_ids: set[int] | None) -> None:
     except FileNotFoundError:
         info.path = stripped
         info.reason = (
-            f"{stripped!r} was unlinked but the file has other links: a restore cannot reopen it"
-            " (CRIU would create a link-remap file on the file system)"
+            f"{stripped!r} no longer leads to the file, which still has links elsewhere (unlinked, or"
+            " hidden by a mount): a restore cannot reopen it (CRIU would create a link-remap file)"
         )
         return
     except OSError as err:
