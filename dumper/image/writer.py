@@ -641,24 +641,13 @@ class CheckpointWriter:
         :data:`~dumper.image.format.MAGICS` key), then ``msgs`` as entries.
         Returns its (temporary) path. DumpError on I/O failure or a message
         missing required fields."""
-        f = self._create(name)
-        try:
-            fmt.write_magic(f, magic)
-            fmt.write_entries(f, msgs)
-            _fsync_close(f)
-        except OSError as err:
-            f.close()
-            raise DumpError(f"writing {name}: {err.strerror}") from err
-        except (EncodeError, ValueError) as err:
-            f.close()
-            raise DumpError(f"writing {name}: {err}") from err
-        return self.tmpdir / name
+        return self.write_image_extra(name, magic, msgs)
 
     def write_image_extra(self, name: str, magic: str, items: Iterable[Message | bytes]) -> Path:
-        """Like :meth:`write_image` for images with raw data after some
-        entries (pipes-data, fifo-data, ghost-file: crit's "extra"
-        payloads): each item is a message, written as an entry, or bytes,
-        written as they are right after the previous entry."""
+        """:meth:`write_image` for images with raw data after some entries
+        (pipes-data, fifo-data, ghost-file: crit's "extra" payloads): each
+        item is a message, written as an entry, or bytes, written as they
+        are right after the previous entry."""
         f = self._create(name)
         try:
             fmt.write_magic(f, magic)

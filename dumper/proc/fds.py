@@ -423,7 +423,7 @@ def memfd_dev() -> int:
     return _MEMFD_DEV[0]
 
 
-def _file_info(proc_path: str, link: str, st: os.stat_result, mnt_id: int, fs_type: int) -> FileInfo:
+def _file_info(link: str, st: os.stat_result, mnt_id: int, fs_type: int) -> FileInfo:
     return FileInfo(
         path=link,
         mode=st.st_mode,
@@ -783,7 +783,7 @@ class _Collector:
             o.kind = f"character device {maj}:{mnr}"
             o.unrestorable = f"character device {maj}:{mnr} ({o.link})"
             return o
-        o.file = _file_info(base, o.link, st, o.mnt_id, o.fs_type)
+        o.file = _file_info(o.link, st, o.mnt_id, o.fs_type)
         _check_path(o.file, self.mount_ids)
         if o.file.reason:
             o.unrestorable = o.file.reason
@@ -814,7 +814,7 @@ class _Collector:
             o.kind = "secretmem"
             o.unrestorable = "memfd_secret"
             return o
-        o.file = info = _file_info(base, o.link, st, o.mnt_id, o.fs_type)
+        o.file = info = _file_info(o.link, st, o.mnt_id, o.fs_type)
         _check_path(info, self.mount_ids)
         if o.kind == FIFO:
             if info.reason:
@@ -911,7 +911,7 @@ def collect_path(
         st = os.stat(base)
         fs_type = statfs_type(base)
         mnt_id = _mnt_id_of(base)
-    info = _file_info(base, link, st, mnt_id, fs_type)
+    info = _file_info(link, st, mnt_id, fs_type)
     if is_shared_memory(info):
         info.reason = f"{link!r} is a shared memory object, not a file"
         return info
