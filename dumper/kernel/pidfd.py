@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
-from .libc import syscall
+import ctypes
+
+from .libc import check, libc
 from .x86_64 import NR_pidfd_getfd
 
 __all__ = ["pidfd_open", "pidfd_getfd"]
@@ -26,4 +28,5 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
 def pidfd_getfd(pidfd: int, targetfd: int, flags: int = 0) -> int:
     """Our own descriptor for the target's ``targetfd``; OSError on failure
     (EBADF: no such descriptor; EPERM: ptrace access denied; ENOSYS: < 5.6)."""
-    return syscall(NR_pidfd_getfd, pidfd, targetfd, flags)
+    return check(libc.syscall(NR_pidfd_getfd, ctypes.c_int(pidfd), ctypes.c_int(targetfd), ctypes.c_uint(flags)),
+                 "pidfd_getfd")

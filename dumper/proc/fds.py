@@ -631,8 +631,7 @@ class _Collector:
         """statfs f_type of the file at ``base``; one statfs per device."""
         t = self.fs_types.get(dev)
         if t is None:
-            with self.process.translate(f"fd {fd}"):
-                t = self.fs_types[dev] = statfs_type(base)
+            t = self.fs_types[dev] = statfs_type(base)
         return t
 
     def ctl(self) -> tuple[int, int, int]:
@@ -668,10 +667,10 @@ class _Collector:
 
     def one(self, fd: int) -> OpenFd:
         base = f"{self.process.path}/fd/{fd}"
-        with self.process.translate(f"fd {fd}"):
-            link = os.readlink(base)
-            info = _parse_fdinfo(_read_small(f"{self.process.path}/fdinfo/{fd}"))
-            st = os.stat(base)
+        # OSErrors here are translated once, around the whole walk (collect_fds)
+        link = os.readlink(base)
+        info = _parse_fdinfo(_read_small(f"{self.process.path}/fdinfo/{fd}"))
+        st = os.stat(base)
         raw_flags = int(info.get("flags", "0"), 8)
         o = OpenFd(
             fd=fd,
@@ -888,10 +887,15 @@ def collect_fds(process: Process, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> 
     """
     process.check_has_mm()  # a zombie has no descriptors left; a kernel thread never had any
     col = _Collector(process, ghost_limit)
+    fd = None
     try:
-        with process.translate("fd"):
-            fds = sorted(int(n) for n in os.listdir(f"{process.path}/fd"))
-        return [col.one(fd) for fd in fds]
+        with process.translate("descriptors"):
+            out = []
+            for fd in sorted(int(n) for n in os.listdir(f"{process.path}/fd")):
+                out.append(col.one(fd))
+            return out
+    except OSError as err:  # what translate leaves: an unexpected errno
+        raise KernelError(err.errno, "reading descriptors", f"pid {process.pid} fd {fd}") from err
     finally:
         col.close()
 
