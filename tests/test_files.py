@@ -673,3 +673,14 @@ def test_file_on_a_detached_mount_not_saved(tmp_path):
         if proc is not None:
             proc.kill()
             proc.wait()
+
+
+def test_mapping_gone_is_a_dumper_error(fds_target):
+    from dumper.dump.files import FileTable
+    from dumper.errors import KernelError
+    from dumper.proc.maps import Vma
+
+    t = fds_target()
+    gone = Vma(start=0x10000, end=0x11000, perms="r--p", pgoff=0, dev_major=0, dev_minor=0, inode=1, path="/x")
+    with pytest.raises(KernelError, match="map_files/10000-11000"):
+        FileTable().mapped_file(t.pid, gone)

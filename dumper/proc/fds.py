@@ -907,14 +907,19 @@ def collect_path(
     ``exe`` (or ``map_files/START-END``), as CRIU's dump_task_fs and
     dump_task_exe_link record it: path, stat, mount id; contents if it was
     deleted. ``reason`` set when a restore could not reopen it.
-    ``mount_ids``: the process's mount ids (:func:`mount_ids`), read here
-    when not given."""
+    ``mount_ids``: the process's mount ids (:func:`read_mount_ids`), read
+    here when not given. Errors: ProcessError kinds; KernelError when NAME
+    does not exist in a live process (a mapping that is gone: the process
+    was not frozen)."""
     base = f"{process.path}/{name}"
-    with process.translate(name):
-        link = os.readlink(base)
-        st = os.stat(base)
-        fs_type = statfs_type(base)
-        mnt_id = _mnt_id_of(base)
+    try:
+        with process.translate(name):
+            link = os.readlink(base)
+            st = os.stat(base)
+            fs_type = statfs_type(base)
+            mnt_id = _mnt_id_of(base)
+    except OSError as err:
+        raise KernelError(err.errno, f"reading /proc/{process.pid}/{name}") from err
     info = _file_info(link, st, mnt_id, fs_type)
     if is_shared_memory(info):
         info.reason = f"{link!r} is a shared memory object, not a file"
