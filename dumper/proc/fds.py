@@ -31,6 +31,7 @@ import re
 import socket
 import stat
 import struct
+import termios
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -766,6 +767,10 @@ class _Collector:
                 data = self.pipes_read.get(pipe_id)
                 if data is None:
                     data = self.pipes_read[pipe_id] = _peek_pipe(copy, size)
+                queued = _ioctl_int(copy, termios.FIONREAD)
+                if len(data) != queued:
+                    o.unrestorable = f"{o.kind} holds {queued} bytes, {len(data)} could be copied"
+                    return o
         o.pipe = PipeBuffer(pipe_id=pipe_id, size=size, data=data)
         return o
 
