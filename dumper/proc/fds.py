@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl as _fcntl
 import os
 import re
 import socket
@@ -42,7 +43,6 @@ from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..kernel.splice import SPLICE_F_NONBLOCK, tee
 from ..kernel.statfs import (
     ANON_INODE_FS_MAGIC,
-    BTRFS_SUPER_MAGIC,
     DEVPTS_SUPER_MAGIC,
     HUGETLBFS_MAGIC,
     NFS_SUPER_MAGIC,
@@ -545,8 +545,6 @@ def _tty_driver(rdev: int) -> str | None:
 
 
 def _ioctl_int(fd: int, req: int) -> int:
-    import fcntl as _fcntl
-
     return struct.unpack("i", _fcntl.ioctl(fd, req, bytes(4)))[0]
 
 
@@ -558,8 +556,6 @@ def _read_tty(fd: int, driver: str, rdev: int, path: str, ctl: tuple[int, int, i
     terminal it is, so for a slave the target's own /proc view is used;
     on a master they answer anybody.
     """
-    import fcntl as _fcntl
-
     if driver == "ptmx":
         index = _ioctl_int(fd, ktty.TIOCGPTN)
     elif driver == "pts":
@@ -628,7 +624,7 @@ class _Collector:
         self.fs_types: dict[int, int] = {}  # st_dev -> statfs f_type
         self._ctl: tuple[int, int, int] | None = None
 
-    def fs_type(self, dev: int, base: str, fd: int) -> int:
+    def fs_type(self, dev: int, base: str) -> int:
         """statfs f_type of the file at ``base``; one statfs per device."""
         t = self.fs_types.get(dev)
         if t is None:
@@ -651,11 +647,7 @@ class _Collector:
         except OSError as err:
             if err.errno == errno.ENOSYS:
                 raise UnsupportedKernel("pidfd_getfd", "Linux 5.6 or later is needed to read descriptors") from err
-            if err.errno == errno.EPERM:
-                raise AccessDenied(self.pid, f"pidfd_getfd of fd {fd} refused") from err
-            if err.errno == errno.ESRCH:
-                raise self.process._gone_or_zombie() or KernelError(err.errno, "pidfd_getfd") from err
-            raise KernelError(err.errno, "pidfd_getfd", f"fd {fd} of pid {self.pid}") from err
+            raise  # EPERM, ESRCH...: translated by collect_fds
         try:
             yield copy
         finally:
@@ -699,7 +691,7 @@ class _Collector:
         if stat.S_ISFIFO(mode) and link.startswith("pipe:["):
             o.kind = PIPE
             return self._pipe(o)
-        o.fs_type = self.fs_type(st.st_dev, base, fd)
+        o.fs_type = self.fs_type(st.st_dev, base)
         if o.fs_type == PID_FS_MAGIC:
             o.kind = "pidfd"
             o.unrestorable = "pidfd"
