@@ -123,6 +123,16 @@ class FdsTarget:
         return read_report(path, timeout)
 
     def close(self) -> None:
+        """Kill and reap the target, and its --fork child first: killed while
+        the parent (which ignores SIGCHLD) lives, the kernel reaps it; killed
+        after, it would be re-parented to PID 1, which here never reaps."""
+        child = self.fds.get("child") if hasattr(self, "fds") else None
+        if child is not None and self.proc.poll() is None:
+            try:
+                os.kill(child, signal.SIGKILL)
+                wait_gone(child)
+            except ProcessLookupError:
+                pass
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()

@@ -527,10 +527,19 @@ def shell_job():
     shell = subprocess.Popen([sys.executable, "-c", SHELL, "sleep", "600"], stdin=slave, stdout=subprocess.PIPE,
                              stderr=slave, text=True)
     os.close(slave)
+    job = None
     try:
         job = int(shell.stdout.readline())
         yield job, shell.pid, path, master
     finally:
+        if job is not None:  # the shell reaps it (a test may have done this already)
+            try:
+                os.kill(job, 9)
+            except ProcessLookupError:
+                pass
+            from files_helpers import wait_gone
+
+            wait_gone(job)
         shell.kill()
         shell.wait()
         os.close(master)
