@@ -693,3 +693,28 @@ def test_mapping_gone_is_a_dumper_error(fds_target):
     gone = Vma(start=0x10000, end=0x11000, perms="r--p", pgoff=0, dev_major=0, dev_minor=0, inode=1, path="/x")
     with pytest.raises(KernelError, match="map_files/10000-11000"):
         FileTable().mapped_file(t.pid, gone)
+
+
+def test_held_file_lock_not_saved(tmp_path):
+    """criu dump refuses a process holding file locks (without --file-locks);
+    we save none, so such a descriptor is a reason."""
+    code = textwrap.dedent(
+        """
+        import fcntl, os, sys, time
+        a = os.open(sys.argv[1] + "/a", os.O_RDWR | os.O_CREAT); fcntl.flock(a, fcntl.LOCK_EX)
+        b = os.open(sys.argv[1] + "/b", os.O_RDWR | os.O_CREAT); fcntl.lockf(b, fcntl.LOCK_SH)
+        c = os.open(sys.argv[1] + "/c", os.O_RDWR | os.O_CREAT)
+        print(a, b, c, flush=True)
+        time.sleep(600)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        a, b, c = map(int, proc.stdout.readline().split())
+        fds = by_fd(collect_fds(Process(proc.pid)))
+        assert "FLOCK  ADVISORY  WRITE".split() == fds[a].unrestorable.split("(")[1].split(")")[0].split()
+        assert "POSIX ADVISORY READ" in fds[b].unrestorable
+        assert fds[c].unrestorable is None
+    finally:
+        proc.kill()
+        proc.wait()

@@ -889,7 +889,13 @@ def collect_fds(process: Process, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> 
         with process.translate("descriptors"):
             out = []
             for fd in sorted(int(n) for n in os.listdir(f"{process.path}/fd")):
-                out.append(col.one(fd))
+                o = col.one(fd)
+                lock = o.fdinfo.get("lock")
+                if lock is not None and o.unrestorable is None:
+                    # fdinfo "lock:" lines (fs/locks.c show_fd_locks): flock, POSIX locks, leases
+                    kind = " ".join(lock.split()[1:4])
+                    o.unrestorable = f"holds a file lock ({kind}): locks are not saved (criu needs --file-locks)"
+                out.append(o)
             return out
     except OSError as err:  # what translate leaves: an unexpected errno
         raise KernelError(err.errno, "reading descriptors", f"pid {process.pid} fd {fd}") from err
