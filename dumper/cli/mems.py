@@ -13,6 +13,10 @@ PE_PRESENT pages the pagemap holds inside the VMA (``N+Mp`` when M more
 are PE_PARENT or lazy), or ``skipped`` with the dump's reason at the end of
 the line when the dump did not look at the VMA's contents.
 
+``--json`` prints one object instead: ``{"dir", "processes": [{"pid",
+"page_size", "exe", "vmas": [{"vma": <vma_entry as protobuf JSON>,
+"annotation", "pages_present", "pages_other"}], "pages_outside_vmas"}]}``.
+
 Works on CRIU image directories too (no dumper fields; pids then come from
 the ``mm-PID.img``/``pagemap-PID.img`` file names). The helpers here
 (:func:`checkpoint_pids`, :func:`load_process`) are shared with ``rss``.
@@ -21,6 +25,7 @@ the ``mm-PID.img``/``pagemap-PID.img`` file names). The helpers here
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -30,7 +35,7 @@ from ..errors import BadMagic, CorruptImage, ImageError
 from ..image import format as fmt
 from ..image import load_inventory, load_pagemap, read_image
 from ..image.pb import inventory_pb2, mm_pb2, pagemap_pb2, vma_pb2
-from ..image.pretty import printable, prot_text, vma_annotation
+from ..image.pretty import message_to_dict, printable, prot_text, vma_annotation
 from ..image.reader import PagemapEntry
 
 _PID_FILE = re.compile(r"(?:mm|pagemap)-(\d+)\.img")
@@ -41,6 +46,7 @@ _PAGES_WIDTH = 8
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 @dataclass
@@ -168,10 +174,26 @@ def mems_lines(proc: ProcessImages) -> list[str]:
     return lines
 
 
+def mems_json(proc: ProcessImages) -> dict:
+    """What ``mems --json`` prints for one process."""
+    counts, outside = pages_per_vma(proc)
+    shm_ids: dict[int, int] = {}
+    vmas = [
+        {"vma": message_to_dict(v), "annotation": vma_annotation(v, shm_ids).strip(),
+         "pages_present": present, "pages_other": other}
+        for v, (present, other) in zip(proc.mm.vmas, counts)
+    ]
+    return {"pid": proc.pid, "page_size": proc.page_size, "exe": proc.mm.exe_path or None,
+            "vmas": vmas, "pages_outside_vmas": outside}
+
+
 def run(args: argparse.Namespace) -> int:
     inv = open_inventory(args.dir)
     # Read everything first: a damaged image gives one error and no partial listing.
     procs = [load_process(args.dir, pid, inv) for pid in checkpoint_pids(args.dir, inv)]
+    if args.json:
+        print(json.dumps({"dir": args.dir, "processes": [mems_json(p) for p in procs]}, indent=2))
+        return 0
     for proc in procs:
         print("\n".join(mems_lines(proc)))
     return 0

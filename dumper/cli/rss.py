@@ -8,12 +8,18 @@ path, ``[stack]``... as in ``dumper mems``), or ``~`` for a VMA already
 listed for the previous entry (it continues). An entry outside every VMA
 says so. Addresses are hex, counts in pages. Works on CRIU image
 directories too.
+
+``--json`` prints one object instead: ``{"dir", "processes": [{"pid",
+"page_size", "entries": [{"vaddr", "nr_pages", "flags": [names], "vmas":
+[{"start", "end", "annotation"}]}]}]}`` (every VMA an entry overlaps; no
+``~`` shorthand).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+import json
+from typing import Iterator, Sequence
 
 from ..image import format as fmt
 from ..image.pretty import vma_annotation
@@ -27,48 +33,80 @@ _FLAGS_WIDTH = 13
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _flags_text(flags: int) -> str:
     return "|".join(name for name, bit in _FLAG_NAMES if flags & bit) or "0"
 
 
-def rss_lines(proc: ProcessImages) -> list[str]:
-    """The lines ``rss`` prints for one process."""
+def _entries_with_vmas(proc: ProcessImages) -> Iterator[tuple[object, list[int], list]]:
+    """``(entry, indices, vmas)`` per pagemap entry: the indices in ``vmas``
+    (GUARD pseudo-VMAs left out: they hold no pages and may overlap the
+    others) of the VMAs the entry overlaps. Linear in entries + VMAs."""
     ps = proc.page_size
-    # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
     vmas = [v for v in proc.mm.vmas if not v.status & fmt.VMA_AREA_GUARD]
-    shm_ids: dict[int, int] = {}
-    indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
-    lines = [f"{proc.pid}"]
     vmi = 0
-    prev = -1  # index of the last VMA listed
     for e in proc.entries:
-        head = f"\t{f'{e.vaddr:x} / {e.nr_pages:<8}':<{_ENTRY_WIDTH}} {_flags_text(e.flags):<{_FLAGS_WIDTH}}"
         while vmi < len(vmas) and vmas[vmi].end <= e.vaddr:
             vmi += 1
         end = e.end(ps)
-        parts = []
+        hit = []
         while vmi < len(vmas) and vmas[vmi].start < end:
-            v = vmas[vmi]
-            if vmi == prev:
+            hit.append(vmi)
+            vmi += 1
+        if hit:
+            vmi -= 1  # the last VMA may continue into the next entry
+        yield e, hit, vmas
+
+
+def rss_lines(proc: ProcessImages) -> list[str]:
+    """The lines ``rss`` prints for one process."""
+    ps = proc.page_size
+    shm_ids: dict[int, int] = {}
+    indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
+    lines = [f"{proc.pid}"]
+    prev = -1  # index of the last VMA listed
+    for e, hit, vmas in _entries_with_vmas(proc):
+        head = f"\t{f'{e.vaddr:x} / {e.nr_pages:<8}':<{_ENTRY_WIDTH}} {_flags_text(e.flags):<{_FLAGS_WIDTH}}"
+        parts = []
+        for i in hit:
+            v = vmas[i]
+            if i == prev:
                 parts.append("~")
             else:
                 parts.append(f"{v.start:08x} / {(v.end - v.start) // ps:<8}{vma_annotation(v, shm_ids)}")
-                prev = vmi
-            vmi += 1
-        if parts:
-            vmi -= 1  # the last VMA may continue into the next entry
-        else:
+                prev = i
+        if not parts:
             parts.append("(outside every VMA)")
         lines.append((head + parts[0]).rstrip())
         lines.extend((indent + p).rstrip() for p in parts[1:])
     return lines
 
 
+def rss_json(proc: ProcessImages) -> dict:
+    """What ``rss --json`` prints for one process."""
+    shm_ids: dict[int, int] = {}
+    notes: dict[int, str] = {}
+    entries = []
+    for e, hit, vmas in _entries_with_vmas(proc):
+        for i in hit:
+            if i not in notes:
+                notes[i] = vma_annotation(vmas[i], shm_ids).strip()
+        entries.append({
+            "vaddr": e.vaddr, "nr_pages": e.nr_pages,
+            "flags": [name for name, bit in reversed(_FLAG_NAMES) if e.flags & bit],
+            "vmas": [{"start": vmas[i].start, "end": vmas[i].end, "annotation": notes[i]} for i in hit],
+        })
+    return {"pid": proc.pid, "page_size": proc.page_size, "entries": entries}
+
+
 def run(args: argparse.Namespace) -> int:
     inv = open_inventory(args.dir)
     procs = [load_process(args.dir, pid, inv) for pid in checkpoint_pids(args.dir, inv)]
+    if args.json:
+        print(json.dumps({"dir": args.dir, "processes": [rss_json(p) for p in procs]}, indent=2))
+        return 0
     for proc in procs:
         print("\n".join(rss_lines(proc)))
     return 0
