@@ -12,8 +12,11 @@ It maps:
 It prints ``READY <pid>`` on stdout once everything is in place and then runs
 until killed (or until stdin closes, with ``--until-eof``).
 
-    python examples/target.py --dense-mib 64 &
+    python -m dumper.demo_target --dense-mib 64 &     # or: python examples/target.py
     dumper dump $! -D /tmp/ckpt
+
+It ships inside the package (``dumper demo`` runs it) and imports nothing
+from dumper: standard library only.
 """
 
 from __future__ import annotations
