@@ -197,7 +197,7 @@ class _SetWriter:
         try:
             f.flush()
             self.result.bytes += f.tell()
-            f.close()  # fsyncs
+            f.sync_close()
         except OSError as err:
             f.discard()
             raise ExportError(f"writing {f.display_name}: {err.strerror}") from err

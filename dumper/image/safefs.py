@@ -16,8 +16,9 @@ through this module:
 Use::
 
     with OutputDir(dest, force=force, sources=[src]) as out:
-        with out.dir.create("inventory.img") as f:   # 0600, O_EXCL|O_NOFOLLOW
-            ...                                      # closing fsyncs
+        f = out.dir.create("inventory.img")          # 0600, O_EXCL|O_NOFOLLOW
+        ...
+        f.sync_close()                               # flush + fsync + close
         sub = out.dir.mkdir("parent")                # 0700
         out.commit()                                 # or leave the block: nothing appears
 
@@ -54,8 +55,9 @@ What holds, and why:
    ``dir_fd``, which never follows symlinks).
 4. **Private.** Directories 0700, files 0600, whatever the umask (``fchmod``
    through the descriptor).
-5. **Durable.** Files are fsynced through their descriptors when closed, the
-   work directory before the rename, PARENT after it.
+5. **Durable.** Files are fsynced through their descriptors by their writer
+   (``sync_close()``), the work directory (and its subdirectories) before
+   the rename, PARENT after it.
 6. **Leftovers of killed runs are removed, and only they.** A stage is named
    after its creator's pid and start time; the next output into the same
    PARENT/NAME removes stages whose creator is gone -- only ones that are
@@ -172,18 +174,21 @@ def _kind(st: os.stat_result) -> str:
 
 
 class _PrivateFile(io.BufferedWriter):
-    """A new file of a :class:`Dir`; closing it flushes and fsyncs.
-    ``display_name`` is the path to name in messages."""
+    """A new file of a :class:`Dir` (a BufferedWriter). ``close()`` is the
+    usual one; :meth:`sync_close` makes the data durable first, and
+    :meth:`discard` drops a file that will not be kept. ``display_name`` is
+    the path to name in messages."""
 
     display_name: str
 
-    def close(self) -> None:
+    def sync_close(self) -> None:
+        """Flush, fsync and close (OSError as usual; the file is closed anyway)."""
         if not self.closed:
             try:
                 self.flush()
                 os.fsync(self.fileno())
             finally:
-                super().close()
+                self.discard()
 
     def discard(self) -> None:
         """Close without syncing, ignoring write errors (the file is dropped)."""
@@ -225,7 +230,8 @@ class Dir:
     def create(self, name: str, *, buffering: int = 1 << 20) -> BinaryIO:
         """A new file ``name``, mode 0600, open for writing (buffered).
         ``O_CREAT|O_EXCL|O_NOFOLLOW``: an existing entry, even a symlink, is
-        an error. Closing the returned file flushes and fsyncs it."""
+        an error. Close it with ``sync_close()`` (flush + fsync) to keep it,
+        ``discard()`` to drop it; a plain ``close()`` does not fsync."""
         self._live()
         _check_name(name, self.error)
         try:
@@ -793,7 +799,7 @@ class OutputFile:
         if self.committed:
             return self.dest
         try:
-            self.file.close()
+            self.file.sync_close()
         except OSError as err:
             raise self.error(f"writing {self.dest}: {err.strerror}") from err
         self._stage.install(self._judge)
