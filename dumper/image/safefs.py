@@ -129,6 +129,8 @@ _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # must fit in NAME_MAX (255) too.
 _STAGE_NAME_BYTES = 160
 _OLD = ".old"  # where an existing dest waits inside the stage (rename fallback)
+# renameat2 flags unsupported: by the file system (EINVAL), or at all (ENOSYS: seccomp, old kernels).
+_NO_FLAGS = (errno.EINVAL, errno.ENOSYS)
 
 libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
 libc.renameat2.restype = ctypes.c_int
@@ -425,7 +427,8 @@ class _Stage:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or os.listdir(fd):
             os.close(fd)
-            raise self.error(f"{self.dest.parent / name} was replaced while being created: "
+            owner = "" if st.st_uid == os.geteuid() else f" (it belongs to uid {st.st_uid}, not {os.geteuid()})"
+            raise self.error(f"{self.dest.parent / name} was replaced while being created{owner}: "
                              f"is someone else writing in {self.dest.parent}?")
         os.fchmod(fd, 0o700)
         self.stage_fd = fd
@@ -493,7 +496,7 @@ class _Stage:
         except OSError as err:
             if err.errno == errno.EEXIST:
                 raise FileExistsError(err.errno, err.strerror) from err
-            if err.errno != errno.EINVAL:
+            if err.errno not in _NO_FLAGS:
                 raise self.error(f"installing {self.dest}: {err.strerror}") from err
             self._rename_fallback()
 
@@ -519,7 +522,7 @@ class _Stage:
         try:
             renameat2(self.stage_fd, self.name, self.parent_fd, self.name, RENAME_EXCHANGE)
         except OSError as err:
-            if err.errno != errno.EINVAL:
+            if err.errno not in _NO_FLAGS:
                 raise self.error(f"replacing {self.dest}: {err.strerror}") from err
             self._exchange_fallback(st)
             return
