@@ -585,6 +585,14 @@ class CheckpointWriter:
         through this path."""
         return self._out.work_path if self._out is not None else None
 
+    @property
+    def dir_fd(self) -> int:
+        """A descriptor of the directory being written (valid until commit or
+        abort): for anything else the dump puts there, e.g. an ``O_TMPFILE``
+        spill file (``os.open(".", O_TMPFILE|..., dir_fd=w.dir_fd)``). Never
+        use :attr:`tmpdir`'s path for that: it may have been swapped."""
+        return self._dir().fd
+
     def _dir(self):
         if self._out is None:
             raise DumpError("checkpoint writer is closed")
