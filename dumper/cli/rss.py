@@ -22,8 +22,9 @@ import json
 from typing import Iterator, Sequence
 
 from ..image import format as fmt
+from ..image.checkpoint import open_checkpoint
 from ..image.pretty import vma_annotation
-from .mems import ProcessImages, checkpoint_pids, load_process, open_inventory
+from .mems import _named, file_names
 
 _FLAG_NAMES = (("LAZY", fmt.PE_LAZY), ("PARENT", fmt.PE_PARENT), ("PRESENT", fmt.PE_PRESENT))
 # crit: "%-24s%s" % ("\t%lx / %-8d" % (vaddr, nr_pages), vmas); ours adds the flags.
@@ -40,12 +41,11 @@ def _flags_text(flags: int) -> str:
     return "|".join(name for name, bit in _FLAG_NAMES if flags & bit) or "0"
 
 
-def _entries_with_vmas(proc: ProcessImages) -> Iterator[tuple[object, list[int], list]]:
-    """``(entry, indices, vmas)`` per pagemap entry: the indices in ``vmas``
-    (GUARD pseudo-VMAs left out: they hold no pages and may overlap the
-    others) of the VMAs the entry overlaps. Linear in entries + VMAs."""
+def _entries_with_vmas(proc, vmas: list) -> Iterator[tuple[object, list[int]]]:
+    """``(entry, indices)`` per pagemap entry of ``proc``: the indices in
+    ``vmas`` (ascending, disjoint) of the VMAs the entry overlaps. Linear in
+    entries + VMAs."""
     ps = proc.page_size
-    vmas = [v for v in proc.mm.vmas if not v.status & fmt.VMA_AREA_GUARD]
     vmi = 0
     for e in proc.entries:
         while vmi < len(vmas) and vmas[vmi].end <= e.vaddr:
@@ -57,17 +57,20 @@ def _entries_with_vmas(proc: ProcessImages) -> Iterator[tuple[object, list[int],
             vmi += 1
         if hit:
             vmi -= 1  # the last VMA may continue into the next entry
-        yield e, hit, vmas
+        yield e, hit
 
 
-def rss_lines(proc: ProcessImages) -> list[str]:
-    """The lines ``rss`` prints for one process."""
+def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
+    """The lines ``rss`` prints for one process (a CheckpointProcess)."""
     ps = proc.page_size
+    names = names or {}
+    # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
+    vmas = [_named(v, names) for v in proc.vmas]
     shm_ids: dict[int, int] = {}
     indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
     lines = [f"{proc.pid}"]
     prev = -1  # index of the last VMA listed
-    for e, hit, vmas in _entries_with_vmas(proc):
+    for e, hit in _entries_with_vmas(proc, vmas):
         head = f"\t{f'{e.vaddr:x} / {e.nr_pages:<8}':<{_ENTRY_WIDTH}} {_flags_text(e.flags):<{_FLAGS_WIDTH}}"
         parts = []
         for i in hit:
@@ -84,12 +87,14 @@ def rss_lines(proc: ProcessImages) -> list[str]:
     return lines
 
 
-def rss_json(proc: ProcessImages) -> dict:
-    """What ``rss --json`` prints for one process."""
+def rss_json(proc, names: dict[int, str] | None = None) -> dict:
+    """What ``rss --json`` prints for one process (a CheckpointProcess)."""
+    names = names or {}
+    vmas = [_named(v, names) for v in proc.vmas]
     shm_ids: dict[int, int] = {}
     notes: dict[int, str] = {}
     entries = []
-    for e, hit, vmas in _entries_with_vmas(proc):
+    for e, hit in _entries_with_vmas(proc, vmas):
         for i in hit:
             if i not in notes:
                 notes[i] = vma_annotation(vmas[i], shm_ids).strip()
@@ -102,13 +107,16 @@ def rss_json(proc: ProcessImages) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    inv = open_inventory(args.dir)
-    procs = [load_process(args.dir, pid, inv) for pid in checkpoint_pids(args.dir, inv)]
+    with open_checkpoint(args.dir) as ck:
+        names = file_names(ck)
+        if args.json:
+            doc = {"dir": args.dir, "processes": [rss_json(ck.process(pid), names) for pid in ck.pids]}
+        else:
+            text = [line for pid in ck.pids for line in rss_lines(ck.process(pid), names)]
     if args.json:
-        print(json.dumps({"dir": args.dir, "processes": [rss_json(p) for p in procs]}, indent=2))
-        return 0
-    for proc in procs:
-        print("\n".join(rss_lines(proc)))
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n".join(text))
     return 0
 
 

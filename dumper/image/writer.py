@@ -40,6 +40,7 @@ from google.protobuf.message import EncodeError, Message
 from ..errors import DumpError
 from ..proc.maps import Vma
 from . import format as fmt
+from .checkpoint import check_not_a_parent
 from .safefs import OutputDir
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_pb2
 
@@ -544,6 +545,10 @@ class PagesWriter:
             self.abort()
 
 
+def _refuse_a_parent(dest: Path, dir_fd: int) -> None:
+    check_not_a_parent(dest)
+
+
 class CheckpointWriter:
     """Builds a checkpoint directory at ``dest`` atomically.
 
@@ -552,7 +557,9 @@ class CheckpointWriter:
     is written and again at :meth:`commit`: an empty directory is filled
     (replaced atomically by ours, so it becomes ours and 0700); a
     checkpoint (holds ``inventory.img``) is replaced only with ``force``, and
-    only if ``replace_check(dest, dir_fd)`` does not raise; anything else --
+    only if ``replace_check(dest, dir_fd)`` does not raise (default:
+    :func:`~dumper.image.checkpoint.check_not_a_parent`, refusing a
+    checkpoint another one was taken over); anything else --
     a non-empty directory, a file, a symlink -- is refused, ``force`` or not.
     ``sources``: directories this checkpoint is made from (a parent chain);
     ``dest`` inside or equal to one of them is refused.
@@ -572,7 +579,8 @@ class CheckpointWriter:
     ) -> None:
         self.force = force
         self.page_size = _check_page_size(page_size or os.sysconf("SC_PAGE_SIZE"))
-        self._out: OutputDir | None = OutputDir(dest, force=force, sources=sources, replace_check=replace_check)
+        self._out: OutputDir | None = OutputDir(dest, force=force, sources=sources,
+                                                replace_check=replace_check or _refuse_a_parent)
         self.dest = self._out.dest
         self.files: list[str] = []  # names written so far
         self._pages_writers: list[PagesWriter] = []
