@@ -152,19 +152,23 @@ def mems_json(proc, names: dict[int, str] | None = None) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    # Read everything first: a damaged image gives one error and no partial listing.
+def print_processes(args: argparse.Namespace, lines_of, json_of) -> int:
+    """``run`` of mems and rss: per process ``lines_of(proc, names)`` (text)
+    or ``json_of(proc, names)`` (``--json``: one object for all). Everything
+    is read first: a damaged image gives one error and no partial listing."""
     with open_checkpoint(args.dir) as ck:
         names = file_names(ck)
         if args.json:
-            doc = {"dir": args.dir, "processes": [mems_json(ck.process(pid), names) for pid in ck.pids]}
+            doc = {"dir": args.dir, "processes": [json_of(ck.process(pid), names) for pid in ck.pids]}
+            text = [json.dumps(doc, indent=2)]
         else:
-            text = [line for pid in ck.pids for line in mems_lines(ck.process(pid), names)]
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print("\n".join(text))
+            text = [line for pid in ck.pids for line in lines_of(ck.process(pid), names)]
+    print("\n".join(text))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return print_processes(args, mems_lines, mems_json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

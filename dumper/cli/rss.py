@@ -18,13 +18,11 @@ directories too.
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Iterator, Sequence
 
 from ..image import format as fmt
-from ..image.checkpoint import open_checkpoint
 from ..image.pretty import vma_annotation
-from .mems import _named, file_names
+from .mems import _named, print_processes
 
 _FLAG_NAMES = (("LAZY", fmt.PE_LAZY), ("PARENT", fmt.PE_PARENT), ("PRESENT", fmt.PE_PRESENT))
 # crit: "%-24s%s" % ("\t%lx / %-8d" % (vaddr, nr_pages), vmas); ours adds the flags.
@@ -107,17 +105,7 @@ def rss_json(proc, names: dict[int, str] | None = None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    with open_checkpoint(args.dir) as ck:
-        names = file_names(ck)
-        if args.json:
-            doc = {"dir": args.dir, "processes": [rss_json(ck.process(pid), names) for pid in ck.pids]}
-        else:
-            text = [line for pid in ck.pids for line in rss_lines(ck.process(pid), names)]
-    if args.json:
-        print(json.dumps(doc, indent=2))
-    else:
-        print("\n".join(text))
-    return 0
+    return print_processes(args, rss_lines, rss_json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -643,7 +643,74 @@ def _refuse_inside(stage: _Stage, sources: Iterable[str | os.PathLike]) -> None:
         os.close(fd)
 
 
-class OutputDir:
+class _Output:
+    """What :class:`OutputDir` and :class:`OutputFile` share: the stage, the
+    checks before anything is written, commit and abort."""
+
+    def __init__(self, dest: str | os.PathLike, force: bool, error: type[DumperError]) -> None:
+        self.force = force
+        self.error = error
+        self.committed = False
+        self._judged_empty = False
+        self._stage = _Stage(dest, error)
+        self.dest = self._stage.dest
+        try:
+            self._prepare()
+        except OSError as err:
+            self.abort()
+            raise error(f"cannot create {self.dest}: {err.strerror}") from err
+        except BaseException:
+            self.abort()
+            raise
+
+    def _prepare(self) -> None:
+        """Judge an existing ``dest``, make the stage and the work in it."""
+        raise NotImplementedError
+
+    def _judge(self, st: os.stat_result) -> None:
+        """Raise ``error`` unless the existing ``dest`` (stat ``st``) may be replaced."""
+        raise NotImplementedError
+
+    def _finish_work(self) -> None:
+        """Check and fsync the work before it is installed."""
+        raise NotImplementedError
+
+    def _close_work(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> Path:
+        """Install the work at ``dest`` (see the class doc), fsync the parent,
+        remove the stage (and the replaced entry). Returns ``dest``. On
+        failure nothing is installed; call :meth:`abort` (a ``with`` block
+        does)."""
+        if self.committed:
+            return self.dest
+        self._finish_work()
+        self.replaced = self._stage.install(self._judge) is not None
+        self.committed = True
+        self._close_work()
+        self._stage.sync_parent()
+        # A replaced entry sits in the stage now: removed with it.
+        self._stage.discard_stage(old_was_empty=self._judged_empty)
+        self._stage.close()
+        return self.dest
+
+    def abort(self) -> None:
+        """Drop the work and the stage. Idempotent; nothing after commit."""
+        if self.committed:
+            return
+        self._close_work()
+        self._stage.discard_stage()
+        self._stage.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.abort()
+
+
+class OutputDir(_Output):
     """A directory that appears at ``dest`` complete, or not at all.
 
     Write into :attr:`dir` (a :class:`Dir`), then :meth:`commit`. Leaving a
@@ -655,10 +722,13 @@ class OutputDir:
     without raising; anything else refused. ``dest`` inside or equal to any
     of ``sources`` is refused. All of it is checked here, before anything is
     written, and again at :meth:`commit`, on the very entry replaced.
+    After commit, ``replaced`` says whether something was replaced.
 
     ``what`` names the output in messages ("checkpoint", "image set").
     Raises ``error`` (default DumpError).
     """
+
+    dir: Dir
 
     def __init__(
         self,
@@ -670,31 +740,21 @@ class OutputDir:
         error: type[DumperError] = DumpError,
         what: str = "checkpoint",
     ) -> None:
-        self.force = force
         self.replace_check = replace_check
         self.what = what
-        self.error = error
-        self.committed = False
-        self.replaced = False
-        self._judged_empty = False
-        self._stage = _Stage(dest, error)
-        self.dest = self._stage.dest
-        try:
-            _refuse_inside(self._stage, sources)
-            st = self._stage.lstat_dest()
-            if st is not None:
-                self._judge(st)
-            self._stage.make_stage()
-            os.mkdir(self._stage.name, 0o700, dir_fd=self._stage.stage_fd)
-            fd = os.open(self._stage.name, _O_DIR, dir_fd=self._stage.stage_fd)
-            os.fchmod(fd, 0o700)
-        except OSError as err:
-            self.abort()
-            raise error(f"cannot create {self.dest}: {err.strerror}") from err
-        except BaseException:
-            self.abort()
-            raise
-        self.dir = Dir(fd, self.dest, error)
+        self._sources = list(sources)
+        super().__init__(dest, force, error)
+
+    def _prepare(self) -> None:
+        _refuse_inside(self._stage, self._sources)
+        st = self._stage.lstat_dest()
+        if st is not None:
+            self._judge(st)
+        self._stage.make_stage()
+        os.mkdir(self._stage.name, 0o700, dir_fd=self._stage.stage_fd)
+        fd = os.open(self._stage.name, _O_DIR, dir_fd=self._stage.stage_fd)
+        self.dir = Dir(fd, self.dest, self.error)
+        os.fchmod(fd, 0o700)
 
     @property
     def work_path(self) -> Path:
@@ -702,7 +762,6 @@ class OutputDir:
         return self.dest.parent / (self._stage.stage_name or "") / self.dest.name
 
     def _judge(self, st: os.stat_result) -> None:
-        """Raise unless the existing ``dest`` (stat ``st``) may be replaced."""
         s = self._stage
         if not stat.S_ISDIR(st.st_mode):
             raise self.error(f"{self.dest} exists and is {_kind(st)}: refusing to replace it "
@@ -727,69 +786,38 @@ class OutputDir:
         finally:
             os.close(fd)
 
-    def commit(self) -> Path:
-        """Check the work holds what we wrote, fsync it, install it at
-        ``dest`` (replacing per the rules) and fsync the parent. Returns
-        ``dest``. On failure nothing is installed; call :meth:`abort`."""
-        if self.committed:
-            return self.dest
+    def _finish_work(self) -> None:
         self.dir.check_contents()
         self.dir.fsync()
-        old = self._stage.install(self._judge)
-        self.replaced = old is not None
-        self.committed = True
-        self.dir.close()
-        self._stage.sync_parent()
-        # The replaced directory, if any, sits in the stage now: removed.
-        self._stage.discard_stage(old_was_empty=self._judged_empty)
-        self._stage.close()
-        return self.dest
 
-    def abort(self) -> None:
-        """Remove the work and the stage. Idempotent; nothing after commit."""
-        if self.committed:
-            return
+    def _close_work(self) -> None:
         if hasattr(self, "dir"):
             self.dir.close()
-        self._stage.discard_stage()
-        self._stage.close()
-
-    def __enter__(self) -> OutputDir:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.abort()
 
 
-class OutputFile:
+class OutputFile(_Output):
     """A file that appears at ``dest`` complete, or not at all (mode 0600).
 
-    Write into :attr:`file`, then :meth:`commit`. Without ``force`` an
-    existing ``dest`` is refused here, before anything is written; with
-    ``force`` only a regular file is replaced, atomically, at commit --
-    never a symlink (not followed either), a directory or a device.
+    Write into :attr:`file`, then :meth:`commit` (it flushes and fsyncs).
+    Without ``force`` an existing ``dest`` is refused here, before anything
+    is written; with ``force`` only a regular file is replaced, atomically,
+    at commit -- never a symlink (not followed either), a directory or a
+    device.
     """
+
+    file: BinaryIO
 
     def __init__(self, dest: str | os.PathLike, *, force: bool = False,
                  error: type[DumperError] = DumpError) -> None:
-        self.force = force
-        self.error = error
-        self.committed = False
-        self._stage = _Stage(dest, error)
-        self.dest = self._stage.dest
-        try:
-            st = self._stage.lstat_dest()
-            if st is not None:
-                self._judge(st)
-            self._stage.make_stage()
-            self._dir = Dir(os.dup(self._stage.stage_fd), self.dest.parent, error)
-            self.file: BinaryIO = self._dir.create(self._stage.name)
-        except OSError as err:
-            self.abort()
-            raise error(f"cannot create {self.dest}: {err.strerror}") from err
-        except BaseException:
-            self.abort()
-            raise
+        super().__init__(dest, force, error)
+
+    def _prepare(self) -> None:
+        st = self._stage.lstat_dest()
+        if st is not None:
+            self._judge(st)
+        self._stage.make_stage()
+        self._dir = Dir(os.dup(self._stage.stage_fd), self.dest.parent, self.error)
+        self.file = self._dir.create(self._stage.name)
 
     def _judge(self, st: os.stat_result) -> None:
         if not stat.S_ISREG(st.st_mode):
@@ -797,36 +825,15 @@ class OutputFile:
         if not self.force:
             raise self.error(f"{self.dest} already exists (--force replaces it)")
 
-    def commit(self) -> Path:
-        """Flush, fsync and close :attr:`file`, then install it at ``dest``."""
-        if self.committed:
-            return self.dest
+    def _finish_work(self) -> None:
         try:
             self.file.sync_close()
         except OSError as err:
             raise self.error(f"writing {self.dest}: {err.strerror}") from err
-        self._stage.install(self._judge)
-        self.committed = True
-        self._dir.close()
-        self._stage.sync_parent()
-        self._stage.discard_stage()
-        self._stage.close()
-        return self.dest
 
-    def abort(self) -> None:
-        """Drop what was written. Idempotent; nothing after commit."""
-        if self.committed:
-            return
+    def _close_work(self) -> None:
         f = getattr(self, "file", None)
         if f is not None:
             f.discard()
         if hasattr(self, "_dir"):
             self._dir.close()
-        self._stage.discard_stage()
-        self._stage.close()
-
-    def __enter__(self) -> OutputFile:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.abort()
