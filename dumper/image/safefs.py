@@ -375,7 +375,6 @@ class _Stage:
         self.stage_fd = -1
         self.stage_name: str | None = None
         self.prefix = _stage_prefix(self.name)
-        self.stage_items = {self.name, _OLD}
         try:
             _check_parent(self.parent_fd, self.dest.parent, self.name, error)
         except BaseException:
@@ -395,7 +394,9 @@ class _Stage:
         try:
             fd = os.open(self.name, _O_DIR, dir_fd=self.parent_fd)
         except OSError as err:
-            raise self.error(f"{self.dest} changed while being examined: {err.strerror}") from err
+            if err.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+                raise self.error(f"{self.dest} changed while being examined: {err.strerror}") from err
+            raise self.error(f"cannot examine {self.dest}: {err.strerror}") from err
         if not _same(os.fstat(fd), st):
             os.close(fd)
             raise self.error(f"{self.dest} changed while being examined")
@@ -454,8 +455,8 @@ class _Stage:
             if st.st_uid != euid:
                 return
             items = os.listdir(fd)
-            if not set(items) <= self.stage_items:
-                return  # not the shape of a stage: not ours to judge
+            if not set(items) <= {self.name}:
+                return  # not the shape of a stage (or an old entry a fallback left aside): keep it
             for item in items:
                 ist = os.stat(item, dir_fd=fd, follow_symlinks=False)
                 if ist.st_uid != euid:
