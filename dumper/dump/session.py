@@ -521,10 +521,16 @@ def _inside(starts: np.ndarray, cover) -> np.ndarray:
 
 
 def _split_by_parent(runs, parent: ParentInfo):
-    """``runs`` -> (covered by the parent's pagemap, not covered)."""
-    cover = (parent.starts, parent.ends)
-    covered = iv.intersect(runs, cover)
-    return covered, iv.subtract(runs, cover)
+    """``runs`` (bytes) -> (covered by the parent's pagemap, not covered).
+    The parent's cover is in pages (it may end at 2**64 bytes); runs end
+    below that, so the pages are clipped before going to bytes."""
+    ps = np.uint64(PAGE_SIZE)
+    top = np.uint64((1 << 64) // PAGE_SIZE - 1)
+    cs = np.minimum(parent.start_pages, top) * ps
+    ce = np.minimum(parent.end_pages, top) * ps
+    ok = ce > cs
+    cover = (cs[ok], ce[ok])
+    return iv.intersect(runs, cover), iv.subtract(runs, cover)
 
 
 def _pages_per(vs: np.ndarray, ve: np.ndarray, ivs) -> np.ndarray:
