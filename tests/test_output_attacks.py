@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from dumper.cli.cat import hexdump_lines
 from dumper.dump import dump
 from dumper.image import format as fmt
 from dumper.image.checkpoint import open_checkpoint
@@ -167,16 +168,20 @@ def test_temporary_directory_swap_redirects_nothing(command, attacker_user, aren
     src = tmp_path / "src"  # root's own source checkpoint, out of the attacker's reach
     dump(pid, src)
     with open_checkpoint(src) as ck:
-        first = ck.process(pid).entries[0]
-        probe_addr = first.vaddr
+        big = max(ck.process(pid).entries, key=lambda e: e.nr_pages)  # the dense region
+        probe_addr = big.vaddr
         expected = ck.read(pid, probe_addr, 4096)
+        cat_size = min(big.nr_pages * 4096, 2 << 20)
+        # cat -o --hexdump of 2 MiB: 128 Ki lines formatted, a wide window
+        cat_expected = "".join(line + "\n" for line in hexdump_lines(ck.read(pid, probe_addr, cat_size),
+                                                                     probe_addr)).encode()
     out = mine / "ck"
     cmd = {
         # the dump slowed down (level 12, one thread) so the race has a wide window
         "dump": ["dump", str(pid), "-D", str(out), "--compress-level", "12", "--threads", "1"],
         "flatten": ["flatten", str(src), str(out)],
         "export": ["export", str(src), str(out)],
-        "cat": ["cat", str(src), "--addr", hex(probe_addr), "--size", "4096", "-o", str(out)],
+        "cat": ["cat", str(src), "--addr", hex(probe_addr), "--size", str(cat_size), "--hexdump", "-o", str(out)],
     }[command]
     swapper = Swapper(uid, gid, mine, victim)
     try:
@@ -192,7 +197,7 @@ def test_temporary_directory_swap_redirects_nothing(command, attacker_user, aren
         assert st.st_uid == 0 and not stat.S_ISLNK(st.st_mode)
         if command == "cat":
             assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
-            assert out.read_bytes() == expected
+            assert out.read_bytes() == cat_expected
         else:
             assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
             assert (out / fmt.INVENTORY_NAME).is_file()
