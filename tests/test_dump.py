@@ -258,12 +258,14 @@ def no_checkpoint_left(parent: Path, name: str) -> None:
 
 def test_destination_exists_is_refused_before_freezing(spawn_target, tmp_path):
     t = spawn_target("dense")
-    (tmp_path / "ck").mkdir()
+    dump(t.pid, tmp_path / "ck")
+    first = os.stat(tmp_path / "ck" / "inventory.img").st_ino
     with pytest.raises(DumpError, match="exists"):
         dump(t.pid, tmp_path / "ck")
     assert state(t.pid) in ("S", "R")
+    assert os.stat(tmp_path / "ck" / "inventory.img").st_ino == first
     dump(t.pid, tmp_path / "ck", force=True)
-    assert (tmp_path / "ck" / "inventory.img").exists()
+    assert os.stat(tmp_path / "ck" / "inventory.img").st_ino != first
 
 
 def test_target_exits_mid_dump(spawn_target, tmp_path, monkeypatch):

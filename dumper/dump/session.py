@@ -313,7 +313,7 @@ class DumpSession:
                 pd.parent = None
         self.processes = [pd]
         self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
-        self.spool = Spool(limit=opts.spool_limit, spill_dir=os.fspath(self.writer.tmpdir))
+        self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
         expected = 0
         for p in self.processes:
             self._pre_read(p)
