@@ -8,7 +8,8 @@ Every failure the package reports derives from :class:`DumperError`::
     │   │   └── ZombieProcess        it exited and was not reaped: no memory left
     │   ├── AccessDenied             ptrace/proc access refused (EPERM/EACCES)
     │   ├── NoMemoryMap              a kernel thread: it has no mm to dump
-    │   └── RefusedTarget            the dumper's own pid or an ancestor of it
+    │   ├── RefusedTarget            the dumper's own pid or an ancestor of it
+    │   └── FreezeTimeout            a thread did not stop within the freeze timeout
     ├── KernelError(errno, syscall)  a syscall or ioctl failed unexpectedly
     │   └── UnsupportedKernel        the running kernel lacks a needed feature
     ├── ScanError                    bad scan arguments (range, category names)
@@ -36,6 +37,7 @@ __all__ = [
     "AccessDenied",
     "NoMemoryMap",
     "RefusedTarget",
+    "FreezeTimeout",
     "KernelError",
     "UnsupportedKernel",
     "ScanError",
@@ -117,6 +119,16 @@ class RefusedTarget(ProcessError):
 
     def _default_msg(self) -> str:
         return "refusing to freeze the dumper itself or one of its ancestors"
+
+
+class FreezeTimeout(ProcessError):
+    """A thread did not stop within the freeze timeout (uninterruptible sleep,
+    a vfork parent waiting for its child); the process was let go."""
+
+    __module__ = "dumper"
+
+    def _default_msg(self) -> str:
+        return "a thread did not stop in time"
 
 
 class KernelError(DumperError):
