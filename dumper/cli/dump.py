@@ -33,6 +33,16 @@ def _threads(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("the freeze timeout must be more than 0 and at most 3600 seconds")
+    return value
+
+
 def _directory(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty directory name")
@@ -54,6 +64,8 @@ def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> Non
                         help="page scanner: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap "
                              "(slow on huge sparse mappings; default auto: the ioctl where the kernel has it)")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint directory")
+    parser.add_argument("--freeze-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="give up when a thread has not stopped within this time (default 5)")
     add_tracking_options(parser, pre_dump=pre_dump)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the summary")
@@ -110,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         level=args.compress_level, threads=args.threads, backend=args.backend,
         force=args.force, progress=sys.stderr.isatty() and not args.json,
         track_mem=getattr(args, "track_mem", False), parent=args.parent, tracker=args.tracker,
-        pre_dump=getattr(args, "pre_dump", False),
+        pre_dump=getattr(args, "pre_dump", False), freeze_timeout=args.freeze_timeout,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..image.checkpoint import Checkpoint, open_checkpoint
-from ..proc.freeze import Freezer
+from ..proc.warden import Warden
 from ..proc.process import Process
 from .options import human_bytes, non_negative, pid
 
@@ -134,7 +134,8 @@ def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None) -> 
     runs = _Runs(lambda kind, s, e: f"pid {live_pid}: [{s:#x}, {e:#x}) {(e - s) // ps} page(s) {what[kind]}")
 
     buf = bytearray()
-    with Freezer(target):
+    with Warden() as w:
+        w.freeze(target.pid, tree=False)
         fd = target.open("mem")
         try:
             for start, end in ck.recorded_ranges(ckpt_pid):

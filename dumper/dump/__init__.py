@@ -37,7 +37,8 @@ from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..kernel.libc import PAGE_SIZE
-from ..proc.freeze import THAW_MODES, Freezer, raise_on_termination
+from ..proc.freeze import THAW_MODES, check_target, raise_on_termination
+from ..proc.warden import Warden
 from ..proc.process import Process
 from ..scan import Category, open_backend, scan_range
 from ..scan.base import REGION_DTYPE
@@ -196,6 +197,7 @@ def dump(
     track_mem: bool = False,
     tracker: str = "auto",
     pre_dump: bool = False,
+    freeze_timeout: float = 5.0,
 ) -> DumpResult:
     """Checkpoint the memory of process ``pid`` into directory ``dest``.
 
@@ -205,6 +207,10 @@ def dump(
     soft-dirty) before the target resumes; ``parent`` makes the dump
     incremental over that checkpoint (tracking is kept armed); ``pre_dump``
     writes pages only, reading them after the target runs again.
+    ``freeze_timeout`` (seconds) bounds the freeze. The ptrace side runs in
+    a warden process (:mod:`dumper.proc.warden`): a dump that fails or is
+    interrupted, even by SIGKILL, leaves the target as found and removes the
+    tracking it armed.
 
     Raises DumpError (destination exists without ``force``, bad parent,
     disk full, ...), UnsupportedKernel (no working tracker, ``backend="ioctl"``
@@ -220,13 +226,19 @@ def dump(
         raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {threads}")
     if pre_dump and thaw == "kill":
         raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
+    if tracker == "none" and (pre_dump or track_mem or parent is not None):
+        what = "a pre-dump" if pre_dump else "--parent" if parent is not None else "--track-mem"
+        raise DumpError(f"{what} needs write tracking, and --tracker none arms none (a pre-dump or "
+                        "incremental dump without it saves nothing the next dump can use): use "
+                        "--tracker auto, uffd-wp or soft-dirty, or a plain dump")
+    tracking_state.clean_stale()
     t_begin = time.monotonic_ns()
     wall_begin = time.time_ns()
     proc = Process(pid)
     start_time = proc.stat().starttime
     want_tracking = track_mem or pre_dump or parent is not None
     tracker = pick_tracker(tracker) if want_tracking else "none"
-    freezer = Freezer(proc)  # refuses self/ancestors/zombies/kthreads up front
+    check_target(proc)  # refuses self/ancestors/zombies/kthreads up front
     pinfo: ParentInfo | None = None
     if parent is not None:
         pinfo = load_parent(parent, pid, start_time)
@@ -238,32 +250,44 @@ def dump(
         stack.callback(writer.abort)  # no-op after commit
         if threading.current_thread() is threading.main_thread():
             stack.enter_context(raise_on_termination())
+        # Started before any thread (the pages writer's): the tracer process.
+        # On any way out it undoes what it armed and thaws to "resume".
+        warden = stack.enter_context(Warden(stop_timeout=freeze_timeout))
         # Allocated before the freeze: the target should not wait for it.
         pw = writer.pages_writer(pid, 1, compress=compress, level=level, threads=threads)
-        t0 = time.monotonic_ns()
-        stack.enter_context(freezer)  # freezes; thaws to "resume" on any way out
-        freezing_ns = time.monotonic_ns() - t0
+        frozen_tree = warden.freeze(pid, tree=False)
+        freezing_ns = frozen_tree.freezing_ns
 
         plans = [classify(v) for v in proc.vmas()]
 
         # Is the parent's tracking still in place?
         tracked_ranges: list[tuple[int, int]] = []
         uffd_state = None
-        if pinfo is not None and (last is None or pinfo.inventory.tracking_id != last.tracking_id):
-            where = f" (that is {last.checkpoint})" if last is not None else ""
-            notes.append(f"the parent is not the checkpoint that last reset write tracking{where}: full dump")
+        if pinfo is not None and last is None:
+            notes.append(f"pid {pid} has no write tracking armed by dumper any more (removed by "
+                         "`dumper untrack`, or never armed): full dump")
+            pinfo = None
+        elif pinfo is not None and not last.armed:
+            notes.append(f"the write tracking of pid {pid} was being armed by a dump that did not finish: full dump")
+            pinfo = None
+        elif pinfo is not None and pinfo.inventory.tracking_id != last.tracking_id:
+            notes.append(f"the parent is not the checkpoint that last reset write tracking "
+                         f"(that is {last.checkpoint}): full dump")
             pinfo = None
         if pinfo is not None:
             inv = pinfo.inventory
             if tracker == "uffd-wp":
                 from ..track import uffd
 
-                if inv.tracker != "uffd-wp" or not inv.HasField("uffd_fd") or not uffd.find_uffd(pid, inv.uffd_fd):
-                    notes.append("the parent armed no uffd-wp tracking that is still in place: full dump")
+                if inv.tracker != "uffd-wp" or not inv.HasField("uffd_fd"):
+                    notes.append(f"the parent was tracked with {inv.tracker or 'nothing'}, not uffd-wp: full dump")
+                    pinfo = None
+                elif not uffd.find_uffd(pid, inv.uffd_fd, last.uffd_ino):
+                    notes.append(f"the userfaultfd that tracked pid {pid} (descriptor {inv.uffd_fd}) is gone: full dump")
                     pinfo = None
                 else:
                     tracked_ranges = [(r.start, r.end) for r in inv.tracked_ranges]
-                    uffd_state = uffd.UffdTracking(inv.uffd_fd, [])
+                    uffd_state = uffd.UffdTracking(inv.uffd_fd, [], ino=last.uffd_ino)
             elif inv.tracker != tracker:
                 notes.append(f"the parent was tracked with {inv.tracker or 'nothing'}, not {tracker}: full dump")
                 pinfo = None
@@ -276,19 +300,23 @@ def dump(
 
             want = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages"]
             current = [(p.vma.start, p.vma.end) for p in plans if p.mode == "pages" and "uw" in p.vma.vmflags]
-            if uffd_state is None and last is not None and last.uffd_fd is not None \
-                    and uffd.find_uffd(pid, last.uffd_fd):
-                uffd_state = uffd.UffdTracking(last.uffd_fd, [])  # ours, armed by an earlier dump
+            if uffd_state is None and last is not None and last.armed and last.uffd_fd is not None \
+                    and uffd.find_uffd(pid, last.uffd_fd, last.uffd_ino):
+                uffd_state = uffd.UffdTracking(last.uffd_fd, [], ino=last.uffd_ino)  # ours, armed earlier
             if uffd_state is None and current:
+                like = [fd for fd, (_, ours) in uffd.dumper_uffds(pid).items() if ours]
+                hint = (f"; if an earlier dumper left it behind, `dumper untrack {pid} --fd {like[0]}` "
+                        "removes it") if like else ""
                 raise DumpError(f"pid {pid} already has memory registered with a userfaultfd that dumper "
-                                "did not arm (its own?): uffd-wp tracking cannot share it")
+                                f"did not arm by any record (its own?): uffd-wp tracking cannot share it{hint}")
             if uffd_state is None:
-                uffd_state = uffd.arm(freezer, want, protect=False)
+                uffd_state = warden.call(uffd.arm_call, pid, want, start_time=start_time,
+                                         checkpoint=os.path.abspath(dest))
             else:
                 uffd_state.ranges = list(current)
                 known = set(current)
-                uffd.register(freezer, uffd_state, [r for r in want if r not in known], protect=False)
-                uffd_state.ranges.sort()
+                uffd_state = warden.call(uffd.register_call, pid, uffd_state,
+                                         [r for r in want if r not in known])
 
         t0 = time.monotonic_ns()
         with open_backend(proc, backend) as be:
@@ -332,9 +360,12 @@ def dump(
             """Start the next interval: every page counts as unchanged from now."""
             # Recorded first: should this dump fail after the reset, no
             # checkpoint carries the new id and no --parent can miss pages.
+            if tracker == "none":
+                return  # state files only while tracking is armed
             with proc.translate("tracking state"):
                 tracking_state.save(pid, start_time, tracking_state.TrackingState(
-                    tracking_id, tracker, os.path.abspath(dest), uffd_state.fd if uffd_state else None))
+                    tracking_id, tracker, os.path.abspath(dest), uffd_state.fd if uffd_state else None,
+                    uffd_state.ino if uffd_state else None))
             if tracker == "soft-dirty":
                 with proc.translate("clear_refs"), open(f"{proc.path}/clear_refs", "w") as f:
                     f.write("4")
@@ -362,13 +393,13 @@ def dump(
             if pre_dump:
                 # CRIU's read mode: reset tracking, let the target go, copy after.
                 reset_tracking()
-                freezer.thaw(thaw)
+                warden.thaw(thaw)
                 copy_pages(bar)
             else:
                 copy_pages(bar)
                 reset_tracking()
-                freezer.thaw(thaw)
-        frozen_ns = freezer.frozen_time_ns or 0
+                warden.thaw(thaw)
+        frozen_ns = warden.frozen_ns or 0
 
         pw.close()  # compression tail runs while the target already runs
         skipped: dict[str, int] = {}
@@ -428,8 +459,10 @@ def dump(
             inv.frame_pages = pw.frame_pages
         writer.write_inventory(inv)
         path = writer.commit()
+        warden.keep()  # the checkpoint exists: what was armed for it stays
     return DumpResult(
-        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker, thaw=thaw, was_stopped=freezer.was_stopped,
+        dest=os.fspath(path), pid=pid, comm=proc.name, backend=backend_name, tracker=tracker, thaw=thaw,
+        was_stopped=frozen_tree.processes[frozen_tree.root].was_stopped,
         parent=parent_link, pre_dump=pre_dump,
         frozen_ns=frozen_ns, freezing_ns=freezing_ns, scan_ns=scan_ns, read_ns=reader.read_ns,
         total_ns=time.monotonic_ns() - t_begin, pages_scanned=pages_scanned,
