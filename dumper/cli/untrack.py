@@ -43,6 +43,9 @@ def _targets(args: argparse.Namespace, start_time: int) -> list[uffd.UffdTrackin
     def recorded_here(fd: int) -> bool:
         return fd in found and fd in recorded and recorded[fd] in (None, found[fd][0])
 
+    if last is not None and last.uffd_fd is not None and last.uffd_fd not in found:
+        tracking_state.clear(args.pid, start_time)  # what it names is gone already
+        recorded = {}
     if args.images_dir:
         inv = load_inventory(os.path.join(args.images_dir, fmt.INVENTORY_NAME))
         if inv.tracker != "uffd-wp" or not inv.HasField("uffd_fd"):
@@ -86,12 +89,10 @@ def run(args: argparse.Namespace) -> int:
         w.freeze(args.pid, tree=False)
         for state in targets:
             # Ranges the checkpoint names, or (empty) whatever carries VM_UFFD_WP.
-            n = w.call(uffd.disarm_call, args.pid, state)
+            n = w.call(uffd.disarm_call, args.pid, state, start_time=start_time)
             removed.append({"fd": state.fd, "ranges": n})
         w.thaw("resume")
         w.keep()
-    for state in targets:
-        tracking_state.clear(args.pid, start_time, ino=state.ino)
     if args.json:
         print(json.dumps({"pid": args.pid, "removed": removed}))
     else:

@@ -144,7 +144,10 @@ def _recv_msg(sock: socket.socket) -> Any | None:
 
 
 def _send_msg(sock: socket.socket, msg: Any) -> bool:
-    data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+    return _send_raw(sock, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _send_raw(sock: socket.socket, data: bytes) -> bool:
     try:
         sock.sendall(_HEADER.pack(len(data)) + data)
     except (BrokenPipeError, ConnectionResetError):
@@ -598,9 +601,14 @@ class Warden:
 
     def _send(self, msg: Any) -> None:
         """Send a whole message with termination signals blocked: never half of one."""
+        try:
+            data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as err:  # noqa: BLE001 - a lambda, a local function, an open file...
+            raise WardenError(f"cannot send this request to the warden: {err} (functions passed to "
+                              "call() must be importable module-level functions, arguments picklable)") from err
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
         try:
-            ok = _send_msg(self._sock, msg)
+            ok = _send_raw(self._sock, data)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         if not ok:

@@ -459,14 +459,18 @@ def _undo_register(ctx, pid: int, added: UffdTracking) -> None:
         return
 
 
-def disarm_call(ctx, pid: int, state: UffdTracking) -> int:
+def disarm_call(ctx, pid: int, state: UffdTracking, *, start_time: int | None = None) -> int:
     """In the warden: unregister and close ``state``'s userfaultfd in frozen
-    ``pid`` (``state.ranges`` empty: every VMA marked ``uw``). Returns the
-    number of ranges unregistered."""
+    ``pid`` (``state.ranges`` empty: every VMA marked ``uw``), then remove
+    the state record naming it (``start_time`` given), in the same request so
+    no interruption can separate the two. Returns the number of ranges
+    unregistered."""
     fz = ctx.freezer(pid)
     if not state.ranges:
         state.ranges = [(v.start, v.end) for v in fz.process.vmas() if "uw" in v.vmflags]
     disarm(fz, state)
+    if start_time is not None:
+        tracking_state.clear(pid, start_time, ino=state.ino)
     return len(state.ranges)
 
 
