@@ -110,7 +110,7 @@ def _open_dir(create: bool) -> int | None:
             return None
         raise _fail(path, "it does not exist") from None
     except OSError as err:
-        if err.errno == errno.ELOOP:
+        if err.errno == errno.ELOOP or os.path.islink(path):
             raise _fail(path, "it is a symbolic link") from err
         if err.errno == errno.ENOTDIR:
             raise _fail(path, "it is not a directory") from err
