@@ -91,6 +91,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from typing import Any, Callable
 
 from ..errors import DumperError, NoSuchProcess
@@ -404,11 +405,17 @@ def _spawned_main() -> None:
     _serve(sock, client_pid, stop_timeout)
 
 
-def _single_threaded() -> bool:
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
+def _fork_safe() -> bool:
+    """No other *Python* thread runs here.
+
+    Threads that never run Python (OpenBLAS's pool, started when numpy is
+    imported; zstd's workers) are no obstacle: the forked warden calls none
+    of their libraries, and glibc's fork() keeps malloc consistent. A Python
+    thread might hold a lock the child needs (an I/O buffer, a module lock),
+    so then the warden is spawned instead.
+    """
+    me = threading.get_ident()
+    return not any(t.ident != me and t.is_alive() for t in threading.enumerate())
 
 
 # -- the dumper's side --------------------------------------------------------
@@ -419,7 +426,7 @@ class Warden:
 
     ``Warden(stop_timeout=5.0)``: ``stop_timeout`` (seconds) bounds each
     freeze (the CLI's ``--freeze-timeout``). ``start``: "auto" (fork when
-    this process has one thread, else spawn), "fork" or "spawn".
+    no other Python thread runs, else spawn), "fork" or "spawn".
     ``on_leftover(line)`` is called for each thing an aborted session could
     not undo (default: print "dumper: warning: left behind: ..." on stderr);
     they are kept in :attr:`leftovers` too.
@@ -463,11 +470,13 @@ class Warden:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         method = self.start_method
         if method == "auto":
-            method = "fork" if _single_threaded() else "spawn"
+            method = "fork" if _fork_safe() else "spawn"
         me = os.getpid()
         try:
             if method == "fork":
-                pid = os.fork()
+                with warnings.catch_warnings():  # 3.12+ warns about any OS thread (see _fork_safe)
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    pid = os.fork()
                 if pid == 0:
                     _forked_main(theirs, ours, me, self.stop_timeout)  # never returns
                 self.pid = pid
