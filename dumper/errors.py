@@ -18,7 +18,9 @@ Every failure the package reports derives from :class:`DumperError`::
     │   ├── BadMagic
     │   ├── UnsupportedVersion
     │   └── CorruptImage
-    └── DumpError                    a dump could not be completed
+    ├── DumpError                    a dump could not be completed
+    │   └── StateDirError            the tracking state directory is unusable or unsafe
+    └── WardenError                  the tracer process (dumper.proc.warden) failed or is gone
 
 ``OSError`` is translated into these once, where the system call is made, with
 ``raise ... from err`` so the cause stays attached (the psutil idiom).
@@ -47,6 +49,8 @@ __all__ = [
     "UnsupportedVersion",
     "CorruptImage",
     "DumpError",
+    "StateDirError",
+    "WardenError",
 ]
 
 
@@ -223,5 +227,19 @@ class CorruptImage(ImageError):
 
 class DumpError(DumperError):
     """A dump could not be completed (disk full, destination exists, ...)."""
+
+    __module__ = "dumper"
+
+
+class StateDirError(DumpError):
+    """The tracking state directory cannot be used: unwritable, or not a
+    directory of the effective user with mode 0700 (dumper.track.state)."""
+
+    __module__ = "dumper"
+
+
+class WardenError(DumperError):
+    """The warden (the tracer process, dumper.proc.warden) failed, went away,
+    or could not take a request."""
 
     __module__ = "dumper"

@@ -71,11 +71,13 @@ Safety argument: every state the target can be in when either process dies.
    The warden polls such threads while idle and detaches them as soon as
    they stop; when it exits, the kernel detaches the rest harmlessly.
 
-Start-up: ``os.fork()`` when the dumper has a single thread (measured here
-at about 2-4 ms, most of it the fork itself), else a fresh interpreter
-(``subprocess``, about 60-100 ms) because forking a threaded process can
-deadlock the child on a lock another thread held. A call costs one round
-trip of two pickled messages over a socketpair (about 40-80 us here).
+Start-up: ``os.fork()`` unless another Python thread runs (then a fresh
+interpreter, as forking can leave the child a lock another thread held; see
+:func:`_fork_safe`). ``python -m benchmarks warden`` measured here, in a
+process that has loaded what ``dumper dump`` loads: fork 3 ms on an idle
+machine, 13 ms with the two cores loaded 3x over; spawn 100 ms and 420 ms.
+A call is one round trip of two pickled messages over a socketpair: about
+50 us.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ import traceback
 import warnings
 from typing import Any, Callable
 
-from ..errors import DumperError, NoSuchProcess
+from ..errors import DumperError, NoSuchProcess, WardenError
 from .freeze import THAW_MODES, Freezer, _uninterruptible
 from .inject import Injector
 from .tree import FrozenTree, freeze_tree, thaw_tree
@@ -104,12 +106,6 @@ __all__ = ["Warden", "WardenContext", "WardenError"]
 _TERMINATION = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 _HEADER = struct.Struct("<Q")
 PR_SET_NAME = 15  # include/uapi/linux/prctl.h
-
-
-class WardenError(DumperError):
-    """The warden process failed or went away, or refused a request."""
-
-    __module__ = "dumper"
 
 
 # -- framing: 8-byte length, then a pickle ----------------------------------
@@ -160,10 +156,12 @@ def _pack_exc(err: BaseException) -> tuple:
     tb = traceback.format_exc()
     try:
         data = pickle.dumps(err)
-        pickle.loads(data)
-        return ("pickle", data, tb)
+        back = pickle.loads(data)
+        if type(back) is type(err) and str(back) == str(err):
+            return ("pickle", data, tb)
     except Exception:  # noqa: BLE001 - fall back to the text
-        return ("text", f"{type(err).__module__}.{type(err).__qualname__}", str(err), tb)
+        pass
+    return ("text", f"{type(err).__module__}.{type(err).__qualname__}", str(err), tb)
 
 
 def _unpack_exc(packed: tuple) -> BaseException:
@@ -181,6 +179,18 @@ def _unpack_exc(packed: tuple) -> BaseException:
 # -- the warden's side --------------------------------------------------------
 
 
+def _tgid_or(pid: int) -> int:
+    """The thread group of thread ``pid`` (itself if unknown)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return pid
+
+
 class WardenContext:
     """What a function run by :meth:`Warden.call` (or an undo action) gets.
 
@@ -193,7 +203,7 @@ class WardenContext:
 
     def freezer(self, pid: int) -> Freezer:
         """The Freezer of frozen process ``pid``; WardenError if it is not frozen."""
-        fz = self._s.freezers.get(pid)
+        fz = self._s.freezers.get(pid) or self._s.freezers.get(_tgid_or(pid))
         if fz is None or not fz.frozen:
             raise WardenError(f"pid {pid} is not frozen in this session")
         return fz

@@ -35,16 +35,12 @@ import secrets
 import uuid
 from dataclasses import asdict, dataclass
 
-from ..errors import DumpError
+from ..errors import StateDirError
 
 __all__ = ["TrackingState", "StateDirError", "load", "save", "clear", "new_id", "state_dir",
            "clean_stale", "records"]
 
 _PREFIX, _SUFFIX = "track-", ".json"
-
-
-class StateDirError(DumpError):
-    """The state directory cannot be used (unwritable, or not safely ours)."""
 
 
 @dataclass(slots=True)
