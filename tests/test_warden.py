@@ -49,6 +49,10 @@ def getpid_in_target(ctx, pid):
         return inj.syscall(39)  # getpid
 
 
+def echo(ctx, value, pad=b""):
+    return value
+
+
 def register_marker(ctx, path):
     ctx.on_abort(write_marker, path)
 
@@ -210,6 +214,74 @@ def test_injection_through_the_warden(target):
     assert_running(target)
 
 
+class _Interrupted(Exception):
+    pass
+
+
+def test_signals_at_any_bytecode_never_mix_up_replies(target):
+    """A handler that raises can run anywhere, even inside a send or a
+    receive (Python runs it in the main thread whichever thread the signal
+    hit): no reply may ever be taken for another request's."""
+    import threading
+
+    armed = [False]
+
+    def on_hup(signum, frame):
+        if armed[0]:  # only inside w.call: the test's own steps are not what is tested
+            raise _Interrupted
+
+    old = signal.signal(signal.SIGHUP, on_hup)
+    stop = threading.Event()
+
+    def pester():
+        rng = random.Random(7)
+        while not stop.is_set():
+            time.sleep(rng.uniform(0, 0.002))
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    pad = b"x" * 300_000  # bigger than a socket buffer: sends and reads take several steps
+    ok = interrupted = broken = 0
+    try:
+        with Warden() as w:
+            w.freeze(target.pid)
+            sender = threading.Thread(target=pester)
+            sender.start()
+            try:
+                for i in range(300):
+                    try:
+                        armed[0] = True
+                        try:
+                            got = w.call(echo, i, pad if i % 3 == 0 else b"")
+                        finally:
+                            armed[0] = False
+                    except _Interrupted:
+                        interrupted += 1
+                        continue
+                    except WardenError as err:
+                        broken += 1
+                        raise AssertionError(f"after {ok} calls and {interrupted} interruptions: {err}") from err
+                    assert got == i, f"request {i} got the reply of request {got}"
+                    ok += 1
+            finally:
+                stop.set()
+                while sender.is_alive():
+                    try:
+                        sender.join()
+                    except _Interrupted:
+                        pass
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)  # one may still be on its way
+            assert w.call(echo, "after") == "after"  # the session is still usable
+            # and termination signals are not left blocked in this thread
+            assert not {signal.SIGHUP, signal.SIGINT, signal.SIGTERM} & signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    finally:
+        stop.set()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        time.sleep(0.1)  # nothing of ours may still be on its way when the old handler is back
+        signal.signal(signal.SIGHUP, old)
+    assert ok > 20 and interrupted > 5 and broken == 0, (ok, interrupted, broken)
+    assert_running(target)
+
+
 @pytest.mark.parametrize("start", ["fork", "spawn"])
 def test_start_methods(target, start):
     with Warden(start=start) as w:
@@ -289,12 +361,17 @@ class ManyVmas:
         self.pid = self.proc.pid
         self.data = tuple(json.loads(self.proc.stdout.readline())["data"])
         assert self.proc.stdout.readline().strip() == b"READY"
+        wait_until(self._main_in_read, 10, "the main thread to block in read()")
         with open(f"/proc/{self.pid}/stat", "rb") as f:
             d = f.read()
         self.start_time = int(d[d.rindex(b")") + 2 :].split()[19])
 
     def counter(self) -> int:
         return int.from_bytes(self.counter_file.read_bytes()[:8], "little")
+
+    def _main_in_read(self) -> bool:
+        with open(f"/proc/{self.pid}/task/{self.pid}/syscall") as f:
+            return f.read().split()[:2] == ["0", "0x0"]  # read(0, ...)
 
     def snapshot(self) -> dict:
         """Everything that must be as found: leader registers, data bytes, maps."""
@@ -364,9 +441,9 @@ def _interrupt_loop(tmp_path: Path, rounds: int, nvmas: int, seed: int) -> None:
                 args = ["pre-dump", str(t.pid), "-D", str(ck)]
             else:
                 args = ["dump", str(t.pid), "-D", str(ck), "--track-mem"]
-            if cmd not in durations:  # measure once, uninterrupted
+            if cmd not in durations:  # measure once, uninterrupted (elsewhere)
                 t0 = time.monotonic()
-                r = _run(*args, env=env)
+                r = _run(*[str(tmp_path / f"measure{i}") if a == str(ck) else a for a in args], env=env)
                 durations[cmd] = time.monotonic() - t0
                 assert r.returncode == 0, r.stderr
                 r = _run("untrack", str(t.pid), env=env) if cmd != "untrack" else r
@@ -384,6 +461,8 @@ def _interrupt_loop(tmp_path: Path, rounds: int, nvmas: int, seed: int) -> None:
                 os.killpg(p.pid, sig)  # a terminal's way: the whole group
             out, err = p.communicate(timeout=120)
             codes.append(p.returncode)
+            if p.returncode == 1:
+                print(f"round {i} {cmd} {how} after {delay:.3f} s: {err.strip()}")
             wait_until(lambda: _group_gone(p.pid), 30, "the warden to finish")
             # Python may print a traceback for a SIGINT that lands while the
             # interpreter itself starts, before dumper code runs; never later.

@@ -104,52 +104,83 @@ from .tree import FrozenTree, freeze_tree, thaw_tree
 __all__ = ["Warden", "WardenContext", "WardenError"]
 
 _TERMINATION = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-_HEADER = struct.Struct("<Q")
 PR_SET_NAME = 15  # include/uapi/linux/prctl.h
 
+# -- framing: magic, sequence number, length, then a pickle -------------------
+#
+# A reply carries the sequence number of its request. The dumper may be
+# interrupted (a signal handler raising) at any bytecode, also between a
+# write and the next statement, or between the two reads of a frame: it then
+# cannot know whether its request went out or how much of a reply it read.
+# So it never tracks that: it reads frames until the one numbered like its
+# request, dropping older ones, and a frame that does not start with the
+# magic means the stream lost its place -- the connection is broken, which
+# both sides treat as the end of the session (the warden aborts: safe).
 
-# -- framing: 8-byte length, then a pickle ----------------------------------
+_MAGIC = b"DWRD"
+_HEADER = struct.Struct("<4sQQ")  # magic, seq, length of the pickle
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+class _Broken(Exception):
+    """Internal: end of file, or a stream that lost its place."""
+
+
+def _read_exact(fd: int, n: int) -> bytes:
     buf = bytearray(n)
-    view = memoryview(buf)
     got = 0
     while got < n:
         try:
-            k = sock.recv_into(view[got:])
+            k = os.readv(fd, [memoryview(buf)[got:]])
         except (ConnectionResetError, BrokenPipeError):
-            return None
+            raise _Broken from None
         if k == 0:
-            return None
+            raise _Broken
         got += k
     return bytes(buf)
 
 
-def _recv_raw(sock: socket.socket) -> bytes | None:
-    """One message's pickle, or None at end of file (or a truncated message)."""
-    head = _recv_exact(sock, _HEADER.size)
-    if head is None:
-        return None
-    return _recv_exact(sock, _HEADER.unpack(head)[0])
+def _read_frame(fd: int) -> tuple[int, bytes]:
+    """(seq, pickle) of the next frame; _Broken at end of file or on a bad magic."""
+    magic, seq, size = _HEADER.unpack(_read_exact(fd, _HEADER.size))
+    if magic != _MAGIC:
+        raise _Broken
+    return seq, _read_exact(fd, size)
 
 
-def _recv_msg(sock: socket.socket) -> Any | None:
-    """One message, or None at end of file (or a truncated one)."""
-    body = _recv_raw(sock)
-    return None if body is None else pickle.loads(body)
-
-
-def _send_msg(sock: socket.socket, msg: Any) -> bool:
-    return _send_raw(sock, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-
-
-def _send_raw(sock: socket.socket, data: bytes) -> bool:
+def _take_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """Like :func:`_read_frame`, consuming the frame in one recv(2): an
+    exception raised between two statements loses a whole frame at worst,
+    never the stream's place. The header is peeked first (nothing consumed);
+    MSG_WAITALL then takes all of it (the caller blocks termination signals,
+    so the call is not cut short)."""
     try:
-        sock.sendall(_HEADER.pack(len(data)) + data)
+        head = sock.recv(_HEADER.size, socket.MSG_PEEK | socket.MSG_WAITALL)
+        if len(head) < _HEADER.size:
+            raise _Broken(f"end of file after {len(head)} bytes")
+        magic, seq, size = _HEADER.unpack(head)
+        if magic != _MAGIC:
+            raise _Broken("the stream lost its place")
+        frame = sock.recv(_HEADER.size + size, socket.MSG_WAITALL)
+    except (ConnectionResetError, BrokenPipeError):
+        raise _Broken from None
+    if len(frame) < _HEADER.size + size:
+        raise _Broken(f"a frame cut short: {len(frame)} of {_HEADER.size + size} bytes")
+    return seq, frame[_HEADER.size :]
+
+
+def _write_frame(fd: int, seq: int, data: bytes) -> None:
+    """Write one frame (one write(2) unless the kernel takes less); _Broken if the peer is gone."""
+    frame = memoryview(_HEADER.pack(_MAGIC, seq, len(data)) + data)
+    sent = 0
+    try:
+        while sent < len(frame):
+            sent += os.write(fd, frame[sent:])
     except (BrokenPipeError, ConnectionResetError):
-        return False
-    return True
+        raise _Broken from None
+
+
+def _dumps(msg: Any) -> bytes:
+    return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _pack_exc(err: BaseException) -> tuple:
@@ -310,31 +341,35 @@ class _Session:
 def _serve(sock: socket.socket, client_pid: int, stop_timeout: float) -> None:
     """The warden's loop; returns when the session is over."""
     session = _Session(client_pid, stop_timeout)
+    fd = sock.fileno()
     left: list[str] = []
     reported = False
+
+    def reply(seq: int, msg: Any) -> None:
+        _write_frame(fd, seq, _dumps(msg))
+
     try:
-        if not _send_msg(sock, ("ready", os.getpid())):
-            return
+        reply(0, ("ready", os.getpid()))
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         while True:
             if not poller.poll(10 if session.lingering else None):
                 session.retry_lingering()
                 continue
-            raw = _recv_raw(sock)
-            if raw is None:
-                break  # the dumper is gone
+            seq, raw = _read_frame(fd)  # _Broken: the dumper is gone
             try:
                 op, args = pickle.loads(raw)
-            except Exception as err:  # noqa: BLE001 - e.g. a function the warden cannot import
-                if not _send_msg(sock, ("err", _pack_exc(WardenError(
-                        f"the warden cannot decode the request: {type(err).__name__}: {err} "
-                        "(functions passed to call() must be importable module-level functions)")))):
-                    break
+            except (AttributeError, ImportError) as err:  # a function the warden cannot import
+                reply(seq, ("err", _pack_exc(WardenError(
+                    f"the warden cannot decode the request: {type(err).__name__}: {err} "
+                    "(functions passed to call() must be importable module-level functions)"))))
                 continue
+            except Exception:  # noqa: BLE001 - not a request: the stream is lost
+                break
             if op == "finish":
                 left = session.finish(abort=args[0])
-                reported = _send_msg(sock, ("ok", left))
+                reply(seq, ("ok", left))
+                reported = True
                 break
             try:
                 if op == "freeze":
@@ -346,13 +381,21 @@ def _serve(sock: socket.socket, client_pid: int, stop_timeout: float) -> None:
                     value = None
                 elif op == "thaw":
                     value = session.thaw(*args)
+                elif op == "path":
+                    sys.path[:] = args[0]
+                    value = None
                 else:
                     raise WardenError(f"unknown request {op!r}")
-                reply = ("ok", value)
+                msg = ("ok", value)
             except BaseException as err:  # noqa: BLE001 - every failure goes back to the dumper
-                reply = ("err", _pack_exc(err))
-            if not _send_msg(sock, reply):
-                break
+                msg = ("err", _pack_exc(err))
+            try:
+                data = _dumps(msg)
+            except Exception as err:  # noqa: BLE001 - a result that cannot be pickled
+                data = _dumps(("err", _pack_exc(WardenError(f"cannot send the result back: {err}"))))
+            _write_frame(fd, seq, data)
+    except _Broken:
+        pass
     finally:
         left = left or session.finish(abort=True)
         if left and not reported:
@@ -407,12 +450,7 @@ def _spawned_main() -> None:
     """Entry point of a spawned warden: ``argv = [fd, client_pid, stop_timeout]``."""
     _become_warden()
     fd, client_pid, stop_timeout = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-    sock = socket.socket(fileno=fd)
-    path = _recv_msg(sock)  # the dumper's sys.path, so functions import the same way
-    if path is None:
-        return
-    sys.path[:] = path
-    _serve(sock, client_pid, stop_timeout)
+    _serve(socket.socket(fileno=fd), client_pid, stop_timeout)  # a "path" request sets sys.path
 
 
 def _fork_safe() -> bool:
@@ -465,7 +503,7 @@ class Warden:
         self.start_ns = 0  # how long start() took
         self._sock: socket.socket | None = None
         self._popen: subprocess.Popen | None = None
-        self._pending = False
+        self._seq = 0
         self._broken = False
         self._kept = False
         self._lock = threading.Lock()
@@ -500,12 +538,16 @@ class Warden:
         finally:
             theirs.close()
         self._sock = ours
+        try:
+            seq, body = _read_frame(ours.fileno())
+            hello = pickle.loads(body)
+            if seq != 0 or hello[0] != "ready":
+                raise _Broken
+        except _Broken:
+            self.close()
+            raise WardenError("the warden process did not start") from None
         if method == "spawn":
-            self._send(list(sys.path))
-        hello = self._recv()
-        if hello is None or hello[0] != "ready":
-            self._reap()
-            raise WardenError("the warden process did not start")
+            self._exchange(("path", (list(sys.path),)))  # functions import as they do here
         self.start_ns = time.monotonic_ns() - t0
         return self
 
@@ -521,12 +563,13 @@ class Warden:
             return self.leftovers
         try:
             if not self._broken:
-                with self._lock:
-                    self._drain()
-                    self._send(("finish", (abort or not self._kept,)))
-                    reply = self._recv()
-                if reply is not None and reply[0] == "ok":
-                    self.leftovers = list(reply[1])
+                try:
+                    with self._lock:
+                        reply = self._exchange(("finish", (abort or not self._kept,)))
+                    if reply[0] == "ok":
+                        self.leftovers = list(reply[1])
+                except WardenError:
+                    pass  # gone: it finished on its own (end of file is an abort)
         finally:
             self._sock.close()
             self._sock = None
@@ -597,53 +640,60 @@ class Warden:
         with self._lock:
             if self._sock is None:
                 raise WardenError("the warden is not running")
-            if self._broken:
-                raise WardenError("the warden connection broke off earlier")
-            self._drain()
-            self._send((op, args))
-            self._pending = True
-            reply = self._recv()
-            self._pending = False
-        if reply is None:
-            self._broken = True
-            raise WardenError(f"the warden process (pid {self.pid}) went away")
+            reply = self._exchange((op, args))
         if reply[0] == "ok":
             return reply[1]
         raise _unpack_exc(reply[1])
 
-    def _drain(self) -> None:
-        """Read and drop a reply left unread by an interrupted request."""
-        if self._pending:
-            if self._recv() is None:
-                self._broken = True
-            self._pending = False
+    def _gone(self, how: str = "") -> WardenError:
+        self._broken = True
+        return WardenError(f"the warden process (pid {self.pid}) went away or its connection broke off"
+                           + (f" ({how})" if how else ""))
 
-    def _send(self, msg: Any) -> None:
-        """Send a whole message with termination signals blocked: never half of one."""
+    def _exchange(self, msg: Any) -> Any:
+        """Send ``msg`` and return the reply numbered like it (see the framing notes).
+
+        Termination signals are blocked in this thread while bytes move, so
+        the kernel does not cut a write or read short; a handler may still
+        raise between two statements (a signal another thread received), and
+        the sequence numbers make that harmless.
+        """
+        if self._broken:
+            raise self._gone()
         try:
-            data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+            data = _dumps(msg)
         except Exception as err:  # noqa: BLE001 - a lambda, a local function, an open file...
             raise WardenError(f"cannot send this request to the warden: {err} (functions passed to "
                               "call() must be importable module-level functions, arguments picklable)") from err
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
+        self._seq += 1
+        seq = self._seq
+        fd = self._sock.fileno()
+        # pthread_sigmask runs handlers already due, which may raise: read the
+        # mask first (changing nothing), so the finally always restores it.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         try:
-            ok = _send_raw(self._sock, data)
+            signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
+            _write_frame(fd, seq, data)
+        except _Broken:
+            raise self._gone("writing") from None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        if not ok:
-            self._broken = True
-            raise WardenError(f"the warden process (pid {self.pid}) went away")
-
-    def _recv(self) -> Any | None:
-        """Wait (interruptibly) for a reply, then read all of it with signals blocked."""
         poller = select.poll()
-        poller.register(self._sock, select.POLLIN)
-        poller.poll()  # KeyboardInterrupt here leaves the reply pending: _drain reads it
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
-        try:
-            return _recv_msg(self._sock)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        poller.register(fd, select.POLLIN)
+        while True:
+            poller.poll()  # interruptible: the reply then stays queued and is dropped by number later
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+            try:
+                signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
+                got, body = _take_frame(self._sock)
+            except _Broken as err:
+                raise self._gone(f"reading: {err}") from None
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            if got == seq:
+                return pickle.loads(body)
+            if got > seq:
+                raise self._gone(f"reply {got} to request {seq}")
 
     def __repr__(self) -> str:
         return f"Warden(pid={self.pid}, {'running' if self._sock else 'stopped'})"
