@@ -683,3 +683,30 @@ def test_tracking_commands_refuse_tracker_none(spawn_target, tmp_path, state_dir
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs write tracking, and --tracker none arms none" in lines[0]
     assert not (tmp_path / "ck").exists() and uffds(t.pid) == []
+
+
+@needs_uffd
+def test_tracking_half_armed_by_a_killed_warden_is_named_and_removable(spawn_target, tmp_path, state_dir):
+    """The one case the warden cannot undo: the warden itself killed between
+    creating the userfaultfd and finishing. The record written first names it."""
+    from dumper.proc.warden import Warden
+    from dumper.track import uffd
+
+    t = spawn_target("dense")
+    st = start_time(t.pid)
+    from dumper.proc.process import Process
+
+    ranges = [(v.start, v.end) for v in Process(t.pid).vmas() if v.path == "" and "w" in v.perms][:2]
+    with Warden() as w:
+        w.freeze(t.pid, tree=False)
+        w.call(uffd.arm_call, t.pid, ranges, start_time=st, checkpoint=str(tmp_path / "x"))
+        rec = tracking_state.load(t.pid, st)
+        rec.armed = False  # as if the warden died before it could say "armed"
+        tracking_state.save(t.pid, st, rec)
+        w.keep()  # keep it (what a killed warden would leave)
+    assert uffds(t.pid) == [rec.uffd_fd]
+    with pytest.raises(DumpError, match=f"cut off while it armed .*descriptor {rec.uffd_fd}.*dumper untrack {t.pid}"):
+        dump(t.pid, tmp_path / "b", track_mem=True)
+    r = cli("untrack", str(t.pid))
+    assert r.returncode == 0, r.stderr
+    assert_untracked(t)

@@ -303,6 +303,10 @@ def dump(
             if uffd_state is None and last is not None and last.armed and last.uffd_fd is not None \
                     and uffd.find_uffd(pid, last.uffd_fd, last.uffd_ino):
                 uffd_state = uffd.UffdTracking(last.uffd_fd, [], ino=last.uffd_ino)  # ours, armed earlier
+            if uffd_state is None and current and last is not None and last.uffd_fd is not None \
+                    and uffd.find_uffd(pid, last.uffd_fd, last.uffd_ino):
+                raise DumpError(f"an earlier dump of pid {pid} was cut off while it armed uffd-wp tracking "
+                                f"(descriptor {last.uffd_fd}): {uffd.untrack_hint(pid)}")
             if uffd_state is None and current:
                 like = [fd for fd, (_, ours) in uffd.dumper_uffds(pid).items() if ours]
                 hint = (f"; if an earlier dumper left it behind, `dumper untrack {pid} --fd {like[0]}` "

@@ -543,11 +543,14 @@ class Warden:
             hello = pickle.loads(body)
             if seq != 0 or hello[0] != "ready":
                 raise _Broken
+            if method == "spawn":
+                self._exchange(("path", (list(sys.path),)))  # functions import as they do here
         except _Broken:
             self.close()
             raise WardenError("the warden process did not start") from None
-        if method == "spawn":
-            self._exchange(("path", (list(sys.path),)))  # functions import as they do here
+        except BaseException:  # interrupted while it starts: it must not outlive us unreaped
+            self.close(abort=True)
+            raise
         self.start_ns = time.monotonic_ns() - t0
         return self
 
