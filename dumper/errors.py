@@ -8,7 +8,8 @@ Every failure the package reports derives from :class:`DumperError`::
     │   │   └── ZombieProcess        it exited and was not reaped: no memory left
     │   ├── AccessDenied             ptrace/proc access refused (EPERM/EACCES)
     │   ├── NoMemoryMap              a kernel thread: it has no mm to dump
-    │   └── RefusedTarget            the dumper's own pid or an ancestor of it
+    │   ├── RefusedTarget            the dumper's own pid or an ancestor of it
+    │   └── FreezeTimeout            a thread did not stop within the freeze timeout
     ├── KernelError(errno, syscall)  a syscall or ioctl failed unexpectedly
     │   └── UnsupportedKernel        the running kernel lacks a needed feature
     ├── ScanError                    bad scan arguments (range, category names)
@@ -17,7 +18,9 @@ Every failure the package reports derives from :class:`DumperError`::
     │   ├── BadMagic
     │   ├── UnsupportedVersion
     │   └── CorruptImage
-    └── DumpError                    a dump could not be completed
+    ├── DumpError                    a dump could not be completed
+    │   └── StateDirError            the tracking state directory is unusable or unsafe
+    └── WardenError                  the tracer process (dumper.proc.warden) failed or is gone
 
 ``OSError`` is translated into these once, where the system call is made, with
 ``raise ... from err`` so the cause stays attached (the psutil idiom).
@@ -37,6 +40,7 @@ __all__ = [
     "AccessDenied",
     "NoMemoryMap",
     "RefusedTarget",
+    "FreezeTimeout",
     "KernelError",
     "UnsupportedKernel",
     "ScanError",
@@ -46,6 +50,8 @@ __all__ = [
     "UnsupportedVersion",
     "CorruptImage",
     "DumpError",
+    "StateDirError",
+    "WardenError",
 ]
 
 
@@ -126,6 +132,16 @@ class RefusedTarget(ProcessError):
 
     def _default_msg(self) -> str:
         return "refusing to freeze the dumper itself or one of its ancestors"
+
+
+class FreezeTimeout(ProcessError):
+    """A thread did not stop within the freeze timeout (uninterruptible sleep,
+    a vfork parent waiting for its child); the process was let go."""
+
+    __module__ = "dumper"
+
+    def _default_msg(self) -> str:
+        return "a thread did not stop in time"
 
 
 class KernelError(DumperError):
@@ -220,5 +236,19 @@ class CorruptImage(ImageError):
 
 class DumpError(DumperError):
     """A dump could not be completed (disk full, destination exists, ...)."""
+
+    __module__ = "dumper"
+
+
+class StateDirError(DumpError):
+    """The tracking state directory cannot be used: unwritable, or not a
+    directory of the effective user with mode 0700 (dumper.track.state)."""
+
+    __module__ = "dumper"
+
+
+class WardenError(DumperError):
+    """The warden (the tracer process, dumper.proc.warden) failed, went away,
+    or could not take a request."""
 
     __module__ = "dumper"
