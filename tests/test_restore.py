@@ -118,9 +118,10 @@ def _env(criu_path: str | None = None) -> dict:
     return env
 
 
-def dumper(*args, criu_path: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def dumper(*args, criu_path: str | None = None, timeout: float = 300,
+           new_session: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dumper", *map(str, args)], capture_output=True, text=True,
-                          env=_env(criu_path), cwd=ROOT, timeout=timeout)
+                          env=_env(criu_path), cwd=ROOT, timeout=timeout, start_new_session=new_session)
 
 
 # --- a small image set made by hand (no CRIU needed)
@@ -548,3 +549,537 @@ def test_no_room_for_the_raw_pages(tmp_path, fake_criu, monkeypatch):
                                             r"name another place with --tmp-dir"):
         restore(ck, tmp_dir=tmp_path)
     assert not fake_criu.ran
+
+
+# --- restoring real processes: helpers shared by the CRIU and dumper flows
+
+_DIFFER = re.compile(r"^pid \d+: \[(0x[0-9a-f]+), (0x[0-9a-f]+)\) \d+ page\(s\) differ from the checkpoint$")
+
+
+def assert_memory_matches(ck_dir: Path, pid: int) -> None:
+    """``dumper verify CK --pid PID`` on the restored (stopped) process: every
+    recorded page equals the live memory, except the rseq fields the kernel
+    rewrites when a thread returns to user space (cpu ids, mm_cid)."""
+    r = dumper("verify", ck_dir, "--pid", pid, "--max-problems", 100000)
+    if r.returncode == 0:
+        return
+    ranges = []
+    for line in r.stdout.splitlines():
+        m = _DIFFER.match(line)
+        assert m, f"dumper verify --pid: {line}\n{r.stdout}{r.stderr}"
+        ranges.append((int(m.group(1), 16), int(m.group(2), 16)))
+    import numpy as np
+
+    allowed = rseq_kernel_bytes(rseq_areas(pid).values())
+    with open_checkpoint(ck_dir) as ck, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+        for a, b in ranges:
+            old = np.frombuffer(ck.read(None, a, b - a), np.uint8)
+            mem.seek(a)
+            new = np.frombuffer(mem.read(b - a), np.uint8)
+            bad = sorted(set((np.flatnonzero(old != new) + a).tolist()) - allowed)
+            assert not bad, f"restored memory differs from the checkpoint outside rseq fields at {bad[0]:#x}" \
+                            f" ({len(bad)} bytes)"
+
+
+# (image, field path, why): fields that differ between the checkpoint and a
+# dump of the restored process by the nature of restoring (CRIU 4.2 dump of
+# the original vs of the restored process, 8 threads, measured).
+ALLOWED_DIFFS = [
+    (r"^core-\d+\.img$", r"\.gpregs\.orig_ax$",
+     "a thread stopped in a system call is restored at the restart point (ip and ax already rewound in the "
+     "image), out of the call: orig_ax -1"),
+    (r"^core-\d+\.img$", r"\.tc\.flags$",
+     "PF_FORKNOEXEC | PF_SUPERPRIV: CRIU forked the task as root and it never exec'd"),
+    (r"^core-\d+\.img$", r"\.tc\.(task_state|stop_signo)$",
+     "restored stopped (--leave-stopped) from a dump of a running process"),
+    (r"^(files|pipes-data|fifo-data)\.img$", r"pipe_id$", "the pipes are new objects: new inode numbers"),
+    (r"^ids-\d+\.img$", r"_ns_id$", "namespace ids are numbered per dump"),
+]
+_NOT_COMPARED = re.compile(r"^(pages-\d+(\.zst)?\.img|stats-\w+|inventory\.img|timens-\d+\.img|.*\.log|parent)$")
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    out = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}"))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out.update(_flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = value
+    return out
+
+
+_VMA_RUN_FIELDS = ("start", "end", "pgoff", "nr_pages_dumped", "nr_pages_parent")
+
+
+def _merged_vmas(vmas: list[dict]) -> list[dict]:
+    """Adjacent VMAs that differ only in where they start merged into one,
+    as the kernel merges the fresh mappings a restore makes (two anonymous
+    VMAs the original process had apart, e.g. a library's bss and an mmap
+    after it, come back as one)."""
+    out: list[dict] = []
+    for v in vmas:
+        v = dict(v)
+        if out:
+            a = out[-1]
+            same = all(a.get(k) == v.get(k) for k in set(a) | set(v) if k not in _VMA_RUN_FIELDS)
+            anon = not int(a.get("shmid", 0) or 0) and not a.get("path")
+            contiguous = int(a["end"]) == int(v["start"]) and (
+                anon or int(v.get("pgoff", 0)) == int(a.get("pgoff", 0)) + int(a["end"]) - int(a["start"]))
+            if same and contiguous:
+                a["end"] = v["end"]
+                for k in ("nr_pages_dumped", "nr_pages_parent"):
+                    if k in a or k in v:
+                        a[k] = int(a.get(k, 0)) + int(v.get(k, 0))
+                continue
+        out.append(v)
+    return out
+
+
+def _merged_entries(entries: list[dict]) -> list[tuple[int, int, int]]:
+    """Pagemap entries as ``(vaddr, nr_pages, flags)`` runs, adjacent ones
+    with the same flags merged (where an entry ends is the dumper's choice)."""
+    out: list[list[int]] = []
+    for e in entries:
+        nr = int(e.get("nr_pages", e.get("compat_nr_pages", 0)))
+        flags = int(e.get("flags", fmt.PE_PARENT if e.get("in_parent") else fmt.PE_PRESENT))
+        vaddr = int(e["vaddr"])
+        if out and out[-1][2] == flags and out[-1][0] + out[-1][1] * PS == vaddr:
+            out[-1][1] += nr
+        else:
+            out.append([vaddr, nr, flags])
+    return [tuple(x) for x in out]
+
+
+def _decode(path: Path) -> dict | None:
+    """Flattened fields of every message of an image (VMAs and pagemap
+    entries merged into runs first); None if dumper does not decode this
+    image type (yet)."""
+    try:
+        name, msgs = read_image(path)
+    except ImageError as err:
+        if "are not read by dumper" in str(err) or "unknown image magic" in str(err):
+            return None
+        raise
+    dicts = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in msgs]
+    if name == "MM":
+        for d in dicts:
+            d["vmas"] = _merged_vmas(d.get("vmas", []))
+    elif name == "PAGEMAP":
+        head = {k: v for k, v in dicts[0].items() if k not in ("nr_present_pages",)}
+        dicts = [head, [list(r) for r in _merged_entries(dicts[1:])]]
+    return _flatten(dicts)
+
+
+def compare_dumps(first: Path, second: Path) -> list[str]:
+    """Assert that a dump of the restored process (``second``) holds what the
+    checkpoint (``first``) held: the same image files, and in each the same
+    fields except :data:`ALLOWED_DIFFS` (orig_ax only to -1). Returns the
+    images dumper could not decode, so not compared."""
+    a = {p.name for p in first.iterdir() if not _NOT_COMPARED.match(p.name)}
+    b = {p.name for p in second.iterdir() if not _NOT_COMPARED.match(p.name)}
+    assert a == b, f"images only in the checkpoint: {sorted(a - b)}, only in the second dump: {sorted(b - a)}"
+    undecoded = []
+    problems = []
+    for name in sorted(a):
+        fa, fb = _decode(first / name), _decode(second / name)
+        if fa is None or fb is None:
+            undecoded.append(name)
+            continue
+        for key in sorted(set(fa) | set(fb)):
+            va, vb = fa.get(key), fb.get(key)
+            if va == vb:
+                continue
+            rule = next((r for r in ALLOWED_DIFFS if re.search(r[0], name) and re.search(r[1], key)), None)
+            if rule is None or (key.endswith("orig_ax") and str(vb) not in ("-1", str(2**64 - 1))):
+                problems.append(f"{name}{key}: {va!r} -> {vb!r}")
+    assert not problems, "the restored process differs from the checkpoint:\n" + "\n".join(problems[:40])
+    return undecoded
+
+
+@dataclass
+class Spec:
+    """A restore test target: ``command(bins)``; ``counters``: the ``NAME N``
+    lines that must resume at the saved value + ``step``; ``stopped``:
+    SIGSTOP'd before the dump (then restored stopped without
+    --leave-stopped); ``after``: more checks once it runs again."""
+
+    name: str
+    command: Callable[[dict], list[str]]
+    counters: tuple[str, ...]
+    step: int = 1
+    stopped: bool = False
+    after: Callable | None = None
+
+
+def _new_text(t: Target, size: int) -> str:
+    return t.log_text()[size:]
+
+
+def _threads_after(t: Target, pid: int, before: str) -> None:
+    """SIGUSR1 runs on the sigaltstack; "go" written into pipe A wakes the
+    reader, lets the holder read pipe B's saved bytes and the pending
+    thread unblock its pending SIGUSR2."""
+    assert re.search(r"^pending armed 1$", before, re.M), "SIGUSR2 was not pending at dump time"
+    assert "reader " not in before.replace("tid reader", "")
+    a_read, a_write, _, _ = map(int, re.search(r"^fds (\d+) (\d+) (\d+) (\d+)$", before, re.M).groups())
+    size = len(before.encode())
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: re.search(r"^usr1 1 onstack=1$", _new_text(t, size), re.M), what="the SIGUSR1 handler")
+    fd = os.open(f"/proc/{pid}/fd/{a_write}", os.O_WRONLY)
+    try:
+        os.write(fd, b"go\n")
+    finally:
+        os.close(fd)
+    for line in ("reader 1 got go", "holder drained unread bytes in pipe B", "usr2 delivered 1"):
+        wait_for(lambda: re.search(rf"^{line}$", _new_text(t, size), re.M), what=repr(line))
+
+
+def _python_after(t: Target, pid: int, before: str) -> None:
+    lines = re.findall(r"^py (\d+) (\d+)$", _new_text(t, len(before.encode())), re.M)
+    want = restore_python.expected(int(i) for i, _ in lines)
+    assert [(int(i), int(c)) for i, c in lines] == sorted(want.items())
+
+
+def _asan_after(t: Target, pid: int, before: str) -> None:
+    last = counters(before, "count")[-1]
+    os.kill(pid, signal.SIGUSR1)
+    wait_for(lambda: proc_state(pid) in (None, "Z"), what="ASan to end the process")
+    status = os.waitpid(pid, 0)[1]
+    assert os.waitstatus_to_exitcode(status) == 1
+    out = t.output()
+    assert "ERROR: AddressSanitizer: heap-buffer-overflow" in out, out[-3000:]
+    at = int(re.search(r"^overflow at count (\d+)$", t.log_text(), re.M).group(1))
+    assert at > last
+
+
+SPECS = {
+    "counter": Spec("counter", lambda b: [str(b["counter"])], ("count",)),
+    "threads": Spec("threads", lambda b: [str(b["threads"])], ("main", "busy", "holder", "sleeper", "futex", "pending"),
+                    after=_threads_after),
+    "python": Spec("python", lambda b: python_target_argv(), ("py",), step=restore_python.EVERY, after=_python_after),
+    "stopped": Spec("stopped", lambda b: [str(b["counter"])], ("count",), stopped=True),
+    "asan": Spec("asan", lambda b: [str(b["asan"])], ("count",), after=_asan_after),
+}
+
+
+def start(spec: Spec, bins, tmp_path: Path) -> Target:
+    t = Target(spec.command(bins), tmp_path, spec.name)
+    try:
+        wait_for(lambda: all(len(counters(t.log_text(), c)) >= 3 for c in spec.counters),
+                 what=f"{spec.name} to make progress")
+        if spec.stopped:
+            os.kill(t.pid, signal.SIGSTOP)
+            wait_for(lambda: proc_state(t.pid) == "T", what="SIGSTOP")
+    except BaseException:
+        t.close()
+        raise
+    return t
+
+
+def criu_says(ck: Path, criu) -> str:
+    """What ``criu restore`` itself says about ``ck`` (bypassing dumper's
+    checks): its exit and the last errors of its log. Reaps and kills
+    whatever it restored."""
+    import tempfile
+
+    from dumper.restore.criu import log_tail
+    from dumper.restore.rawimages import materialise, needs_materialising
+
+    with tempfile.TemporaryDirectory(prefix="criu-says-") as tmp:
+        tmp = Path(tmp)
+        images = ck
+        with open_checkpoint(ck) as c:
+            if needs_materialising(c):
+                images = tmp / "images"
+                images.mkdir()
+                materialise(c, images)
+        r = subprocess.run([criu.path, "restore", "-D", str(images), "-W", str(tmp), "-d", "-o", "r.log", "-v4",
+                            "--pidfile", str(tmp / "pid")], capture_output=True, text=True)
+        tail = log_tail(tmp / "r.log", 4)
+        if r.returncode == 0 and (tmp / "pid").exists():
+            kill_restored(int((tmp / "pid").read_text()))
+        time.sleep(0.2)
+        reap_zombie_children()
+    how = f"killed by signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
+    return f"criu restore: {how}: " + " | ".join(tail or [r.stderr.strip()[-300:]])
+
+
+def dumper_restore(ck: Path, criu, restored: list, *args) -> int:
+    """``dumper restore CK --json ARGS`` -> the restored pid. xfails with the
+    reason while ``dumper dump`` writes no process-state images (issue 10),
+    naming what criu restore itself says about the set."""
+    r = dumper("restore", ck, "--json", *args, criu_path=criu.path)
+    if r.returncode and ("holds memory images only" in r.stderr or "lacks images criu restore needs" in r.stderr):
+        pytest.xfail(f"the dump side is not complete yet: {r.stderr.strip().splitlines()[-1]}; "
+                     f"{criu_says(ck, criu)}")
+    assert r.returncode == 0, r.stderr
+    pid = json.loads(r.stdout)["pid"]
+    restored.append(pid)
+    return pid
+
+
+class Maker:
+    """How a checkpoint is made: ``dump(t, dest)`` kills the target;
+    ``second(pid, dest)`` dumps the restored process and leaves it stopped."""
+
+    def __init__(self, kind: str, criu, tmp_path: Path) -> None:
+        self.kind, self.criu, self.tmp = kind, criu, tmp_path
+
+    def dump(self, t: Target, dest: Path) -> Path:
+        if self.kind.startswith("criu"):
+            raw = dest if self.kind == "criu" else self.tmp / "criu-raw"
+            criu_dump(self.criu.path, t.pid, raw, self.tmp)
+            self.first = raw
+            if self.kind == "criu-zstd":
+                to_zstd(raw, dest)
+        else:
+            extra = ["--no-compress"] if self.kind == "dumper-raw" else []
+            r = dumper("dump", t.pid, "-D", dest, "--kill", *extra)
+            assert r.returncode == 0, r.stderr
+            self.first = dest
+        return dest
+
+    def second(self, pid: int, dest: Path) -> Path:
+        if self.kind.startswith("criu"):
+            criu_dump(self.criu.path, pid, dest, self.tmp, "--leave-running")
+        else:
+            r = dumper("dump", pid, "-D", dest, *(["--no-compress"] if self.kind == "dumper-raw" else []))
+            assert r.returncode == 0, r.stderr
+        return dest
+
+
+def restore_flow(spec: Spec, maker: Maker, bins, tmp_path: Path, restored: list) -> dict[str, int]:
+    """The issue's protocol: dump (killing the target), restore stopped,
+    compare memory and a second dump with the checkpoint, SIGCONT, prove it
+    goes on from the saved state, then the target's own checks."""
+    t = start(spec, bins, tmp_path)
+    try:
+        ck = maker.dump(t, tmp_path / "ck")
+        t.reap()
+    finally:
+        t.close()
+    before = t.log_text()
+    last = {c: counters(before, c)[-1] for c in spec.counters}
+
+    pid = dumper_restore(ck, maker.criu, restored, *([] if spec.stopped else ["--leave-stopped"]))
+    assert pid == t.pid
+    states = wait_for(lambda: (s := thread_states(pid)) and set(s.values()) == {"T"} and s, what="a stopped restore")
+    assert len(states) == (8 if spec.name == "threads" else 1)
+    assert_memory_matches(ck, pid)
+    undecoded = compare_dumps(maker.first, maker.second(pid, tmp_path / "again"))
+    assert set(thread_states(pid).values()) == {"T"} and t.log_text() == before
+
+    os.kill(pid, signal.SIGCONT)
+    size = len(before.encode())
+    for c in spec.counters:
+        new = wait_for(lambda: (v := counters(_new_text(t, size), c)) and len(v) >= 2 and v,
+                       what=f"{spec.name}: {c} to go on after the restore")
+        assert new[0] == last[c] + spec.step, f"{c}: {last[c]} saved, {new[:3]} after the restore"
+        assert new == list(range(new[0], new[0] + spec.step * len(new), spec.step))
+    if spec.after:
+        spec.after(t, pid, before)
+    if undecoded:
+        pytest.xfail(f"restored and checked; not compared with the second dump: {', '.join(undecoded)} "
+                     "(dumper decodes no CRIU core/files images yet)")
+    return last
+
+
+# --- with CRIU: image sets criu dump wrote
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", list(SPECS))
+def test_restore_criu_dump_through_zstd(target, criu, bins, tmp_path, restored):
+    """criu dump, pages rewritten as dumper's pages-N.zst.img, dumper restore
+    writes the raw pages back for CRIU."""
+    restore_flow(SPECS[target], Maker("criu-zstd", criu, tmp_path), bins, tmp_path, restored)
+
+
+@pytest.mark.slow
+def test_restore_criu_dump_as_it_is(criu, bins, tmp_path, restored):
+    """A raw set goes to criu restore directly: nothing is written into it,
+    and it restores twice (after the first restored process is reaped)."""
+    t = start(SPECS["counter"], bins, tmp_path)
+    ck = tmp_path / "ck"
+    try:
+        criu_dump(criu.path, t.pid, ck, tmp_path)
+        t.reap()
+    finally:
+        t.close()
+    before = {p.name: p.stat().st_mtime_ns for p in ck.iterdir()}
+    saved = counters(t.log_text(), "count")[-1]
+    for _ in range(2):
+        size = t.log_size()
+        r = dumper("restore", ck, criu_path=criu.path)
+        assert r.returncode == 0, r.stderr
+        pid = int(re.match(r"restored pid (\d+) from ", r.stdout).group(1))
+        restored.append(pid)
+        assert pid == t.pid and {p.name: p.stat().st_mtime_ns for p in ck.iterdir()} == before
+        new = wait_for(lambda: (v := counters(_new_text(t, size), "count")) and len(v) >= 3 and v, what="progress")
+        assert new[0] == saved + 1
+        kill_restored(pid)
+
+
+@pytest.mark.slow
+def test_restore_criu_dump_chain(criu, bins, tmp_path, restored):
+    """A three-level chain (zstd <- raw <- zstd) made from a criu dump:
+    CRIU follows the materialised parent directories and PE_PARENT entries."""
+    t = start(SPECS["counter"], bins, tmp_path)
+    try:
+        criu_dump(criu.path, t.pid, tmp_path / "criu", tmp_path)
+        t.reap()
+    finally:
+        t.close()
+    top = make_chain(tmp_path / "criu", tmp_path / "chain")
+    with open_checkpoint(top) as ck:
+        assert len(ck.parent_paths) == 2 and ck.process().nr_pages_parent > 0
+        assert ck.parent.process().nr_pages_parent > 0
+    saved, size = counters(t.log_text(), "count")[-1], t.log_size()
+    pid = dumper_restore(top, criu, restored, "--leave-stopped")
+    assert pid == t.pid
+    wait_for(lambda: proc_state(pid) == "T", what="a stopped restore")
+    assert_memory_matches(top, pid)
+    os.kill(pid, signal.SIGCONT)
+    new = wait_for(lambda: (v := counters(_new_text(t, size), "count")) and len(v) >= 3 and v, what="progress")
+    assert new[0] == saved + 1
+
+
+@pytest.mark.slow
+def test_restore_shell_job(criu, bins, tmp_path, restored):
+    """A root task that is not a session leader needs --shell-job at dump,
+    and at restore from another session: without it CRIU recreates the old
+    process group with a helper task whose pid exists. dumper restore adds
+    it from pstree.img; without it the failure names the cause."""
+    t = Target([str(bins["counter"])], tmp_path, "counter")  # our session: not a leader
+    t.proc.kill()
+    t.proc.wait()
+    r, w = os.pipe()
+    with open(t.out, "ab") as out:
+        t.proc = subprocess.Popen([str(bins["counter"]), str(w), str(t.log)], stdin=subprocess.DEVNULL,
+                                  stdout=out, stderr=out, pass_fds=(w,))
+    os.close(w)
+    assert os.read(r, 16) == b"READY\n"
+    os.close(r)
+    t.pid = t.proc.pid
+    assert os.getsid(t.pid) != t.pid
+    wait_for(lambda: len(counters(t.log_text(), "count")) >= 3, what="progress")
+    ck = tmp_path / "ck"
+    try:
+        criu_dump(criu.path, t.pid, ck, tmp_path, "--shell-job")
+        t.reap()
+    finally:
+        t.close()
+    old_sid, pgid = os.getsid(0), os.getpgid(0)
+    r = dumper("restore", ck, "--no-shell-job", criu_path=criu.path, new_session=True)
+    assert r.returncode == 1
+    assert f"Can't fork for {pgid}: File exists" in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == (
+        f"dumper: error: criu restore failed (exit status 1): CRIU recreates the checkpoint's process group {pgid} "
+        f"with a helper task, and pid {pgid} exists here: --shell-job makes the restored process join the current "
+        "session and group instead; the end of its log is above")
+    time.sleep(0.2)
+    reap_zombie_children()
+    saved, size = counters(t.log_text(), "count")[-1], t.log_size()
+    r = dumper("restore", ck, "--json", criu_path=criu.path, new_session=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    restored.append(out["pid"])
+    assert out["shell_job"] is True and out["pid"] == t.pid
+    assert os.getsid(t.pid) not in (old_sid, t.pid)  # --shell-job: it joined the restoring dumper's session
+    new = wait_for(lambda: (v := counters(_new_text(t, size), "count")) and len(v) >= 3 and v, what="progress")
+    assert new[0] == saved + 1
+
+
+def test_restore_refuses_while_the_original_runs(criu, bins, tmp_path):
+    t = start(SPECS["counter"], bins, tmp_path)
+    try:
+        criu_dump(criu.path, t.pid, tmp_path / "ck", tmp_path, "--leave-running")
+        r = dumper("restore", tmp_path / "ck", criu_path=criu.path)
+        assert r.returncode == 1
+        assert r.stderr.splitlines()[0] == f"  pid {t.pid} is in use by 'restore_counter', state S" or \
+            r.stderr.splitlines()[0] == f"  pid {t.pid} is in use by 'restore_counter', state R"
+        assert "criu restore recreates the checkpoint's original pids" in r.stderr
+    finally:
+        t.close()
+
+
+# --- with CRIU: checkpoints dumper dump wrote (issue 10's dump side)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", list(SPECS))
+def test_restore_dumper_dump(target, criu, bins, tmp_path, restored):
+    restore_flow(SPECS[target], Maker("dumper", criu, tmp_path), bins, tmp_path, restored)
+
+
+@pytest.mark.slow
+def test_restore_dumper_dump_no_compress(criu, bins, tmp_path, restored):
+    """A --no-compress checkpoint goes to CRIU as it is, and plain
+    ``criu restore -D DIR`` accepts it without dumper."""
+    saved = restore_flow(SPECS["counter"], Maker("dumper-raw", criu, tmp_path), bins, tmp_path, restored)["count"]
+    kill_restored(restored[-1])
+    log = tmp_path / "counter.log"
+    size = log.stat().st_size
+    r = subprocess.run([criu.path, "restore", "-D", str(tmp_path / "ck"), "-d", "-o", str(tmp_path / "plain.log"),
+                        "--pidfile", str(tmp_path / "plain.pid")], capture_output=True, text=True)
+    assert r.returncode == 0, (tmp_path / "plain.log").read_text()[-2000:]
+    restored.append(int((tmp_path / "plain.pid").read_text()))
+    new = wait_for(lambda: (v := counters(log.read_text()[size:], "count")) and len(v) >= 3 and v, what="progress")
+    assert new[0] == saved + 1  # from the checkpoint's counter again
+
+
+@pytest.mark.slow
+def test_restore_dumper_chain(criu, bins, tmp_path, restored):
+    """pre-dump, then dump --parent --kill: the chain restores to the final
+    state (CRIU reads PE_PARENT pages from the pre-dump)."""
+    t = start(SPECS["counter"], bins, tmp_path)
+    try:
+        r = dumper("pre-dump", t.pid, "-D", tmp_path / "1")
+        assert r.returncode == 0, r.stderr
+        mark = counters(t.log_text(), "count")[-1]
+        wait_for(lambda: counters(t.log_text(), "count")[-1] > mark + 20, what="progress after the pre-dump")
+        r = dumper("dump", t.pid, "-D", tmp_path / "2", "--parent", tmp_path / "1", "--kill")
+        assert r.returncode == 0, r.stderr
+        t.reap()
+    finally:
+        t.close()
+    with open_checkpoint(tmp_path / "2") as ck:
+        assert ck.parent_paths and ck.process().nr_pages_parent > 0
+    saved, size = counters(t.log_text(), "count")[-1], t.log_size()
+    r = dumper("restore", tmp_path / "1", criu_path=criu.path)
+    assert r.returncode == 1 and "is a pre-dump" in r.stderr
+    pid = dumper_restore(tmp_path / "2", criu, restored, "--leave-stopped")
+    assert pid == t.pid
+    wait_for(lambda: proc_state(pid) == "T", what="a stopped restore")
+    assert_memory_matches(tmp_path / "2", pid)
+    os.kill(pid, signal.SIGCONT)
+    new = wait_for(lambda: (v := counters(_new_text(t, size), "count")) and len(v) >= 3 and v, what="progress")
+    assert new[0] == saved + 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,reason", [("tcp", "socket"), ("inotify", "inotify"), ("child", "child")])
+def test_dumper_dump_not_restorable_is_refused(kind, reason, criu, bins, tmp_path):
+    """A process holding what dumper does not save: the dump completes and
+    marks the checkpoint; dumper restore refuses it with the reasons."""
+    t = Target([str(bins["unrestorable"])], tmp_path, kind, args=(kind,))
+    try:
+        r = dumper("dump", t.pid, "-D", tmp_path / "ck")
+        assert r.returncode == 0, r.stderr
+        assert proc_state(t.pid) in ("R", "S")
+    finally:
+        t.close()
+    if not (tmp_path / "ck" / "pstree.img").exists():
+        pytest.xfail("the dump side is not complete yet: no pstree.img, no unrestorable reasons")
+    with open_checkpoint(tmp_path / "ck") as ck:
+        kinds = [x.kind for x in ck.inventory.unrestorable]
+    assert any(reason in k for k in kinds), kinds
+    r = dumper("restore", tmp_path / "ck", criu_path=criu.path)
+    assert r.returncode == 1
+    lines = r.stderr.splitlines()
+    assert lines[-1].startswith(f"dumper: error: {tmp_path / 'ck'} is marked not restorable")
+    assert any(reason in line for line in lines[:-1]), r.stderr
+

@@ -20,6 +20,7 @@ dumper writes images; CRIU (>= 4.0) is the restore engine. The phases:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -30,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import ImageError, NotRestorable, RestoreError
+from ..errors import CriuFailed, ImageError, NotRestorable, RestoreError
 from ..image.checkpoint import open_checkpoint
 from . import checks
 from .criu import LOG_NAME, Criu, find_criu, run_restore
@@ -154,6 +155,8 @@ def restore(
         try:
             pid = run_restore(binary, images, work, leave_stopped=leave_stopped, shell_job=shell_job,
                               extra=criu_args)
+        except CriuFailed as err:
+            raise _explained(err, tree, bool(shell_job)) from err
         finally:
             if log is not None:
                 _keep_log(work / LOG_NAME, Path(log))
@@ -163,6 +166,27 @@ def restore(
         leave_stopped=leave_stopped, shell_job=bool(shell_job), materialised=compressed, levels=levels,
         pages_bytes=pages_bytes, prepare_s=t1 - t0, criu_s=t2 - t1, total_s=time.monotonic() - t0,
     )
+
+
+_FORK_EXISTS = re.compile(r"Can't fork for (\d+): File exists")
+
+
+def _explained(err: CriuFailed, tree: list[checks.Task], shell_job: bool) -> CriuFailed:
+    """``err`` with the likely cause added where CRIU's log names one."""
+    m = next((m for line in err.details if (m := _FORK_EXISTS.search(line))), None)
+    if m is None:
+        return err
+    n = int(m.group(1))
+    root = tree[0]
+    if any(n == t.pid or n in t.threads for t in tree):
+        why = f"pid {n} of the checkpoint was taken by another process meanwhile"
+    elif n in (root.pgid, root.sid) and not shell_job:
+        kind = "session" if n == root.sid else "process group"
+        why = (f"CRIU recreates the checkpoint's {kind} {n} with a helper task, and pid {n} exists here: "
+               "--shell-job makes the restored process join the current session and group instead")
+    else:
+        why = f"CRIU needed pid {n} for a helper task and it exists here"
+    return CriuFailed(f"{err.msg.split(';')[0]}: {why}; the end of its log is above", err.details)
 
 
 def _keep_log(src: Path, dst: Path) -> None:

@@ -218,10 +218,7 @@ def run_restore(
         tail = log_tail(log)
         if not tail:
             tail = log_tail(out_path)
-        hint = ""
-        if any("Can't fork for" in ln and "File exists" in ln for ln in tail):
-            hint = ": a pid of the checkpoint was taken by another process meanwhile"
-        raise CriuFailed(f"criu restore failed ({how}){hint}; the end of its log is above", tail)
+        raise CriuFailed(f"criu restore failed ({how}); the end of its log is above", tail)
     try:
         text = pidfile.read_text().strip()
         return int(text)
