@@ -33,15 +33,14 @@ import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pytest
-import zstandard
 from google.protobuf import json_format
 
-from dumper.errors import CriuFailed, CriuNotFound, ImageError, NotRestorable, RestoreError
+from dumper.errors import CriuFailed, CriuNotFound, ImageError, NotRestorable
 from dumper.image import format as fmt
 from dumper.image.checkpoint import open_checkpoint
 from dumper.image.pb import inventory_pb2, mm_pb2, pstree_pb2, vma_pb2

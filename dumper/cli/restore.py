@@ -14,16 +14,7 @@ import sys
 from typing import Sequence
 
 from ..errors import RestoreError
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return value
+from .options import positive
 
 
 def _split_criu_options(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +57,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tmp-dir", metavar="DIR",
                         help="where the raw pages of a compressed checkpoint are written for CRIU "
                              "(default: $TMPDIR or /tmp; removed afterwards)")
-    parser.add_argument("--threads", type=_positive, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive, default=None, metavar="N",
                         help="decompression threads (default: up to 4)")
     parser.add_argument("--log", metavar="FILE", help="keep CRIU's restore log (-v4) in FILE")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -16,7 +16,6 @@ in ``details``, one line per finding:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from google.protobuf.message import Message

@@ -37,7 +37,6 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import CorruptImage, NotRestorable
 from ..image import format as fmt
@@ -105,8 +104,7 @@ def _write_all(fd: int, parts: list) -> None:
             views[0] = views[0][n:]
 
 
-def _write_raw_pages(src: PagesReader, dst_fd: int, name: str, threads: int,
-                     check: Callable[[], None]) -> int:
+def _write_raw_pages(src: PagesReader, dst_fd: int, name: str, threads: int) -> int:
     """Decompress ``src`` into a new raw file ``name`` in directory
     ``dst_fd``; returns the bytes written."""
     lay = src.layout
@@ -141,7 +139,6 @@ def _write_raw_pages(src: PagesReader, dst_fd: int, name: str, threads: int,
                         parts = inflight.popleft().result()
                         _write_all(out, parts)
                         written += sum(len(p) for p in parts)
-                        check()
                 while inflight:
                     parts = inflight.popleft().result()
                     _write_all(out, parts)
@@ -188,20 +185,18 @@ def _link_or_copy(src_fd: int, name: str, dst_fd: int, result: Materialised) -> 
     result.copied += 1
 
 
-def _materialise_level(level: Checkpoint, dst_fd: int, result: Materialised, threads: int,
-                       check: Callable[[], None]) -> None:
+def _materialise_level(level: Checkpoint, dst_fd: int, result: Materialised, threads: int) -> None:
     compressed = {p.pages_path.name: p.pages for p in level.processes.values() if p.pages.compressed}
     src_fd = os.open(level.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for entry in sorted(os.scandir(src_fd), key=lambda e: e.name):
             name = entry.name
-            check()
             if name == fmt.PARENT_LINK:
                 continue
             if name in compressed:
                 reader = compressed[name]
                 raw_name = fmt.pages_name(reader.layout.head.pages_id)
-                result.pages_bytes += _write_raw_pages(reader, dst_fd, raw_name, threads, check)
+                result.pages_bytes += _write_raw_pages(reader, dst_fd, raw_name, threads)
                 continue
             if name.endswith(".zst.img"):
                 continue  # not named by any pagemap: CRIU would not read it either
@@ -212,12 +207,12 @@ def _materialise_level(level: Checkpoint, dst_fd: int, result: Materialised, thr
         os.close(src_fd)
 
 
-def materialise(ck: Checkpoint, dest: str | os.PathLike, *, threads: int | None = None,
-                check: Callable[[], None] = lambda: None) -> Materialised:
+def materialise(ck: Checkpoint, dest: str | os.PathLike, *, threads: int | None = None) -> Materialised:
     """Write a CRIU-readable image set for ``ck`` and its parent chain into
     ``dest``, an existing empty private directory (see the module
     docstring). ``threads``: decompression workers (default up to 4).
-    ``check`` is called between pieces of work (to stop early).
+    Interrupting (KeyboardInterrupt) waits for at most ``2 * threads``
+    batches in flight.
 
     Raises CorruptImage for a damaged frame, NotRestorable for a write that
     fails (no space...), ImageError for an unreadable parent.
@@ -237,7 +232,7 @@ def materialise(ck: Checkpoint, dest: str | os.PathLike, *, threads: int | None 
                 os.close(dst_fd)
                 dst_fd = new_fd
             try:
-                _materialise_level(level, dst_fd, result, nthreads, check)
+                _materialise_level(level, dst_fd, result, nthreads)
             except OSError as err:
                 raise NotRestorable(f"copying {level.path} for CRIU: {err.strerror}") from err
             result.levels += 1

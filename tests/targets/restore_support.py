@@ -31,6 +31,7 @@ C_TARGETS = {
     "threads": ("restore_threads.c", ["-O2", "-pthread"]),
     "asan": ("restore_asan.c", ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer"]),
     "unrestorable": ("restore_unrestorable.c", ["-O2"]),
+    "dense": ("restore_dense.c", ["-O2"]),
 }
 PYTHON_TARGET = HERE / "restore_python.py"
 PR_SET_CHILD_SUBREAPER = 36
