@@ -121,7 +121,7 @@ def build_criu_dir(dest: Path) -> Path:
         payload = _pstree_entry(pid, ppid, [pid])
         pstree += fmt.U32.pack(len(payload)) + payload
     (dest / "pstree.img").write_bytes(pstree)
-    # an image type dumper does not read (CRIU's core-PID.img)
+    # a core image with no entry (CRIU's core-PID.img holds one)
     (dest / "core-100.img").write_bytes(fmt.U32.pack(fmt.IMG_COMMON_MAGIC) + fmt.U32.pack(fmt.CORE_MAGIC))
 
     (dest / "mm-100.img").write_bytes(fmt.encode_image("MM", [_mm(CRIU_VMAS_1)]))
@@ -277,8 +277,18 @@ def test_decode_raw_pages_is_refused(capsys, criu_dir):
     for p in (DATA / "tiny-raw" / "pages-1.img", criu_dir / "pages-1.img"):
         rc, out, err = _run(capsys, "decode", str(p))
         assert rc == 1 and out == ""
-        assert err == f"dumper: error: {p} at offset 0: raw page data, not an image: no image magic at the start " \
-                      f"({int.from_bytes(p.read_bytes()[:4], 'little'):#010x}); pages-N.img files hold page bytes only\n"
+        assert err == f"dumper: error: {p} at offset 0: not a CRIU or dumper image: no image magic at the start " \
+                      f"({int.from_bytes(p.read_bytes()[:4], 'little'):#010x}); pages-N.img files hold raw page bytes only\n"
+
+
+def test_decode_a_file_that_is_no_image_says_so_plainly(capsys, tmp_path):
+    # GIVEN a text file (as /etc/passwd), not named like a pages file
+    p = tmp_path / "passwd"
+    p.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    # WHEN decoded; THEN one line says it is no image, with no talk of pages
+    rc, out, err = _run(capsys, "decode", str(p))
+    assert rc == 1 and out == ""
+    assert err == f"dumper: error: {p} at offset 0: not a CRIU or dumper image: no image magic at the start (0x746f6f72)\n"
 
 
 def test_decode_criu_images(capsys, criu_dir):
@@ -290,9 +300,14 @@ def test_decode_criu_images(capsys, criu_dir):
     rc, out, _ = _run(capsys, "decode", "--pretty", str(criu_dir / "inventory.img"))
     inv = json.loads(out)["entries"][0]
     assert inv["lsmtype"] == "NO_LSM" and inv["root_ids"]["vm_id"] == 1 and "dumper_format_version" not in inv
-    # an image type dumper has no schema for: one line, exit 1
-    rc, out, err = _run(capsys, "decode", str(criu_dir / "core-100.img"))
-    assert rc == 1 and err == f"dumper: error: {criu_dir / 'core-100.img'} at offset 4: CRIU CORE images are not read by dumper\n"
+    # a core image without entries decodes as such
+    rc, out, _ = _run(capsys, "decode", str(criu_dir / "core-100.img"))
+    assert rc == 0 and json.loads(out) == {"magic": "CORE", "entries": []}
+    # an image type dumper has no schema for (sockets): one line, exit 1
+    sk = criu_dir / "inetsk.img"
+    sk.write_bytes(fmt.U32.pack(fmt.IMG_COMMON_MAGIC) + fmt.U32.pack(fmt.INETSK_MAGIC))
+    rc, out, err = _run(capsys, "decode", str(sk))
+    assert rc == 1 and err == f"dumper: error: {sk} at offset 4: CRIU INETSK images are not read by dumper\n"
 
 
 def test_decode_missing_file(capsys, tmp_path):

@@ -268,17 +268,17 @@ def test_target_exits_mid_dump(spawn_target, tmp_path, monkeypatch):
     t = spawn_target("dense,zero")
     from dumper.dump import memread
 
-    real = memread.MemReader.readinto
+    real = memread.process_vm_readv
     calls = []
 
-    def dying(self, view, addr):
-        calls.append(addr)
-        if len(calls) == 2:
+    def dying(pid, local, remote):
+        calls.append(pid)
+        if len(calls) == 1:
             os.kill(t.pid, signal.SIGKILL)
             time.sleep(0.1)
-        return real(self, view, addr)
+        return real(pid, local, remote)
 
-    monkeypatch.setattr(memread.MemReader, "readinto", dying)
+    monkeypatch.setattr(memread, "process_vm_readv", dying)
     with pytest.raises((NoSuchProcess, DumpError)):
         dump(t.pid, tmp_path / "ck")
     no_checkpoint_left(tmp_path, "ck")
@@ -348,7 +348,7 @@ def test_refuses_itself_and_bad_pids(zombie, tmp_path):
 def test_guard_markers_without_the_guard_bit_are_skipped_at_read_time(spawn_target, tmp_path, monkeypatch):
     # Kernels before 6.16 report guard markers only as SWAPPED: the scanner
     # selects them and /proc/PID/mem refuses them. Simulate that here.
-    import dumper.dump as dmod
+    import dumper.dump.session as dmod
     from dumper.scan import Category
 
     real = dmod.dump_masks

@@ -1,4 +1,4 @@
-"""``dumper decode FILE [--pretty]``: one image file as JSON, like ``crit decode``.
+"""``dumper decode FILE [--pretty] [--payload]``: one image file as JSON, like ``crit decode``.
 
 Prints ``{"magic": "PAGEMAP", "entries": [...]}``: the image type without
 the common magic, then every entry (a pagemap's first entry is its
@@ -6,65 +6,112 @@ the common magic, then every entry (a pagemap's first entry is its
 ``zpages_index``, not the page bytes). Only fields that are set appear,
 under their proto names. ``--pretty`` indents and prints addresses in hex
 and flag fields by name (:mod:`dumper.image.pretty`).
+
+Raw bytes that follow an entry (the buffered data of ``pipes-data.img`` and
+``fifo-data.img``, the contents in ``ghost-file-N.img``, old-style
+``ipcns-shm-N.img`` segments) appear as ``"extra"``: a size placeholder
+``"... <10B>"`` as ``crit decode --nopl`` prints it, or the bytes in base64
+with ``--payload`` (crit's default).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import re
 import sys
 from typing import Sequence
 
 from ..errors import BadMagic, ImageError
 from ..image import format as fmt
 from ..image import read_image
-from ..image.reader import open_image_file
 from ..image.pretty import message_to_dict
+from ..image.reader import open_image_file
 
 _IMAGE_FIRST_WORDS = frozenset({fmt.INVENTORY_MAGIC, fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC})
+_RAW_PAGES_NAME = re.compile(r"pages-\d+\.img\Z")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "file", help="an image file: inventory.img, mm-PID.img, pagemap-PID.img, stats-dump, pages-N.zst.img"
+        "file", help="an image file: inventory.img, core-TID.img, files.img, pagemap-PID.img, pages-N.zst.img, ..."
     )
     parser.add_argument(
         "--pretty", action="store_true", help="indent; addresses in hex, flags by name (like crit decode --pretty)"
     )
+    parser.add_argument(
+        "--payload", action="store_true",
+        help="print the raw data after entries (pipe buffers, ghost file contents) in base64, "
+        "instead of its size (crit decode's default; its --nopl is ours)",
+    )
 
 
-def _first_word(path: str | os.PathLike) -> int | None:
+def size_text(num: int) -> str:
+    """crit's human-readable size: ``10B``, ``4K``... (binary units, one
+    decimal where not whole)."""
+    value = float(num)
+    for unit in ("", "K", "M", "G", "T", "P", "E", "Z"):
+        if value < 1024.0:
+            return f"{int(value)}{unit}B" if int(value) == value else f"{value:.1f}{unit}B"
+        value /= 1024.0
+    return f"{value:.1f}YB"
+
+
+def _not_an_image(path: str | os.PathLike, err: BadMagic) -> BadMagic:
+    """A clearer BadMagic for a file whose first word is no image magic at all."""
     try:
         with open_image_file(path) as f:
             head = f.read(fmt.U32.size)
     except (OSError, ImageError):
-        return None
-    return fmt.U32.unpack(head)[0] if len(head) == fmt.U32.size else None
+        return err
+    if err.offset != 0 or len(head) != fmt.U32.size:
+        return err
+    word = fmt.U32.unpack(head)[0]
+    if word in _IMAGE_FIRST_WORDS:
+        return err
+    msg = f"not a CRIU or dumper image: no image magic at the start ({word:#010x})"
+    if _RAW_PAGES_NAME.search(os.fspath(path)):
+        msg += "; pages-N.img files hold raw page bytes only"
+    return BadMagic(path, 0, msg)
 
 
-def decode(path: str | os.PathLike, *, pretty: bool = False) -> dict:
+def decode(path: str | os.PathLike, *, pretty: bool = False, payload: bool = False) -> dict:
     """``{"magic": NAME, "entries": [dict, ...]}`` for the image at ``path``.
 
-    Raises BadMagic ("raw page data, not an image" for a file with no image
-    magic, such as CRIU's ``pages-N.img``), and the other ImageErrors of
-    :func:`dumper.image.read_image`.
+    An entry followed by raw data gets an ``"extra"`` key: the data in base64
+    with ``payload`` (read in full: as large as the file says, no more), else
+    crit's ``"... <SIZE>"`` placeholder.
+
+    Raises BadMagic ("not a CRIU or dumper image" for a file with no image
+    magic, such as CRIU's raw ``pages-N.img`` or any other file), and the
+    other ImageErrors of :func:`dumper.image.read_image` and
+    :func:`dumper.image.format.iter_image`.
     """
     try:
-        name, msgs = read_image(path)
+        with open_image_file(path) as f:
+            name = fmt.read_magic(f, path)
+            if name in fmt.ENTRY_TYPES:
+                entries = []
+                # all entries first: reading an extra moves the file position
+                for entry in list(fmt.iter_image(f, path, name, f.tell())):
+                    d = message_to_dict(entry.msg, pretty=pretty)
+                    if entry.extra is not None:
+                        if payload:
+                            d["extra"] = base64.b64encode(fmt.read_extra(f, entry.extra, path)).decode("ascii")
+                        else:
+                            d["extra"] = f"... <{size_text(entry.extra.size)}>"
+                    entries.append(d)
+                return {"magic": name, "entries": entries}
     except BadMagic as err:
-        word = _first_word(path)
-        if err.offset == 0 and word is not None and word not in _IMAGE_FIRST_WORDS:
-            raise BadMagic(
-                path, 0, f"raw page data, not an image: no image magic at the start ({word:#010x}); "
-                "pages-N.img files hold page bytes only"
-            ) from err
-        raise
+        raise _not_an_image(path, err) from err
+    _, msgs = read_image(path)  # ZPAGES, or an ImageError for a type without schema
     return {"magic": name, "entries": [message_to_dict(m, pretty=pretty) for m in msgs]}
 
 
 def run(args: argparse.Namespace) -> int:
-    img = decode(args.file, pretty=args.pretty)
+    img = decode(args.file, pretty=args.pretty, payload=args.payload)
     json.dump(img, sys.stdout, indent=4 if args.pretty else None)
     sys.stdout.write("\n")
     return 0

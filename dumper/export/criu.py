@@ -61,9 +61,8 @@ from google.protobuf.message import Message
 from ..errors import DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
-from ..image.pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2
+from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
 from ..image.writer import fsync_dir, open_private
-from . import files_pb
 
 __all__ = [
     "ExportError",
@@ -76,7 +75,7 @@ __all__ = [
     "FIRST_OWN_FIELD",
 ]
 
-FILES_NAME = "files.img"
+FILES_NAME = fmt.FILES_NAME
 # dumper's additions to CRIU's messages start at this field number.
 FIRST_OWN_FIELD = 32
 
@@ -236,11 +235,11 @@ class _FileIds:
             return self.ids[key]
         fid = len(self.entries) + 1
         self.ids[key] = fid
-        reg = files_pb.reg_file_entry(
+        reg = regfile_pb2.reg_file_entry(
             id=fid, flags=flags, pos=0, name=name,
-            fown=files_pb.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0),
+            fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0),
         )
-        self.entries.append(files_pb.file_entry(type=files_pb.FD_TYPE_REG, id=fid, reg=reg))
+        self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=fid, reg=reg))
         return fid
 
 

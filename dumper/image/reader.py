@@ -109,10 +109,14 @@ def read_image(path: str | os.PathLike) -> tuple[str, list[Message]]:
     """Decode an image file into ``(magic_name, messages)``.
 
     ``magic_name`` is a key of :data:`dumper.image.format.MAGICS`. Messages:
-    INVENTORY ``[inventory_entry]``, MM ``[mm_entry]``, STATS
-    ``[stats_entry]``, PAGEMAP ``[pagemap_head, pagemap_entry...]``, ZPAGES
-    ``[zpages_head, zpages_index]``. Nothing is normalised or version-checked
-    (see :func:`load_inventory`, :func:`load_pagemap`).
+    one per entry, of :data:`~dumper.image.format.ENTRY_TYPES` (INVENTORY
+    ``[inventory_entry]``, MM ``[mm_entry]``, CORE ``[core_entry]``...),
+    the first of :data:`~dumper.image.format.HEAD_TYPES` where the type has
+    one (PAGEMAP ``[pagemap_head, pagemap_entry...]``); ZPAGES
+    ``[zpages_head, zpages_index]``. Raw bytes after entries (pipes-data,
+    ghost files) are skipped: :func:`dumper.image.format.iter_image` gives
+    where they are. Nothing is normalised or version-checked (see
+    :func:`load_inventory`, :func:`load_pagemap`).
 
     Raises BadMagic (wrong or unknown magic, raw pages data), ImageError (a
     CRIU image type dumper does not read), CorruptImage (truncation, absurd
@@ -133,14 +137,11 @@ def _read_entries(path: str | os.PathLike) -> tuple[str, list[Message], list[int
             return name, [layout.head, layout.index], [8, layout.index_offset, _file_size(f)]
         if name not in fmt.ENTRY_TYPES:
             raise ImageError(path, 4, f"CRIU {name} images are not read by dumper")
-        offset = f.tell()
-        cls = fmt.ENTRY_TYPES[name]
         msgs: list[Message] = []
         offsets: list[int] = []
-        for off, payload in fmt.iter_entries(f, path, offset):
-            first_of_pagemap = name == "PAGEMAP" and not msgs
-            msgs.append(fmt.parse_entry(pagemap_pb2.pagemap_head if first_of_pagemap else cls, payload, path, off))
-            offsets.append(off)
+        for entry in fmt.iter_image(f, path, name, f.tell()):  # extra payloads skipped
+            msgs.append(entry.msg)
+            offsets.append(entry.offset)
         offsets.append(f.tell())
     return name, msgs, offsets
 

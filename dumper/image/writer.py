@@ -285,8 +285,11 @@ class PagesWriter:
             self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix=f"zstd-{pid}")
             # Bounded buffer pool: taking a free buffer is the back-pressure.
             self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-            for _ in range(max(4 * nthreads, 16) + 1):
+            nbuf = max(4 * nthreads, 16) + 1
+            for _ in range(nbuf):
                 self._free.put(bytearray(self._frame_bytes))
+            # Frames queued or being compressed, pool buffers or caller memory.
+            self._inflight = threading.BoundedSemaphore(nbuf)
             self._cur = self._free.get()
             self._fill = 0  # bytes of self._cur in use
             self._out: queue.SimpleQueue = queue.SimpleQueue()  # (future, buffer) in stream order
@@ -336,12 +339,14 @@ class PagesWriter:
             self._off.append(off)
         self._next = end
 
-    def add_present(self, vaddr: int, data) -> None:
+    def add_present(self, vaddr: int, data, *, stable: bool = False) -> None:
         """Append a PE_PRESENT entry at ``vaddr`` (bytes, page aligned) holding
         ``data`` (any C-contiguous bytes-like object; its length a non-zero
-        multiple of the page size). ``data`` is copied or written before this
-        returns, so the caller may reuse its buffer. ValueError on misuse,
-        DumpError on I/O failure."""
+        multiple of the page size). Without ``stable`` the bytes are copied or
+        written before this returns, so the caller may reuse its buffer; with
+        ``stable`` the caller promises ``data`` stays unchanged until
+        :meth:`close` returns, and whole frames are compressed straight from
+        it (no copy). ValueError on misuse, DumpError on I/O failure."""
         mv = memoryview(data).cast("B")
         n = mv.nbytes
         if n == 0 or n % self.page_size:
@@ -349,7 +354,7 @@ class PagesWriter:
         self._add_entry(vaddr, n // self.page_size, fmt.PE_PRESENT)
         self.stats.bytes_raw += n
         if self.compress:
-            self._feed(mv)
+            self._feed(mv, stable)
         else:
             self._write(mv)
 
@@ -407,9 +412,18 @@ class PagesWriter:
         self.stats.write_ns += time.perf_counter_ns() - t0
         self._pos += len(data)
 
-    def _feed(self, mv: memoryview) -> None:
+    def _feed(self, mv: memoryview, stable: bool = False) -> None:
         pos, n = 0, mv.nbytes
+        fb = self._frame_bytes
         while pos < n:
+            if stable and self._fill == 0 and n - pos >= fb:
+                # A whole frame of caller memory that outlives us: no copy.
+                self._inflight.acquire()
+                self._out.put((self._pool.submit(self._compress, mv[pos:pos + fb]), None))
+                pos += fb
+                if self._error is not None:
+                    raise self._error
+                continue
             k = min(len(self._cur) - self._fill, n - pos)
             self._cur[self._fill : self._fill + k] = mv[pos : pos + k]  # own copy: the caller reuses data
             self._fill += k
@@ -432,6 +446,7 @@ class PagesWriter:
         """Hand the current buffer to the pool and take a free one (may wait)."""
         if self._fill:
             chunk = memoryview(self._cur)[: self._fill]
+            self._inflight.acquire()
             self._out.put((self._pool.submit(self._compress, chunk), self._cur))
             self._cur = self._free.get()
             self._fill = 0
@@ -458,7 +473,9 @@ class PagesWriter:
             except BaseException as err:  # handed to the producer, which raises it
                 self._error = err if isinstance(err, DumpError) else DumpError(f"compressing pages: {err}")
             finally:
-                self._free.put(buf)
+                if buf is not None:
+                    self._free.put(buf)
+                self._inflight.release()
 
     def _stop_writer(self) -> None:
         if self._writer is not None and self._writer.is_alive():

@@ -157,18 +157,19 @@ class Process:
             raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
         return vmas
 
-    def mm_layout(self) -> dict[str, int]:
+    def mm_layout(self, vmas: list[Vma] | None = None) -> dict[str, int]:
         """mm addresses from /proc/PID/stat fields 26-28 and 45-51 (proc(5)).
 
         Keys are CRIU's ``mm_entry`` names; the kernel shows them as 0 to a
-        reader without ptrace access. ``mm_brk`` is the end of ``[heap]``.
+        reader without ptrace access. ``mm_brk`` is the end of ``[heap]``
+        (from ``vmas`` when given, else from /proc/PID/maps).
         """
         data = self.read_file("stat")
         f = data[data.rindex(b")") + 2 :].split()  # f[0] is field 3 (state)
         def field(n: int) -> int:
             return int(f[n - 3]) if len(f) > n - 3 else 0
         heap_end = 0
-        for v in self.vmas(smaps=False):
+        for v in vmas if vmas is not None else self.vmas(smaps=False):
             if v.path == "[heap]":
                 heap_end = v.end
         return {

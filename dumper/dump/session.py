@@ -1,0 +1,500 @@
+"""One dump, as a list of phases (:meth:`DumpSession.run`).
+
+Before the freeze (the target runs):
+  ``prepare``      refuse a bad destination or parent, pick the tracker,
+                   read each process's VMAs (smaps) and classify them, map
+                   and populate the spool for the pages expected.
+Frozen (the target waits only for this):
+  ``freeze``       every thread (of the tree) stopped by the tracer;
+  ``list_vmas``    /proc/PID/maps again: unchanged (byte for byte) -> the
+                   pre-read VMAs stand, else smaps is read now;
+  ``collect``      process state (mm layout, auxv, ...);
+  ``arm``          tracking prepared (injected syscalls come before any read);
+  ``scan``         the mask scanner over the private VMAs;
+  ``select``       numpy interval algebra: pages to copy, pages the parent holds;
+  ``copy``         page runs into the spool (process_vm_readv, batched);
+  ``reset``        tracking reset for the next dump;
+  ``thaw``         resume, leave stopped, or kill.
+After the thaw:
+  ``write``        compress and write pages from the spool, mm, inventory,
+                   stats; fsync; rename into place.
+
+A pre-dump resets tracking and thaws before copying (CRIU's read mode).
+On any error, SIGINT, SIGTERM or SIGHUP the tracer thaws the target into
+the state it was found in and no checkpoint directory is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from ..errors import DumpError, UnsupportedKernel
+from ..image import CheckpointWriter, vma_entry_from
+from ..image import format as fmt
+from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..kernel.libc import PAGE_SIZE
+from ..kernel.mman import PROT_READ
+from ..proc.freeze import THAW_MODES, raise_on_termination
+from ..proc.maps import Vma, parse_maps
+from ..proc.process import Process
+from ..scan import Category, open_backend, scan_range
+from . import intervals as iv
+from .memread import Extents, PageCopier
+from .parent import ParentInfo, check_parent_placement, load_parent
+from .select import VmaPlan, classify, drop_uffd_markers, dump_masks
+from .spool import Spool
+from .tracer import FrozenProcess, LocalTracer
+from .trackers import Tracker, make_tracker, pick_tracker
+
+__all__ = ["DumpOptions", "DumpResult", "DumpSession"]
+
+_U64 = np.uint64
+
+
+@dataclass(slots=True)
+class DumpOptions:
+    """What the caller asked for; :meth:`validate` checks it before anything runs.
+
+    ``thaw``: "resume", "leave-stopped" or "kill". ``compress``: zstd frames
+    (``pages-N.zst.img``) or CRIU's raw ``pages-N.img``. ``track_mem`` arms
+    write tracking (``tracker``) for a later ``parent`` dump; ``pre_dump``
+    writes pages only, copied after the target runs again. ``spool_limit``:
+    bytes of RAM for pages copied while frozen (None: half of MemAvailable).
+    ``freeze_timeout``: seconds a thread may take to stop.
+    """
+
+    thaw: str = "resume"
+    compress: bool = True
+    level: int = 3
+    threads: int | None = None
+    backend: str = "auto"
+    force: bool = False
+    progress: bool = False
+    parent: str | os.PathLike | None = None
+    track_mem: bool = False
+    tracker: str = "auto"
+    pre_dump: bool = False
+    freeze_timeout: float = 5.0
+    spool_limit: int | None = None
+
+    def validate(self) -> None:
+        if self.thaw not in THAW_MODES:
+            raise DumpError(f"unknown thaw mode {self.thaw!r} (choose from {', '.join(THAW_MODES)})")
+        from ..image.writer import MAX_THREADS
+
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
+        if self.pre_dump and self.thaw == "kill":
+            raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
+        if not self.freeze_timeout > 0:
+            raise DumpError("the freeze timeout must be a positive number of seconds")
+
+    @property
+    def wants_tracking(self) -> bool:
+        return self.track_mem or self.pre_dump or self.parent is not None
+
+
+@dataclass(slots=True)
+class DumpResult:
+    """What a dump did. Times in nanoseconds, sizes in bytes unless named pages.
+
+    ``freezing_ns``: from the first freeze request until every thread had
+    stopped; ``frozen_ns``: from then until the thaw began (CRIU's
+    freezing_time and frozen_time).
+    """
+
+    dest: str
+    pid: int
+    comm: str
+    backend: str
+    tracker: str
+    thaw: str
+    was_stopped: bool
+    parent: str | None
+    pre_dump: bool
+    frozen_ns: int
+    freezing_ns: int
+    scan_ns: int
+    read_ns: int
+    total_ns: int
+    pages_scanned: int
+    pages_written: int
+    pages_parent: int
+    pages_unreadable: int
+    bytes_raw: int
+    bytes_written: int
+    compress_ns: int
+    write_ns: int
+    vmas: int
+    vmas_skipped: dict = field(default_factory=dict)
+    unreadable: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    pids: list = field(default_factory=list)
+    spool_bytes: int = 0
+    spilled_bytes: int = 0
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(eq=False)
+class ProcessDump:
+    """One process through the phases.
+
+    Interval sets are ``(starts, ends)`` uint64 byte arrays (see
+    :mod:`dumper.dump.intervals`).
+    """
+
+    pid: int
+    proc: Process
+    start_time: int
+    tracker: Tracker
+    parent: ParentInfo | None = None
+    frozen: FrozenProcess | None = None
+    pre_maps: bytes = b""
+    vmas: list[Vma] = field(default_factory=list)
+    plans: list[VmaPlan] = field(default_factory=list)
+    scan_iv: tuple = iv.EMPTY  # VMAs whose pages the scanner selects
+    whole_iv: tuple = iv.EMPTY  # VMAs dumped whole ([vdso])
+    forced_iv: tuple = iv.EMPTY  # dumped VMAs without PROT_READ
+    marker_iv: tuple = iv.EMPTY  # VMAs registered with a uffd-wp userfaultfd
+    copy_iv: tuple = iv.EMPTY  # what to copy
+    parent_iv: tuple = iv.EMPTY  # what the parent holds (PE_PARENT)
+    regions: tuple = (iv.EMPTY[0], iv.EMPTY[1], np.empty(0, _U64))  # scanned runs and categories
+    extents: Extents | None = None
+    mm: mm_pb2.mm_entry | None = None
+    copier: PageCopier | None = None
+    pages_id: int = 0
+
+
+class DumpSession:
+    """Checkpoint the process ``pid`` into ``dest``; see the module docstring."""
+
+    def __init__(self, pid: int, dest: str | os.PathLike, opts: DumpOptions) -> None:
+        opts.validate()
+        self.pid = pid
+        self.dest = os.fspath(dest)
+        self.opts = opts
+        self.notes: list[str] = []
+        self.t_begin = time.monotonic_ns()
+        self.wall_begin = time.time_ns()
+        self.scan_ns = 0
+        self.backend_name = ""
+        self.processes: list[ProcessDump] = []
+        self.tracker_name = "none"
+
+    # -- phases ----------------------------------------------------------------
+
+    def run(self) -> DumpResult:
+        self.prepare()
+        with ExitStack() as stack:
+            stack.callback(self.writer.abort)  # no-op after commit
+            stack.callback(self.spool.close)
+            if threading.current_thread() is threading.main_thread():
+                stack.enter_context(raise_on_termination())
+            self.tracer = stack.enter_context(LocalTracer(stop_timeout=self.opts.freeze_timeout))
+            self.freeze()
+            self.list_vmas()
+            self.collect()
+            self.arm()
+            self.scan()
+            self.select()
+            if self.opts.pre_dump:
+                self.reset()
+                self.thaw()
+                self.copy()
+            else:
+                self.copy()
+                self.reset()
+                self.thaw()
+            return self.write()
+
+    def prepare(self) -> None:
+        """Checks and allocations before the target is touched."""
+        opts = self.opts
+        root = Process(self.pid)
+        root.check_has_mm()
+        start_time = root.stat().starttime
+        self.tracker_name = pick_tracker(opts.tracker) if opts.wants_tracking else "none"
+        pd = ProcessDump(root.pid, root, start_time, make_tracker(self.tracker_name, root.pid, start_time))
+        if opts.parent is not None:
+            pd.parent = load_parent(opts.parent, root.pid, start_time)
+            check_parent_placement(opts.parent, self.dest)
+            why = pd.tracker.check_parent(pd.parent.inventory)
+            if why:
+                self.notes.append(why)
+                pd.parent = None
+        self.processes = [pd]
+        self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
+        self.spool = Spool(limit=opts.spool_limit, spill_dir=os.fspath(self.writer.tmpdir))
+        expected = 0
+        for p in self.processes:
+            self._pre_read(p)
+            expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
+            expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
+        if not opts.pre_dump:
+            self.spool.reserve(expected + expected // 16 + (1 << 20))
+
+    def _pre_read(self, p: ProcessDump) -> None:
+        """VMAs (smaps) and their classification, read while the target runs."""
+        p.pre_maps = p.proc.read_file("maps")
+        vmas = p.proc.vmas()
+        if [(v.start, v.end) for v in vmas] != [(v.start, v.end) for v in parse_maps(p.pre_maps)]:
+            p.pre_maps = b""  # changed in between: read again when frozen
+        self._set_vmas(p, vmas)
+
+    def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
+        p.vmas = vmas
+        p.plans = [classify(v) for v in vmas]
+        pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]
+        p.scan_iv = iv.from_pairs(pages)
+        p.whole_iv = iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "whole"])
+        p.forced_iv = iv.merge(*iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans)
+                                               if pl.mode != "skip" and not v.prot & PROT_READ]))
+        p.marker_iv = iv.merge(*iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans)
+                                               if pl.mode == "pages" and "uw" in v.vmflags]))
+
+    def freeze(self) -> None:
+        tree = self.tracer.freeze(self.pid, tree=False)
+        self.freezing_ns = tree.freezing_ns
+        for p in self.processes:
+            p.frozen = tree.processes.get(p.pid)
+
+    def list_vmas(self) -> None:
+        """The VMAs as they are now; the pre-read stands if maps did not change."""
+        for p in self.processes:
+            if not p.pre_maps or p.proc.read_file("maps") != p.pre_maps:
+                self._set_vmas(p, p.proc.vmas())
+
+    def collect(self) -> None:
+        """Process state that must be read while it exists and holds still."""
+        for p in self.processes:
+            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv())
+
+    def arm(self) -> None:
+        for p in self.processes:
+            want = [(v.start, v.end) for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages"]
+            p.tracker.prepare(self.tracer, p.pid, p.vmas, want, p.parent.inventory if p.parent else None)
+
+    def scan(self) -> None:
+        t0 = time.monotonic_ns()
+        for p in self.processes:
+            self._scan_one(p)
+        self.scan_ns = time.monotonic_ns() - t0
+
+    def _scan_one(self, p: ProcessDump) -> None:
+        starts, ends = p.scan_iv
+        with open_backend(p.proc, self.opts.backend) as be:
+            self.backend_name = be.name
+            masks = dump_masks(be.supported)
+            # WRITTEN|SWAPPED tell uffd-wp markers apart (see drop_uffd_markers).
+            returned = (p.tracker.returned | Category.WRITTEN | Category.SWAPPED) & be.supported
+            if p.parent is not None and not be.supported & p.tracker.changed:
+                raise UnsupportedKernel(f"{p.tracker.name} tracking with the {be.name} scanner",
+                                        f"it cannot report {p.tracker.changed.name}")
+            masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
+            if len(starts):
+                regions = scan_range(be, int(starts[0]), int(ends[-1]), masks).array
+            else:
+                regions = np.empty(0, [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+        # Regions merge across VMA boundaries: keep what lies in scanned VMAs.
+        s, e, cats = iv.intersect((regions["start"], regions["end"]), p.scan_iv, keep=regions["categories"])
+        s, e, cats = drop_uffd_markers(p.pid, s, e, cats, p.marker_iv)
+        p.regions = (s, e, cats)
+
+    def select(self) -> None:
+        """Pages to copy, and (incremental) pages the parent holds."""
+        for p in self.processes:
+            s, e, cats = p.regions
+            whole = p.whole_iv
+            if p.parent is None:
+                p.copy_iv = _union((s, e), whole)
+                continue
+            tracked = p.tracker.tracked()
+            changed = (cats & int(p.tracker.changed)) != 0
+            in_t_s, in_t_e, src = iv.intersect((s, e), tracked, keep=np.arange(len(s)))
+            unchanged = (in_t_s[~changed[src]], in_t_e[~changed[src]])
+            covered, missing = _split_by_parent(unchanged, p.parent)
+            p.parent_iv = covered
+            p.copy_iv = _union(iv.subtract((s, e), covered), whole)
+
+    def copy(self) -> None:
+        with _progress(sum(iv.total(*p.copy_iv) for p in self.processes), self.opts.progress) as bar:
+            for p in self.processes:
+                p.copier = PageCopier(p.proc)
+                s, e = p.copy_iv
+                forced = _inside(s, p.forced_iv)
+                try:
+                    p.extents = p.copier.copy(self.spool, s, e, forced=forced,
+                                              progress=bar.update if bar is not None else None)
+                finally:
+                    p.copier.close()
+
+    def reset(self) -> None:
+        for p in self.processes:
+            self.notes.extend(p.tracker.reset(self.tracer, p.pid, self.dest))
+
+    def thaw(self) -> None:
+        self.tracer.keep()
+        self.tracer.thaw(self.opts.thaw)
+
+    def write(self) -> DumpResult:
+        """Everything after the thaw: pages from the spool, then the images."""
+        opts, w = self.opts, self.writer
+        pages_stats = []
+        skipped: dict[str, int] = {}
+        for i, p in enumerate(self.processes, 1):
+            p.pages_id = i
+            pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level, threads=opts.threads)
+            self._write_pages(p, pw)
+            pw.close()
+            pages_stats.append(pw.stats)
+            w.write_mm(p.pid, self._mm_entry(p, skipped))
+        st = pages_stats[0]
+        reader = self.processes[0].copier
+        stats = stats_pb2.dump_stats_entry(
+            freezing_time=min(self.freezing_ns // 1000, 2**32 - 1),
+            frozen_time=min(self.tracer.frozen_ns // 1000, 2**32 - 1),
+            memdump_time=min(reader.read_ns // 1000, 2**32 - 1),
+            memwrite_time=min(st.write_ns // 1000, 2**32 - 1),
+            pages_scanned=self._pages_scanned(),
+            pages_skipped_parent=st.pages_parent,
+            pages_written=st.pages_present,
+            pages_lazy=0,
+            bytes_raw=st.bytes_raw,
+            bytes_compressed=st.bytes_compressed,
+            scan_time_us=self.scan_ns // 1000,
+            read_time_us=reader.read_ns // 1000,
+            compress_time_us=st.compress_ns // 1000,
+            write_time_us=st.write_ns // 1000,
+            pages_unreadable=reader.pages_unreadable,
+        )
+        w.write_stats(stats)
+        root = self.processes[0]
+        inv = inventory_pb2.inventory_entry(
+            dumper_version=__version__,
+            kernel_release=os.uname().release,
+            machine=os.uname().machine,
+            scanner=self.backend_name,
+            dump_start_ns=self.wall_begin,
+            dump_end_ns=time.time_ns(),
+            root_pid=root.pid,
+            pids=[p.pid for p in self.processes],
+            pre_dump=opts.pre_dump,
+            task_start_time=root.start_time,
+        )
+        root.tracker.inventory(inv)
+        parent_link = None
+        if root.parent is not None:
+            parent_link = os.path.relpath(os.path.abspath(root.parent.path), os.path.abspath(self.dest))
+            w.link_parent(parent_link)
+            inv.parent_path = parent_link
+        inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
+        if opts.compress:
+            inv.compression_level = opts.level
+            inv.frame_pages = fmt.FRAME_PAGES
+        w.write_inventory(inv)
+        path = w.commit()
+        return DumpResult(
+            dest=os.fspath(path), pid=root.pid, comm=root.proc.name, backend=self.backend_name,
+            tracker=self.tracker_name, thaw=opts.thaw,
+            was_stopped=bool(root.frozen and root.frozen.was_stopped), parent=parent_link, pre_dump=opts.pre_dump,
+            frozen_ns=self.tracer.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
+            read_ns=reader.read_ns, total_ns=time.monotonic_ns() - self.t_begin,
+            pages_scanned=self._pages_scanned(), pages_written=st.pages_present, pages_parent=st.pages_parent,
+            pages_unreadable=reader.pages_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,
+            compress_ns=st.compress_ns, write_ns=st.write_ns, vmas=len(root.vmas), vmas_skipped=skipped,
+            unreadable=reader.unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
+            spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
+        )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _pages_scanned(self) -> int:
+        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode != "skip")
+
+    def _write_pages(self, p: ProcessDump, pw) -> None:
+        """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""
+        ext = p.extents
+        ps, pe = p.parent_iv
+        vaddr = np.concatenate((ext.vaddr, ps)).astype(_U64)
+        nbytes = np.concatenate((ext.nbytes, pe - ps)).astype(_U64)
+        offset = np.concatenate((ext.offset, np.zeros(len(ps), _U64)))
+        present = np.concatenate((np.ones(len(ext), bool), np.zeros(len(ps), bool)))
+        order = np.argsort(vaddr, kind="stable")
+        spool = self.spool
+        for a, n, off, pres in zip(vaddr[order].tolist(), nbytes[order].tolist(),
+                                   offset[order].tolist(), present[order].tolist()):
+            if pres:
+                pw.add_present(a, spool.read(off, n), stable=True)
+            else:
+                pw.add_parent(a, n // PAGE_SIZE)
+
+    def _mm_entry(self, p: ProcessDump, skipped: dict[str, int]) -> mm_pb2.mm_entry:
+        mm = p.mm
+        vs = np.array([v.start for v in p.vmas], _U64)
+        ve = np.array([v.end for v in p.vmas], _U64)
+        dumped = _pages_per(vs, ve, (p.extents.vaddr, p.extents.vaddr + p.extents.nbytes))
+        in_parent = _pages_per(vs, ve, p.parent_iv)
+        for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
+            if plan.mode == "skip":
+                skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
+            mm.vmas.append(vma_entry_from(
+                v, status=plan.status, dumped=plan.mode != "skip",
+                contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
+                nr_pages_parent=int(in_parent[i]) or None))
+        return mm
+
+
+def _union(a, b):
+    """Union of two disjoint interval sets."""
+    s = np.concatenate((a[0], b[0])).astype(_U64)
+    e = np.concatenate((a[1], b[1])).astype(_U64)
+    order = np.argsort(s, kind="stable")
+    return iv.merge(s[order], e[order])
+
+
+def _inside(starts: np.ndarray, cover) -> np.ndarray:
+    """For each run start, whether it lies in the interval set ``cover``."""
+    cs, ce = cover
+    if not len(cs) or not len(starts):
+        return np.zeros(len(starts), bool)
+    k = iv.owner(cs, starts)
+    ok = k >= 0
+    out = np.zeros(len(starts), bool)
+    out[ok] = starts[ok] < ce[k[ok]]
+    return out
+
+
+def _split_by_parent(runs, parent: ParentInfo):
+    """``runs`` -> (covered by the parent's pagemap, not covered)."""
+    cover = (parent.starts, parent.ends)
+    covered = iv.intersect(runs, cover)
+    return covered, iv.subtract(runs, cover)
+
+
+def _pages_per(vs: np.ndarray, ve: np.ndarray, ivs) -> np.ndarray:
+    """Pages of the interval set ``ivs`` inside each VMA ``[vs[i], ve[i])``."""
+    out = np.zeros(len(vs), np.int64)
+    if not len(ivs[0]) or not len(vs):
+        return out
+    s, e, idx = iv.intersect((vs, ve), ivs, keep=np.arange(len(vs)))
+    np.add.at(out, idx, ((e - s) // PAGE_SIZE).astype(np.int64))
+    return out
+
+
+def _progress(total_bytes: int, enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from tqdm import tqdm
+
+    # delay: only dumps that take more than about a second show a bar.
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                desc="copying", delay=1.0, leave=False)
