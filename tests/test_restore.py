@@ -1005,6 +1005,48 @@ def test_restore_refuses_while_the_original_runs(criu, bins, tmp_path):
         t.close()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["counter", "threads", "python", "asan"])
+def test_restore_dumper_memory_with_criu_process_images(target, criu, bins, tmp_path, restored):
+    """dumper dump's memory images (pagemap, zstd pages) in CRIU's image set
+    of the same stopped process: dumper restore writes the raw pages back
+    and CRIU brings the process back from dumper's pages. (The other images
+    come from CRIU until dumper writes them: its inventory has no root_ids
+    yet, "No kIDs provided", and its mm no reg-file ids, "No entry for
+    reg-file-ID 0".)"""
+    spec = SPECS[target]
+    t = start(spec, bins, tmp_path)
+    try:
+        os.kill(t.pid, signal.SIGSTOP)
+        wait_for(lambda: proc_state(t.pid) == "T", what="SIGSTOP")
+        criu_dump(criu.path, t.pid, tmp_path / "criu", tmp_path, "--leave-running")
+        r = dumper("dump", t.pid, "-D", tmp_path / "dumper")
+        assert r.returncode == 0, r.stderr
+    finally:
+        t.close()
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for src, names in ((tmp_path / "criu", lambda n: not n.startswith(("pagemap-", "pages-"))),
+                       (tmp_path / "dumper", lambda n: n.startswith(("pagemap-", "pages-")))):
+        for p in src.iterdir():
+            if names(p.name):
+                os.link(p, ck / p.name)
+    assert (ck / "pages-1.zst.img").exists() and not (ck / "pages-1.img").exists()
+    before = t.log_text()
+    last = {c: counters(before, c)[-1] for c in spec.counters}
+    pid = dumper_restore(ck, criu, restored)
+    assert pid == t.pid
+    wait_for(lambda: (s := thread_states(pid)) and set(s.values()) == {"T"}, what="a stopped restore")
+    assert_memory_matches(ck, pid)
+    os.kill(pid, signal.SIGCONT)
+    size = len(before.encode())
+    for c in spec.counters:
+        new = wait_for(lambda: (v := counters(_new_text(t, size), c)) and len(v) >= 2 and v, what=f"{c} to go on")
+        assert new[0] == last[c] + spec.step
+    if spec.after:
+        spec.after(t, pid, before)
+
+
 # --- with CRIU: checkpoints dumper dump wrote (issue 10's dump side)
 
 
