@@ -11,7 +11,7 @@ binary comes from, first match wins (:func:`find_criu`):
 
 A path given by 1 or 2 is used or refused, never silently replaced by a later
 one. CRIU older than 4.0 is refused: Debian 12's 3.17 stops at start-up on
-Linux >= 6.13 ("vdso: Unexpected rt vDSO area bounds", CRIU PR #2562).
+Linux >= 6.13 ("vdso: Unexpected rt vDSO area bounds", ../shared/criu/README.md).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _check(path: str, source: str) -> Criu:
         shown = ".".join(map(str, version))
         raise CriuNotFound(
             f"{what} {path} is CRIU {shown}, older than {'.'.join(map(str, MIN_VERSION))} (CRIU < 4.0 fails "
-            f"on Linux >= 6.13, and reads no nr_pages > 2^32): {HOW_TO_GET}"
+            f"on Linux >= 6.13): {HOW_TO_GET}"
         )
     return Criu(os.path.abspath(path), version, source)
 
