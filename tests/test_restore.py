@@ -81,6 +81,7 @@ def _subreaper():
     be reaped (this machine's init does not reap)."""
     become_subreaper()
     yield
+    become_subreaper(False)
     reap_zombie_children()
 
 

@@ -54,9 +54,11 @@ def build_targets(dest: Path) -> dict[str, Path]:
     return out
 
 
-def become_subreaper() -> None:
+def become_subreaper(on: bool = True) -> None:
+    """Make this process (or, with ``on`` false, stop it being) the child
+    subreaper of its descendants (prctl(2) PR_SET_CHILD_SUBREAPER)."""
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0):
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0):
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
