@@ -677,7 +677,7 @@ def compare_dumps(first: Path, second: Path) -> list[str]:
     """Assert that a dump of the restored process (``second``) holds what the
     checkpoint (``first``) held: the same image files, and in each the same
     fields except :data:`ALLOWED_DIFFS` (orig_ax only to -1). Returns the
-    images dumper could not decode, so not compared."""
+    images dumper could not decode (so not compared)."""
     a = {p.name for p in first.iterdir() if not _NOT_COMPARED.match(p.name)}
     b = {p.name for p in second.iterdir() if not _NOT_COMPARED.match(p.name)}
     assert a == b, f"images only in the checkpoint: {sorted(a - b)}, only in the second dump: {sorted(b - a)}"
@@ -881,9 +881,7 @@ def restore_flow(spec: Spec, maker: Maker, bins, tmp_path: Path, restored: list)
         assert new == list(range(new[0], new[0] + spec.step * len(new), spec.step))
     if spec.after:
         spec.after(t, pid, before)
-    if undecoded:
-        pytest.xfail(f"restored and checked; not compared with the second dump: {', '.join(undecoded)} "
-                     "(dumper decodes no CRIU core/files images yet)")
+    assert not undecoded, f"dumper cannot decode {undecoded}: not compared with the second dump"
     return last
 
 
