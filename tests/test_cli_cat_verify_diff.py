@@ -346,3 +346,69 @@ def test_cat_checks_the_whole_range_before_writing(spawn_target, tmp_path):
                         "--size", str(64 << 30), "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+# --- issue 13 item 7 (rseq) and item 14 (verify --pid OTHER, --json)
+
+
+def test_verify_pid_other_process_is_one_line(spawn_target, tmp_path, capfdbinary):
+    from dumper.dump import dump
+
+    a = spawn_target("dense")
+    b = spawn_target("dense")
+    d = tmp_path / "ck"
+    dump(a.pid, d)
+    rc, out, err = run_cli(capfdbinary, "verify", d, "--pid", str(b.pid))
+    assert rc == 1 and out == b""
+    assert err.count("\n") == 1 and f"pid {b.pid} is not in" in err
+
+
+def test_verify_json(spawn_target, tmp_path, capfdbinary):
+    import json
+
+    from dumper.dump import dump
+
+    t = spawn_target("dense")
+    d = tmp_path / "ck"
+    dump(t.pid, d, thaw="leave-stopped")
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--json", "--pid", str(t.pid))
+    s = json.loads(out)
+    assert rc == 0 and s["ok"] is True and s["problems"] == [] and s["compared_pid"] == t.pid and s["pages"] > 0
+
+
+def test_verify_pid_tells_rseq_fields_apart(spawn_target, tmp_path, capfdbinary):
+    """A page that differs only in the rseq fields the kernel rewrites is a
+    note, not a problem; a byte changed elsewhere on it is a problem."""
+    import json
+
+    from dumper.dump import dump
+    from dumper.image.checkpoint import open_checkpoint
+    from dumper.proc.freeze import Freezer
+    from dumper.cli.verify import rseq_areas
+
+    t = spawn_target("dense")
+    with Freezer(t.pid) as fz:
+        areas = rseq_areas(fz.threads)
+    if not areas:
+        pytest.skip("the target registered no rseq area (glibc without rseq, or GLIBC_TUNABLES)")
+    d = tmp_path / "ck"
+    dump(t.pid, d, thaw="leave-stopped", compress=False)
+    rseq = areas[0][0]
+    with open_checkpoint(d) as ck:
+        e = ck.process().entry_at(rseq)
+        assert e is not None and e.present, "the rseq area's page is recorded"
+        where = (e.pages_off * P) + (rseq - e.vaddr)
+    pages = d / "pages-1.img"
+    original = pages.read_bytes()
+    with open(pages, "r+b") as f:
+        f.seek(where + 4)  # cpu_id
+        f.write(bytes([(original[where + 4] + 1) % 256]))
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["problems"] == [] and any("rseq fields" in n for n in s["notes"])
+    with open(pages, "r+b") as f:
+        f.seek(where + 12)  # rseq_cs: the thread's own, a real difference
+        f.write(bytes([(original[where + 12] + 1) % 256]))
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
+    s = json.loads(out)
+    assert rc == 1 and len(s["problems"]) == 1 and "differ from the checkpoint" in s["problems"][0]

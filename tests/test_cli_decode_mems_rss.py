@@ -346,7 +346,7 @@ def test_mems_criu_image(capsys, criu_dir):
         "\t7fff00000000-7fff00004000           r--        0 [vvar]",
         "\t7fff00004000-7fff00006000           r-x        2 [vdso]",
         "\tffffffffff600000-ffffffffff601000   --x        0 [vsyscall] *",
-        "\t7f000000f000-7f0000010000           ---        0 [guard] *",
+        "\t7f000000f000-7f0000010000           ---    guard [guard] *",
         "101",
         "\t00500000-00510000                   rw-        2",
     ]
@@ -397,6 +397,7 @@ def test_rss_criu_image(capsys, criu_dir):
 def test_rss_entry_outside_vmas(capsys, criu_dir):
     pm = [pagemap_pb2.pagemap_head(pages_id=2), pagemap_pb2.pagemap_entry(vaddr=0x900000, compat_nr_pages=1)]
     (criu_dir / "pagemap-101.img").write_bytes(fmt.encode_image("PAGEMAP", pm))
+    (criu_dir / "pages-2.img").write_bytes(_page(101, 0))  # one PE_PRESENT page, as the pagemap says
     rc, out, _ = _run(capsys, "rss", str(criu_dir))
     assert out.splitlines()[-1] == "\t900000 / 1              PRESENT      (outside every VMA)"
 
@@ -419,7 +420,7 @@ def test_overlapping_vmas_are_corrupt(capsys, criu_dir, cmd):
     (criu_dir / "mm-101.img").write_bytes(fmt.encode_image("MM", [_mm(vmas)]))
     rc, out, err = _run(capsys, cmd, str(criu_dir))
     assert (rc, out) == (1, "")
-    assert err == f"dumper: error: {criu_dir / 'mm-101.img'} at offset 8: vma 1: 0x508000-0x520000 overlaps or " \
+    assert err == f"dumper: error: {criu_dir / 'mm-101.img'} at offset 8: VMA 1 at 0x508000 overlaps or " \
                   "precedes the previous VMA\n"
 
 
@@ -459,3 +460,46 @@ def test_entry_point_error_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dumper", "decode", str(p)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == f"dumper: error: {p} at offset 8: entry size 2147483647 exceeds the {fmt.MAX_ENTRY_SIZE}-byte limit\n"
+
+
+# --- issue 13 item 8: CRIU's files.img (4.x) and reg-files.img (3.x)
+
+
+@pytest.mark.parametrize("which", ["files.img", "reg-files.img"])
+def test_criu_file_names_and_untouched_file_pages(capsys, tmp_path, which):
+    from dumper.errors import ImageError
+    from dumper.image.checkpoint import open_checkpoint
+    from dumper.image.criu_files import _classes
+
+    d = build_criu_dir(tmp_path / "criu")
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"A" * 4096 + b"B" * 4096)
+    mm = _mm(CRIU_VMAS_1[:2] + [_vma(0x410000, 0x412000, R, MAP_PRIVATE, REG | fmt.VMA_FILE_PRIVATE, shmid=5)]
+             + CRIU_VMAS_1[2:])
+    (d / "mm-100.img").write_bytes(fmt.encode_image("MM", [mm]))
+    file_entry, reg_file_entry = _classes()
+    reg = reg_file_entry(id=5, flags=0, pos=0, name=str(lib), size=8192, mode=0o100644)
+    if "fown" in reg.DESCRIPTOR.fields_by_name:  # required in the generated schema
+        for f in ("uid", "euid", "signum", "pid_type", "pid"):
+            setattr(reg.fown, f, 0)
+    if which == "files.img":
+        msgs = [file_entry(type=1, id=5, reg=reg)]
+        (d / which).write_bytes(fmt.encode_image("FILES", msgs))
+    else:
+        (d / which).write_bytes(fmt.encode_image("REG_FILES", [reg]))
+    rc, out, _ = _run(capsys, "mems", str(d))
+    assert rc == 0 and f"\t00410000-00412000                   r--        0 {lib}" in out.splitlines()
+    assert f"file #5" not in out
+    rc, out, _ = _run(capsys, "show", str(d), "--all-vmas")
+    line = next(x for x in out.splitlines() if "0x410000" in x)
+    assert rc == 0 and str(lib) in line and "skipped" not in line
+    with open_checkpoint(d) as ck:
+        assert ck.read(100, 0x411000, 4096) == b"B" * 4096
+    lib.write_bytes(b"A" * 4096)  # truncated: size differs from files.img
+    with open_checkpoint(d) as ck:
+        with pytest.raises(ImageError, match=r"size 8192 bytes at the dump, now 4096") as ei:
+            ck.read(100, 0x410000, 16)
+        assert ei.value.path == str(lib)
+    lib.unlink()
+    rc, out, err = _run(capsys, "cat", str(d), "--addr", "0x410000", "--size", "16")
+    assert rc == 1 and out == "" and f"{lib}: is gone" in err

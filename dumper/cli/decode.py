@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -77,12 +78,36 @@ def _not_an_image(path: str | os.PathLike, err: BadMagic) -> BadMagic:
     return BadMagic(path, 0, msg)
 
 
-def decode(path: str | os.PathLike, *, pretty: bool = False, payload: bool = False) -> dict:
-    """``{"magic": NAME, "entries": [dict, ...]}`` for the image at ``path``.
+@contextlib.contextmanager
+def _entry_dicts(path: str | os.PathLike, *, pretty: bool = False, payload: bool = False):
+    """``(magic_name, iterator of entry dicts)``, decoded one at a time.
 
     An entry followed by raw data gets an ``"extra"`` key: the data in base64
-    with ``payload`` (read in full: as large as the file says, no more), else
-    crit's ``"... <SIZE>"`` placeholder.
+    with ``payload`` (read through a second handle, so the entries keep
+    streaming), else crit's ``"... <SIZE>"`` placeholder.
+    """
+    with open_image_file(path) as f:
+        name = fmt.read_magic(f, path)
+        if name not in fmt.ENTRY_TYPES:  # ZPAGES, or an ImageError for a type without schema
+            _, msgs = read_image(path)
+            yield name, (message_to_dict(m, pretty=pretty) for m in msgs)
+            return
+        with open_image_file(path) if payload else contextlib.nullcontext() as g:
+            def dicts():
+                for entry in fmt.iter_image(f, path, name, f.tell()):
+                    d = message_to_dict(entry.msg, pretty=pretty)
+                    if entry.extra is not None:
+                        if payload:
+                            d["extra"] = base64.b64encode(fmt.read_extra(g, entry.extra, path)).decode("ascii")
+                        else:
+                            d["extra"] = f"... <{size_text(entry.extra.size)}>"
+                    yield d
+            yield name, dicts()
+
+
+def decode(path: str | os.PathLike, *, pretty: bool = False, payload: bool = False) -> dict:
+    """``{"magic": NAME, "entries": [dict, ...]}`` for the image at ``path``
+    (see :func:`_entry_dicts` for entries followed by raw data).
 
     Raises BadMagic ("not a CRIU or dumper image" for a file with no image
     magic, such as CRIU's raw ``pages-N.img`` or any other file), and the
@@ -90,30 +115,40 @@ def decode(path: str | os.PathLike, *, pretty: bool = False, payload: bool = Fal
     :func:`dumper.image.format.iter_image`.
     """
     try:
-        with open_image_file(path) as f:
-            name = fmt.read_magic(f, path)
-            if name in fmt.ENTRY_TYPES:
-                entries = []
-                # all entries first: reading an extra moves the file position
-                for entry in list(fmt.iter_image(f, path, name, f.tell())):
-                    d = message_to_dict(entry.msg, pretty=pretty)
-                    if entry.extra is not None:
-                        if payload:
-                            d["extra"] = base64.b64encode(fmt.read_extra(f, entry.extra, path)).decode("ascii")
-                        else:
-                            d["extra"] = f"... <{size_text(entry.extra.size)}>"
-                    entries.append(d)
-                return {"magic": name, "entries": entries}
+        with _entry_dicts(path, pretty=pretty, payload=payload) as (name, dicts):
+            return {"magic": name, "entries": list(dicts)}
     except BadMagic as err:
         raise _not_an_image(path, err) from err
-    _, msgs = read_image(path)  # ZPAGES, or an ImageError for a type without schema
-    return {"magic": name, "entries": [message_to_dict(m, pretty=pretty) for m in msgs]}
+
+
+# Entries held back before output starts: an image this small prints all
+# or (on an error) nothing; a larger one streams.
+_HOLD = 10_000
 
 
 def run(args: argparse.Namespace) -> int:
-    img = decode(args.file, pretty=args.pretty, payload=args.payload)
-    json.dump(img, sys.stdout, indent=4 if args.pretty else None)
-    sys.stdout.write("\n")
+    # Streamed: one entry decoded at a time (a pagemap may hold millions);
+    # the output is exactly what json.dump of decode() prints.
+    try:
+        with _entry_dicts(args.file, pretty=args.pretty, payload=args.payload) as (name, dicts):
+            if args.pretty:
+                parts = ['{\n    "magic": ' + json.dumps(name) + ',\n    "entries": [']
+                sep, first, close = ",\n        ", "\n        ", "\n    ]\n}\n"
+            else:
+                parts = ['{"magic": ' + json.dumps(name) + ', "entries": [']
+                sep, first, close = ", ", "", "]}\n"
+            n = 0
+            for d in dicts:
+                text = json.dumps(d, indent=4).replace("\n", "\n        ") if args.pretty else json.dumps(d)
+                parts.append((sep if n else first) + text)
+                n += 1
+                if len(parts) > _HOLD:
+                    sys.stdout.write("".join(parts))
+                    parts.clear()
+            parts.append(close if n else ("]\n}\n" if args.pretty else "]}\n"))
+            sys.stdout.write("".join(parts))
+    except BadMagic as err:
+        raise _not_an_image(args.file, err) from err
     return 0
 
 

@@ -173,8 +173,10 @@ def _fill_task_core(tc, task: TaskState) -> None:
         tc.loginuid = task.loginuid
     if task.oom_score_adj is not None:
         tc.oom_score_adj = task.oom_score_adj
-    for handler, flags, restorer, mask in task.sigactions:
-        tc.sigactions.add(sigaction=handler, flags=flags, restorer=restorer, mask=mask, compat_sigaction=False)
+    # One entry per signal 1..64 but SIGKILL and SIGSTOP, in order (criu/cr-dump.c dump_sigact).
+    for sig, (handler, flags, restorer, mask) in enumerate(task.sigactions, 1):
+        if sig not in (9, 19):
+            tc.sigactions.add(sigaction=handler, flags=flags, restorer=restorer, mask=mask, compat_sigaction=False)
     tc.child_subreaper = task.child_subreaper
     if task.task_state == TASK_STOPPED:
         tc.stop_signo = task.stop_signo

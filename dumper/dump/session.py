@@ -38,6 +38,8 @@ from .. import __version__
 from ..errors import DumpError, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
+from ..image.checkpoint import new_checkpoint_id
+from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
@@ -50,6 +52,9 @@ from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
 from .select import VmaPlan, classify, drop_uffd_markers, dump_masks
 from .spool import Spool
+from ..proc.task import TaskState, collect_task
+from . import core as criu_core
+from .core import KobjIds, NamespaceIds
 from .tracer import FrozenProcess, LocalTracer
 from .trackers import Tracker, make_tracker, pick_tracker
 
@@ -170,6 +175,11 @@ class ProcessDump:
     regions: tuple = (iv.EMPTY[0], iv.EMPTY[1], np.empty(0, _U64))  # scanned runs and categories
     extents: Extents | None = None
     mm: mm_pb2.mm_entry | None = None
+    task: TaskState | None = None
+    file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
+    guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
+    ns_ids: dict = field(default_factory=dict)
+    kobj_ids: dict = field(default_factory=dict)
     copier: PageCopier | None = None
     pages_id: int = 0
 
@@ -189,6 +199,9 @@ class DumpSession:
         self.backend_name = ""
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
+        self.ns_ids = NamespaceIds()
+        self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
+        self.kobj_ids = KobjIds()
 
     # -- phases ----------------------------------------------------------------
 
@@ -246,6 +259,9 @@ class DumpSession:
         """VMAs (smaps) and their classification, read while the target runs."""
         p.pre_maps = p.proc.read_file("maps")
         vmas = p.proc.vmas()
+        # Before the freeze is early enough: a file written in between reads
+        # as changed to the readers, which then refuse it (never the reverse).
+        p.file_ids = mapped_file_identities(p.pid, vmas)
         if [(v.start, v.end) for v in vmas] != [(v.start, v.end) for v in parse_maps(p.pre_maps)]:
             p.pre_maps = b""  # changed in between: read again when frozen
         self._set_vmas(p, vmas)
@@ -274,9 +290,15 @@ class DumpSession:
                 self._set_vmas(p, p.proc.vmas())
 
     def collect(self) -> None:
-        """Process state that must be read while it exists and holds still."""
+        """Process state that must be read while it exists and holds still:
+        registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
         for p in self.processes:
             p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv())
+            fp = p.frozen
+            p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
+                                      stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            p.ns_ids = self.ns_ids.of(p.pid)
+            p.kobj_ids = self.kobj_ids.of(p.pid)
 
     def arm(self) -> None:
         for p in self.processes:
@@ -300,10 +322,12 @@ class DumpSession:
                 raise UnsupportedKernel(f"{p.tracker.name} tracking with the {be.name} scanner",
                                         f"it cannot report {p.tracker.changed.name}")
             masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
+            masks = with_guards(masks, be.supported)  # MADV_GUARD_INSTALL ranges, recorded as CRIU does
             if len(starts):
                 regions = scan_range(be, int(starts[0]), int(ends[-1]), masks).array
             else:
                 regions = np.empty(0, [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+        regions, p.guard_vmas = split_guards(regions)
         # Regions merge across VMA boundaries: keep what lies in scanned VMAs.
         s, e, cats = iv.intersect((regions["start"], regions["end"]), p.scan_iv, keep=regions["categories"])
         s, e, cats = drop_uffd_markers(p.pid, s, e, cats, p.marker_iv)
@@ -357,6 +381,7 @@ class DumpSession:
             pw.close()
             pages_stats.append(pw.stats)
             w.write_mm(p.pid, self._mm_entry(p, skipped))
+        self._write_task_images()
         st = pages_stats[0]
         reader = self.processes[0].copier
         stats = stats_pb2.dump_stats_entry(
@@ -389,13 +414,17 @@ class DumpSession:
             pids=[p.pid for p in self.processes],
             pre_dump=opts.pre_dump,
             task_start_time=root.start_time,
+            checkpoint_id=new_checkpoint_id(),
         )
         root.tracker.inventory(inv)
+        criu_core.fill_inventory(inv, criu_core.ids_entry({k: 1 for k in KobjIds.KINDS}, self.root_ns))
         parent_link = None
         if root.parent is not None:
             parent_link = os.path.relpath(os.path.abspath(root.parent.path), os.path.abspath(self.dest))
             w.link_parent(parent_link)
             inv.parent_path = parent_link
+            if root.parent.inventory.checkpoint_id:
+                inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
         inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
         if opts.compress:
             inv.compression_level = opts.level
@@ -416,6 +445,22 @@ class DumpSession:
         )
 
     # -- helpers ---------------------------------------------------------------
+
+    def _write_task_images(self) -> None:
+        """core-TID, ids-PID, pstree, seccomp and timens images (criu/cr-dump.c)."""
+        w = self.writer
+        seccomp = criu_core.seccomp_entry([p.task for p in self.processes])  # sets each thread's filter index
+        tree = []
+        for p in self.processes:
+            fp = p.frozen
+            for i, t in enumerate(p.task.threads):
+                w.write_image(fmt.core_name(t.tid), "CORE", [criu_core.core_entry(p.task, t, leader=i == 0)])
+            w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
+            ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
+            tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
+        w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
+        w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
+        w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
     def _pages_scanned(self) -> int:
         return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode != "skip")
@@ -450,6 +495,8 @@ class DumpSession:
                 v, status=plan.status, dumped=plan.mode != "skip",
                 contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
                 nr_pages_parent=int(in_parent[i]) or None))
+        apply_file_identities(mm.vmas, p.file_ids)
+        mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         return mm
 
 

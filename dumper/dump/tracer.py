@@ -30,6 +30,7 @@ class FrozenProcess:
     threads: tuple[int, ...]
     was_stopped: bool
     zombie: bool = False
+    stop_signo: int = 19  # the signal of its job-control stop, when was_stopped (SIGSTOP unless known)
 
 
 @dataclass(slots=True)

@@ -39,6 +39,7 @@ from google.protobuf.message import EncodeError, Message
 from ..errors import DumpError
 from ..proc.maps import Vma
 from . import format as fmt
+from .checkpoint import check_not_a_parent
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_pb2
 
 __all__ = [
@@ -616,6 +617,7 @@ class CheckpointWriter:
 
     def _check_replaceable(self) -> None:
         d = self.dest
+        check_not_a_parent(d)  # a checkpoint some child was taken over is not replaced
         if not d.is_dir() or d.is_symlink():
             raise DumpError(f"refusing to replace {d}: not a directory")
         if d.is_dir() and not d.is_symlink():

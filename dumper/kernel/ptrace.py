@@ -215,6 +215,8 @@ class ptrace_peeksiginfo_args(ctypes.Structure):
 
 
 class ptrace_rseq_configuration(ctypes.Structure):
+    """``struct ptrace_rseq_configuration`` (24 bytes)."""
+
     _fields_ = [
         ("rseq_abi_pointer", ctypes.c_uint64),
         ("rseq_abi_size", ctypes.c_uint32),
@@ -222,6 +224,15 @@ class ptrace_rseq_configuration(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("pad", ctypes.c_uint32),
     ]
+
+
+assert ctypes.sizeof(ptrace_rseq_configuration) == 24
+
+# Fields of ``struct rseq`` the kernel writes on its own (when the thread
+# migrates or is scheduled): (offset, size) in bytes. include/uapi/linux/rseq.h:
+# cpu_id_start @0, cpu_id @4, (rseq_cs @8, flags @16: the thread's), node_id
+# @20 (6.3), mm_cid @24 (6.3).
+RSEQ_KERNEL_FIELDS = ((0, 4), (4, 4), (20, 4), (24, 4))
 
 
 class _iovec(ctypes.Structure):
