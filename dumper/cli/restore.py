@@ -60,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive, default=None, metavar="N",
                         help="decompression threads (default: up to 4)")
     parser.add_argument("--log", metavar="FILE", help="keep CRIU's restore log (-v4) in FILE")
+    parser.add_argument("--timeout", type=positive, default=None, metavar="SECONDS",
+                        help="kill CRIU and what it restored if it has not finished by then (default: no limit)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         result = restore(
             args.dir, leave_stopped=args.leave_stopped, criu=args.criu, criu_args=args.criu_args,
             shell_job=args.shell_job, tmp_dir=args.tmp_dir, threads=args.threads, log=args.log,
+            timeout=args.timeout,
         )
     except RestoreError as err:
         for line in err.details:

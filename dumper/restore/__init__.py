@@ -90,6 +90,7 @@ def restore(
     tmp_dir: str | os.PathLike | None = None,
     threads: int | None = None,
     log: str | os.PathLike | None = None,
+    timeout: float | None = None,
 ) -> RestoreResult:
     """Restore checkpoint directory ``path`` with ``criu restore``; return
     once the restored process runs (or, with ``leave_stopped``, is stopped:
@@ -101,7 +102,8 @@ def restore(
     session leader). ``tmp_dir``: where the temporary copy of a compressed
     checkpoint goes (default: ``$TMPDIR`` or /tmp; it needs room for the raw
     pages). ``threads``: decompression workers. ``log``: also copy CRIU's
-    restore log (``-v4``) to this file.
+    restore log (``-v4``) to this file. ``timeout``: seconds CRIU may take
+    before it and the tasks it created are killed (default: no limit).
 
     Raises CriuNotFound (no CRIU >= 4.0), NotRestorable (marked not
     restorable, pre-dump, missing or damaged images, pids taken, no space),
@@ -154,7 +156,7 @@ def restore(
         t1 = time.monotonic()
         try:
             pid = run_restore(binary, images, work, leave_stopped=leave_stopped, shell_job=shell_job,
-                              extra=criu_args)
+                              extra=criu_args, timeout=timeout)
         except CriuFailed as err:
             raise _explained(err, tree, bool(shell_job)) from err
         finally:

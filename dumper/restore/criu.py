@@ -177,6 +177,7 @@ def run_restore(
     shell_job: bool = False,
     extra: Sequence[str] = (),
     verbosity: int = 4,
+    timeout: float | None = None,
 ) -> int:
     """Run ``criu restore -D images_dir -W work_dir -d`` and return the pid
     of the restored root task (from ``--pidfile``).
@@ -185,7 +186,10 @@ def run_restore(
     image directory. ``leave_stopped`` adds ``--leave-stopped``,
     ``shell_job`` ``--shell-job``; ``extra`` is passed on after them.
     CriuFailed with the end of the log when CRIU exits non-zero or writes no
-    pid. KeyboardInterrupt/SystemExit during the run: CRIU blocks signals
+    pid, or when it has not finished after ``timeout`` seconds (then CRIU and
+    every task it had created are killed: a restored task that stops itself
+    before CRIU's last handshake, e.g. on a pending SIGSTOP in its image,
+    leaves CRIU waiting forever). KeyboardInterrupt/SystemExit during the run: CRIU blocks signals
     while it restores (criu/cr-restore.c criu_signals_setup), so it is given
     SIGINT and waited for; the interruption is re-raised once it is gone.
     """
@@ -209,7 +213,12 @@ def run_restore(
     finally:
         os.close(fd)
     try:
-        rc = proc.wait()
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        _kill_tree(proc.pid)
+        proc.wait()
+        raise CriuFailed(f"criu restore did not finish in {timeout:g} s: stopped it and the tasks it had "
+                         "created; the end of its log is above", log_tail(log)) from None
     except BaseException:
         _stop(proc)
         raise
@@ -224,6 +233,36 @@ def run_restore(
         return int(text)
     except (OSError, ValueError) as err:
         raise CriuFailed(f"criu restore succeeded but wrote no pid to {pidfile}", log_tail(log)) from err
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (``/proc/PID/task/TID/children``)."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        cur = todo.pop()
+        try:
+            tids = os.listdir(f"/proc/{cur}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{cur}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+            except OSError:
+                continue
+            out += kids
+            todo += kids
+    return out
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` (CRIU) and the tasks under it (those it restores)."""
+    for victim in (*_descendants(pid), pid):
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
