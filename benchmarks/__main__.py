@@ -8,10 +8,10 @@ import os
 import sys
 import time
 
-from . import dump_dense, incremental, peers, reader, restore, scan_sparse
+from . import dump_dense, files_collect, incremental, peers, reader, restore, scan_sparse
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers, "restore": restore}
+              "peers": peers, "files_collect": files_collect, "restore": restore}
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -304,8 +305,58 @@ def test_diff_after_the_process_ran(dumped, tmp_path):
         "differ": [(base + 3 * P, base + 4 * P), (base + 200 * P, base + 201 * P)],
         "only-in-A": [(base + 10 * P, base + 11 * P)],
         "only-in-B": [],
+        "kernel-written": [],
     }
     assert notes == []
+
+
+_IDLE_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static void on_usr1(int s) { (void)s; }
+int main(void) {
+    signal(SIGUSR1, on_usr1);
+    printf("READY\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to move the thread between them")
+def test_diff_of_an_idle_process_sets_rseq_fields_apart(tmp_path, capfdbinary):
+    """Issue 13 item 7: an idle process moved to another CPU between two
+    dumps differs only in its rseq cpu_id fields, which the kernel rewrites:
+    diff says so in a note and reports no difference."""
+    exe = tmp_path / "idle"
+    src = tmp_path / "idle.c"
+    src.write_text(_IDLE_C)
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    p = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        os.sched_setaffinity(p.pid, {cpus[0]})
+        os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(0.1)
+        dump(p.pid, tmp_path / "a")
+        os.sched_setaffinity(p.pid, {cpus[1]})
+        os.kill(p.pid, signal.SIGUSR1)  # wakes on the other CPU: the kernel updates rseq
+        time.sleep(0.1)
+        dump(p.pid, tmp_path / "b")
+        with open_checkpoint(tmp_path / "a") as ca, open_checkpoint(tmp_path / "b") as cb:
+            (d,), _ = diff_checkpoints(ca, cb)
+            areas = ca.rseq_areas()
+        assert areas, "glibc registered no rseq area (core image lacks rseq_entry)"
+        page = areas[0][0] // P * P
+        assert d.ranges["kernel-written"] == [(page, page + P)]
+        assert not any(s <= page < e for s, e in d.ranges["differ"])
+        rc, out, _ = run_cli(capfdbinary, "diff", tmp_path / "a", tmp_path / "b")
+        assert "differs only in rseq fields the kernel rewrites" in out.decode()
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_diff_different_pids_and_processes(tmp_path, capfdbinary):

@@ -378,7 +378,7 @@ def test_dump_and_show_cli(spawn_target, tmp_path):
     assert f"process {t.pid}" in r.stdout
     addr = t.regions["shared"][0]
     line = next(l for l in r.stdout.splitlines() if l.strip().startswith(hex(addr)))
-    assert "skipped" in line and "shared mapping: contents are not dumped yet" in line
+    assert "skipped" in line and "shared memory: contents are not dumped yet" in line
     r = subprocess.run([sys.executable, "-m", "dumper", "dump", str(t.pid), "-D", str(ck)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "exists" in r.stderr and "Traceback" not in r.stderr

@@ -63,7 +63,7 @@ SOURCE_TREES = (REPO / "build" / CRIU_VERSION_DIR, Path("/work/main/build") / CR
 TARBALL = REPO.parent / "shared" / "criu" / f"{CRIU_VERSION_DIR}.tar.gz"
 
 # Ours only: no CRIU counterpart.
-OUR_MESSAGES = {"dumper_opts", "zpages_head", "zpages_index", "tracked_range"}
+OUR_MESSAGES = {"dumper_opts", "zpages_head", "zpages_index", "tracked_range", "unrestorable_reason"}
 OUR_ENUMS = {"pages_compression"}
 # opts.proto is CRIU's name for its display options (CRIU_Opts, extension
 # 1018); ours holds dumper_opts (51018) instead. zpages.proto is ours only.

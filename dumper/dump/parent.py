@@ -21,20 +21,20 @@ from ..image.checkpoint import check_not_a_parent, children_of  # noqa: F401  (r
 from ..image.pb import inventory_pb2
 from ..kernel.libc import PAGE_SIZE
 
-__all__ = ["ParentInfo", "load_parent", "split_by_coverage", "check_parent_placement", "chain_paths",
+__all__ = ["ParentInfo", "load_parent", "check_parent_placement", "chain_paths",
            "children_of", "check_not_a_parent"]
 
 
 @dataclass(slots=True)
 class ParentInfo:
     """``path`` of the parent directory, its inventory, and the ranges
-    ``[starts[i], ends[i])`` its pagemap covers for ``pid``, in pages
-    (uint64 page numbers: an entry ending at 2**64 fits), sorted, merged."""
+    ``[start_pages[i], end_pages[i])`` its pagemap covers for ``pid``, in
+    pages (uint64 page numbers: an entry ending at 2**64 fits), sorted, merged."""
 
     path: str
     inventory: inventory_pb2.inventory_entry
-    starts: np.ndarray
-    ends: np.ndarray
+    start_pages: np.ndarray
+    end_pages: np.ndarray
 
 
 def chain_paths(path: str | os.PathLike) -> list[str]:
@@ -100,29 +100,3 @@ def load_parent(path: str | os.PathLike, pid: int, start_time: int) -> ParentInf
         starts = starts[np.concatenate(([0], brk))]
         ends = ends[np.concatenate((brk - 1, [len(ends) - 1]))]
     return ParentInfo(path, inv, starts, ends)
-
-
-def split_by_coverage(runs: list[tuple[int, int]], parent: ParentInfo) -> tuple[list, list]:
-    """Split ``(vaddr, nr_pages)`` runs into (covered by the parent, not covered).
-
-    Work is O(len(runs) + intervals touched): each run looks up its first
-    interval by binary search.
-    """
-    covered, missing = [], []
-    starts, ends = parent.starts, parent.ends
-    for vaddr, n in runs:
-        pos, end = vaddr // PAGE_SIZE, vaddr // PAGE_SIZE + n
-        i = int(np.searchsorted(ends, np.uint64(pos), side="right"))
-        while pos < end:
-            if i >= len(starts) or int(starts[i]) >= end:
-                missing.append((pos * PAGE_SIZE, end - pos))
-                break
-            s, e = int(starts[i]), int(ends[i])
-            if s > pos:
-                missing.append((pos * PAGE_SIZE, s - pos))
-                pos = s
-            stop = min(e, end)
-            covered.append((pos * PAGE_SIZE, stop - pos))
-            pos = stop
-            i += 1
-    return covered, missing

@@ -115,10 +115,14 @@ class Tracker:
     preexisting = False  # tracking was armed before this session (an earlier dump's)
 
     def inventory(self, inv) -> None:
-        """Record what was armed in the checkpoint's inventory."""
-        inv.tracker = self.name
-        if self.tracking_id:
+        """Record what was armed for the next dump in the checkpoint's
+        inventory ("none" when nothing was: a --pre-copy dump removes its
+        tracking unless --track-mem)."""
+        inv.tracker = self.name if self.recorded else "none"
+        if self.recorded and self.tracking_id:
             inv.tracking_id = self.tracking_id
+
+    recorded = False  # a reset was recorded as this checkpoint's
 
     def _save_state(self, dest: str, uffd_fd: int | None) -> None:
         # Recorded before the reset: should the dump fail after it, no
@@ -129,6 +133,7 @@ class Tracker:
         except OSError as err:
             raise DumpError(f"cannot record the tracking state in {tracking_state.state_dir()}: "
                             f"{err.strerror}") from err
+        self.recorded = True
 
 
 class NoTracker(Tracker):
@@ -242,6 +247,8 @@ class UffdWpTracker(Tracker):
 
     def inventory(self, inv) -> None:
         super().inventory(inv)
+        if not self.recorded or self.uffd is None:
+            return
         inv.uffd_fd = self.uffd.fd
         del inv.tracked_ranges[:]
         for s, e in self.uffd.ranges:

@@ -439,6 +439,9 @@ class Checkpoint:
             fmt.check_page_size(inv_ps, inv_path, _INVENTORY_ENTRY_OFFSET)
 
         tree: dict[int, Message] = {}
+        if d.exists(PSTREE_NAME):  # ppid and threads of each process, whoever lists the pids
+            for e in read_pstree(self.path / PSTREE_NAME, d.open(PSTREE_NAME)):
+                tree.setdefault(e.pid, e)
         if len(inv.pids):
             pids = list(dict.fromkeys(inv.pids))
             root = inv.root_pid if inv.HasField("root_pid") else pids[0]
@@ -446,8 +449,6 @@ class Checkpoint:
                 if not d.exists(fmt.pagemap_name(pid)):
                     raise CorruptImage(inv_path, _INVENTORY_ENTRY_OFFSET, f"pid {pid} has no {fmt.pagemap_name(pid)}")
         elif d.exists(PSTREE_NAME):
-            for e in read_pstree(self.path / PSTREE_NAME, d.open(PSTREE_NAME)):
-                tree.setdefault(e.pid, e)
             if not tree:
                 raise CorruptImage(self.path / PSTREE_NAME, _FIRST_ENTRY_OFFSET, "no processes")
             # Processes without memory (zombies) have no pagemap in CRIU's images.
@@ -638,6 +639,31 @@ class Checkpoint:
             return self.processes[pid]
         except KeyError:
             raise ImageError(self.path, None, f"no process {pid} in this checkpoint (pids {list(self.pids)})") from None
+
+    def rseq_areas(self, pid: int | None = None) -> list[tuple[int, int]]:
+        """``(address, size)`` of the ``struct rseq`` of each thread of
+        process ``pid``, from its ``core-TID.img`` (CRIU's rseq_entry); empty
+        when the checkpoint has no core images. The kernel rewrites some of
+        its fields by itself (:data:`dumper.kernel.ptrace.RSEQ_KERNEL_FIELDS`)."""
+        from .pb import core_pb2
+
+        proc = self.process(pid)
+        out = []
+        for tid in proc.threads or (proc.pid,):
+            name = fmt.core_name(tid)
+            if not self._dir.exists(name):
+                continue
+            f = self._dir.open(name)
+            with f:
+                if fmt.read_magic(f, self.path / name) != "CORE":
+                    continue
+                for off, payload in fmt.iter_entries(f, self.path / name, 8):
+                    core = fmt.parse_entry(core_pb2.core_entry, payload, self.path / name, off)
+                    r = core.thread_core.rseq_entry
+                    if core.thread_core.HasField("rseq_entry") and r.rseq_abi_pointer:
+                        out.append((r.rseq_abi_pointer, max(r.rseq_abi_size, 32)))
+                    break
+        return out
 
     def iter_entries(self, pid: int | None = None) -> Iterator[PagemapEntry]:
         """The pagemap entries of ``pid`` (default root), ascending by vaddr,

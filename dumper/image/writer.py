@@ -31,7 +31,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 import zstandard
 from google.protobuf.message import EncodeError, Message
@@ -643,10 +643,21 @@ class CheckpointWriter:
         :data:`~dumper.image.format.MAGICS` key), then ``msgs`` as entries.
         Returns its (temporary) path. DumpError on I/O failure or a message
         missing required fields."""
+        return self.write_image_extra(name, magic, msgs)
+
+    def write_image_extra(self, name: str, magic: str, items: Iterable[Message | bytes]) -> Path:
+        """:meth:`write_image` for images with raw data after some entries
+        (pipes-data, fifo-data, ghost-file: crit's "extra" payloads): each
+        item is a message, written as an entry, or bytes, written as they
+        are right after the previous entry."""
         f = self._create(name)
         try:
             fmt.write_magic(f, magic)
-            fmt.write_entries(f, msgs)
+            for item in items:
+                if isinstance(item, Message):
+                    fmt.write_entry(f, item)
+                else:
+                    fmt.write_extra(f, item)
             _fsync_close(f)
         except OSError as err:
             f.close()
