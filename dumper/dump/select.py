@@ -44,17 +44,18 @@ def classify(vma: Vma) -> VmaPlan:
     """CRIU status bits and the dump mode for one VMA."""
     name = vma.special
     st = 0
+    # As CRIU 4.2 marks them (criu/proc_parse.c): kernel-provided areas are
+    # anonymous private, the main stack is plain REGULAR (MAP_GROWSDOWN tells it).
     if name in ("[vvar]", "[vvar_vclock]"):
-        return VmaPlan(vma, fmt.VMA_AREA_REGULAR | fmt.VMA_AREA_VVAR, "skip", "vvar: provided by the kernel")
+        return VmaPlan(vma, fmt.VMA_AREA_REGULAR | fmt.VMA_AREA_VVAR | fmt.VMA_ANON_PRIVATE, "skip",
+                       "vvar: provided by the kernel")
     if name == "[vsyscall]" or not vma.user:
-        return VmaPlan(vma, fmt.VMA_AREA_VSYSCALL, "skip", "vsyscall: provided by the kernel")
+        return VmaPlan(vma, fmt.VMA_AREA_VSYSCALL | fmt.VMA_ANON_PRIVATE, "skip", "vsyscall: provided by the kernel")
     if name == "[uprobes]":
         return VmaPlan(vma, fmt.VMA_AREA_UPROBES, "skip", "uprobes: provided by the kernel")
     st |= fmt.VMA_AREA_REGULAR
     if name == "[vdso]":
         return VmaPlan(vma, st | fmt.VMA_AREA_VDSO | fmt.VMA_ANON_PRIVATE, "whole")
-    if name == "[stack]" or "gd" in vma.vmflags:
-        st |= fmt.VMA_AREA_STACK
     if name == "[heap]":
         st |= fmt.VMA_AREA_HEAP
     if vma.shared:
@@ -68,8 +69,8 @@ def classify(vma: Vma) -> VmaPlan:
             st |= fmt.VMA_FILE_SHARED
         if st & fmt.VMA_FILE_SHARED:  # the file holds the contents; CRIU maps it again
             return VmaPlan(vma, st, "skip", "shared file mapping: contents live in the file")
-        return VmaPlan(vma, st, "skip", "shared memory: contents are not dumped yet",
-                       "shared memory (shared anonymous, memfd or SysV shm) is not saved yet")
+        # (the files table gives the reason `criu restore` cannot rebuild it)
+        return VmaPlan(vma, st, "skip", "shared memory: contents are not dumped yet")
     st |= fmt.VMA_FILE_PRIVATE if vma.file_backed else fmt.VMA_ANON_PRIVATE
     if vma.io or vma.pfnmap:
         return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory", "device memory cannot be saved")

@@ -41,6 +41,7 @@ from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
 from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
 from ..proc.freeze import THAW_MODES, raise_on_termination
@@ -55,6 +56,8 @@ from .spool import Spool
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
+from .files import FileTable, write_fdinfo
+from ..proc.fds import collect_fds, map_files_fdflags
 from .tracer import FrozenProcess, LocalTracer
 from .trackers import Tracker, make_tracker, pick_tracker
 
@@ -190,6 +193,8 @@ class ProcessDump:
     mm: mm_pb2.mm_entry | None = None
     task: TaskState | None = None
     file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
+    vma_shmid: dict = field(default_factory=dict)  # VMA index -> files.img id of its file
+    vma_fdflags: dict = field(default_factory=dict)  # VMA index -> O_RDONLY/O_WRONLY/O_RDWR
     guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
@@ -213,6 +218,8 @@ class DumpSession:
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
         self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
+        self.files = FileTable()
+        self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
         self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
@@ -353,12 +360,32 @@ class DumpSession:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
         for p in self.processes:
-            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv())
+            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
             fp = p.frozen
             p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            p.mm.dumpable = p.task.dumpable
+            p.mm.thp_disabled = p.task.thp_disabled
             p.ns_ids = self.ns_ids.of(p.pid)
             p.kobj_ids = self.kobj_ids.of(p.pid)
+            self._collect_files(p)
+
+    def _collect_files(self, p: ProcessDump) -> None:
+        """Open files, mapped files, cwd and root, in the order CRIU numbers
+        them (mapped files, descriptors, exe, fs: dumper/dump/files.py)."""
+        t = self.files
+        for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
+            if v.file_backed and not v.special:
+                p.vma_shmid[i] = t.mapped_file(p.pid, v)
+                fl = map_files_fdflags(p.proc, v)
+                if fl is not None:
+                    p.vma_fdflags[i] = fl
+        ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
+        fds = [o for o in collect_fds(p.proc) if o.fd != ours]
+        if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
+            self._fdinfos[p.kobj_ids["files"]] = t.add_process(p.pid, fds)
+        p.mm.exe_file_id = t.exe_file(p.pid)
+        t.fs_entry(p.pid)
 
     def check_restorable(self, *, after_copy: bool = False) -> None:
         """Collect why `criu restore` could not bring the checkpoint back
@@ -381,6 +408,8 @@ class DumpSession:
                                            "a child process outside the checkpoint")
                 if p.frozen.zombie:
                     self._unrestorable(p.pid, "zombie", f"pid {p.pid}", "zombie processes are not saved yet")
+            for r in self.files.unrestorable:
+                self._unrestorable(r.pid, r.kind, r.what, r.why)
         else:
             for p in self.processes:
                 if p.copier is not None and p.copier.unreadable:
@@ -528,6 +557,9 @@ class DumpSession:
             if root.parent.inventory.checkpoint_id:
                 inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
         inv.unrestorable.extend(self.unrestorable)
+        rf = root.frozen
+        if self.files.needs_shell_job or (rf is not None and rf.sid != rf.pid):
+            inv.shell_job = True  # `criu restore --shell-job`: the terminal or session lives outside
         inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
         if opts.compress:
             inv.compression_level = opts.level
@@ -563,6 +595,9 @@ class DumpSession:
             ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
             tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
         w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
+        self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info
+        for files_id, fdinfos in self._fdinfos.items():
+            write_fdinfo(w, files_id, fdinfos)
         w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
         w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
@@ -610,13 +645,25 @@ class DumpSession:
         for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
             if plan.mode == "skip":
                 skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
-            mm.vmas.append(vma_entry_from(
-                v, status=plan.status, dumped=plan.mode != "skip",
+            e = vma_entry_from(
+                v, status=plan.status, shmid=p.vma_shmid.get(i, 0), dumped=plan.mode != "skip",
                 contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
-                nr_pages_parent=int(in_parent[i]) or None))
+                nr_pages_parent=int(in_parent[i]) or None)
+            if i in p.vma_fdflags:
+                e.fdflags = p.vma_fdflags[i]
+            mm.vmas.append(e)
         apply_file_identities(mm.vmas, p.file_ids)
+        as_criu_lists_them(mm)  # [vvar] + [vvar_vclock]: one VMA
         mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         return mm
+
+
+def _criu_auxv(words: list[int]) -> list[int]:
+    """The saved auxv as CRIU keeps it: the pairs before AT_NULL, at most
+    AT_VECTOR_SIZE (44 on x86_64, criu/arch/x86/include/asm/types.h) words;
+    its restore refuses more as a corrupted image."""
+    n = next((i for i in range(0, len(words) - 1, 2) if words[i] == 0), len(words) - len(words) % 2)
+    return words[:min(n, 44)]
 
 
 def _pieces(ivs, ext: Extents):

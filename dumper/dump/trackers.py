@@ -112,6 +112,11 @@ class Tracker:
     def disarm(self, tracer, pid: int) -> None:
         """Remove what this session armed in the target (nothing for most kinds)."""
 
+    def known_fd(self, pid: int) -> int | None:
+        """A descriptor dumper put into the target (the uffd-wp tracker's
+        userfaultfd), not part of the program's own files; None if none."""
+        return None
+
     preexisting = False  # tracking was armed before this session (an earlier dump's)
 
     def inventory(self, inv) -> None:
@@ -238,6 +243,15 @@ class UffdWpTracker(Tracker):
         if not self.uffd.ranges:
             return ["uffd-wp tracking could not register any mapping: the next dump will be full"]
         return []
+
+    def known_fd(self, pid: int) -> int | None:
+        from ..track import uffd
+
+        if self.uffd is not None:
+            return self.uffd.fd
+        if self.state is not None and self.state.uffd_fd is not None and uffd.find_uffd(pid, self.state.uffd_fd):
+            return self.state.uffd_fd
+        return None
 
     def disarm(self, tracer, pid) -> None:
         """Remove what this session armed (unregister, close the userfaultfd)."""

@@ -62,6 +62,7 @@ from ..errors import DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
 from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
+from ..image.vmas import as_criu_lists_them
 from ..image.writer import fsync_dir, open_private
 
 __all__ = [
@@ -265,30 +266,6 @@ def _exe_vma(mm: mm_pb2.mm_entry):
     return None
 
 
-def _as_criu_lists_them(mm: mm_pb2.mm_entry) -> None:
-    """Make the VMA list read as CRIU 4.2 writes it (criu/proc_parse.c):
-    kernel-provided anonymous mappings ([vvar], [vsyscall]) carry
-    VMA_ANON_PRIVATE and MAP_ANONYMOUS, and consecutive [vvar] VMAs
-    ([vvar] + [vvar_vclock] on 6.x kernels) are one VMA."""
-    merged = []
-    for v in mm.vmas:
-        if v.status & (fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL) and not v.status & _FILE_VMA:
-            v.status |= fmt.VMA_ANON_PRIVATE
-            v.flags |= _MAP_ANONYMOUS
-        prev = merged[-1] if merged else None
-        if (prev is not None and prev.status & fmt.VMA_AREA_VVAR and v.status & fmt.VMA_AREA_VVAR
-                and prev.end == v.start):
-            prev.end = v.end
-            continue
-        merged.append(v)
-    if len(merged) != len(mm.vmas):
-        kept = [type(v)() for v in merged]
-        for k, v in zip(kept, merged):
-            k.CopyFrom(v)
-        del mm.vmas[:]
-        mm.vmas.extend(kept)
-
-
 def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
     """``proc``'s mm_entry with CRIU's fields only. With ``files`` (a dumper
     source) file VMAs and the executable get ``files.img`` ids in
@@ -323,7 +300,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
             out.shmid = files.get(name, key, _O_RDWR if writable_shared else 0)
         elif v.status & _SHMEM_VMA and not v.shmid and v.HasField("inode") and v.inode:
             out.shmid = v.inode
-    _as_criu_lists_them(mm)
+    as_criu_lists_them(mm)
     return mm
 
 
