@@ -119,10 +119,11 @@ def _env(criu_path: str | None = None) -> dict:
     return env
 
 
-def dumper(*args, criu_path: str | None = None, timeout: float = 300,
-           new_session: bool = False) -> subprocess.CompletedProcess:
+def dumper(*args, criu_path: str | None = None, timeout: float = 300, new_session: bool = False,
+           stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dumper", *map(str, args)], capture_output=True, text=True,
-                          env=_env(criu_path), cwd=ROOT, timeout=timeout, start_new_session=new_session)
+                          env=_env(criu_path), cwd=ROOT, timeout=timeout, start_new_session=new_session,
+                          stdin=stdin)
 
 
 # --- a small image set made by hand (no CRIU needed)
@@ -206,7 +207,7 @@ for root, dirs, files in os.walk(images):
         listing[os.path.relpath(p, images)] = e
 record = os.environ["FAKE_CRIU_RECORD"]
 json.dump({"argv": args, "cwd": os.getcwd(), "images": images, "images_mode": os.stat(images).st_mode,
-           "listing": listing}, open(record, "w"))
+           "listing": listing, "stdin_isatty": os.isatty(0)}, open(record, "w"))
 mode = os.environ.get("FAKE_CRIU_MODE", "ok")
 if mode == "fail":
     with open(opt("-o"), "w") as f:
@@ -476,6 +477,34 @@ def test_raw_checkpoint_is_given_to_criu_as_it_is(tmp_path, fake_criu):
     assert after == before
     restore(ck, shell_job=False)
     assert "--shell-job" not in fake_criu.record["argv"]
+
+
+def test_shell_job_and_terminal_as_the_dump_recorded(tmp_path, fake_criu):
+    """inventory shell_job decides --shell-job; a saved terminal needs a
+    terminal on our stdin, which CRIU then gets (and hands to the process)."""
+    pid = _free_pid()
+    plain = fake_set(tmp_path / "plain", pid, sid=pid - 1, shell_job=False)
+    restore(plain)
+    assert "--shell-job" not in fake_criu.record["argv"]  # the dump said no, whatever the sid
+    ck = fake_set(tmp_path / "ck", pid, shell_job=True)
+    _stub_image(ck / "tty-info.img", 0x59453036)
+    r = dumper("restore", ck)
+    assert r.returncode == 1
+    assert r.stderr == (f"dumper: error: {ck} holds a terminal (a job started from a shell): criu restore "
+                        "--shell-job gives the restored process the terminal on its own stdin, so run dumper "
+                        "restore from a terminal\n")
+    master, slave = os.openpty()
+    try:
+        r = dumper("restore", ck, stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 0, r.stderr
+    rec = fake_criu.record
+    assert "--shell-job" in rec["argv"] and rec["stdin_isatty"] is True
+    (ck / "tty-info.img").unlink()
+    r = dumper("restore", ck)
+    assert r.returncode == 0 and fake_criu.record["stdin_isatty"] is False and "--shell-job" in fake_criu.record["argv"]
 
 
 def test_cli_json_and_own_options(tmp_path, fake_criu):

@@ -122,7 +122,13 @@ def restore(
         checks.check_verified(ck, frames=False)
         checks.check_pids_free(tree)
         if shell_job is None:
-            shell_job = checks.needs_shell_job(tree)
+            shell_job = checks.needs_shell_job(ck, tree)
+        terminal = bool(shell_job) and checks.holds_terminal(ck)
+        if terminal and not os.isatty(0):
+            raise NotRestorable(
+                f"{ck.path} holds a terminal (a job started from a shell): criu restore --shell-job gives the "
+                "restored process the terminal on its own stdin, so run dumper restore from a terminal"
+            )
 
         base = Path(tmp_dir) if tmp_dir is not None else Path(tempfile.gettempdir())
         try:
@@ -156,7 +162,7 @@ def restore(
         t1 = time.monotonic()
         try:
             pid = run_restore(binary, images, work, leave_stopped=leave_stopped, shell_job=shell_job,
-                              extra=criu_args, timeout=timeout)
+                              extra=criu_args, timeout=timeout, inherit_stdin=terminal)
         except CriuFailed as err:
             raise _explained(err, tree, bool(shell_job)) from err
         finally:

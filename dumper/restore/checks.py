@@ -31,6 +31,7 @@ __all__ = [
     "check_pids_free",
     "check_verified",
     "needs_shell_job",
+    "holds_terminal",
     "pstree",
 ]
 
@@ -183,9 +184,26 @@ def check_pids_free(tree: list[Task]) -> None:
         )
 
 
-def needs_shell_job(tree: list[Task]) -> bool:
-    """True when the root task is not a session leader: CRIU refuses to
-    dump or restore such a tree without ``--shell-job`` (criu/pstree.c), and
-    with it the restored tree joins criu's session and process group."""
+TTY_INFO_NAME = "tty-info.img"
+
+
+def needs_shell_job(ck: Checkpoint, tree: list[Task]) -> bool:
+    """Whether ``criu restore`` needs ``--shell-job``: what the dump recorded
+    (``inventory_entry.shell_job``, field 61: a terminal or a session that
+    lives outside the checkpoint), else whether the root task is not a
+    session leader (CRIU's own sets; criu/pstree.c refuses such a tree
+    without it, and with it the restored tree joins CRIU's session and
+    process group)."""
+    inv = ck.inventory
+    if inv.HasField("shell_job"):
+        return inv.shell_job
     root = tree[0]
     return root.sid != root.pid
+
+
+def holds_terminal(ck: Checkpoint) -> bool:
+    """True when the checkpoint saved a terminal (``tty-info.img``): with
+    ``--shell-job`` CRIU gives the restored process the terminal on its own
+    stdin in its place, and aborts without one ("Don't have tty to inherit
+    session from", criu/tty.c pty_open_unpaired_slave)."""
+    return (ck.path / TTY_INFO_NAME).is_file()

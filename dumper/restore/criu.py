@@ -178,6 +178,7 @@ def run_restore(
     extra: Sequence[str] = (),
     verbosity: int = 4,
     timeout: float | None = None,
+    inherit_stdin: bool = False,
 ) -> int:
     """Run ``criu restore -D images_dir -W work_dir -d`` and return the pid
     of the restored root task (from ``--pidfile``).
@@ -185,6 +186,8 @@ def run_restore(
     The log (``-v4``) and the pid file go to ``work_dir``, never into the
     image directory. ``leave_stopped`` adds ``--leave-stopped``,
     ``shell_job`` ``--shell-job``; ``extra`` is passed on after them.
+    ``inherit_stdin``: CRIU gets our stdin (the terminal a --shell-job
+    restore hands on), else /dev/null.
     CriuFailed with the end of the log when CRIU exits non-zero or writes no
     pid, or when it has not finished after ``timeout`` seconds (then CRIU and
     every task it had created are killed: a restored task that stops itself
@@ -207,7 +210,8 @@ def run_restore(
     # Output to a file, not a pipe: a pipe could be inherited and held open.
     fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, cwd=work_dir)
+        proc = subprocess.Popen(cmd, stdin=None if inherit_stdin else subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                cwd=work_dir)
     except OSError as err:
         raise CriuFailed(f"cannot run {criu.path}: {err.strerror}") from err
     finally:
