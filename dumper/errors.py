@@ -20,7 +20,11 @@ Every failure the package reports derives from :class:`DumperError`::
     │   └── CorruptImage
     ├── DumpError                    a dump could not be completed
     │   └── StateDirError            the tracking state directory is unusable or unsafe
-    └── WardenError                  the tracer process (dumper.proc.warden) failed or is gone
+    ├── WardenError                  the tracer process (dumper.proc.warden) failed or is gone
+    └── RestoreError(details)        a checkpoint could not be restored
+        ├── CriuNotFound             no usable CRIU (missing, not runnable, < 4.0)
+        ├── NotRestorable            the checkpoint cannot be restored as it is
+        └── CriuFailed               ``criu restore`` ran and failed
 
 ``OSError`` is translated into these once, where the system call is made, with
 ``raise ... from err`` so the cause stays attached (the psutil idiom).
@@ -52,6 +56,10 @@ __all__ = [
     "DumpError",
     "StateDirError",
     "WardenError",
+    "RestoreError",
+    "CriuNotFound",
+    "NotRestorable",
+    "CriuFailed",
 ]
 
 
@@ -250,5 +258,40 @@ class StateDirError(DumpError):
 class WardenError(DumperError):
     """The warden (the tracer process, dumper.proc.warden) failed, went away,
     or could not take a request."""
+
+    __module__ = "dumper"
+
+
+class RestoreError(DumperError):
+    """A checkpoint could not be restored. ``details``: further lines for the
+    user (reasons, problems, the end of CRIU's log), shown before the one-line
+    message."""
+
+    __module__ = "dumper"
+
+    def __init__(self, msg: str, details: tuple[str, ...] | list[str] = ()) -> None:
+        self.msg = msg
+        self.details = tuple(details)
+        super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.msg, self.details))
+
+
+class CriuNotFound(RestoreError):
+    """No usable CRIU: missing, not executable, or older than 4.0."""
+
+    __module__ = "dumper"
+
+
+class NotRestorable(RestoreError):
+    """The checkpoint cannot be restored as it is: marked unrestorable, a
+    pre-dump, missing or damaged images, or its pids are taken."""
+
+    __module__ = "dumper"
+
+
+class CriuFailed(RestoreError):
+    """``criu restore`` ran and failed; ``details`` holds the end of its log."""
 
     __module__ = "dumper"
