@@ -198,15 +198,14 @@ def _explained(err: CriuFailed, tree: list[checks.Task], shell_job: bool) -> Cri
 
 
 def _keep_log(src: Path, dst: Path) -> None:
-    """Copy CRIU's log to ``dst`` (created 0600, a symlink there refused)."""
+    """Copy CRIU's log to ``dst`` through the one safe way dumper creates an
+    output file (0600, atomic, an existing file or a symlink there refused)."""
+    from ..image.safefs import OutputFile
+
     try:
         fin = open(src, "rb")
     except FileNotFoundError:
         return  # CRIU did not get as far as its log
-    with fin:
-        try:
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as err:
-            raise RestoreError(f"cannot write the CRIU log to {dst}: {err.strerror}") from err
-        with open(fd, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
+    with fin, OutputFile(dst, error=RestoreError) as out:
+        shutil.copyfileobj(fin, out.file, 1 << 20)
+        out.commit()

@@ -219,9 +219,8 @@ def criu_dump(criu: str, pid: int, dest: Path, logdir: Path, *args: str) -> None
 
 
 def _create_in(d: Path):
-    from dumper.image.writer import open_private
 
-    return lambda name: open_private(d / name)
+    return lambda name: _open_new(d / name)
 
 
 def _copy_other_images(src: Path, dst: Path, skip) -> None:
@@ -328,3 +327,9 @@ def rseq_areas(pid: int) -> dict[int, int]:
 def rseq_kernel_bytes(areas) -> set[int]:
     """Addresses of the kernel-written bytes of these rseq areas."""
     return {a + i for a in areas for s, e in RSEQ_KERNEL_FIELDS for i in range(s, e)}
+
+
+def _open_new(path):
+    """A new 0600 file for a test's PagesWriter."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return open(fd, "wb")
