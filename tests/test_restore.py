@@ -685,7 +685,7 @@ def _merged_vmas(vmas: list[dict]) -> list[dict]:
                 a["end"] = v["end"]
                 for k in ("nr_pages_dumped", "nr_pages_parent"):
                     if k in a or k in v:
-                        a[k] = int(a.get(k, 0)) + int(v.get(k, 0))
+                        a[k] = str(int(a.get(k, 0)) + int(v.get(k, 0)))  # json_format's uint64: a string
                 continue
         out.append(v)
     return out
