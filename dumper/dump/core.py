@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ..image.pb import core_pb2, inventory_pb2, pstree_pb2, seccomp_pb2, timens_pb2
 from ..kernel import x86_64
 from ..kernel.cpuid import cpuid
-from ..proc.task import TASK_STOPPED, TaskState, ThreadState
+from ..proc.task import TASK_DEAD, TASK_STOPPED, TaskState, ThreadState
 
-__all__ = ["core_entry", "ids_entry", "NamespaceIds", "KobjIds", "pstree_entry", "seccomp_entry",
+__all__ = ["core_entry", "zombie_core_entry", "ids_entry", "NamespaceIds", "KobjIds", "pstree_entry", "seccomp_entry",
            "timens_entry", "fill_inventory", "xsave_layout"]
 
 _MTYPE_X86_64 = 1  # core_entry.march
@@ -193,6 +193,20 @@ def core_entry(task: TaskState, thread: ThreadState, *, leader: bool) -> core_pb
     _fill_thread_core(c.thread_core, thread)
     if leader:
         _fill_task_core(c.tc, task)
+    return c
+
+
+def zombie_core_entry(pid: int) -> core_pb2.core_entry:
+    """A zombie's core: the task part only, TASK_DEAD with its exit code
+    (criu/cr-dump.c dump_one_zombie; /proc/PID/stat field 52 is the wait status)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+    rest = data[data.rindex(b")") + 2:].split()
+    c = core_pb2.core_entry(mtype=_MTYPE_X86_64)
+    tc = c.tc
+    tc.task_state, tc.exit_code, tc.comm = TASK_DEAD, int(rest[49]) if len(rest) > 49 else 0, comm
+    tc.personality, tc.flags, tc.blk_sigset = 0, 0, 0
     return c
 
 
