@@ -13,6 +13,7 @@ Frozen (the target waits only for this):
   ``scan``         the mask scanner over the private VMAs;
   ``select``       numpy interval algebra: pages to copy, pages the parent holds;
   ``copy``         page runs into the spool (process_vm_readv, batched);
+  ``copy_shared``  shared memory objects into the spool, once each (pread);
   ``reset``        tracking reset for the next dump;
   ``thaw``         resume, leave stopped, or kill.
 After the thaw:
@@ -57,6 +58,7 @@ from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
 from .files import FileTable, write_fdinfo
+from .shmem import SharedMemory, settle_plans, spool_estimate
 from ..proc.fds import collect_fds, map_files_fdflags
 from ..proc.freeze import check_target
 from ..proc.tree import FrozenProcess
@@ -229,7 +231,8 @@ class DumpSession:
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
         self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
-        self.files = FileTable()
+        self.shmem = SharedMemory()  # shared memory objects, saved once each
+        self.files = FileTable(shmem=self.shmem)
         self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
@@ -246,6 +249,7 @@ class DumpSession:
         with ExitStack() as stack:
             # LIFO: the writer (its compression threads read the spool) stops first.
             stack.callback(self.spool.close)
+            stack.callback(self.shmem.close)
             stack.callback(self.writer.abort)  # no-op after commit
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(raise_on_termination())
@@ -267,6 +271,7 @@ class DumpSession:
                 self.copy()
             else:
                 self.copy()
+                self.copy_shared()
                 self.check_restorable(after_copy=True)
                 if self.opts.pre_copy and not self.opts.track_mem and not self._tracking_was_armed:
                     self.disarm()  # the rounds armed it for this dump only
@@ -338,6 +343,7 @@ class DumpSession:
                 continue  # gone already: the freeze decides
             expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
             expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
+        expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode == "shmem"))
         if not opts.pre_dump:
             self.spool.reserve(expected + expected // 16 + (1 << 20))
 
@@ -439,6 +445,7 @@ class DumpSession:
                 fl = map_files_fdflags(p.proc, v)
                 if fl is not None:
                     p.vma_fdflags[i] = fl
+        settle_plans(p.plans, p.vma_shmid)  # shared memory whose object is not saved: skipped
         ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
         fds = [o for o in collect_fds(p.proc) if o.fd != ours]
         if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
@@ -474,6 +481,10 @@ class DumpSession:
                 if p.copier is not None and p.copier.unreadable:
                     n = p.copier.pages_unreadable
                     self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+            for obj in self.shmem.objects.values():
+                if obj.unreadable:
+                    n = sum(k for _, k in obj.unreadable)
+                    self._unrestorable(self.pid, "shared memory", obj.what, f"{n} page(s) could not be read")
         if self.opts.restorable and self.unrestorable:
             r = self.unrestorable[0]
             more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
@@ -551,6 +562,11 @@ class DumpSession:
                 finally:
                     p.copier.close()
 
+    def copy_shared(self) -> None:
+        """Shared memory objects into the spool, once each, still frozen
+        (:meth:`dumper.dump.shmem.SharedMemory.copy`)."""
+        self.shmem.copy(self.spool, self.opts.backend)
+
     def reset(self) -> None:
         for p in self.processes:
             self.notes.extend(p.tracker.reset(self.tracer, p.pid, self.dest))
@@ -572,8 +588,10 @@ class DumpSession:
             pw.close()
             pages_stats.append(pw.stats)
             w.write_mm(p.pid, self._mm_entry(p, skipped))
+        shm_stats, _ = self.shmem.write(w, self.spool, len(self.processes) + 1, compress=opts.compress,
+                                        level=opts.level, threads=opts.threads, ipc_ns_id=self.root_ns.get("ipc", 0))
         self._write_task_images()
-        st = _sum_stats(pages_stats)
+        st = _sum_stats(pages_stats + shm_stats)
         copiers = [p.copier for p in self.processes if p.copier is not None]
         read_ns = sum(c.read_ns for c in copiers)
         unreadable = [u for c in copiers for u in c.unreadable]
@@ -594,6 +612,8 @@ class DumpSession:
             compress_time_us=st.compress_ns // 1000,
             write_time_us=st.write_ns // 1000,
             pages_unreadable=n_unreadable,
+            shpages_scanned=self.shmem.size_pages,
+            shpages_written=self.shmem.pages_copied,
         )
         w.write_stats(stats)
         root = self.processes[0]
@@ -670,7 +690,8 @@ class DumpSession:
         w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
     def _pages_scanned(self) -> int:
-        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode != "skip")
+        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans)
+                   if pl.mode in ("pages", "whole"))
 
     def _write_pages(self, p: ProcessDump, pw) -> None:
         """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""

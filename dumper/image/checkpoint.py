@@ -27,6 +27,12 @@ Where the bytes of :meth:`Checkpoint.read` come from, page by page:
   that hold the range are decompressed);
 * a PE_PARENT entry: the same pid's entries in the parent checkpoint,
   recursively (CRIU's incremental dumps, ``parent`` symlink);
+* a PE_COW entry: another process's stream of this checkpoint, where
+  ``cow-PID.img`` says (pages shared copy-on-write, stored once:
+  :mod:`dumper.image.shared`);
+* inside a shared memory VMA (shared anonymous, memfd, SysV): the object's
+  bytes at dump time, from its ``pagemap-shmem-SHMID.img`` (zeros where it
+  has no entry), however many processes map it (:mod:`dumper.image.shared`);
 * no entry, inside a private anonymous VMA: zeros (never touched, the zero
   page, or a page a dump skips because the kernel would give zeros);
 * no entry, inside a private file mapping: the mapped file at the VMA's
@@ -37,7 +43,8 @@ Where the bytes of :meth:`Checkpoint.read` come from, page by page:
 * inside a guard region (MADV_GUARD_INSTALL, CRIU's VMA_AREA_GUARD
   pseudo-VMAs): ImageError, as the live process would fault;
 * anything else (outside every recorded VMA, a VMA whose contents were not
-  dumped such as shared memory or [vvar]): :class:`~dumper.errors.ImageError`.
+  dumped such as [vvar] or a MAP_SHARED file mapping, whose file holds
+  them): :class:`~dumper.errors.ImageError`.
 
 Broken chains, one rule: the parent is opened only when a read needs it. What
 the checkpoint holds itself stays readable; what needs a parent that is
@@ -81,6 +88,7 @@ from . import format as fmt
 from .criu_files import CriuFile, load_criu_files
 from .mapped import FileIdentity, ImageDir, MappedFileError, open_mapped_file, printable_path, recorded_identity
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2, vma_pb2
+from .shared import SHMEM_VMAS, SharedImages
 from .reader import (
     PagemapEntries,
     PagemapEntry,
@@ -240,6 +248,10 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
         return "zero", ""  # CRIU dumps AIO rings whole, whatever their other bits
     if st & _KERNEL_VMAS:
         return "none", "a kernel-provided mapping, not in the checkpoint"
+    if st & SHMEM_VMAS:
+        return "shared", ""  # the shared memory object's bytes (dumper.image.shared)
+    if st & fmt.VMA_FILE_SHARED:
+        return "none", "a MAP_SHARED file mapping: its contents live in the file, not in the checkpoint"
     if st & _SHARED_VMAS:
         return "none", "a shared mapping: its contents are not in the process's pagemap"
     if st & fmt.VMA_FILE_PRIVATE:
@@ -429,6 +441,7 @@ class Checkpoint:
         self._stats: stats_pb2.dump_stats_entry | None | bool = False  # False: not loaded
         self._files: dict[tuple, tuple[int, str, int]] = {}
         self._criu_files: dict[int, CriuFile] | None = None
+        self._shared: SharedImages | None = None
         self._closed = False
         inv_path = self.path / fmt.INVENTORY_NAME
         self.inventory: inventory_pb2.inventory_entry = load_inventory(inv_path, d.open(fmt.INVENTORY_NAME))
@@ -630,6 +643,15 @@ class Checkpoint:
 
     # --- lookups
 
+    @property
+    def shared(self) -> SharedImages:
+        """Shared memory objects and COW references
+        (:class:`~dumper.image.shared.SharedImages`), loaded on first use."""
+        self._check_open()
+        if self._shared is None:
+            self._shared = SharedImages(self)
+        return self._shared
+
     def process(self, pid: int | None = None) -> CheckpointProcess:
         """The process ``pid`` (None: the root). ImageError if absent."""
         self._check_open()
@@ -685,23 +707,25 @@ class Checkpoint:
         ps = proc.page_size
         for e in proc.entries:
             present = e.flags & fmt.PE_PRESENT
-            if not present and not (parents and e.flags & fmt.PE_PARENT):
+            if not present and not (parents and e.flags & fmt.PE_PARENT) and not e.flags & fmt.PE_COW:
                 continue
             for done in range(0, e.nr_pages, max_pages):
                 n = min(max_pages, e.nr_pages - done)
                 vaddr = e.vaddr + done * ps
                 if present:
                     yield vaddr, proc.pages.read_pages(e.pages_off + done, n)
+                elif e.flags & fmt.PE_COW:
+                    yield vaddr, b"".join(self.shared.cow_chunks(proc, vaddr, vaddr + n * ps))
                 else:
                     yield vaddr, self._parent_for(proc, vaddr, n * ps).read_recorded(proc.pid, vaddr, n * ps)
 
     def recorded_ranges(self, pid: int | None = None) -> list[tuple[int, int]]:
         """``(start, end)`` byte ranges (end-exclusive, ascending, adjacent
-        entries merged) of ``pid``'s pages that have PE_PRESENT or PE_PARENT
-        entries here: the pages the dump recorded."""
+        entries merged) of ``pid``'s pages that have PE_PRESENT, PE_PARENT or
+        PE_COW entries here: the pages the dump recorded."""
         proc = self.process(pid)
         ent = proc.entries
-        keep = ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT)
+        keep = ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW)
         if not keep.any():
             return []
         ps = np.uint64(proc.page_size)
@@ -832,6 +856,8 @@ class Checkpoint:
                         "marks PE_PARENT",
                     )
                 yield from parent._chunks(pproc, pos, b, None)
+            elif ent.flags & fmt.PE_COW:
+                yield from self.shared.cow_chunks(proc, pos, b)
             else:
                 raise ImageError(
                     proc.pagemap_path, None,
@@ -881,6 +907,8 @@ class Checkpoint:
             yield from _zeros(e - s)
         elif kind == "file":
             yield from self._read_file(proc, s, e, vma)
+        elif kind == "shared":
+            yield from self.shared.vma_chunks(proc.pid, s, e, vma)
         else:
             raise ImageError(
                 proc.mm_path, None,
@@ -1022,6 +1050,10 @@ class Checkpoint:
                 yield from self._verify_parent_cover(proc)
             if frames:
                 yield from _verify_frames(proc.pages, threads)
+        try:
+            yield from self.shared.verify(frames, threads)  # shared memory objects, COW references
+        except ImageError as err:
+            yield err
 
     def _verify_files(self, proc: CheckpointProcess) -> Iterator[ImageError]:
         """One problem per mapped file that untouched private pages need
@@ -1075,6 +1107,8 @@ class Checkpoint:
                     break
                 v = vmas[jj]
                 kind, why = _vma_hole(v)
+                if kind == "shared":
+                    kind, why = "none", "a shared memory object's, saved once in its own pagemap"
                 if kind == "none":
                     yield CorruptImage(
                         path, None,
@@ -1164,6 +1198,8 @@ class Checkpoint:
         self._closed = True
         for p in self.processes.values():
             p.pages.close()
+        if self._shared is not None:
+            self._shared.close()
         for fd, _, _ in self._files.values():
             os.close(fd)
         self._files.clear()

@@ -71,19 +71,21 @@ def _levels(ck: Checkpoint):
 
 def needs_materialising(ck: Checkpoint) -> bool:
     """True if any checkpoint of ``ck``'s chain has a compressed pages file
-    (then CRIU cannot read the set as it is)."""
-    return any(p.pages.compressed for level in _levels(ck) for p in level.processes.values())
+    or pages shared copy-on-write (then CRIU cannot read the set as it is)."""
+    return any(p.pages.compressed or p.entries.mask(fmt.PE_COW).any()
+               for level in _levels(ck) for p in level.processes.values()) or any(
+        _shared_pages(level) for level in _levels(ck))
 
 
 def raw_pages_bytes(ck: Checkpoint) -> int:
     """Bytes of raw ``pages-N.img`` :func:`materialise` would write for the
     whole chain."""
     return sum(
-        p.pages.nr_pages * p.pages.page_size
+        (p.pages.nr_pages + p.entries.pages(fmt.PE_COW)) * p.pages.page_size
         for level in _levels(ck)
         for p in level.processes.values()
-        if p.pages.compressed
-    )
+        if p.pages.compressed or p.entries.mask(fmt.PE_COW).any()
+    ) + sum(r.nr_pages * r.page_size for level in _levels(ck) for r in _shared_pages(level).values())
 
 
 def _mkdir_private(parent_fd: int, name: str) -> int:
@@ -185,8 +187,16 @@ def _link_or_copy(src_fd: int, name: str, dst_fd: int, result: Materialised) -> 
     result.copied += 1
 
 
+def _shared_pages(level: Checkpoint) -> dict[str, PagesReader]:
+    """Compressed pages files of the level's shared memory objects
+    (``pagemap-shmem-SHMID.img`` names them as a process's pagemap does)."""
+    return {Path(o.pages.path).name: o.pages for o in level.shared.objects.values()
+            if o.pages is not None and o.pages.compressed}
+
+
 def _materialise_level(level: Checkpoint, dst_fd: int, result: Materialised, threads: int) -> None:
     compressed = {p.pages_path.name: p.pages for p in level.processes.values() if p.pages.compressed}
+    compressed.update(_shared_pages(level))
     src_fd = os.open(level.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for entry in sorted(os.scandir(src_fd), key=lambda e: e.name):
