@@ -223,7 +223,8 @@ class FileTable:
     def unrestorable(self) -> list[Unrestorable]:
         """Everything not saved, one entry each, plus checks that need the
         whole tree (pseudo-terminal pairs). Ask after the last process."""
-        return self._unrestorable + self._pty_reasons()
+        shm = [Unrestorable(*r) for r in self.shmem.unrestorable] if self.shmem is not None else []
+        return self._unrestorable + self._pty_reasons() + shm
 
     @property
     def needs_shell_job(self) -> bool:

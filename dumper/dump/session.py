@@ -12,6 +12,8 @@ Frozen (the target waits only for this):
   ``arm``          tracking prepared (injected syscalls come before any read);
   ``scan``         the mask scanner over the private VMAs;
   ``select``       numpy interval algebra: pages to copy, pages the parent holds;
+  ``share_cow``    pages a process shares copy-on-write with an earlier one
+                   (same PFN): not copied again, referenced (PE_COW);
   ``copy``         page runs into the spool (process_vm_readv, batched);
   ``copy_shared``  shared memory objects into the spool, once each (pread);
   ``reset``        tracking reset for the next dump;
@@ -41,7 +43,7 @@ from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
 from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
-from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.pb import inventory_pb2, mm_pb2, stats_pb2, zpages_pb2
 from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
@@ -59,6 +61,7 @@ from . import core as criu_core
 from .core import KobjIds, NamespaceIds
 from .files import FileTable, write_fdinfo
 from .shmem import SharedMemory, settle_plans, spool_estimate
+from .cow import CowSharing, stream_layout
 from ..proc.fds import collect_fds, map_files_fdflags
 from ..proc.freeze import check_target
 from ..proc.tree import FrozenProcess
@@ -232,6 +235,8 @@ class DumpSession:
         self.tracker_name = "none"
         self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
         self.shmem = SharedMemory()  # shared memory objects, saved once each
+        # CRIU reads --no-compress sets itself: no PE_COW there; a pre-dump copies after the thaw
+        self.cow = CowSharing(enabled=opts.compress and not opts.pre_dump)
         self.files = FileTable(shmem=self.shmem)
         self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
@@ -270,6 +275,7 @@ class DumpSession:
                 self.thaw()
                 self.copy()
             else:
+                self.share_cow()
                 self.copy()
                 self.copy_shared()
                 self.check_restorable(after_copy=True)
@@ -562,6 +568,14 @@ class DumpSession:
                 finally:
                     p.copier.close()
 
+    def share_cow(self) -> None:
+        """Pages a process still shares copy-on-write with an earlier one
+        of the tree leave its copy set (:mod:`dumper.dump.cow`)."""
+        self.cow.plan(self.processes)
+        if self.cow.pages_shared:
+            self.notes.append(f"{self.cow.pages_shared} page(s) ({_mib(self.cow.pages_shared * PAGE_SIZE)}) shared "
+                              "copy-on-write between processes: stored once")
+
     def copy_shared(self) -> None:
         """Shared memory objects into the spool, once each, still frozen
         (:meth:`dumper.dump.shmem.SharedMemory.copy`)."""
@@ -583,9 +597,18 @@ class DumpSession:
         skipped: dict[str, int] = {}
         for i, p in enumerate(self.processes, 1):
             p.pages_id = i
+        for p in self.processes:
             pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level, threads=opts.threads)
-            self._write_pages(p, pw)
+            cow = self.cow.runs(p, self.processes, self._stream)
+            self._write_pages(p, pw, cow)
             pw.close()
+            if len(cow):
+                w.write_image(fmt.cow_name(p.pid), "COW_REFS", [
+                    zpages_pb2.cow_ref_entry(vaddr=v, nr_pages=n, pages_id=i, pages_off=o)
+                    for v, n, i, o in zip(cow.vaddr.tolist(), cow.nr_pages.tolist(), cow.pages_id.tolist(),
+                                          cow.pages_off.tolist())])
+            if cow.lost and p.copier is not None:
+                p.copier.unreadable.extend(cow.lost)  # the process that held them could not read them
             pages_stats.append(pw.stats)
             w.write_mm(p.pid, self._mm_entry(p, skipped))
         shm_stats, _ = self.shmem.write(w, self.spool, len(self.processes) + 1, compress=opts.compress,
@@ -693,22 +716,31 @@ class DumpSession:
         return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans)
                    if pl.mode in ("pages", "whole"))
 
-    def _write_pages(self, p: ProcessDump, pw) -> None:
-        """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""
+    def _stream(self, p: ProcessDump):
+        """``p``'s page stream as written: extents by vaddr, first index of each."""
+        return stream_layout(Extents.concat([p.extents, *self._reused(p)]))
+
+    def _write_pages(self, p: ProcessDump, pw, cow=None) -> None:
+        """PE_PRESENT entries from the spool, PE_PARENT entries and PE_COW
+        entries (``cow``: :class:`~dumper.dump.cow.CowRuns`), by vaddr."""
         ext = Extents.concat([p.extents, *self._reused(p)])
         ps, pe = p.parent_iv
-        vaddr = np.concatenate((ext.vaddr, ps)).astype(_U64)
-        nbytes = np.concatenate((ext.nbytes, pe - ps)).astype(_U64)
-        offset = np.concatenate((ext.offset, np.zeros(len(ps), _U64)))
-        present = np.concatenate((np.ones(len(ext), bool), np.zeros(len(ps), bool)))
+        cs = cow.vaddr if cow is not None else np.empty(0, _U64)
+        cn = cow.nr_pages * _U64(PAGE_SIZE) if cow is not None else np.empty(0, _U64)
+        vaddr = np.concatenate((ext.vaddr, ps, cs)).astype(_U64)
+        nbytes = np.concatenate((ext.nbytes, pe - ps, cn)).astype(_U64)
+        offset = np.concatenate((ext.offset, np.zeros(len(ps) + len(cs), _U64)))
+        kind = np.concatenate((np.zeros(len(ext), np.int8), np.ones(len(ps), np.int8), np.full(len(cs), 2, np.int8)))
         order = np.argsort(vaddr, kind="stable")
         spool = self.spool
-        for a, n, off, pres in zip(vaddr[order].tolist(), nbytes[order].tolist(),
-                                   offset[order].tolist(), present[order].tolist()):
-            if pres:
+        for a, n, off, k in zip(vaddr[order].tolist(), nbytes[order].tolist(),
+                                offset[order].tolist(), kind[order].tolist()):
+            if k == 0:
                 pw.add_present(a, spool.read(off, n), stable=True)
-            else:
+            elif k == 1:
                 pw.add_parent(a, n // PAGE_SIZE)
+            else:
+                pw.add_cow(a, n // PAGE_SIZE)
 
     @staticmethod
     def _reused(p: ProcessDump) -> list[Extents]:

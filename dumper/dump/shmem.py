@@ -421,6 +421,22 @@ class SharedMemory:
                                            mode=seg.mode, id=seg.shmid)
         return ipc_shm_pb2.ipc_shm_entry(desc=desc, size=seg.size, in_pagemaps=True)
 
+    @property
+    def unrestorable(self) -> list[tuple[int, str, str, str]]:
+        """``(pid, kind, what, why)`` for objects CRIU 4.2 cannot restore as
+        they are: a memfd sealed against writes that the tree maps shared
+        (criu/memfd.c maps it first, then F_ADD_SEALS fails with EBUSY: a
+        MAP_SHARED mapping of a descriptor opened for writing counts as
+        writable; its own dumps of such a tree fail the same way)."""
+        out = []
+        for obj in self.objects.values():
+            if obj.kind == MEMFD and obj.seals & kf.F_SEAL_WRITE and obj.mappings:
+                pid, start, end, _ = obj.mappings[0]
+                out.append((pid, "shared memory", f"mapping {start:#x}-{end:#x}",
+                            f"{obj.what} is sealed against writes (F_SEAL_WRITE) and mapped shared: `criu restore` "
+                            "maps it before sealing it again and then fails (EBUSY)"))
+        return out
+
     # --- figures
 
     @property

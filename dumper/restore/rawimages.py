@@ -12,6 +12,13 @@ in a private directory:
   checked as it is decompressed (content size, XXH64 checksum, frame
   length against the index: a damaged frame stops the restore before CRIU
   runs);
+* for a process with pages shared copy-on-write (PE_COW entries, stored
+  once in another process's stream: :mod:`dumper.image.shared`), its own
+  ``pages-N.img`` with those pages copied in and a ``pagemap-PID.img``
+  rewritten as CRIU writes it (PE_PRESENT entries, CRIU's fields only): CRIU
+  reads one pages file per process; its ``cow-PID.img`` is left out;
+* ``pages-N.img`` of every shared memory object whose pages are compressed
+  (``pagemap-shmem-SHMID.img`` names them like a process's pagemap);
 * every other regular file of the checkpoint directory, hard-linked (or
   copied where a link is impossible: another file system, protected
   hardlinks). ``pagemap-PID.img`` is linked unchanged: CRIU reads its
@@ -194,14 +201,61 @@ def _shared_pages(level: Checkpoint) -> dict[str, PagesReader]:
             if o.pages is not None and o.pages.compressed}
 
 
+def _write_cow_process(level: Checkpoint, proc, dst_fd: int) -> int:
+    """``pages-N.img`` and ``pagemap-PID.img`` of a process with PE_COW
+    entries, as CRIU would have written them: its own pages and the ones it
+    shares, in entry order. Returns the page bytes written."""
+    from ..image.pb import pagemap_pb2
+
+    ps = proc.page_size
+    name = fmt.pages_name(proc.head.pages_id)
+    out = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dst_fd)
+    rows: list[list[int]] = []  # [vaddr, nr_pages, flags], merged
+    written = 0
+    try:
+        os.fchmod(out, 0o600)
+        for e in proc.entries:
+            flags = e.flags
+            if flags & (fmt.PE_PRESENT | fmt.PE_COW):
+                flags = fmt.PE_PRESENT
+                for _, chunk in level.iter_chunks(proc.pid, e.vaddr, e.nr_pages * ps, recorded_only=True):
+                    _write_all(out, [chunk])
+                    written += len(chunk)
+            last = rows[-1] if rows else None
+            if last is not None and last[2] == flags and last[0] + last[1] * ps == e.vaddr:
+                last[1] += e.nr_pages
+            else:
+                rows.append([e.vaddr, e.nr_pages, flags])
+    except OSError as err:
+        raise NotRestorable(f"writing the raw pages {name} for CRIU: {err.strerror}") from err
+    finally:
+        os.close(out)
+    msgs = [pagemap_pb2.pagemap_head(pages_id=proc.head.pages_id)]
+    msgs += [pagemap_pb2.pagemap_entry(vaddr=v, compat_nr_pages=n if n < 1 << 32 else 0, flags=f, nr_pages=n)
+             for v, n, f in rows]
+    pm = os.open(fmt.pagemap_name(proc.pid), _FILE_FLAGS, 0o600, dir_fd=dst_fd)
+    try:
+        os.fchmod(pm, 0o600)
+        _write_all(pm, [fmt.encode_image("PAGEMAP", msgs)])
+    finally:
+        os.close(pm)
+    return written
+
+
 def _materialise_level(level: Checkpoint, dst_fd: int, result: Materialised, threads: int) -> None:
-    compressed = {p.pages_path.name: p.pages for p in level.processes.values() if p.pages.compressed}
+    cow = [p for p in level.processes.values() if p.entries.mask(fmt.PE_COW).any()]
+    own = {fmt.pagemap_name(p.pid) for p in cow} | {p.pages_path.name for p in cow} | {
+        fmt.cow_name(p.pid) for p in level.processes.values()}
+    for p in cow:
+        result.pages_bytes += _write_cow_process(level, p, dst_fd)
+    compressed = {p.pages_path.name: p.pages for p in level.processes.values()
+                  if p.pages.compressed and p not in cow}
     compressed.update(_shared_pages(level))
     src_fd = os.open(level.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for entry in sorted(os.scandir(src_fd), key=lambda e: e.name):
             name = entry.name
-            if name == fmt.PARENT_LINK:
+            if name == fmt.PARENT_LINK or name in own:
                 continue
             if name in compressed:
                 reader = compressed[name]
