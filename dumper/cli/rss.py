@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+import numpy as np
+
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
 from ..image.pretty import vma_annotation
@@ -35,33 +37,35 @@ def _flags_text(flags: int) -> str:
 
 
 def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
-    """The lines ``rss`` prints for one process (a CheckpointProcess)."""
+    """The lines ``rss`` prints for one process (a CheckpointProcess).
+    VMAs are found by binary search over the table's columns and parsed
+    only when a line names them (each once)."""
     ps = proc.page_size
     names = names or {}
     # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
-    vmas = [_named(v, names) for v in proc.vmas]
+    t = proc.vmas
+    ent = proc.entries
     shm_ids: dict[int, int] = {}
     indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
     lines = [f"{proc.pid}"]
-    vmi = 0
+    # VMAs [first[k], last[k]) overlap entry k (both ascending, disjoint).
+    if len(ent) and len(t):
+        first = np.searchsorted(t.end, ent.vaddr, side="right").tolist()
+        last = np.searchsorted(t.start // np.uint64(ps), ent.end_pages(ps), side="left").tolist()
+    else:
+        first = last = [0] * len(ent)
     prev = -1  # index of the last VMA listed
-    for e in proc.entries:
+    for e, lo, hi in zip(ent, first, last):
         head = f"\t{f'{e.vaddr:x} / {e.nr_pages:<8}':<{_ENTRY_WIDTH}} {_flags_text(e.flags):<{_FLAGS_WIDTH}}"
-        while vmi < len(vmas) and vmas[vmi].end <= e.vaddr:
-            vmi += 1
-        end = e.end(ps)
         parts = []
-        while vmi < len(vmas) and vmas[vmi].start < end:
-            v = vmas[vmi]
-            if vmi == prev:
+        for i in range(lo, hi):
+            if i == prev:
                 parts.append("~")
             else:
+                v = _named(t[i], names)
                 parts.append(f"{v.start:08x} / {(v.end - v.start) // ps:<8}{vma_annotation(v, shm_ids)}")
-                prev = vmi
-            vmi += 1
-        if parts:
-            vmi -= 1  # the last VMA may continue into the next entry
-        else:
+                prev = i
+        if not parts:
             parts.append("(outside every VMA)")
         lines.append((head + parts[0]).rstrip())
         lines.extend((indent + p).rstrip() for p in parts[1:])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -56,38 +57,68 @@ def _vma_facts(ck, proc, v, pages: tuple[int, int]) -> dict:
     }
 
 
+class _Lazy(list):
+    """A list made item by item from ``make()`` each time it is iterated
+    (``len()`` known up front): VMAs of a huge mm are never all in memory
+    at once."""
+
+    def __init__(self, make, n: int) -> None:
+        super().__init__()
+        self._make = make
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        return iter(self._make())
+
+
 def summarize(path: str) -> dict:
     """The facts ``show`` prints, as a JSON-ready dict. Raises ImageError
     for damage in this checkpoint; a broken parent chain is reported in
     ``chain`` (the last element has ``ok`` false) and ``parent_chain_error``."""
-    from .mems import pages_per_vma_of
-
     with open_checkpoint(path) as ck:
-        inv = ck.inventory
-        stats = ck.stats
-        procs = []
-        for pid in ck.pids:
-            proc = ck.process(pid)
-            vmas = []
-            if proc.mm is not None:
-                counts, _ = pages_per_vma_of(proc)
-                vmas = [_vma_facts(ck, proc, v, c) for v, c in zip(proc.mm.vmas, counts)]
-            pages_file = proc.pages_path
-            procs.append({
-                "pid": pid,
-                "entries": len(proc.entries),
-                "pages_present": proc.entries.pages(fmt.PE_PRESENT),
-                "pages_parent": proc.entries.pages(fmt.PE_PARENT),
-                "pages_file": pages_file.name,
-                "pages_file_bytes": os.fstat(proc.pages._fd).st_size,
-                "mm": proc.mm is not None,
-                "vmas": vmas,
-            })
-        status = ck.chain_status()
-        chain = [c["path"] for c in status if c["ok"]]
-        chain_error = next((c["error"] for c in status if not c["ok"]), None)
-        link = ck.path / fmt.PARENT_LINK
-        parent = os.readlink(link) if os.path.islink(link) else None
+        return _summary(ck, path, lazy=False)
+
+
+def _vmas_of(ck, proc):
+    from .mems import pages_per_vma_arrays
+
+    pres, other, _ = pages_per_vma_arrays(proc)
+    for v, a, b in zip(proc.mm.vmas, pres.tolist(), other.tolist()):
+        yield _vma_facts(ck, proc, v, (a, b))
+
+
+def _summary(ck, path: str, *, lazy: bool) -> dict:
+    """:func:`summarize` of the open ``ck``; with ``lazy`` each process's
+    ``vmas`` is made while it is iterated (``ck`` must stay open)."""
+    inv = ck.inventory
+    stats = ck.stats
+    procs = []
+    for pid in ck.pids:
+        proc = ck.process(pid)
+        vmas: list = []
+        if proc.mm is not None:
+            vmas = _Lazy(lambda proc=proc: _vmas_of(ck, proc), len(proc.mm.vmas))
+            if not lazy:
+                vmas = list(vmas)
+        pages_file = proc.pages_path
+        procs.append({
+            "pid": pid,
+            "entries": len(proc.entries),
+            "pages_present": proc.entries.pages(fmt.PE_PRESENT),
+            "pages_parent": proc.entries.pages(fmt.PE_PARENT),
+            "pages_file": pages_file.name,
+            "pages_file_bytes": os.fstat(proc.pages._fd).st_size,
+            "mm": proc.mm is not None,
+            "vmas": vmas,
+        })
+    status = ck.chain_status()
+    chain = [c["path"] for c in status if c["ok"]]
+    chain_error = next((c["error"] for c in status if not c["ok"]), None)
+    link = ck.path / fmt.PARENT_LINK
+    parent = os.readlink(link) if os.path.islink(link) else None
     out = {
         "dir": path,
         "dumper_version": inv.dumper_version,
@@ -115,10 +146,40 @@ def summarize(path: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = summarize(args.dir)
-    if args.json:
-        print(json.dumps(s, indent=2))
-        return 0
+    with open_checkpoint(args.dir) as ck:
+        s = _summary(ck, args.dir, lazy=True)
+        if args.json:
+            _print_json(s)
+            return 0
+        return _print_text(s, args)
+
+
+def _print_json(s: dict) -> None:
+    """``s`` as indented JSON, each process's VMAs streamed one a line
+    (json's C encoder per VMA): a huge mm is never one string in memory."""
+    marks = []
+    procs = []
+    for i, p in enumerate(s["processes"]):
+        mark = f"@vmas-{i}-{os.getpid()}@"
+        marks.append((json.dumps(mark), p["vmas"]))
+        procs.append({**p, "vmas": mark})
+    text = json.dumps({**s, "processes": procs}, indent=2)
+    out = sys.stdout
+    for mark, vmas in marks:
+        before, text = text.split(mark, 1)
+        out.write(before)
+        out.write("[")
+        batch = []
+        for k, v in enumerate(vmas):
+            batch.append(("\n        " if k == 0 else ",\n        ") + json.dumps(v))
+            if len(batch) >= 4096:
+                out.write("".join(batch))
+                batch.clear()
+        out.write("".join(batch) + ("\n      ]" if len(vmas) else "]"))
+    out.write(text + "\n")
+
+
+def _print_text(s: dict, args: argparse.Namespace) -> int:
     when = datetime.fromtimestamp(s["dump_start_ns"] / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"checkpoint {s['dir']}")
     if s["dumper_version"]:
@@ -160,16 +221,17 @@ def run(args: argparse.Namespace) -> int:
             print("  no mm image: VMAs unknown (a CRIU pre-dump?); only pages with pagemap entries read")
             continue
         print(f"  {'start':>14} {'end':>14} {'size':>10} {'prot':4} {'kind':12} {'dumped':>8}  name")
+        hidden = 0
         for v in p["vmas"]:
             if not args.all_vmas and v["dumped"] and not v["pages"] and not v["pages_parent"]:
+                hidden += 1
                 continue
             prot = "".join(c if v["prot"] & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
             dumped = "guard" if v["guard"] else (str(v["pages"]) if v["dumped"] else "skipped")
             note = f"  [{v['reason']}]" if not v["dumped"] and v["reason"] else ""
             print(f"  {v['start']:#14x} {v['end']:#14x} {human_bytes(v['end'] - v['start']):>10} {prot:4} "
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
-        hidden = sum(1 for v in p["vmas"] if v["dumped"] and not v["pages"] and not v["pages_parent"])
-        if hidden and not args.all_vmas:
+        if hidden:
             print(f"  ({hidden} VMAs with no pages to dump not listed; --all-vmas shows them)")
     return 0
 

@@ -15,7 +15,7 @@ from ..errors import DumpError
 from ..image import CheckpointWriter
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
-from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.pb import inventory_pb2, stats_pb2
 
 __all__ = ["flatten", "FlattenResult"]
 
@@ -58,8 +58,7 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
                     for vaddr, data in ck.iter_pages(pid, parents=True):
                         pw.add_present(vaddr, data)
                 if proc.mm is not None:  # a set without mm-PID.img stays without (readers accept it)
-                    mm = mm_pb2.mm_entry()
-                    mm.CopyFrom(proc.mm)
+                    mm = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
                     for v in mm.vmas:  # every page now lives here
                         v.nr_pages_dumped = v.nr_pages_dumped + v.nr_pages_parent
                         v.ClearField("nr_pages_parent")

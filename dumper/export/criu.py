@@ -60,7 +60,7 @@ from google.protobuf.message import Message
 
 from ..errors import DumpError, ImageError
 from ..image import format as fmt
-from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
+from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint
 from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
 from ..image.writer import fsync_dir, open_private
 
@@ -209,14 +209,14 @@ class _SetWriter:
             raise ExportError(f"writing {self.result.path / name}: {err.strerror}") from err
         self.finish(f)
 
-    def copy(self, src: Path, name: str) -> None:
+    def copy(self, src: BinaryIO, name: str) -> None:
         f = self.create(name)
         try:
-            with open(src, "rb") as g:
+            with src as g:
                 shutil.copyfileobj(g, f, 1 << 20)
         except OSError as err:
             f.close()
-            raise ExportError(f"copying {src} to {self.result.path / name}: {err.strerror}") from err
+            raise ExportError(f"copying {name} to {self.result.path / name}: {err.strerror}") from err
         self.finish(f)
 
 
@@ -294,7 +294,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
     source) file VMAs and the executable get ``files.img`` ids in
     ``shmid``/``exe_file_id``, and shared memory its inode as ``shmid``
     (CRIU's shmem id); a CRIU source keeps its ids."""
-    src = proc.mm
+    src = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
     mm = criu_fields_only(src)
     for f in mm.DESCRIPTOR.fields:  # CRIU's required fields, 0 when unknown
         if f.is_required and not mm.HasField(f.name):
@@ -398,13 +398,11 @@ def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten
 
 
 def _pstree(ck: Checkpoint) -> list[Message]:
-    src = {}
-    if (ck.path / PSTREE_NAME).exists():
-        for e in read_pstree(ck.path / PSTREE_NAME):
-            src.setdefault(e.pid, e)
+    tree = ck.pstree  # read with the checkpoint (through its directory, compactly)
     out = []
     for pid in ck.pids:
-        e = src.get(pid)
+        row = tree.find(pid) if tree is not None else -1
+        e = tree[row] if row >= 0 else None
         if e is not None:
             out.append(pstree_pb2.pstree_entry(pid=pid, ppid=e.ppid, pgid=e.pgid, sid=e.sid,
                                                threads=list(e.threads) or [pid]))
@@ -425,8 +423,8 @@ def _write_set(ck: Checkpoint, directory: Path, final: Path, flatten: bool) -> E
         w.image(FILES_NAME, "FILES", files.entries)
     else:
         for name in _CRIU_FILE_IMAGES:
-            if (ck.path / name).is_file():
-                w.copy(ck.path / name, name)
+            if ck.has_image(name):  # opened through the checkpoint directory: never a symlink
+                w.copy(ck.open_image(name), name)
     for pages_id, pid in enumerate(ck.pids, 1):
         if pid in mms:
             w.image(fmt.mm_name(pid), "MM", [mms[pid]])

@@ -62,7 +62,6 @@ cache a frame); open one per thread.
 
 from __future__ import annotations
 
-import bisect
 import os
 import re
 import threading
@@ -80,7 +79,7 @@ from ..errors import BadMagic, CorruptImage, DumpError, ImageError
 from . import format as fmt
 from .criu_files import CriuFile, load_criu_files
 from .mapped import FileIdentity, ImageDir, MappedFileError, open_mapped_file, printable_path, recorded_identity
-from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2, vma_pb2
+from .pb import inventory_pb2, pagemap_pb2, stats_pb2, vma_pb2
 from .reader import (
     PagemapEntries,
     PagemapEntry,
@@ -91,6 +90,7 @@ from .reader import (
     open_image_file,
     read_image,
 )
+from .tables import MmEntry, PstreeTable, VmaTable, load_mm, load_pstree
 
 __all__ = [
     "Checkpoint",
@@ -121,6 +121,8 @@ _SHARED_VMAS = (
 _RAW_CHUNK = 16 << 20
 # verify: compressed bytes handed to one worker at a time.
 _VERIFY_BATCH = 4 << 20
+# verify: problems of one kind listed per process before one line counts the rest.
+_MAX_REPORTS = 100
 
 
 def new_checkpoint_id() -> str:
@@ -133,20 +135,15 @@ def new_checkpoint_id() -> str:
 # --- pstree.img (CRIU images/pstree.proto; ours is proto/pstree.proto)
 
 
-def read_pstree(path: str | os.PathLike, f=None) -> list[Message]:
-    """The ``pstree_entry`` messages of a CRIU ``pstree.img`` (root first).
-
-    Fields ``pid``, ``ppid``, ``pgid``, ``sid`` and ``threads``. BadMagic if
-    the file is not a PSTREE image, CorruptImage if it is damaged. ``f``:
-    the file, already open.
+def read_pstree(path: str | os.PathLike, f=None) -> PstreeTable:
+    """The entries of a CRIU ``pstree.img`` (root first) as a
+    :class:`~dumper.image.tables.PstreeTable`: columns ``pid``, ``ppid``,
+    ``pgid``, ``sid`` and ``threads(i)``; iterating gives ``pstree_entry``
+    messages. Memory follows the file (decoded in bulk, streamed). BadMagic
+    if the file is not a PSTREE image, CorruptImage if it is damaged.
+    ``f``: the file, already open.
     """
-    f = f if f is not None else open_image_file(path)
-    with f:
-        f.seek(0)
-        name = fmt.read_magic(f, path)
-        if name != "PSTREE":
-            raise BadMagic(path, 0, f"expected a PSTREE image, found {name}")
-        return [fmt.parse_entry(pstree_pb2.pstree_entry, payload, path, off) for off, payload in fmt.iter_entries(f, path, 8)]
+    return load_pstree(path, f if f is not None else open_image_file(path))
 
 
 # --- parent chain
@@ -247,16 +244,72 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
     return "zero", ""
 
 
+_HOLE_ZERO, _HOLE_FILE, _HOLE_NONE = 0, 1, 2
+
+
+def hole_kinds(t: VmaTable) -> np.ndarray:
+    """:func:`_vma_hole`'s kind for every row of ``t`` at once (int8:
+    0 zeros, 1 the mapped file, 2 not in the checkpoint)."""
+    st = t.status
+    out = np.full(len(t), _HOLE_ZERO, np.int8)
+    out[(st & np.uint32(fmt.VMA_FILE_PRIVATE)) != 0] = _HOLE_FILE
+    out[(st & np.uint32(_SHARED_VMAS | _KERNEL_VMAS)) != 0] = _HOLE_NONE
+    out[(st & np.uint32(fmt.VMA_AREA_AIORING)) != 0] = _HOLE_ZERO
+    out[t.dumped == 0] = _HOLE_NONE
+    return out
+
+
+def pages_per_vma(entries: PagemapEntries, starts: np.ndarray, ends: np.ndarray, ps: int,
+                  *, in_pages: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, other)``: pages of the pagemap ``entries`` (ascending,
+    disjoint) inside each byte range ``[starts[i], ends[i])`` (uint64
+    arrays, any order; ranges may overlap), PE_PRESENT and not; with
+    ``in_pages`` the ranges are in pages (int64). Prefix
+    sums and binary search: O((entries + ranges) log entries), no Python
+    loop."""
+    n = len(starts)
+    if not len(entries) or not n:
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    ups = np.uint64(ps)
+    sp = (entries.vaddr // ups).astype(np.int64)  # < 2**52: fits
+    ep = sp + entries.nr_pages.astype(np.int64)
+    present = entries.mask(fmt.PE_PRESENT)
+    out = []
+    for want in (present, ~present):
+        nr = np.where(want, ep - sp, 0)
+        before = np.zeros(len(nr) + 1, np.int64)  # pages of entries [0, j)
+        np.cumsum(nr, out=before[1:])
+
+        def below(x: np.ndarray) -> np.ndarray:
+            # pages of the wanted entries below page x
+            j = np.searchsorted(ep, x, side="right")  # entries [0, j) end at or before x
+            total = before[j]
+            k = np.minimum(j, len(sp) - 1)
+            part = (j < len(sp)) & (sp[k] < x) & want[k]
+            return total + np.where(part, x - sp[k], 0)
+
+        if in_pages:
+            out.append(below(ends) - below(starts))
+        else:
+            out.append(below((ends // ups).astype(np.int64)) - below((starts // ups).astype(np.int64)))
+    return out[0], out[1]
+
+
 @dataclass(eq=False)
 class CheckpointProcess:
     """The recorded memory of one process of a checkpoint.
 
-    ``mm`` is the ``mm_entry`` (None when a CRIU set has no ``mm-PID.img``,
-    e.g. a CRIU pre-dump: then VMAs are unknown and only pages with pagemap
-    entries can be read). ``vmas``: its ``vma_entry`` list, ascending and
+    ``mm`` is the ``mm_entry`` as an :class:`~dumper.image.tables.MmEntry`
+    (its fields read as the message's; ``mm.vmas`` every VMA in image order,
+    guards included; ``mm.to_message()`` the whole message), or None when a
+    CRIU set has no ``mm-PID.img`` (e.g. a CRIU pre-dump: then VMAs are
+    unknown and only pages with pagemap entries can be read). ``vmas``: a
+    :class:`~dumper.image.tables.VmaTable` of the VMAs, ascending and
     disjoint, without CRIU's VMA_AREA_GUARD pseudo-VMAs (those are in
-    ``guards``, ascending). ``head``/``entries``: the pagemap after CRIU's
-    compat rules (a :class:`~dumper.image.reader.PagemapEntries`: ascending,
+    ``guards``, ascending by start); indexing or iterating either gives
+    ``vma_entry`` messages, their columns (``start``, ``end``, ``status``...)
+    serve lookups. ``head``/``entries``: the pagemap after CRIU's compat
+    rules (a :class:`~dumper.image.reader.PagemapEntries`: ascending,
     disjoint, page-aligned). ``pages``: the open
     :class:`~dumper.image.reader.PagesReader`. ``ppid``/``threads`` come
     from ``pstree.img`` when there is one.
@@ -264,9 +317,9 @@ class CheckpointProcess:
 
     pid: int
     page_size: int
-    mm: mm_pb2.mm_entry | None
-    vmas: list[vma_pb2.vma_entry]
-    guards: list[vma_pb2.vma_entry]
+    mm: MmEntry | None
+    vmas: VmaTable
+    guards: VmaTable
     head: pagemap_pb2.pagemap_head
     entries: PagemapEntries
     pages: PagesReader
@@ -274,15 +327,16 @@ class CheckpointProcess:
     pagemap_path: Path
     ppid: int | None = None
     threads: tuple[int, ...] = ()
-    _vstarts: list[int] = field(default_factory=list, repr=False)
-    _gstarts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.entries, PagemapEntries):
             self.entries = PagemapEntries.from_list(self.entries)
-        self._vstarts = [v.start for v in self.vmas]
-        self.guards = sorted(self.guards, key=lambda g: g.start)
-        self._gstarts = [g.start for g in self.guards]
+        if not isinstance(self.vmas, VmaTable):
+            self.vmas = VmaTable.from_messages(self.vmas)
+        if not isinstance(self.guards, VmaTable):
+            self.guards = VmaTable.from_messages(self.guards)
+        if len(self.guards) > 1:
+            self.guards = self.guards.take(np.argsort(self.guards.start, kind="stable"))
 
     @property
     def pages_path(self) -> Path:
@@ -300,20 +354,19 @@ class CheckpointProcess:
 
     def vma_at(self, addr: int) -> vma_pb2.vma_entry | None:
         """The recorded VMA holding byte ``addr``, or None."""
-        i = bisect.bisect_right(self._vstarts, addr) - 1
-        if i >= 0 and addr < self.vmas[i].end:
-            return self.vmas[i]
-        return None
+        return self.vmas.at(addr)
 
     def guard_at(self, lo: int, hi: int) -> vma_pb2.vma_entry | None:
         """The first guard region overlapping ``[lo, hi)``, or None."""
-        i = max(bisect.bisect_right(self._gstarts, lo) - 1, 0)
-        for g in self.guards[i:]:
-            if g.start >= hi:
-                break
-            if g.end > lo:
-                return g
-        return None
+        g = self.guards
+        if not len(g):
+            return None
+        i = max(g.index_at(lo), 0)
+        # Guards may overlap each other: the first ending past lo from i on.
+        ends = g.end[i:]
+        starts = g.start[i:]
+        hit = np.flatnonzero((ends > np.uint64(lo)) & (starts < np.uint64(min(hi, (1 << 64) - 1))))
+        return g[i + int(hit[0])] if len(hit) else None
 
     def entry_at(self, addr: int) -> PagemapEntry | None:
         """The pagemap entry holding byte ``addr``, or None."""
@@ -332,58 +385,34 @@ _MM_ENTRY_OFFSET = _FIRST_ENTRY_OFFSET
 _INVENTORY_ENTRY_OFFSET = 4
 
 
-def _load_mm(path: Path, f) -> mm_pb2.mm_entry:
-    """``mm-PID.img``, tolerant of absent fields (only VMA start/end matter)."""
-    with f:
-        name = fmt.read_magic(f, path)
-        if name != "MM":
-            raise BadMagic(path, 0, f"expected an MM image, found {name}")
-        entries = list(fmt.iter_entries(f, path, 8))
-    if len(entries) != 1:
-        raise CorruptImage(path, _MM_ENTRY_OFFSET, f"MM image holds {len(entries)} entries, expected 1")
-    off, payload = entries[0]
-    mm = mm_pb2.mm_entry()
-    try:
-        mm.ParseFromString(payload)
-    except DecodeError as err:
-        raise CorruptImage(path, off, f"bad mm_entry: {err}") from err
-    # proto2 parsers hand out bytes for invalid UTF-8 in string fields.
-    for name in _string_fields(mm):
-        if isinstance(getattr(mm, name), bytes):
-            raise CorruptImage(path, off, f"mm_entry.{name} is not valid UTF-8")
-    vma_strings = _string_fields(vma_pb2.vma_entry())
-    for i, v in enumerate(mm.vmas):
-        if not (v.HasField("start") and v.HasField("end")):
-            raise CorruptImage(path, off, f"VMA {i} has no start or end")
-        for name in vma_strings:
-            if isinstance(getattr(v, name), bytes):
-                raise CorruptImage(path, off, f"VMA {i}: {name} is not valid UTF-8")
-    return mm
-
-
-def _string_fields(msg: Message) -> list[str]:
-    return [f.name for f in msg.DESCRIPTOR.fields if f.type == f.TYPE_STRING and not f.is_repeated]
-
-
-def _check_vmas(mm: mm_pb2.mm_entry, path: Path, ps: int) -> tuple[list, list]:
-    vmas, guards = [], []
-    prev_end = 0
-    for i, v in enumerate(mm.vmas):
-        if v.start % ps or v.end % ps or v.end <= v.start:
-            raise CorruptImage(path, _MM_ENTRY_OFFSET,
-                               f"VMA {i} [{v.start:#x}, {v.end:#x}) is empty or not page aligned")
-        if v.status & fmt.VMA_AREA_GUARD:
-            guards.append(v)
-            continue
-        if v.start < prev_end:
-            raise CorruptImage(path, _MM_ENTRY_OFFSET,
-                               f"VMA {i} at {v.start:#x} overlaps or precedes the previous VMA")
-        if v.status & fmt.VMA_FILE_PRIVATE and v.pgoff % ps:
-            raise CorruptImage(path, _MM_ENTRY_OFFSET, f"VMA {i} [{v.start:#x}, {v.end:#x}): file offset "
-                               f"{v.pgoff:#x} is not page aligned")
-        vmas.append(v)
-        prev_end = v.end
-    return vmas, guards
+def _check_vmas(mm: MmEntry, path: Path, ps: int) -> tuple[VmaTable, VmaTable]:
+    """``(VMAs, guard pseudo-VMAs)`` of ``mm``, checked with numpy: every
+    VMA page aligned and not empty; the VMAs (guards aside) ascending and
+    disjoint; private file mappings at page-aligned file offsets."""
+    t = mm.vmas
+    if not len(t):
+        return t, t
+    ups = np.uint64(ps - 1)
+    bad = ((t.start & ups) != 0) | ((t.end & ups) != 0) | (t.end <= t.start)
+    guard = (t.status & np.uint32(fmt.VMA_AREA_GUARD)) != 0
+    rows = np.flatnonzero(~guard)
+    order = np.zeros(len(t), bool)
+    if len(rows) > 1:
+        order[rows[1:]] = t.start[rows[1:]] < t.end[rows[:-1]]
+    filep = (~guard) & ((t.status & np.uint32(fmt.VMA_FILE_PRIVATE)) != 0) & ((t.pgoff & ups) != 0)
+    problems = bad | order | filep
+    if problems.any():
+        i = int(np.argmax(problems))
+        s, e = int(t.start[i]), int(t.end[i])
+        if bad[i]:
+            raise CorruptImage(path, _MM_ENTRY_OFFSET, f"VMA {i} [{s:#x}, {e:#x}) is empty or not page aligned")
+        if order[i]:
+            raise CorruptImage(path, _MM_ENTRY_OFFSET, f"VMA {i} at {s:#x} overlaps or precedes the previous VMA")
+        raise CorruptImage(path, _MM_ENTRY_OFFSET, f"VMA {i} [{s:#x}, {e:#x}): file offset "
+                           f"{int(t.pgoff[i]):#x} is not page aligned")
+    if len(rows) == len(t):
+        return t, VmaTable.empty()  # no guards: no copy
+    return t.take(rows), t.take(np.flatnonzero(guard))
 
 
 # --- the checkpoint
@@ -396,7 +425,8 @@ class Checkpoint:
     (``inventory_entry``), ``page_size`` (bytes), ``pids`` (root first),
     ``root_pid``, ``processes`` (read-only mapping pid ->
     :class:`CheckpointProcess`), ``is_criu`` (no dumper fields in the
-    inventory), ``owner_uid`` (of the directory). Properties ``stats``,
+    inventory), ``owner_uid`` (of the directory), ``pstree``
+    (:class:`~dumper.image.tables.PstreeTable` of ``pstree.img``, or None). Properties ``stats``,
     ``parent``, ``parent_paths`` and ``parent_error`` load on first use.
 
     Raises ImageError (or a subclass) for anything wrong with this
@@ -438,22 +468,23 @@ class Checkpoint:
         if inv_ps is not None:
             fmt.check_page_size(inv_ps, inv_path, _INVENTORY_ENTRY_OFFSET)
 
-        tree: dict[int, Message] = {}
+        tree: PstreeTable | None = None
         if d.exists(PSTREE_NAME):  # ppid and threads of each process, whoever lists the pids
-            for e in read_pstree(self.path / PSTREE_NAME, d.open(PSTREE_NAME)):
-                tree.setdefault(e.pid, e)
+            tree = read_pstree(self.path / PSTREE_NAME, d.open(PSTREE_NAME))
         if len(inv.pids):
             pids = list(dict.fromkeys(inv.pids))
             root = inv.root_pid if inv.HasField("root_pid") else pids[0]
             for pid in pids:  # the inventory names them: a missing one is its error
                 if not d.exists(fmt.pagemap_name(pid)):
                     raise CorruptImage(inv_path, _INVENTORY_ENTRY_OFFSET, f"pid {pid} has no {fmt.pagemap_name(pid)}")
-        elif d.exists(PSTREE_NAME):
-            if not tree:
+        elif tree is not None:
+            if not len(tree):
                 raise CorruptImage(self.path / PSTREE_NAME, _FIRST_ENTRY_OFFSET, "no processes")
-            # Processes without memory (zombies) have no pagemap in CRIU's images.
-            pids = [p for p in tree if d.exists(fmt.pagemap_name(p))]
-            root = next(iter(tree))
+            # Processes without memory (zombies) have no pagemap in CRIU's
+            # images; the directory is listed once, not looked up per pid.
+            have = {int(m.group(1)) for n in d.listdir() if (m := _PAGEMAP_RE.match(n))}
+            pids = tree.unique_pids(among=have)
+            root = int(tree.pid[0])
         else:
             pids = sorted(int(m.group(1)) for n in d.listdir() if (m := _PAGEMAP_RE.match(n)))
             root = inv.root_pid if inv.HasField("root_pid") else (pids[0] if pids else 0)
@@ -468,13 +499,15 @@ class Checkpoint:
         procs: dict[int, CheckpointProcess] = {}
         try:
             for pid in self.pids:
-                procs[pid] = self._load_process(pid, inv_ps, tree.get(pid))
+                row = tree.find(pid) if tree is not None else -1
+                procs[pid] = self._load_process(pid, inv_ps, (tree, row) if row >= 0 else None)
         except BaseException:
             for p in procs.values():
                 p.pages.close()
             raise
         self.processes: Mapping[int, CheckpointProcess] = types.MappingProxyType(procs)
         self.page_size = procs[root].page_size
+        self.pstree: PstreeTable | None = tree
 
     def _load_process(self, pid: int, inv_ps: int | None, tree_entry) -> CheckpointProcess:
         d = self._dir
@@ -486,8 +519,10 @@ class Checkpoint:
             raise CorruptImage(pm_path, _FIRST_ENTRY_OFFSET, f"page size {ps}, the inventory says {inv_ps}")
         # Without mm-PID.img (a CRIU pre-dump, or a damaged set) VMAs are
         # unknown: every command reads what the pagemap holds and says so.
-        mm = _load_mm(mm_path, d.open(mm_path.name)) if d.exists(mm_path.name) else None
-        vmas, guards = _check_vmas(mm, mm_path, ps) if mm is not None else ([], [])
+        mm = load_mm(mm_path, d.open(mm_path.name)) if d.exists(mm_path.name) else None
+        vmas, guards = _check_vmas(mm, mm_path, ps) if mm is not None else (VmaTable.empty(), VmaTable.empty())
+        if mm is not None:
+            mm.split(vmas, guards)  # one copy of the columns
         compressed = head.compression == fmt.COMPRESSION_ZSTD  # load_pagemap refused unknown codecs
         name = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
         pages = PagesReader(self.path / name, compressed=compressed, page_size=ps, f=d.open(name))
@@ -506,9 +541,21 @@ class Checkpoint:
         return CheckpointProcess(
             pid=pid, page_size=ps, mm=mm, vmas=vmas, guards=guards, head=head, entries=entries, pages=pages,
             mm_path=mm_path, pagemap_path=pm_path,
-            ppid=tree_entry.ppid if tree_entry is not None else None,
-            threads=tuple(tree_entry.threads) if tree_entry is not None else (),
+            ppid=int(tree_entry[0].ppid[tree_entry[1]]) if tree_entry is not None else None,
+            threads=tree_entry[0].threads(tree_entry[1]) if tree_entry is not None else (),
         )
+
+    def open_image(self, name: str):
+        """Image file ``name`` of this checkpoint opened for reading, the one
+        safe way (relative to the directory, never through a symlink,
+        regular files only: :class:`~dumper.image.mapped.ImageDir`).
+        ImageError otherwise."""
+        self._check_open()
+        return self._dir.open(name)
+
+    def has_image(self, name: str) -> bool:
+        """Whether the directory has an entry ``name`` (not followed)."""
+        return self._dir.exists(name)
 
     # --- lazily loaded parts
 
@@ -785,18 +832,18 @@ class Checkpoint:
                 "(MADV_GUARD_INSTALL): reading it faults in the process (SIGSEGV)",
             )
         vmas = proc.vmas
-        i = max(bisect.bisect_right(proc._vstarts, lo) - 1, 0)
-        if i < len(vmas) and vmas[i].end <= lo:
+        n = len(vmas)
+        i = max(vmas.index_at(lo), 0)
+        if i < n and int(vmas.end[i]) <= lo:
             i += 1
         pos = lo
         while pos < hi:
-            if i >= len(vmas) or vmas[i].start > pos:
+            if i >= n or int(vmas.start[i]) > pos:
                 raise ImageError(
                     proc.mm_path, None, f"pid {proc.pid}: address {max(pos, addr):#x} is outside any recorded VMA"
                 )
-            v = vmas[i]
-            end = min(v.end, hi)
-            yield pos, end, v
+            end = min(int(vmas.end[i]), hi)
+            yield pos, end, vmas[i]
             pos = end
             i += 1
 
@@ -1026,23 +1073,19 @@ class Checkpoint:
     def _verify_files(self, proc: CheckpointProcess) -> Iterator[ImageError]:
         """One problem per mapped file that untouched private pages need
         and that cannot supply them (gone, changed, not to be read here)."""
-        seen = set()
+        t = proc.vmas
+        if not len(t):
+            return
         ps = proc.page_size
-        for v in proc.vmas:
-            if _vma_hole(v)[0] != "file" or v.path.endswith(" (deleted)"):
+        # Needed only where some page of a private file VMA has no pagemap entry.
+        pres, other = pages_per_vma(proc.entries, t.start, t.end, ps)
+        size = ((t.end - t.start) // np.uint64(ps)).astype(np.int64)
+        need = np.flatnonzero((hole_kinds(t) == _HOLE_FILE) & (pres + other < size))
+        seen = set()
+        for i in need.tolist():
+            v = t[i]
+            if v.path.endswith(" (deleted)"):
                 continue  # a file deleted before the dump: reads say so, nothing changed since
-            # Needed only if some page of the VMA has no pagemap entry.
-            i = proc.entries.index_at(v.start)
-            covered = 0
-            j = max(i, 0)
-            ent = proc.entries
-            while j < len(ent) and int(ent.vaddr[j]) < v.end:
-                a = max(int(ent.vaddr[j]), v.start)
-                b = min(int(ent.vaddr[j]) + int(ent.nr_pages[j]) * ps, v.end)
-                covered += max(0, b - a)
-                j += 1
-            if covered >= v.end - v.start:
-                continue
             path, ident, why = self.mapped_file(proc, v)
             if path is None or (path, ident) in seen:
                 continue  # unknown file: reads say so; nothing to verify
@@ -1053,55 +1096,81 @@ class Checkpoint:
                 yield err
 
     def _verify_layout(self, proc: CheckpointProcess) -> Iterator[ImageError]:
+        """Entries outside recorded VMAs or in VMAs whose contents are not
+        dumped, and VMAs whose recorded page counts differ from the
+        pagemap's; at most :data:`_MAX_REPORTS` problems of each kind, then
+        one line counting the rest. Vectorised: no Python loop per entry."""
         ps = proc.page_size
         path = proc.pagemap_path
         if proc.mm is None:
             return
-        vmas = proc.vmas
-        present_in = [0] * len(vmas)
-        parent_in = [0] * len(vmas)
-        j = 0
-        for k, ent in enumerate(proc.entries):
-            s, e = ent.vaddr, ent.vaddr + ent.nr_pages * ps
-            while j < len(vmas) and vmas[j].end <= s:
-                j += 1
-            pos, jj = s, j
-            while pos < e:
-                if jj >= len(vmas) or vmas[jj].start > pos:
-                    yield CorruptImage(
-                        path, None,
-                        f"pid {proc.pid}: entry {k + 1} [{s:#x}, {e:#x}): {pos:#x} is outside any recorded VMA",
-                    )
-                    break
-                v = vmas[jj]
-                kind, why = _vma_hole(v)
-                if kind == "none":
-                    yield CorruptImage(
-                        path, None,
-                        f"pid {proc.pid}: entry {k + 1} [{s:#x}, {e:#x}) lies in VMA {v.start:#x}-{v.end:#x} "
-                        f"whose contents are not dumped ({why})",
-                    )
-                end = min(v.end, e)
-                n = (end - pos) // ps
-                if ent.flags & fmt.PE_PRESENT:
-                    present_in[jj] += n
-                elif ent.flags & fmt.PE_PARENT:
-                    parent_in[jj] += n
-                pos = end
-                jj += 1
-        for v, pres, par in zip(vmas, present_in, parent_in):
-            if v.HasField("nr_pages_dumped") and v.nr_pages_dumped != pres:
+        t = proc.vmas
+        ent = proc.entries
+        ups = np.uint64(ps)
+        if len(ent):
+            # Pages of each entry covered by VMAs (VMAs as "entries" of a pagemap: ascending, disjoint).
+            as_entries = PagemapEntries(t.start, (t.end - t.start) // ups, np.full(len(t), fmt.PE_PRESENT, np.uint32),
+                                        np.zeros(len(t), np.int64))
+            covered, _ = pages_per_vma(as_entries, (ent.vaddr // ups).astype(np.int64),
+                                       ent.end_pages(ps).astype(np.int64), ps, in_pages=True)
+            outside = np.flatnonzero(covered < ent.nr_pages.astype(np.int64))
+            for k in outside[:_MAX_REPORTS].tolist():
+                s, e = int(ent.vaddr[k]), int(ent.vaddr[k]) + int(ent.nr_pages[k]) * ps
+                pos = self._first_outside(t, s, e)
+                yield CorruptImage(path, None,
+                                   f"pid {proc.pid}: entry {k + 1} [{s:#x}, {e:#x}): {pos:#x} is outside any recorded VMA")
+            if len(outside) > _MAX_REPORTS:
+                yield CorruptImage(path, None, f"pid {proc.pid}: and {len(outside) - _MAX_REPORTS} more entries "
+                                   "outside any recorded VMA")
+            # Entries inside VMAs whose contents are not dumped.
+            none = np.flatnonzero(hole_kinds(t) == _HOLE_NONE)
+            reported = 0
+            ends = ent.end_pages(ps)
+            for j in none.tolist():
+                lo = int(np.searchsorted(ends, t.start[j] // ups, side="right"))
+                hi = int(np.searchsorted(ent.vaddr, t.end[j], side="left"))
+                if hi <= lo:
+                    continue
+                v = t[j]
+                why = _vma_hole(v)[1]
+                for k in range(lo, hi):
+                    if reported == _MAX_REPORTS:
+                        break
+                    reported += 1
+                    s, e = int(ent.vaddr[k]), int(ent.vaddr[k]) + int(ent.nr_pages[k]) * ps
+                    yield CorruptImage(path, None,
+                                       f"pid {proc.pid}: entry {k + 1} [{s:#x}, {e:#x}) lies in VMA {v.start:#x}-"
+                                       f"{v.end:#x} whose contents are not dumped ({why})")
+        pres, par = pages_per_vma(ent, t.start, t.end, ps)
+        if len(ent):  # PE_PARENT only: lazy pages count in neither
+            par = pages_per_vma(PagemapEntries(ent.vaddr, ent.nr_pages,
+                                               np.where(ent.mask(fmt.PE_PARENT), np.uint32(fmt.PE_PRESENT),
+                                                        np.uint32(0)), ent.pages_off),
+                                t.start, t.end, ps)[0]
+        for col, have, what in ((t.nr_pages_dumped, pres, "pages dumped"), (t.nr_pages_parent, par, "pages in the parent")):
+            bad = np.flatnonzero((col >= 0) & (col != have))
+            for j in bad[:_MAX_REPORTS].tolist():
                 yield CorruptImage(
                     proc.mm_path, None,
-                    f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x} records {v.nr_pages_dumped} pages dumped, "
-                    f"the pagemap has {pres}",
+                    f"pid {proc.pid}: VMA {int(t.start[j]):#x}-{int(t.end[j]):#x} records {int(col[j])} {what}, "
+                    f"the pagemap has {int(have[j])}",
                 )
-            if v.HasField("nr_pages_parent") and v.nr_pages_parent != par:
-                yield CorruptImage(
-                    proc.mm_path, None,
-                    f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x} records {v.nr_pages_parent} pages in the parent, "
-                    f"the pagemap has {par}",
-                )
+            if len(bad) > _MAX_REPORTS:
+                yield CorruptImage(proc.mm_path, None,
+                                   f"pid {proc.pid}: and {len(bad) - _MAX_REPORTS} more VMAs whose {what} differ")
+
+    @staticmethod
+    def _first_outside(t: VmaTable, s: int, e: int) -> int:
+        """The first address of ``[s, e)`` no row of ``t`` holds."""
+        pos = s
+        i = max(t.index_at(pos), 0)
+        while pos < e:
+            if i >= len(t) or int(t.start[i]) > pos:
+                return pos
+            if int(t.end[i]) > pos:
+                pos = int(t.end[i])
+            i += 1
+        return e
 
     def _verify_parent_cover(self, proc: CheckpointProcess) -> Iterator[ImageError]:
         try:
