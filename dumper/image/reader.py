@@ -311,7 +311,8 @@ def load_pagemap(
     ``pages_off`` that is not the running sum of PE_PRESENT pages, or do not
     add up to the head's ``nr_present_pages``; and for a bad ``pages_file``.
     """
-    cols = (array.array("Q"), array.array("Q"), array.array("I"), array.array("Q"), array.array("q"))
+    # vaddr, nr_pages, flags, pages_off, and crc32 (made at the first entry that has one)
+    cols = [array.array("Q"), array.array("Q"), array.array("I"), array.array("Q"), None]
     head = None
     head_at = 8
     ps = 0
@@ -404,16 +405,31 @@ def _decode_block_fast(buf, starts, sizes, cols) -> bool:
     fl = np.where(in_parent != 0, flags | np.uint64(fmt.PE_PARENT),
                   np.where(has[3], flags, np.uint64(fmt.PE_PRESENT))).astype(np.uint32)
     po = np.where(has[5], pages_off, np.uint64(_NO_PAGES_OFF))
-    cr = np.where(has[6], crc.astype(np.int64), np.int64(_NO_CRC))
-    for col, arr in zip(cols, (vaddr, nr, fl, po, cr)):
+    _add_crcs(cols, np.where(has[6], crc.astype(np.int64), np.int64(_NO_CRC)) if has[6].any() else None, len(nr))
+    for col, arr in zip(cols, (vaddr, nr, fl, po)):
         col.frombytes(arr.tobytes())
     return True
+
+
+def _add_crcs(cols: list, crcs: np.ndarray | None, n: int) -> None:
+    """Append ``n`` entries' crc32 values (int64, -1 for none; None: no
+    entry has one) to ``cols[4]``, made (-1 for the earlier entries) the
+    first time some entry has one: most pagemaps never pay for the column."""
+    if crcs is None:
+        if cols[4] is not None:
+            cols[4].frombytes(np.full(n, _NO_CRC, np.int64).tobytes())
+        return
+    if cols[4] is None:
+        cols[4] = array.array("q", np.full(len(cols[0]), _NO_CRC, np.int64).tobytes())
+    cols[4].frombytes(crcs.tobytes())
 
 
 def _decode_block_protobuf(path, base: int, buf, starts, sizes, index: int, cols) -> None:
     """Append one block's entries to ``cols``, parsed by protobuf one at a
     time (the reference decoder); ``index``: number of the first entry."""
-    va_add, nr_add, fl_add, po_add, crc_add = (c.append for c in cols)
+    va_add, nr_add, fl_add, po_add = (c.append for c in cols[:4])
+    crcs = []
+    crc_add = crcs.append
     new = pagemap_pb2.pagemap_entry
     mv = memoryview(buf)
     for i, (s, z) in enumerate(zip(starts.tolist(), sizes.tolist()), index):
@@ -436,7 +452,13 @@ def _decode_block_protobuf(path, base: int, buf, starts, sizes, index: int, cols
             fl_add(fmt.PE_PRESENT)
         po_add(pe.pages_off if pe.HasField("pages_off") else _NO_PAGES_OFF)
         crc_add(pe.pages_crc32 if pe.HasField("pages_crc32") else _NO_CRC)
-
+    # (appended after the other columns: _add_crcs sizes a new column by them)
+    arr = np.array(crcs, np.int64)
+    cols_before = len(cols[0]) - len(crcs)
+    if (arr != _NO_CRC).any() and cols[4] is None:
+        cols[4] = array.array("q", np.full(cols_before, _NO_CRC, np.int64).tobytes())
+    if cols[4] is not None:
+        cols[4].frombytes(arr.tobytes())
 
 def _stream_entries(f, path, offset: int) -> Iterator[tuple[int, bytes]]:
     """Like :func:`~dumper.image.format.iter_entries` from the current
@@ -504,7 +526,8 @@ def _check_entries(path, f, va, nr, fl, po, ps: int, crc=None) -> tuple[PagemapE
     first_page = vaddr // ups
     # end <= 2**64 <=> nr <= 2**64/ps - vaddr/ps (vaddr aligned): no overflow.
     bad_range = (nrp == 0) | ((vaddr & np.uint64(ps - 1)) != 0) | (nrp > np.uint64(_U64_LIMIT // ps) - first_page)
-    end_page = first_page + np.where(bad_range, np.uint64(0), nrp)
+    end_page = np.where(bad_range, np.uint64(0), nrp)
+    end_page += first_page  # in place: one temporary array fewer at the peak
     overlap = np.zeros(n, bool)
     overlap[1:] = first_page[1:] < end_page[:-1]
     del end_page, first_page
