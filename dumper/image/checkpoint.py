@@ -66,6 +66,7 @@ import os
 import re
 import threading
 import types
+import zlib
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -367,6 +368,32 @@ class CheckpointProcess:
         starts = g.start[i:]
         hit = np.flatnonzero((ends > np.uint64(lo)) & (starts < np.uint64(min(hi, (1 << 64) - 1))))
         return g[i + int(hit[0])] if len(hit) else None
+
+    def check_crc(self, e: PagemapEntry, crc: int) -> None:
+        """CorruptImage unless ``crc`` (zlib crc32 of entry ``e``'s pages as
+        read) is the one its pagemap entry records."""
+        if e.crc32 is not None and crc != e.crc32:
+            ps = self.page_size
+            raise CorruptImage(
+                self.pages.path, e.pages_off * ps,
+                f"pid {self.pid}: pages [{e.vaddr:#x}, {e.vaddr + e.nr_pages * ps:#x}) do not match their checksum "
+                f"(crc32 {crc:#010x}, {self.pagemap_path.name} records {e.crc32:#010x}): the pages file is damaged",
+            )
+
+    def iter_entry_data(self, e: PagemapEntry, max_pages: int = 256) -> Iterator[tuple[int, bytes]]:
+        """``(vaddr, data)`` of PE_PRESENT entry ``e``'s pages, at most
+        ``max_pages`` a chunk, in order; the entry's crc32 (raw files dumper
+        wrote) checked before the last chunk is given out (CorruptImage)."""
+        ps = self.page_size
+        crc = 0 if e.crc32 is not None else None
+        for done in range(0, e.nr_pages, max_pages):
+            n = min(max_pages, e.nr_pages - done)
+            data = self.pages.read_pages(e.pages_off + done, n)
+            if crc is not None:
+                crc = zlib.crc32(data, crc)
+                if done + n == e.nr_pages:
+                    self.check_crc(e, crc)
+            yield e.vaddr + done * ps, data
 
     def entry_at(self, addr: int) -> PagemapEntry | None:
         """The pagemap entry holding byte ``addr``, or None."""
@@ -734,13 +761,13 @@ class Checkpoint:
             present = e.flags & fmt.PE_PRESENT
             if not present and not (parents and e.flags & fmt.PE_PARENT):
                 continue
+            if present:
+                yield from proc.iter_entry_data(e, max_pages)
+                continue
             for done in range(0, e.nr_pages, max_pages):
                 n = min(max_pages, e.nr_pages - done)
                 vaddr = e.vaddr + done * ps
-                if present:
-                    yield vaddr, proc.pages.read_pages(e.pages_off + done, n)
-                else:
-                    yield vaddr, self._parent_for(proc, vaddr, n * ps).read_recorded(proc.pid, vaddr, n * ps)
+                yield vaddr, self._parent_for(proc, vaddr, n * ps).read_recorded(proc.pid, vaddr, n * ps)
 
     def recorded_ranges(self, pid: int | None = None) -> list[tuple[int, int]]:
         """``(start, end)`` byte ranges (end-exclusive, ascending, adjacent
@@ -868,7 +895,8 @@ class Checkpoint:
                 pos = es
             b = min(es + ent.nr_pages * ps, e)
             if ent.flags & fmt.PE_PRESENT:
-                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b)
+                whole = pos == es and b == es + ent.nr_pages * ps  # the whole entry: its checksum applies
+                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b, ent if whole else None)
             elif ent.flags & fmt.PE_PARENT:
                 parent = self._parent_for(proc, pos, b - pos)
                 pproc = parent.processes.get(proc.pid)
@@ -906,18 +934,28 @@ class Checkpoint:
             )
         return parent
 
-    def _present(self, proc: CheckpointProcess, index: int, s: int, e: int) -> Iterator[bytes]:
+    def _present(self, proc: CheckpointProcess, index: int, s: int, e: int,
+                 whole: PagemapEntry | None = None) -> Iterator[bytes]:
         """Stream pages from ``index`` on, for ``[s, e)``: one chunk per zstd
-        frame (whole frames come back without a copy), or per 16 MiB raw."""
+        frame (whole frames come back without a copy), or per 16 MiB raw.
+        ``whole``: the entry, when ``[s, e)`` is all of it; its crc32 (raw
+        files written by dumper) is then checked before the last chunk is
+        given out (CorruptImage)."""
         ps = proc.page_size
         pages = proc.pages
         step = pages.frame_pages or max(1, _RAW_CHUNK // ps)
         left = (e - s) // ps
+        crc = 0 if whole is not None and whole.crc32 is not None else None
         while left:
             n = min(left, step - index % step)  # stop at a frame boundary
-            yield pages.read_pages(index, n)
+            data = pages.read_pages(index, n)
             index += n
             left -= n
+            if crc is not None:
+                crc = zlib.crc32(data, crc)
+                if not left:
+                    proc.check_crc(whole, crc)
+            yield data
 
     def _hole(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[bytes | memoryview]:
         if vma is None:
@@ -1032,7 +1070,10 @@ class Checkpoint:
         found (not raised), nothing when intact.
 
         Checks: every zstd frame decompressed (content size, XXH64 checksum,
-        frame length against the index) unless ``frames`` is false; PE_PRESENT
+        frame length against the index) and, for raw pages files dumper
+        wrote, every entry's pages against the crc32 its pagemap entry
+        records, unless ``frames`` is false (raw files without checksums, as
+        CRIU writes them, cannot be checked: :meth:`unchecked_pages`); PE_PRESENT
         pages equal to the pages file's length; every entry inside recorded
         VMAs whose contents are dumped; VMAs' ``nr_pages_dumped`` equal to
         their PE_PRESENT pages; ``stats-dump`` readable; every PE_PARENT range
@@ -1069,6 +1110,24 @@ class Checkpoint:
                 yield from self._verify_parent_cover(proc)
             if frames:
                 yield from _verify_frames(proc.pages, threads)
+                yield from _verify_crcs(proc)
+
+    def unchecked_pages(self) -> dict[int, int]:
+        """PE_PRESENT pages per pid whose contents nothing can check: raw
+        pages files without checksums (CRIU's sets; dumper's raw sets carry a
+        crc32 per pagemap entry, its compressed ones zstd's checksums)."""
+        out = {}
+        for pid, proc in self.processes.items():
+            if proc.pages.compressed:
+                continue
+            ent = proc.entries
+            no_crc = ent.mask(fmt.PE_PRESENT)
+            if ent.crc32 is not None:
+                no_crc &= ent.crc32 < 0
+            n = int(ent.nr_pages[no_crc].sum(dtype=np.uint64)) if len(ent) else 0
+            if n:
+                out[pid] = n
+        return out
 
     def _verify_files(self, proc: CheckpointProcess) -> Iterator[ImageError]:
         """One problem per mapped file that untouched private pages need
@@ -1302,6 +1361,50 @@ def _join(parts: list, skip: int, size: int) -> bytes:
         out.append(mv)
         need -= len(mv)
     return b"".join(out)
+
+
+# --- page contents verification
+
+
+def _verify_crcs(proc: CheckpointProcess) -> Iterator[ImageError]:
+    """Check every PE_PRESENT entry of a raw pages file against the crc32
+    its pagemap entry records: one sequential pass over the file in 16 MiB
+    reads into one buffer; at most :data:`_MAX_REPORTS` mismatches listed."""
+    ent = proc.entries
+    if proc.pages.compressed or ent.crc32 is None:
+        return
+    ps = proc.page_size
+    rows = np.flatnonzero(ent.mask(fmt.PE_PRESENT) & (ent.crc32 >= 0))
+    fd = proc.pages._fd
+    buf = bytearray(_RAW_CHUNK)
+    mv = memoryview(buf)
+    have_at, have = 0, 0  # the file bytes [have_at, have_at + have) are in buf
+    bad = 0
+    for k in rows.tolist():
+        off, n = int(ent.pages_off[k]) * ps, int(ent.nr_pages[k]) * ps
+        crc, pos = 0, off
+        while pos < off + n:
+            if not have_at <= pos < have_at + have:
+                try:
+                    have_at, have = pos, os.preadv(fd, [mv], pos)
+                except OSError as err:
+                    yield ImageError(proc.pages.path, pos, f"read failed: {err.strerror}")
+                    return
+                if have == 0:
+                    yield CorruptImage(proc.pages.path, pos, f"truncated: pages at {pos} are missing")
+                    return
+            take = min(off + n, have_at + have) - pos
+            crc = zlib.crc32(mv[pos - have_at:pos - have_at + take], crc)
+            pos += take
+        try:
+            proc.check_crc(ent[k], crc)
+        except CorruptImage as err:
+            bad += 1
+            if bad <= _MAX_REPORTS:
+                yield err
+    if bad > _MAX_REPORTS:
+        yield CorruptImage(proc.pages.path, None, f"pid {proc.pid}: and {bad - _MAX_REPORTS} more entries whose "
+                           "pages do not match their checksum")
 
 
 # --- frame verification
