@@ -55,12 +55,13 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
             for pid in ck.pids:
                 proc = ck.process(pid)
                 with w.pages_writer(pid, 1, compress=compress, level=level, threads=threads) as pw:
-                    for vaddr, data in ck.iter_pages(pid, parents=True):
+                    # (holes of a sparse raw pages file in anonymous memory are left out: zeros anyway)
+                    for vaddr, data in ck.iter_copy(pid, parents=True):
                         pw.add_present(vaddr, data)
                 if proc.mm is not None:  # a set without mm-PID.img stays without (readers accept it)
                     mm = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
-                    for v in mm.vmas:  # every page now lives here
-                        v.nr_pages_dumped = v.nr_pages_dumped + v.nr_pages_parent
+                    for v, n in zip(mm.vmas, ck.copied_per_vma(pid).tolist()):  # every page now lives here
+                        v.nr_pages_dumped = n
                         v.ClearField("nr_pages_parent")
                     w.write_mm(pid, mm)
                 total_pages += pw.stats.pages_present

@@ -344,18 +344,23 @@ def _flat_runs(ck: Checkpoint, pid: int) -> Iterator[tuple[int, bytes]]:
                 f"{proc.pagemap_path}: pages [{e.vaddr:#x}, {e.end(proc.page_size):#x}) are "
                 f"{fmt.format_flags(e.flags, 'pmap.flags')} only: their data is in no image"
             )
-    yield from ck.iter_pages(pid, max_pages=_CHUNK_PAGES, parents=True)
+    # (holes of a sparse raw pages file in anonymous memory are left out: zeros anyway)
+    yield from ck.iter_copy(pid, max_pages=_CHUNK_PAGES, parents=True)
 
 
-def _own_runs(proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
+def _own_runs(ck: Checkpoint, proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
     """``(vaddr, nr_pages, flags, data)`` of ``proc``'s own entries, data for
-    PE_PRESENT pieces only (entries cut into chunks)."""
+    PE_PRESENT pieces only (entries cut into chunks, holes of a sparse raw
+    pages file in anonymous memory left out)."""
     ps = proc.page_size
+    present = ck.iter_copy(proc.pid, max_pages=_CHUNK_PAGES, parents=False)
+    nxt = next(present, None)
     for e in proc.entries:
         if e.flags & fmt.PE_PRESENT:
-            for done in range(0, e.nr_pages, _CHUNK_PAGES):
-                n = min(_CHUNK_PAGES, e.nr_pages - done)
-                yield e.vaddr + done * ps, n, e.flags, proc.pages.read_pages(e.pages_off + done, n)
+            end = e.end(ps)
+            while nxt is not None and nxt[0] < end:
+                yield nxt[0], len(nxt[1]) // ps, e.flags, nxt[1]
+                nxt = next(present, None)
         else:
             yield e.vaddr, e.nr_pages, e.flags, None
 
@@ -370,7 +375,7 @@ def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten
         if flatten:
             runs = ((vaddr, len(data) // ps, fmt.PE_PRESENT, data) for vaddr, data in _flat_runs(ck, pid))
         else:
-            runs = _own_runs(proc)
+            runs = _own_runs(ck, proc)
         for vaddr, nr, flags, data in runs:
             if data is not None:
                 f.write(data)

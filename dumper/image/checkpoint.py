@@ -248,6 +248,29 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
 _HOLE_ZERO, _HOLE_FILE, _HOLE_NONE = 0, 1, 2
 
 
+def _split_by_zero_vmas(vmas: VmaTable | None, kinds, s: int, e: int) -> list[tuple[int, int, bool]]:
+    """``[s, e)`` cut where VMAs of ``vmas`` begin and end: ``(a, b,
+    droppable)``, droppable where the VMA's pages without an entry read
+    as zeros (never without an mm)."""
+    if vmas is None or not len(vmas):
+        return [(s, e, False)]
+    out = []
+    pos = s
+    n = len(vmas)
+    i = max(vmas.index_at(s), 0)
+    while pos < e:
+        while i < n and int(vmas.end[i]) <= pos:
+            i += 1
+        if i < n and int(vmas.start[i]) <= pos:
+            b, droppable = min(e, int(vmas.end[i])), bool(kinds[i] == _HOLE_ZERO)
+            i += 1
+        else:
+            b, droppable = (min(e, int(vmas.start[i])) if i < n else e), False
+        out.append((pos, b, droppable))
+        pos = b
+    return out
+
+
 def hole_kinds(t: VmaTable) -> np.ndarray:
     """:func:`_vma_hole`'s kind for every row of ``t`` at once (int8:
     0 zeros, 1 the mapped file, 2 not in the checkpoint)."""
@@ -486,6 +509,7 @@ class Checkpoint:
         self._stats: stats_pb2.dump_stats_entry | None | bool = False  # False: not loaded
         self._files: dict[tuple, tuple[int, str, int]] = {}
         self._criu_files: dict[int, CriuFile] | None = None
+        self.left_out: dict[int, list[tuple[int, int]]] = {}
         self._closed = False
         inv_path = self.path / fmt.INVENTORY_NAME
         self.inventory: inventory_pb2.inventory_entry = load_inventory(inv_path, d.open(fmt.INVENTORY_NAME))
@@ -769,13 +793,85 @@ class Checkpoint:
                 vaddr = e.vaddr + done * ps
                 yield vaddr, self._parent_for(proc, vaddr, n * ps).read_recorded(proc.pid, vaddr, n * ps)
 
+    def iter_copy(self, pid: int | None = None, *, parents: bool = True, max_pages: int = 256,
+                  max_zero_bytes: int = 1 << 30) -> Iterator[tuple[int, bytes | memoryview]]:
+        """What a copy of the checkpoint (flatten, export) writes for
+        ``pid``: ``(vaddr, data)`` like :meth:`iter_pages` (PE_PARENT resolved
+        with ``parents``), except that pages which are holes of a raw pages
+        file (a sparse file: zeros it does not hold) are left out where a
+        page without an entry reads as zeros too (private anonymous VMAs),
+        so the work follows the data the files hold, not the pages they
+        declare (a 1 TiB sparse set is copied in the time of its data).
+        Holes elsewhere (file mappings, sets without mm) are given as zeros,
+        at most ``max_zero_bytes`` in all (then ImageError). After the
+        iteration ``self.left_out[pid]`` holds the ``(start, end)`` byte
+        ranges left out. Entries' crc32 checked as :meth:`iter_pages` does."""
+        proc = self.process(pid)
+        ps = proc.page_size
+        ent = proc.entries
+        bits = fmt.PE_PRESENT | (fmt.PE_PARENT if parents else 0)
+        left_out: list[tuple[int, int]] = []
+        self.left_out[proc.pid] = left_out
+        zeros = 0
+        vmas = proc.vmas if proc.mm is not None else None
+        kinds = hole_kinds(vmas) if vmas is not None else None
+        for s, e in self._ranges(proc, bits):
+            pos = s
+            for chunk in self._chunks(proc, s, e, None, holes=True):
+                n = len(chunk)
+                if type(chunk) is Hole:
+                    for a, b, droppable in _split_by_zero_vmas(vmas, kinds, pos, pos + n):
+                        if droppable:
+                            left_out.append((a, b))
+                            continue
+                        zeros += b - a
+                        if zeros > max_zero_bytes:
+                            raise ImageError(
+                                proc.pages.path, None,
+                                f"pid {proc.pid}: [{a:#x}, {b:#x}) and more are holes of the pages file (a sparse "
+                                f"file) where the zeros cannot be left out; refusing to write more than "
+                                f"{max_zero_bytes >> 20} MiB of them",
+                            )
+                        for z in range(a, b, max_pages * ps):
+                            yield z, bytes(min(max_pages * ps, b - z))
+                else:
+                    mv = memoryview(chunk)
+                    for o in range(0, n, max_pages * ps):
+                        yield pos + o, mv[o:o + max_pages * ps]
+                pos += n
+
+    def copied_per_vma(self, pid: int | None = None) -> np.ndarray:
+        """Pages a copy made by :meth:`iter_copy` (PE_PARENT resolved) holds
+        in each VMA of ``pid``'s ``mm.vmas`` (image order; int64; guard
+        pseudo-VMAs 0): its ``nr_pages_dumped``."""
+        proc = self.process(pid)
+        t = proc.mm.vmas if proc.mm is not None else VmaTable.empty()
+        if not len(t):
+            return np.zeros(0, np.int64)
+        ps = proc.page_size
+        ent = proc.entries
+        rec = ent[ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT)] if len(ent) else ent
+        rec = PagemapEntries(rec.vaddr, rec.nr_pages, np.full(len(rec), fmt.PE_PRESENT, np.uint32), rec.pages_off)
+        have = pages_per_vma(rec, t.start, t.end, ps)[0]
+        ranges = self.left_out.get(proc.pid, [])
+        if ranges:
+            holes = PagemapEntries(np.array([a for a, _ in ranges], np.uint64),
+                                   np.array([(b - a) // ps for a, b in ranges], np.uint64),
+                                   np.full(len(ranges), fmt.PE_PRESENT, np.uint32), np.zeros(len(ranges), np.int64))
+            have -= pages_per_vma(holes, t.start, t.end, ps)[0]
+        have[(t.status & np.uint32(fmt.VMA_AREA_GUARD)) != 0] = 0
+        return have
+
     def recorded_ranges(self, pid: int | None = None) -> list[tuple[int, int]]:
         """``(start, end)`` byte ranges (end-exclusive, ascending, adjacent
         entries merged) of ``pid``'s pages that have PE_PRESENT or PE_PARENT
         entries here: the pages the dump recorded."""
-        proc = self.process(pid)
+        return self._ranges(self.process(pid), fmt.PE_PRESENT | fmt.PE_PARENT)
+
+    @staticmethod
+    def _ranges(proc: CheckpointProcess, bits: int) -> list[tuple[int, int]]:
         ent = proc.entries
-        keep = ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT)
+        keep = ent.mask(bits)
         if not keep.any():
             return []
         ps = np.uint64(proc.page_size)
@@ -874,10 +970,12 @@ class Checkpoint:
             pos = end
             i += 1
 
-    def _chunks(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[bytes | memoryview]:
+    def _chunks(self, proc: CheckpointProcess, s: int, e: int, vma,
+                holes: bool = False) -> Iterator[bytes | memoryview | Hole]:
         """Bytes-like chunks that together are the bytes of page-aligned
         ``[s, e)``, in order. ``vma`` decides what pages without an entry
-        hold; None: they are an error."""
+        hold; None: they are an error. With ``holes``, zeros that are holes
+        of a raw pages file come as :class:`Hole` objects, never read."""
         ps = proc.page_size
         entries = proc.entries
         n_ent = len(entries)
@@ -896,7 +994,8 @@ class Checkpoint:
             b = min(es + ent.nr_pages * ps, e)
             if ent.flags & fmt.PE_PRESENT:
                 whole = pos == es and b == es + ent.nr_pages * ps  # the whole entry: its checksum applies
-                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b, ent if whole else None)
+                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b, ent if whole else None,
+                                         holes)
             elif ent.flags & fmt.PE_PARENT:
                 parent = self._parent_for(proc, pos, b - pos)
                 pproc = parent.processes.get(proc.pid)
@@ -906,7 +1005,7 @@ class Checkpoint:
                         f"has no process {proc.pid}, whose pages [{pos:#x}, {b:#x}) {proc.pagemap_path} "
                         "marks PE_PARENT",
                     )
-                yield from parent._chunks(pproc, pos, b, None)
+                yield from parent._chunks(pproc, pos, b, None, holes)
             else:
                 raise ImageError(
                     proc.pagemap_path, None,
@@ -935,24 +1034,33 @@ class Checkpoint:
         return parent
 
     def _present(self, proc: CheckpointProcess, index: int, s: int, e: int,
-                 whole: PagemapEntry | None = None) -> Iterator[bytes]:
+                 whole: PagemapEntry | None = None, holes: bool = False) -> Iterator[bytes | Hole]:
         """Stream pages from ``index`` on, for ``[s, e)``: one chunk per zstd
         frame (whole frames come back without a copy), or per 16 MiB raw.
         ``whole``: the entry, when ``[s, e)`` is all of it; its crc32 (raw
         files written by dumper) is then checked before the last chunk is
-        given out (CorruptImage)."""
+        given out (CorruptImage). ``holes``: holes of a raw pages file come
+        as :class:`Hole` (their zeros never read; the crc still checked)."""
         ps = proc.page_size
         pages = proc.pages
         step = pages.frame_pages or max(1, _RAW_CHUNK // ps)
         left = (e - s) // ps
         crc = 0 if whole is not None and whole.crc32 is not None else None
+        gaps = pages.holes(index, left) if holes else []
+        gaps.append((index + left, 0))  # sentinel
+        g = 0
         while left:
-            n = min(left, step - index % step)  # stop at a frame boundary
-            data = pages.read_pages(index, n)
+            if index == gaps[g][0] and gaps[g][1]:  # a hole: zeros, not read
+                n = gaps[g][1]
+                data: bytes | Hole = Hole(n * ps)
+                g += 1
+            else:
+                n = min(left, step - index % step, gaps[g][0] - index)  # stop at a frame boundary or a hole
+                data = pages.read_pages(index, n)
             index += n
             left -= n
             if crc is not None:
-                crc = zlib.crc32(data, crc)
+                crc = crc32_zeros(crc, len(data)) if type(data) is Hole else zlib.crc32(data, crc)
                 if not left:
                     proc.check_crc(whole, crc)
             yield data
@@ -1317,6 +1425,63 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 # --- byte assembly
+
+
+class Hole:
+    """``nbytes`` zero bytes a raw pages file holds as a hole (sparse file):
+    given instead of the zeros where a caller asked for holes
+    (:meth:`Checkpoint.iter_copy`). ``len()`` is ``nbytes``."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __repr__(self) -> str:
+        return f"<Hole {self.nbytes} bytes>"
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _gf2_square(mat: list[int]) -> list[int]:
+    return [_gf2_times(mat, m) for m in mat]
+
+
+def crc32_zeros(crc: int, n: int) -> int:
+    """``zlib.crc32(bytes(n), crc)`` without the ``n`` bytes: the CRC
+    register advanced over ``n`` zero bytes by squaring the one-bit operator
+    (zlib's crc32_combine), O(log n). For holes of raw pages files."""
+    if n <= 0:
+        return crc
+    odd = [0xEDB88320] + [1 << k for k in range(31)]  # one zero bit, reflected polynomial
+    even = _gf2_square(odd)  # two bits
+    odd = _gf2_square(even)  # four bits
+    reg = crc ^ 0xFFFFFFFF
+    while True:
+        even = _gf2_square(odd)  # one zero byte, then 4, 16...
+        if n & 1:
+            reg = _gf2_times(even, reg)
+        n >>= 1
+        if not n:
+            break
+        odd = _gf2_square(even)
+        if n & 1:
+            reg = _gf2_times(odd, reg)
+        n >>= 1
+        if not n:
+            break
+    return reg ^ 0xFFFFFFFF
 
 _ZERO = bytes(1 << 20)  # calloc'd: costs no memory until read
 

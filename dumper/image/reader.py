@@ -841,6 +841,34 @@ class PagesReader:
         out += memoryview(self._frame(last))[:tail]
         return bytes(out)
 
+    def holes(self, page_index: int, count: int) -> list[tuple[int, int]]:
+        """``(first page, pages)`` runs of stream pages ``[page_index,
+        page_index + count)`` that are holes of a raw pages file (a sparse
+        file: they read as zeros), from ``lseek`` SEEK_HOLE/SEEK_DATA: one
+        pair of calls per extent, never a read. ``[]`` for a compressed
+        file or where the filesystem reports no holes."""
+        if self.compressed or count <= 0:
+            return []
+        ps = self.page_size
+        pos, end = page_index * ps, (page_index + count) * ps
+        out = []
+        while pos < end:
+            try:
+                h = os.lseek(self._fd, pos, os.SEEK_HOLE)
+            except OSError:
+                return out  # ENXIO past EOF, or no SEEK_HOLE support: no holes known
+            if h >= end:
+                break
+            try:
+                d = os.lseek(self._fd, h, os.SEEK_DATA)
+            except OSError:
+                d = end  # ENXIO: a hole up to the end of the file
+            first, last = -(-h // ps), min(d, end) // ps  # whole pages only
+            if last > first:
+                out.append((first, last - first))
+            pos = max(d, h + 1)
+        return out
+
     def close(self) -> None:
         self._f.close()
         self._cached = None
