@@ -520,3 +520,55 @@ def test_verify_pid_tells_rseq_fields_apart(spawn_target, tmp_path, capfdbinary)
     rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
     s = json.loads(out)
     assert rc == 1 and len(s["problems"]) == 1 and "differ from the checkpoint" in s["problems"][0]
+
+
+# --- issue 13 item 11: what flatten and export say about what they wrote
+
+
+def test_flatten_and_export_stats_describe_what_they_wrote(spawn_target, tmp_path, capfdbinary):
+    """flatten's checkpoint said "16413 pages written (52.0 KiB) ... raw /
+    image = 2.58x" (the newest incremental's bytes with the full page
+    count) and "tracking uffd-wp armed by this dump"; its stats now
+    describe its own pages file, and export's counts its own set."""
+    from dumper.scan.features import probe_scan_categories, probe_uffd_wp_async
+
+    t = spawn_target("dense,alt")
+    track = bool(probe_scan_categories() and probe_uffd_wp_async())
+    dump(t.pid, tmp_path / "0", track_mem=track)
+    t.command("write dense 1 2 3")
+    dump(t.pid, tmp_path / "1", parent=tmp_path / "0" if track else None, thaw="leave-stopped")
+    rc, out, err = run_cli(capfdbinary, "flatten", tmp_path / "1", tmp_path / "flat")
+    assert rc == 0, err
+    with open_checkpoint(tmp_path / "flat") as ck:
+        pages = sum(p.nr_pages_present for p in ck.processes.values())
+        file_bytes = sum(p.pages_path.stat().st_size for p in ck.processes.values())
+        st = ck.stats
+        assert ck.inventory.derived_by == "flatten" and not ck.inventory.parent_checkpoint_id
+    m = re.search(r": (\d+) pages, ", out.decode())
+    assert m and int(m.group(1)) == pages, out
+    assert st.pages_written == pages and st.bytes_raw == pages * P and st.pages_skipped_parent == 0
+    assert st.bytes_compressed <= file_bytes and st.frozen_time == st.freezing_time == 0
+    rc, out, err = run_cli(capfdbinary, "show", tmp_path / "flat")
+    text = out.decode()
+    from dumper.cli.options import human_bytes
+
+    assert f"{pages} pages written ({human_bytes(pages * P)}) by flatten" in text, text
+    assert f"raw / image = {pages * P / file_bytes:.2f}x" in text
+    assert "frozen" not in text and "armed by this dump" not in text and "derived    by flatten" in text
+    if track:
+        assert "armed by the newest dump it was made from" in text
+    rc, out, err = run_cli(capfdbinary, "show", "--json", tmp_path / "flat")
+    doc = json.loads(out)
+    assert doc["derived_by"] == "flatten" and doc["stats"]["pages_written"] == pages
+    assert doc["stats"]["bytes_raw"] == pages * P and doc["parent_checkpoint_id"] is None
+    # verify agrees with the per-VMA counts flatten wrote
+    assert run_cli(capfdbinary, "verify", tmp_path / "flat")[0] == 0
+    # export: the counts and bytes it prints are those of the set it wrote
+    rc, out, err = run_cli(capfdbinary, "export", "--json", tmp_path / "1", tmp_path / "exp")
+    doc = json.loads(out)
+    (s,) = doc["sets"]
+    with open_checkpoint(tmp_path / "exp") as ck:
+        assert s["pages_present"] == {str(p): ck.process(p).nr_pages_present for p in ck.pids}
+        assert sum(s["pages_present"].values()) == pages
+    on_disk = sum((tmp_path / "exp" / f).stat().st_size for f in s["files"])
+    assert s["bytes"] == doc["bytes"] == on_disk

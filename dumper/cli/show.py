@@ -133,6 +133,7 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
         "compression": "zstd" if inv.compression == fmt.COMPRESSION_ZSTD else "none",
         "compression_level": inv.compression_level if inv.compression == fmt.COMPRESSION_ZSTD else None,
         "pre_dump": inv.pre_dump,
+        "derived_by": printable(inv.derived_by) if inv.derived_by else None,
         "parent": printable(parent) if parent is not None else None,
         "parent_chain": chain,  # resolved, nearest first, the usable part
         "chain": status,  # every link, the broken one (if any) last with ok false
@@ -205,14 +206,22 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
         files = sum(p["pages_file_bytes"] or 0 for p in s["processes"])
         # the same ratio `dumper dump` prints: raw page bytes / pages file size
         ratio = f", raw / image = {raw / files:.2f}x" if files and s["compression"] == "zstd" else ""
-        print(f"  frozen     {st.get('frozen_time', 0) / 1000:.1f} ms (freezing {st.get('freezing_time', 0) / 1000:.1f} ms)")
-        print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) from "
-              f"{human_bytes(st.get('pages_scanned', 0) * (s['page_size'] or 4096))} of private mappings, "
-              f"{st.get('pages_unreadable', 0)} unreadable"
-              + (f", {st.get('pages_skipped_parent', 0)} in parent" if st.get("pages_skipped_parent") else "")
-              + ratio)
+        if s["derived_by"]:  # written from other checkpoints: nothing was frozen or scanned
+            print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) by "
+                  f"{s['derived_by']}" + ratio)
+        else:
+            print(f"  frozen     {st.get('frozen_time', 0) / 1000:.1f} ms (freezing {st.get('freezing_time', 0) / 1000:.1f} ms)")
+            print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) from "
+                  f"{human_bytes(st.get('pages_scanned', 0) * (s['page_size'] or 4096))} of private mappings, "
+                  f"{st.get('pages_unreadable', 0)} unreadable"
+                  + (f", {st.get('pages_skipped_parent', 0)} in parent" if st.get("pages_skipped_parent") else "")
+                  + ratio)
+    if s["derived_by"]:
+        print(f"  derived    by {s['derived_by']} from other checkpoints, not by a dump")
     if s["tracker"] and s["tracker"] != "none":
-        print(f"  tracking   {s['tracker']} armed by this dump" + ("; PRE-DUMP: pages only" if s["pre_dump"] else ""))
+        armed = "armed by the newest dump it was made from (kept for the next incremental dump)" \
+            if s["derived_by"] else "armed by this dump"
+        print(f"  tracking   {s['tracker']} {armed}" + ("; PRE-DUMP: pages only" if s["pre_dump"] else ""))
     for p in s["processes"]:
         print(f"process {p['pid']}: {p['entries']} pagemap entries, {p['pages_present']} pages in "
               f"{p['pages_file']} ({human_bytes(p['pages_file_bytes'] or 0)})"

@@ -51,6 +51,9 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
         chain = list(ck.chain())
         total_pages = 0
         written = 0
+        # Stats of the flattened checkpoint describe its own writing (no freeze, no scan).
+        st = stats_pb2.dump_stats_entry(freezing_time=0, frozen_time=0, memdump_time=0, memwrite_time=0,
+                                        pages_scanned=0, pages_skipped_parent=0, pages_written=0, pages_lazy=0)
         with CheckpointWriter(dest, force=force, page_size=ck.page_size) as w:
             for pid in ck.pids:
                 proc = ck.process(pid)
@@ -66,9 +69,12 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
                     w.write_mm(pid, mm)
                 total_pages += pw.stats.pages_present
                 written += pw.stats.bytes_file
+                pw.stats.add_to(st)
             inv = inventory_pb2.inventory_entry()
             inv.CopyFrom(ck.inventory)
             inv.ClearField("parent_path")
+            inv.ClearField("parent_checkpoint_id")  # it stands alone
+            inv.derived_by = "flatten"
             inv.compression = fmt.COMPRESSION_ZSTD if compress else fmt.COMPRESSION_NONE
             if compress:
                 inv.compression_level = level
@@ -76,11 +82,6 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
                 inv.ClearField("compression_level")
                 inv.ClearField("frame_pages")
             w.write_inventory(inv)
-            if ck.stats is not None:
-                st = stats_pb2.dump_stats_entry()
-                st.CopyFrom(ck.stats)
-                st.pages_written += st.pages_skipped_parent
-                st.pages_skipped_parent = 0
-                w.write_stats(st)
+            w.write_stats(st)
             path = w.commit()
     return FlattenResult(os.fspath(path), os.fspath(src), len(chain), total_pages, written)
