@@ -28,6 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint, pages_per_vma
 from ..image.pb import vma_pb2
@@ -80,10 +81,15 @@ def _named(v: vma_pb2.vma_entry, names: dict[int, str]) -> vma_pb2.vma_entry:
 
 def file_names(ck) -> dict[int, str]:
     """CRIU file ids -> names from the set's files.img/reg-files.img ({}
-    for a dumper checkpoint, whose VMAs carry their paths)."""
+    for a dumper checkpoint, whose VMAs carry their paths, and when that
+    image is damaged: the listing goes on without names, as show's does;
+    verify reports the damage, cat of a page that needs the file too)."""
     if not ck.is_criu:
         return {}
-    return {i: f.name for i, f in ck.criu_files().items()}
+    try:
+        return {i: f.name for i, f in ck.criu_files().items()}
+    except ImageError:
+        return {}
 
 
 def _pages_column(v: vma_pb2.vma_entry, present: int, other: int) -> tuple[str, str]:

@@ -94,7 +94,10 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
     """:func:`summarize` of the open ``ck``; with ``lazy`` each process's
     ``vmas`` is made while it is iterated (``ck`` must stay open)."""
     inv = ck.inventory
-    stats = ck.stats
+    try:
+        stats, stats_error = ck.stats, None
+    except ImageError as err:  # auxiliary: the rest of the checkpoint still shows (verify reports it)
+        stats, stats_error = None, str(err)
     procs = []
     for pid in ck.pids:
         proc = ck.process(pid)
@@ -143,6 +146,7 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
     }
     if stats is not None:
         out["stats"] = {f.name: getattr(stats, f.name) for f in stats.DESCRIPTOR.fields if stats.HasField(f.name)}
+    out["stats_error"] = stats_error
     return out
 
 
@@ -201,6 +205,8 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
         print(f"  chain      BROKEN: {s['parent_chain_error']} (pages this checkpoint holds read; "
               "pages in the parent do not)")
     st = s.get("stats", {})
+    if s.get("stats_error"):
+        print(f"  stats      UNREADABLE: {s['stats_error']}")
     if st:
         raw = st.get("bytes_raw", 0)
         files = sum(p["pages_file_bytes"] or 0 for p in s["processes"])

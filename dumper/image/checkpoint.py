@@ -508,7 +508,7 @@ class Checkpoint:
         self._parent_checked = False
         self._stats: stats_pb2.dump_stats_entry | None | bool = False  # False: not loaded
         self._files: dict[tuple, tuple[int, str, int]] = {}
-        self._criu_files: dict[int, CriuFile] | None = None
+        self._criu_files: dict[int, CriuFile] | ImageError | None = None
         self.left_out: dict[int, list[tuple[int, int]]] = {}
         self._closed = False
         inv_path = self.path / fmt.INVENTORY_NAME
@@ -1088,7 +1088,12 @@ class Checkpoint:
         ``reg-files.img``), loaded on first use; {} when it has neither.
         ImageError if the one present is damaged."""
         if self._criu_files is None:
-            self._criu_files = load_criu_files(self._dir)
+            try:
+                self._criu_files = load_criu_files(self._dir)
+            except ImageError as err:
+                self._criu_files = err  # the same answer every time, without reading again
+        if isinstance(self._criu_files, ImageError):
+            raise self._criu_files
         return self._criu_files
 
     def mapped_file(self, proc: CheckpointProcess, vma) -> tuple[str | None, FileIdentity | None, str]:
