@@ -572,3 +572,54 @@ def test_flatten_and_export_stats_describe_what_they_wrote(spawn_target, tmp_pat
         assert sum(s["pages_present"].values()) == pages
     on_disk = sum((tmp_path / "exp" / f).stat().st_size for f in s["files"])
     assert s["bytes"] == doc["bytes"] == on_disk
+
+
+def test_read_errors_on_image_files_are_one_line(tmp_path, capfdbinary, monkeypatch):
+    """A failing read (EIO from a bad disk) of a pages file or an image is
+    one line naming the file, not "writing output" nor a traceback."""
+    import errno
+    import shutil
+
+    from dumper.image import reader
+
+    d = tmp_path / "ck"
+    shutil.copytree(ROOT / "tests" / "data" / "tiny-zst", d)
+    with open_checkpoint(d) as ck:
+        e = ck.process().entries[0]
+    real_pread = os.pread
+
+    def failing_pread(fd, n, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".zst.img"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(reader.os, "pread", failing_pread)
+    rc, out, err = run_cli(capfdbinary, "cat", d, "--addr", hex(e.vaddr), "--size", "16")
+    assert (rc, out) == (1, b"") and err.count("\n") == 1
+    assert f"{d / fmt.zpages_name(1)} at offset " in err and "Input/output error" in err, err
+    monkeypatch.undo()
+
+    class FailingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    from dumper.image import mapped
+
+    real_open = mapped.ImageDir.open
+    monkeypatch.setattr(mapped.ImageDir, "open",
+                        lambda self, name: FailingFile(real_open(self, name)) if name.startswith("mm-") else
+                        real_open(self, name))
+    rc, out, err = run_cli(capfdbinary, "mems", d)
+    assert (rc, out) == (1, b"") and err.count("\n") == 1 and "mm-" in err and "Input/output error" in err, err

@@ -86,7 +86,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from ..errors import BadMagic, CorruptImage, UnsupportedVersion
+from ..errors import BadMagic, CorruptImage, ImageError, UnsupportedVersion
 from ..kernel import mman
 from .pb import pagemap_pb2
 
@@ -671,8 +671,16 @@ def encode_image(magic: str, msgs: Iterable[Message]) -> bytes:
 # --- reading (input is untrusted: every size is checked before use)
 
 
+def _read(f: BinaryIO, n: int, path, offset: int) -> bytes:
+    """``f.read(n)``; a failing read (EIO...) is ImageError naming the file."""
+    try:
+        return f.read(n)
+    except OSError as err:
+        raise ImageError(path, offset, f"read failed: {err.strerror}") from err
+
+
 def _read_exact(f: BinaryIO, n: int, path, offset: int, what: str) -> bytes:
-    data = f.read(n)
+    data = _read(f, n, path, offset)
     if len(data) != n:
         raise CorruptImage(path, offset, f"truncated {what}: {len(data)} of {n} bytes")
     return data
@@ -720,7 +728,7 @@ def _next_payload(
     """The payload of the entry whose size field is at ``offset`` (the
     current position), or None at EOF on an entry boundary. Every size is
     checked before the payload is read."""
-    head = f.read(U32.size)
+    head = _read(f, U32.size, path, offset)
     if not head:
         if limit is not None:
             raise CorruptImage(path, offset, f"entries end before offset {limit}")

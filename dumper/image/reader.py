@@ -370,7 +370,7 @@ def _entry_blocks(f, path, offset: int) -> Iterator[tuple[int, bytes, np.ndarray
             size = fmt.U32.unpack_from(buf, 0)[0]
             if size <= limit:
                 need = max(need, min(4 + size - len(buf), file_size - base - len(buf)))
-        more = f.read(need)
+        more = fmt._read(f, need, path, base + len(buf))
         buf = buf + more if buf else more
         if not buf:
             return
@@ -649,7 +649,8 @@ def read_zpages_layout(f, path: str | os.PathLike | None) -> ZpagesLayout:
     if foot_at < data_offset + fmt.U32.size:
         raise CorruptImage(path, data_offset, "truncated: no room for index and footer")
     f.seek(foot_at)
-    index_offset, crc, magic = fmt.ZPAGES_FOOTER.unpack(f.read(fmt.ZPAGES_FOOTER.size))
+    index_offset, crc, magic = fmt.ZPAGES_FOOTER.unpack(fmt._read_exact(f, fmt.ZPAGES_FOOTER.size, path, foot_at,
+                                                                         "footer"))
     if magic != fmt.ZPAGES_MAGIC:
         raise CorruptImage(path, foot_at, f"no footer (magic {magic:#010x}): truncated or overwritten")
     if not data_offset <= index_offset <= foot_at - fmt.U32.size:
@@ -762,7 +763,10 @@ class PagesReader:
         parts = []
         got = 0
         while got < n:
-            chunk = os.pread(self._fd, n - got, offset + got)
+            try:
+                chunk = os.pread(self._fd, n - got, offset + got)
+            except OSError as err:
+                raise ImageError(self.path, offset + got, f"reading {what}: {err.strerror}") from err
             if not chunk:
                 raise CorruptImage(self.path, offset + got, f"truncated {what}: {got} of {n} bytes")
             parts.append(chunk)
