@@ -1030,6 +1030,34 @@ def test_sparse_terabyte_raw_set_is_copied_in_the_time_of_its_data(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], list(tmp_path.iterdir())
 
 
+def test_vmas_lacking_required_fields_are_copied_not_a_traceback(tmp_path):
+    """Readers accept a VMA without CRIU's required ``fd`` (or an mm without
+    ``mm_brk``); flatten and export then crashed encoding it (found by the
+    fuzzer). They write CRIU's "unknown" values instead."""
+    from dumper.image.checkpoint import open_checkpoint
+    from dumper.image.pb import mm_pb2
+
+    src = tmp_path / "src"
+    start = _sparse_set(src, 8 << 12, status=fmt.VMA_ANON_PRIVATE)
+    (p,) = src.glob("mm-*.img")
+    with open(p, "rb") as f:
+        fmt.read_magic(f, p)
+        ((_, payload),) = fmt.iter_entries(f, p, 8)
+    mm = mm_pb2.mm_entry.FromString(payload)
+    mm.vmas[0].ClearField("fd")
+    mm.ClearField("mm_brk")
+    payload = mm.SerializePartialToString()
+    p.write_bytes(fmt._magic_words("MM") + fmt.U32.pack(len(payload)) + payload)
+    for argv, out in ((["flatten", str(src), str(tmp_path / "flat")], tmp_path / "flat"),
+                      (["export", str(src), str(tmp_path / "exp")], tmp_path / "exp")):
+        rc, stdout, err = _cli(argv)
+        assert rc == 0 and err == "", (argv, err)
+        with open_checkpoint(out) as ck:
+            v = ck.process().vmas[0]
+            assert (v.start, v.fd) == (start, -1) and ck.process().mm.mm_brk == 0
+            assert ck.read(None, start, 4) == b"\x5a" * 4
+
+
 def test_interrupted_export_is_one_line_and_leaves_nothing(tmp_path):
     """Ctrl-C during a long copy: one line, status 130, no partial output."""
     src = tmp_path / "giga"

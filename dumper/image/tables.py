@@ -90,7 +90,7 @@ class VmaTable:
         """A table of ``vma_entry`` messages (for tests and small lists)."""
         out = mm_pb2.mm_entry()
         out.vmas.extend(vmas)
-        payload = out.SerializeToString()
+        payload = out.SerializePartialToString()
         return _table_from_payload(payload, None, 0)[1]
 
     def __len__(self) -> int:
@@ -126,13 +126,7 @@ class VmaTable:
         return m.vmas[0]
 
     def __iter__(self) -> Iterator[vma_pb2.vma_entry]:
-        rs, re = self._rs, self._re
-        for s in range(0, len(rs), _BATCH):
-            a, b = rs[s:s + _BATCH], re[s:s + _BATCH]
-            if len(a) > 1 and bool((a[1:] == b[:-1]).all()):
-                chunk = self._payload[int(a[0]):int(b[-1])]  # contiguous in the image: one slice
-            else:
-                chunk = b"".join(self._payload[x:y] for x, y in zip(a.tolist(), b.tolist()))
+        for _, chunk in _batches(self._payload, self._rs, self._re):
             yield from mm_pb2.mm_entry.FromString(chunk).vmas
 
     def __repr__(self) -> str:
@@ -199,10 +193,17 @@ class MmEntry:
         return self._head.HasField(name)
 
     def to_message(self) -> mm_pb2.mm_entry:
-        """The whole ``mm_entry``, VMAs included (image order)."""
+        """The whole ``mm_entry``, VMAs included (image order), ready to be
+        written: required fields the image lacks (readers tolerate that)
+        are set as CRIU writes "unknown": 0, and -1 for a VMA's ``fd``."""
         m = mm_pb2.mm_entry()
         m.CopyFrom(self._head)
         m.vmas.extend(self.vmas)
+        if not m.IsInitialized():
+            for msg in (m, *m.vmas, *m.aios):
+                for f in msg.DESCRIPTOR.fields:
+                    if f.is_required and not msg.HasField(f.name):
+                        setattr(msg, f.name, -1 if (msg is not m and f.name == "fd") else 0)
         return m
 
 
@@ -263,6 +264,17 @@ def _split_mm(payload: bytes) -> tuple[bytes, array.array, array.array] | None:
     return bytes(head), rs, re
 
 
+def _batches(payload: bytes, rs: np.ndarray, re: np.ndarray) -> Iterator[tuple[int, bytes]]:
+    """``(first row, bytes)``: the VMA fields of rows ``[k, k + _BATCH)``,
+    an mm_entry holding just those VMAs, for one protobuf parse."""
+    for s in range(0, len(rs), _BATCH):
+        a, b = rs[s:s + _BATCH], re[s:s + _BATCH]
+        if len(a) > 1 and bool((a[1:] == b[:-1]).all()):
+            yield s, payload[int(a[0]):int(b[-1])]  # contiguous in the image: one slice
+        else:
+            yield s, b"".join(payload[x:y] for x, y in zip(a.tolist(), b.tolist()))
+
+
 def _table_from_payload(payload: bytes, path, off: int) -> tuple[mm_pb2.mm_entry, VmaTable]:
     """``(mm_entry without its VMAs, VmaTable)`` of an mm_entry's bytes."""
     split = _split_mm(payload)
@@ -278,8 +290,8 @@ def _table_from_payload(payload: bytes, path, off: int) -> tuple[mm_pb2.mm_entry
         del whole.vmas[:]
         rebuilt = mm_pb2.mm_entry()
         rebuilt.vmas.extend(vmas)
-        head_bytes = whole.SerializeToString()
-        payload = head_bytes + rebuilt.SerializeToString()
+        head_bytes = whole.SerializePartialToString()
+        payload = head_bytes + rebuilt.SerializePartialToString()
         split = _split_mm(payload)
         if split is None:  # cannot happen: protobuf's own output
             raise CorruptImage(path, off, "bad mm_entry: cannot be read")
@@ -296,16 +308,11 @@ def _table_from_payload(payload: bytes, path, off: int) -> tuple[mm_pb2.mm_entry
     add_s, add_e, add_p, add_st, add_d = start.append, end.append, pgoff.append, status.append, dumped.append
     add_nd, add_np = ndump.append, npar.append
     index = 0
-    for s in range(0, n, _BATCH):
-        a, b = rs[s:s + _BATCH], re[s:s + _BATCH]
-        if len(a) > 1 and bool((a[1:] == b[:-1]).all()):
-            chunk = payload[int(a[0]):int(b[-1])]
-        else:
-            chunk = b"".join(payload[x:y] for x, y in zip(a.tolist(), b.tolist()))
+    for s, chunk in _batches(payload, rs, re):
         try:
             batch = mm_pb2.mm_entry.FromString(chunk).vmas
         except DecodeError as err:
-            raise CorruptImage(path, off, f"bad mm_entry: VMAs {index}-{index + len(a) - 1}: {err}") from err
+            raise CorruptImage(path, off, f"bad mm_entry: VMAs {s}-{min(s + _BATCH, n) - 1}: {err}") from err
         for v in batch:
             if not (v.HasField("start") and v.HasField("end")):
                 raise CorruptImage(path, off, f"VMA {index} has no start or end")

@@ -250,6 +250,10 @@ def mutate_messages(path: Path, rng: random.Random) -> str:
     done = []
     for _ in range(rng.randint(1, 3)):
         msg, fd, index = rng.choice(fields)
+        if index is None and rng.random() < 0.15:  # a field gone, required ones too
+            msg.ClearField(fd.name)
+            done.append(f"{fd.name} cleared")
+            continue
         value = _extreme_for(fd, rng)
         try:
             _set_field(msg, fd, index, value)
@@ -259,7 +263,8 @@ def mutate_messages(path: Path, rng: random.Random) -> str:
     with open(path, "wb") as f:
         fmt.write_magic(f, name)
         for e, extra in zip(entries, extras):
-            fmt.write_entry(f, e.msg)
+            payload = e.msg.SerializePartialToString()  # required fields may be gone
+            f.write(fmt.U32.pack(len(payload)) + payload)
             if extra is not None:
                 f.write(extra if rng.random() < 0.8 else extra[: rng.randint(0, len(extra))])
     return f"fields {path.name}: " + ", ".join(done)
