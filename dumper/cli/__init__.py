@@ -4,6 +4,8 @@ Each subcommand module defines ``configure(parser)`` (its arguments),
 ``run(args) -> int`` and ``main(argv) -> int`` (run it alone). Expected
 failures (:class:`dumper.DumperError`) print one line and exit non-zero;
 ``--traceback`` (or ``DUMPER_TRACEBACK=1``) shows the stack as well.
+Warnings (:class:`dumper.DumperWarning`) print one line each,
+``dumper: warning: ...``, and the command goes on.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
-from ..errors import DumperError
+from ..errors import DumperError, DumperWarning
 
 __all__ = ["main", "COMMANDS", "build_parser", "run_command"]
 
@@ -34,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("decode", "print one image file as JSON (like crit decode)"),
     "mems": ("mems", "list the VMAs of a checkpoint (like crit x DIR mems)"),
     "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
+    "restore": ("restore", "bring a checkpoint back as a running process, with CRIU's criu restore"),
     "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }
@@ -77,7 +81,18 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     """Run a subcommand, turning expected failures into one line on stderr."""
     show_tb = getattr(args, "traceback", False) or os.environ.get("DUMPER_TRACEBACK") == "1"
     try:
-        return func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DumperWarning)
+            show_other = warnings.showwarning
+
+            def show(message, category, *rest, **kw) -> None:
+                if issubclass(category, DumperWarning):
+                    print(f"dumper: warning: {message}", file=sys.stderr)
+                else:
+                    show_other(message, category, *rest, **kw)
+
+            warnings.showwarning = show
+            return func(args)
     except DumperError as err:
         if show_tb:
             traceback.print_exc()

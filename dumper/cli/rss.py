@@ -8,19 +8,23 @@ path, ``[stack]``... as in ``dumper mems``), or ``~`` for a VMA already
 listed for the previous entry (it continues). An entry outside every VMA
 says so. Addresses are hex, counts in pages. Works on CRIU image
 directories too.
+
+``--json`` prints one object instead: ``{"dir", "processes": [{"pid",
+"page_size", "entries": [{"vaddr", "nr_pages", "flags": [names], "vmas":
+[{"start", "end", "annotation"}]}]}]}`` (every VMA an entry overlaps; no
+``~`` shorthand).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from ..image import format as fmt
-from ..image.checkpoint import open_checkpoint
 from ..image.pretty import vma_annotation
-from .mems import _named, file_names
+from .mems import _named, print_processes
 
 _FLAG_NAMES = (("LAZY", fmt.PE_LAZY), ("PARENT", fmt.PE_PARENT), ("PRESENT", fmt.PE_PRESENT))
 # crit: "%-24s%s" % ("\t%lx / %-8d" % (vaddr, nr_pages), vmas); ours adds the flags.
@@ -30,39 +34,63 @@ _FLAGS_WIDTH = 13
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _flags_text(flags: int) -> str:
     return "|".join(name for name, bit in _FLAG_NAMES if flags & bit) or "0"
 
 
-def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
-    """The lines ``rss`` prints for one process (a CheckpointProcess).
-    VMAs are found by binary search over the table's columns and parsed
-    only when a line names them (each once)."""
+def _entries_with_vmas(proc) -> Iterator[tuple[object, range]]:
+    """``(entry, rows)`` per pagemap entry of ``proc``: the rows of
+    ``proc.vmas`` (ascending, disjoint; guard pseudo-VMAs are not there)
+    the entry overlaps, found by binary search over the table's columns."""
     ps = proc.page_size
-    names = names or {}
-    # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
-    t = proc.vmas
-    ent = proc.entries
-    shm_ids: dict[int, int] = {}
-    indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
-    lines = [f"{proc.pid}"]
-    # VMAs [first[k], last[k]) overlap entry k (both ascending, disjoint).
+    t, ent = proc.vmas, proc.entries
     if len(ent) and len(t):
         first = np.searchsorted(t.end, ent.vaddr, side="right").tolist()
         last = np.searchsorted(t.start // np.uint64(ps), ent.end_pages(ps), side="left").tolist()
     else:
         first = last = [0] * len(ent)
-    prev = -1  # index of the last VMA listed
     for e, lo, hi in zip(ent, first, last):
+        yield e, range(lo, hi)
+
+
+class _Named:
+    """``proc.vmas[i]`` as the listing names it (a CRIU set's files.img
+    name), parsed when first asked for and kept while the walk is near it."""
+
+    def __init__(self, proc, names: dict[int, str]) -> None:
+        self.t, self.names = proc.vmas, names
+        self.cache: dict[int, object] = {}
+
+    def __getitem__(self, i: int):
+        v = self.cache.get(i)
+        if v is None:
+            if len(self.cache) > 64:
+                self.cache.clear()
+            v = self.cache[i] = _named(self.t[i], self.names)
+        return v
+
+
+def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
+    """The lines ``rss`` prints for one process (a CheckpointProcess).
+    VMAs are parsed only when a line names them."""
+    ps = proc.page_size
+    # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
+    vmas = _Named(proc, names or {})
+    shm_ids: dict[int, int] = {}
+    indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
+    lines = [f"{proc.pid}"]
+    prev = -1  # index of the last VMA listed
+    for e, hit in _entries_with_vmas(proc):
         head = f"\t{f'{e.vaddr:x} / {e.nr_pages:<8}':<{_ENTRY_WIDTH}} {_flags_text(e.flags):<{_FLAGS_WIDTH}}"
         parts = []
-        for i in range(lo, hi):
+        for i in hit:
             if i == prev:
                 parts.append("~")
             else:
-                v = _named(t[i], names)
+                v = vmas[i]
                 parts.append(f"{v.start:08x} / {(v.end - v.start) // ps:<8}{vma_annotation(v, shm_ids)}")
                 prev = i
         if not parts:
@@ -72,12 +100,26 @@ def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
     return lines
 
 
+def rss_json(proc, names: dict[int, str] | None = None) -> dict:
+    """What ``rss --json`` prints for one process (a CheckpointProcess)."""
+    vmas = _Named(proc, names or {})
+    shm_ids: dict[int, int] = {}
+    notes: dict[int, str] = {}
+    entries = []
+    for e, hit in _entries_with_vmas(proc):
+        for i in hit:
+            if i not in notes:
+                notes[i] = vma_annotation(vmas[i], shm_ids).strip()
+        entries.append({
+            "vaddr": e.vaddr, "nr_pages": e.nr_pages,
+            "flags": [name for name, bit in reversed(_FLAG_NAMES) if e.flags & bit],
+            "vmas": [{"start": vmas[i].start, "end": vmas[i].end, "annotation": notes[i]} for i in hit],
+        })
+    return {"pid": proc.pid, "page_size": proc.page_size, "entries": entries}
+
+
 def run(args: argparse.Namespace) -> int:
-    with open_checkpoint(args.dir) as ck:
-        names = file_names(ck)
-        text = [line for pid in ck.pids for line in rss_lines(ck.process(pid), names)]
-    print("\n".join(text))
-    return 0
+    return print_processes(args, rss_lines, rss_json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -35,12 +35,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import __version__
-from ..errors import DumpError, UnsupportedKernel
+from ..errors import DumpError, NoSuchProcess, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
 from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
 from ..proc.freeze import THAW_MODES, raise_on_termination
@@ -50,12 +51,17 @@ from ..scan import Category, open_backend, scan_range
 from . import intervals as iv
 from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
-from .select import VmaPlan, classify, drop_uffd_markers, dump_masks
+from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
 from .spool import Spool
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
-from .tracer import FrozenProcess, LocalTracer
+from .files import FileTable, write_fdinfo
+from ..proc.fds import collect_fds, map_files_fdflags
+from ..proc.freeze import check_target
+from ..proc.tree import FrozenProcess
+from ..proc.warden import Warden
+from ..track import state as tracking_state
 from .trackers import Tracker, make_tracker, pick_tracker
 
 __all__ = ["DumpOptions", "DumpResult", "DumpSession"]
@@ -72,7 +78,11 @@ class DumpOptions:
     write tracking (``tracker``) for a later ``parent`` dump; ``pre_dump``
     writes pages only, copied after the target runs again. ``spool_limit``:
     bytes of RAM for pages copied while frozen (None: half of MemAvailable).
-    ``freeze_timeout``: seconds a thread may take to stop.
+    ``single``: only ``pid``, not the tree of its descendants (like
+    ``criu dump -t PID`` dumps the tree). ``pre_copy``: rounds of copying while the target runs before the final
+    freeze (0: none). ``freeze_timeout``: seconds a thread may take to stop. ``restorable``:
+    fail (before the thaw) rather than write a checkpoint `criu restore`
+    could not bring back.
     """
 
     thaw: str = "resume"
@@ -88,6 +98,9 @@ class DumpOptions:
     pre_dump: bool = False
     freeze_timeout: float = 5.0
     spool_limit: int | None = None
+    restorable: bool = False
+    pre_copy: int = 0
+    single: bool = False
 
     def validate(self) -> None:
         if self.thaw not in THAW_MODES:
@@ -98,12 +111,23 @@ class DumpOptions:
             raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
         if self.pre_dump and self.thaw == "kill":
             raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
+        if self.tracker == "none" and (self.pre_dump or self.track_mem or self.parent is not None or self.pre_copy):
+            what = ("a pre-dump" if self.pre_dump else "--parent" if self.parent is not None
+                    else "--pre-copy" if self.pre_copy else "--track-mem")
+            raise DumpError(f"{what} needs write tracking, and --tracker none arms none (a pre-dump or "
+                            "incremental dump without it saves nothing the next dump can use): use "
+                            "--tracker auto, uffd-wp or soft-dirty, or a plain dump")
+        if self.pre_copy < 0:
+            raise DumpError("--pre-copy takes a number of rounds >= 1")
+        if self.pre_copy and (self.pre_dump or self.parent is not None):
+            raise DumpError("--pre-copy makes one standalone checkpoint: it does not combine with "
+                            "pre-dump or --parent")
         if not self.freeze_timeout > 0:
             raise DumpError("the freeze timeout must be a positive number of seconds")
 
     @property
     def wants_tracking(self) -> bool:
-        return self.track_mem or self.pre_dump or self.parent is not None
+        return self.track_mem or self.pre_dump or self.parent is not None or bool(self.pre_copy)
 
 
 @dataclass(slots=True)
@@ -144,6 +168,7 @@ class DumpResult:
     pids: list = field(default_factory=list)
     spool_bytes: int = 0
     spilled_bytes: int = 0
+    unrestorable: list = field(default_factory=list)  # one line per reason `criu restore` would fail
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -172,11 +197,15 @@ class ProcessDump:
     marker_iv: tuple = iv.EMPTY  # VMAs registered with a uffd-wp userfaultfd
     copy_iv: tuple = iv.EMPTY  # what to copy
     parent_iv: tuple = iv.EMPTY  # what the parent holds (PE_PARENT)
+    reuse_iv: tuple = iv.EMPTY  # unchanged since a --pre-copy round copied it
+    rounds: list = field(default_factory=list)  # Extents of each --pre-copy round, oldest first
     regions: tuple = (iv.EMPTY[0], iv.EMPTY[1], np.empty(0, _U64))  # scanned runs and categories
     extents: Extents | None = None
     mm: mm_pb2.mm_entry | None = None
     task: TaskState | None = None
     file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
+    vma_shmid: dict = field(default_factory=dict)  # VMA index -> files.img id of its file
+    vma_fdflags: dict = field(default_factory=dict)  # VMA index -> O_RDONLY/O_WRONLY/O_RDWR
     guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
@@ -199,6 +228,13 @@ class DumpSession:
         self.backend_name = ""
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
+        self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
+        self.files = FileTable()
+        self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
+        self.round_bytes: list[int] = []
+        self.frozen_ns = 0
+        self.zombies: list[FrozenProcess] = []
+        self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
         self.kobj_ids = KobjIds()
@@ -208,14 +244,20 @@ class DumpSession:
     def run(self) -> DumpResult:
         self.prepare()
         with ExitStack() as stack:
-            stack.callback(self.writer.abort)  # no-op after commit
+            # LIFO: the writer (its compression threads read the spool) stops first.
             stack.callback(self.spool.close)
+            stack.callback(self.writer.abort)  # no-op after commit
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(raise_on_termination())
-            self.tracer = stack.enter_context(LocalTracer(stop_timeout=self.opts.freeze_timeout))
+            # The tracer is a separate process (the warden): on any way out it
+            # undoes what it armed and thaws; it must start before any thread.
+            self.tracer = stack.enter_context(Warden(stop_timeout=self.opts.freeze_timeout))
+            if self.opts.pre_copy:
+                self.pre_copy_rounds()
             self.freeze()
             self.list_vmas()
             self.collect()
+            self.check_restorable()
             self.arm()
             self.scan()
             self.select()
@@ -225,35 +267,96 @@ class DumpSession:
                 self.copy()
             else:
                 self.copy()
-                self.reset()
+                self.check_restorable(after_copy=True)
+                if self.opts.pre_copy and not self.opts.track_mem and not self._tracking_was_armed:
+                    self.disarm()  # the rounds armed it for this dump only
+                else:
+                    self.reset()
                 self.thaw()
             return self.write()
+
+    def pre_copy_rounds(self) -> None:
+        """Copy pages while the target runs (``--pre-copy=N``): each round
+        freezes it only to arm or reset write tracking, then copies what was
+        written since the previous round; rounds stop when that no longer
+        shrinks. The final freeze then copies only what changed since the
+        last round (:meth:`select` treats the rounds' copies as the base)."""
+        last = None
+        for rnd in range(self.opts.pre_copy):
+            self.freeze()
+            self.list_vmas()
+            self.arm()
+            if rnd == 0:
+                self._tracking_was_armed = any(p.tracker.preexisting for p in self.processes)
+            self.scan()
+            self.select()
+            for p in self.processes:
+                p.tracker.reset(self.tracer, p.pid, self.dest, record=False)
+                p.pre_maps = b""  # arming changed VmFlags (uw): read smaps again next time
+            self.tracer.thaw("resume")
+            self.copy()
+            for p in self.processes:
+                p.rounds.append(p.extents)
+            copied = sum(p.extents.total for p in self.processes)
+            self.round_bytes.append(copied)
+            if last is not None and copied >= last * 0.9 or copied < (1 << 20):
+                break  # not shrinking (written faster than copied), or little left: freeze now
+            last = copied
+        self.notes.append(f"pre-copy: {len(self.round_bytes)} round(s) while running, copied "
+                          + ", ".join(_mib(b) for b in self.round_bytes))
+
+    def disarm(self) -> None:
+        for p in self.processes:
+            p.tracker.disarm(self.tracer, p.pid)
 
     def prepare(self) -> None:
         """Checks and allocations before the target is touched."""
         opts = self.opts
         root = Process(self.pid)
-        root.check_has_mm()
+        check_target(root)  # refuses self, ancestors, zombies, kernel threads up front
         start_time = root.stat().starttime
+        tracking_state.clean_stale()  # records of processes gone or restarted
         self.tracker_name = pick_tracker(opts.tracker) if opts.wants_tracking else "none"
-        pd = ProcessDump(root.pid, root, start_time, make_tracker(self.tracker_name, root.pid, start_time))
+        self.processes = [self._process_dump(root, start_time)]  # loads (checks) the parent first
         if opts.parent is not None:
-            pd.parent = load_parent(opts.parent, root.pid, start_time)
             check_parent_placement(opts.parent, self.dest)
-            why = pd.tracker.check_parent(pd.parent.inventory)
-            if why:
-                self.notes.append(why)
-                pd.parent = None
-        self.processes = [pd]
+        if not opts.single:  # the tree as it is now; the freeze finds what appears meanwhile
+            for pid in _descendants(root.pid):
+                try:
+                    proc = Process(pid)
+                    if proc.stat().state not in ("Z", "X"):
+                        self.processes.append(self._process_dump(proc, proc.stat().starttime))
+                except NoSuchProcess:
+                    continue
         self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
-        self.spool = Spool(limit=opts.spool_limit, spill_dir=os.fspath(self.writer.tmpdir))
+        self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
         expected = 0
         for p in self.processes:
-            self._pre_read(p)
+            try:
+                self._pre_read(p)
+            except NoSuchProcess:
+                continue  # gone already: the freeze decides
             expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
             expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
         if not opts.pre_dump:
             self.spool.reserve(expected + expected // 16 + (1 << 20))
+
+    def _process_dump(self, proc: Process, start_time: int) -> ProcessDump:
+        """A process of the dump, with its tracker and (incremental) its parent's pages."""
+        pd = ProcessDump(proc.pid, proc, start_time, make_tracker(self.tracker_name, proc.pid, start_time, self.dest))
+        if self.opts.parent is not None:
+            try:
+                pd.parent = load_parent(self.opts.parent, proc.pid, start_time)
+            except DumpError as err:
+                if proc.pid == self.pid:
+                    raise
+                self.notes.append(f"pid {proc.pid}: {err}: full dump of it")
+                return pd
+            why = pd.tracker.check_parent(pd.parent.inventory)
+            if why:
+                self.notes.append(why if proc.pid == self.pid else f"pid {proc.pid}: {why}")
+                pd.parent = None
+        return pd
 
     def _pre_read(self, p: ProcessDump) -> None:
         """VMAs (smaps) and their classification, read while the target runs."""
@@ -268,7 +371,7 @@ class DumpSession:
 
     def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
         p.vmas = vmas
-        p.plans = [classify(v) for v in vmas]
+        p.plans = classify_all(vmas)
         pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]
         p.scan_iv = iv.from_pairs(pages)
         p.whole_iv = iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "whole"])
@@ -278,10 +381,24 @@ class DumpSession:
                                                if pl.mode == "pages" and "uw" in v.vmflags]))
 
     def freeze(self) -> None:
-        tree = self.tracer.freeze(self.pid, tree=False)
+        """Freeze the tree (or ``single``: the root); the processes of the
+        dump become exactly those frozen, zombies apart (recorded only)."""
+        tree = self.tracer.freeze(self.pid, tree=not self.opts.single)
+        self.tree = tree
         self.freezing_ns = tree.freezing_ns
-        for p in self.processes:
-            p.frozen = tree.processes.get(p.pid)
+        known = {p.pid: p for p in self.processes}
+        procs = []
+        for fp in tree.processes.values():
+            if fp.zombie:
+                continue
+            p = known.get(fp.pid)
+            proc = Process(fp.pid)
+            if p is None or proc.stat().starttime != p.start_time:  # appeared since (or pid reused)
+                p = self._process_dump(proc, proc.stat().starttime)  # its VMAs are read frozen
+            p.frozen = fp
+            procs.append(p)
+        self.processes = procs
+        self.zombies = [fp for fp in tree.processes.values() if fp.zombie]
 
     def list_vmas(self) -> None:
         """The VMAs as they are now; the pre-read stands if maps did not change."""
@@ -293,12 +410,78 @@ class DumpSession:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
         for p in self.processes:
-            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv())
+            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
             fp = p.frozen
-            p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
-                                      stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
+            mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
+            p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
+                                      stop_signo=fp.stop_signo if fp.was_stopped else 0,
+                                      proc_path=f"/proc/{p.pid}/task/{mm_tid}")
+            p.mm.dumpable = p.task.dumpable
+            p.mm.thp_disabled = p.task.thp_disabled
             p.ns_ids = self.ns_ids.of(p.pid)
             p.kobj_ids = self.kobj_ids.of(p.pid)
+            if fp.leader_exited:
+                # /proc/PID/map_files died with the main thread; memory is
+                # still read through a live thread, but CRIU cannot restore it.
+                self._unrestorable(p.pid, "process", f"pid {p.pid}",
+                                   "its main thread exited (pthread_exit): `criu restore` cannot rebuild it")
+            else:
+                self._collect_files(p)
+
+    def _collect_files(self, p: ProcessDump) -> None:
+        """Open files, mapped files, cwd and root, in the order CRIU numbers
+        them (mapped files, descriptors, exe, fs: dumper/dump/files.py)."""
+        t = self.files
+        for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
+            if v.file_backed and not v.special:
+                p.vma_shmid[i] = t.mapped_file(p.pid, v)
+                fl = map_files_fdflags(p.proc, v)
+                if fl is not None:
+                    p.vma_fdflags[i] = fl
+        ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
+        fds = [o for o in collect_fds(p.proc) if o.fd != ours]
+        if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
+            self._fdinfos[p.kobj_ids["files"]] = t.add_process(p.pid, fds)
+        p.mm.exe_file_id = t.exe_file(p.pid)
+        t.fs_entry(p.pid)
+
+    def check_restorable(self, *, after_copy: bool = False) -> None:
+        """Collect why `criu restore` could not bring the checkpoint back
+        (one reason per resource); with ``restorable``, fail now, while the
+        target is still frozen and nothing has changed in it."""
+        if not after_copy:
+            pids = {p.pid for p in self.processes}
+            for p in self.processes:
+                for v, plan in zip(p.vmas, p.plans):
+                    if plan.unrestorable:
+                        self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
+                                           plan.unrestorable)
+                for kind, nid in p.ns_ids.items():
+                    if nid != self.root_ns.get(kind):
+                        self._unrestorable(p.pid, "namespace", f"{kind} namespace",
+                                           f"differs from the dumper's: namespaces are not saved")
+                for child in p.proc.children():
+                    if child not in pids:
+                        self._unrestorable(p.pid, "child process", f"pid {child}",
+                                           "a child process outside the checkpoint")
+                if p.frozen.zombie:
+                    self._unrestorable(p.pid, "zombie", f"pid {p.pid}", "zombie processes are not saved yet")
+            for r in self.files.unrestorable:
+                self._unrestorable(r.pid, r.kind, r.what, r.why)
+        else:
+            for p in self.processes:
+                if p.copier is not None and p.copier.unreadable:
+                    n = p.copier.pages_unreadable
+                    self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+        if self.opts.restorable and self.unrestorable:
+            r = self.unrestorable[0]
+            more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
+            raise DumpError(f"not restorable: pid {r.pid}: {r.kind} {r.what}: {r.why}{more}; "
+                            "the process was left as it was (drop --restorable to dump it anyway)")
+
+    def _unrestorable(self, pid: int, kind: str, what: str, why: str) -> None:
+        self.unrestorable.append(inventory_pb2.unrestorable_reason(pid=pid, kind=kind, what=what, why=why))
 
     def arm(self) -> None:
         for p in self.processes:
@@ -330,23 +513,30 @@ class DumpSession:
         regions, p.guard_vmas = split_guards(regions)
         # Regions merge across VMA boundaries: keep what lies in scanned VMAs.
         s, e, cats = iv.intersect((regions["start"], regions["end"]), p.scan_iv, keep=regions["categories"])
-        s, e, cats = drop_uffd_markers(p.pid, s, e, cats, p.marker_iv)
+        s, e, cats = drop_uffd_markers(p.proc.mm_tid(), s, e, cats, p.marker_iv)
         p.regions = (s, e, cats)
 
     def select(self) -> None:
-        """Pages to copy, and (incremental) pages the parent holds."""
+        """Pages to copy now; pages unchanged since the base are taken from
+        it instead: the parent checkpoint (PE_PARENT entries) or the copies
+        of earlier ``--pre-copy`` rounds."""
         for p in self.processes:
             s, e, cats = p.regions
             whole = p.whole_iv
-            if p.parent is None:
+            if p.parent is None and not p.rounds:
                 p.copy_iv = _union((s, e), whole)
                 continue
             tracked = p.tracker.tracked()
             changed = (cats & int(p.tracker.changed)) != 0
             in_t_s, in_t_e, src = iv.intersect((s, e), tracked, keep=np.arange(len(s)))
             unchanged = (in_t_s[~changed[src]], in_t_e[~changed[src]])
-            covered, missing = _split_by_parent(unchanged, p.parent)
-            p.parent_iv = covered
+            if p.parent is not None:
+                covered, _ = _split_by_parent(unchanged, p.parent)
+                p.parent_iv = covered
+            else:
+                done = Extents.concat(p.rounds)
+                covered = iv.intersect(unchanged, iv.union(done.vaddr, done.vaddr + done.nbytes))
+                p.reuse_iv = covered
             p.copy_iv = _union(iv.subtract((s, e), covered), whole)
 
     def copy(self) -> None:
@@ -366,8 +556,9 @@ class DumpSession:
             self.notes.extend(p.tracker.reset(self.tracer, p.pid, self.dest))
 
     def thaw(self) -> None:
-        self.tracer.keep()
         self.tracer.thaw(self.opts.thaw)
+        # CRIU's frozen_time: every thread stopped -> the thaw done (criu/cr-dump.c)
+        self.frozen_ns = self.tracer.thaw_done_ns - self.tree.stopped_ns
 
     def write(self) -> DumpResult:
         """Everything after the thaw: pages from the spool, then the images."""
@@ -382,12 +573,15 @@ class DumpSession:
             pages_stats.append(pw.stats)
             w.write_mm(p.pid, self._mm_entry(p, skipped))
         self._write_task_images()
-        st = pages_stats[0]
-        reader = self.processes[0].copier
+        st = _sum_stats(pages_stats)
+        copiers = [p.copier for p in self.processes if p.copier is not None]
+        read_ns = sum(c.read_ns for c in copiers)
+        unreadable = [u for c in copiers for u in c.unreadable]
+        n_unreadable = sum(c.pages_unreadable for c in copiers)
         stats = stats_pb2.dump_stats_entry(
             freezing_time=min(self.freezing_ns // 1000, 2**32 - 1),
-            frozen_time=min(self.tracer.frozen_ns // 1000, 2**32 - 1),
-            memdump_time=min(reader.read_ns // 1000, 2**32 - 1),
+            frozen_time=min(self.frozen_ns // 1000, 2**32 - 1),
+            memdump_time=min(read_ns // 1000, 2**32 - 1),
             memwrite_time=min(st.write_ns // 1000, 2**32 - 1),
             pages_scanned=self._pages_scanned(),
             pages_skipped_parent=st.pages_parent,
@@ -396,10 +590,10 @@ class DumpSession:
             bytes_raw=st.bytes_raw,
             bytes_compressed=st.bytes_compressed,
             scan_time_us=self.scan_ns // 1000,
-            read_time_us=reader.read_ns // 1000,
+            read_time_us=read_ns // 1000,
             compress_time_us=st.compress_ns // 1000,
             write_time_us=st.write_ns // 1000,
-            pages_unreadable=reader.pages_unreadable,
+            pages_unreadable=n_unreadable,
         )
         w.write_stats(stats)
         root = self.processes[0]
@@ -425,23 +619,29 @@ class DumpSession:
             inv.parent_path = parent_link
             if root.parent.inventory.checkpoint_id:
                 inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
+        inv.unrestorable.extend(self.unrestorable)
+        rf = root.frozen
+        if self.files.needs_shell_job or (rf is not None and rf.sid != rf.pid):
+            inv.shell_job = True  # `criu restore --shell-job`: the terminal or session lives outside
         inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
         if opts.compress:
             inv.compression_level = opts.level
             inv.frame_pages = fmt.FRAME_PAGES
         w.write_inventory(inv)
         path = w.commit()
+        self.tracer.keep()  # the checkpoint exists: what was armed for it stays
         return DumpResult(
             dest=os.fspath(path), pid=root.pid, comm=root.proc.name, backend=self.backend_name,
-            tracker=self.tracker_name, thaw=opts.thaw,
+            tracker=inv.tracker, thaw=opts.thaw,
             was_stopped=bool(root.frozen and root.frozen.was_stopped), parent=parent_link, pre_dump=opts.pre_dump,
-            frozen_ns=self.tracer.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
-            read_ns=reader.read_ns, total_ns=time.monotonic_ns() - self.t_begin,
+            frozen_ns=self.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
+            read_ns=read_ns, total_ns=time.monotonic_ns() - self.t_begin,
             pages_scanned=self._pages_scanned(), pages_written=st.pages_present, pages_parent=st.pages_parent,
-            pages_unreadable=reader.pages_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,
+            pages_unreadable=n_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,
             compress_ns=st.compress_ns, write_ns=st.write_ns, vmas=len(root.vmas), vmas_skipped=skipped,
-            unreadable=reader.unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
+            unreadable=unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
             spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
+            unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
         )
 
     # -- helpers ---------------------------------------------------------------
@@ -451,14 +651,21 @@ class DumpSession:
         w = self.writer
         seccomp = criu_core.seccomp_entry([p.task for p in self.processes])  # sets each thread's filter index
         tree = []
+        pids = {p.pid for p in self.processes} | {z.pid for z in self.zombies}
         for p in self.processes:
             fp = p.frozen
             for i, t in enumerate(p.task.threads):
                 w.write_image(fmt.core_name(t.tid), "CORE", [criu_core.core_entry(p.task, t, leader=i == 0)])
             w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
-            ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
+            ppid = fp.ppid if fp.ppid in pids and p.pid != self.pid else 0
             tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
+        for z in self.zombies:  # recorded, never read: CRIU restores them as zombies
+            w.write_image(fmt.core_name(z.pid), "CORE", [criu_core.zombie_core_entry(z.pid)])
+            tree.append(criu_core.pstree_entry(z.pid, z.ppid, z.pgid, z.sid, [z.pid]))
         w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
+        self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info
+        for files_id, fdinfos in self._fdinfos.items():
+            write_fdinfo(w, files_id, fdinfos)
         w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
         w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
@@ -467,7 +674,7 @@ class DumpSession:
 
     def _write_pages(self, p: ProcessDump, pw) -> None:
         """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""
-        ext = p.extents
+        ext = Extents.concat([p.extents, *self._reused(p)])
         ps, pe = p.parent_iv
         vaddr = np.concatenate((ext.vaddr, ps)).astype(_U64)
         nbytes = np.concatenate((ext.nbytes, pe - ps)).astype(_U64)
@@ -482,6 +689,21 @@ class DumpSession:
             else:
                 pw.add_parent(a, n // PAGE_SIZE)
 
+    @staticmethod
+    def _reused(p: ProcessDump) -> list[Extents]:
+        """Where the pages of ``reuse_iv`` live in the spool: for each piece,
+        the newest round that copied it."""
+        out = []
+        left = p.reuse_iv
+        for ext in reversed(p.rounds):
+            if not len(left[0]):
+                break
+            s, e, idx = _pieces(left, ext)
+            if len(s):
+                out.append(Extents(s, e - s, ext.offset[idx] + (s - ext.vaddr[idx])))
+                left = iv.subtract(left, (s, e))
+        return out
+
     def _mm_entry(self, p: ProcessDump, skipped: dict[str, int]) -> mm_pb2.mm_entry:
         mm = p.mm
         vs = np.array([v.start for v in p.vmas], _U64)
@@ -491,13 +713,62 @@ class DumpSession:
         for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
             if plan.mode == "skip":
                 skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
-            mm.vmas.append(vma_entry_from(
-                v, status=plan.status, dumped=plan.mode != "skip",
+            e = vma_entry_from(
+                v, status=plan.status, shmid=p.vma_shmid.get(i, 0), dumped=plan.mode != "skip",
                 contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
-                nr_pages_parent=int(in_parent[i]) or None))
+                nr_pages_parent=int(in_parent[i]) or None)
+            if i in p.vma_fdflags:
+                e.fdflags = p.vma_fdflags[i]
+            mm.vmas.append(e)
         apply_file_identities(mm.vmas, p.file_ids)
+        as_criu_lists_them(mm)  # [vvar] + [vvar_vclock]: one VMA
         mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         return mm
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` now, parents before children."""
+    out, todo = [], [pid]
+    while todo:
+        cur = todo.pop(0)
+        try:
+            kids = Process(cur).children()
+        except NoSuchProcess:
+            continue
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def _sum_stats(all_stats):
+    """The counters of every process's pages writer, added up."""
+    from ..image.writer import PagesWriterStats
+
+    total = PagesWriterStats()
+    for st in all_stats:
+        for f in total.__dataclass_fields__:
+            setattr(total, f, getattr(total, f) + getattr(st, f))
+    return total
+
+
+def _criu_auxv(words: list[int]) -> list[int]:
+    """The saved auxv as CRIU keeps it: the pairs before AT_NULL, at most
+    AT_VECTOR_SIZE (44 on x86_64, criu/arch/x86/include/asm/types.h) words;
+    its restore refuses more as a corrupted image."""
+    n = next((i for i in range(0, len(words) - 1, 2) if words[i] == 0), len(words) - len(words) % 2)
+    return words[:min(n, 44)]
+
+
+def _pieces(ivs, ext: Extents):
+    """``ivs`` cut to the extents of ``ext``: ``(starts, ends, extent index)``."""
+    es = ext.vaddr
+    s, e, idx = iv.intersect((es, es + ext.nbytes), ivs, keep=np.arange(len(es)))
+    order = np.argsort(s, kind="stable")
+    return s[order], e[order], idx[order]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _union(a, b):
