@@ -815,9 +815,10 @@ class Checkpoint:
         zeros = 0
         vmas = proc.vmas if proc.mm is not None else None
         kinds = hole_kinds(vmas) if vmas is not None else None
+        crcs: dict = {}
         for s, e in self._ranges(proc, bits):
             pos = s
-            for chunk in self._chunks(proc, s, e, None, holes=True):
+            for chunk in self._chunks(proc, s, e, None, True, crcs):
                 n = len(chunk)
                 if type(chunk) is Hole:
                     for a, b, droppable in _split_by_zero_vmas(vmas, kinds, pos, pos + n):
@@ -901,7 +902,9 @@ class Checkpoint:
         """
         proc = self.process(pid)
         lo, hi = _page_span(proc.page_size, addr, size)
-        parts = [c for s, e, vma in self._vma_pieces(proc, lo, hi, addr) for c in self._chunks(proc, s, e, vma)]
+        crcs: dict = {}  # one read: entries cut at VMA boundaries are still checked whole
+        parts = [c for s, e, vma in self._vma_pieces(proc, lo, hi, addr)
+                 for c in self._chunks(proc, s, e, vma, False, crcs)]
         return _join(parts, addr - lo, size)
 
     def read_recorded(self, pid: int | None, addr: int, size: int) -> bytes:
@@ -910,7 +913,7 @@ class Checkpoint:
         any other page raises ImageError. VMAs are not consulted."""
         proc = self.process(pid)
         lo, hi = _page_span(proc.page_size, addr, size)
-        parts = list(self._chunks(proc, lo, hi, None)) if hi > lo else []
+        parts = list(self._chunks(proc, lo, hi, None, False, {})) if hi > lo else []
         return _join(parts, addr - lo, size)
 
     def iter_chunks(
@@ -930,10 +933,11 @@ class Checkpoint:
         lo, hi = _page_span(ps, addr, size)
         pieces = [(lo, hi, None)] if recorded_only else self._vma_pieces(proc, lo, hi, addr)
         pos = lo
+        crcs: dict = {}
         for s, e, vma in pieces:
             if s >= e:
                 continue
-            for chunk in self._chunks(proc, s, e, vma):
+            for chunk in self._chunks(proc, s, e, vma, False, crcs):
                 yield pos, chunk
                 pos += len(chunk)
 
@@ -970,12 +974,15 @@ class Checkpoint:
             pos = end
             i += 1
 
-    def _chunks(self, proc: CheckpointProcess, s: int, e: int, vma,
-                holes: bool = False) -> Iterator[bytes | memoryview | Hole]:
+    def _chunks(self, proc: CheckpointProcess, s: int, e: int, vma, holes: bool = False,
+                crcs: dict | None = None) -> Iterator[bytes | memoryview | Hole]:
         """Bytes-like chunks that together are the bytes of page-aligned
         ``[s, e)``, in order. ``vma`` decides what pages without an entry
         hold; None: they are an error. With ``holes``, zeros that are holes
-        of a raw pages file come as :class:`Hole` objects, never read."""
+        of a raw pages file come as :class:`Hole` objects, never read.
+        ``crcs``: running crc32 of entries being read whole, shared by the
+        calls of one read (a range is cut at VMA boundaries, an entry is not):
+        an entry read from its first page to its last is checked."""
         ps = proc.page_size
         entries = proc.entries
         n_ent = len(entries)
@@ -993,9 +1000,14 @@ class Checkpoint:
                 pos = es
             b = min(es + ent.nr_pages * ps, e)
             if ent.flags & fmt.PE_PRESENT:
-                whole = pos == es and b == es + ent.nr_pages * ps  # the whole entry: its checksum applies
-                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b, ent if whole else None,
-                                         holes)
+                track = None
+                if crcs is not None and ent.crc32 is not None:
+                    key = (id(self), proc.pid, es)
+                    if pos == es:
+                        crcs[key] = 0  # read from its first page: its checksum applies
+                    if key in crcs:
+                        track = (crcs, key, ent, b == es + ent.nr_pages * ps)
+                yield from self._present(proc, ent.pages_off + (pos - es) // ps, pos, b, track, holes)
             elif ent.flags & fmt.PE_PARENT:
                 parent = self._parent_for(proc, pos, b - pos)
                 pproc = parent.processes.get(proc.pid)
@@ -1005,7 +1017,7 @@ class Checkpoint:
                         f"has no process {proc.pid}, whose pages [{pos:#x}, {b:#x}) {proc.pagemap_path} "
                         "marks PE_PARENT",
                     )
-                yield from parent._chunks(pproc, pos, b, None, holes)
+                yield from parent._chunks(pproc, pos, b, None, holes, crcs)
             else:
                 raise ImageError(
                     proc.pagemap_path, None,
@@ -1034,18 +1046,20 @@ class Checkpoint:
         return parent
 
     def _present(self, proc: CheckpointProcess, index: int, s: int, e: int,
-                 whole: PagemapEntry | None = None, holes: bool = False) -> Iterator[bytes | Hole]:
+                 track: tuple | None = None, holes: bool = False) -> Iterator[bytes | Hole]:
         """Stream pages from ``index`` on, for ``[s, e)``: one chunk per zstd
         frame (whole frames come back without a copy), or per 16 MiB raw.
-        ``whole``: the entry, when ``[s, e)`` is all of it; its crc32 (raw
-        files written by dumper) is then checked before the last chunk is
-        given out (CorruptImage). ``holes``: holes of a raw pages file come
-        as :class:`Hole` (their zeros never read; the crc still checked)."""
+        ``track``: ``(crcs, key, entry, last)`` when the entry is being read
+        from its first page: the running crc32 (raw files written by dumper)
+        goes on in ``crcs[key]`` and, where ``[s, e)`` ends the entry
+        (``last``), is checked before the last chunk is given out
+        (CorruptImage). ``holes``: holes of a raw pages file come as
+        :class:`Hole` (their zeros never read; the crc still checked)."""
         ps = proc.page_size
         pages = proc.pages
         step = pages.frame_pages or max(1, _RAW_CHUNK // ps)
         left = (e - s) // ps
-        crc = 0 if whole is not None and whole.crc32 is not None else None
+        crc = track[0][track[1]] if track is not None else None
         gaps = pages.holes(index, left) if holes else []
         gaps.append((index + left, 0))  # sentinel
         g = 0
@@ -1061,8 +1075,10 @@ class Checkpoint:
             left -= n
             if crc is not None:
                 crc = crc32_zeros(crc, len(data)) if type(data) is Hole else zlib.crc32(data, crc)
-                if not left:
-                    proc.check_crc(whole, crc)
+                track[0][track[1]] = crc
+                if not left and track[3]:
+                    del track[0][track[1]]
+                    proc.check_crc(track[2], crc)
             yield data
 
     def _hole(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[bytes | memoryview]:
