@@ -114,12 +114,13 @@ def _fill_thread_info(ti, t: ThreadState, layout: XsaveLayout) -> None:
                    seg_not_present=bool(d.seg_not_present), usable=bool(d.useable))
 
 
-def _fill_thread_core(tc, t: ThreadState) -> None:
+def _fill_thread_core(tc, t: ThreadState, *, leader: bool) -> None:
     tc.futex_rla, tc.futex_rla_len = t.robust_list
     tc.sched_nice, tc.sched_policy = t.sched_nice, t.sched_policy
     if t.sched_prio is not None:
         tc.sched_prio = t.sched_prio
-    tc.blk_sigset = t.sigmask
+    if not leader:  # the leader's mask is the task's (tc.blk_sigset), as CRIU writes it
+        tc.blk_sigset = t.sigmask
     tc.sas.ss_sp, tc.sas.ss_size, tc.sas.ss_flags = t.sas
     if t.pdeath_sig:
         tc.pdeath_sig = t.pdeath_sig
@@ -190,7 +191,7 @@ def core_entry(task: TaskState, thread: ThreadState, *, leader: bool) -> core_pb
     layout = xsave_layout()
     c = core_pb2.core_entry(mtype=_MTYPE_X86_64)
     _fill_thread_info(c.thread_info, thread, layout)
-    _fill_thread_core(c.thread_core, thread)
+    _fill_thread_core(c.thread_core, thread, leader=leader)
     if leader:
         _fill_task_core(c.tc, task)
     return c

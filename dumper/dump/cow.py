@@ -35,7 +35,7 @@ from ..kernel.pagemap import PM_ENTRY_BYTES, PM_MMAP_EXCLUSIVE, PM_PFRAME_MASK, 
 from . import intervals as iv
 from .memread import Extents
 
-__all__ = ["CowSharing", "CowRuns"]
+__all__ = ["CowSharing", "CowRuns", "stream_layout", "write_cow_refs"]
 
 _U64 = np.uint64
 _PS = _U64(PAGE_SIZE)
@@ -239,3 +239,19 @@ def stream_layout(ext: Extents) -> tuple[Extents, np.ndarray]:
     pages = (sorted_ext.nbytes // _PS).astype(np.int64)
     first = np.cumsum(pages) - pages
     return sorted_ext, first
+
+
+def write_cow_refs(writer, p, cow: CowRuns) -> None:
+    """Write ``cow-PID.img`` for process ``p`` (a ProcessDump) when it has
+    references; pages whose owner could not read them are ``p``'s
+    unreadable pages too."""
+    from ..image import format as fmt
+    from ..image.pb import zpages_pb2
+
+    if len(cow):
+        writer.write_image(fmt.cow_name(p.pid), "COW_REFS", [
+            zpages_pb2.cow_ref_entry(vaddr=v, nr_pages=n, pages_id=i, pages_off=o)
+            for v, n, i, o in zip(cow.vaddr.tolist(), cow.nr_pages.tolist(), cow.pages_id.tolist(),
+                                  cow.pages_off.tolist())])
+    if cow.lost and p.copier is not None:
+        p.copier.unreadable.extend(cow.lost)

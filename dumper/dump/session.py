@@ -32,18 +32,19 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import __version__
-from ..errors import DumpError, NoSuchProcess, UnsupportedKernel
+from ..errors import DumperWarning, DumpError, NoSuchProcess, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
 from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
-from ..image.pb import inventory_pb2, mm_pb2, stats_pb2, zpages_pb2
+from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
 from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
@@ -61,7 +62,7 @@ from . import core as criu_core
 from .core import KobjIds, NamespaceIds
 from .files import FileTable, write_fdinfo
 from .shmem import SharedMemory, settle_plans, spool_estimate
-from .cow import CowSharing, stream_layout
+from .cow import CowSharing, stream_layout, write_cow_refs
 from ..proc.fds import collect_fds, map_files_fdflags
 from ..proc.freeze import check_target
 from ..proc.tree import FrozenProcess
@@ -352,6 +353,23 @@ class DumpSession:
         expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode == "shmem"))
         if not opts.pre_dump:
             self.spool.reserve(expected + expected // 16 + (1 << 20))
+        self._warn_long_freeze(expected)
+
+    def _warn_long_freeze(self, expected: int) -> None:
+        """Say so before a freeze estimated to last long: the pagemap
+        fallback reads 8 bytes per page of every mapping while frozen, and
+        the copy moves every expected byte (rates measured here, kept low)."""
+        from ..scan import estimate_scan_seconds
+
+        copy = 0.0 if self.opts.pre_dump else expected / 1.5e9
+        scan = sum(estimate_scan_seconds(self.opts.backend, [v for v, pl in zip(p.vmas, p.plans)
+                                                              if pl.mode == "pages"])
+                   for p in self.processes)
+        if copy + scan > 2.0:
+            why = (f"scanning {sum(v.size for p in self.processes for v in p.vmas) / (1 << 40):.1f} TiB of "
+                   "mappings with the pagemap fallback (no PAGEMAP_SCAN before Linux 6.7)" if scan > copy else
+                   f"copying {expected / (1 << 30):.1f} GiB; --pre-copy copies most of it before the freeze")
+            warnings.warn(DumperWarning(f"the process will stay frozen for about {copy + scan:.0f} s: {why}"))
 
     def _process_dump(self, proc: Process, start_time: int) -> ProcessDump:
         """A process of the dump, with its tracker and (incremental) its parent's pages."""
@@ -595,22 +613,19 @@ class DumpSession:
         opts, w = self.opts, self.writer
         pages_stats = []
         skipped: dict[str, int] = {}
+        total = sum(p.extents.total + sum(e.total for e in self._reused(p)) for p in self.processes)
         for i, p in enumerate(self.processes, 1):
-            p.pages_id = i
-        for p in self.processes:
-            pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level, threads=opts.threads)
-            cow = self.cow.runs(p, self.processes, self._stream)
-            self._write_pages(p, pw, cow)
-            pw.close()
-            if len(cow):
-                w.write_image(fmt.cow_name(p.pid), "COW_REFS", [
-                    zpages_pb2.cow_ref_entry(vaddr=v, nr_pages=n, pages_id=i, pages_off=o)
-                    for v, n, i, o in zip(cow.vaddr.tolist(), cow.nr_pages.tolist(), cow.pages_id.tolist(),
-                                          cow.pages_off.tolist())])
-            if cow.lost and p.copier is not None:
-                p.copier.unreadable.extend(cow.lost)  # the process that held them could not read them
-            pages_stats.append(pw.stats)
-            w.write_mm(p.pid, self._mm_entry(p, skipped))
+            p.pages_id = i  # all first: PE_COW references name earlier processes' streams
+        with _progress(total, opts.progress, "writing") as bar:
+            for p in self.processes:
+                pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level,
+                                    threads=opts.threads, progress=bar.update if bar is not None else None)
+                cow = self.cow.runs(p, self.processes, self._stream)
+                self._write_pages(p, pw, cow)
+                pw.close()
+                write_cow_refs(w, p, cow)
+                pages_stats.append(pw.stats)
+                w.write_mm(p.pid, self._mm_entry(p, skipped))
         shm_stats, _ = self.shmem.write(w, self.spool, len(self.processes) + 1, compress=opts.compress,
                                         level=opts.level, threads=opts.threads, ipc_ns_id=self.root_ns.get("ipc", 0))
         self._write_task_images()
@@ -867,11 +882,12 @@ def _pages_per(vs: np.ndarray, ve: np.ndarray, ivs) -> np.ndarray:
     return out
 
 
-def _progress(total_bytes: int, enabled: bool):
+def _progress(total_bytes: int, enabled: bool, what: str = "copying"):
+    """A progress bar by bytes (tqdm on stderr), shown only for work that
+    takes more than about a second."""
     if not enabled:
         return nullcontext(None)
     from tqdm import tqdm
 
-    # delay: only dumps that take more than about a second show a bar.
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc="copying", delay=1.0, leave=False)
+                desc=what, delay=1.0, leave=False)

@@ -25,7 +25,6 @@ offsets and addresses (end-exclusive), pages for ``nr_pages``/``pages_off``.
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -297,12 +296,20 @@ class SharedImages:
         n = np.clip(np.minimum(e, hi) - np.maximum(s, lo), 0, None)
         return obj, int(n.sum()) // ps
 
+    def _shmem_vmas(self, proc) -> list:
+        """``proc``'s shared memory VMAs (messages), found by the status column."""
+        t = proc.vmas
+        if not len(t):
+            return []
+        rows = np.flatnonzero((t.status & np.uint32(SHMEM_VMAS)) != 0)
+        return list(t.take(rows)) if len(rows) else []
+
     def mapped_by(self, obj: SharedObjectImage) -> list[tuple[int, object]]:
         """``(pid, vma)`` of every VMA of the checkpoint mapping ``obj``."""
         out = []
         for pid, proc in self._ck.processes.items():
-            for v in proc.vmas:
-                if is_shmem_vma(v) and self.object_for_vma(v)[0] is obj:
+            for v in self._shmem_vmas(proc):
+                if self.object_for_vma(v)[0] is obj:
                     out.append((pid, v))
         return out
 
@@ -385,25 +392,22 @@ class SharedImages:
             pos = b
             k += 1
 
-    def cow_pages_per_vma(self, proc) -> list[int]:
-        """PE_COW pages of ``proc``'s pagemap inside each of its VMAs."""
+    def cow_pages_per_vma(self, proc, table=None) -> list[int]:
+        """PE_COW pages of ``proc``'s pagemap inside each row of ``table``
+        (a VmaTable; default ``proc.vmas``)."""
+        from .checkpoint import pages_per_vma
+
+        t = proc.vmas if table is None else table
         ent = proc.entries
         cow = ent.mask(fmt.PE_COW)
-        out = [0] * len(proc.vmas)
-        if not cow.any():
-            return out
-        ps = self.page_size
-        starts = [v.start for v in proc.vmas]
-        for va, n in zip(ent.vaddr[cow].tolist(), ent.nr_pages[cow].tolist()):
-            end = va + n * ps
-            i = max(bisect.bisect_right(starts, va) - 1, 0)
-            while i < len(proc.vmas) and proc.vmas[i].start < end:
-                v = proc.vmas[i]
-                a, b = max(v.start, va), min(v.end, end)
-                if b > a:
-                    out[i] += (b - a) // ps
-                i += 1
-        return out
+        if not cow.any() or not len(t):
+            return [0] * len(t)
+        sel = ent[cow]
+        as_present = PagemapEntries(sel.vaddr, sel.nr_pages, np.full(len(sel), fmt.PE_PRESENT, np.uint32),
+                                    sel.pages_off)
+        n = pages_per_vma(as_present, t.start, t.end, self.page_size)[0]
+        n[(t.status & np.uint32(fmt.VMA_AREA_GUARD)) != 0] = 0
+        return n.tolist()
 
     # --- verification
 
@@ -434,13 +438,14 @@ class SharedImages:
                 yield CorruptImage(refs.path, None, f"pid {proc.pid}: the references do not cover the PE_COW "
                                    "entries of its pagemap exactly")
         for proc in self._ck.processes.values():  # a shared VMA must name a saved object
-            for v in proc.vmas:
-                if not is_shmem_vma(v) or (v.HasField("dumped") and not v.dumped):
+            for v in self._shmem_vmas(proc):
+                if v.HasField("dumped") and not v.dumped:
                     continue
                 obj, why = self.object_for_vma(v)
-                if obj is None:
+                if obj is None and v.status & fmt.VMA_AREA_MEMFD:  # a broken chain of ids (a CRIU 3.x set
+                    # without a shared object's pagemap just has nothing to read there: reads say so)
                     yield ImageError(proc.mm_path, None, f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x}: {why}")
-                elif not obj.saved and (obj.size or 0) > 0:
+                elif obj is not None and not obj.saved and (obj.size or 0) > 0:
                     yield ImageError(proc.mm_path, None, f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x}: "
                                      f"{obj.describe()} has no {fmt.pagemap_shmem_name(obj.shmid)}")
 
