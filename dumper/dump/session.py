@@ -439,6 +439,8 @@ class DumpSession:
     def collect(self) -> None:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
+        # a zombie's exit code now: once thawed, its parent may reap it
+        self.zombie_cores = [criu_core.zombie_core_entry(z.pid) for z in self.zombies]
         for p in self.processes:
             p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
             fp = p.frozen
@@ -717,8 +719,8 @@ class DumpSession:
             w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
             ppid = fp.ppid if fp.ppid in pids and p.pid != self.pid else 0
             tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
-        for z in self.zombies:  # recorded, never read: CRIU restores them as zombies
-            w.write_image(fmt.core_name(z.pid), "CORE", [criu_core.zombie_core_entry(z.pid)])
+        for z, core in zip(self.zombies, self.zombie_cores):  # recorded, never read: CRIU restores them as zombies
+            w.write_image(fmt.core_name(z.pid), "CORE", [core])
             tree.append(criu_core.pstree_entry(z.pid, z.ppid, z.pgid, z.sid, [z.pid]))
         w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
         self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info

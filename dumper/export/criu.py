@@ -10,7 +10,12 @@ through :mod:`dumper.image.checkpoint`) into files CRIU's tools read:
                     (``crit x mems``/``rss`` look file VMAs up there)
 ``mm-PID.img``      ``mm_entry`` with its ``vma_entry`` list, CRIU's status bits
 ``pagemap-PID.img`` ``pagemap_head`` + ``pagemap_entry`` (fields 2 and 5 set)
-``pages-N.img``     the PE_PRESENT pages, raw, in entry order
+``pages-N.img``     the PE_PRESENT pages, raw, in entry order (pages shared
+                    copy-on-write, PE_COW, copied in: CRIU has no such entry)
+``memfd.img``,      shared memory objects as CRIU 4.2 writes them: each
+``pagemap-shmem-*`` memfd / shared anonymous object once, MEMFD entries in
+                    ``files.img`` naming it from its VMAs; SysV segments'
+                    ``ipcns-shm-*.img``
 ==================  =========================================================
 
 Every message holds CRIU's fields only (numbers below 32); dumper's own
@@ -66,7 +71,7 @@ from google.protobuf.message import Message
 from ..errors import DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint
-from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
+from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
 from ..image.safefs import Dir, OutputDir
 from ..image.vmas import as_criu_lists_them
 
@@ -240,6 +245,18 @@ class _FileIds:
         self.ids: dict[tuple, int] = {}
         self.entries: list[Message] = []
 
+    def memfd(self, key: tuple, inode_id: int) -> int:
+        """A MEMFD entry (criu/memfd.c, flags 0 as for a mapping) naming
+        memfd inode ``inode_id``, one per ``key``."""
+        if key in self.ids:
+            return self.ids[key]
+        fid = len(self.entries) + 1
+        self.ids[key] = fid
+        mfe = memfd_pb2.memfd_file_entry(id=fid, flags=0, pos=0, inode_id=inode_id,
+                                         fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
+        self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.MEMFD, id=fid, memfd=mfe))
+        return fid
+
     def get(self, name: str, key: tuple, flags: int) -> int:
         if key in self.ids:
             return self.ids[key]
@@ -275,11 +292,13 @@ def _exe_vma(mm: mm_pb2.mm_entry):
     return None
 
 
-def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
+def _mm_for(proc: CheckpointProcess, files: _FileIds | None, shared=None) -> mm_pb2.mm_entry:
     """``proc``'s mm_entry with CRIU's fields only. With ``files`` (a dumper
     source) file VMAs and the executable get ``files.img`` ids in
     ``shmid``/``exe_file_id``, and shared memory its inode as ``shmid``
-    (CRIU's shmem id); a CRIU source keeps its ids."""
+    (CRIU's shmem id), a memfd or shared anonymous mapping a MEMFD entry
+    naming its ``memfd.img`` inode (``shared``: the source's
+    :class:`~dumper.image.shared.SharedImages`); a CRIU source keeps its ids."""
     src = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
     mm = criu_fields_only(src)
     for f in mm.DESCRIPTOR.fields:  # CRIU's required fields, 0 when unknown
@@ -303,7 +322,11 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
     else:
         mm.exe_file_id = files.get("", ("", "exe", proc.pid), 0)
     for v, out in zip(src.vmas, mm.vmas):
-        if v.status & _FILE_VMA:
+        if v.status & fmt.VMA_AREA_MEMFD and shared is not None:
+            obj, _ = shared.object_for_vma(v)
+            inode = shared.inode_id_of(obj) if obj is not None else None
+            out.shmid = files.memfd(("memfd", obj.shmid), inode) if inode is not None else 0
+        elif v.status & _FILE_VMA:
             name, key = _file_key(v)
             writable_shared = v.status & fmt.VMA_FILE_SHARED and v.prot & _PROT_WRITE
             out.shmid = files.get(name, key, _O_RDWR if writable_shared else 0)
@@ -322,10 +345,10 @@ def _pagemap_entry(vaddr: int, nr: int, flags: int) -> pagemap_pb2.pagemap_entry
 
 
 def _flat_runs(ck: Checkpoint, pid: int) -> Iterator[tuple[int, bytes]]:
-    """Every recorded page of ``pid``, PE_PARENT resolved, ascending."""
+    """Every recorded page of ``pid``, PE_PARENT and PE_COW resolved, ascending."""
     proc = ck.process(pid)
     for e in proc.entries:
-        if not e.flags & (fmt.PE_PRESENT | fmt.PE_PARENT):
+        if not e.flags & (fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW):
             raise ExportError(
                 f"{proc.pagemap_path}: pages [{e.vaddr:#x}, {e.end(proc.page_size):#x}) are "
                 f"{fmt.format_flags(e.flags, 'pmap.flags')} only: their data is in no image"
@@ -337,15 +360,17 @@ def _flat_runs(ck: Checkpoint, pid: int) -> Iterator[tuple[int, bytes]]:
 def _own_runs(ck: Checkpoint, proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
     """``(vaddr, nr_pages, flags, data)`` of ``proc``'s own entries, data for
     PE_PRESENT pieces only (entries cut into chunks, holes of a sparse raw
-    pages file in anonymous memory left out)."""
+    pages file in anonymous memory left out); PE_COW pages, stored in
+    another process's stream, come as PE_PRESENT with their data."""
     ps = proc.page_size
     present = ck.iter_copy(proc.pid, max_pages=_CHUNK_PAGES, parents=False)
     nxt = next(present, None)
     for e in proc.entries:
-        if e.flags & fmt.PE_PRESENT:
+        if e.flags & (fmt.PE_PRESENT | fmt.PE_COW):
             end = e.end(ps)
+            flags = fmt.PE_PRESENT if e.flags & fmt.PE_COW else e.flags
             while nxt is not None and nxt[0] < end:
-                yield nxt[0], len(nxt[1]) // ps, e.flags, nxt[1]
+                yield nxt[0], len(nxt[1]) // ps, flags, nxt[1]
                 nxt = next(present, None)
         else:
             yield e.vaddr, e.nr_pages, e.flags, None
@@ -409,7 +434,8 @@ def _write_set(ck: Checkpoint, directory: Dir, final: Path, flatten: bool) -> Ex
     w.image(fmt.INVENTORY_NAME, "INVENTORY", [inv])
     w.image(PSTREE_NAME, "PSTREE", _pstree(ck))
     files = None if ck.is_criu else _FileIds()
-    mms = {pid: _mm_for(ck.processes[pid], files) for pid in ck.pids if ck.processes[pid].mm is not None}
+    shared = ck.shared
+    mms = {pid: _mm_for(ck.processes[pid], files, shared) for pid in ck.pids if ck.processes[pid].mm is not None}
     if files is not None:
         w.image(FILES_NAME, "FILES", files.entries)
     else:
@@ -420,7 +446,45 @@ def _write_set(ck: Checkpoint, directory: Dir, final: Path, flatten: bool) -> Ex
         if pid in mms:
             w.image(fmt.mm_name(pid), "MM", [mms[pid]])
         _write_pages(w, ck, pid, pages_id, flatten)
+    _write_shared(w, shared, len(ck.pids) + 1)
     return w.result
+
+
+def _write_shared(w: _SetWriter, shared, first_pages_id: int) -> None:
+    """``memfd.img``, ``ipcns-shm-*.img`` and each saved object's
+    ``pagemap-shmem-SHMID.img`` with raw pages (ids from ``first_pages_id``),
+    CRIU's fields only."""
+    inodes = shared.inode_entries()
+    if inodes:
+        w.image(fmt.MEMFD_INODE_NAME, "MEMFD_INODE", [criu_fields_only(m) for m in inodes])
+    for name, segs in shared.ipc_entries().items():
+        w.image(name, "IPCNS_SHM", [criu_fields_only(m) for m in segs])
+    pages_id = first_pages_id
+    for obj in shared.objects.values():
+        if not obj.saved:
+            continue
+        ps = obj.page_size
+        name = fmt.pages_name(pages_id)
+        f = w.create(name)
+        rows = []
+        try:
+            for v, n in zip(obj.entries.vaddr.tolist(), obj.entries.nr_pages.tolist()):
+                for done in range(0, n, _CHUNK_PAGES):
+                    k = min(_CHUNK_PAGES, n - done)
+                    for chunk in obj.chunks(v + done * ps, k * ps, f"exporting {obj.describe()}"):
+                        f.write(chunk)
+                rows.append((v, n))
+        except OSError as err:
+            f.discard()
+            raise ExportError(f"writing {w.result.path / name}: {err.strerror}") from err
+        except BaseException:
+            f.discard()
+            raise
+        w.finish(f)
+        msgs: list[Message] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
+        msgs.extend(_pagemap_entry(v, n, fmt.PE_PRESENT) for v, n in rows)
+        w.image(fmt.pagemap_shmem_name(obj.shmid), "PAGEMAP", msgs)
+        pages_id += 1
 
 
 # --- destination

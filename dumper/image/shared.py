@@ -35,7 +35,7 @@ from ..errors import CorruptImage, ImageError
 from . import format as fmt
 from .reader import PagemapEntries, PagesReader, load_pagemap
 
-__all__ = ["SharedImages", "SharedObjectImage", "CowRefs", "SHMEM_VMAS", "is_shmem_vma"]
+__all__ = ["SharedImages", "SharedObjectImage", "CowRefs", "SHMEM_VMAS", "is_shmem_vma", "copy_shared"]
 
 # VMA status bits whose contents are a shared memory object's.
 SHMEM_VMAS = fmt.VMA_AREA_MEMFD | fmt.VMA_ANON_SHARED | fmt.VMA_AREA_SYSVIPC
@@ -283,6 +283,21 @@ class SharedImages:
             return None, f"no shared memory object {vma.shmid} in the checkpoint"
         return obj, ""
 
+    def inode_id_of(self, obj: SharedObjectImage) -> int | None:
+        """``memfd.img``'s ``inode_id`` of ``obj`` (None for SysV and CRIU 3.x objects)."""
+        return next((i for i, o in self._inodes.items() if o is obj), None)
+
+    def inode_entries(self) -> list:
+        """The ``memfd_inode_entry`` messages of the set, as recorded."""
+        if not self._dir.exists(fmt.MEMFD_INODE_NAME):
+            return []
+        return [m for _, m in self._entries(fmt.MEMFD_INODE_NAME, "MEMFD_INODE")]
+
+    def ipc_entries(self) -> dict[str, list]:
+        """``{ipcns-shm-ID.img: [ipc_shm_entry...]}`` of the set."""
+        return {n: [m for _, m in self._entries(n, "IPCNS_SHM")] for n in sorted(self._dir.listdir())
+                if n.startswith("ipcns-shm-") and n.endswith(".img")}
+
     def vma_pages(self, vma) -> tuple[SharedObjectImage | None, int]:
         """``(object, pages it stores inside the mapping's range)`` of a
         shared memory VMA; ``(None, 0)`` when the object is not here."""
@@ -452,6 +467,38 @@ class SharedImages:
     def close(self) -> None:
         for obj in self.objects.values():
             obj.close()
+
+
+def copy_shared(ck, writer, first_pages_id: int, *, compress: bool, level: int, threads: int | None,
+                max_pages: int = 256) -> list:
+    """Write ``ck``'s shared memory objects into the checkpoint ``writer``
+    builds (flatten): each saved object's pagemap and pages (pages ids from
+    ``first_pages_id``), and the images that say which VMA maps which
+    object (``memfd.img``, ``files.img``, ``ipcns-shm-*.img``) as they are.
+    Returns the pages writers' stats."""
+    sh = ck.shared
+    ps = ck.page_size
+    stats = []
+    pages_id = first_pages_id
+    for obj in sh.objects.values():
+        if not obj.saved:
+            continue
+        pw = writer.pages_writer(0, pages_id, compress=compress, level=level, threads=threads,
+                                 pagemap_name=fmt.pagemap_shmem_name(obj.shmid))
+        pages_id += 1
+        with pw:
+            for v, n in zip(obj.entries.vaddr.tolist(), obj.entries.nr_pages.tolist()):
+                for done in range(0, n, max_pages):
+                    k = min(max_pages, n - done)
+                    off = v + done * ps
+                    pw.add_present(off, b"".join(obj.chunks(off, k * ps, f"copying {obj.describe()}")))
+        stats.append(pw.stats)
+    names = ck._dir.listdir()
+    for name in sorted(names):
+        if name in (fmt.MEMFD_INODE_NAME, fmt.FILES_NAME) or (name.startswith("ipcns-shm-") and name.endswith(".img")):
+            magic = {fmt.MEMFD_INODE_NAME: "MEMFD_INODE", fmt.FILES_NAME: "FILES"}.get(name, "IPCNS_SHM")
+            writer.write_image(name, magic, [m for _, m in sh._entries(name, magic)])
+    return stats
 
 
 def _runs(s: np.ndarray, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
