@@ -115,3 +115,36 @@ def test_dump_summary_says_what_became_of_the_process(spawn_target, tmp_path):
 def test_demo_rejects_an_empty_example():
     r = cli("demo", "--dense-mib", "0")
     assert r.returncode == 2 and "must be at least 1" in r.stderr
+
+
+def test_progress_moves_while_compressing_on_a_terminal(tmp_path):
+    """Issue 13 item 12: on a terminal, a long dump shows progress by bytes,
+    also while it compresses after the thaw (one run of slow compression).
+    The pty is left at a 0x0 size, as a new one is: tqdm alone prints nothing
+    there, so dumper gives it a width."""
+    import pty
+
+    p = subprocess.Popen([sys.executable, str(EXAMPLE), "--dense-mib", "96", "--threads", "1"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("READY")
+        pid, fd = pty.fork()
+        if pid == 0:  # the dumper, on the pty (a new pty reports 0 columns)
+            os.execv(sys.executable, [sys.executable, "-m", "dumper", "dump", str(p.pid), "-D",
+                                      str(tmp_path / "ck"), "--compress-level", "19", "--threads", "1"])
+        out = b""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+        text = out.decode(errors="replace")
+        assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+        assert "writing:" in text and "MiB" in text, text[-2000:]
+    finally:
+        p.kill()
+        p.wait()

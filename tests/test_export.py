@@ -486,7 +486,7 @@ def test_differential_against_criu_dump(spawn_target, tmp_path, working_criu):
     """dumper first (the target stays stopped), then ``criu dump
     --leave-running``: the same pages, the same bytes, except the one text
     page CRIU's code injection turns into a private anonymous page."""
-    t = spawn_target(LAYOUTS)
+    t = spawn_target(LAYOUTS, new_session=True)
     t.stop()
     ours = tmp_path / "ours"
     dump(t.pid, ours, thaw="leave-stopped")

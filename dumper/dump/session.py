@@ -842,5 +842,10 @@ def _progress(total_bytes: int, enabled: bool, what: str = "copying"):
         return nullcontext(None)
     from tqdm import tqdm
 
+    try:  # a terminal that reports a 0x0 size (a fresh pty) would make tqdm print nothing
+        size = os.get_terminal_size(2)
+        ncols, nrows = size.columns or 80, size.lines or 24
+    except OSError:
+        ncols = nrows = None
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=what, delay=1.0, leave=False)
+                desc=what, delay=1.0, leave=False, ncols=ncols, nrows=nrows, dynamic_ncols=False)
