@@ -112,6 +112,10 @@ class Backend(abc.ABC):
     def prepare(self) -> None:
         """Called once before each full scan (re-reads what may have changed)."""
 
+    def finish(self) -> None:
+        """Called once after each full scan, also when it failed: drops what
+        :meth:`prepare` and the scan kept (the target may change from now)."""
+
     def close(self) -> None:
         pass
 
@@ -161,20 +165,23 @@ def scan_range(
     backend.prepare()
     parts: list[np.ndarray] = []
     pos, left, walk_end = start, max_pages, end
-    while pos < end:
-        arr, w_end = backend.scan_once(pos, end, kmasks, vec_len, left)
-        if len(arr):
-            parts.append(arr)
-            w_end = max(w_end, int(arr["end"][-1]))
-            if max_pages:
-                left -= int((arr["end"] - arr["start"]).sum()) // PAGE_SIZE
-        if w_end >= end:
-            break
-        if max_pages and left <= 0:
-            walk_end = w_end
-            break
-        if w_end <= pos:
-            raise ScanError(f"{backend.name} scan made no progress at {pos:#x}")
-        pos = w_end
+    try:
+        while pos < end:
+            arr, w_end = backend.scan_once(pos, end, kmasks, vec_len, left)
+            if len(arr):
+                parts.append(arr)
+                w_end = max(w_end, int(arr["end"][-1]))
+                if max_pages:
+                    left -= int((arr["end"] - arr["start"]).sum()) // PAGE_SIZE
+            if w_end >= end:
+                break
+            if max_pages and left <= 0:
+                walk_end = w_end
+                break
+            if w_end <= pos:
+                raise ScanError(f"{backend.name} scan made no progress at {pos:#x}")
+            pos = w_end
+    finally:
+        backend.finish()
     array = np.concatenate(parts) if parts else np.empty(0, REGION_DTYPE)
     return ScanResult(backend.name, start, end, walk_end, array)

@@ -1,0 +1,240 @@
+"""The pagemap fallback's fast paths against a page-by-page reference.
+
+The fallback skips hole blocks, handles uniform chunks as one run, reads
+ahead in threads and resumes inside a chunk. Here it reads synthetic
+entries (holes, soft-dirty holes, zero-page runs, swap and uffd-wp markers,
+file pages...) with small chunks, so every path and every chunk boundary is
+crossed, and must give exactly what a per-page loop following the kernel's
+``pagemap_scan_output`` gives. tests/test_scan_real.py compares it with the
+ioctl on real memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dumper.kernel.libc import PAGE_SIZE
+from dumper.kernel.pagemap import (PM_FILE, PM_GUARD_REGION, PM_PRESENT, PM_SOFT_DIRTY, PM_SWAP,
+                                   PM_UFFD_WP)
+from dumper.proc import Process
+from dumper.proc.maps import Vma
+from dumper.scan import Category, ScanMasks, scan_range
+from dumper.scan.features import PagemapInfo
+from dumper.scan.pagemap import PagemapBackend, derive_categories
+
+P = PAGE_SIZE
+ZERO_PFN = 0x1234
+HUGE_ZERO_PFN = 0x40000
+INFO = PagemapInfo(pfn_visible=True, zero_pfn=ZERO_PFN, huge_zero_pfn=HUGE_ZERO_PFN, guard="reported")
+BASE = 0x7F0000000000  # first page of the synthetic address space
+CHUNK = 1024  # pages: two blocks of 512 per chunk
+
+KINDS = {
+    "hole": lambda i: 0,
+    "sd_hole": lambda i: PM_SOFT_DIRTY,
+    "anon": lambda i: PM_PRESENT | (0x100000 + i),
+    "anon_sd": lambda i: PM_PRESENT | PM_SOFT_DIRTY | (0x100000 + i),
+    "zero": lambda i: PM_PRESENT | ZERO_PFN,
+    "huge_zero": lambda i: PM_PRESENT | PM_FILE | (HUGE_ZERO_PFN + i % 512),
+    "file": lambda i: PM_PRESENT | PM_FILE | (0x200000 + i),
+    "swap": lambda i: PM_SWAP | (i << 5),
+    "uffd_marker": lambda i: PM_SWAP | PM_UFFD_WP,
+    "uffd_present": lambda i: PM_PRESENT | PM_UFFD_WP | (0x300000 + i),
+    "guard": lambda i: PM_SWAP | PM_GUARD_REGION,
+}
+
+
+class SyntheticPagemap(PagemapBackend):
+    """The fallback reading ``entries`` (one per page from BASE) within ``vmas``."""
+
+    def __init__(self, entries: np.ndarray, vmas: list[tuple[int, int]], **kw) -> None:
+        super().__init__(Process(os.getpid()), INFO, chunk_pages=kw.pop("chunk_pages", CHUNK), **kw)
+        self.entries = entries
+        self.fake_vmas = [Vma(s, e, "rw-p", 0, 0, 0, 0, "") for s, e in vmas]
+        self.reads = 0
+
+    def _load_vmas(self) -> None:
+        self._vmas = self.fake_vmas
+
+    def read_entries(self, buf, first_page, n):
+        self.reads += 1
+        i = first_page - BASE // P
+        out = buf[:n]
+        out[:] = 0
+        have = self.entries[max(i, 0) : max(i + n, 0)]
+        out[max(-i, 0) : max(-i, 0) + len(have)] = have
+        return out
+
+
+def reference_scan_once(cats, vmas, start, end, masks, vec_len, max_pages):
+    """PAGEMAP_SCAN, one page at a time (fs/proc/task_mmu.c pagemap_scan_output);
+    ``cats`` holds each page's categories, from BASE."""
+    limit = max_pages or float("inf")
+    regions, found = [], 0
+    if masks.category_mask & ~masks.category_inverted & Category.WPALLOWED:
+        return regions, end
+    for vs, ve in vmas:
+        for addr in range(max(start, vs), min(end, ve), P):
+            i = (addr - BASE) // P
+            cat = cats[i] if 0 <= i < len(cats) else 0
+            if not masks.match(cat):
+                continue
+            rc = cat & masks.return_mask
+            if found >= limit:
+                return regions, addr
+            if regions and regions[-1][1] == addr and regions[-1][2] == rc:
+                regions[-1][1] += P
+            elif len(regions) >= vec_len:
+                return regions, addr
+            else:
+                regions.append([addr, addr + P, rc])
+            found += 1
+    return regions, end
+
+
+def reference_scan_range(cats, vmas, start, end, masks, vec_len, max_pages):
+    out, pos, left = [], start, max_pages
+    while pos < end:
+        regs, w_end = reference_scan_once(cats, vmas, pos, end, masks, vec_len, left)
+        out += regs
+        if regs:
+            w_end = max(w_end, regs[-1][1])
+            if max_pages:
+                left -= sum(e - s for s, e, _ in regs) // P
+        if w_end >= end or (max_pages and left <= 0):
+            return out, (end if w_end >= end else w_end)
+        pos = w_end
+    return out, end
+
+
+@st.composite
+def layouts(draw):
+    """Entries made of runs of one kind, and VMAs over them (with gaps)."""
+    pieces, n = [], 0
+    for _ in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(sorted(KINDS)))
+        length = draw(st.sampled_from([1, 2, 3, 511, 512, 513, 1023, 1024, 1500, 3000]))
+        pieces.append(np.array([KINDS[kind](n + i) for i in range(length)], dtype=np.uint64))
+        n += length
+    entries = np.concatenate(pieces)
+    # sprinkle single pages into the holes
+    for i in draw(st.lists(st.integers(0, n - 1), max_size=8)):
+        entries[i] = PM_PRESENT | (0x500000 + i)
+    cuts = sorted(set(draw(st.lists(st.integers(0, n), min_size=2, max_size=8))))
+    vmas = []
+    for a, b in zip(cuts[::2], cuts[1::2]):
+        if a < b:
+            vmas.append((BASE + a * P, BASE + b * P))
+    if not vmas:
+        vmas = [(BASE, BASE + n * P)]
+    return entries, vmas
+
+
+CATS = [c for c in Category if c not in (Category.HUGE, Category.WPALLOWED)]
+
+
+@st.composite
+def masks(draw):
+    sub = st.sets(st.sampled_from(CATS)).map(lambda s: Category(sum(s)))
+    req, anyof, exc, ret = (draw(sub) for _ in range(4))
+    if draw(st.booleans()):  # a dump's selection, the common case
+        return ScanMasks(anyof="PRESENT,SWAPPED", returned=ret)
+    return ScanMasks(required=req & ~exc, anyof=anyof & ~exc, excluded=exc, returned=ret)
+
+
+@settings(max_examples=150, deadline=None)
+@given(layout=layouts(), m=masks(), vec_len=st.sampled_from([1, 2, 7, 512]),
+       max_pages=st.sampled_from([0, 0, 1, 5, 700]), threads=st.sampled_from([0, 2]))
+def test_fallback_equals_the_page_by_page_rule(layout, m, vec_len, max_pages, threads):
+    entries, vmas = layout
+    start, end = BASE, BASE + (len(entries) + 3) * P  # past the last entry: reads as holes
+    cats = derive_categories(entries, INFO).tolist()
+    with SyntheticPagemap(entries, vmas, threads=threads, progress=False) as be:
+        got = scan_range(be, start, end, m, vec_len=vec_len, max_pages=max_pages)
+        want, walk_end = reference_scan_range(cats, vmas, start, end, m.to_kernel(), vec_len, max_pages)
+        assert got.array.tolist() == [tuple(r) for r in want]
+        assert got.walk_end == walk_end
+        # One call alone, from inside the range, outside any scan_range.
+        mid = BASE + (len(entries) // 3) * P
+        arr, w_end = be.scan_once(mid, end, m.to_kernel(), vec_len, max_pages)
+        regs, w_want = reference_scan_once(cats, vmas, mid, end, m.to_kernel(), vec_len, max_pages)
+        assert (arr.tolist(), w_end) == ([tuple(r) for r in regs], w_want)
+
+
+def test_resuming_reads_each_chunk_once():
+    # Every other page present: 512 regions per call, 4 calls per chunk.
+    n = 8 * CHUNK
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[::2] = PM_PRESENT | 0x100000
+    with SyntheticPagemap(entries, [(BASE, BASE + n * P)], threads=0, progress=False) as be:
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT", returned="PRESENT"))
+        assert len(r) == n // 2 and r.walk_end == BASE + n * P
+        assert be.reads == 8
+
+
+def test_hole_chunks_cost_no_per_entry_work(monkeypatch):
+    # A chunk of holes, or of soft-dirty holes, is never decoded entry by entry.
+    import dumper.scan.pagemap as pm
+
+    n = 16 * CHUNK
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[8 * CHUNK :] = PM_SOFT_DIRTY
+    entries[5 * CHUNK + 7] = PM_PRESENT | 0x100000
+    decoded = []
+    real = pm.derive_categories
+    monkeypatch.setattr(pm, "derive_categories", lambda e, info: decoded.append(len(e)) or real(e, info))
+    with SyntheticPagemap(entries, [(BASE, BASE + n * P)], threads=0, progress=False) as be:
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT,SWAPPED", returned="PRESENT"))
+    assert [(x.start, x.end) for x in r] == [(BASE + (5 * CHUNK + 7) * P, BASE + (5 * CHUNK + 8) * P)]
+    assert decoded == [1]
+
+
+def test_progress_bar_counts_the_address_space(monkeypatch):
+    import tqdm
+
+    closed = []
+
+    class Recording(tqdm.tqdm):
+        def close(self):
+            closed.append((self.n, self.total, self.fp))
+            super().close()
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    n = 4 * CHUNK
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[5] = PM_PRESENT | 0x100000
+    buf = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buf)
+    with SyntheticPagemap(entries, [(BASE, BASE + n * P)], threads=0, progress=True) as be:
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT", returned="PRESENT"), vec_len=1)
+    assert len(r) == 1
+    assert "scanning pagemap" in buf.getvalue()
+    # bytes of address space, all walked (tqdm's own __del__ may close it again)
+    assert closed and closed[0][:2] == (n * P, n * P)
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr("sys.stderr", buf)
+    entries = np.zeros(4 * CHUNK, dtype=np.uint64)
+    with SyntheticPagemap(entries, [(BASE, BASE + len(entries) * P)], threads=0) as be:
+        scan_range(be, BASE, BASE + len(entries) * P, ScanMasks(anyof="PRESENT", returned="PRESENT"))
+    assert buf.getvalue() == ""
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_reader_threads_are_released(threads):
+    entries = np.zeros(4 * CHUNK, dtype=np.uint64)
+    be = SyntheticPagemap(entries, [(BASE, BASE + len(entries) * P)], threads=threads, progress=False)
+    scan_range(be, BASE, BASE + len(entries) * P, ScanMasks(anyof="PRESENT", returned="PRESENT"))
+    be.close()
+    import threading
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("dumper-pagemap")]
+    assert be.fd == -1
