@@ -59,8 +59,8 @@ class SyntheticPagemap(PagemapBackend):
         self.fake_vmas = [Vma(s, e, "rw-p", 0, 0, 0, 0, "") for s, e in vmas]
         self.reads = 0
 
-    def _load_vmas(self) -> None:
-        self._vmas = self.fake_vmas
+    def _load_vmas(self, vmas=None) -> None:
+        self._vmas = self.fake_vmas if vmas is None else vmas
 
     def read_entries(self, buf, first_page, n):
         self.reads += 1
@@ -238,3 +238,55 @@ def test_reader_threads_are_released(threads):
 
     assert not [t for t in threading.enumerate() if t.name.startswith("dumper-pagemap")]
     assert be.fd == -1
+
+
+def test_many_small_vmas_share_reads():
+    # 1000 one-page VMAs, one page apart: a read per chunk, not per VMA.
+    n = 2000
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[::2] = PM_PRESENT | 0x100000
+    vmas = [(BASE + i * P, BASE + (i + 1) * P) for i in range(0, n, 2)]
+    with SyntheticPagemap(entries, vmas, threads=0, progress=False) as be:
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT", returned="PRESENT"))
+        assert [(x.start, x.end) for x in r] == vmas
+        assert be.reads == 2  # 2000 pages in chunks of 1024
+        # Masks that select holes: the gaps between VMAs are still not reported.
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(excluded="SWAPPED", returned=""))
+        assert [(x.start, x.end) for x in r] == vmas
+
+
+def test_given_vmas_are_not_read_again(monkeypatch):
+    entries = np.zeros(CHUNK, dtype=np.uint64)
+    entries[3] = PM_PRESENT | 0x100000
+    with SyntheticPagemap(entries, [], threads=0, progress=False) as be:
+        given_vmas = [Vma(BASE, BASE + CHUNK * P, "rw-p", 0, 0, 0, 0, "")]
+        r = scan_range(be, BASE, BASE + CHUNK * P, ScanMasks(anyof="PRESENT", returned=""), vmas=given_vmas)
+        assert [(x.start, x.end) for x in r] == [(BASE + 3 * P, BASE + 4 * P)]
+        # without them: the (empty) list the backend reads itself
+        assert len(scan_range(be, BASE, BASE + CHUNK * P, ScanMasks(anyof="PRESENT", returned=""))) == 0
+
+
+@pytest.mark.parametrize("tty, progress, shown", [(True, None, True), (False, None, False), (False, True, True),
+                                                   (True, False, False)])
+def test_progress_bar_by_default_only_on_a_terminal(monkeypatch, tty, progress, shown):
+    import tqdm
+
+    import dumper.scan.pagemap as pm
+
+    made = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *a, **kw):
+            made.append(kw)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    monkeypatch.setattr(pm, "_stderr_is_tty", lambda: tty)
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    entries = np.zeros(2 * CHUNK, dtype=np.uint64)
+    with SyntheticPagemap(entries, [(BASE, BASE + len(entries) * P)], threads=0, progress=progress) as be:
+        scan_range(be, BASE, BASE + len(entries) * P, ScanMasks(anyof="PRESENT", returned=""))
+    assert bool(made) == shown
+    if made:
+        # automatic: only scans over a second; asked for: at once
+        assert made[0]["delay"] == (1.0 if progress is None else 0) and made[0]["total"] == len(entries) * P

@@ -12,6 +12,7 @@ from ..errors import ScanError, UnsupportedKernel
 from ..proc.process import Process
 from .base import Backend, PageRegion, ScanResult, scan_range
 from .categories import ALL_CATEGORIES, Category, KernelMasks, ScanMasks, parse_categories
+from .estimate import estimate_scan_seconds
 from .features import probe_scan_categories
 
 __all__ = [
@@ -27,17 +28,21 @@ __all__ = [
     "parse_categories",
     "default_range",
     "BACKENDS",
+    "estimate_scan_seconds",
 ]
 
 BACKENDS = ("auto", "ioctl", "pagemap")
 
 
-def open_backend(process: Process | int, backend: str = "auto") -> Backend:
+def open_backend(process: Process | int, backend: str = "auto", *, progress: bool | None = None) -> Backend:
     """A scanner backend for ``process``: "ioctl", "pagemap" or "auto".
 
-    "auto" picks the ioctl when the kernel has PAGEMAP_SCAN. Raises
-    UnsupportedKernel for "ioctl" on kernels before 6.7, ScanError for an
-    unknown name, and the ProcessError kinds for a bad pid.
+    "auto" picks the ioctl when the kernel has PAGEMAP_SCAN. ``progress``
+    is for the pagemap reader, whose scans can take minutes: True shows a
+    bar on stderr, False none, None one only when stderr is a terminal and
+    the scan lasts over a second. Raises UnsupportedKernel for "ioctl" on
+    kernels before 6.7, ScanError for an unknown name, and the ProcessError
+    kinds for a bad pid.
     """
     if backend not in BACKENDS:
         raise ScanError(f"unknown scanner backend {backend!r} (choose from {', '.join(BACKENDS)})")
@@ -52,7 +57,7 @@ def open_backend(process: Process | int, backend: str = "auto") -> Backend:
         return IoctlBackend(proc)
     from .pagemap import PagemapBackend
 
-    return PagemapBackend(proc)
+    return PagemapBackend(proc, progress=progress)
 
 
 def default_range(process: Process) -> tuple[int, int]:
@@ -74,16 +79,18 @@ def scan(
     returned: Category | str | int | None = None,
     max_pages: int = 0,
     backend: str = "auto",
+    progress: bool | None = None,
 ) -> ScanResult:
     """Scan ``[start, end)`` (bytes, end-exclusive; default: all VMAs).
 
-    ``returned`` defaults to every category the chosen backend computes.
+    ``returned`` defaults to every category the chosen backend computes;
+    ``progress``: see :func:`open_backend`.
     Raises ScanError (bad range or names), UnsupportedCategory,
     UnsupportedKernel, and NoSuchProcess / ZombieProcess / NoMemoryMap /
     AccessDenied for the process.
     """
     proc = pid if isinstance(pid, Process) else Process(pid)
-    with open_backend(proc, backend) as be:
+    with open_backend(proc, backend, progress=progress) as be:
         if start is None or end is None:
             lo, hi = default_range(proc)
             start = lo if start is None else start

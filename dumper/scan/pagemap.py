@@ -50,7 +50,7 @@ import ctypes
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -72,6 +72,7 @@ U = np.uint64
 _NOT_SOFT_DIRTY = U(~PM_SOFT_DIRTY & ((1 << 64) - 1))
 _EMPTY = np.empty(0, dtype=U)
 _NO_INDEX = np.empty(0, dtype=np.intp)
+_MAX_GAP = 64  # pages between two VMAs read (as holes) to save a separate read
 _BLOCK = 512  # entries: one page of entries, 2 MiB of address space (one kernel walk step)
 
 # Our own function pointer (libc["..."] is not cached), so setting argtypes
@@ -142,6 +143,14 @@ def _not_holes(entries: np.ndarray) -> np.ndarray | None:
     return idx if idx.size else None
 
 
+def _inside(idx: np.ndarray, pieces: list[tuple[int, int]], lo: int) -> np.ndarray:
+    """The page indexes (from ``lo``) of ``idx`` that lie in one of ``pieces``."""
+    starts = np.array([(a - lo) // PAGE_SIZE for a, _ in pieces])
+    ends = np.array([(b - lo) // PAGE_SIZE for _, b in pieces])
+    k = np.searchsorted(starts, idx, side="right") - 1
+    return idx[(k >= 0) & (idx < ends[np.maximum(k, 0)])]
+
+
 class _Runs:
     """The matching runs of one chunk ``[lo, hi)`` (bytes): maximal runs of
     contiguous matching pages with equal reported categories, as arrays of
@@ -172,30 +181,46 @@ class _Walk:
     def __init__(self, be: PagemapBackend, start: int, end: int, masks: KernelMasks, progress) -> None:
         self.be, self.end, self.masks, self.progress = be, end, masks, progress
         self._chunks = self._chunk_ranges(be.vmas_in(start, end), start, end, be.chunk_pages * PAGE_SIZE)
-        self._inflight: collections.deque[tuple[int, int, int, Future | np.ndarray]] = collections.deque()
+        self._inflight: collections.deque[tuple[int, int, list | None, int, Future | np.ndarray]] = \
+            collections.deque()
         self._free = list(range(len(be.buffers)))
         self.front: _Runs | None = None
         self.done = False
         self._fill()
 
     @staticmethod
-    def _chunk_ranges(vmas: list[Vma], start: int, end: int, size: int) -> Iterator[tuple[int, int]]:
-        # Chunks on a fixed grid, so a resumed walk meets the same chunks.
+    def _chunk_ranges(vmas: list[Vma], start: int, end: int, size: int) -> Iterator[tuple[int, int, list | None]]:
+        """``(lo, hi, pieces)``: chunks on a fixed grid of ``size`` bytes, so a
+        resumed walk meets the same chunks. Nearby VMAs (gaps up to
+        ``_MAX_GAP`` pages) share a chunk, so many small VMAs cost one read;
+        ``pieces`` then lists the VMA parts ``[(lo, hi), ...]`` (None when the
+        chunk lies in one VMA)."""
+        cur_lo = cur_hi = -1
+        pieces: list[tuple[int, int]] = []
         for vma in vmas:
             lo, hi = max(start, vma.start), min(end, vma.end)
             while lo < hi:
                 nxt = min(hi, (lo // size + 1) * size)
-                yield lo, nxt
+                if pieces and lo // size == (cur_hi - 1) // size and lo - cur_hi <= _MAX_GAP * PAGE_SIZE:
+                    pieces.append((lo, nxt))
+                else:
+                    if pieces:
+                        yield cur_lo, cur_hi, pieces if len(pieces) > 1 else None
+                    cur_lo, pieces = lo, [(lo, nxt)]
+                cur_hi = nxt
                 lo = nxt
+        if pieces:
+            yield cur_lo, cur_hi, pieces if len(pieces) > 1 else None
 
     def _fill(self) -> None:
         while self._free:
-            rng = next(self._chunks, None)
-            if rng is None:
+            chunk = next(self._chunks, None)
+            if chunk is None:
                 return
-            lo, hi = rng
+            lo, hi, pieces = chunk
             slot = self._free.pop()
-            self._inflight.append((lo, hi, slot, self.be.submit_read(slot, lo // PAGE_SIZE, (hi - lo) // PAGE_SIZE)))
+            pending = self.be.submit_read(slot, lo // PAGE_SIZE, (hi - lo) // PAGE_SIZE)
+            self._inflight.append((lo, hi, pieces, slot, pending))
 
     def resumable(self, start: int, end: int, masks: KernelMasks) -> bool:
         return (not self.done and self.front is not None and end == self.end and masks == self.masks
@@ -209,10 +234,10 @@ class _Walk:
             self.front = None
             self.done = True
             return None
-        lo, hi, slot, pending = self._inflight.popleft()
+        lo, hi, pieces, slot, pending = self._inflight.popleft()
         try:
             entries = self.be.wait_read(pending)
-            self.front = self.be.runs(entries, lo, hi, self.masks)
+            self.front = self.be.runs(entries, lo, hi, self.masks, pieces)
         finally:
             self._free.append(slot)
             self._fill()
@@ -292,13 +317,15 @@ class PagemapBackend(Backend):
 
     # -- the VMAs and the reads ------------------------------------------
 
-    def _load_vmas(self) -> None:
-        # The kernel walk skips VM_PFNMAP VMAs and never sees [vsyscall].
-        self._vmas = [v for v in self.process.vmas() if v.user and not v.pfnmap]
+    def _load_vmas(self, vmas: Sequence[Vma] | None = None) -> None:
+        # The kernel walk skips VM_PFNMAP VMAs (smaps VmFlags "pf") and never sees [vsyscall].
+        self._vmas = [v for v in (self.process.vmas() if vmas is None else vmas) if v.user and not v.pfnmap]
 
-    def prepare(self) -> None:
+    def prepare(self, vmas: Sequence[Vma] | None = None) -> None:
+        """Read the VMAs from smaps, unless given ``vmas`` (read from smaps,
+        with the target frozen: maps lacks the VmFlags that name VM_PFNMAP)."""
         self._close_walk()
-        self._load_vmas()
+        self._load_vmas(vmas)
         self._in_scan = True
 
     def finish(self) -> None:
@@ -343,17 +370,25 @@ class PagemapBackend(Backend):
 
     # -- one chunk's runs ---------------------------------------------------
 
-    def runs(self, entries: np.ndarray, lo: int, hi: int, masks: KernelMasks) -> _Runs:
-        """The matching runs of the entries of ``[lo, hi)`` (see :class:`_Runs`)."""
+    def runs(self, entries: np.ndarray, lo: int, hi: int, masks: KernelMasks,
+             pieces: list[tuple[int, int]] | None = None) -> _Runs:
+        """The matching runs of the entries of ``[lo, hi)`` (see :class:`_Runs`);
+        with ``pieces``, only pages inside them (VMAs) count."""
         mask, inv, anyof, ret = masks
         idx = None
-        if not (masks.match(0) or masks.match(int(Category.SOFT_DIRTY))):
+        holes_match = masks.match(0) or masks.match(int(Category.SOFT_DIRTY))
+        if holes_match and pieces is not None:
+            # Entries between VMAs read as 0, which matches: decode only the VMAs' pages.
+            idx = np.concatenate([np.arange((a - lo) // PAGE_SIZE, (b - lo) // PAGE_SIZE) for a, b in pieces])
+        elif not holes_match:
             # Holes (0, or soft-dirty alone) cannot match: find the entries
             # with another bit, a block of 512 at a time.
             idx = _not_holes(entries)
-            if idx is None:
+            if idx is not None and pieces is not None:
+                idx = _inside(idx, pieces, lo)
+            if idx is None or not idx.size:
                 return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
-        if (idx is None or len(idx) == len(entries)) and _uniform(entries):
+        if (idx is None or len(idx) == len(entries)) and pieces is None and _uniform(entries):
             cat = int(derive_categories(entries[:1], self.info)[0])
             if masks.match(cat):
                 return _Runs(lo, hi, np.array([lo], U), np.array([hi], U), np.array([cat & ret], U))
