@@ -8,10 +8,10 @@ import os
 import sys
 import time
 
-from . import dump_dense, incremental, peers, reader, scan_sparse
+from . import dump_dense, incremental, peers, reader, scan_sparse, startup
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers}
+              "peers": peers, "startup": startup}
 
 
 def main(argv=None) -> int:

@@ -12,12 +12,11 @@ import argparse
 import importlib
 import os
 import sys
-import traceback
-from typing import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import DumperError
 
-__all__ = ["main", "COMMANDS", "build_parser", "run_command"]
+__all__ = ["main", "COMMANDS", "build_parser", "command_in", "run_command"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,7 +52,10 @@ def _add_common(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
                         default=argparse.SUPPRESS if sub else False)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The ``dumper`` parser; ``only``: the subcommands whose arguments to
+    configure (importing their modules), default all. The others still
+    appear, with their one-line help, in ``dumper --help``."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="dumper", description="CRIU-style process memory checkpoints.")
@@ -63,8 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         _add_common(p, sub=True)
-        _module(name).configure(p)
+        if only is None or name in only:
+            _module(name).configure(p)
     return parser
+
+
+def command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option
+    (the top-level options take no value), or None."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def _print_traceback() -> None:
+    import traceback  # only on errors: keep start-up light
+
+    traceback.print_exc()
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -74,12 +94,12 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
         return func(args)
     except DumperError as err:
         if show_tb:
-            traceback.print_exc()
+            _print_traceback()
         print(f"dumper: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         if show_tb:
-            traceback.print_exc()
+            _print_traceback()
         print("dumper: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # SIGTERM/SIGHUP, turned into SystemExit(128 + signo)
@@ -110,8 +130,12 @@ def subcommand_main(name: str, argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        parser = build_parser()
+        # Only the named subcommand's module is imported: `dumper --version`,
+        # `--help` and each command load no more than they use.
+        command = command_in(argv)
+        parser = build_parser(only=[command] if command else [])
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while modules still load
         print("dumper: interrupted", file=sys.stderr)

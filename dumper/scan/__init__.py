@@ -8,12 +8,16 @@ entries elsewhere. See :mod:`dumper.scan.categories` for the four masks.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..errors import ScanError, UnsupportedKernel
 from ..proc.process import Process
-from .base import Backend, PageRegion, ScanResult, scan_range
 from .categories import ALL_CATEGORIES, Category, KernelMasks, ScanMasks, parse_categories
-from .estimate import estimate_scan_seconds
 from .features import probe_scan_categories
+
+if TYPE_CHECKING:
+    from .base import Backend, PageRegion, ScanResult, scan_range
+    from .estimate import estimate_scan_seconds
 
 __all__ = [
     "Category",
@@ -32,6 +36,20 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "ioctl", "pagemap")
+
+# Loaded on first use (PEP 562): they need numpy, which `dumper check` does not.
+_LAZY = {"Backend": "base", "PageRegion": "base", "ScanResult": "base", "scan_range": "base",
+         "estimate_scan_seconds": "estimate"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_backend(process: Process | int, backend: str = "auto", *, progress: bool | None = None) -> Backend:
@@ -95,6 +113,8 @@ def scan(
             lo, hi = default_range(proc)
             start = lo if start is None else start
             end = hi if end is None else end
+        from .base import scan_range
+
         masks = ScanMasks(
             required=parse_categories(required),
             anyof=parse_categories(anyof),

@@ -77,7 +77,7 @@ def probe_scan_categories() -> Category:
     (SOFT_DIRTY arrived in 6.8, GUARD in 6.16); a kernel before 6.7 gives
     ENOTTY (or EINVAL) for the command itself.
     """
-    from .ioctl import pagemap_scan
+    from .pm_scan import pagemap_scan
 
     fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
