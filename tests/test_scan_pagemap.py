@@ -26,7 +26,7 @@ from dumper.proc import Process
 from dumper.proc.maps import Vma
 from dumper.scan import Category, ScanMasks, scan_range
 from dumper.scan.features import PagemapInfo
-from dumper.scan.pagemap import PagemapBackend, derive_categories
+from dumper.scan.pagemap import HPAGE_PMD_SIZE, PagemapBackend, derive_categories, derive_one
 
 P = PAGE_SIZE
 ZERO_PFN = 0x1234
@@ -70,6 +70,43 @@ class SyntheticPagemap(PagemapBackend):
         have = self.entries[max(i, 0) : max(i + n, 0)]
         out[max(-i, 0) : max(-i, 0) + len(have)] = have
         return out
+
+
+def reference_categories(e: np.ndarray, info: PagemapInfo) -> np.ndarray:
+    """Categories bit by bit, as Documentation/admin-guide/mm/pagemap.rst
+    describes the entry (the fallback uses a lookup table)."""
+    U = np.uint64
+    present = (e >> U(63)) & U(1)
+    swapped = (e >> U(62)) & U(1)
+    cats = present << U(3)
+    cats |= swapped << U(4)
+    cats |= ((e >> U(61)) & U(1)) << U(2)
+    cats |= ((e >> U(55)) & U(1)) << U(7)
+    cats |= ((e >> U(58)) & U(1)) << U(8)
+    cats |= ((present | swapped) & ~(e >> U(57)) & U(1)) << U(1)
+    if info.pfn_visible and info.zero_pfn is not None:
+        pfn = e & U((1 << 55) - 1)
+        zero = pfn == U(info.zero_pfn)
+        if info.huge_zero_pfn is not None:
+            zero |= (pfn - U(info.huge_zero_pfn)) < U(HPAGE_PMD_SIZE // PAGE_SIZE)
+        zero &= present.astype(bool)
+        cats[zero] = (cats[zero] | U(Category.PFNZERO)) & ~U(Category.FILE)
+    return cats
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(st.one_of(st.integers(0, 2**64 - 1),
+                                  st.sampled_from([0, ZERO_PFN, HUGE_ZERO_PFN, HUGE_ZERO_PFN + 511,
+                                                   HUGE_ZERO_PFN + 512]).flatmap(
+                                      lambda pfn: st.integers(0, 511).map(lambda top: (top << 55) | pfn))),
+                        min_size=1, max_size=40),
+       pfn_visible=st.booleans())
+def test_derived_categories_follow_the_entry_bits(entries, pfn_visible):
+    info = INFO if pfn_visible else PagemapInfo(False, None, None, "reported")
+    e = np.array(entries, dtype=np.uint64)
+    want = reference_categories(e, info).tolist()
+    assert derive_categories(e, info).tolist() == want
+    assert [derive_one(x, info) for x in entries] == want
 
 
 def reference_scan_once(cats, vmas, start, end, masks, vec_len, max_pages):
@@ -154,7 +191,7 @@ def masks(draw):
 def test_fallback_equals_the_page_by_page_rule(layout, m, vec_len, max_pages, threads):
     entries, vmas = layout
     start, end = BASE, BASE + (len(entries) + 3) * P  # past the last entry: reads as holes
-    cats = derive_categories(entries, INFO).tolist()
+    cats = reference_categories(entries, INFO).tolist()
     with SyntheticPagemap(entries, vmas, threads=threads, progress=False) as be:
         got = scan_range(be, start, end, m, vec_len=vec_len, max_pages=max_pages)
         want, walk_end = reference_scan_range(cats, vmas, start, end, m.to_kernel(), vec_len, max_pages)
@@ -187,8 +224,9 @@ def test_hole_chunks_cost_no_per_entry_work(monkeypatch):
     entries[8 * CHUNK :] = PM_SOFT_DIRTY
     entries[5 * CHUNK + 7] = PM_PRESENT | 0x100000
     decoded = []
-    real = pm.derive_categories
-    monkeypatch.setattr(pm, "derive_categories", lambda e, info: decoded.append(len(e)) or real(e, info))
+    many, one = pm.derive_categories, pm.derive_one
+    monkeypatch.setattr(pm, "derive_categories", lambda e, info: decoded.append(len(e)) or many(e, info))
+    monkeypatch.setattr(pm, "derive_one", lambda e, info: decoded.append(1) or one(e, info))
     with SyntheticPagemap(entries, [(BASE, BASE + n * P)], threads=0, progress=False) as be:
         r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT,SWAPPED", returned="PRESENT"))
     assert [(x.start, x.end) for x in r] == [(BASE + (5 * CHUNK + 7) * P, BASE + (5 * CHUNK + 8) * P)]

@@ -55,7 +55,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..kernel.libc import PAGE_SIZE, libc
-from ..kernel.pagemap import PM_ENTRY_BYTES, PM_SOFT_DIRTY
+from ..kernel.pagemap import (PM_ENTRY_BYTES, PM_FILE, PM_GUARD_REGION, PM_PFRAME_MASK, PM_PRESENT, PM_SOFT_DIRTY,
+                              PM_SWAP, PM_UFFD_WP)
 from ..proc.maps import Vma
 from ..proc.process import Process
 from .base import REGION_DTYPE, Backend
@@ -73,6 +74,7 @@ _NOT_SOFT_DIRTY = U(~PM_SOFT_DIRTY & ((1 << 64) - 1))
 _EMPTY = np.empty(0, dtype=U)
 _NO_INDEX = np.empty(0, dtype=np.intp)
 _MAX_GAP = 64  # pages between two VMAs read (as holes) to save a separate read
+_FEW = 48  # candidate entries below which plain Python beats numpy's per-call cost
 _BLOCK = 512  # entries: one page of entries, 2 MiB of address space (one kernel walk step)
 
 # Our own function pointer (libc["..."] is not cached), so setting argtypes
@@ -92,25 +94,67 @@ def default_threads() -> int:
     return max(1, min(4, cpus))
 
 
+def _flag_categories(top: int) -> int:
+    """The categories told by an entry's flag bits 55-63 (``top`` = entry >> 55)."""
+    e = top << 55
+    present, swapped = e & PM_PRESENT, e & PM_SWAP
+    cats = Category(0)
+    cats |= Category.PRESENT if present else 0
+    cats |= Category.SWAPPED if swapped else 0
+    cats |= Category.FILE if e & PM_FILE else 0
+    cats |= Category.SOFT_DIRTY if e & PM_SOFT_DIRTY else 0
+    cats |= Category.GUARD if e & PM_GUARD_REGION else 0
+    cats |= Category.WRITTEN if (present or swapped) and not e & PM_UFFD_WP else 0
+    return int(cats)
+
+
+# Categories by the top 9 bits: one table lookup per entry instead of a dozen
+# shifts and masks; only PFNZERO needs the PFN.
+_FLAG_CATEGORIES = [_flag_categories(t) for t in range(1 << (64 - 55))]
+_FLAG_LUT = np.array(_FLAG_CATEGORIES, dtype=U)
+_HUGE_ZERO_PAGES = HPAGE_PMD_SIZE // PAGE_SIZE
+
+
 def derive_categories(entries: np.ndarray, info: PagemapInfo) -> np.ndarray:
     """Map pagemap entries (uint64 array) to PAGE_IS_* category bits."""
-    e = entries
-    present = (e >> U(63)) & U(1)
-    swapped = (e >> U(62)) & U(1)
-    cats = present << U(3)
-    cats |= swapped << U(4)
-    cats |= ((e >> U(61)) & U(1)) << U(2)
-    cats |= ((e >> U(55)) & U(1)) << U(7)
-    cats |= ((e >> U(58)) & U(1)) << U(8)
-    cats |= ((present | swapped) & ~(e >> U(57)) & U(1)) << U(1)
+    cats = _FLAG_LUT[entries >> U(55)]
     if info.pfn_visible and info.zero_pfn is not None:
-        pfn = e & U((1 << 55) - 1)
+        pfn = entries & U(PM_PFRAME_MASK)
         zero = pfn == U(info.zero_pfn)
         if info.huge_zero_pfn is not None:
-            zero |= (pfn - U(info.huge_zero_pfn)) < U(HPAGE_PMD_SIZE // PAGE_SIZE)
-        zero &= present.astype(bool)
-        cats[zero] = (cats[zero] | U(Category.PFNZERO)) & ~U(Category.FILE)
+            zero |= (pfn - U(info.huge_zero_pfn)) < U(_HUGE_ZERO_PAGES)
+        zero &= entries >= U(PM_PRESENT)
+        if zero.any():
+            cats[zero] = (cats[zero] | U(Category.PFNZERO)) & ~U(Category.FILE)
     return cats
+
+
+def derive_one(entry: int, info: PagemapInfo) -> int:
+    """:func:`derive_categories` of one entry, in plain ints (for a few entries
+    a numpy call costs more than the work)."""
+    cats = _FLAG_CATEGORIES[entry >> 55]
+    if info.pfn_visible and info.zero_pfn is not None and entry & PM_PRESENT:
+        pfn = entry & PM_PFRAME_MASK
+        if pfn == info.zero_pfn or (info.huge_zero_pfn is not None
+                                    and 0 <= pfn - info.huge_zero_pfn < _HUGE_ZERO_PAGES):
+            cats = (cats | Category.PFNZERO) & ~Category.FILE
+    return int(cats)
+
+
+class _Plan:
+    """The masks, and what follows from them, for every chunk of a walk."""
+
+    __slots__ = ("masks", "mask", "inv", "anyof", "ret", "holes_match")
+
+    def __init__(self, masks: KernelMasks) -> None:
+        self.masks = masks
+        self.mask, self.inv, self.anyof, self.ret = (int(m) for m in masks)
+        # Holes read as 0, or as soft-dirty alone in a VM_SOFTDIRTY VMA.
+        self.holes_match = masks.match(0) or masks.match(int(Category.SOFT_DIRTY))
+
+    def match(self, cats: int) -> bool:
+        c = cats ^ self.inv
+        return c & self.mask == self.mask and (not self.anyof or bool(c & self.anyof))
 
 
 def _uniform(entries: np.ndarray) -> bool:
@@ -180,6 +224,7 @@ class _Walk:
 
     def __init__(self, be: PagemapBackend, start: int, end: int, masks: KernelMasks, progress) -> None:
         self.be, self.end, self.masks, self.progress = be, end, masks, progress
+        self.plan = _Plan(masks)
         self._chunks = self._chunk_ranges(be.vmas_in(start, end), start, end, be.chunk_pages * PAGE_SIZE)
         self._inflight: collections.deque[tuple[int, int, list | None, int, Future | np.ndarray]] = \
             collections.deque()
@@ -237,7 +282,7 @@ class _Walk:
         lo, hi, pieces, slot, pending = self._inflight.popleft()
         try:
             entries = self.be.wait_read(pending)
-            self.front = self.be.runs(entries, lo, hi, self.masks, pieces)
+            self.front = self.be.runs(entries, lo, hi, self.plan, pieces)
         finally:
             self._free.append(slot)
             self._fill()
@@ -370,17 +415,15 @@ class PagemapBackend(Backend):
 
     # -- one chunk's runs ---------------------------------------------------
 
-    def runs(self, entries: np.ndarray, lo: int, hi: int, masks: KernelMasks,
+    def runs(self, entries: np.ndarray, lo: int, hi: int, plan: _Plan,
              pieces: list[tuple[int, int]] | None = None) -> _Runs:
         """The matching runs of the entries of ``[lo, hi)`` (see :class:`_Runs`);
         with ``pieces``, only pages inside them (VMAs) count."""
-        mask, inv, anyof, ret = masks
         idx = None
-        holes_match = masks.match(0) or masks.match(int(Category.SOFT_DIRTY))
-        if holes_match and pieces is not None:
+        if plan.holes_match and pieces is not None:
             # Entries between VMAs read as 0, which matches: decode only the VMAs' pages.
             idx = np.concatenate([np.arange((a - lo) // PAGE_SIZE, (b - lo) // PAGE_SIZE) for a, b in pieces])
-        elif not holes_match:
+        elif not plan.holes_match:
             # Holes (0, or soft-dirty alone) cannot match: find the entries
             # with another bit, a block of 512 at a time.
             idx = _not_holes(entries)
@@ -388,19 +431,21 @@ class PagemapBackend(Backend):
                 idx = _inside(idx, pieces, lo)
             if idx is None or not idx.size:
                 return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
+            if idx.size <= _FEW:
+                return self._few_runs(entries, idx, lo, hi, plan)
         if (idx is None or len(idx) == len(entries)) and pieces is None and _uniform(entries):
-            cat = int(derive_categories(entries[:1], self.info)[0])
-            if masks.match(cat):
-                return _Runs(lo, hi, np.array([lo], U), np.array([hi], U), np.array([cat & ret], U))
+            cat = derive_one(int(entries[0]), self.info)
+            if plan.match(cat):
+                return _Runs(lo, hi, np.array([lo], U), np.array([hi], U), np.array([cat & plan.ret], U))
             return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
         cats = derive_categories(entries if idx is None else entries[idx], self.info)
-        c = cats ^ U(inv)
-        hit = (c & U(mask)) == U(mask)
-        if anyof:
-            hit &= (c & U(anyof)) != 0
+        c = cats ^ U(plan.inv)
+        hit = (c & U(plan.mask)) == U(plan.mask)
+        if plan.anyof:
+            hit &= (c & U(plan.anyof)) != 0
         sel = np.flatnonzero(hit)
         page = sel if idx is None else idx[sel]
-        rcat = cats[sel] & U(ret)
+        rcat = cats[sel] & U(plan.ret)
         if not page.size:
             return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
         cut = np.flatnonzero((np.diff(page) != 1) | (np.diff(rcat) != 0)) + 1
@@ -409,6 +454,25 @@ class PagemapBackend(Backend):
         start = U(lo) + page[first].astype(U) * U(PAGE_SIZE)
         end = U(lo) + (page[last].astype(U) + U(1)) * U(PAGE_SIZE)
         return _Runs(lo, hi, start, end, rcat[first])
+
+    def _few_runs(self, entries: np.ndarray, idx: np.ndarray, lo: int, hi: int, plan: _Plan) -> _Runs:
+        """:meth:`runs` for a few candidate entries, in plain Python."""
+        start: list[int] = []
+        end: list[int] = []
+        cats: list[int] = []
+        for i, e in zip(idx.tolist(), entries[idx].tolist()):
+            cat = derive_one(e, self.info)
+            if not plan.match(cat):
+                continue
+            cat &= plan.ret
+            addr = lo + i * PAGE_SIZE
+            if end and end[-1] == addr and cats[-1] == cat:
+                end[-1] = addr + PAGE_SIZE
+            else:
+                start.append(addr)
+                end.append(addr + PAGE_SIZE)
+                cats.append(cat)
+        return _Runs(lo, hi, np.array(start, U), np.array(end, U), np.array(cats, U))
 
     # -- the PAGEMAP_SCAN call ---------------------------------------------
 
