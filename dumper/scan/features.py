@@ -275,7 +275,7 @@ def probe_scan_costs(backend: str) -> ScanCosts:
     hole_bytes, present_bytes, small = 1 << 30, 4 << 20, 64
     kmasks = ScanMasks(anyof=Category.PRESENT | Category.SWAPPED, returned=Category(0)).to_kernel()
 
-    def walk(be, start: int, end: int) -> float:
+    def walk(be, start: int, end: int, vmas: list) -> float:
         best = float("inf")
         for _ in range(3):
             be.prepare(vmas)
@@ -289,6 +289,8 @@ def probe_scan_costs(backend: str) -> ScanCosts:
                 be.finish()
         return best
 
+    from ..proc.maps import Vma
+
     with _Scratch(hole_bytes + present_bytes + 2 * small * PAGE_SIZE, align=HPAGE_PMD_SIZE) as s:
         s.madvise(mman.MADV_NOHUGEPAGE)  # 4 KiB pages, as the estimate counts them
         for off in range(0, present_bytes, PAGE_SIZE):
@@ -296,11 +298,14 @@ def probe_scan_costs(backend: str) -> ScanCosts:
         vmas_at = s.addr + present_bytes + hole_bytes
         for i in range(small):  # every other page read-only: 2 * small VMAs
             libc.mprotect(vmas_at + 2 * i * PAGE_SIZE, PAGE_SIZE, mman.PROT_READ)
+        # The VMAs as smaps would list them (reading our own smaps costs more than the probe).
+        whole = [Vma(s.addr, vmas_at, "rw-p", 0, 0, 0, 0, "")]
+        pieces = [Vma(a, a + PAGE_SIZE, "rw-p", 0, 0, 0, 0, "")
+                  for a in range(vmas_at, vmas_at + 2 * small * PAGE_SIZE, PAGE_SIZE)]
         with open_be() as be:
-            vmas = be.process.vmas()
-            present = walk(be, s.addr, s.addr + present_bytes)
-            hole = walk(be, s.addr + present_bytes, vmas_at)
-            many = walk(be, vmas_at, vmas_at + 2 * small * PAGE_SIZE)
+            present = walk(be, s.addr, s.addr + present_bytes, whole)
+            hole = walk(be, s.addr + present_bytes, vmas_at, whole)
+            many = walk(be, vmas_at, vmas_at + 2 * small * PAGE_SIZE, pieces)
     return ScanCosts(
         per_vma=many / (2 * small),
         per_hole_page=hole / (hole_bytes // PAGE_SIZE),
