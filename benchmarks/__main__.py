@@ -8,10 +8,10 @@ import os
 import sys
 import time
 
-from . import dump_dense, incremental, peers, reader, scan_sparse, startup
+from . import dump_dense, files_collect, incremental, peers, reader, scan_sparse, startup
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers, "startup": startup}
+              "peers": peers, "files_collect": files_collect, "startup": startup}
 
 
 def main(argv=None) -> int:

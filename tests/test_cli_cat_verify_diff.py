@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -304,8 +305,58 @@ def test_diff_after_the_process_ran(dumped, tmp_path):
         "differ": [(base + 3 * P, base + 4 * P), (base + 200 * P, base + 201 * P)],
         "only-in-A": [(base + 10 * P, base + 11 * P)],
         "only-in-B": [],
+        "kernel-written": [],
     }
     assert notes == []
+
+
+_IDLE_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+static void on_usr1(int s) { (void)s; }
+int main(void) {
+    signal(SIGUSR1, on_usr1);
+    printf("READY\n");
+    fflush(stdout);
+    for (;;) pause();
+}
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to move the thread between them")
+def test_diff_of_an_idle_process_sets_rseq_fields_apart(tmp_path, capfdbinary):
+    """Issue 13 item 7: an idle process moved to another CPU between two
+    dumps differs only in its rseq cpu_id fields, which the kernel rewrites:
+    diff says so in a note and reports no difference."""
+    exe = tmp_path / "idle"
+    src = tmp_path / "idle.c"
+    src.write_text(_IDLE_C)
+    subprocess.run(["gcc", "-O1", "-o", str(exe), str(src)], check=True)
+    p = subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        cpus = sorted(os.sched_getaffinity(0))[:2]
+        os.sched_setaffinity(p.pid, {cpus[0]})
+        os.kill(p.pid, signal.SIGUSR1)
+        time.sleep(0.1)
+        dump(p.pid, tmp_path / "a")
+        os.sched_setaffinity(p.pid, {cpus[1]})
+        os.kill(p.pid, signal.SIGUSR1)  # wakes on the other CPU: the kernel updates rseq
+        time.sleep(0.1)
+        dump(p.pid, tmp_path / "b")
+        with open_checkpoint(tmp_path / "a") as ca, open_checkpoint(tmp_path / "b") as cb:
+            (d,), _ = diff_checkpoints(ca, cb)
+            areas = ca.rseq_areas()
+        assert areas, "glibc registered no rseq area (core image lacks rseq_entry)"
+        page = areas[0][0] // P * P
+        assert d.ranges["kernel-written"] == [(page, page + P)]
+        assert not any(s <= page < e for s, e in d.ranges["differ"])
+        rc, out, _ = run_cli(capfdbinary, "diff", tmp_path / "a", tmp_path / "b")
+        assert "differs only in rseq fields the kernel rewrites" in out.decode()
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_diff_different_pids_and_processes(tmp_path, capfdbinary):
@@ -346,3 +397,69 @@ def test_cat_checks_the_whole_range_before_writing(spawn_target, tmp_path):
                         "--size", str(64 << 30), "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert not out.exists()
+
+
+# --- issue 13 item 7 (rseq) and item 14 (verify --pid OTHER, --json)
+
+
+def test_verify_pid_other_process_is_one_line(spawn_target, tmp_path, capfdbinary):
+    from dumper.dump import dump
+
+    a = spawn_target("dense")
+    b = spawn_target("dense")
+    d = tmp_path / "ck"
+    dump(a.pid, d)
+    rc, out, err = run_cli(capfdbinary, "verify", d, "--pid", str(b.pid))
+    assert rc == 1 and out == b""
+    assert err.count("\n") == 1 and f"pid {b.pid} is not in" in err
+
+
+def test_verify_json(spawn_target, tmp_path, capfdbinary):
+    import json
+
+    from dumper.dump import dump
+
+    t = spawn_target("dense")
+    d = tmp_path / "ck"
+    dump(t.pid, d, thaw="leave-stopped")
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--json", "--pid", str(t.pid))
+    s = json.loads(out)
+    assert rc == 0 and s["ok"] is True and s["problems"] == [] and s["compared_pid"] == t.pid and s["pages"] > 0
+
+
+def test_verify_pid_tells_rseq_fields_apart(spawn_target, tmp_path, capfdbinary):
+    """A page that differs only in the rseq fields the kernel rewrites is a
+    note, not a problem; a byte changed elsewhere on it is a problem."""
+    import json
+
+    from dumper.dump import dump
+    from dumper.image.checkpoint import open_checkpoint
+    from dumper.proc.freeze import Freezer
+    from dumper.cli.verify import rseq_areas
+
+    t = spawn_target("dense")
+    with Freezer(t.pid) as fz:
+        areas = rseq_areas(fz.threads)
+    if not areas:
+        pytest.skip("the target registered no rseq area (glibc without rseq, or GLIBC_TUNABLES)")
+    d = tmp_path / "ck"
+    dump(t.pid, d, thaw="leave-stopped", compress=False)
+    rseq = areas[0][0]
+    with open_checkpoint(d) as ck:
+        e = ck.process().entry_at(rseq)
+        assert e is not None and e.present, "the rseq area's page is recorded"
+        where = (e.pages_off * P) + (rseq - e.vaddr)
+    pages = d / "pages-1.img"
+    original = pages.read_bytes()
+    with open(pages, "r+b") as f:
+        f.seek(where + 4)  # cpu_id
+        f.write(bytes([(original[where + 4] + 1) % 256]))
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
+    s = json.loads(out)
+    assert rc == 0 and s["problems"] == [] and any("rseq fields" in n for n in s["notes"])
+    with open(pages, "r+b") as f:
+        f.seek(where + 12)  # rseq_cs: the thread's own, a real difference
+        f.write(bytes([(original[where + 12] + 1) % 256]))
+    rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
+    s = json.loads(out)
+    assert rc == 1 and len(s["problems"]) == 1 and "differ from the checkpoint" in s["problems"][0]

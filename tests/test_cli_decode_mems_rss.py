@@ -121,7 +121,7 @@ def build_criu_dir(dest: Path) -> Path:
         payload = _pstree_entry(pid, ppid, [pid])
         pstree += fmt.U32.pack(len(payload)) + payload
     (dest / "pstree.img").write_bytes(pstree)
-    # an image type dumper does not read (CRIU's core-PID.img)
+    # a core image with no entry (CRIU's core-PID.img holds one)
     (dest / "core-100.img").write_bytes(fmt.U32.pack(fmt.IMG_COMMON_MAGIC) + fmt.U32.pack(fmt.CORE_MAGIC))
 
     (dest / "mm-100.img").write_bytes(fmt.encode_image("MM", [_mm(CRIU_VMAS_1)]))
@@ -277,8 +277,18 @@ def test_decode_raw_pages_is_refused(capsys, criu_dir):
     for p in (DATA / "tiny-raw" / "pages-1.img", criu_dir / "pages-1.img"):
         rc, out, err = _run(capsys, "decode", str(p))
         assert rc == 1 and out == ""
-        assert err == f"dumper: error: {p} at offset 0: raw page data, not an image: no image magic at the start " \
-                      f"({int.from_bytes(p.read_bytes()[:4], 'little'):#010x}); pages-N.img files hold page bytes only\n"
+        assert err == f"dumper: error: {p} at offset 0: not a CRIU or dumper image: no image magic at the start " \
+                      f"({int.from_bytes(p.read_bytes()[:4], 'little'):#010x}); pages-N.img files hold raw page bytes only\n"
+
+
+def test_decode_a_file_that_is_no_image_says_so_plainly(capsys, tmp_path):
+    # GIVEN a text file (as /etc/passwd), not named like a pages file
+    p = tmp_path / "passwd"
+    p.write_bytes(b"root:x:0:0:root:/root:/bin/bash\n")
+    # WHEN decoded; THEN one line says it is no image, with no talk of pages
+    rc, out, err = _run(capsys, "decode", str(p))
+    assert rc == 1 and out == ""
+    assert err == f"dumper: error: {p} at offset 0: not a CRIU or dumper image: no image magic at the start (0x746f6f72)\n"
 
 
 def test_decode_criu_images(capsys, criu_dir):
@@ -290,9 +300,14 @@ def test_decode_criu_images(capsys, criu_dir):
     rc, out, _ = _run(capsys, "decode", "--pretty", str(criu_dir / "inventory.img"))
     inv = json.loads(out)["entries"][0]
     assert inv["lsmtype"] == "NO_LSM" and inv["root_ids"]["vm_id"] == 1 and "dumper_format_version" not in inv
-    # an image type dumper has no schema for: one line, exit 1
-    rc, out, err = _run(capsys, "decode", str(criu_dir / "core-100.img"))
-    assert rc == 1 and err == f"dumper: error: {criu_dir / 'core-100.img'} at offset 4: CRIU CORE images are not read by dumper\n"
+    # a core image without entries decodes as such
+    rc, out, _ = _run(capsys, "decode", str(criu_dir / "core-100.img"))
+    assert rc == 0 and json.loads(out) == {"magic": "CORE", "entries": []}
+    # an image type dumper has no schema for (sockets): one line, exit 1
+    sk = criu_dir / "inetsk.img"
+    sk.write_bytes(fmt.U32.pack(fmt.IMG_COMMON_MAGIC) + fmt.U32.pack(fmt.INETSK_MAGIC))
+    rc, out, err = _run(capsys, "decode", str(sk))
+    assert rc == 1 and err == f"dumper: error: {sk} at offset 4: CRIU INETSK images are not read by dumper\n"
 
 
 def test_decode_missing_file(capsys, tmp_path):
@@ -331,7 +346,7 @@ def test_mems_criu_image(capsys, criu_dir):
         "\t7fff00000000-7fff00004000           r--        0 [vvar]",
         "\t7fff00004000-7fff00006000           r-x        2 [vdso]",
         "\tffffffffff600000-ffffffffff601000   --x        0 [vsyscall] *",
-        "\t7f000000f000-7f0000010000           ---        0 [guard] *",
+        "\t7f000000f000-7f0000010000           ---    guard [guard] *",
         "101",
         "\t00500000-00510000                   rw-        2",
     ]
@@ -382,6 +397,7 @@ def test_rss_criu_image(capsys, criu_dir):
 def test_rss_entry_outside_vmas(capsys, criu_dir):
     pm = [pagemap_pb2.pagemap_head(pages_id=2), pagemap_pb2.pagemap_entry(vaddr=0x900000, compat_nr_pages=1)]
     (criu_dir / "pagemap-101.img").write_bytes(fmt.encode_image("PAGEMAP", pm))
+    (criu_dir / "pages-2.img").write_bytes(_page(101, 0))  # one PE_PRESENT page, as the pagemap says
     rc, out, _ = _run(capsys, "rss", str(criu_dir))
     assert out.splitlines()[-1] == "\t900000 / 1              PRESENT      (outside every VMA)"
 
@@ -404,7 +420,7 @@ def test_overlapping_vmas_are_corrupt(capsys, criu_dir, cmd):
     (criu_dir / "mm-101.img").write_bytes(fmt.encode_image("MM", [_mm(vmas)]))
     rc, out, err = _run(capsys, cmd, str(criu_dir))
     assert (rc, out) == (1, "")
-    assert err == f"dumper: error: {criu_dir / 'mm-101.img'} at offset 8: vma 1: 0x508000-0x520000 overlaps or " \
+    assert err == f"dumper: error: {criu_dir / 'mm-101.img'} at offset 8: VMA 1 at 0x508000 overlaps or " \
                   "precedes the previous VMA\n"
 
 
@@ -444,3 +460,46 @@ def test_entry_point_error_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dumper", "decode", str(p)], capture_output=True, text=True)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == f"dumper: error: {p} at offset 8: entry size 2147483647 exceeds the {fmt.MAX_ENTRY_SIZE}-byte limit\n"
+
+
+# --- issue 13 item 8: CRIU's files.img (4.x) and reg-files.img (3.x)
+
+
+@pytest.mark.parametrize("which", ["files.img", "reg-files.img"])
+def test_criu_file_names_and_untouched_file_pages(capsys, tmp_path, which):
+    from dumper.errors import ImageError
+    from dumper.image.checkpoint import open_checkpoint
+    from dumper.image.criu_files import _classes
+
+    d = build_criu_dir(tmp_path / "criu")
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"A" * 4096 + b"B" * 4096)
+    mm = _mm(CRIU_VMAS_1[:2] + [_vma(0x410000, 0x412000, R, MAP_PRIVATE, REG | fmt.VMA_FILE_PRIVATE, shmid=5)]
+             + CRIU_VMAS_1[2:])
+    (d / "mm-100.img").write_bytes(fmt.encode_image("MM", [mm]))
+    file_entry, reg_file_entry = _classes()
+    reg = reg_file_entry(id=5, flags=0, pos=0, name=str(lib), size=8192, mode=0o100644)
+    if "fown" in reg.DESCRIPTOR.fields_by_name:  # required in the generated schema
+        for f in ("uid", "euid", "signum", "pid_type", "pid"):
+            setattr(reg.fown, f, 0)
+    if which == "files.img":
+        msgs = [file_entry(type=1, id=5, reg=reg)]
+        (d / which).write_bytes(fmt.encode_image("FILES", msgs))
+    else:
+        (d / which).write_bytes(fmt.encode_image("REG_FILES", [reg]))
+    rc, out, _ = _run(capsys, "mems", str(d))
+    assert rc == 0 and f"\t00410000-00412000                   r--        0 {lib}" in out.splitlines()
+    assert f"file #5" not in out
+    rc, out, _ = _run(capsys, "show", str(d), "--all-vmas")
+    line = next(x for x in out.splitlines() if "0x410000" in x)
+    assert rc == 0 and str(lib) in line and "skipped" not in line
+    with open_checkpoint(d) as ck:
+        assert ck.read(100, 0x411000, 4096) == b"B" * 4096
+    lib.write_bytes(b"A" * 4096)  # truncated: size differs from files.img
+    with open_checkpoint(d) as ck:
+        with pytest.raises(ImageError, match=r"size 8192 bytes at the dump, now 4096") as ei:
+            ck.read(100, 0x410000, 16)
+        assert ei.value.path == str(lib)
+    lib.unlink()
+    rc, out, err = _run(capsys, "cat", str(d), "--addr", "0x410000", "--size", "16")
+    assert rc == 1 and out == "" and f"{lib}: is gone" in err

@@ -82,9 +82,9 @@ def test_termination_signals_restore_the_target(tmp_path, sig):
             [sys.executable, "-m", "dumper", "dump", str(p.pid), "-D", str(tmp_path / "ck"),
              "--threads", "1", "--compress-level", "19"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while state(p.pid) != "t" and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.001)
         assert state(p.pid) == "t"
         child.send_signal(sig)
         _, err = child.communicate(timeout=30)

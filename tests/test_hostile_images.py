@@ -620,9 +620,9 @@ def test_entries_past_the_end_of_the_pages(sources, scratch, kind):
         with pytest.raises(CorruptImage) as ei:
             r.read_pages(8, 2)
         assert ei.value.offset == r.end_offset
-    # the commands that do not read pages still work
+    # one answer across commands for the same damaged set (issue 15 item 12)
     codes = run_commands(bad, [])
-    assert codes[f"mems {bad}"] == codes[f"rss {bad}"] == 0
+    assert codes[f"mems {bad}"] == codes[f"rss {bad}"] == codes[f"show {bad}"] == 1
 
 
 @pytest.mark.parametrize("kind", ["zst", "raw"])
@@ -640,7 +640,7 @@ def test_huge_entry_is_not_allocated(sources, scratch, kind):
     err = _bounded(lambda: _read_all(bad))
     assert f"pagemap has {(1 << 40) + 6} present pages" in err.msg
     codes = run_commands(bad, [])
-    assert codes[f"mems {bad}"] == codes[f"rss {bad}"] == 0
+    assert codes[f"mems {bad}"] == codes[f"rss {bad}"] == codes[f"show {bad}"] == 1
 
 
 @pytest.mark.parametrize(
@@ -746,3 +746,154 @@ def test_inventory_errors_name_an_offset_in_show(sources, scratch, edit):
     bad = _damaged_copy(d, scratch, fmt.INVENTORY_NAME, fmt.encode_image("INVENTORY", [inv]))
     rc, out, err = _cli(["show", str(bad)])
     assert rc == 1 and err.count("\n") == 1 and "inventory.img at offset 4" in err, err
+
+
+# --- issue 15 item 7: what a checkpoint names is opened one safe way
+
+
+def _cat(d: Path, addr: int, size: int = 16) -> tuple[int, str, str]:
+    r = subprocess.run([sys.executable, "-m", "dumper", "cat", str(d), "--addr", hex(addr), "--size", str(size)],
+                       capture_output=True, text=True, timeout=60)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _ckpt_mapping(tmp_path: Path, name: str, target: str, st=None) -> tuple[Path, int]:
+    """A one-process checkpoint whose second VMA privately maps ``target``
+    (recording ``st``'s identity, default the target's own): returns
+    (directory, address of an untouched page of that VMA)."""
+    from test_reader_api import VBASE, _fill, _read_mm, _vma, _write_mm, write_ckpt
+
+    d = tmp_path / name
+    write_ckpt(d, [(0, 1, _fill(1, 1))])
+    st = st or os.stat(target)
+    mm = _read_mm(d)
+    v = mm.vmas.add()
+    v.CopyFrom(_vma(VBASE + 64 * 4096, VBASE + 66 * 4096))
+    v.status = fmt.VMA_AREA_REGULAR | fmt.VMA_FILE_PRIVATE
+    v.path, v.inode, v.dev_major, v.dev_minor = target, st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)
+    v.file_size, v.file_mtime_ns, v.file_ctime_ns = st.st_size, st.st_mtime_ns, st.st_ctime_ns
+    _write_mm(d, mm)
+    return d, VBASE + 64 * 4096
+
+
+@pytest.fixture
+def unprivileged_user():
+    """A throwaway system user (created here, removed after): ``(name, uid)``."""
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd to create an unprivileged user")
+    name = f"dmpt{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                   check=True, capture_output=True)
+    try:
+        import pwd
+
+        yield name, pwd.getpwnam(name).pw_uid
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_mapped_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    d, addr = _ckpt_mapping(tmp_path, "c", str(fifo))
+    rc, out, err = _cat(d, addr)
+    assert (rc, out) == (1, "") and err.count("\n") == 1 and "is not a regular file" in err
+
+
+def test_shadow_named_by_a_user_checkpoint_is_not_read(tmp_path, unprivileged_user):
+    if not os.path.exists("/etc/shadow"):
+        pytest.skip("no /etc/shadow here")
+    _, uid = unprivileged_user
+    d, addr = _ckpt_mapping(tmp_path, "c", "/etc/shadow")  # its real dev/inode/size/times: anyone can stat it
+    os.chown(d, uid, uid)
+    rc, out, err = _cat(d, addr)
+    assert (rc, out) == (1, "") and f"file not read: checkpoint owned by uid {uid}" in err
+    r = subprocess.run([sys.executable, "-m", "dumper", "verify", str(d)], capture_output=True, text=True)
+    assert r.returncode == 1 and f"file not read: checkpoint owned by uid {uid}" in r.stdout
+    # the same checkpoint owned by root reads the file (root could read it anyway)
+    os.chown(d, 0, 0)
+    rc, out, err = _cat(d, addr, 4)
+    assert rc == 0 and out == Path("/etc/shadow").read_text()[:4]
+
+
+def test_symlinked_pages_file_in_a_user_checkpoint(tmp_path, unprivileged_user):
+    from test_reader_api import VBASE, _fill, write_ckpt
+
+    _, uid = unprivileged_user
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"S" * 4096)
+    os.chmod(secret, 0o600)
+    d = write_ckpt(tmp_path / "c", [(0, 1, _fill(1, 1))], compress=False)
+    (d / fmt.pages_name(1)).unlink()
+    os.symlink(secret, d / fmt.pages_name(1))
+    os.chown(d, uid, uid)
+    rc, out, err = _cat(d, VBASE)
+    assert (rc, out) == (1, "") and "pages-1.img: is a symbolic link" in err
+    r = subprocess.run([sys.executable, "-m", "dumper", "export", str(d), str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "is a symbolic link" in r.stderr and not (tmp_path / "out").exists()
+
+
+def test_pgoff_2_63_is_bounded(tmp_path):
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 8192)
+    d, addr = _ckpt_mapping(tmp_path, "c", str(f))
+    from test_reader_api import _read_mm, _write_mm
+
+    mm = _read_mm(d)
+    mm.vmas[-1].pgoff = 1 << 63
+    _write_mm(d, mm)
+    rc, out, err = _cat(d, addr)
+    assert (rc, out) == (1, "") and "beyond any file" in err and "Traceback" not in err
+
+
+# --- issue 15 item 9: memory follows the file with a small constant
+
+
+_RSS_CHILD = """
+import resource, sys
+from dumper.image.checkpoint import open_checkpoint
+import numpy, google.protobuf
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open_checkpoint(sys.argv[1]) as ck:
+    n = len(ck.process().entries)
+    assert ck.read(None, ck.process().entries[n - 1].vaddr, 16) == bytes(16)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(n, (peak - base) * 1024)
+"""
+
+
+def test_three_million_pagemap_entries_in_bounded_memory(tmp_path):
+    from synthetic import write_big_checkpoint
+
+    n = 3_000_000
+    write_big_checkpoint(tmp_path / "big", n)
+    assert (tmp_path / "big" / "pagemap-1000.img").stat().st_size == 8 + 4 + 2 + 17 * n
+    r = subprocess.run([sys.executable, "-c", _RSS_CHILD, str(tmp_path / "big")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    count, grown = map(int, r.stdout.split())
+    assert count == n
+    assert grown <= 64 * n, f"{grown / n:.1f} bytes per pagemap entry"
+
+
+# --- issue 15 item 12: one answer across commands for a set without mm-PID.img
+
+
+def test_set_without_mm_one_answer(sources, tmp_path):
+    d = tmp_path / "nomm"
+    shutil.copytree(sources["tiny-zst"], d)
+    (mm,) = d.glob("mm-*.img")
+    mm.unlink()
+    outs = {}
+    for argv in (["show", str(d)], ["mems", str(d)], ["rss", str(d)], ["verify", str(d)],
+                 ["flatten", str(d), str(tmp_path / "flat")], ["export", str(d), str(tmp_path / "exp")]):
+        rc, out, err = _cli(argv)
+        assert rc == 0 and "Traceback" not in err, (argv, err)
+        outs[argv[0]] = out
+    assert "no mm image" in outs["show"] and "no mm image" in outs["mems"]
+    from dumper.image.checkpoint import open_checkpoint
+
+    with open_checkpoint(d) as a, open_checkpoint(tmp_path / "flat") as b:
+        e = a.process().entries[0]
+        assert b.read(None, e.vaddr, 4096) == a.read(None, e.vaddr, 4096)

@@ -89,9 +89,10 @@ def test_service_magic_mismatch(tmp_path):
 
 
 def test_known_criu_type_we_do_not_read(tmp_path):
-    p = tmp_path / "core-1.img"
-    p.write_bytes(struct.pack("<II", fmt.IMG_COMMON_MAGIC, fmt.CORE_MAGIC))
-    with pytest.raises(ImageError, match="CORE"):
+    # sockets have no schema in proto/ (CRIU's inetsk.img)
+    p = tmp_path / "inetsk.img"
+    p.write_bytes(struct.pack("<II", fmt.IMG_COMMON_MAGIC, fmt.INETSK_MAGIC))
+    with pytest.raises(ImageError, match="INETSK"):
         read_image(p)
 
 

@@ -102,7 +102,7 @@ def test_read_errors(stopped):
         with pytest.raises(ImageError, match=f"{hole:#x} is outside"):
             ck.read(t.pid, hole - 10, 20)
         sh, _ = t.regions["shared"]
-        with pytest.raises(ImageError, match="shared mapping"):
+        with pytest.raises(ImageError, match="shared memory"):
             ck.read(t.pid, sh, 10)
         with pytest.raises(ImageError, match="no process 1 in this checkpoint"):
             ck.read(1, t.regions["dense"][0], 1)
@@ -133,7 +133,7 @@ def test_replaced_or_deleted_mapped_file(stopped, tmp_path):
         assert ei.value.path == str(path)
     path.unlink()
     with open_checkpoint(d) as ck:
-        with pytest.raises(ImageError, match="cannot open the file mapped") as ei:
+        with pytest.raises(ImageError, match="is gone") as ei:
             ck.read(t.pid, untouched, 10)
         assert ei.value.path == str(path)
 
@@ -221,6 +221,22 @@ def _fill(byte: int, pages: int) -> bytes:
     return bytes([byte]) * (pages * P)
 
 
+def _vma(start: int, end: int) -> vma_pb2.vma_entry:
+    return _mm([(start, end)]).vmas[0]
+
+
+def _read_mm(d: Path) -> mm_pb2.mm_entry:
+    from dumper.image.reader import read_image
+
+    (name,) = [n for n in os.listdir(d) if n.startswith("mm-")]
+    return read_image(d / name)[1][0]
+
+
+def _write_mm(d: Path, mm: mm_pb2.mm_entry) -> None:
+    (name,) = [n for n in os.listdir(d) if n.startswith("mm-")]
+    (d / name).write_bytes(fmt.encode_image("MM", [mm]))
+
+
 @pytest.fixture
 def chain(tmp_path):
     """grand (pages 0-9 = 0x11) <- mid (2-3 = 0x22, 0-1/4-9 parent) <- top
@@ -284,23 +300,32 @@ def test_parent_chain_loops_and_escapes(tmp_path):
     root.mkdir()
     write_ckpt(root / "a", [(0, 1, _fill(1, 1))], parent="../b")
     write_ckpt(root / "b", [(0, 1, _fill(1, 1))], parent="../a")
-    with pytest.raises(ImageError, match="loops") as ei:
-        open_checkpoint(root / "a")
-    assert ei.value.path == str(root / "b" / "parent")
+    # One rule for broken chains: the checkpoint opens, its own pages read,
+    # and what needs the parent fails naming the broken link.
+    with open_checkpoint(root / "a") as ck:
+        assert ck.read(100, VBASE, P) == _fill(1, 1)
+        with pytest.raises(ImageError, match="loops") as ei:
+            ck.parent.parent
+        assert ei.value.path == str(root / "b" / "parent")
     write_ckpt(root / "self", [(0, 1, _fill(1, 1))], parent=".")
-    with pytest.raises(ImageError, match="loops") as ei:
-        open_checkpoint(root / "self")
-    assert ei.value.path == str(root / "self" / "parent")
+    with open_checkpoint(root / "self") as ck:
+        with pytest.raises(ImageError, match="loops") as ei:
+            ck.parent
+        assert ei.value.path == str(root / "self" / "parent")
+        assert ck.chain_status()[-1]["ok"] is False
 
     outside = tmp_path / "elsewhere"
     write_ckpt(outside, [(0, 1, _fill(1, 1))])
     write_ckpt(root / "out", [(0, 1, "parent")], parent=str(outside))
-    with pytest.raises(ImageError, match="outside") as ei:
-        open_checkpoint(root / "out")
-    assert ei.value.path == str(root / "out" / "parent")
+    with open_checkpoint(root / "out") as ck:
+        with pytest.raises(ImageError, match="outside") as ei:
+            ck.parent
+        assert ei.value.path == str(root / "out" / "parent")
+        with pytest.raises(ImageError, match=r"in the parent checkpoint, which cannot be used: .*outside") as ei:
+            ck.read(100, VBASE, P)
     write_ckpt(root / "up", [(0, 1, "parent")], parent="..")
-    with pytest.raises(ImageError, match="outside"):
-        open_checkpoint(root / "up")
+    with open_checkpoint(root / "up") as ck, pytest.raises(ImageError, match="outside"):
+        ck.read(100, VBASE, P)
     # a chain that leaves the directory further up is refused too
     write_ckpt(root / "mid", [(0, 1, "parent")], parent="../out")
     with pytest.raises(ImageError, match="outside") as ei:
@@ -308,14 +333,14 @@ def test_parent_chain_loops_and_escapes(tmp_path):
     assert ei.value.path == str(root / "out" / "parent")
 
     write_ckpt(root / "dangling", [(0, 1, "parent")], parent="../nothing")
-    with pytest.raises(ImageError, match="does not resolve") as ei:
-        open_checkpoint(root / "dangling")
+    with open_checkpoint(root / "dangling") as ck, pytest.raises(ImageError, match="does not resolve") as ei:
+        ck.parent
     assert ei.value.path == str(root / "dangling" / "parent")
     os.symlink("link2", root / "link1")
     os.symlink("link1", root / "link2")
     write_ckpt(root / "symloop", [(0, 1, "parent")], parent="../link1")
-    with pytest.raises(ImageError, match="does not resolve"):
-        open_checkpoint(root / "symloop")
+    with open_checkpoint(root / "symloop") as ck, pytest.raises(ImageError, match="does not resolve"):
+        ck.read(100, VBASE, P)
 
 
 # --- CRIU image directories (raw pages, no dumper fields)
@@ -516,3 +541,237 @@ def test_private_file_pages_at_end_of_file(tmp_path):
         assert ck.read(100, VBASE + 4 * P + 50, 100) == content[5 * P + 50 : 5 * P + 100] + bytes(50)
         with pytest.raises(ImageError, match=r"\[0x10005000, 0x10006000\) lies past the end of the mapped file"):
             ck.read(100, VBASE + 4 * P, 2 * P)
+
+
+# --- issue 13 item 5: a mapped file written after the dump is refused, not read
+
+
+def _dd_notrunc(path: Path, offset: int, data: bytes) -> None:
+    """``dd conv=notrunc``: same inode, same size, new bytes."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def test_file_edited_in_place_after_the_dump_is_refused(stopped, tmp_path, capfd):
+    t, d = stopped("file")
+    base, _ = t.regions["file"]
+    path = tmp_path / "mapped.bin"
+    untouched = base + 3 * P
+    with open_checkpoint(d) as ck:
+        vma = ck.process().vma_at(base)
+        st = os.stat(path)
+        assert (vma.file_size, vma.file_mtime_ns, vma.file_ctime_ns) == (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        expect = ck.read(t.pid, untouched, P)
+        assert expect == path.read_bytes()[3 * P: 4 * P]
+    _dd_notrunc(path, 3 * P, b"\xee" * P)
+    assert os.stat(path).st_size == 32 * P  # same size, same inode
+    with open_checkpoint(d) as ck:
+        written = base + P
+        assert ck.read(t.pid, written, P) == live(t.pid, written, P)  # dumped pages need no file
+        with pytest.raises(ImageError, match=r"modified since the dump \(mtime changed\)") as ei:
+            ck.read(t.pid, untouched, P)
+        assert ei.value.path == str(path)
+        problems = [str(p) for p in ck.verify()]
+        assert len(problems) == 1 and "mapped.bin: modified since the dump" in problems[0]
+    from dumper.cli import main
+
+    assert main(["cat", str(d), "--addr", hex(untouched), "--size", "16"]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "mapped.bin: modified since the dump" in err
+    assert main(["verify", str(d)]) == 1
+    assert "mapped.bin: modified since the dump" in capfd.readouterr().out
+
+
+def test_file_truncated_and_re_extended_is_refused(stopped, tmp_path):
+    t, d = stopped("file")
+    base, _ = t.regions["file"]
+    path = tmp_path / "mapped.bin"
+    with open(path, "r+b") as f:
+        f.truncate(2 * P)
+        f.truncate(32 * P)  # same size again, zeros where data was
+    with open_checkpoint(d) as ck, pytest.raises(ImageError, match="changed since the dump|modified since"):
+        ck.read(t.pid, base + 3 * P, P)
+
+
+# --- issue 13 item 9: the past-EOF message names the file's real size
+
+
+def test_past_eof_message_gives_the_file_size(tmp_path):
+    f = tmp_path / "small.bin"
+    f.write_bytes(b"x" * (2 * P))
+    st = os.stat(f)
+    d = tmp_path / "c"
+    write_ckpt(d, [(0, 1, _fill(1, 1))])
+    # an 8-page private mapping of the 2-page file, right after the page
+    mm = _read_mm(d)
+    v = mm.vmas.add()
+    v.CopyFrom(_vma(VBASE + 64 * P, VBASE + 72 * P))
+    v.status = fmt.VMA_AREA_REGULAR | fmt.VMA_FILE_PRIVATE
+    v.path, v.inode, v.dev_major, v.dev_minor = str(f), st.st_ino, os.major(st.st_dev), os.minor(st.st_dev)
+    _write_mm(d, mm)
+    with open_checkpoint(d) as ck:
+        assert ck.read(100, VBASE + 65 * P, P) == b"x" * P
+        with pytest.raises(ImageError, match=rf"lies past the end of the mapped file \({2 * P} bytes\)"):
+            ck.read(100, VBASE + 71 * P, P)
+
+
+# --- issue 13 item 6: guard regions
+
+
+@pytest.mark.kernel(needs=("guard", "guard-bit"))
+def test_guard_regions_recorded_and_refused(spawn_target, tmp_path, capfd):
+    t = spawn_target("file,guard")
+    fbase, _ = t.regions["file"]
+    gbase, _ = t.regions["guard"]
+    t.command("guard file 6")  # a page read, never written: the file's
+    d = tmp_path / "ck"
+    dump(t.pid, d, thaw="leave-stopped")
+    with open_checkpoint(d) as ck:
+        guards = [(g.start, g.end) for g in ck.process().guards]
+        assert (fbase + 6 * P, fbase + 7 * P) in guards
+        assert (gbase + 4 * P, gbase + 7 * P) in guards and (gbase + 12 * P, gbase + 13 * P) in guards
+        for addr in (fbase + 6 * P, gbase + 5 * P, gbase + 12 * P + 100):
+            with pytest.raises(ImageError, match="is a guard region"):
+                ck.read(t.pid, addr, 1)
+            with pytest.raises(OSError):  # the live process faults there too
+                live_strict(t.pid, addr)
+        assert ck.read(t.pid, fbase + 5 * P, P) == live(t.pid, fbase + 5 * P, P)
+        assert ck.read(t.pid, gbase + 7 * P, P) == live(t.pid, gbase + 7 * P, P)
+        assert list(ck.verify()) == []
+    from dumper.cli import main
+
+    assert main(["mems", str(d)]) == 0
+    out = capfd.readouterr().out
+    assert f"\t{fbase + 6 * P:08x}-{fbase + 7 * P:08x}" in out and "[guard]" in out
+    assert main(["show", str(d), "--json"]) == 0
+    import json
+
+    shown = json.loads(capfd.readouterr().out)
+    kinds = {(v["start"], v["kind"]) for v in shown["processes"][0]["vmas"]}
+    assert (gbase + 4 * P, "guard") in kinds
+    assert main(["cat", str(d), "--addr", hex(gbase + 4 * P), "--size", "1"]) == 1
+    assert "guard region" in capfd.readouterr().err
+    from dumper.export.criu import export_criu
+
+    export_criu(d, tmp_path / "out")
+    with open_checkpoint(tmp_path / "out") as ck:
+        assert (gbase + 4 * P, gbase + 7 * P) in [(g.start, g.end) for g in ck.process().guards]
+        with pytest.raises(ImageError, match="is a guard region"):
+            ck.read(t.pid, gbase + 4 * P, 1)
+
+
+def live_strict(pid: int, addr: int) -> bytes:
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        return os.pread(fd, 1, addr) or b""
+    finally:
+        os.close(fd)
+
+
+# --- issue 13 item 10 / issue 15 item 8: broken chains, replaced parents
+
+
+def test_broken_chain_one_rule(chain, capfd):
+    from dumper.cli import main
+
+    top = chain / "2"
+    own = VBASE + 5 * P  # the child's own page
+    needs_parent = VBASE
+    for damage in ("pages", "dir", "inventory"):
+        import shutil
+
+        shutil.rmtree(chain / "1", ignore_errors=True)
+        write_ckpt(chain / "1", [(0, 2, "parent"), (2, 2, _fill(0x22, 2)), (4, 6, "parent")], parent="../0")
+        if damage == "pages":
+            (chain / "1" / fmt.zpages_name(1)).unlink()
+        elif damage == "dir":
+            shutil.rmtree(chain / "1")
+        else:
+            (chain / "1" / fmt.INVENTORY_NAME).write_bytes(b"garbage!")
+        with open_checkpoint(top) as ck:
+            assert ck.read(100, own, P) == _fill(0x33, 1)
+            with pytest.raises(ImageError, match="in the parent checkpoint, which cannot be used") as ei:
+                ck.read(100, needs_parent, P)
+            assert str(chain / "1") in str(ei.value)
+            status = ck.chain_status()
+            assert status[-1]["ok"] is False and str(chain / "1") in status[-1]["error"]
+        assert main(["cat", str(top), "--addr", hex(own), "--size", "4"]) == 0
+        assert capfd.readouterr().out == "3333"
+        assert main(["verify", str(top), "--no-parents"]) == 0, damage
+        capfd.readouterr()
+        assert main(["verify", str(top)]) == 1
+        assert str(chain / "1") in capfd.readouterr().out
+        assert main(["show", str(top)]) == 0
+        out = capfd.readouterr().out
+        assert "BROKEN" in out and str(chain / "1") in out
+        assert main(["show", str(top), "--json"]) == 0
+        import json
+
+        s = json.loads(capfd.readouterr().out)
+        assert s["chain"][-1]["ok"] is False and s["parent_chain_error"]
+
+
+def _set_ids(d: Path, ck_id: str, parent_id: str | None) -> None:
+    inv = _read_inv(d)
+    inv.checkpoint_id = ck_id
+    if parent_id is not None:
+        inv.parent_checkpoint_id = parent_id
+    (d / fmt.INVENTORY_NAME).write_bytes(fmt.encode_image("INVENTORY", [inv]))
+
+
+def _read_inv(d: Path):
+    from dumper.image.reader import load_inventory
+
+    return load_inventory(d / fmt.INVENTORY_NAME)
+
+
+def test_replaced_parent_is_refused_naming_both(chain):
+    _set_ids(chain / "0", "a0", None)
+    _set_ids(chain / "1", "a1", "a0")
+    _set_ids(chain / "2", "a2", "a1")
+    with open_checkpoint(chain / "2") as ck:
+        assert ck.read(100, VBASE, P) == _fill(0x11, 1)
+    _set_ids(chain / "1", "b1", "a0")  # "dump -D 1 --force" again
+    with open_checkpoint(chain / "2") as ck:
+        assert ck.read(100, VBASE + 5 * P, P) == _fill(0x33, 1)
+        with pytest.raises(ImageError, match="is not the parent .* its checkpoint id is b1, .* records parent id a1"):
+            ck.read(100, VBASE + 2 * P, P)
+        assert any("is not the parent" in str(p) for p in ck.verify())
+
+
+def test_force_refuses_to_replace_a_parent(chain):
+    from dumper.errors import DumpError
+
+    with pytest.raises(DumpError, match=rf"refusing to replace .*1: it is the parent of .*2"):
+        CheckpointWriter(chain / "1", force=True)
+    w = CheckpointWriter(chain / "2", force=True)  # nobody's parent
+    w.abort()
+
+
+def test_real_replaced_parent(spawn_target, tmp_path):
+    """pre-dump into 1, write page 3, dump -D 2 --parent 1, dump -D 1 --force:
+    refused (1 is 2's parent); re-pointing 2's parent at another checkpoint of
+    the same process is caught by the checkpoint id."""
+    from dumper.errors import DumpError
+
+    t = spawn_target("dense")
+    a, _ = t.regions["dense"]
+    root = tmp_path / "c"
+    root.mkdir()
+    dump(t.pid, root / "1", pre_dump=True)
+    t.command("write dense 3")
+    dump(t.pid, root / "2", parent=root / "1")
+    with pytest.raises(DumpError, match="it is the parent of"):
+        dump(t.pid, root / "1", force=True)
+    dump(t.pid, root / "other")
+    os.unlink(root / "2" / "parent")
+    os.symlink("../other", root / "2" / "parent")
+    with open_checkpoint(root / "2") as ck:
+        parent_pages = [e for e in ck.process().entries if e.in_parent]
+        assert parent_pages
+        with pytest.raises(ImageError, match="is not the parent"):
+            ck.read(t.pid, parent_pages[0].vaddr, P)
+        assert any("is not the parent" in str(p) for p in ck.verify())

@@ -26,9 +26,12 @@ from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import Checkpoint, open_checkpoint
 from .options import human_bytes, non_negative, pid
-from .verify import differing_runs
+from .verify import differing_runs, only_kernel_written
 
 KINDS = ("differ", "only-in-A", "only-in-B")
+# Not differences: pages whose bytes differ only in rseq fields the kernel
+# rewrites on its own (cpu_id_start, cpu_id, node_id, mm_cid).
+KERNEL_ONLY = "kernel-written"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +51,7 @@ class ProcessDiff:
     pid_a: int
     pid_b: int
     page_size: int
-    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    ranges: dict[str, list[tuple[int, int]]] = field(default_factory=lambda: {k: [] for k in (*KINDS, KERNEL_ONLY)})
 
     def pages(self, kind: str) -> int:
         return sum(e - s for s, e in self.ranges[kind]) // self.page_size
@@ -62,12 +65,13 @@ class ProcessDiff:
 
     @property
     def same(self) -> bool:
-        return not any(self.ranges.values())
+        return not any(self.ranges[k] for k in KINDS)
 
     def to_json(self) -> dict:
         return {
             "pid_a": self.pid_a, "pid_b": self.pid_b, "page_size": self.page_size,
-            **{kind: {"pages": self.pages(kind), "ranges": [[s, e] for s, e in self.ranges[kind]]} for kind in KINDS},
+            **{kind: {"pages": self.pages(kind), "ranges": [[s, e] for s, e in self.ranges[kind]]}
+               for kind in (*KINDS, KERNEL_ONLY)},
         }
 
 
@@ -115,7 +119,26 @@ def diff_process(a: Checkpoint, b: Checkpoint, pid_a: int, pid_b: int) -> Proces
             for first, count in differing_runs(ca[:n], cb[:n], ps):
                 d._add("differ", pos + first * ps, pos + (first + count) * ps)
             ca, cb, pos = ca[n:], cb[n:], pos + n
+    _set_apart_kernel_written(d, a, b, pid_a, pid_b)
     return d
+
+
+def _set_apart_kernel_written(d: ProcessDiff, a: Checkpoint, b: Checkpoint, pid_a: int, pid_b: int) -> None:
+    """Move pages that differ only in kernel-written rseq fields (areas
+    from either checkpoint's core images) from ``differ`` to KERNEL_ONLY."""
+    areas = sorted(set(a.rseq_areas(pid_a)) | set(b.rseq_areas(pid_b)))
+    ps = d.page_size
+    pages = sorted({base // ps * ps for base, _ in areas})
+    keep = d.ranges["differ"]
+    for page in pages:
+        hit = next((i for i, (s, e) in enumerate(keep) if s <= page < e), None)
+        if hit is None:
+            continue
+        if not only_kernel_written(a.read(pid_a, page, ps), b.read(pid_b, page, ps), page, areas):
+            continue
+        s, e = keep.pop(hit)
+        keep[hit:hit] = [r for r in ((s, page), (page + ps, e)) if r[1] > r[0]]
+        d.ranges[KERNEL_ONLY].append((page, page + ps))
 
 
 def diff_checkpoints(a: Checkpoint, b: Checkpoint, pid: int | None = None) -> tuple[list[ProcessDiff], list[str]]:
@@ -148,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
     for n in notes:
         print(n)
     for d in diffs:
+        for s, e in d.ranges[KERNEL_ONLY]:
+            print(f"note: pid {d.pid_a}: [{s:#x}, {e:#x}) differs only in rseq fields the kernel rewrites "
+                  "(cpu_id, node_id, mm_cid): not a difference")
         who = f"pid {d.pid_a}" if d.pid_a == d.pid_b else f"pid {d.pid_a} (A) / {d.pid_b} (B)"
         counts = ", ".join(f"{d.pages(k)} page(s) {k}" for k in KINDS)
         print(f"{who}: {counts}")

@@ -13,27 +13,26 @@ PE_PRESENT pages the pagemap holds inside the VMA (``N+Mp`` when M more
 are PE_PARENT or lazy), or ``skipped`` with the dump's reason at the end of
 the line when the dump did not look at the VMA's contents.
 
-Works on CRIU image directories too (no dumper fields; pids then come from
-the ``mm-PID.img``/``pagemap-PID.img`` file names). The helpers here
-(:func:`checkpoint_pids`, :func:`load_process`) are shared with ``rss``.
+Works on CRIU image directories too (read like every command reads a
+checkpoint, :func:`dumper.image.checkpoint.open_checkpoint`; file names come
+from the set's ``files.img`` or ``reg-files.img``). Guard regions
+(VMA_AREA_GUARD pseudo-VMAs) show ``guard`` in the pages column. The helpers
+here (:func:`pages_per_vma_of`, :func:`file_names`) are shared with ``rss``
+and ``show``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import re
-from dataclasses import dataclass
 from typing import Sequence
 
-from ..errors import BadMagic, CorruptImage, ImageError
-from ..image import format as fmt
-from ..image import load_inventory, load_pagemap, read_image
-from ..image.pb import inventory_pb2, mm_pb2, pagemap_pb2, vma_pb2
-from ..image.pretty import printable, prot_text, vma_annotation
-from ..image.reader import PagemapEntry
+import numpy as np
 
-_PID_FILE = re.compile(r"(?:mm|pagemap)-(\d+)\.img")
+from ..image import format as fmt
+from ..image.checkpoint import open_checkpoint
+from ..image.pb import vma_pb2
+from ..image.pretty import printable, prot_text, vma_annotation
+
 # crit's layout: "\t%-36s%s%s" % ("start-end", "rwx", annotation)
 _ADDR_WIDTH = 36
 _PAGES_WIDTH = 8
@@ -43,105 +42,55 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
 
 
-@dataclass
-class ProcessImages:
-    """What ``mems``/``rss`` read for one pid: its ``mm_entry`` (VMAs
-    checked), its pagemap (CRIU's compat rules applied) and page size."""
-
-    pid: int
-    mm: mm_pb2.mm_entry
-    head: pagemap_pb2.pagemap_head
-    entries: list[PagemapEntry]
-    page_size: int
-
-
-def open_inventory(path: str) -> inventory_pb2.inventory_entry:
-    """The checked inventory of checkpoint directory ``path``."""
-    if not os.path.isdir(path):
-        raise ImageError(path, None, "not a checkpoint directory")
-    return load_inventory(os.path.join(path, fmt.INVENTORY_NAME))
-
-
-def checkpoint_pids(path: str, inv: inventory_pb2.inventory_entry) -> list[int]:
-    """The dumped pids: the inventory's list (root first) in a dumper
-    image, else those named by ``mm-PID.img``/``pagemap-PID.img`` files,
-    ascending (a CRIU inventory lists none; the file names are enough here,
-    pstree.img is not needed)."""
-    if inv.pids:
-        return list(dict.fromkeys(inv.pids))
-    if inv.HasField("root_pid"):
-        return [inv.root_pid]
-    try:
-        names = os.listdir(path)
-    except OSError as err:
-        raise ImageError(path, None, f"cannot list: {err.strerror}") from err
-    pids = sorted({int(m.group(1)) for m in map(_PID_FILE.fullmatch, names) if m})
-    if not pids:
-        raise ImageError(path, None, "no mm-PID.img or pagemap-PID.img files")
-    return pids
-
-
-def check_vmas(mm: mm_pb2.mm_entry, path: str, page_size: int) -> None:
-    """CorruptImage unless every VMA is a page-aligned non-empty range and
-    the VMAs ascend without overlapping (CRIU's VMA_AREA_GUARD pseudo-VMAs,
-    kept at the end of the list, may overlap the others)."""
-    prev_end = 0
-    for i, v in enumerate(mm.vmas):
-        if not (v.start < v.end and v.start % page_size == 0 and v.end % page_size == 0):
-            raise CorruptImage(path, 8, f"vma {i}: bad range {v.start:#x}-{v.end:#x}")
-        if v.status & fmt.VMA_AREA_GUARD:
-            continue
-        if v.start < prev_end:
-            raise CorruptImage(path, 8, f"vma {i}: {v.start:#x}-{v.end:#x} overlaps or precedes the previous VMA")
-        prev_end = v.end
-
-
-def load_process(path: str, pid: int, inv: inventory_pb2.inventory_entry) -> ProcessImages:
-    """Read and check ``mm-PID.img`` and ``pagemap-PID.img`` of ``pid``."""
-    mm_path = os.path.join(path, fmt.mm_name(pid))
-    name, msgs = read_image(mm_path)
-    if name != "MM":
-        raise BadMagic(mm_path, 4, f"expected an MM image, found {name}")
-    if len(msgs) != 1:
-        raise CorruptImage(mm_path, 8, f"MM image holds {len(msgs)} entries, expected 1")
-    mm = msgs[0]
-    inv_ps = inv.page_size if inv.HasField("page_size") else None
-    if inv_ps is not None:
-        fmt.check_page_size(inv_ps, os.path.join(path, fmt.INVENTORY_NAME), 4)
-    head, entries = load_pagemap(os.path.join(path, fmt.pagemap_name(pid)), page_size=inv_ps)
-    ps = head.page_size if head.HasField("page_size") else (inv_ps or os.sysconf("SC_PAGE_SIZE"))
-    check_vmas(mm, mm_path, ps)
-    return ProcessImages(pid, mm, head, entries, ps)
-
-
-def pages_per_vma(proc: ProcessImages) -> tuple[list[tuple[int, int]], int]:
-    """``([(present, other), ...] per VMA in image order, pages outside
-    every VMA)``: pagemap pages inside each VMA, PE_PRESENT and not.
-    Linear in VMAs + entries (both ascending)."""
-    ps = proc.page_size
-    entries = proc.entries
-    counts = [(0, 0)] * len(proc.mm.vmas)
+def pages_per_vma_of(proc) -> tuple[list[tuple[int, int]], int]:
+    """``([(present, other), ...] per VMA of proc.mm in image order, pages
+    outside every VMA)``: pagemap pages inside each VMA, PE_PRESENT and not
+    (guard pseudo-VMAs count (0, 0)). ``proc``: a
+    :class:`~dumper.image.checkpoint.CheckpointProcess`. Binary search per
+    VMA over the compact pagemap arrays: O(VMAs log entries + entries)."""
+    ent = proc.entries
+    ps = np.uint64(proc.page_size)
+    vmas = proc.mm.vmas if proc.mm is not None else []
+    counts = [(0, 0)] * len(vmas)
+    total = int(ent.nr_pages.sum(dtype=np.uint64)) if len(ent) else 0
+    if not len(ent):
+        return counts, 0
+    startp = ent.vaddr // ps
+    endp = ent.end_pages(proc.page_size)
+    present = ent.mask(fmt.PE_PRESENT)
     inside = 0
-    j = 0
-    for i, v in enumerate(proc.mm.vmas):
+    for i, v in enumerate(vmas):
         if v.status & fmt.VMA_AREA_GUARD:
             continue
-        while j < len(entries) and entries[j].end(ps) <= v.start:
-            j += 1
-        present = other = 0
-        k = j
-        while k < len(entries) and entries[k].vaddr < v.end:
-            e = entries[k]
-            n = (min(e.end(ps), v.end) - max(e.vaddr, v.start)) // ps
-            if e.present:
-                present += n
-            else:
-                other += n
-            k += 1
-        counts[i] = (present, other)
-        inside += present + other
-    total = sum(e.nr_pages for e in entries)
+        vs, ve = np.uint64(v.start // proc.page_size), np.uint64(v.end // proc.page_size)
+        j0 = int(np.searchsorted(endp, vs, side="right"))
+        j1 = int(np.searchsorted(startp, ve, side="left"))
+        if j1 <= j0:
+            continue
+        n = np.minimum(endp[j0:j1], ve) - np.maximum(startp[j0:j1], vs)
+        pm = present[j0:j1]
+        pres, other = int(n[pm].sum()), int(n[~pm].sum())
+        counts[i] = (pres, other)
+        inside += pres + other
     return counts, total - inside
+
+
+def _named(v: vma_pb2.vma_entry, names: dict[int, str]) -> vma_pb2.vma_entry:
+    """``v``, or a copy carrying the name a CRIU set's files.img gives its file."""
+    if v.path or not v.status & (fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED) or v.shmid not in names:
+        return v
+    c = vma_pb2.vma_entry()
+    c.CopyFrom(v)
+    c.path = names[v.shmid]
+    return c
+
+
+def file_names(ck) -> dict[int, str]:
+    """CRIU file ids -> names from the set's files.img/reg-files.img ({}
+    for a dumper checkpoint, whose VMAs carry their paths)."""
+    if not ck.is_criu:
+        return {}
+    return {i: f.name for i, f in ck.criu_files().items()}
 
 
 def _pages_column(v: vma_pb2.vma_entry, present: int, other: int) -> tuple[str, str]:
@@ -152,28 +101,38 @@ def _pages_column(v: vma_pb2.vma_entry, present: int, other: int) -> tuple[str, 
     return (f"{present}+{other}p" if other else f"{present}"), ""
 
 
-def mems_lines(proc: ProcessImages) -> list[str]:
-    """The lines ``mems`` prints for one process."""
+def mems_lines(proc, names: dict[int, str] | None = None) -> list[str]:
+    """The lines ``mems`` prints for one process (a CheckpointProcess);
+    ``names``: CRIU file ids -> names (:func:`file_names`)."""
+    names = names or {}
     lines = [f"{proc.pid}"]
+    if proc.mm is None:
+        lines.append("\t(no mm image: VMAs unknown; "
+                     f"{len(proc.entries)} pagemap entries, {proc.entries.pages(fmt.PE_PRESENT)} pages present)")
+        return lines
     if proc.mm.exe_path:
         lines.append(f"\t{'exe':<{_ADDR_WIDTH}}    {printable(proc.mm.exe_path)}")
-    counts, outside = pages_per_vma(proc)
+    counts, outside = pages_per_vma_of(proc)
     shm_ids: dict[int, int] = {}
     for v, (present, other) in zip(proc.mm.vmas, counts):
-        col, note = _pages_column(v, present, other)
+        if v.status & fmt.VMA_AREA_GUARD:
+            col, note = "guard", ""
+        else:
+            col, note = _pages_column(v, present, other)
         addr = f"{v.start:08x}-{v.end:08x}"
-        lines.append(f"\t{addr:<{_ADDR_WIDTH}}{prot_text(v.prot)} {col:>{_PAGES_WIDTH}}{vma_annotation(v, shm_ids)}{note}")
+        lines.append(f"\t{addr:<{_ADDR_WIDTH}}{prot_text(v.prot)} {col:>{_PAGES_WIDTH}}"
+                     f"{vma_annotation(_named(v, names), shm_ids)}{note}")
     if outside:
         lines.append(f"\t({outside} pagemap pages outside every VMA)")
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
-    inv = open_inventory(args.dir)
     # Read everything first: a damaged image gives one error and no partial listing.
-    procs = [load_process(args.dir, pid, inv) for pid in checkpoint_pids(args.dir, inv)]
-    for proc in procs:
-        print("\n".join(mems_lines(proc)))
+    with open_checkpoint(args.dir) as ck:
+        names = file_names(ck)
+        text = [line for pid in ck.pids for line in mems_lines(ck.process(pid), names)]
+    print("\n".join(text))
     return 0
 
 

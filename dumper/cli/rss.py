@@ -16,8 +16,9 @@ import argparse
 from typing import Sequence
 
 from ..image import format as fmt
+from ..image.checkpoint import open_checkpoint
 from ..image.pretty import vma_annotation
-from .mems import ProcessImages, checkpoint_pids, load_process, open_inventory
+from .mems import _named, file_names
 
 _FLAG_NAMES = (("LAZY", fmt.PE_LAZY), ("PARENT", fmt.PE_PARENT), ("PRESENT", fmt.PE_PRESENT))
 # crit: "%-24s%s" % ("\t%lx / %-8d" % (vaddr, nr_pages), vmas); ours adds the flags.
@@ -33,11 +34,12 @@ def _flags_text(flags: int) -> str:
     return "|".join(name for name, bit in _FLAG_NAMES if flags & bit) or "0"
 
 
-def rss_lines(proc: ProcessImages) -> list[str]:
-    """The lines ``rss`` prints for one process."""
+def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
+    """The lines ``rss`` prints for one process (a CheckpointProcess)."""
     ps = proc.page_size
+    names = names or {}
     # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
-    vmas = [v for v in proc.mm.vmas if not v.status & fmt.VMA_AREA_GUARD]
+    vmas = [_named(v, names) for v in proc.vmas]
     shm_ids: dict[int, int] = {}
     indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
     lines = [f"{proc.pid}"]
@@ -67,10 +69,10 @@ def rss_lines(proc: ProcessImages) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    inv = open_inventory(args.dir)
-    procs = [load_process(args.dir, pid, inv) for pid in checkpoint_pids(args.dir, inv)]
-    for proc in procs:
-        print("\n".join(rss_lines(proc)))
+    with open_checkpoint(args.dir) as ck:
+        names = file_names(ck)
+        text = [line for pid in ck.pids for line in rss_lines(ck.process(pid), names)]
+    print("\n".join(text))
     return 0
 
 

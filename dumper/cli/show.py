@@ -8,10 +8,10 @@ import os
 from datetime import datetime, timezone
 from typing import Sequence
 
-from ..errors import CorruptImage, ImageError
+from ..errors import ImageError
 from ..image import format as fmt
-from ..image import load_inventory, load_pagemap, read_image
-from ..image.checkpoint import open_checkpoint, resolve_parent_chain
+from ..image.checkpoint import open_checkpoint
+from ..image.pretty import printable
 from .options import human_bytes
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _kind(v) -> str:
     st = v.status
-    for bit, name in ((fmt.VMA_AREA_VDSO, "vdso"), (fmt.VMA_AREA_VVAR, "vvar"),
+    for bit, name in ((fmt.VMA_AREA_GUARD, "guard"), (fmt.VMA_AREA_VDSO, "vdso"), (fmt.VMA_AREA_VVAR, "vvar"),
                       (fmt.VMA_AREA_VSYSCALL, "vsyscall"), (fmt.VMA_AREA_MEMFD, "memfd"),
                       (fmt.VMA_AREA_SYSVIPC, "sysv-shm"), (fmt.VMA_FILE_SHARED, "file-shared"),
                       (fmt.VMA_ANON_SHARED, "anon-shared"), (fmt.VMA_FILE_PRIVATE, "file-private"),
@@ -32,57 +32,68 @@ def _kind(v) -> str:
     return "other"
 
 
+def _vma_facts(ck, proc, v, pages: tuple[int, int]) -> dict:
+    """One VMA as show reports it: path from the image or, for a CRIU set,
+    from its files.img; status "guard", "skipped" (with the reason) or the
+    pages the pagemap holds in it."""
+    guard = bool(v.status & fmt.VMA_AREA_GUARD)
+    path = v.path
+    if not path and v.status & (fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED):
+        try:
+            cf = ck.criu_files().get(v.shmid)
+        except ImageError:
+            cf = None
+        path = cf.name if cf is not None else ""
+    dumped = (not v.HasField("dumped") or v.dumped) and not guard
+    reason = printable(v.contents_skipped_reason) if v.HasField("dumped") and not v.dumped else ""
+    if not dumped and not guard and not reason:
+        reason = "no reason recorded"
+    return {
+        "start": v.start, "end": v.end, "prot": v.prot, "kind": _kind(v), "path": printable(path),
+        "dumped": dumped, "guard": guard, "reason": reason,
+        "pages": v.nr_pages_dumped if v.HasField("nr_pages_dumped") else pages[0],
+        "pages_parent": v.nr_pages_parent if v.HasField("nr_pages_parent") else pages[1],
+    }
+
+
 def summarize(path: str) -> dict:
-    """The facts ``show`` prints, as a JSON-ready dict. Raises ImageError."""
-    if not os.path.isdir(path):
-        raise ImageError(path, None, "not a checkpoint directory")
-    inv = load_inventory(os.path.join(path, fmt.INVENTORY_NAME))
-    stats = None
-    spath = os.path.join(path, fmt.STATS_DUMP_NAME)
-    if os.path.exists(spath):
-        name, msgs = read_image(spath)
-        if name != "STATS" or len(msgs) != 1:
-            raise CorruptImage(spath, 0, f"expected one stats entry, found a {name} image with {len(msgs)} entries")
-        stats = msgs[0].dump if msgs[0].HasField("dump") else None
-    with open_checkpoint(path) as ck:  # finds the pids of CRIU's image sets too
-        pids = list(ck.pids)
-    procs = []
-    for pid in pids:
-        mm_path = os.path.join(path, fmt.mm_name(pid))
-        name, mm_msgs = read_image(mm_path)
-        if name != "MM" or len(mm_msgs) != 1:
-            raise CorruptImage(mm_path, 0, f"expected one mm entry, found a {name} image with {len(mm_msgs)} entries")
-        mm = mm_msgs[0]
-        head, entries = load_pagemap(os.path.join(path, fmt.pagemap_name(pid)))
-        pages_file = os.path.join(path, fmt.zpages_name(head.pages_id) if head.compression == fmt.COMPRESSION_ZSTD
-                                  else fmt.pages_name(head.pages_id))
-        vmas = []
-        for v in mm.vmas:
-            vmas.append({
-                "start": v.start, "end": v.end, "prot": v.prot, "kind": _kind(v), "path": v.path,
-                "dumped": v.dumped, "reason": v.contents_skipped_reason, "pages": v.nr_pages_dumped,
+    """The facts ``show`` prints, as a JSON-ready dict. Raises ImageError
+    for damage in this checkpoint; a broken parent chain is reported in
+    ``chain`` (the last element has ``ok`` false) and ``parent_chain_error``."""
+    from .mems import pages_per_vma_of
+
+    with open_checkpoint(path) as ck:
+        inv = ck.inventory
+        stats = ck.stats
+        procs = []
+        for pid in ck.pids:
+            proc = ck.process(pid)
+            vmas = []
+            if proc.mm is not None:
+                counts, _ = pages_per_vma_of(proc)
+                vmas = [_vma_facts(ck, proc, v, c) for v, c in zip(proc.mm.vmas, counts)]
+            pages_file = proc.pages_path
+            procs.append({
+                "pid": pid,
+                "entries": len(proc.entries),
+                "pages_present": proc.entries.pages(fmt.PE_PRESENT),
+                "pages_parent": proc.entries.pages(fmt.PE_PARENT),
+                "pages_file": pages_file.name,
+                "pages_file_bytes": os.fstat(proc.pages._fd).st_size,
+                "mm": proc.mm is not None,
+                "vmas": vmas,
             })
-        procs.append({
-            "pid": pid,
-            "entries": len(entries),
-            "pages_present": sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT),
-            "pages_parent": sum(e.nr_pages for e in entries if e.flags & fmt.PE_PARENT),
-            "pages_file": os.path.basename(pages_file),
-            "pages_file_bytes": os.path.getsize(pages_file) if os.path.exists(pages_file) else None,
-            "vmas": vmas,
-        })
-    chain, chain_error = [], None
-    try:
-        chain = [str(p) for p in resolve_parent_chain(path)]
-        for member in chain:  # metadata of each: damage anywhere breaks reads
-            with open_checkpoint(member):
-                pass
-    except ImageError as err:
-        chain_error = str(err)
+        status = ck.chain_status()
+        chain = [c["path"] for c in status if c["ok"]]
+        chain_error = next((c["error"] for c in status if not c["ok"]), None)
+        link = ck.path / fmt.PARENT_LINK
+        parent = os.readlink(link) if os.path.islink(link) else None
     out = {
         "dir": path,
         "dumper_version": inv.dumper_version,
         "format_version": inv.dumper_format_version,
+        "checkpoint_id": inv.checkpoint_id or None,
+        "parent_checkpoint_id": inv.parent_checkpoint_id or None,
         "kernel": inv.kernel_release,
         "machine": inv.machine,
         "page_size": inv.page_size,
@@ -91,8 +102,9 @@ def summarize(path: str) -> dict:
         "compression": "zstd" if inv.compression == fmt.COMPRESSION_ZSTD else "none",
         "compression_level": inv.compression_level if inv.compression == fmt.COMPRESSION_ZSTD else None,
         "pre_dump": inv.pre_dump,
-        "parent": os.readlink(os.path.join(path, "parent")) if os.path.islink(os.path.join(path, "parent")) else None,
-        "parent_chain": chain,  # resolved, nearest first
+        "parent": printable(parent) if parent is not None else None,
+        "parent_chain": chain,  # resolved, nearest first, the usable part
+        "chain": status,  # every link, the broken one (if any) last with ok false
         "parent_chain_error": chain_error,
         "dump_start_ns": inv.dump_start_ns,
         "processes": procs,
@@ -119,10 +131,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"  pages      compression {comp}" + ("; PRE-DUMP (pages only)" if s["pre_dump"] else ""))
     if s["parent"]:
         print(f"  parent     {s['parent']}")
-    if s["parent_chain"]:
-        print(f"  chain      {' -> '.join(s['parent_chain'])} ({len(s['parent_chain'])} deep)")
+    if s["chain"]:
+        links = [c["path"] if c["ok"] else f"BROKEN at {c['path']}" for c in s["chain"]]
+        good = len(s["parent_chain"])
+        print(f"  chain      {' -> '.join(links)} ({good} deep" + (", broken)" if s["parent_chain_error"] else ")"))
     if s["parent_chain_error"]:
-        print(f"  chain      BROKEN: {s['parent_chain_error']}")
+        print(f"  chain      BROKEN: {s['parent_chain_error']} (pages this checkpoint holds read; "
+              "pages in the parent do not)")
     st = s.get("stats", {})
     if st:
         raw = st.get("bytes_raw", 0)
@@ -141,16 +156,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"process {p['pid']}: {p['entries']} pagemap entries, {p['pages_present']} pages in "
               f"{p['pages_file']} ({human_bytes(p['pages_file_bytes'] or 0)})"
               + (f", {p['pages_parent']} in parent" if p["pages_parent"] else ""))
+        if not p["mm"]:
+            print("  no mm image: VMAs unknown (a CRIU pre-dump?); only pages with pagemap entries read")
+            continue
         print(f"  {'start':>14} {'end':>14} {'size':>10} {'prot':4} {'kind':12} {'dumped':>8}  name")
         for v in p["vmas"]:
-            if not args.all_vmas and v["dumped"] and not v["pages"]:
+            if not args.all_vmas and v["dumped"] and not v["pages"] and not v["pages_parent"]:
                 continue
             prot = "".join(c if v["prot"] & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
-            dumped = str(v["pages"]) if v["dumped"] else "skipped"
+            dumped = "guard" if v["guard"] else (str(v["pages"]) if v["dumped"] else "skipped")
             note = f"  [{v['reason']}]" if not v["dumped"] and v["reason"] else ""
             print(f"  {v['start']:#14x} {v['end']:#14x} {human_bytes(v['end'] - v['start']):>10} {prot:4} "
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
-        hidden = sum(1 for v in p["vmas"] if v["dumped"] and not v["pages"])
+        hidden = sum(1 for v in p["vmas"] if v["dumped"] and not v["pages"] and not v["pages_parent"])
         if hidden and not args.all_vmas:
             print(f"  ({hidden} VMAs with no pages to dump not listed; --all-vmas shows them)")
     return 0

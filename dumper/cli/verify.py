@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import sys
 import time
@@ -57,6 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-problems", type=non_negative, default=50, metavar="N",
                         help="problems listed before only counting the rest (default 50)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no summary line when intact")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (problems, notes, counts)")
 
 
 def page_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -120,21 +122,73 @@ class _Runs:
             self.cur = None
 
 
-def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None) -> Iterator[str]:
+def rseq_areas(tids) -> list[tuple[int, int]]:
+    """``(address, size)`` of each stopped thread's ``struct rseq``
+    (PTRACE_GET_RSEQ_CONFIGURATION, Linux 5.13); threads without one, or a
+    kernel without the request, give nothing."""
+    from ..kernel.ptrace import get_rseq_configuration
+
+    out = []
+    for tid in tids:
+        try:
+            conf = get_rseq_configuration(tid)
+        except OSError:
+            continue
+        if conf.rseq_abi_pointer:
+            out.append((conf.rseq_abi_pointer, max(conf.rseq_abi_size, 32)))
+    return out
+
+
+def kernel_written_mask(areas: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
+    """Byte ranges ``[a, b)`` inside ``[lo, hi)`` that the kernel rewrites on
+    its own: the rseq cpu_id_start/cpu_id/node_id/mm_cid fields of ``areas``."""
+    from ..kernel.ptrace import RSEQ_KERNEL_FIELDS
+
+    out = []
+    for base, _ in areas:
+        for off, size in RSEQ_KERNEL_FIELDS:
+            a, b = base + off, base + off + size
+            if a < hi and lo < b:
+                out.append((max(a, lo), min(b, hi)))
+    return out
+
+
+def only_kernel_written(a, b, base: int, areas: list[tuple[int, int]]) -> bool:
+    """Do bytes-likes ``a`` and ``b`` (at address ``base``) differ only in
+    kernel-written rseq fields of ``areas``?"""
+    masked = kernel_written_mask(areas, base, base + len(a))
+    if not masked:
+        return False
+    x = bytearray(a)
+    y = bytearray(b)
+    for s, e in masked:
+        x[s - base:e - base] = bytes(e - s)
+        y[s - base:e - base] = bytes(e - s)
+    return x == y
+
+
+def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None,
+                 notes: list[str] | None = None) -> Iterator[str]:
     """Freeze ``live_pid``, compare every recorded page of checkpoint process
-    ``ckpt_pid`` (default: ``live_pid`` if the checkpoint has it, else the
-    root) with its memory, thaw it; yield one line per range of pages that
-    differ or cannot be read any more. Work is per chunk (a zstd frame),
-    read into one reused buffer; only a failing read goes on page-wise."""
+    ``ckpt_pid`` (default ``live_pid``) with its memory, thaw it; yield one
+    line per range of pages that differ or cannot be read any more. Work is
+    per chunk (a zstd frame), read into one reused buffer; only a failing
+    read goes on page-wise. Pages that differ only in the rseq fields the
+    kernel rewrites by itself (cpu_id_start, cpu_id, node_id, mm_cid of a
+    thread's ``struct rseq``, from PTRACE_GET_RSEQ_CONFIGURATION) are not
+    problems: they are appended to ``notes`` instead."""
     if ckpt_pid is None:
-        ckpt_pid = live_pid if live_pid in ck.processes else ck.root_pid
+        ckpt_pid = live_pid
     ps = ck.process(ckpt_pid).page_size
     target = Process(live_pid)
     what = {"differ": "differ from the checkpoint", "unreadable": "cannot be read from the live process"}
     runs = _Runs(lambda kind, s, e: f"pid {live_pid}: [{s:#x}, {e:#x}) {(e - s) // ps} page(s) {what[kind]}")
+    kernel_only = _Runs(lambda kind, s, e: f"pid {live_pid}: [{s:#x}, {e:#x}) differs only in rseq fields the "
+                        "kernel rewrites when a thread migrates (cpu_id, cpu_id_start, node_id, mm_cid): not a change")
 
     buf = bytearray()
-    with Freezer(target):
+    with Freezer(target) as fz:
+        areas = rseq_areas(fz.threads)
         fd = target.open("mem")
         try:
             for start, end in ck.recorded_ranges(ckpt_pid):
@@ -147,60 +201,95 @@ def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None) -> 
                         with target.translate("mem"):
                             got = _pread_live(fd, view, vaddr + pos)
                         got -= got % ps
-                        for first, count in differing_runs(memoryview(chunk)[pos : pos + got], view[:got], ps):
-                            s = vaddr + pos + first * ps
-                            yield from runs.add("differ", s, s + count * ps)
+                        mine = memoryview(chunk)[pos : pos + got]
+                        for first, count in differing_runs(mine, view[:got], ps):
+                            for k in range(first, first + count):  # few pages: the ones that differ
+                                s = vaddr + pos + k * ps
+                                pa, pb = mine[k * ps:(k + 1) * ps], view[k * ps:(k + 1) * ps]
+                                if areas and only_kernel_written(pa, pb, s, areas):
+                                    list(kernel_only.add("rseq", s, s + ps))
+                                else:
+                                    yield from runs.add("differ", s, s + ps)
                         pos += got
                         if pos < len(chunk):  # this page cannot be read: note it, go on after it
                             yield from runs.add("unreadable", vaddr + pos, vaddr + pos + ps)
                             pos += ps
             yield from runs.flush()
+            if notes is not None:
+                notes.extend(kernel_only.flush())
         finally:
             os.close(fd)
 
 
+def check_same_process(ck: Checkpoint, live_pid: int) -> None:
+    """DumperError unless live process ``live_pid`` is a process the
+    checkpoint was taken of: its pid is in the checkpoint and, where the
+    inventory records the root's start time, the same start time."""
+    from ..errors import DumperError
+
+    if live_pid not in ck.processes:
+        raise DumperError(f"pid {live_pid} is not in {ck.path} (it holds pids {', '.join(map(str, ck.pids))}): "
+                          "--pid compares a process with its own checkpoint")
+    inv = ck.inventory
+    if live_pid == ck.root_pid and inv.HasField("task_start_time"):
+        started = Process(live_pid).stat().starttime
+        if started != inv.task_start_time:
+            raise DumperError(f"pid {live_pid} is not the process {ck.path} was taken of: it started at tick "
+                              f"{started}, the checkpoint's at {inv.task_start_time} (the pid was reused)")
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
+    problems: list[str] = []
+    notes: list[str] = []
     shown = 0
-    total = 0
 
     def report(line: str) -> None:
-        nonlocal shown, total
-        total += 1
-        if shown < args.max_problems:
+        nonlocal shown
+        problems.append(line)
+        if not args.json and shown < args.max_problems:
             print(line)
             shown += 1
+
+    def finish(ok: bool, summary: str | None, extra: dict) -> int:
+        if args.json:
+            print(json.dumps({"dir": args.dir, "ok": ok, "problems": problems, "notes": notes,
+                              "seconds": round(time.monotonic() - t0, 3), **extra}, indent=2))
+        else:
+            if len(problems) > shown:
+                print(f"... and {len(problems) - shown} more problem(s)")
+            for n in notes:
+                print(f"note: {n}")
+            if summary:
+                print(summary, file=sys.stderr if not ok else sys.stdout)
+        return EXIT_OK if ok else EXIT_PROBLEMS
 
     try:
         ck = open_checkpoint(args.dir)
     except ImageError as err:
         report(str(err))
-        print(f"FAILED: {args.dir}: the checkpoint cannot be opened", file=sys.stderr)
-        return EXIT_PROBLEMS
+        return finish(False, f"FAILED: {args.dir}: the checkpoint cannot be opened", {"opened": False})
     with ck:
+        if args.pid is not None:
+            check_same_process(ck, args.pid)  # a different process is an error, not dozens of lines
         for problem in ck.verify(parents=not args.no_parents, threads=args.threads):
             report(str(problem))
-        compared = ""
         if args.pid is not None:
-            if args.pid not in ck.processes:
-                print(f"note: the checkpoint has no pid {args.pid}; comparing its root pid {ck.root_pid}",
-                      file=sys.stderr)
-            for line in compare_live(ck, args.pid):
+            for line in compare_live(ck, args.pid, notes=notes):
                 report(line)
-            compared = f", compared with live pid {args.pid}"
-        if total > shown:
-            print(f"... and {total - shown} more problem(s)")
-        if total:
-            print(f"FAILED: {args.dir}: {total} problem(s)", file=sys.stderr)
-            return EXIT_PROBLEMS
-        if not args.quiet:
-            pages = sum(p.nr_pages_present for p in ck.processes.values())
-            nparents = len(ck.parent_paths) if not args.no_parents else 0
-            print(f"OK: {args.dir}: {len(ck.processes)} process(es), {pages} pages "
-                  f"({human_bytes(pages * ck.page_size)}) verified"
-                  + (f", parent chain of {nparents}" if nparents else "")
-                  + compared + f" in {time.monotonic() - t0:.2f} s")
-    return EXIT_OK
+        pages = sum(p.nr_pages_present for p in ck.processes.values())
+        nparents = len(ck.parent_paths) if not args.no_parents else 0
+        extra = {"opened": True, "processes": len(ck.processes), "pages": pages, "parents": nparents,
+                 "compared_pid": args.pid}
+        if problems:
+            return finish(False, f"FAILED: {args.dir}: {len(problems)} problem(s)", extra)
+        summary = None if args.quiet else (
+            f"OK: {args.dir}: {len(ck.processes)} process(es), {pages} pages "
+            f"({human_bytes(pages * ck.page_size)}) verified"
+            + (f", parent chain of {nparents}" if nparents else "")
+            + (f", compared with live pid {args.pid}" if args.pid is not None else "")
+            + f" in {time.monotonic() - t0:.2f} s")
+        return finish(True, summary, extra)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,12 +57,13 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
                 with w.pages_writer(pid, 1, compress=compress, level=level, threads=threads) as pw:
                     for vaddr, data in ck.iter_pages(pid, parents=True):
                         pw.add_present(vaddr, data)
-                mm = mm_pb2.mm_entry()
-                mm.CopyFrom(proc.mm)
-                for v in mm.vmas:  # every page now lives here
-                    v.nr_pages_dumped = v.nr_pages_dumped + v.nr_pages_parent
-                    v.ClearField("nr_pages_parent")
-                w.write_mm(pid, mm)
+                if proc.mm is not None:  # a set without mm-PID.img stays without (readers accept it)
+                    mm = mm_pb2.mm_entry()
+                    mm.CopyFrom(proc.mm)
+                    for v in mm.vmas:  # every page now lives here
+                        v.nr_pages_dumped = v.nr_pages_dumped + v.nr_pages_parent
+                        v.ClearField("nr_pages_parent")
+                    w.write_mm(pid, mm)
                 total_pages += pw.stats.pages_present
                 written += pw.stats.bytes_file
             inv = inventory_pb2.inventory_entry()

@@ -14,23 +14,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DumpError, ImageError
+from ..image.mapped import ImageDir
 from ..image import format as fmt
 from ..image import load_inventory, load_pagemap
+from ..image.checkpoint import check_not_a_parent, children_of  # noqa: F401  (re-exported)
 from ..image.pb import inventory_pb2
 from ..kernel.libc import PAGE_SIZE
 
-__all__ = ["ParentInfo", "load_parent", "split_by_coverage", "check_parent_placement", "chain_paths"]
+__all__ = ["ParentInfo", "load_parent", "check_parent_placement", "chain_paths",
+           "children_of", "check_not_a_parent"]
 
 
 @dataclass(slots=True)
 class ParentInfo:
-    """``path`` of the parent directory, its inventory, and the byte ranges
-    ``[starts[i], ends[i])`` its pagemap covers for ``pid`` (sorted, merged)."""
+    """``path`` of the parent directory, its inventory, and the ranges
+    ``[start_pages[i], end_pages[i])`` its pagemap covers for ``pid``, in
+    pages (uint64 page numbers: an entry ending at 2**64 fits), sorted, merged."""
 
     path: str
     inventory: inventory_pb2.inventory_entry
-    starts: np.ndarray
-    ends: np.ndarray
+    start_pages: np.ndarray
+    end_pages: np.ndarray
 
 
 def chain_paths(path: str | os.PathLike) -> list[str]:
@@ -68,50 +72,31 @@ def load_parent(path: str | os.PathLike, pid: int, start_time: int) -> ParentInf
 
     Raises DumpError when ``path`` is no checkpoint of this very process
     (another pid, or the pid was reused: the start time differs), and
-    ImageError when its images are damaged.
+    ImageError when its images are damaged (opened as every reader opens
+    them: through the directory, no symlinked image files).
     """
     path = os.fspath(path)
-    if not os.path.isfile(os.path.join(path, fmt.INVENTORY_NAME)):
-        raise DumpError(f"parent {path!r} is not a checkpoint directory (no {fmt.INVENTORY_NAME})")
-    inv = load_inventory(os.path.join(path, fmt.INVENTORY_NAME))
-    if pid not in (inv.pids or [inv.root_pid]):
-        raise DumpError(f"parent {path!r} is a checkpoint of pid {inv.root_pid}, not {pid}")
-    if inv.HasField("task_start_time") and inv.task_start_time != start_time:
-        raise DumpError(f"parent {path!r} was taken of an earlier process with pid {pid} (pid reused)")
     try:
-        _, entries = load_pagemap(os.path.join(path, fmt.pagemap_name(pid)))
-    except FileNotFoundError as err:
-        raise ImageError(os.path.join(path, fmt.pagemap_name(pid)), None, "missing") from err
-    starts = np.array([e.vaddr for e in entries], dtype=np.uint64)
-    ends = np.array([e.vaddr + e.nr_pages * PAGE_SIZE for e in entries], dtype=np.uint64)
+        d = ImageDir(path)
+    except ImageError as err:
+        raise DumpError(f"parent {path!r} is not a checkpoint directory ({err.msg})") from err
+    try:
+        if not d.exists(fmt.INVENTORY_NAME):
+            raise DumpError(f"parent {path!r} is not a checkpoint directory (no {fmt.INVENTORY_NAME})")
+        inv = load_inventory(os.path.join(path, fmt.INVENTORY_NAME), d.open(fmt.INVENTORY_NAME))
+        if pid not in (inv.pids or [inv.root_pid]):
+            raise DumpError(f"parent {path!r} is a checkpoint of pid {inv.root_pid}, not {pid}")
+        if inv.HasField("task_start_time") and inv.task_start_time != start_time:
+            raise DumpError(f"parent {path!r} was taken of an earlier process with pid {pid} (pid reused)")
+        name = fmt.pagemap_name(pid)
+        _, entries = load_pagemap(os.path.join(path, name), f=d.open(name))
+    finally:
+        d.close()
+    ps = np.uint64(PAGE_SIZE)
+    starts = entries.vaddr // ps
+    ends = entries.end_pages(PAGE_SIZE)
     if len(starts) > 1:  # merge touching entries so coverage tests cross them
         brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
         starts = starts[np.concatenate(([0], brk))]
         ends = ends[np.concatenate((brk - 1, [len(ends) - 1]))]
     return ParentInfo(path, inv, starts, ends)
-
-
-def split_by_coverage(runs: list[tuple[int, int]], parent: ParentInfo) -> tuple[list, list]:
-    """Split ``(vaddr, nr_pages)`` runs into (covered by the parent, not covered).
-
-    Work is O(len(runs) + intervals touched): each run looks up its first
-    interval by binary search.
-    """
-    covered, missing = [], []
-    starts, ends = parent.starts, parent.ends
-    for vaddr, n in runs:
-        pos, end = vaddr, vaddr + n * PAGE_SIZE
-        i = int(np.searchsorted(ends, pos, side="right"))
-        while pos < end:
-            if i >= len(starts) or int(starts[i]) >= end:
-                missing.append((pos, (end - pos) // PAGE_SIZE))
-                break
-            s, e = int(starts[i]), int(ends[i])
-            if s > pos:
-                missing.append((pos, (s - pos) // PAGE_SIZE))
-                pos = s
-            stop = min(e, end)
-            covered.append((pos, (stop - pos) // PAGE_SIZE))
-            pos = stop
-            i += 1
-    return covered, missing

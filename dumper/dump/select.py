@@ -21,8 +21,9 @@ from ..image import format as fmt
 from ..kernel.libc import PAGE_SIZE
 from ..proc.maps import Vma
 from ..scan import Category, ScanMasks
+from . import intervals as iv
 
-__all__ = ["VmaPlan", "classify", "dump_masks", "runs_in_vmas"]
+__all__ = ["VmaPlan", "classify", "classify_all", "dump_masks", "drop_uffd_markers"]
 
 @dataclass(slots=True)
 class VmaPlan:
@@ -36,23 +37,25 @@ class VmaPlan:
     status: int
     mode: str
     reason: str = ""
+    unrestorable: str = ""  # why `criu restore` could not rebuild it from our images, if so
 
 
 def classify(vma: Vma) -> VmaPlan:
     """CRIU status bits and the dump mode for one VMA."""
     name = vma.special
     st = 0
+    # As CRIU 4.2 marks them (criu/proc_parse.c): kernel-provided areas are
+    # anonymous private, the main stack is plain REGULAR (MAP_GROWSDOWN tells it).
     if name in ("[vvar]", "[vvar_vclock]"):
-        return VmaPlan(vma, fmt.VMA_AREA_REGULAR | fmt.VMA_AREA_VVAR, "skip", "vvar: provided by the kernel")
+        return VmaPlan(vma, fmt.VMA_AREA_REGULAR | fmt.VMA_AREA_VVAR | fmt.VMA_ANON_PRIVATE, "skip",
+                       "vvar: provided by the kernel")
     if name == "[vsyscall]" or not vma.user:
-        return VmaPlan(vma, fmt.VMA_AREA_VSYSCALL, "skip", "vsyscall: provided by the kernel")
+        return VmaPlan(vma, fmt.VMA_AREA_VSYSCALL | fmt.VMA_ANON_PRIVATE, "skip", "vsyscall: provided by the kernel")
     if name == "[uprobes]":
         return VmaPlan(vma, fmt.VMA_AREA_UPROBES, "skip", "uprobes: provided by the kernel")
     st |= fmt.VMA_AREA_REGULAR
     if name == "[vdso]":
         return VmaPlan(vma, st | fmt.VMA_AREA_VDSO | fmt.VMA_ANON_PRIVATE, "whole")
-    if name == "[stack]" or "gd" in vma.vmflags:
-        st |= fmt.VMA_AREA_STACK
     if name == "[heap]":
         st |= fmt.VMA_AREA_HEAP
     if vma.shared:
@@ -64,13 +67,33 @@ def classify(vma: Vma) -> VmaPlan:
             st |= fmt.VMA_ANON_SHARED
         else:
             st |= fmt.VMA_FILE_SHARED
-        return VmaPlan(vma, st, "skip", "shared mapping: contents are not dumped yet")
+        if st & fmt.VMA_FILE_SHARED:  # the file holds the contents; CRIU maps it again
+            return VmaPlan(vma, st, "skip", "shared file mapping: contents live in the file")
+        # (the files table gives the reason `criu restore` cannot rebuild it)
+        return VmaPlan(vma, st, "skip", "shared memory: contents are not dumped yet")
     st |= fmt.VMA_FILE_PRIVATE if vma.file_backed else fmt.VMA_ANON_PRIVATE
     if vma.io or vma.pfnmap:
-        return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory")
+        return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory", "device memory cannot be saved")
     if "dp" in vma.vmflags:
         return VmaPlan(vma, st, "skip", "MAP_DROPPABLE: contents may be dropped anyway")
+    if vma.path.startswith("/[aio]"):
+        return VmaPlan(vma, st, "pages", unrestorable="AIO rings are not saved")
     return VmaPlan(vma, st, "pages")
+
+
+def classify_all(vmas: list[Vma]) -> list[VmaPlan]:
+    """:func:`classify` for a whole VMA list. What classify looks at repeats
+    from VMA to VMA (name, VmFlags, sharing), so each distinct combination
+    is classified once: 64,000 VMAs cost a few distinct calls."""
+    cache: dict[tuple, VmaPlan] = {}
+    out = []
+    for v in vmas:
+        key = (v.path, v.vmflags, v.perms[3], v.inode != 0, v.user)
+        proto = cache.get(key)
+        if proto is None:
+            proto = cache[key] = classify(v)
+        out.append(VmaPlan(v, proto.status, proto.mode, proto.reason, proto.unrestorable))
+    return out
 
 
 def dump_masks(supported: Category) -> ScanMasks:
@@ -83,33 +106,31 @@ def dump_masks(supported: Category) -> ScanMasks:
     return ScanMasks(anyof=Category.PRESENT | Category.SWAPPED, excluded=excluded, returned=Category(0))
 
 
-def runs_in_vmas(regions: np.ndarray, plans: list[VmaPlan], *, with_categories: bool = False):
-    """Cut scan regions at VMA boundaries: for each plan, its runs.
+def drop_uffd_markers(pid: int, starts: np.ndarray, ends: np.ndarray, cats: np.ndarray,
+                      marker_vmas: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Runs without the uffd-wp *markers* in them: a marker (SWAPPED, not
+    WRITTEN, in a VMA registered for uffd-wp — ours or the target's own)
+    holds no data. Only those few runs are looked up in pagemap
+    (:func:`dumper.track.uffd.marker_mask`). ``cats`` must carry WRITTEN
+    and SWAPPED; returns ``(starts, ends, cats)``."""
+    from ..track.uffd import marker_mask
 
-    Runs are ``(vaddr, nr_pages)``, or ``(start, end, categories)`` with
-    ``with_categories``. ``regions`` is the scanner's REGION_DTYPE array
-    (sorted, disjoint); regions merge across VMA boundaries, so this splits
-    them per VMA. Work is O(len(regions) + len(plans)).
-    """
-    out = []
-    starts = regions["start"] if len(regions) else np.empty(0, np.uint64)
-    ends = regions["end"] if len(regions) else np.empty(0, np.uint64)
-    cats = regions["categories"] if len(regions) else np.empty(0, np.uint64)
-    for plan in plans:
-        v = plan.vma
-        if plan.mode == "skip":
-            out.append((plan, []))
-            continue
-        if plan.mode == "whole":
-            whole = (v.start, v.end, 0) if with_categories else (v.start, v.size // PAGE_SIZE)
-            out.append((plan, [whole]))
-            continue
-        lo = int(np.searchsorted(ends, v.start, side="right"))
-        hi = int(np.searchsorted(starts, v.end, side="left"))
-        runs = []
-        for s, e, c in zip(starts[lo:hi].tolist(), ends[lo:hi].tolist(), cats[lo:hi].tolist()):
-            s, e = max(s, v.start), min(e, v.end)
-            if e > s:
-                runs.append((s, e, c) if with_categories else (s, (e - s) // PAGE_SIZE))
-        out.append((plan, runs))
-    return out
+    suspect = ((cats & np.uint64(Category.SWAPPED)) != 0) & ((cats & np.uint64(Category.WRITTEN)) == 0)
+    if not suspect.any() or not len(marker_vmas[0]):
+        return starts, ends, cats
+    s_idx = np.flatnonzero(suspect)
+    ms, me = iv.intersect((starts[s_idx], ends[s_idx]), marker_vmas)
+    if not len(ms):
+        return starts, ends, cats
+    masks = marker_mask(pid, [(int(s), int(e - s) // PAGE_SIZE) for s, e in zip(ms, me)])
+    drop_s, drop_e = [], []
+    for s, m in zip(ms.tolist(), masks):
+        idx = np.flatnonzero(m)
+        if idx.size:
+            for grp in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
+                drop_s.append(s + int(grp[0]) * PAGE_SIZE)
+                drop_e.append(s + (int(grp[-1]) + 1) * PAGE_SIZE)
+    if not drop_s:
+        return starts, ends, cats
+    return iv.intersect((starts, ends), iv.subtract((starts, ends), iv.from_pairs(list(zip(drop_s, drop_e)))),
+                        keep=cats)

@@ -61,9 +61,9 @@ from google.protobuf.message import Message
 from ..errors import DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
-from ..image.pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2
+from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
+from ..image.vmas import as_criu_lists_them
 from ..image.writer import fsync_dir, open_private
-from . import files_pb
 
 __all__ = [
     "ExportError",
@@ -76,7 +76,7 @@ __all__ = [
     "FIRST_OWN_FIELD",
 ]
 
-FILES_NAME = "files.img"
+FILES_NAME = fmt.FILES_NAME
 # dumper's additions to CRIU's messages start at this field number.
 FIRST_OWN_FIELD = 32
 
@@ -236,11 +236,11 @@ class _FileIds:
             return self.ids[key]
         fid = len(self.entries) + 1
         self.ids[key] = fid
-        reg = files_pb.reg_file_entry(
+        reg = regfile_pb2.reg_file_entry(
             id=fid, flags=flags, pos=0, name=name,
-            fown=files_pb.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0),
+            fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0),
         )
-        self.entries.append(files_pb.file_entry(type=files_pb.FD_TYPE_REG, id=fid, reg=reg))
+        self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.REG, id=fid, reg=reg))
         return fid
 
 
@@ -264,30 +264,6 @@ def _exe_vma(mm: mm_pb2.mm_entry):
         if v.status & _FILE_VMA and v.start <= code < v.end:
             return v
     return None
-
-
-def _as_criu_lists_them(mm: mm_pb2.mm_entry) -> None:
-    """Make the VMA list read as CRIU 4.2 writes it (criu/proc_parse.c):
-    kernel-provided anonymous mappings ([vvar], [vsyscall]) carry
-    VMA_ANON_PRIVATE and MAP_ANONYMOUS, and consecutive [vvar] VMAs
-    ([vvar] + [vvar_vclock] on 6.x kernels) are one VMA."""
-    merged = []
-    for v in mm.vmas:
-        if v.status & (fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL) and not v.status & _FILE_VMA:
-            v.status |= fmt.VMA_ANON_PRIVATE
-            v.flags |= _MAP_ANONYMOUS
-        prev = merged[-1] if merged else None
-        if (prev is not None and prev.status & fmt.VMA_AREA_VVAR and v.status & fmt.VMA_AREA_VVAR
-                and prev.end == v.start):
-            prev.end = v.end
-            continue
-        merged.append(v)
-    if len(merged) != len(mm.vmas):
-        kept = [type(v)() for v in merged]
-        for k, v in zip(kept, merged):
-            k.CopyFrom(v)
-        del mm.vmas[:]
-        mm.vmas.extend(kept)
 
 
 def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
@@ -324,7 +300,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
             out.shmid = files.get(name, key, _O_RDWR if writable_shared else 0)
         elif v.status & _SHMEM_VMA and not v.shmid and v.HasField("inode") and v.inode:
             out.shmid = v.inode
-    _as_criu_lists_them(mm)
+    as_criu_lists_them(mm)
     return mm
 
 

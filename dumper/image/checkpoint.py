@@ -15,9 +15,11 @@ was in memory at address A of process P at dump time"::
 
 Opening reads metadata only: ``inventory.img``, ``pstree.img`` when there is
 one, every ``mm-PID.img`` and ``pagemap-PID.img``, the head, footer and frame
-index of every ``pages-N.zst.img`` (a raw ``pages-N.img`` is only stat'ed) and
-the ``parent`` links; never page payload. A parent checkpoint is opened the
-first time it is needed.
+index of every ``pages-N.zst.img`` (a raw ``pages-N.img`` is only stat'ed);
+never page payload. Every image file is opened through
+:class:`~dumper.image.mapped.ImageDir` (relative to the directory's
+descriptor, never through a symlink, regular files only). Pagemaps are held
+in compact arrays (:class:`~dumper.image.reader.PagemapEntries`).
 
 Where the bytes of :meth:`Checkpoint.read` come from, page by page:
 
@@ -28,20 +30,30 @@ Where the bytes of :meth:`Checkpoint.read` come from, page by page:
 * no entry, inside a private anonymous VMA: zeros (never touched, the zero
   page, or a page a dump skips because the kernel would give zeros);
 * no entry, inside a private file mapping: the mapped file at the VMA's
-  offset, if the file still exists with the device and inode recorded in the
-  vma_entry (the page was never written, so it was the file's);
+  offset, opened by :func:`~dumper.image.mapped.open_mapped_file` (only if
+  the file is still the one recorded: device, inode, and size, mtime, ctime
+  where the dump recorded them; CRIU sets name it in ``files.img`` or
+  ``reg-files.img`` and record its size);
+* inside a guard region (MADV_GUARD_INSTALL, CRIU's VMA_AREA_GUARD
+  pseudo-VMAs): ImageError, as the live process would fault;
 * anything else (outside every recorded VMA, a VMA whose contents were not
-  dumped such as shared memory or [vvar], a CRIU image that does not record
-  the mapped file): :class:`~dumper.errors.ImageError`.
+  dumped such as shared memory or [vvar]): :class:`~dumper.errors.ImageError`.
 
-The parent chain must stay inside the directory that holds the checkpoint
-(``/ckpt`` for ``/ckpt/2``; ``parent -> ../1`` is the usual link) and must
-not loop: otherwise ImageError naming the offending ``parent`` link.
+Broken chains, one rule: the parent is opened only when a read needs it. What
+the checkpoint holds itself stays readable; what needs a parent that is
+missing, damaged, outside the directory holding the checkpoint, looping, or
+not the checkpoint the child was taken over (``parent_checkpoint_id`` differs
+from the parent's ``checkpoint_id``: it was replaced) raises ImageError
+naming the parent. :meth:`Checkpoint.chain_status` lists the chain with the
+broken link marked.
 
 CRIU image directories are read too: no dumper fields, raw ``pages-N.img``,
 ``nr_pages`` from pagemap field 5 or field 2, ``in_parent``/absent flags as
 CRIU's reader; pids from ``pstree.img`` (CRIU's ``pstree_entry``) when the
-inventory does not list them, else from the ``pagemap-PID.img`` names.
+inventory does not list them, else from the ``pagemap-PID.img`` names. A
+CRIU set may lack ``mm-PID.img`` (a pre-dump): only pages with pagemap
+entries can be read. A dumper checkpoint always has one: without it the
+checkpoint does not open.
 
 Units: addresses and sizes in bytes, ranges end-exclusive, ``nr_pages`` and
 stream indexes in pages. A Checkpoint is not thread-safe (its PagesReaders
@@ -60,13 +72,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zstandard
 from google.protobuf.message import DecodeError, Message
 
-from ..errors import BadMagic, CorruptImage, ImageError
+from ..errors import BadMagic, CorruptImage, DumpError, ImageError
 from . import format as fmt
+from .criu_files import CriuFile, load_criu_files
+from .mapped import FileIdentity, ImageDir, MappedFileError, open_mapped_file, printable_path, recorded_identity
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2, vma_pb2
 from .reader import (
+    PagemapEntries,
     PagemapEntry,
     PagesReader,
     _zstd_frame_length,
@@ -82,6 +98,9 @@ __all__ = [
     "open_checkpoint",
     "resolve_parent_chain",
     "read_pstree",
+    "new_checkpoint_id",
+    "children_of",
+    "check_not_a_parent",
     "PSTREE_NAME",
     "MAX_PARENT_CHAIN",
 ]
@@ -92,6 +111,7 @@ PSTREE_NAME = "pstree.img"
 MAX_PARENT_CHAIN = 4096
 
 _U64_LIMIT = 1 << 64
+_OFF_LIMIT = (1 << 63) - 1  # largest file offset the kernel takes (loff_t)
 _PAGEMAP_RE = re.compile(r"^pagemap-(\d+)\.img$")
 _KERNEL_VMAS = fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL | fmt.VMA_AREA_UPROBES
 _SHARED_VMAS = (
@@ -103,17 +123,26 @@ _RAW_CHUNK = 16 << 20
 _VERIFY_BATCH = 4 << 20
 
 
+def new_checkpoint_id() -> str:
+    """A fresh random checkpoint id (128 bits, hex) for ``inventory_entry.checkpoint_id``."""
+    import secrets
+
+    return secrets.token_hex(16)
+
+
 # --- pstree.img (CRIU images/pstree.proto; ours is proto/pstree.proto)
 
 
-def read_pstree(path: str | os.PathLike) -> list[Message]:
+def read_pstree(path: str | os.PathLike, f=None) -> list[Message]:
     """The ``pstree_entry`` messages of a CRIU ``pstree.img`` (root first).
 
     Fields ``pid``, ``ppid``, ``pgid``, ``sid`` and ``threads``. BadMagic if
-    the file is not a PSTREE image, CorruptImage if it is damaged.
+    the file is not a PSTREE image, CorruptImage if it is damaged. ``f``:
+    the file, already open.
     """
-    f = open_image_file(path)
+    f = f if f is not None else open_image_file(path)
     with f:
+        f.seek(0)
         name = fmt.read_magic(f, path)
         if name != "PSTREE":
             raise BadMagic(path, 0, f"expected a PSTREE image, found {name}")
@@ -121,6 +150,28 @@ def read_pstree(path: str | os.PathLike) -> list[Message]:
 
 
 # --- parent chain
+
+
+def _parent_target(cur: Path, root: Path, seen: set[Path], depth: int) -> Path | None:
+    """Where ``cur/parent`` leads (None without a link); ImageError naming
+    the link if it dangles, loops, leaves ``root`` or is too deep."""
+    link = cur / fmt.PARENT_LINK
+    if not os.path.lexists(link):
+        return None
+    try:
+        target = Path(os.path.realpath(link, strict=True))
+    except OSError as err:
+        raise ImageError(link, None, f"parent link does not resolve ({os.path.realpath(link)}): "
+                         f"{err.strerror}") from err
+    if not target.is_dir():
+        raise ImageError(link, None, f"parent {target} is not a directory")
+    if target == root or root not in target.parents:
+        raise ImageError(link, None, f"parent {target} is outside {root}, the directory holding the checkpoint")
+    if target in seen:
+        raise ImageError(link, None, f"parent chain loops: {target} comes twice")
+    if depth >= MAX_PARENT_CHAIN:
+        raise ImageError(link, None, f"parent chain longer than {MAX_PARENT_CHAIN}")
+    return target
 
 
 def resolve_parent_chain(path: str | os.PathLike) -> list[Path]:
@@ -139,25 +190,41 @@ def resolve_parent_chain(path: str | os.PathLike) -> list[Path]:
     seen = {top}
     chain: list[Path] = []
     cur = top
-    while True:
-        link = cur / fmt.PARENT_LINK
-        if not os.path.lexists(link):
-            return chain
-        try:
-            target = Path(os.path.realpath(link, strict=True))
-        except OSError as err:
-            raise ImageError(link, None, f"parent link does not resolve: {err.strerror}") from err
-        if not target.is_dir():
-            raise ImageError(link, None, f"parent {target} is not a directory")
-        if target == root or root not in target.parents:
-            raise ImageError(link, None, f"parent {target} is outside {root}, the directory holding the checkpoint")
-        if target in seen:
-            raise ImageError(link, None, f"parent chain loops: {target} comes twice")
-        if len(chain) >= MAX_PARENT_CHAIN:
-            raise ImageError(link, None, f"parent chain longer than {MAX_PARENT_CHAIN}")
+    while (target := _parent_target(cur, root, seen, len(chain))) is not None:
         seen.add(target)
         chain.append(target)
         cur = target
+    return chain
+
+
+def children_of(path: str | os.PathLike) -> list[str]:
+    """The checkpoints next to ``path`` (in the directory holding it, where
+    readers follow ``parent`` links) whose ``parent`` resolves to ``path``.
+    Sorted; reads directory entries and links only."""
+    real = os.path.realpath(path)
+    holder = os.path.dirname(real)
+    try:
+        names = os.listdir(holder)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        link = os.path.join(holder, name, fmt.PARENT_LINK)
+        if os.path.lexists(link) and os.path.realpath(link) == real:
+            out.append(os.path.join(holder, name))
+    return sorted(out)
+
+
+def check_not_a_parent(path: str | os.PathLike) -> None:
+    """Refuse to replace checkpoint ``path`` while another checkpoint is
+    taken over it: the child's PE_PARENT pages would read the replacement's
+    bytes (readers catch it by checkpoint id, but the child would be lost).
+    Raises DumpError naming the child."""
+    kids = children_of(path)
+    if kids:
+        more = f" (and {len(kids) - 1} more)" if len(kids) > 1 else ""
+        raise DumpError(f"refusing to replace {path}: it is the parent of {kids[0]}{more}; "
+                        "flatten or remove the child first")
 
 
 # --- one process
@@ -167,7 +234,7 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
     """What a page of ``vma`` with no pagemap entry holds: ``("zero", "")``,
     ``("file", "")`` or ``("none", why)``."""
     if vma.HasField("dumped") and not vma.dumped:
-        return "none", vma.contents_skipped_reason or "the dump skipped this VMA's contents"
+        return "none", printable_path(vma.contents_skipped_reason) or "the dump skipped this VMA's contents"
     st = vma.status
     if st & fmt.VMA_AREA_AIORING:
         return "zero", ""  # CRIU dumps AIO rings whole, whatever their other bits
@@ -184,14 +251,15 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
 class CheckpointProcess:
     """The recorded memory of one process of a checkpoint.
 
-    ``mm`` is the ``mm_entry`` (None when there is no ``mm-PID.img``, e.g. a
-    CRIU pre-dump: then VMAs are unknown and only pages with pagemap entries
-    can be read). ``vmas``: its ``vma_entry`` list, ascending and disjoint,
-    without CRIU's VMA_AREA_GUARD pseudo-VMAs (those are in ``guards``).
-    ``head``/``entries``: the pagemap after CRIU's compat rules (ascending,
-    disjoint, page-aligned; see :class:`~dumper.image.reader.PagemapEntry`).
-    ``pages``: the open :class:`~dumper.image.reader.PagesReader`.
-    ``ppid``/``threads`` come from ``pstree.img`` when there is one.
+    ``mm`` is the ``mm_entry`` (None when a CRIU set has no ``mm-PID.img``,
+    e.g. a CRIU pre-dump: then VMAs are unknown and only pages with pagemap
+    entries can be read). ``vmas``: its ``vma_entry`` list, ascending and
+    disjoint, without CRIU's VMA_AREA_GUARD pseudo-VMAs (those are in
+    ``guards``, ascending). ``head``/``entries``: the pagemap after CRIU's
+    compat rules (a :class:`~dumper.image.reader.PagemapEntries`: ascending,
+    disjoint, page-aligned). ``pages``: the open
+    :class:`~dumper.image.reader.PagesReader`. ``ppid``/``threads`` come
+    from ``pstree.img`` when there is one.
     """
 
     pid: int
@@ -200,18 +268,21 @@ class CheckpointProcess:
     vmas: list[vma_pb2.vma_entry]
     guards: list[vma_pb2.vma_entry]
     head: pagemap_pb2.pagemap_head
-    entries: list[PagemapEntry]
+    entries: PagemapEntries
     pages: PagesReader
     mm_path: Path
     pagemap_path: Path
     ppid: int | None = None
     threads: tuple[int, ...] = ()
     _vstarts: list[int] = field(default_factory=list, repr=False)
-    _estarts: list[int] = field(default_factory=list, repr=False)
+    _gstarts: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.entries, PagemapEntries):
+            self.entries = PagemapEntries.from_list(self.entries)
         self._vstarts = [v.start for v in self.vmas]
-        self._estarts = [e.vaddr for e in self.entries]
+        self.guards = sorted(self.guards, key=lambda g: g.start)
+        self._gstarts = [g.start for g in self.guards]
 
     @property
     def pages_path(self) -> Path:
@@ -225,7 +296,7 @@ class CheckpointProcess:
     @property
     def nr_pages_parent(self) -> int:
         """Pages whose data is in the parent chain (PE_PARENT)."""
-        return sum(e.nr_pages for e in self.entries if e.flags & fmt.PE_PARENT)
+        return self.entries.pages(fmt.PE_PARENT)
 
     def vma_at(self, addr: int) -> vma_pb2.vma_entry | None:
         """The recorded VMA holding byte ``addr``, or None."""
@@ -234,11 +305,23 @@ class CheckpointProcess:
             return self.vmas[i]
         return None
 
+    def guard_at(self, lo: int, hi: int) -> vma_pb2.vma_entry | None:
+        """The first guard region overlapping ``[lo, hi)``, or None."""
+        i = max(bisect.bisect_right(self._gstarts, lo) - 1, 0)
+        for g in self.guards[i:]:
+            if g.start >= hi:
+                break
+            if g.end > lo:
+                return g
+        return None
+
     def entry_at(self, addr: int) -> PagemapEntry | None:
         """The pagemap entry holding byte ``addr``, or None."""
-        i = bisect.bisect_right(self._estarts, addr) - 1
-        if i >= 0 and addr < self.entries[i].end(self.page_size):
-            return self.entries[i]
+        i = self.entries.index_at(addr)
+        if i >= 0:
+            e = self.entries[i]
+            if addr < e.end(self.page_size):
+                return e
         return None
 
 
@@ -249,9 +332,8 @@ _MM_ENTRY_OFFSET = _FIRST_ENTRY_OFFSET
 _INVENTORY_ENTRY_OFFSET = 4
 
 
-def _load_mm(path: Path) -> mm_pb2.mm_entry:
+def _load_mm(path: Path, f) -> mm_pb2.mm_entry:
     """``mm-PID.img``, tolerant of absent fields (only VMA start/end matter)."""
-    f = open_image_file(path)
     with f:
         name = fmt.read_magic(f, path)
         if name != "MM":
@@ -287,15 +369,18 @@ def _check_vmas(mm: mm_pb2.mm_entry, path: Path, ps: int) -> tuple[list, list]:
     vmas, guards = [], []
     prev_end = 0
     for i, v in enumerate(mm.vmas):
-        if v.status & fmt.VMA_AREA_GUARD:
-            guards.append(v)
-            continue
         if v.start % ps or v.end % ps or v.end <= v.start:
             raise CorruptImage(path, _MM_ENTRY_OFFSET,
                                f"VMA {i} [{v.start:#x}, {v.end:#x}) is empty or not page aligned")
+        if v.status & fmt.VMA_AREA_GUARD:
+            guards.append(v)
+            continue
         if v.start < prev_end:
             raise CorruptImage(path, _MM_ENTRY_OFFSET,
                                f"VMA {i} at {v.start:#x} overlaps or precedes the previous VMA")
+        if v.status & fmt.VMA_FILE_PRIVATE and v.pgoff % ps:
+            raise CorruptImage(path, _MM_ENTRY_OFFSET, f"VMA {i} [{v.start:#x}, {v.end:#x}): file offset "
+                               f"{v.pgoff:#x} is not page aligned")
         vmas.append(v)
         prev_end = v.end
     return vmas, guards
@@ -310,58 +395,72 @@ class Checkpoint:
     Attributes: ``path`` (absolute, symlinks resolved), ``inventory``
     (``inventory_entry``), ``page_size`` (bytes), ``pids`` (root first),
     ``root_pid``, ``processes`` (read-only mapping pid ->
-    :class:`CheckpointProcess`), ``parent_paths`` (the resolved parent chain,
-    nearest first), ``is_criu`` (no dumper fields in the inventory).
-    Properties ``stats`` and ``parent`` load on first use.
+    :class:`CheckpointProcess`), ``is_criu`` (no dumper fields in the
+    inventory), ``owner_uid`` (of the directory). Properties ``stats``,
+    ``parent``, ``parent_paths`` and ``parent_error`` load on first use.
 
-    Raises ImageError (or a subclass) for anything wrong with the metadata:
-    not a directory, bad inventory, a pid without its pagemap, a pagemap
-    whose PE_PRESENT pages do not match its pages file, bad VMAs, a bad
-    parent chain. A context manager; :meth:`close` closes the files and any
+    Raises ImageError (or a subclass) for anything wrong with this
+    checkpoint's own metadata: not a directory, bad inventory, a pid without
+    its pagemap, a pagemap whose PE_PRESENT pages do not match its pages
+    file, bad VMAs, an image file that is a symlink or not a regular file. A
+    broken parent chain does not stop the opening (see the module
+    docstring). A context manager; :meth:`close` closes the files and any
     parent opened meanwhile.
     """
 
-    def __init__(self, path: str | os.PathLike, *, _chain: list[Path] | None = None) -> None:
-        given = os.fspath(path)
-        if not os.path.isdir(given):
-            raise ImageError(given, None, "not a checkpoint directory")
-        self.path = Path(os.path.realpath(given))
-        self.parent_paths: tuple[Path, ...] = tuple(resolve_parent_chain(self.path) if _chain is None else _chain)
+    def __init__(self, path: str | os.PathLike, *, _root: Path | None = None,
+                 _seen: frozenset[Path] = frozenset()) -> None:
+        self._dir = ImageDir(path)
+        try:
+            self._open(_root, _seen)
+        except BaseException:
+            self._dir.close()
+            raise
+
+    def _open(self, root: Path | None, seen: frozenset[Path]) -> None:
+        d = self._dir
+        self.path = d.path
+        self.owner_uid = d.uid
+        self._root = root if root is not None else self.path.parent
+        self._seen = seen | {self.path}
         self._parent: Checkpoint | None = None
+        self._parent_error: ImageError | None = None
+        self._parent_checked = False
         self._stats: stats_pb2.dump_stats_entry | None | bool = False  # False: not loaded
-        self._files: dict[tuple, tuple[int, str]] = {}
+        self._files: dict[tuple, tuple[int, str, int]] = {}
+        self._criu_files: dict[int, CriuFile] | None = None
         self._closed = False
-        self.inventory: inventory_pb2.inventory_entry = load_inventory(self.path / fmt.INVENTORY_NAME)
+        inv_path = self.path / fmt.INVENTORY_NAME
+        self.inventory: inventory_pb2.inventory_entry = load_inventory(inv_path, d.open(fmt.INVENTORY_NAME))
         inv = self.inventory
         self.is_criu = not inv.HasField("dumper_format_version")
         inv_ps = inv.page_size if inv.HasField("page_size") else None
         if inv_ps is not None:
-            fmt.check_page_size(inv_ps, self.path / fmt.INVENTORY_NAME, _INVENTORY_ENTRY_OFFSET)
+            fmt.check_page_size(inv_ps, inv_path, _INVENTORY_ENTRY_OFFSET)
 
         tree: dict[int, Message] = {}
+        if d.exists(PSTREE_NAME):  # ppid and threads of each process, whoever lists the pids
+            for e in read_pstree(self.path / PSTREE_NAME, d.open(PSTREE_NAME)):
+                tree.setdefault(e.pid, e)
         if len(inv.pids):
             pids = list(dict.fromkeys(inv.pids))
             root = inv.root_pid if inv.HasField("root_pid") else pids[0]
             for pid in pids:  # the inventory names them: a missing one is its error
-                if not (self.path / fmt.pagemap_name(pid)).exists():
-                    raise CorruptImage(self.path / fmt.INVENTORY_NAME, _INVENTORY_ENTRY_OFFSET,
-                                       f"pid {pid} has no {fmt.pagemap_name(pid)}")
-        elif (self.path / PSTREE_NAME).exists():
-            for e in read_pstree(self.path / PSTREE_NAME):
-                tree.setdefault(e.pid, e)
+                if not d.exists(fmt.pagemap_name(pid)):
+                    raise CorruptImage(inv_path, _INVENTORY_ENTRY_OFFSET, f"pid {pid} has no {fmt.pagemap_name(pid)}")
+        elif d.exists(PSTREE_NAME):
             if not tree:
                 raise CorruptImage(self.path / PSTREE_NAME, _FIRST_ENTRY_OFFSET, "no processes")
             # Processes without memory (zombies) have no pagemap in CRIU's images.
-            pids = [p for p in tree if (self.path / fmt.pagemap_name(p)).exists()]
+            pids = [p for p in tree if d.exists(fmt.pagemap_name(p))]
             root = next(iter(tree))
         else:
-            pids = sorted(int(m.group(1)) for n in os.listdir(self.path) if (m := _PAGEMAP_RE.match(n)))
+            pids = sorted(int(m.group(1)) for n in d.listdir() if (m := _PAGEMAP_RE.match(n)))
             root = inv.root_pid if inv.HasField("root_pid") else (pids[0] if pids else 0)
         if not pids:
             raise ImageError(self.path, None, "no process images (no pagemap-PID.img)")
         if root not in pids:
-            raise CorruptImage(self.path / fmt.INVENTORY_NAME, _INVENTORY_ENTRY_OFFSET,
-                               f"root pid {root} has no pagemap")
+            raise CorruptImage(inv_path, _INVENTORY_ENTRY_OFFSET, f"root pid {root} has no pagemap")
         pids.remove(root)
         self.pids: tuple[int, ...] = (root, *pids)
         self.root_pid = root
@@ -378,23 +477,24 @@ class Checkpoint:
         self.page_size = procs[root].page_size
 
     def _load_process(self, pid: int, inv_ps: int | None, tree_entry) -> CheckpointProcess:
+        d = self._dir
         pm_path = self.path / fmt.pagemap_name(pid)
         mm_path = self.path / fmt.mm_name(pid)
-        if not pm_path.exists():
-            raise ImageError(pm_path, None, f"missing: pid {pid} has no pagemap")
-        head, entries = load_pagemap(pm_path, page_size=inv_ps)
+        head, entries = load_pagemap(pm_path, page_size=inv_ps, f=d.open(pm_path.name))
         ps = head.page_size if head.HasField("page_size") else (inv_ps or os.sysconf("SC_PAGE_SIZE"))
         if inv_ps is not None and ps != inv_ps:
             raise CorruptImage(pm_path, _FIRST_ENTRY_OFFSET, f"page size {ps}, the inventory says {inv_ps}")
-        mm = _load_mm(mm_path) if mm_path.exists() else None
+        # Without mm-PID.img (a CRIU pre-dump, or a damaged set) VMAs are
+        # unknown: every command reads what the pagemap holds and says so.
+        mm = _load_mm(mm_path, d.open(mm_path.name)) if d.exists(mm_path.name) else None
         vmas, guards = _check_vmas(mm, mm_path, ps) if mm is not None else ([], [])
         compressed = head.compression == fmt.COMPRESSION_ZSTD  # load_pagemap refused unknown codecs
         name = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
-        pages = PagesReader(self.path / name, compressed=compressed, page_size=ps)
+        pages = PagesReader(self.path / name, compressed=compressed, page_size=ps, f=d.open(name))
         try:
             if pages.page_size != ps:
                 raise CorruptImage(pages.path, _FIRST_ENTRY_OFFSET, f"page size {pages.page_size}, the pagemap's is {ps}")
-            present = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
+            present = entries.pages(fmt.PE_PRESENT)
             if present != pages.nr_pages:
                 raise CorruptImage(
                     pages.path, pages.end_offset,
@@ -418,30 +518,115 @@ class Checkpoint:
         ImageError if the file is damaged."""
         if self._stats is False:
             spath = self.path / fmt.STATS_DUMP_NAME
-            if not spath.exists():
+            if not self._dir.exists(spath.name):
                 self._stats = None
             else:
-                name, msgs = read_image(spath)
+                from .reader import _read_entries
+
+                name, msgs, _ = _read_entries(spath, self._dir.open(spath.name))
                 if name != "STATS" or len(msgs) != 1:
                     raise CorruptImage(spath, _FIRST_ENTRY_OFFSET, f"expected one STATS entry, found {name} x{len(msgs)}")
                 self._stats = msgs[0].dump if msgs[0].HasField("dump") else None
         return self._stats
 
     @property
+    def has_parent_link(self) -> bool:
+        """Whether the directory has a ``parent`` entry (good or not)."""
+        return os.path.lexists(self.path / fmt.PARENT_LINK)
+
+    @property
     def parent(self) -> Checkpoint | None:
         """The parent checkpoint (opened on first use, closed with this one),
-        or None without a ``parent`` link."""
+        or None without a ``parent`` link. ImageError (the same each time)
+        when the link is broken, the parent does not open, or it is not the
+        checkpoint this one was taken over (checkpoint ids differ)."""
         self._check_open()
-        if self._parent is None and self.parent_paths:
-            self._parent = Checkpoint(self.parent_paths[0], _chain=list(self.parent_paths[1:]))
+        if not self._parent_checked:
+            self._parent_checked = True
+            try:
+                target = _parent_target(self.path, self._root, set(self._seen), len(self._seen) - 1)
+                if target is not None:
+                    self._parent = Checkpoint(target, _root=self._root, _seen=frozenset(self._seen))
+                    self._check_parent_id(self._parent)
+            except ImageError as err:
+                if self._parent is not None:
+                    self._parent.close()
+                    self._parent = None
+                self._parent_error = err
+        if self._parent_error is not None:
+            raise self._parent_error
         return self._parent
 
+    def _check_parent_id(self, parent: Checkpoint) -> None:
+        want = self.inventory.parent_checkpoint_id if self.inventory.HasField("parent_checkpoint_id") else None
+        if not want:
+            return  # CRIU's sets and older dumps record none
+        have = parent.inventory.checkpoint_id if parent.inventory.HasField("checkpoint_id") else None
+        if have != want:
+            raise ImageError(
+                parent.path, None,
+                f"is not the parent {self.path} was taken over: its checkpoint id is {have or 'absent'}, "
+                f"{self.path} records parent id {want} (the parent was replaced or the link re-pointed)",
+            )
+
+    @property
+    def parent_error(self) -> ImageError | None:
+        """Why the parent cannot be used, or None (no parent, or a good one)."""
+        try:
+            self.parent
+        except ImageError as err:
+            return err
+        return None
+
+    @property
+    def parent_paths(self) -> tuple[Path, ...]:
+        """The resolved parent chain, nearest first, as far as its links
+        resolve inside the directory holding the checkpoint (reads links
+        only; a damaged parent is still listed: :meth:`chain_status` says)."""
+        out: list[Path] = []
+        seen = set(self._seen)
+        cur = self.path
+        while True:
+            try:
+                target = _parent_target(cur, self._root, seen, len(seen) - 1)
+            except ImageError:
+                break
+            if target is None:
+                break
+            out.append(target)
+            seen.add(target)
+            cur = target
+        return tuple(out)
+
     def chain(self) -> Iterator[Checkpoint]:
-        """This checkpoint, then its parent, grandparent... (opened as reached)."""
+        """This checkpoint, then its parent, grandparent... (opened as
+        reached; ImageError at a broken link)."""
         ck: Checkpoint | None = self
         while ck is not None:
             yield ck
             ck = ck.parent
+
+    def chain_status(self) -> list[dict]:
+        """The parent chain, nearest first, as ``{"path", "ok", "error"}``
+        dicts: every usable parent, then (if the chain is broken) one entry
+        with ``ok`` false naming the broken link and why."""
+        out = []
+        ck = self
+        while True:
+            try:
+                nxt = ck.parent
+            except ImageError as err:
+                link = ck.path / fmt.PARENT_LINK
+                try:
+                    target = os.readlink(link)
+                except OSError:
+                    target = None
+                out.append({"path": str(link), "target": target, "ok": False, "error": str(err)})
+                return out
+            if nxt is None:
+                return out
+            out.append({"path": str(nxt.path), "target": None, "ok": True, "error": None})
+            ck = nxt
 
     # --- lookups
 
@@ -454,6 +639,31 @@ class Checkpoint:
             return self.processes[pid]
         except KeyError:
             raise ImageError(self.path, None, f"no process {pid} in this checkpoint (pids {list(self.pids)})") from None
+
+    def rseq_areas(self, pid: int | None = None) -> list[tuple[int, int]]:
+        """``(address, size)`` of the ``struct rseq`` of each thread of
+        process ``pid``, from its ``core-TID.img`` (CRIU's rseq_entry); empty
+        when the checkpoint has no core images. The kernel rewrites some of
+        its fields by itself (:data:`dumper.kernel.ptrace.RSEQ_KERNEL_FIELDS`)."""
+        from .pb import core_pb2
+
+        proc = self.process(pid)
+        out = []
+        for tid in proc.threads or (proc.pid,):
+            name = fmt.core_name(tid)
+            if not self._dir.exists(name):
+                continue
+            f = self._dir.open(name)
+            with f:
+                if fmt.read_magic(f, self.path / name) != "CORE":
+                    continue
+                for off, payload in fmt.iter_entries(f, self.path / name, 8):
+                    core = fmt.parse_entry(core_pb2.core_entry, payload, self.path / name, off)
+                    r = core.thread_core.rseq_entry
+                    if core.thread_core.HasField("rseq_entry") and r.rseq_abi_pointer:
+                        out.append((r.rseq_abi_pointer, max(r.rseq_abi_size, 32)))
+                    break
+        return out
 
     def iter_entries(self, pid: int | None = None) -> Iterator[PagemapEntry]:
         """The pagemap entries of ``pid`` (default root), ascending by vaddr,
@@ -490,17 +700,18 @@ class Checkpoint:
         entries merged) of ``pid``'s pages that have PE_PRESENT or PE_PARENT
         entries here: the pages the dump recorded."""
         proc = self.process(pid)
-        ps = proc.page_size
-        out: list[tuple[int, int]] = []
-        for e in proc.entries:
-            if not e.flags & (fmt.PE_PRESENT | fmt.PE_PARENT):
-                continue
-            s, end = e.vaddr, e.vaddr + e.nr_pages * ps
-            if out and out[-1][1] == s:
-                out[-1] = (out[-1][0], end)
-            else:
-                out.append((s, end))
-        return out
+        ent = proc.entries
+        keep = ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT)
+        if not keep.any():
+            return []
+        ps = np.uint64(proc.page_size)
+        starts = ent.vaddr[keep] // ps
+        ends = starts + ent.nr_pages[keep]
+        brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        s = starts[np.concatenate(([0], brk))].tolist()
+        e = ends[np.concatenate((brk - 1, [len(ends) - 1]))].tolist()
+        p = proc.page_size
+        return [(a * p, b * p) for a, b in zip(s, e)]
 
     # --- reading memory
 
@@ -512,10 +723,11 @@ class Checkpoint:
 
         Raises ValueError for a negative ``addr``/``size`` or a range past
         2**64; ImageError when part of the range is outside every recorded
-        VMA, in a VMA whose contents are not in the checkpoint, in a private
-        file mapping whose file is gone or was replaced (naming the file),
-        past the end of that file, or in a PE_PARENT range the parent chain
-        does not hold; CorruptImage for damaged page data.
+        VMA, in a guard region, in a VMA whose contents are not in the
+        checkpoint, in a private file mapping whose file is gone or changed
+        (MappedFileError naming the file and what changed), past the end of
+        that file, or in a PE_PARENT range the parent chain does not hold;
+        CorruptImage for damaged page data.
         """
         proc = self.process(pid)
         lo, hi = _page_span(proc.page_size, addr, size)
@@ -558,19 +770,20 @@ class Checkpoint:
     def _vma_pieces(self, proc: CheckpointProcess, lo: int, hi: int, addr: int) -> Iterator[tuple[int, int, object]]:
         """Cut ``[lo, hi)`` at VMA boundaries: ``(start, end, vma)``; ImageError
         at the first address no recorded VMA holds (``addr``: the address
-        asked for, named when the very first page is outside)."""
+        asked for, named when the very first page is outside) or that lies
+        in a guard region."""
         if hi <= lo:
             return
         if proc.mm is None:
             yield lo, hi, None
             return
-        for g in proc.guards:
-            if g.start < hi and lo < g.end:
-                raise ImageError(
-                    proc.mm_path, None,
-                    f"pid {proc.pid}: [{max(lo, g.start):#x}, {min(hi, g.end):#x}) is a guard region "
-                    "(reading it faults in the process)",
-                )
+        g = proc.guard_at(lo, hi)
+        if g is not None:
+            raise ImageError(
+                proc.mm_path, None,
+                f"pid {proc.pid}: [{max(lo, g.start):#x}, {min(hi, g.end):#x}) is a guard region "
+                "(MADV_GUARD_INSTALL): reading it faults in the process (SIGSEGV)",
+            )
         vmas = proc.vmas
         i = max(bisect.bisect_right(proc._vstarts, lo) - 1, 0)
         if i < len(vmas) and vmas[i].end <= lo:
@@ -593,11 +806,12 @@ class Checkpoint:
         hold; None: they are an error."""
         ps = proc.page_size
         entries = proc.entries
-        i = max(bisect.bisect_right(proc._estarts, s) - 1, 0)
-        if i < len(entries) and entries[i].vaddr + entries[i].nr_pages * ps <= s:
+        n_ent = len(entries)
+        i = max(entries.index_at(s), 0)
+        if i < n_ent and entries[i].end(ps) <= s:
             i += 1
         pos = s
-        while pos < e and i < len(entries):
+        while pos < e and i < n_ent:
             ent = entries[i]
             es = ent.vaddr
             if es >= e:
@@ -630,7 +844,14 @@ class Checkpoint:
             yield from self._hole(proc, pos, e, vma)
 
     def _parent_for(self, proc: CheckpointProcess, addr: int, size: int) -> Checkpoint:
-        parent = self.parent
+        try:
+            parent = self.parent
+        except ImageError as err:
+            raise ImageError(
+                proc.pagemap_path, None,
+                f"pid {proc.pid}: pages [{addr:#x}, {addr + size:#x}) are in the parent checkpoint, which "
+                f"cannot be used: {err}",
+            ) from err
         if parent is None:
             raise ImageError(
                 proc.pagemap_path, None,
@@ -664,57 +885,82 @@ class Checkpoint:
             raise ImageError(
                 proc.mm_path, None,
                 f"pid {proc.pid}: the contents of [{s:#x}, {e:#x}) (VMA {vma.start:#x}-{vma.end:#x} "
-                f"{vma.path or ''}) are not in the checkpoint: {why}",
+                f"{printable_path(vma.path or '')}) are not in the checkpoint: {why}",
             )
 
     # --- private file mappings
 
-    def _mapped_file(self, proc: CheckpointProcess, vma, s: int, e: int) -> tuple[int, str]:
-        rng = f"[{s:#x}, {e:#x})"
-        if not (vma.HasField("path") and vma.path.startswith("/") and vma.HasField("inode")):
+    def criu_files(self) -> dict[int, CriuFile]:
+        """CRIU's regular files of this set by id (``files.img`` or
+        ``reg-files.img``), loaded on first use; {} when it has neither.
+        ImageError if the one present is damaged."""
+        if self._criu_files is None:
+            self._criu_files = load_criu_files(self._dir)
+        return self._criu_files
+
+    def mapped_file(self, proc: CheckpointProcess, vma) -> tuple[str | None, FileIdentity | None, str]:
+        """``(path, identity to check, why not)`` of the file behind private
+        file VMA ``vma``: from dumper's own fields, else (a CRIU set) from
+        its ``files.img``/``reg-files.img`` entry named by ``shmid``. Path
+        None when the image does not say (``why`` says why)."""
+        if vma.HasField("path") and vma.path.startswith("/"):
+            path = vma.path.removesuffix(" (deleted)")
+            ident = recorded_identity(vma)
+            if ident.inode is None:
+                return None, None, "the image records a path but no inode for it"
+            return path, ident, ""
+        files = self.criu_files()
+        cf = files.get(vma.shmid)
+        if cf is None:
+            where = "in files.img or reg-files.img" if files else "named: the set has no files.img or reg-files.img"
+            return None, None, f"file id {vma.shmid} is not {where}"
+        if not cf.name.startswith("/"):
+            return None, None, f"files.img names file id {vma.shmid} {printable_path(cf.name)!r}, not an absolute path"
+        return cf.name, FileIdentity(None, None, None, cf.size), ""
+
+    def _mapped_file(self, proc: CheckpointProcess, vma, s: int, e: int) -> tuple[int, str, int]:
+        what = f"pid {proc.pid}'s untouched private pages [{s:#x}, {e:#x}) mapped at {vma.start:#x}"
+        path, ident, why = self.mapped_file(proc, vma)
+        if path is None:
             raise ImageError(
                 proc.mm_path, None,
-                f"pid {proc.pid}: {rng} are untouched pages of a private file mapping and the image does not "
-                "record which file (CRIU keeps it in reg-files.img, which dumper does not read)",
+                f"pid {proc.pid}: [{s:#x}, {e:#x}) are untouched pages of a private file mapping and the image "
+                f"does not say which file: {why}",
             )
-        path = vma.path
-        deleted = path.endswith(" (deleted)")
-        if deleted:
-            path = path[: -len(" (deleted)")]
-        key = (path, vma.dev_major, vma.dev_minor, vma.inode)
+        key = (path, ident)
         hit = self._files.get(key)
         if hit is not None:
             return hit
-        note = " (it was already deleted at dump time)" if deleted else ""
+        deleted = vma.HasField("path") and vma.path.endswith(" (deleted)")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as err:
-            raise ImageError(
-                path, None,
-                f"cannot open the file mapped at {vma.start:#x} in pid {proc.pid}, needed for its untouched "
-                f"private pages {rng}: {err.strerror}{note}",
-            ) from err
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
+            fd, size = open_mapped_file(path, ident, checkpoint_uid=self.owner_uid, what=what)
+        except MappedFileError as err:
+            if deleted:
+                raise MappedFileError(err.path, None, f"{err.msg} (it was already deleted at dump time)") from err
             raise
-        found = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
-        if found != key[1:]:
-            os.close(fd)
-            raise ImageError(
-                path, None,
-                f"is not the file that was mapped at {vma.start:#x} in pid {proc.pid} (dump: device "
-                f"{key[1]}:{key[2]} inode {key[3]}; now {found[0]}:{found[1]} inode {found[2]}){note}: "
-                f"cannot supply its untouched private pages {rng}",
-            )
-        self._files[key] = (fd, path)
-        return fd, path
+        self._files[key] = (fd, path, size)
+        return fd, path, size
 
     def _read_file(self, proc: CheckpointProcess, s: int, e: int, vma) -> Iterator[memoryview]:
         """The mapped file's bytes for ``[s, e)``, in chunks of whole pages."""
-        fd, path = self._mapped_file(proc, vma, s, e)
+        fd, path, size = self._mapped_file(proc, vma, s, e)
+        shown = printable_path(path)
         ps = proc.page_size
+        # Bounded before any arithmetic reaches the kernel: an offset past
+        # 2**63 is no file's.
+        first = vma.pgoff + (s - vma.start)
+        if first > _OFF_LIMIT or first + (e - s) > _OFF_LIMIT:
+            raise ImageError(proc.mm_path, None, f"pid {proc.pid}: VMA {vma.start:#x}-{vma.end:#x} maps file offset "
+                             f"{vma.pgoff:#x}, beyond any file ({shown})")
+        # Pages wholly past the end of the file do not exist (SIGBUS); the
+        # page holding the end reads as zeros past it.
+        have = -(-size // ps) * ps  # bytes of pages that exist
+        if first + (e - s) > have:
+            bad = max(s, vma.start + (have - vma.pgoff)) if have > vma.pgoff else s
+            raise ImageError(
+                shown, None,
+                f"pid {proc.pid}: [{bad:#x}, {e:#x}) lies past the end of the mapped file ({size} bytes): no such pages",
+            )
         pos = s
         while pos < e:
             n = min(e - pos, _RAW_CHUNK)
@@ -725,19 +971,10 @@ class Checkpoint:
                 try:
                     k = os.preadv(fd, [memoryview(buf)[got:]], offset + got)
                 except OSError as err:
-                    raise ImageError(path, offset + got, f"reading the mapped file: {err.strerror}") from err
+                    raise ImageError(shown, offset + got, f"reading the mapped file: {err.strerror}") from err
                 if k == 0:
                     break
                 got += k
-            # The page holding end-of-file reads as zeros past it (buf is
-            # zero-filled); pages wholly past it do not exist (SIGBUS).
-            valid = -(-got // ps) * ps
-            if valid < n:
-                raise ImageError(
-                    path, offset + valid,
-                    f"pid {proc.pid}: [{pos + valid:#x}, {e:#x}) lies past the end of the mapped file "
-                    f"({offset + got} bytes): no such pages",
-                )
             yield memoryview(buf).toreadonly()
             pos += n
 
@@ -762,7 +999,7 @@ class Checkpoint:
         """
         ck: Checkpoint | None = self
         while ck is not None:
-            yield from ck._verify_one(frames, threads)
+            yield from ck._verify_one(frames, threads, parents)
             if not parents:
                 return
             try:
@@ -771,17 +1008,49 @@ class Checkpoint:
                 yield err
                 return
 
-    def _verify_one(self, frames: bool, threads: int | None) -> Iterator[ImageError]:
+    def _verify_one(self, frames: bool, threads: int | None, parents: bool = True) -> Iterator[ImageError]:
         try:
             self.stats
         except ImageError as err:
             yield err
         for proc in self.processes.values():
             yield from self._verify_layout(proc)
-            if any(e.flags & fmt.PE_PARENT for e in proc.entries):
+            yield from self._verify_files(proc)
+            # Without parents the PE_PARENT ranges are not this checkpoint's
+            # to check: what the child holds is verified, nothing more.
+            if parents and proc.entries.mask(fmt.PE_PARENT).any():
                 yield from self._verify_parent_cover(proc)
             if frames:
                 yield from _verify_frames(proc.pages, threads)
+
+    def _verify_files(self, proc: CheckpointProcess) -> Iterator[ImageError]:
+        """One problem per mapped file that untouched private pages need
+        and that cannot supply them (gone, changed, not to be read here)."""
+        seen = set()
+        ps = proc.page_size
+        for v in proc.vmas:
+            if _vma_hole(v)[0] != "file" or v.path.endswith(" (deleted)"):
+                continue  # a file deleted before the dump: reads say so, nothing changed since
+            # Needed only if some page of the VMA has no pagemap entry.
+            i = proc.entries.index_at(v.start)
+            covered = 0
+            j = max(i, 0)
+            ent = proc.entries
+            while j < len(ent) and int(ent.vaddr[j]) < v.end:
+                a = max(int(ent.vaddr[j]), v.start)
+                b = min(int(ent.vaddr[j]) + int(ent.nr_pages[j]) * ps, v.end)
+                covered += max(0, b - a)
+                j += 1
+            if covered >= v.end - v.start:
+                continue
+            path, ident, why = self.mapped_file(proc, v)
+            if path is None or (path, ident) in seen:
+                continue  # unknown file: reads say so; nothing to verify
+            seen.add((path, ident))
+            try:
+                self._mapped_file(proc, v, v.start, v.end)
+            except MappedFileError as err:
+                yield err
 
     def _verify_layout(self, proc: CheckpointProcess) -> Iterator[ImageError]:
         ps = proc.page_size
@@ -851,11 +1120,9 @@ class Checkpoint:
             return
         ps = proc.page_size
         pent = pproc.entries
-        for ent in proc.entries:
-            if not ent.flags & fmt.PE_PARENT:
-                continue
+        for ent in proc.entries[proc.entries.mask(fmt.PE_PARENT)]:
             s, e = ent.vaddr, ent.vaddr + ent.nr_pages * ps
-            i = bisect.bisect_right(pproc._estarts, s) - 1
+            i = pent.index_at(s)
             if i < 0 or pent[i].vaddr + pent[i].nr_pages * ps <= s:
                 i += 1
             pos = s
@@ -897,11 +1164,12 @@ class Checkpoint:
         self._closed = True
         for p in self.processes.values():
             p.pages.close()
-        for fd, _ in self._files.values():
+        for fd, _, _ in self._files.values():
             os.close(fd)
         self._files.clear()
         if self._parent is not None:
             self._parent.close()
+        self._dir.close()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -993,7 +1261,7 @@ def _verify_frames(pages: PagesReader, threads: int | None) -> Iterator[ImageErr
         batches.append((i, j))
         i = j
     try:
-        fd = os.open(pages.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.dup(pages._fd)  # the file opened (safely) with the checkpoint
     except OSError as err:
         yield ImageError(pages.path, None, f"cannot open: {err.strerror}")
         return

@@ -7,22 +7,44 @@ magic.h, criu/image.c, criu/protobuf.c, lib/pycriu/images/images.py)::
     MAGIC        ::= INVENTORY_MAGIC                     (inventory.img only)
                    | IMG_COMMON_MAGIC  u32 TYPE_MAGIC    (mm-*, pagemap-*, ...)
                    | IMG_SERVICE_MAGIC u32 TYPE_MAGIC    (stats-dump)
-    ENTRY        ::= u32 SIZE, PAYLOAD                   (SIZE bytes of protobuf)
+    ENTRY        ::= u32 SIZE, PAYLOAD [EXTRA]            (SIZE bytes of protobuf)
+    EXTRA        ::= raw bytes whose length the PAYLOAD gives (a few types)
 
 Every u32 is little-endian and unsigned (CRIU writes host order, which is
 little-endian on x86_64/arm64). End of file exactly at an entry boundary
 ends the list; a partial size or payload is an error. Entries larger than
-:data:`MAX_ENTRY_SIZE` are refused before anything is allocated.
+:data:`MAX_ENTRY_SIZE` are refused before anything is allocated, and an
+EXTRA must fit in the file before it is skipped or read.
 
-Files, for pid ``P`` and pages id ``N`` (criu/image-desc.c)::
+Files, for pid ``P``, thread ``T``, pages id ``N`` and object ids ``ID``
+(criu/image-desc.c; each type's messages in :data:`ENTRY_TYPES`)::
 
     inventory.img        one inventory_entry
+    pstree.img           one pstree_entry per process, root first
+    core-T.img           one core_entry per thread (the leader's with tc, ids)
+    ids-P.img, fs-P.img  one task_kobj_ids_entry, one fs_entry
     mm-P.img             one mm_entry (its VMAs in field 14)
     pagemap-P.img        one pagemap_head, then pagemap_entry ascending by vaddr
+    pagemap-shmem-ID.img the same, for a shared memory object (shmid)
     pages-N.img          raw: the PE_PRESENT pages, in entry order, no header
     pages-N.zst.img      dumper only: the same page stream, zstd-compressed
+    fdinfo-ID.img        fdinfo_entry per descriptor of file table ID
+    files.img            file_entry per open file description
+    remap-fpath.img      remap_file_path_entry per file deleted while open...
+    ghost-file-ID.img    ghost_file_entry, then the contents (EXTRA) or
+                         ghost_chunk_entry + EXTRA per data extent (ID in hex)
+    pipes-data.img       pipe_data_entry + EXTRA (the buffered bytes) per pipe
+    fifo-data.img        the same, for FIFOs
+    tty-info.img         tty_info_entry per terminal
+    memfd.img            memfd_inode_entry per memfd inode
+    seccomp.img          one seccomp_entry; timens-ID.img one timens_entry
+    ipcns-shm-ID.img     ipc_shm_entry per SysV segment (+ EXTRA in old images)
     stats-dump           one stats_entry (service magic)
     parent               symlink to the parent checkpoint (incremental dumps)
+
+:func:`iter_image` reads any of them as :class:`ImageEntry` items (message,
+offset, and where its EXTRA is); :func:`read_extra`/:func:`iter_extra`
+fetch an EXTRA's bytes.
 
 Compressed pages file (``pages-N.zst.img``, no CRIU counterpart; CRIU opens
 ``pages-N.img`` by name and so never mistakes it for raw pages)::
@@ -55,7 +77,8 @@ from __future__ import annotations
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from google.protobuf import unknown_fields
@@ -64,7 +87,42 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import BadMagic, CorruptImage, UnsupportedVersion
 from ..kernel import mman
-from .pb import inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, stats_pb2
+from .pb import (
+    core_pb2,
+    creds_pb2,
+    eventfd_pb2,
+    eventpoll_pb2,
+    ext_file_pb2,
+    fdinfo_pb2,
+    fh_pb2,
+    fifo_pb2,
+    file_lock_pb2,
+    fs_pb2,
+    fsnotify_pb2,
+    ghost_file_pb2,
+    inventory_pb2,
+    ipc_shm_pb2,
+    memfd_pb2,
+    mm_pb2,
+    ns_pb2,
+    pagemap_pb2,
+    pidfd_pb2,
+    pipe_data_pb2,
+    pipe_pb2,
+    pstree_pb2,
+    regfile_pb2,
+    remap_file_path_pb2,
+    rlimit_pb2,
+    sa_pb2,
+    seccomp_pb2,
+    signalfd_pb2,
+    stats_pb2,
+    timens_pb2,
+    timer_pb2,
+    timerfd_pb2,
+    tty_pb2,
+    vma_pb2,
+)
 
 __all__ = [
     "U32",
@@ -72,22 +130,19 @@ __all__ = [
     "MAX_ENTRY_SIZE",
     "IMG_COMMON_MAGIC",
     "IMG_SERVICE_MAGIC",
-    "INVENTORY_MAGIC",
-    "PSTREE_MAGIC",
-    "PAGEMAP_MAGIC",
-    "CORE_MAGIC",
-    "IDS_MAGIC",
-    "VMAS_MAGIC",
-    "FILES_MAGIC",
-    "REG_FILES_MAGIC",
-    "MM_MAGIC",
-    "STATS_MAGIC",
-    "IRMAP_CACHE_MAGIC",
-    "ZPAGES_MAGIC",
+    # every *_MAGIC of MAGICS is added below
     "MAGICS",
     "MAGIC_NAMES",
+    "MAGIC_ALIASES",
     "SERVICE_IMAGES",
     "ENTRY_TYPES",
+    "HEAD_TYPES",
+    "EXTRA_PAYLOADS",
+    "Extra",
+    "ImageEntry",
+    "iter_image",
+    "read_extra",
+    "write_extra",
     "CRTOOLS_IMAGES_V1_1",
     "DUMPER_FORMAT_VERSION",
     "PE_PARENT",
@@ -112,6 +167,7 @@ __all__ = [
     "VMA_AREA_GUARD",
     "VMA_AREA_UPROBES",
     "FLAG_TABLES",
+    "VALUE_TABLES",
     "format_flags",
     "COMPRESSION_NONE",
     "COMPRESSION_ZSTD",
@@ -121,10 +177,29 @@ __all__ = [
     "INVENTORY_NAME",
     "STATS_DUMP_NAME",
     "PARENT_LINK",
+    "PSTREE_NAME",
+    "FILES_NAME",
+    "REG_FILES_NAME",
+    "REMAP_FPATH_NAME",
+    "SECCOMP_NAME",
+    "PIPES_DATA_NAME",
+    "FIFO_DATA_NAME",
+    "TTY_INFO_NAME",
+    "TTY_DATA_NAME",
+    "MEMFD_INODE_NAME",
+    "FILE_LOCKS_NAME",
     "mm_name",
     "pagemap_name",
     "pages_name",
     "zpages_name",
+    "core_name",
+    "ids_name",
+    "fs_name",
+    "fdinfo_name",
+    "pagemap_shmem_name",
+    "ipcns_shm_name",
+    "timens_name",
+    "ghost_file_name",
     "zstd_frame_bound",
     "check_page_size",
     "check_inventory",
@@ -156,13 +231,70 @@ IMG_COMMON_MAGIC = 0x54564319  # Sarov
 IMG_SERVICE_MAGIC = 0x55105940  # Zlatoust
 INVENTORY_MAGIC = 0x58313116  # Veliky Novgorod
 PSTREE_MAGIC = 0x50273030  # Kyiv
-PAGEMAP_MAGIC = 0x56084025  # Vladimir
+FDINFO_MAGIC = 0x56213732  # Dmitrov
+PAGEMAP_MAGIC = 0x56084025  # Vladimir (also pagemap-shmem-N.img)
 CORE_MAGIC = 0x55053847  # Kolomna
 IDS_MAGIC = 0x54432030  # Konigsberg
 VMAS_MAGIC = 0x54123737  # Tula
-FILES_MAGIC = 0x56303138  # Toropets
+PIPES_MAGIC = 0x56513555  # Tver
+PIPES_DATA_MAGIC = 0x56453709  # Dubna
+FIFO_MAGIC = 0x58364939  # Kirov
+FIFO_DATA_MAGIC = 0x59333054  # Tosno
+SIGACT_MAGIC = 0x55344201  # Murom
+UNIXSK_MAGIC = 0x54373943  # Ryazan
+INETSK_MAGIC = 0x56443851  # Pereslavl
+PACKETSK_MAGIC = 0x60454618  # Veliky Ustyug
+ITIMERS_MAGIC = 0x57464056  # Kostroma
+POSIX_TIMERS_MAGIC = 0x52603957  # Lipetsk
+SK_QUEUES_MAGIC = 0x56264026  # Suzdal
+UTSNS_MAGIC = 0x54473203  # Smolensk
+CREDS_MAGIC = 0x54023547  # Kozelsk
+IPC_VAR_MAGIC = 0x53115007  # Samara
+IPCNS_SHM_MAGIC = 0x46283044  # Odessa
+IPCNS_MSG_MAGIC = 0x55453737  # Moscow
+IPCNS_SEM_MAGIC = 0x59573019  # St. Petersburg
 REG_FILES_MAGIC = 0x50363636  # Belgorod
+EXT_FILES_MAGIC = 0x59255641  # Usolye
+FS_MAGIC = 0x51403912  # Voronezh
 MM_MAGIC = 0x57492820  # Pskov
+REMAP_FPATH_MAGIC = 0x59133954  # Vologda
+GHOST_FILE_MAGIC = 0x52583605  # Oryol
+TCP_STREAM_MAGIC = 0x51465506  # Orenburg
+EVENTFD_FILE_MAGIC = 0x44523722  # Anapa
+EVENTPOLL_FILE_MAGIC = 0x45023858  # Krasnodar
+EVENTPOLL_TFD_MAGIC = 0x44433746  # Novorossiysk
+SIGNALFD_MAGIC = 0x57323820  # Uglich
+INOTIFY_FILE_MAGIC = 0x48424431  # Volgograd
+INOTIFY_WD_MAGIC = 0x54562009  # Svetlogorsk (Rauschen)
+MNTS_MAGIC = 0x55563928  # Petushki
+NETDEV_MAGIC = 0x57373951  # Yaroslavl
+NETNS_MAGIC = 0x55933752  # Dolgoprudny
+TTY_FILES_MAGIC = 0x59433025  # Pushkin
+TTY_INFO_MAGIC = 0x59453036  # Kolpino
+TTY_DATA_MAGIC = 0x59413026  # Pavlovsk
+FILE_LOCKS_MAGIC = 0x54323616  # Kaluga
+RLIMIT_MAGIC = 0x57113925  # Rostov
+FANOTIFY_FILE_MAGIC = 0x55096122  # Chelyabinsk
+FANOTIFY_MARK_MAGIC = 0x56506035  # Yekaterinburg
+SIGNAL_MAGIC = 0x59255647  # Berezniki (also PSIGNAL)
+NETLINK_SK_MAGIC = 0x58005614  # Perm
+NS_FILES_MAGIC = 0x61394011  # Nyandoma
+TUNFILE_MAGIC = 0x57143751  # Kalyazin
+CGROUP_MAGIC = 0x59383330  # Tikhvin
+TIMERFD_MAGIC = 0x50493712  # Korocha
+CPUINFO_MAGIC = 0x61404013  # Nyandoma
+USERNS_MAGIC = 0x55474906  # Kazan
+SECCOMP_MAGIC = 0x64413049  # Kostomuksha
+BINFMT_MISC_MAGIC = 0x67343323  # Apatity
+AUTOFS_MAGIC = 0x49353943  # Sochi
+FILES_MAGIC = 0x56303138  # Toropets
+MEMFD_INODE_MAGIC = 0x48453499  # Dnipro
+TIMENS_MAGIC = 0x43114433  # Beslan
+PIDNS_MAGIC = 0x61157326  # Surgut
+BPFMAP_FILE_MAGIC = 0x57506142  # Alapayevsk
+BPFMAP_DATA_MAGIC = 0x64324033  # Arkhangelsk
+APPARMOR_MAGIC = 0x59423047  # Nikolskoye
+PIDFD_MAGIC = 0x54435556  # Ufa
 STATS_MAGIC = 0x57093306  # Ostashkov (service)
 IRMAP_CACHE_MAGIC = 0x57004059  # Ivanovo (service)
 
@@ -171,33 +303,83 @@ IRMAP_CACHE_MAGIC = 0x57004059  # Ivanovo (service)
 # value has a nibble 0xA, so it cannot equal any present or future CRIU magic.
 ZPAGES_MAGIC = 0x5347505A
 
+# Every image magic CRIU 4.2 defines (crit's names: the macro without
+# _MAGIC), and ours. Raw images (pages-N.img, tarballs, ip dumps) have none.
 MAGICS: dict[str, int] = {
-    "INVENTORY": INVENTORY_MAGIC,
-    "PSTREE": PSTREE_MAGIC,
-    "PAGEMAP": PAGEMAP_MAGIC,
-    "CORE": CORE_MAGIC,
-    "IDS": IDS_MAGIC,
-    "VMAS": VMAS_MAGIC,
-    "FILES": FILES_MAGIC,
-    "REG_FILES": REG_FILES_MAGIC,
-    "MM": MM_MAGIC,
-    "STATS": STATS_MAGIC,
-    "IRMAP_CACHE": IRMAP_CACHE_MAGIC,
-    "ZPAGES": ZPAGES_MAGIC,
+    name.removesuffix("_MAGIC"): value
+    for name, value in list(globals().items())
+    if name.endswith("_MAGIC") and name not in ("IMG_COMMON_MAGIC", "IMG_SERVICE_MAGIC")
 }
 MAGIC_NAMES: dict[int, str] = {v: k for k, v in MAGICS.items()}
+__all__ += [f"{name}_MAGIC" for name in MAGICS]
+# magic.h names that share another type's value (the name above is the one
+# a reader reports, as crit does).
+MAGIC_ALIASES: dict[str, str] = {
+    "SHMEM_PAGEMAP": "PAGEMAP",
+    "PAGES_OLD": "PAGEMAP",
+    "SHM_PAGES_OLD": "PAGEMAP",
+    "PSIGNAL": "SIGNAL",
+    "BINFMT_MISC_OLD": "BINFMT_MISC",
+}
 
 # Images whose first u32 is IMG_SERVICE_MAGIC instead of IMG_COMMON_MAGIC.
 SERVICE_IMAGES = frozenset({"STATS", "IRMAP_CACHE"})
 
-# Message class of each entry, by magic name. PAGEMAP's first entry is a
-# pagemap_head; ZPAGES is not a list of entries (see the module docstring).
+# Message class of each entry, by magic name (crit's handlers, for the types
+# proto/ has schemas for). A few images differ from a plain list of one type:
+# see HEAD_TYPES (a first entry of another type) and EXTRA_PAYLOADS (raw
+# bytes after entries). ZPAGES is not a list of entries (module docstring).
 ENTRY_TYPES: dict[str, type[Message]] = {
     "INVENTORY": inventory_pb2.inventory_entry,
-    "PAGEMAP": pagemap_pb2.pagemap_entry,
-    "MM": mm_pb2.mm_entry,
-    "STATS": stats_pb2.stats_entry,
     "PSTREE": pstree_pb2.pstree_entry,
+    "CORE": core_pb2.core_entry,
+    "IDS": core_pb2.task_kobj_ids_entry,
+    "MM": mm_pb2.mm_entry,
+    "VMAS": vma_pb2.vma_entry,
+    "PAGEMAP": pagemap_pb2.pagemap_entry,
+    "FS": fs_pb2.fs_entry,
+    "CREDS": creds_pb2.creds_entry,
+    "RLIMIT": rlimit_pb2.rlimit_entry,
+    "SIGACT": sa_pb2.sa_entry,
+    "ITIMERS": timer_pb2.itimer_entry,
+    "POSIX_TIMERS": timer_pb2.posix_timer_entry,
+    "SECCOMP": seccomp_pb2.seccomp_entry,
+    "TIMENS": timens_pb2.timens_entry,
+    "FDINFO": fdinfo_pb2.fdinfo_entry,
+    "FILES": fdinfo_pb2.file_entry,
+    "REG_FILES": regfile_pb2.reg_file_entry,
+    "REMAP_FPATH": remap_file_path_pb2.remap_file_path_entry,
+    "GHOST_FILE": ghost_file_pb2.ghost_chunk_entry,
+    "PIPES": pipe_pb2.pipe_entry,
+    "PIPES_DATA": pipe_data_pb2.pipe_data_entry,
+    "FIFO": fifo_pb2.fifo_entry,
+    "FIFO_DATA": pipe_data_pb2.pipe_data_entry,
+    "EVENTFD_FILE": eventfd_pb2.eventfd_file_entry,
+    "EVENTPOLL_FILE": eventpoll_pb2.eventpoll_file_entry,
+    "EVENTPOLL_TFD": eventpoll_pb2.eventpoll_tfd_entry,
+    "SIGNALFD": signalfd_pb2.signalfd_entry,
+    "TIMERFD": timerfd_pb2.timerfd_entry,
+    "INOTIFY_FILE": fsnotify_pb2.inotify_file_entry,
+    "INOTIFY_WD": fsnotify_pb2.inotify_wd_entry,
+    "FANOTIFY_FILE": fsnotify_pb2.fanotify_file_entry,
+    "FANOTIFY_MARK": fsnotify_pb2.fanotify_mark_entry,
+    "NS_FILES": ns_pb2.ns_file_entry,
+    "EXT_FILES": ext_file_pb2.ext_file_entry,
+    "PIDFD": pidfd_pb2.pidfd_entry,
+    "TTY_FILES": tty_pb2.tty_file_entry,
+    "TTY_INFO": tty_pb2.tty_info_entry,
+    "TTY_DATA": tty_pb2.tty_data_entry,
+    "MEMFD_INODE": memfd_pb2.memfd_inode_entry,
+    "FILE_LOCKS": file_lock_pb2.file_lock_entry,
+    "IPCNS_SHM": ipc_shm_pb2.ipc_shm_entry,
+    "STATS": stats_pb2.stats_entry,
+    "IRMAP_CACHE": fh_pb2.irmap_cache_entry,
+}
+
+# Images whose first entry has its own type; ENTRY_TYPES gives the others'.
+HEAD_TYPES: dict[str, type[Message]] = {
+    "PAGEMAP": pagemap_pb2.pagemap_head,
+    "GHOST_FILE": ghost_file_pb2.ghost_file_entry,
 }
 
 # --- versions
@@ -270,6 +452,45 @@ FLAG_TABLES: dict[str, dict[str, int]] = {
         "VMA_AREA_GUARD": VMA_AREA_GUARD,
         "VMA_AREA_UPROBES": VMA_AREA_UPROBES,
     },
+    # O_* as the kernel stores them in f_flags, x86_64 (include/uapi/asm-generic/
+    # fcntl.h; octal there). Python's os.O_LARGEFILE is 0 on 64-bit userspace,
+    # but the kernel sets the bit, so the values are spelled out.
+    "rfile.flags": {
+        "O_WRONLY": 0o1,
+        "O_RDWR": 0o2,
+        "O_CREAT": 0o100,
+        "O_EXCL": 0o200,
+        "O_NOCTTY": 0o400,
+        "O_TRUNC": 0o1000,
+        "O_APPEND": 0o2000,
+        "O_NONBLOCK": 0o4000,
+        "O_DSYNC": 0o10000,
+        "FASYNC": 0o20000,
+        "O_DIRECT": 0o40000,
+        "O_LARGEFILE": 0o100000,
+        "O_DIRECTORY": 0o200000,
+        "O_NOFOLLOW": 0o400000,
+        "O_NOATIME": 0o1000000,
+        "O_CLOEXEC": 0o2000000,
+        "__O_SYNC": 0o4000000,  # O_SYNC is this and O_DSYNC
+        "O_PATH": 0o10000000,
+        "__O_TMPFILE": 0o20000000,  # O_TMPFILE is this and O_DIRECTORY
+    },
+    # memfd seals, F_GET_SEALS (include/uapi/linux/fcntl.h).
+    "seals.flags": {
+        "F_SEAL_SEAL": 0x0001,
+        "F_SEAL_SHRINK": 0x0002,
+        "F_SEAL_GROW": 0x0004,
+        "F_SEAL_WRITE": 0x0008,
+        "F_SEAL_FUTURE_WRITE": 0x0010,
+        "F_SEAL_EXEC": 0x0020,
+    },
+}
+
+# Names of single values, by the (dumper).dict option (crit's dict maps).
+VALUE_TABLES: dict[str, dict[int, str]] = {
+    # task_core_entry.task_state: criu/include/pstree.h TASK_ALIVE/DEAD/STOPPED
+    "task_state": {1: "Alive", 3: "Zombie", 6: "Stopped"},
 }
 
 
@@ -358,6 +579,58 @@ def zpages_name(pages_id: int) -> str:
     return f"pages-{pages_id}.zst.img"
 
 
+# One per dump (CRIU's imgset_template; no id in the name).
+PSTREE_NAME = "pstree.img"
+FILES_NAME = "files.img"  # every open file description (file_entry)
+REG_FILES_NAME = "reg-files.img"  # old images: reg_file_entry list
+REMAP_FPATH_NAME = "remap-fpath.img"
+SECCOMP_NAME = "seccomp.img"
+PIPES_DATA_NAME = "pipes-data.img"
+FIFO_DATA_NAME = "fifo-data.img"
+TTY_INFO_NAME = "tty-info.img"
+TTY_DATA_NAME = "tty-data.img"
+MEMFD_INODE_NAME = "memfd.img"  # memfd_inode_entry list (MEMFD_INODE magic)
+FILE_LOCKS_NAME = "filelocks.img"
+
+
+def core_name(tid: int) -> str:
+    """One thread's core_entry (every thread, the leader included)."""
+    return f"core-{tid}.img"
+
+
+def ids_name(pid: int) -> str:
+    return f"ids-{pid}.img"
+
+
+def fs_name(pid: int) -> str:
+    return f"fs-{pid}.img"
+
+
+def fdinfo_name(files_id: int) -> str:
+    """Descriptors of one file table: named by task_kobj_ids_entry.files_id
+    (inventory fdinfo_per_id), not by pid."""
+    return f"fdinfo-{files_id}.img"
+
+
+def pagemap_shmem_name(shmid: int) -> str:
+    """Pagemap of a shared memory object (shared anonymous, memfd, SysV shm),
+    PAGEMAP magic; its pagemap_head names the pages-N.img."""
+    return f"pagemap-shmem-{shmid}.img"
+
+
+def ipcns_shm_name(ns_id: int) -> str:
+    return f"ipcns-shm-{ns_id}.img"
+
+
+def timens_name(ns_id: int) -> str:
+    return f"timens-{ns_id}.img"
+
+
+def ghost_file_name(remap_id: int) -> str:
+    """Contents of a file deleted while open; the id is in hex (``%x``)."""
+    return f"ghost-file-{remap_id:x}.img"
+
+
 # --- writing
 
 
@@ -437,6 +710,43 @@ def read_magic(f: BinaryIO, path: str | os.PathLike | None = None) -> str:
     return name
 
 
+def _end_offset(f: BinaryIO, offset: int) -> int | None:
+    """The file offset where ``f`` ends, given that its current position is
+    file offset ``offset`` (streams may start inside a file); None for a
+    stream that cannot seek."""
+    try:
+        here = f.tell()
+        end = f.seek(0, os.SEEK_END)
+        f.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return offset + end - here
+
+
+def _next_payload(
+    f: BinaryIO, path, offset: int, file_size: int | None, limit: int | None
+) -> bytes | None:
+    """The payload of the entry whose size field is at ``offset`` (the
+    current position), or None at EOF on an entry boundary. Every size is
+    checked before the payload is read."""
+    head = f.read(U32.size)
+    if not head:
+        if limit is not None:
+            raise CorruptImage(path, offset, f"entries end before offset {limit}")
+        return None
+    if len(head) != U32.size:
+        raise CorruptImage(path, offset, f"truncated entry size: {len(head)} of 4 bytes")
+    size = U32.unpack(head)[0]
+    end = offset + U32.size + size
+    if size > MAX_ENTRY_SIZE:
+        raise CorruptImage(path, offset, f"entry size {size} exceeds the {MAX_ENTRY_SIZE}-byte limit")
+    if limit is not None and end > limit:
+        raise CorruptImage(path, offset, f"entry of {size} bytes runs past offset {limit}")
+    if file_size is not None and end > file_size:
+        raise CorruptImage(path, offset, f"entry of {size} bytes runs past the end of the file ({file_size} bytes)")
+    return _read_exact(f, size, path, offset + U32.size, "entry payload")
+
+
 def iter_entries(
     f: BinaryIO, path: str | os.PathLike | None, offset: int, *, limit: int | None = None
 ) -> Iterator[tuple[int, bytes]]:
@@ -447,30 +757,154 @@ def iter_entries(
     ``limit`` (a byte offset; an entry crossing it is corrupt). Raises
     CorruptImage for a short size field, a size over :data:`MAX_ENTRY_SIZE`
     or past the end of the file (checked before reading), and a short payload.
+    Knows nothing of extra payloads: for a whole image use :func:`iter_image`.
     """
-    try:
-        file_size = os.fstat(f.fileno()).st_size
-    except (AttributeError, OSError, ValueError):  # BytesIO and other streams
-        file_size = None
+    file_size = _end_offset(f, offset)
     while limit is None or offset < limit:
-        head = f.read(U32.size)
-        if not head:
-            if limit is not None:
-                raise CorruptImage(path, offset, f"entries end before offset {limit}")
+        payload = _next_payload(f, path, offset, file_size, limit)
+        if payload is None:
             return
-        if len(head) != U32.size:
-            raise CorruptImage(path, offset, f"truncated entry size: {len(head)} of 4 bytes")
-        size = U32.unpack(head)[0]
-        end = offset + U32.size + size
-        if size > MAX_ENTRY_SIZE:
-            raise CorruptImage(path, offset, f"entry size {size} exceeds the {MAX_ENTRY_SIZE}-byte limit")
-        if limit is not None and end > limit:
-            raise CorruptImage(path, offset, f"entry of {size} bytes runs past offset {limit}")
-        if file_size is not None and end > file_size:
-            raise CorruptImage(path, offset, f"entry of {size} bytes runs past the end of the file ({file_size} bytes)")
-        payload = _read_exact(f, size, path, offset + U32.size, "entry payload")
         yield offset, payload
-        offset = end
+        offset += U32.size + len(payload)
+
+
+# --- extra payloads (crit's ENTRY ::= SIZE PAYLOAD [EXTRA])
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """Raw bytes that follow an entry in the file, not part of its message:
+    ``size`` bytes of data at file ``offset``, occupying ``span`` bytes of
+    the file (``size`` plus zero padding). Read them with :func:`read_extra`
+    or :func:`iter_extra`."""
+
+    offset: int
+    size: int
+    span: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImageEntry:
+    """One decoded entry: ``offset`` of its size field, the message, and the
+    raw bytes after it if its image type has any (else None)."""
+
+    offset: int
+    msg: Message
+    extra: Extra | None = None
+
+
+_TO_END = -1  # the extra runs to the end of the file
+
+
+def _round_up(n: int, align: int) -> int:
+    return -(-n // align) * align
+
+
+def _pipe_data_extra(msg: Message) -> tuple[int, int]:
+    return msg.bytes, msg.bytes  # criu/pipes.c: the buffer, spliced right after the entry
+
+
+def _ipc_shm_extra(msg: Message) -> tuple[int, int] | None:
+    if msg.in_pagemaps:  # what CRIU 4.2 writes: contents in pagemap-shmem-N
+        return None
+    return msg.size, _round_up(msg.size, 4)  # criu/ipc_ns.c restore_content
+
+
+def _ghost_extra(msg: Message) -> tuple[int, int] | int | None:
+    if isinstance(msg, ghost_file_pb2.ghost_file_entry):
+        return None if msg.chunks else _TO_END  # unchunked: the whole content follows
+    return msg.len, msg.len  # a ghost_chunk_entry
+
+
+# Image types with raw bytes after (some of) their entries, and how many
+# (criu/pipes.c, criu/ipc_ns.c, criu/files-reg.c; crit's extra handlers):
+# message -> (size, span), _TO_END, or None for no extra. Types with extras
+# dumper has no schema for (SK_QUEUES, TCP_STREAM, IPCNS_SEM, IPCNS_MSG,
+# BPFMAP_DATA) are not in ENTRY_TYPES, so they are refused, never misread.
+EXTRA_PAYLOADS: dict[str, Callable[[Message], tuple[int, int] | int | None]] = {
+    "PIPES_DATA": _pipe_data_extra,
+    "FIFO_DATA": _pipe_data_extra,
+    "IPCNS_SHM": _ipc_shm_extra,
+    "GHOST_FILE": _ghost_extra,
+}
+
+
+def iter_image(f: BinaryIO, path: str | os.PathLike | None, name: str, offset: int) -> Iterator[ImageEntry]:
+    """Decode the entries of an image of type ``name`` (a key of
+    :data:`ENTRY_TYPES`) from the current position, file offset ``offset``
+    (just past the magic); the stream must be seekable.
+
+    The first entry is a :data:`HEAD_TYPES` message where the type has one.
+    Extra payloads (:data:`EXTRA_PAYLOADS`) are not read: each is checked to
+    fit in the file, skipped, and described by ``ImageEntry.extra``.
+
+    Raises KeyError for a ``name`` without entry type, CorruptImage as
+    :func:`iter_entries` and :func:`parse_entry` do, and for an extra
+    payload that runs past the end of the file.
+    """
+    cls = ENTRY_TYPES[name]
+    head_cls = HEAD_TYPES.get(name)
+    extra_of = EXTRA_PAYLOADS.get(name)
+    file_size = _end_offset(f, offset)
+    first = True
+    while True:
+        payload = _next_payload(f, path, offset, file_size, None)
+        if payload is None:
+            return
+        msg = parse_entry(head_cls if first and head_cls is not None else cls, payload, path, offset)
+        first = False
+        entry_offset, offset = offset, offset + U32.size + len(payload)
+        extra = None
+        want = extra_of(msg) if extra_of is not None else None
+        if want is not None:
+            if file_size is None:
+                raise CorruptImage(path, offset, "an image with extra payloads needs a stream of known size")
+            size, span = (file_size - offset, file_size - offset) if want == _TO_END else want
+            if offset + span > file_size:
+                raise CorruptImage(
+                    path, offset, f"{type(msg).__name__} announces {size} bytes of data, "
+                    f"past the end of the file ({file_size} bytes)"
+                )
+            extra = Extra(offset, size, span)
+            offset += span
+            f.seek(span, os.SEEK_CUR)
+        yield ImageEntry(entry_offset, msg, extra)
+
+
+def iter_extra(
+    f: BinaryIO, extra: Extra, path: str | os.PathLike | None = None, *, chunk: int = 1 << 20
+) -> Iterator[bytes]:
+    """The data of ``extra`` (padding excluded) in pieces of at most
+    ``chunk`` bytes; memory stays bounded whatever ``extra.size`` says.
+    ``f`` is the image file itself (positions are file offsets).
+    CorruptImage if the file ends first."""
+    pos = extra.offset
+    end = extra.offset + extra.size
+    f.seek(pos)
+    while pos < end:
+        n = min(chunk, end - pos)
+        yield _read_exact(f, n, path, pos, "extra payload")
+        pos += n
+
+
+def read_extra(f: BinaryIO, extra: Extra, path: str | os.PathLike | None = None) -> bytes:
+    """The data of ``extra`` (padding excluded) as one bytes object: at most
+    the file's size, checked again before reading (CorruptImage if short)."""
+    size = _end_offset(f, f.tell())
+    if size is not None and extra.offset + extra.size > size:
+        raise CorruptImage(path, extra.offset, f"extra payload of {extra.size} bytes runs past the end of the file")
+    return b"".join(iter_extra(f, extra, path))
+
+
+def write_extra(f: BinaryIO, data: bytes, *, align: int = 1) -> int:
+    """Write raw ``data`` after an entry, zero-padded to a multiple of
+    ``align`` bytes (4 for old-style ipcns-shm contents, 1 otherwise).
+    Returns bytes written."""
+    pad = _round_up(len(data), align) - len(data)
+    f.write(data)
+    if pad:
+        f.write(bytes(pad))
+    return len(data) + pad
 
 
 def parse_entry(cls: type[Message], payload: bytes, path: str | os.PathLike | None, offset: int) -> Message:

@@ -8,9 +8,15 @@ descriptors, in the manner of CRIU's ``pycriu/images/pb2dict.py``:
 - 64-bit integers become JSON numbers again (``MessageToDict`` writes them
   as strings for JavaScript's sake; ``crit decode`` writes numbers);
 - with ``pretty``, fields with the ``(dumper).hex`` option print as
-  ``"0x..."``, ``(dumper).flags = "TABLE"`` fields as ``"NAME | NAME"``
-  (:data:`dumper.image.format.FLAG_TABLES`, unknown bits in hex) and
-  ``(dumper).dev`` fields as ``"major:minor"``.
+  ``"0x..."`` (on a message field: every integer inside it, as crit prints
+  registers), ``(dumper).flags = "TABLE"`` fields as ``"NAME | NAME"``
+  (:data:`dumper.image.format.FLAG_TABLES`, unknown bits in hex),
+  ``(dumper).dev``/``odev`` fields as ``"major:minor"`` and
+  ``(dumper).dict = "TABLE"`` fields by name
+  (:data:`dumper.image.format.VALUE_TABLES`, unknown values as numbers).
+
+Bytes fields are base64 without line breaks (crit breaks them every 76
+characters); everything else matches ``crit decode`` field for field.
 
 The options are read from the descriptors (``proto/opts.proto``), so a new
 field needs no code here.
@@ -21,6 +27,7 @@ field needs no code here.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from google.protobuf import json_format
@@ -56,38 +63,50 @@ def field_options(field: FieldDescriptor) -> opts_pb2.dumper_opts | None:
     return _options_cache[key]
 
 
-def _scalar(field: FieldDescriptor, value: Any, pretty: bool) -> Any:
+def _dev_text(value: int, old_encoding: bool) -> str:
+    if old_encoding:  # glibc's major(3)/minor(3), as crit's os.major/os.minor
+        return f"{os.major(value)}:{os.minor(value)}"
+    return f"{value >> _KERN_MINORBITS}:{value & ((1 << _KERN_MINORBITS) - 1)}"
+
+
+def _scalar(field: FieldDescriptor, value: Any, pretty: bool, hex_all: bool) -> Any:
     if field.type in _INT64_TYPES:
         value = int(value)
     if not pretty or field.type in (FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
         return value
+    if not isinstance(value, int) or isinstance(value, bool):
+        return value
     opts = field_options(field)
-    if opts is None or not isinstance(value, int) or isinstance(value, bool):
+    if hex_all or (opts is not None and opts.hex):
+        return f"{value:#x}"
+    if opts is None:
         return value
     if opts.flags and opts.flags in fmt.FLAG_TABLES:
         return fmt.format_flags(value, opts.flags)
-    if opts.dev:
-        return f"{value >> _KERN_MINORBITS}:{value & ((1 << _KERN_MINORBITS) - 1)}"
-    if opts.hex:
-        return f"{value:#x}"
+    if opts.dev or opts.odev:
+        return _dev_text(value, opts.odev)
+    if opts.dict and opts.dict in fmt.VALUE_TABLES:
+        return fmt.VALUE_TABLES[opts.dict].get(value, value)
     return value
 
 
-def _convert(desc: Descriptor, d: dict, pretty: bool) -> dict:
+def _convert(desc: Descriptor, d: dict, pretty: bool, hex_all: bool = False) -> dict:
     for name, value in d.items():
         field = desc.fields_by_name.get(name)
         if field is None:  # not a field of ours (an extension): leave it
             continue
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             sub = field.message_type
+            # crit: hex on a message field makes every integer inside it hex
+            inner_hex = hex_all or (pretty and (opts := field_options(field)) is not None and opts.hex)
             if field.is_repeated:
-                d[name] = [_convert(sub, v, pretty) for v in value]
+                d[name] = [_convert(sub, v, pretty, inner_hex) for v in value]
             else:
-                d[name] = _convert(sub, value, pretty)
+                d[name] = _convert(sub, value, pretty, inner_hex)
         elif field.is_repeated:
-            d[name] = [_scalar(field, v, pretty) for v in value]
+            d[name] = [_scalar(field, v, pretty, hex_all) for v in value]
         else:
-            d[name] = _scalar(field, value, pretty)
+            d[name] = _scalar(field, value, pretty, hex_all)
     return d
 
 

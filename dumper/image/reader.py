@@ -18,6 +18,8 @@ naming the file and byte offset (BadMagic, UnsupportedVersion, CorruptImage).
 
 from __future__ import annotations
 
+import array
+import contextlib
 import os
 import stat
 import zlib
@@ -40,8 +42,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PagemapEntry",
+    "PagemapEntries",
     "ZpagesLayout",
     "read_image",
+    "iter_image",
     "load_inventory",
     "load_pagemap",
     "read_zpages_layout",
@@ -81,6 +85,89 @@ class PagemapEntry:
         return self.vaddr + self.nr_pages * page_size
 
 
+class PagemapEntries:
+    """A pagemap's entries held in compact numpy arrays (28 bytes an entry):
+    ``vaddr`` (uint64, bytes), ``nr_pages`` (uint64), ``flags`` (uint32,
+    PE_* bits), ``pages_off`` (int64, pages; -1 unless PE_PRESENT).
+
+    A sequence of :class:`PagemapEntry`: ``len()``, indexing (an int gives a
+    PagemapEntry, a slice a PagemapEntries), iteration (entries made as they
+    are reached), ``==`` against another one or a list of PagemapEntry.
+    Lookups by address use :meth:`index_at` (binary search), never a scan.
+    """
+
+    __slots__ = ("vaddr", "nr_pages", "flags", "pages_off")
+
+    def __init__(self, vaddr: np.ndarray, nr_pages: np.ndarray, flags: np.ndarray, pages_off: np.ndarray) -> None:
+        self.vaddr = vaddr
+        self.nr_pages = nr_pages
+        self.flags = flags
+        self.pages_off = pages_off
+
+    @classmethod
+    def empty(cls) -> PagemapEntries:
+        return cls(np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0, np.uint32), np.empty(0, np.int64))
+
+    @classmethod
+    def from_list(cls, entries) -> PagemapEntries:
+        """From PagemapEntry objects (or ``(vaddr, nr_pages, flags, pages_off)``)."""
+        rows = [tuple(e) if not isinstance(e, PagemapEntry) else (e.vaddr, e.nr_pages, e.flags, e.pages_off)
+                for e in entries]
+        if not rows:
+            return cls.empty()
+        v, n, f, o = zip(*rows)
+        return cls(np.array(v, np.uint64), np.array(n, np.uint64), np.array(f, np.uint32), np.array(o, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.vaddr)
+
+    def __getitem__(self, i):
+        if isinstance(i, (slice, np.ndarray)):
+            return PagemapEntries(self.vaddr[i], self.nr_pages[i], self.flags[i], self.pages_off[i])
+        return PagemapEntry(int(self.vaddr[i]), int(self.nr_pages[i]), int(self.flags[i]), int(self.pages_off[i]))
+
+    def __iter__(self) -> Iterator[PagemapEntry]:
+        step = 65536  # tolist() per block: fast, and memory stays bounded
+        for s in range(0, len(self.vaddr), step):
+            yield from map(PagemapEntry, self.vaddr[s:s + step].tolist(), self.nr_pages[s:s + step].tolist(),
+                           self.flags[s:s + step].tolist(), self.pages_off[s:s + step].tolist())
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, PagemapEntries):
+            return (len(self) == len(other) and bool(np.array_equal(self.vaddr, other.vaddr))
+                    and bool(np.array_equal(self.nr_pages, other.nr_pages))
+                    and bool(np.array_equal(self.flags, other.flags))
+                    and bool(np.array_equal(self.pages_off, other.pages_off)))
+        if isinstance(other, (list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    __hash__ = None  # mutable arrays
+
+    def __repr__(self) -> str:
+        return f"<PagemapEntries {len(self)} entries>"
+
+    def end_pages(self, page_size: int) -> np.ndarray:
+        """End of each entry in pages (``vaddr // page_size + nr_pages``;
+        uint64, never overflows for a validated pagemap)."""
+        return self.vaddr // np.uint64(page_size) + self.nr_pages
+
+    def mask(self, bits: int) -> np.ndarray:
+        """Boolean array: entries with any of the PE_* ``bits``."""
+        return (self.flags & np.uint32(bits)) != 0
+
+    def pages(self, bits: int) -> int:
+        """Total pages of the entries with any of the PE_* ``bits``."""
+        return int(self.nr_pages[self.mask(bits)].sum(dtype=np.uint64))
+
+    def index_at(self, addr: int) -> int:
+        """Index of the last entry starting at or before byte ``addr`` (-1
+        if none); the entry holds ``addr`` only if it reaches past it."""
+        if addr >= _U64_LIMIT:
+            return len(self.vaddr) - 1
+        return int(np.searchsorted(self.vaddr, np.uint64(addr), side="right")) - 1
+
+
 def _file_size(f) -> int:
     return os.fstat(f.fileno()).st_size
 
@@ -114,10 +201,14 @@ def read_image(path: str | os.PathLike) -> tuple[str, list[Message]]:
     """Decode an image file into ``(magic_name, messages)``.
 
     ``magic_name`` is a key of :data:`dumper.image.format.MAGICS`. Messages:
-    INVENTORY ``[inventory_entry]``, MM ``[mm_entry]``, STATS
-    ``[stats_entry]``, PAGEMAP ``[pagemap_head, pagemap_entry...]``, ZPAGES
-    ``[zpages_head, zpages_index]``. Nothing is normalised or version-checked
-    (see :func:`load_inventory`, :func:`load_pagemap`).
+    one per entry, of :data:`~dumper.image.format.ENTRY_TYPES` (INVENTORY
+    ``[inventory_entry]``, MM ``[mm_entry]``, CORE ``[core_entry]``...),
+    the first of :data:`~dumper.image.format.HEAD_TYPES` where the type has
+    one (PAGEMAP ``[pagemap_head, pagemap_entry...]``); ZPAGES
+    ``[zpages_head, zpages_index]``. Raw bytes after entries (pipes-data,
+    ghost files) are skipped: :func:`dumper.image.format.iter_image` gives
+    where they are. Nothing is normalised or version-checked (see
+    :func:`load_inventory`, :func:`load_pagemap`).
 
     Raises BadMagic (wrong or unknown magic, raw pages data), ImageError (a
     CRIU image type dumper does not read), CorruptImage (truncation, absurd
@@ -127,27 +218,41 @@ def read_image(path: str | os.PathLike) -> tuple[str, list[Message]]:
     return name, msgs
 
 
-def _read_entries(path: str | os.PathLike) -> tuple[str, list[Message], list[int]]:
+def _read_entries(path: str | os.PathLike, f=None) -> tuple[str, list[Message], list[int]]:
     """:func:`read_image` plus the file offset of each message's entry
     (for errors about what a message says) and, as the last element, the
-    offset where the entries end."""
-    with _open(path) as f:
-        name = fmt.read_magic(f, path)
-        if name == "ZPAGES":
-            layout = read_zpages_layout(f, path)
-            return name, [layout.head, layout.index], [8, layout.index_offset, _file_size(f)]
-        if name not in fmt.ENTRY_TYPES:
-            raise ImageError(path, 4, f"CRIU {name} images are not read by dumper")
-        offset = f.tell()
-        cls = fmt.ENTRY_TYPES[name]
+    offset where the entries end. ``f``: the file, already open."""
+    with (contextlib.nullcontext(f) if f is not None else _open(path)) as fh:
+        fh.seek(0)
+        name, it = _iter_open(fh, path)
         msgs: list[Message] = []
         offsets: list[int] = []
-        for off, payload in fmt.iter_entries(f, path, offset):
-            first_of_pagemap = name == "PAGEMAP" and not msgs
-            msgs.append(fmt.parse_entry(pagemap_pb2.pagemap_head if first_of_pagemap else cls, payload, path, off))
+        for off, msg in it:
+            msgs.append(msg)
             offsets.append(off)
-        offsets.append(f.tell())
+        offsets.append(fh.tell() if name != "ZPAGES" else _file_size(fh))
     return name, msgs, offsets
+
+
+def _iter_open(f, path) -> tuple[str, Iterator[tuple[int, Message]]]:
+    name = fmt.read_magic(f, path)
+    if name == "ZPAGES":
+        layout = read_zpages_layout(f, path)
+        return name, iter([(8, layout.head), (layout.index_offset, layout.index)])
+    if name not in fmt.ENTRY_TYPES:
+        raise ImageError(path, 4, f"CRIU {name} images are not read by dumper")
+    # fmt.iter_image decodes one entry at a time and skips extra payloads.
+    return name, ((e.offset, e.msg) for e in fmt.iter_image(f, path, name, f.tell()))
+
+
+@contextlib.contextmanager
+def iter_image(path: str | os.PathLike) -> Iterator[tuple[str, Iterator[tuple[int, Message]]]]:
+    """Stream an image file: a context manager giving ``(magic_name,
+    iterator of (offset, message))``; messages are decoded one at a time as
+    :func:`read_image` decodes them, so memory does not grow with the file.
+    Errors as :func:`read_image`, raised when reached."""
+    with _open(path) as f:
+        yield _iter_open(f, path)
 
 
 def _single(path, name: str, expect: str, msgs: list[Message], offsets: list[int]) -> Message:
@@ -159,10 +264,11 @@ def _single(path, name: str, expect: str, msgs: list[Message], offsets: list[int
     return msgs[0]
 
 
-def load_inventory(path: str | os.PathLike) -> inventory_pb2.inventory_entry:
+def load_inventory(path: str | os.PathLike, f=None) -> inventory_pb2.inventory_entry:
     """Read ``inventory.img`` and check its versions
-    (:func:`~dumper.image.format.check_inventory`: UnsupportedVersion)."""
-    name, msgs, offsets = _read_entries(path)
+    (:func:`~dumper.image.format.check_inventory`: UnsupportedVersion).
+    ``f``: the file, already open."""
+    name, msgs, offsets = _read_entries(path, f)
     inv = _single(path, name, "INVENTORY", msgs, offsets)
     fmt.check_inventory(inv, path, offsets[0])
     return inv
@@ -172,9 +278,12 @@ def load_inventory(path: str | os.PathLike) -> inventory_pb2.inventory_entry:
 
 
 def load_pagemap(
-    path: str | os.PathLike, *, page_size: int | None = None
-) -> tuple[pagemap_pb2.pagemap_head, list[PagemapEntry]]:
-    """Read ``pagemap-PID.img`` into ``(head, entries)``.
+    path: str | os.PathLike, *, page_size: int | None = None, f=None
+) -> tuple[pagemap_pb2.pagemap_head, PagemapEntries]:
+    """Read ``pagemap-PID.img`` into ``(head, entries)``, streaming: memory
+    is the compact :class:`PagemapEntries` (28 bytes an entry) plus one read
+    buffer, whatever the file's size. ``f``: the file already open (``path``
+    then only names it in errors).
 
     Per entry (criu/pagemap.c ``init_compat_pagemap_entry``): ``nr_pages`` is
     field 5 if present, else field 2; ``in_parent`` adds PE_PARENT; absent
@@ -186,49 +295,150 @@ def load_pagemap(
     ``pages_off`` that is not the running sum of PE_PRESENT pages, or do not
     add up to the head's ``nr_present_pages``; and for a bad ``pages_file``.
     """
-    name, msgs, offsets = _read_entries(path)
-    if name != "PAGEMAP":
-        raise BadMagic(path, 0, f"expected a PAGEMAP image, found {name}")
-    if not msgs:
-        raise CorruptImage(path, offsets[0], "no pagemap_head")
-    head = msgs[0]
-    ps = head.page_size if head.HasField("page_size") else (page_size or os.sysconf("SC_PAGE_SIZE"))
-    fmt.check_page_size(ps, path, offsets[0])
-    _pages_file_name(head, path, offsets[0])  # validates it
-    entries: list[PagemapEntry] = []
-    next_vaddr = 0
-    total = 0
-    for i, pe in enumerate(msgs[1:], 1):
-        where = f"entry {i}"
-        at = offsets[i]
-        nr = pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages
-        if pe.HasField("in_parent") and pe.in_parent:
-            flags = pe.flags | fmt.PE_PARENT
-        elif not pe.HasField("flags"):
-            flags = fmt.PE_PRESENT
-        else:
-            flags = pe.flags
-        vaddr = pe.vaddr
-        end = vaddr + nr * ps
-        if nr == 0 or vaddr % ps or end > _U64_LIMIT:
-            raise CorruptImage(path, at, f"{where}: bad range {vaddr:#x} + {nr} pages")
-        if vaddr < next_vaddr:
-            raise CorruptImage(path, at, f"{where}: {vaddr:#x} overlaps or precedes the previous entry")
-        if flags & ~_KNOWN_FLAGS or (flags & fmt.PE_PARENT and flags & fmt.PE_PRESENT):
-            raise CorruptImage(path, at, f"{where}: bad flags {fmt.format_flags(flags, 'pmap.flags')}")
-        off = -1
-        if flags & fmt.PE_PRESENT:
-            if pe.HasField("pages_off") and pe.pages_off != total:
-                raise CorruptImage(path, at, f"{where}: pages_off {pe.pages_off}, expected {total}")
-            off = total
-            total += nr
-        entries.append(PagemapEntry(vaddr, nr, flags, off))
-        next_vaddr = end
+    with (contextlib.nullcontext(f) if f is not None else _open(path)) as fh:
+        fh.seek(0)
+        name = fmt.read_magic(fh, path)
+        if name != "PAGEMAP":
+            raise BadMagic(path, 0, f"expected a PAGEMAP image, found {name}")
+        it = _stream_entries(fh, path, 8)
+        first = next(it, None)
+        if first is None:
+            raise CorruptImage(path, 8, "no pagemap_head")
+        head_at = first[0]
+        head = fmt.parse_entry(pagemap_pb2.pagemap_head, first[1], path, head_at)
+        ps = head.page_size if head.HasField("page_size") else (page_size or os.sysconf("SC_PAGE_SIZE"))
+        fmt.check_page_size(ps, path, head_at)
+        _pages_file_name(head, path, head_at)  # validates it
+        va, nr, fl, po = array.array("Q"), array.array("Q"), array.array("I"), array.array("Q")
+        va_add, nr_add, fl_add, po_add = va.append, nr.append, fl.append, po.append
+        new = pagemap_pb2.pagemap_entry
+        for i, (at, payload) in enumerate(it, 1):
+            pe = new()
+            try:
+                pe.ParseFromString(payload)
+            except DecodeError as err:
+                raise CorruptImage(path, at, f"entry {i}: bad pagemap_entry: {err}") from err
+            if not pe.IsInitialized():
+                raise CorruptImage(path, at, f"entry {i}: pagemap_entry lacks required fields: "
+                                   + ", ".join(pe.FindInitializationErrors()))
+            va_add(pe.vaddr)
+            nr_add(pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages)
+            if pe.in_parent:
+                fl_add(pe.flags | fmt.PE_PARENT)
+            elif pe.HasField("flags"):
+                fl_add(pe.flags)
+            else:
+                fl_add(fmt.PE_PRESENT)
+            po_add(pe.pages_off if pe.HasField("pages_off") else _NO_PAGES_OFF)
+    entries, total = _check_entries(path, f, va, nr, fl, po, ps)
     if head.HasField("nr_present_pages") and head.nr_present_pages != total:
-        raise CorruptImage(
-            path, offsets[0], f"head says {head.nr_present_pages} present pages, entries hold {total}"
-        )
+        raise CorruptImage(path, head_at, f"head says {head.nr_present_pages} present pages, entries hold {total}")
     return head, entries
+
+
+_NO_PAGES_OFF = (1 << 64) - 1
+_READ_BLOCK = 1 << 20
+
+
+def _stream_entries(f, path, offset: int) -> Iterator[tuple[int, bytes]]:
+    """Like :func:`~dumper.image.format.iter_entries` from the current
+    position (at byte ``offset``), reading the file in 1 MiB blocks: the
+    per-entry cost is one unpack and one slice."""
+    file_size = _file_size(f)
+    buf = b""
+    pos = 0  # in buf
+    base = offset  # file offset of buf[0]
+    unpack = fmt.U32.unpack_from
+    limit = fmt.MAX_ENTRY_SIZE
+    while True:
+        if len(buf) - pos < 4:
+            more = f.read(_READ_BLOCK)
+            buf = buf[pos:] + more
+            base += pos
+            pos = 0
+            if len(buf) < 4:
+                if buf:
+                    raise CorruptImage(path, base, f"truncated entry size: {len(buf)} of 4 bytes")
+                return
+        size = unpack(buf, pos)[0]
+        at = base + pos
+        if size > limit:
+            raise CorruptImage(path, at, f"entry size {size} exceeds the {limit}-byte limit")
+        end = pos + 4 + size
+        if at + 4 + size > file_size:
+            raise CorruptImage(path, at, f"entry of {size} bytes runs past the end of the file ({file_size} bytes)")
+        if end > len(buf):
+            more = f.read(max(_READ_BLOCK, end - len(buf)))
+            buf = buf[pos:] + more
+            base += pos
+            end -= pos
+            pos = 0
+            if end > len(buf):
+                raise CorruptImage(path, at + 4, f"truncated entry payload: {len(buf) - 4} of {size} bytes")
+        yield at, buf[pos + 4:end]
+        pos = end
+
+
+def _entry_offset(path, f, index: int) -> int | None:
+    """File offset of entry ``index`` (0: the head) of an image, for an
+    error found after loading; None if the file cannot be read again."""
+    try:
+        with (contextlib.nullcontext(f) if f is not None else _open(path)) as fh:
+            fh.seek(8)
+            for i, (at, _) in enumerate(_stream_entries(fh, path, 8)):
+                if i == index:
+                    return at
+    except (OSError, ImageError):
+        pass
+    return None
+
+
+def _check_entries(path, f, va, nr, fl, po, ps: int) -> tuple[PagemapEntries, int]:
+    """Validate the loaded columns with numpy (no per-entry Python) and
+    build the PagemapEntries; ``(entries, PE_PRESENT pages)``."""
+    vaddr = np.frombuffer(va, np.uint64) if len(va) else np.empty(0, np.uint64)
+    nrp = np.frombuffer(nr, np.uint64) if len(nr) else np.empty(0, np.uint64)
+    flags = np.frombuffer(fl, np.uint32) if len(fl) else np.empty(0, np.uint32)
+    n = len(vaddr)
+    if n == 0:
+        return PagemapEntries.empty(), 0
+    ups = np.uint64(ps)
+    first_page = vaddr // ups
+    # end <= 2**64 <=> nr <= 2**64/ps - vaddr/ps (vaddr aligned): no overflow.
+    bad_range = (nrp == 0) | ((vaddr & np.uint64(ps - 1)) != 0) | (nrp > np.uint64(_U64_LIMIT // ps) - first_page)
+    end_page = first_page + np.where(bad_range, np.uint64(0), nrp)
+    overlap = np.zeros(n, bool)
+    overlap[1:] = first_page[1:] < end_page[:-1]
+    del end_page, first_page
+    both = np.uint32(fmt.PE_PARENT | fmt.PE_PRESENT)
+    bad_flags = ((flags & np.uint32(~_KNOWN_FLAGS & 0xFFFFFFFF)) != 0) | ((flags & both) == both)
+    present = (flags & np.uint32(fmt.PE_PRESENT)) != 0
+    problems = [(bad_range, "range"), (overlap, "overlap"), (bad_flags, "flags")]
+    first_bad = min((int(np.argmax(m)) for m, _ in problems if m.any()), default=n)
+    expected = np.zeros(n, np.uint64)
+    if n > 1:
+        np.cumsum(np.where(present[:-1], nrp[:-1], np.uint64(0)), out=expected[1:])
+    recorded = np.frombuffer(po, np.uint64)
+    bad_off = present & (recorded != np.uint64(_NO_PAGES_OFF)) & (recorded != expected)
+    if bad_off.any():
+        first_bad = min(first_bad, int(np.argmax(bad_off)))
+    if first_bad < n:
+        i = first_bad
+        at = _entry_offset(path, f, i + 1)
+        where = f"entry {i + 1}"
+        v, k, fla = int(vaddr[i]), int(nrp[i]), int(flags[i])
+        if bad_range[i]:
+            raise CorruptImage(path, at, f"{where}: bad range {v:#x} + {k} pages")
+        if overlap[i]:
+            raise CorruptImage(path, at, f"{where}: {v:#x} overlaps or precedes the previous entry")
+        if bad_flags[i]:
+            raise CorruptImage(path, at, f"{where}: bad flags {fmt.format_flags(fla, 'pmap.flags')}")
+        raise CorruptImage(path, at, f"{where}: pages_off {int(recorded[i])}, expected {int(expected[i])}")
+    del bad_range, overlap, bad_flags, bad_off
+    total = int(expected[-1]) + (int(nrp[-1]) if present[-1] else 0)
+    pages_off = expected.view(np.int64)  # < 2**52: fits
+    pages_off[~present] = -1
+    return PagemapEntries(vaddr, nrp, flags, pages_off), total
 
 
 def _pages_file_name(head: pagemap_pb2.pagemap_head, path, offset: int | None = None) -> tuple[str, bool]:
@@ -386,12 +596,13 @@ class PagesReader:
         *,
         compressed: bool | None = None,
         page_size: int | None = None,
+        f=None,
     ) -> None:
         self.path = os.fspath(path)
         if compressed is None:
             compressed = self.path.endswith(".zst.img")
         self.compressed = compressed
-        self._f = _open(self.path)
+        self._f = f if f is not None else _open(self.path)
         self._fd = self._f.fileno()
         self._cached: tuple[int, bytes] | None = None
         try:
@@ -479,7 +690,8 @@ class PagesReader:
     def read_pages(self, page_index: int, count: int) -> bytes:
         """Bytes of stream pages ``[page_index, page_index + count)``
         (``count * page_size`` bytes). CorruptImage if the range passes the
-        end of the stream or the data is damaged; ValueError if negative."""
+        end of the stream or the data is damaged (a raw file shorter than
+        it was when opened); ValueError if negative."""
         if page_index < 0 or count < 0:
             raise ValueError(f"bad page range {page_index} + {count}")
         if page_index + count > self.nr_pages:
@@ -536,24 +748,25 @@ def open_pages(image_dir: str | os.PathLike, head: pagemap_pb2.pagemap_head) -> 
 
 
 def iter_present(
-    entries: list[PagemapEntry], pages: PagesReader, *, max_pages: int = 256
+    entries, pages: PagesReader, *, max_pages: int = 256
 ) -> Iterator[tuple[int, bytes]]:
     """Yield ``(vaddr, data)`` for the PE_PRESENT entries, in order, in chunks
     of at most ``max_pages`` pages (an entry may span several chunks).
+    ``entries``: a :class:`PagemapEntries` or a list of PagemapEntry.
 
     Raises CorruptImage first if the entries' PE_PRESENT pages do not add up
     to the length of the page stream.
     """
-    total = sum(e.nr_pages for e in entries if e.flags & fmt.PE_PRESENT)
+    if not isinstance(entries, PagemapEntries):
+        entries = PagemapEntries.from_list(entries)
+    total = entries.pages(fmt.PE_PRESENT)
     if total != pages.nr_pages:
         raise CorruptImage(
             pages.path, pages.end_offset, f"pagemap has {total} present pages, the pages file {pages.nr_pages}"
         )
     ps = pages.page_size
     off = 0
-    for e in entries:
-        if not e.flags & fmt.PE_PRESENT:
-            continue
+    for e in entries[entries.mask(fmt.PE_PRESENT)] if len(entries) else ():
         for done in range(0, e.nr_pages, max_pages):
             n = min(max_pages, e.nr_pages - done)
             yield e.vaddr + done * ps, pages.read_pages(off + done, n)

@@ -31,7 +31,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 import zstandard
 from google.protobuf.message import EncodeError, Message
@@ -39,6 +39,7 @@ from google.protobuf.message import EncodeError, Message
 from ..errors import DumpError
 from ..proc.maps import Vma
 from . import format as fmt
+from .checkpoint import check_not_a_parent
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_pb2
 
 __all__ = [
@@ -285,8 +286,11 @@ class PagesWriter:
             self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix=f"zstd-{pid}")
             # Bounded buffer pool: taking a free buffer is the back-pressure.
             self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-            for _ in range(max(4 * nthreads, 16) + 1):
+            nbuf = max(4 * nthreads, 16) + 1
+            for _ in range(nbuf):
                 self._free.put(bytearray(self._frame_bytes))
+            # Frames queued or being compressed, pool buffers or caller memory.
+            self._inflight = threading.BoundedSemaphore(nbuf)
             self._cur = self._free.get()
             self._fill = 0  # bytes of self._cur in use
             self._out: queue.SimpleQueue = queue.SimpleQueue()  # (future, buffer) in stream order
@@ -336,12 +340,14 @@ class PagesWriter:
             self._off.append(off)
         self._next = end
 
-    def add_present(self, vaddr: int, data) -> None:
+    def add_present(self, vaddr: int, data, *, stable: bool = False) -> None:
         """Append a PE_PRESENT entry at ``vaddr`` (bytes, page aligned) holding
         ``data`` (any C-contiguous bytes-like object; its length a non-zero
-        multiple of the page size). ``data`` is copied or written before this
-        returns, so the caller may reuse its buffer. ValueError on misuse,
-        DumpError on I/O failure."""
+        multiple of the page size). Without ``stable`` the bytes are copied or
+        written before this returns, so the caller may reuse its buffer; with
+        ``stable`` the caller promises ``data`` stays unchanged until
+        :meth:`close` returns, and whole frames are compressed straight from
+        it (no copy). ValueError on misuse, DumpError on I/O failure."""
         mv = memoryview(data).cast("B")
         n = mv.nbytes
         if n == 0 or n % self.page_size:
@@ -349,7 +355,7 @@ class PagesWriter:
         self._add_entry(vaddr, n // self.page_size, fmt.PE_PRESENT)
         self.stats.bytes_raw += n
         if self.compress:
-            self._feed(mv)
+            self._feed(mv, stable)
         else:
             self._write(mv)
 
@@ -407,9 +413,18 @@ class PagesWriter:
         self.stats.write_ns += time.perf_counter_ns() - t0
         self._pos += len(data)
 
-    def _feed(self, mv: memoryview) -> None:
+    def _feed(self, mv: memoryview, stable: bool = False) -> None:
         pos, n = 0, mv.nbytes
+        fb = self._frame_bytes
         while pos < n:
+            if stable and self._fill == 0 and n - pos >= fb:
+                # A whole frame of caller memory that outlives us: no copy.
+                self._inflight.acquire()
+                self._out.put((self._pool.submit(self._compress, mv[pos:pos + fb]), None))
+                pos += fb
+                if self._error is not None:
+                    raise self._error
+                continue
             k = min(len(self._cur) - self._fill, n - pos)
             self._cur[self._fill : self._fill + k] = mv[pos : pos + k]  # own copy: the caller reuses data
             self._fill += k
@@ -432,6 +447,7 @@ class PagesWriter:
         """Hand the current buffer to the pool and take a free one (may wait)."""
         if self._fill:
             chunk = memoryview(self._cur)[: self._fill]
+            self._inflight.acquire()
             self._out.put((self._pool.submit(self._compress, chunk), self._cur))
             self._cur = self._free.get()
             self._fill = 0
@@ -458,7 +474,9 @@ class PagesWriter:
             except BaseException as err:  # handed to the producer, which raises it
                 self._error = err if isinstance(err, DumpError) else DumpError(f"compressing pages: {err}")
             finally:
-                self._free.put(buf)
+                if buf is not None:
+                    self._free.put(buf)
+                self._inflight.release()
 
     def _stop_writer(self) -> None:
         if self._writer is not None and self._writer.is_alive():
@@ -599,6 +617,7 @@ class CheckpointWriter:
 
     def _check_replaceable(self) -> None:
         d = self.dest
+        check_not_a_parent(d)  # a checkpoint some child was taken over is not replaced
         if not d.is_dir() or d.is_symlink():
             raise DumpError(f"refusing to replace {d}: not a directory")
         if d.is_dir() and not d.is_symlink():
@@ -624,10 +643,21 @@ class CheckpointWriter:
         :data:`~dumper.image.format.MAGICS` key), then ``msgs`` as entries.
         Returns its (temporary) path. DumpError on I/O failure or a message
         missing required fields."""
+        return self.write_image_extra(name, magic, msgs)
+
+    def write_image_extra(self, name: str, magic: str, items: Iterable[Message | bytes]) -> Path:
+        """:meth:`write_image` for images with raw data after some entries
+        (pipes-data, fifo-data, ghost-file: crit's "extra" payloads): each
+        item is a message, written as an entry, or bytes, written as they
+        are right after the previous entry."""
         f = self._create(name)
         try:
             fmt.write_magic(f, magic)
-            fmt.write_entries(f, msgs)
+            for item in items:
+                if isinstance(item, Message):
+                    fmt.write_entry(f, item)
+                else:
+                    fmt.write_extra(f, item)
             _fsync_close(f)
         except OSError as err:
             f.close()

@@ -24,3 +24,4 @@ MADV_NOHUGEPAGE = 15
 MADV_PAGEOUT = 21  # 5.4
 MADV_GUARD_INSTALL = 102  # 6.13
 MADV_GUARD_REMOVE = 103  # 6.13
+MADV_POPULATE_WRITE = 23  # 5.14: fault pages in writable, as a write would

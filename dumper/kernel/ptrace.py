@@ -192,3 +192,111 @@ def setregs(tid: int, regs: ctypes.Structure) -> None:
 def stop_event(status: int) -> int:
     """The PTRACE_EVENT_* of a waitpid ``status`` (0 if it is not an event stop)."""
     return (status >> 16) & 0xFF
+
+
+# -- thread state requests (include/uapi/linux/ptrace.h, include/uapi/linux/elf.h)
+
+PTRACE_GETFPREGS = 14  # arch/x86: struct user_i387_struct (fxsave layout)
+PTRACE_GET_THREAD_AREA = 25  # arch/x86: one GDT TLS entry, addr = entry number
+PTRACE_GETREGSET = 0x4204  # 2.6.34: addr = NT_* note type, data = struct iovec
+PTRACE_PEEKSIGINFO = 0x4209  # 3.10
+PTRACE_GETSIGMASK = 0x420A  # 3.11
+PTRACE_SECCOMP_GET_FILTER = 0x420C  # 4.4, CAP_SYS_ADMIN
+PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # 5.13
+PTRACE_PEEKSIGINFO_SHARED = 1 << 0
+
+NT_PRFPREG = 2
+NT_X86_XSTATE = 0x202
+NT_X86_SHSTK = 0x204  # 6.6
+
+
+class ptrace_peeksiginfo_args(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("nr", ctypes.c_int32)]
+
+
+class ptrace_rseq_configuration(ctypes.Structure):
+    """``struct ptrace_rseq_configuration`` (24 bytes)."""
+
+    _fields_ = [
+        ("rseq_abi_pointer", ctypes.c_uint64),
+        ("rseq_abi_size", ctypes.c_uint32),
+        ("signature", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
+
+
+assert ctypes.sizeof(ptrace_rseq_configuration) == 24
+
+# Fields of ``struct rseq`` the kernel writes on its own (when the thread
+# migrates or is scheduled): (offset, size) in bytes. include/uapi/linux/rseq.h:
+# cpu_id_start @0, cpu_id @4, (rseq_cs @8, flags @16: the thread's), node_id
+# @20 (6.3), mm_cid @24 (6.3).
+RSEQ_KERNEL_FIELDS = ((0, 4), (4, 4), (20, 4), (24, 4))
+
+
+class _iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+def getregset(tid: int, note: int, size: int) -> bytes:
+    """PTRACE_GETREGSET: the ``note`` register set (NT_*), at most ``size``
+    bytes; returns the bytes the kernel filled. ``OSError``: EINVAL/ENODEV
+    for a set this CPU or kernel lacks."""
+    buf = ctypes.create_string_buffer(size)
+    iov = _iovec(ctypes.addressof(buf), size)
+    _ptrace(PTRACE_GETREGSET, "PTRACE_GETREGSET", tid, note, ctypes.addressof(iov))
+    return buf.raw[: iov.iov_len]
+
+
+def getfpregs(tid: int) -> bytes:
+    """PTRACE_GETFPREGS: the 512-byte fxsave area (x86_64)."""
+    buf = ctypes.create_string_buffer(512)
+    _ptrace(PTRACE_GETFPREGS, "PTRACE_GETFPREGS", tid, None, ctypes.addressof(buf))
+    return buf.raw
+
+
+def get_thread_area(tid: int, entry: int, desc: ctypes.Structure) -> None:
+    """PTRACE_GET_THREAD_AREA of GDT ``entry`` into ``desc`` (struct user_desc)."""
+    _ptrace(PTRACE_GET_THREAD_AREA, "PTRACE_GET_THREAD_AREA", tid, entry, ctypes.addressof(desc))
+
+
+def getsigmask(tid: int) -> int:
+    """PTRACE_GETSIGMASK: the thread's blocked signals, bit ``n - 1`` for signal ``n``."""
+    mask = ctypes.c_uint64()
+    _ptrace(PTRACE_GETSIGMASK, "PTRACE_GETSIGMASK", tid, ctypes.sizeof(mask), ctypes.addressof(mask))
+    return mask.value
+
+
+def peeksiginfo(tid: int, *, shared: bool, batch: int = 32) -> list[bytes]:
+    """PTRACE_PEEKSIGINFO: every queued siginfo (128 bytes each) without
+    dequeuing it; the thread's private queue, or with ``shared`` the
+    process's shared one."""
+    out: list[bytes] = []
+    buf = (siginfo_t * batch)()
+    args = ptrace_peeksiginfo_args(0, PTRACE_PEEKSIGINFO_SHARED if shared else 0, batch)
+    while True:
+        n = _ptrace(PTRACE_PEEKSIGINFO, "PTRACE_PEEKSIGINFO", tid, ctypes.addressof(args), ctypes.addressof(buf))
+        out.extend(bytes(buf[i]) for i in range(n))
+        if n < batch:
+            return out
+        args.off += n
+
+
+def get_rseq_configuration(tid: int) -> ptrace_rseq_configuration:
+    """PTRACE_GET_RSEQ_CONFIGURATION (Linux 5.13): the thread's registered
+    rseq area (``rseq_abi_pointer`` 0 when none)."""
+    conf = ptrace_rseq_configuration()
+    _ptrace(PTRACE_GET_RSEQ_CONFIGURATION, "PTRACE_GET_RSEQ_CONFIGURATION", tid,
+            ctypes.sizeof(conf), ctypes.addressof(conf))
+    return conf
+
+
+def seccomp_get_filter(tid: int, index: int) -> bytes:
+    """PTRACE_SECCOMP_GET_FILTER: the BPF program ``index`` filters back from
+    the thread's newest (struct sock_filter, 8 bytes per instruction).
+    ``OSError`` ENOENT past the oldest filter."""
+    n = _ptrace(PTRACE_SECCOMP_GET_FILTER, "PTRACE_SECCOMP_GET_FILTER", tid, index, None)
+    buf = ctypes.create_string_buffer(n * 8)
+    _ptrace(PTRACE_SECCOMP_GET_FILTER, "PTRACE_SECCOMP_GET_FILTER", tid, index, ctypes.addressof(buf))
+    return buf.raw

@@ -10,11 +10,20 @@ import platform
 
 ARCH = platform.machine()
 
+NR_close = 3
 NR_mmap = 9
 NR_munmap = 11
+NR_rt_sigaction = 13
 NR_ioctl = 16
-NR_close = 3
+NR_getitimer = 36
+NR_sigaltstack = 131
+NR_prctl = 157
+NR_get_robust_list = 274
+NR_timer_gettime = 224
+NR_timer_getoverrun = 225
+NR_kcmp = 312
 NR_userfaultfd = 323
+NR_membarrier = 324
 NR_pidfd_open = 434
 NR_pidfd_getfd = 438
 NR_process_madvise = 440
@@ -57,3 +66,81 @@ def syscall_result(regs: user_regs_struct) -> int:
     """The signed return value of a completed syscall."""
     v = regs.rax
     return v - (1 << 64) if v >= 1 << 63 else v
+
+
+# -- floating point and TLS (arch/x86/include/uapi/asm/ldt.h, asm/user_64.h,
+#    asm/fpu/types.h; Intel SDM vol. 1 ch. 13 for the XSAVE layout) ----------
+
+GDT_ENTRY_TLS_MIN = 12  # arch/x86/include/asm/segment.h (x86_64)
+GDT_ENTRY_TLS_ENTRIES = 3
+
+
+class user_desc(ctypes.Structure):
+    """struct user_desc (asm/ldt.h): a TLS descriptor as get_thread_area gives it."""
+
+    _fields_ = [
+        ("entry_number", ctypes.c_uint32),
+        ("base_addr", ctypes.c_uint32),
+        ("limit", ctypes.c_uint32),
+        ("seg_32bit", ctypes.c_uint32, 1),
+        ("contents", ctypes.c_uint32, 2),
+        ("read_exec_only", ctypes.c_uint32, 1),
+        ("limit_in_pages", ctypes.c_uint32, 1),
+        ("seg_not_present", ctypes.c_uint32, 1),
+        ("useable", ctypes.c_uint32, 1),
+        ("lm", ctypes.c_uint32, 1),
+    ]
+
+
+class user_fpregs_struct(ctypes.Structure):
+    """The 512-byte legacy (fxsave) region, asm/user_64.h; the first bytes
+    of an NT_X86_XSTATE buffer too. ``sw_reserved`` carries the kernel's
+    ``struct _fpx_sw_bytes`` (xfeatures enabled, xstate size)."""
+
+    _fields_ = [
+        ("cwd", ctypes.c_uint16),
+        ("swd", ctypes.c_uint16),
+        ("ftw", ctypes.c_uint16),
+        ("fop", ctypes.c_uint16),
+        ("rip", ctypes.c_uint64),
+        ("rdp", ctypes.c_uint64),
+        ("mxcsr", ctypes.c_uint32),
+        ("mxcr_mask", ctypes.c_uint32),
+        ("st_space", ctypes.c_uint32 * 32),
+        ("xmm_space", ctypes.c_uint32 * 64),
+        ("padding", ctypes.c_uint32 * 12),
+        ("sw_reserved", ctypes.c_uint32 * 12),
+    ]
+
+
+assert ctypes.sizeof(user_fpregs_struct) == 512
+
+XSAVE_HDR_OFFSET = 512  # struct xstate_header: xfeatures (xstate_bv), xcomp_bv
+# XSAVE state components that user space sees (asm/fpu/types.h enum xfeature)
+XFEATURE_YMM = 2
+XFEATURE_BNDREGS = 3
+XFEATURE_BNDCSR = 4
+XFEATURE_OPMASK = 5
+XFEATURE_ZMM_Hi256 = 6
+XFEATURE_Hi16_ZMM = 7
+XFEATURE_PKRU = 9
+
+
+def restart_syscall_regs(regs: user_regs_struct) -> None:
+    """Rewrite a thread's registers as the kernel would on its way back to
+    user mode when it was interrupted in a restartable system call
+    (arch/x86/kernel/signal.c, no handler to run): ``-ERESTARTSYS``,
+    ``-ERESTARTNOINTR`` and ``-ERESTARTNOHAND`` restart the call (ip back
+    over the 2-byte ``syscall``); ``-ERESTART_RESTARTBLOCK`` becomes
+    ``-EINTR``, since its restart block lives in the kernel and is not
+    saved. CRIU's compel does the same before it saves registers, and its
+    restore resumes the thread from them."""
+    orig = regs.orig_rax - (1 << 64) if regs.orig_rax >= 1 << 63 else regs.orig_rax
+    if orig < 0:
+        return
+    ax = syscall_result(regs)
+    if ax in (-512, -513, -514):  # ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND
+        regs.rax = regs.orig_rax
+        regs.rip -= len(SYSCALL_INSN)
+    elif ax == -516:  # ERESTART_RESTARTBLOCK
+        regs.rax = (1 << 64) - 4  # -EINTR

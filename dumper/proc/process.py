@@ -130,6 +130,18 @@ class Process:
         with self.translate("task"):
             return sorted(int(t) for t in os.listdir(f"{self.path}/task"))
 
+    def children(self) -> list[int]:
+        """Pids of the children of every thread (/proc/PID/task/TID/children,
+        CONFIG_PROC_CHILDREN, Linux 3.5)."""
+        out: list[int] = []
+        for tid in self.threads():
+            try:
+                with open(f"{self.path}/task/{tid}/children", "rb") as f:
+                    out.extend(int(x) for x in f.read().split())
+            except FileNotFoundError:
+                continue
+        return sorted(set(out))
+
     def check_has_mm(self) -> ProcStat:
         """Raise ZombieProcess / NoMemoryMap if there is no memory to look at.
 
@@ -157,18 +169,19 @@ class Process:
             raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
         return vmas
 
-    def mm_layout(self) -> dict[str, int]:
+    def mm_layout(self, vmas: list[Vma] | None = None) -> dict[str, int]:
         """mm addresses from /proc/PID/stat fields 26-28 and 45-51 (proc(5)).
 
         Keys are CRIU's ``mm_entry`` names; the kernel shows them as 0 to a
-        reader without ptrace access. ``mm_brk`` is the end of ``[heap]``.
+        reader without ptrace access. ``mm_brk`` is the end of ``[heap]``
+        (from ``vmas`` when given, else from /proc/PID/maps).
         """
         data = self.read_file("stat")
         f = data[data.rindex(b")") + 2 :].split()  # f[0] is field 3 (state)
         def field(n: int) -> int:
             return int(f[n - 3]) if len(f) > n - 3 else 0
         heap_end = 0
-        for v in self.vmas(smaps=False):
+        for v in vmas if vmas is not None else self.vmas(smaps=False):
             if v.path == "[heap]":
                 heap_end = v.end
         return {

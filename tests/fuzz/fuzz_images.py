@@ -89,15 +89,17 @@ def exercise(d: Path) -> None:
             decode.decode(f, pretty=True)
     with contextlib.suppress(ImageError):
         show.summarize(str(d))
-    inv = mems.open_inventory(str(d))
-    for pid in mems.checkpoint_pids(str(d), inv):
-        proc = mems.load_process(str(d), pid, inv)
-        mems.mems_lines(proc)
-        rss.rss_lines(proc)
-        head, entries = load_pagemap(d / fmt.pagemap_name(pid))
-        with open_pages(d, head) as pages:
-            for _ in iter_present(entries, pages):
-                pass
+    from dumper.image.checkpoint import open_checkpoint
+
+    with open_checkpoint(d) as ck:
+        names = mems.file_names(ck)
+        for pid in ck.pids:
+            mems.mems_lines(ck.process(pid), names)
+            rss.rss_lines(ck.process(pid), names)
+            head, entries = load_pagemap(d / fmt.pagemap_name(pid))
+            with open_pages(d, head) as pages:
+                for _ in iter_present(entries, pages):
+                    pass
 
 
 def TestOneInput(data: bytes) -> None:  # noqa: N802 (atheris' name)

@@ -209,6 +209,9 @@ def serve():
                 a, _ = regions[args[0]]
                 for p in args[1:]:
                     (write if cmd == "write" else read)(a, int(p))
+            elif cmd == "guard":  # guard REGION PAGE: MADV_GUARD_INSTALL on one page
+                a, _ = regions[args[0]]
+                madvise(a + int(args[1]) * PAGE, PAGE, MADV_GUARD_INSTALL)
             elif cmd == "pageout":
                 a, n = regions[args[0]]
                 madvise(a, n, MADV_PAGEOUT)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nopts.proto\x1a google/protobuf/descriptor.proto\"D\n\x0b\x64umper_opts\x12\x0b\n\x03hex\x18\x01 \x01(\x08\x12\r\n\x05\x66lags\x18\x02 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x03 \x01(\x08\x12\x0c\n\x04unit\x18\x04 \x01(\t:=\n\x06\x64umper\x12\x1d.google.protobuf.FieldOptions\x18\xca\x8e\x03 \x01(\x0b\x32\x0c.dumper_opts')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\nopts.proto\x1a google/protobuf/descriptor.proto\"`\n\x0b\x64umper_opts\x12\x0b\n\x03hex\x18\x01 \x01(\x08\x12\r\n\x05\x66lags\x18\x02 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x03 \x01(\x08\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0c\n\x04odev\x18\x05 \x01(\x08\x12\x0c\n\x04\x64ict\x18\x06 \x01(\t:=\n\x06\x64umper\x12\x1d.google.protobuf.FieldOptions\x18\xca\x8e\x03 \x01(\x0b\x32\x0c.dumper_opts')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'opts_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DUMPER_OPTS']._serialized_start=48
-  _globals['_DUMPER_OPTS']._serialized_end=116
+  _globals['_DUMPER_OPTS']._serialized_end=144
 # @@protoc_insertion_point(module_scope)

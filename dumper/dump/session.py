@@ -1,0 +1,731 @@
+"""One dump, as a list of phases (:meth:`DumpSession.run`).
+
+Before the freeze (the target runs):
+  ``prepare``      refuse a bad destination or parent, pick the tracker,
+                   read each process's VMAs (smaps) and classify them, map
+                   and populate the spool for the pages expected.
+Frozen (the target waits only for this):
+  ``freeze``       every thread (of the tree) stopped by the tracer;
+  ``list_vmas``    /proc/PID/maps again: unchanged (byte for byte) -> the
+                   pre-read VMAs stand, else smaps is read now;
+  ``collect``      process state (mm layout, auxv, ...);
+  ``arm``          tracking prepared (injected syscalls come before any read);
+  ``scan``         the mask scanner over the private VMAs;
+  ``select``       numpy interval algebra: pages to copy, pages the parent holds;
+  ``copy``         page runs into the spool (process_vm_readv, batched);
+  ``reset``        tracking reset for the next dump;
+  ``thaw``         resume, leave stopped, or kill.
+After the thaw:
+  ``write``        compress and write pages from the spool, mm, inventory,
+                   stats; fsync; rename into place.
+
+A pre-dump resets tracking and thaws before copying (CRIU's read mode).
+On any error, SIGINT, SIGTERM or SIGHUP the tracer thaws the target into
+the state it was found in and no checkpoint directory is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import __version__
+from ..errors import DumpError, UnsupportedKernel
+from ..image import CheckpointWriter, vma_entry_from
+from ..image import format as fmt
+from ..image.checkpoint import new_checkpoint_id
+from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
+from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.vmas import as_criu_lists_them
+from ..kernel.libc import PAGE_SIZE
+from ..kernel.mman import PROT_READ
+from ..proc.freeze import THAW_MODES, raise_on_termination
+from ..proc.maps import Vma, parse_maps
+from ..proc.process import Process
+from ..scan import Category, open_backend, scan_range
+from . import intervals as iv
+from .memread import Extents, PageCopier
+from .parent import ParentInfo, check_parent_placement, load_parent
+from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
+from .spool import Spool
+from ..proc.task import TaskState, collect_task
+from . import core as criu_core
+from .core import KobjIds, NamespaceIds
+from .files import FileTable, write_fdinfo
+from ..proc.fds import collect_fds, map_files_fdflags
+from .tracer import FrozenProcess, LocalTracer
+from .trackers import Tracker, make_tracker, pick_tracker
+
+__all__ = ["DumpOptions", "DumpResult", "DumpSession"]
+
+_U64 = np.uint64
+
+
+@dataclass(slots=True)
+class DumpOptions:
+    """What the caller asked for; :meth:`validate` checks it before anything runs.
+
+    ``thaw``: "resume", "leave-stopped" or "kill". ``compress``: zstd frames
+    (``pages-N.zst.img``) or CRIU's raw ``pages-N.img``. ``track_mem`` arms
+    write tracking (``tracker``) for a later ``parent`` dump; ``pre_dump``
+    writes pages only, copied after the target runs again. ``spool_limit``:
+    bytes of RAM for pages copied while frozen (None: half of MemAvailable).
+    ``pre_copy``: rounds of copying while the target runs before the final
+    freeze (0: none). ``freeze_timeout``: seconds a thread may take to stop. ``restorable``:
+    fail (before the thaw) rather than write a checkpoint `criu restore`
+    could not bring back.
+    """
+
+    thaw: str = "resume"
+    compress: bool = True
+    level: int = 3
+    threads: int | None = None
+    backend: str = "auto"
+    force: bool = False
+    progress: bool = False
+    parent: str | os.PathLike | None = None
+    track_mem: bool = False
+    tracker: str = "auto"
+    pre_dump: bool = False
+    freeze_timeout: float = 5.0
+    spool_limit: int | None = None
+    restorable: bool = False
+    pre_copy: int = 0
+
+    def validate(self) -> None:
+        if self.thaw not in THAW_MODES:
+            raise DumpError(f"unknown thaw mode {self.thaw!r} (choose from {', '.join(THAW_MODES)})")
+        from ..image.writer import MAX_THREADS
+
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
+        if self.pre_dump and self.thaw == "kill":
+            raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
+        if self.pre_copy < 0:
+            raise DumpError("--pre-copy takes a number of rounds >= 1")
+        if self.pre_copy and (self.pre_dump or self.parent is not None):
+            raise DumpError("--pre-copy makes one standalone checkpoint: it does not combine with "
+                            "pre-dump or --parent")
+        if not self.freeze_timeout > 0:
+            raise DumpError("the freeze timeout must be a positive number of seconds")
+
+    @property
+    def wants_tracking(self) -> bool:
+        return self.track_mem or self.pre_dump or self.parent is not None or bool(self.pre_copy)
+
+
+@dataclass(slots=True)
+class DumpResult:
+    """What a dump did. Times in nanoseconds, sizes in bytes unless named pages.
+
+    ``freezing_ns``: from the first freeze request until every thread had
+    stopped; ``frozen_ns``: from then until the thaw began (CRIU's
+    freezing_time and frozen_time).
+    """
+
+    dest: str
+    pid: int
+    comm: str
+    backend: str
+    tracker: str
+    thaw: str
+    was_stopped: bool
+    parent: str | None
+    pre_dump: bool
+    frozen_ns: int
+    freezing_ns: int
+    scan_ns: int
+    read_ns: int
+    total_ns: int
+    pages_scanned: int
+    pages_written: int
+    pages_parent: int
+    pages_unreadable: int
+    bytes_raw: int
+    bytes_written: int
+    compress_ns: int
+    write_ns: int
+    vmas: int
+    vmas_skipped: dict = field(default_factory=dict)
+    unreadable: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    pids: list = field(default_factory=list)
+    spool_bytes: int = 0
+    spilled_bytes: int = 0
+    unrestorable: list = field(default_factory=list)  # one line per reason `criu restore` would fail
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(eq=False)
+class ProcessDump:
+    """One process through the phases.
+
+    Interval sets are ``(starts, ends)`` uint64 byte arrays (see
+    :mod:`dumper.dump.intervals`).
+    """
+
+    pid: int
+    proc: Process
+    start_time: int
+    tracker: Tracker
+    parent: ParentInfo | None = None
+    frozen: FrozenProcess | None = None
+    pre_maps: bytes = b""
+    vmas: list[Vma] = field(default_factory=list)
+    plans: list[VmaPlan] = field(default_factory=list)
+    scan_iv: tuple = iv.EMPTY  # VMAs whose pages the scanner selects
+    whole_iv: tuple = iv.EMPTY  # VMAs dumped whole ([vdso])
+    forced_iv: tuple = iv.EMPTY  # dumped VMAs without PROT_READ
+    marker_iv: tuple = iv.EMPTY  # VMAs registered with a uffd-wp userfaultfd
+    copy_iv: tuple = iv.EMPTY  # what to copy
+    parent_iv: tuple = iv.EMPTY  # what the parent holds (PE_PARENT)
+    reuse_iv: tuple = iv.EMPTY  # unchanged since a --pre-copy round copied it
+    rounds: list = field(default_factory=list)  # Extents of each --pre-copy round, oldest first
+    regions: tuple = (iv.EMPTY[0], iv.EMPTY[1], np.empty(0, _U64))  # scanned runs and categories
+    extents: Extents | None = None
+    mm: mm_pb2.mm_entry | None = None
+    task: TaskState | None = None
+    file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
+    vma_shmid: dict = field(default_factory=dict)  # VMA index -> files.img id of its file
+    vma_fdflags: dict = field(default_factory=dict)  # VMA index -> O_RDONLY/O_WRONLY/O_RDWR
+    guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
+    ns_ids: dict = field(default_factory=dict)
+    kobj_ids: dict = field(default_factory=dict)
+    copier: PageCopier | None = None
+    pages_id: int = 0
+
+
+class DumpSession:
+    """Checkpoint the process ``pid`` into ``dest``; see the module docstring."""
+
+    def __init__(self, pid: int, dest: str | os.PathLike, opts: DumpOptions) -> None:
+        opts.validate()
+        self.pid = pid
+        self.dest = os.fspath(dest)
+        self.opts = opts
+        self.notes: list[str] = []
+        self.t_begin = time.monotonic_ns()
+        self.wall_begin = time.time_ns()
+        self.scan_ns = 0
+        self.backend_name = ""
+        self.processes: list[ProcessDump] = []
+        self.tracker_name = "none"
+        self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
+        self.files = FileTable()
+        self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
+        self.round_bytes: list[int] = []
+        self._tracking_was_armed = False
+        self.ns_ids = NamespaceIds()
+        self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
+        self.kobj_ids = KobjIds()
+
+    # -- phases ----------------------------------------------------------------
+
+    def run(self) -> DumpResult:
+        self.prepare()
+        with ExitStack() as stack:
+            # LIFO: the writer (its compression threads read the spool) stops first.
+            stack.callback(self.spool.close)
+            stack.callback(self.writer.abort)  # no-op after commit
+            if threading.current_thread() is threading.main_thread():
+                stack.enter_context(raise_on_termination())
+            if self.opts.pre_copy:
+                self.pre_copy_rounds()
+            self.tracer = stack.enter_context(LocalTracer(stop_timeout=self.opts.freeze_timeout))
+            self.freeze()
+            self.list_vmas()
+            self.collect()
+            self.check_restorable()
+            self.arm()
+            self.scan()
+            self.select()
+            if self.opts.pre_dump:
+                self.reset()
+                self.thaw()
+                self.copy()
+            else:
+                self.copy()
+                self.check_restorable(after_copy=True)
+                if self.opts.pre_copy and not self.opts.track_mem and not self._tracking_was_armed:
+                    self.disarm()  # the rounds armed it for this dump only
+                else:
+                    self.reset()
+                self.thaw()
+            return self.write()
+
+    def pre_copy_rounds(self) -> None:
+        """Copy pages while the target runs (``--pre-copy=N``): each round
+        freezes it only to arm or reset write tracking, then copies what was
+        written since the previous round; rounds stop when that no longer
+        shrinks. The final freeze then copies only what changed since the
+        last round (:meth:`select` treats the rounds' copies as the base)."""
+        last = None
+        for rnd in range(self.opts.pre_copy):
+            with LocalTracer(stop_timeout=self.opts.freeze_timeout) as tr:
+                self.tracer = tr
+                self.freeze()
+                self.list_vmas()
+                self.arm()
+                if rnd == 0:
+                    self._tracking_was_armed = any(p.tracker.preexisting for p in self.processes)
+                self.scan()
+                self.select()
+                for p in self.processes:
+                    p.tracker.reset(tr, p.pid, self.dest, record=False)
+                    p.pre_maps = b""  # arming changed VmFlags (uw): read smaps again next time
+                self.thaw()
+            self.copy()
+            for p in self.processes:
+                p.rounds.append(p.extents)
+            copied = sum(p.extents.total for p in self.processes)
+            self.round_bytes.append(copied)
+            if last is not None and copied >= last * 0.9 or copied < (1 << 20):
+                break  # not shrinking (written faster than copied), or little left: freeze now
+            last = copied
+        self.notes.append(f"pre-copy: {len(self.round_bytes)} round(s) while running, copied "
+                          + ", ".join(_mib(b) for b in self.round_bytes))
+
+    def disarm(self) -> None:
+        for p in self.processes:
+            p.tracker.disarm(self.tracer, p.pid)
+
+    def prepare(self) -> None:
+        """Checks and allocations before the target is touched."""
+        opts = self.opts
+        root = Process(self.pid)
+        root.check_has_mm()
+        start_time = root.stat().starttime
+        self.tracker_name = pick_tracker(opts.tracker) if opts.wants_tracking else "none"
+        pd = ProcessDump(root.pid, root, start_time, make_tracker(self.tracker_name, root.pid, start_time))
+        if opts.parent is not None:
+            pd.parent = load_parent(opts.parent, root.pid, start_time)
+            check_parent_placement(opts.parent, self.dest)
+            why = pd.tracker.check_parent(pd.parent.inventory)
+            if why:
+                self.notes.append(why)
+                pd.parent = None
+        self.processes = [pd]
+        self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
+        self.spool = Spool(limit=opts.spool_limit, spill_dir=os.fspath(self.writer.tmpdir))
+        expected = 0
+        for p in self.processes:
+            self._pre_read(p)
+            expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
+            expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
+        if not opts.pre_dump:
+            self.spool.reserve(expected + expected // 16 + (1 << 20))
+
+    def _pre_read(self, p: ProcessDump) -> None:
+        """VMAs (smaps) and their classification, read while the target runs."""
+        p.pre_maps = p.proc.read_file("maps")
+        vmas = p.proc.vmas()
+        # Before the freeze is early enough: a file written in between reads
+        # as changed to the readers, which then refuse it (never the reverse).
+        p.file_ids = mapped_file_identities(p.pid, vmas)
+        if [(v.start, v.end) for v in vmas] != [(v.start, v.end) for v in parse_maps(p.pre_maps)]:
+            p.pre_maps = b""  # changed in between: read again when frozen
+        self._set_vmas(p, vmas)
+
+    def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
+        p.vmas = vmas
+        p.plans = classify_all(vmas)
+        pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]
+        p.scan_iv = iv.from_pairs(pages)
+        p.whole_iv = iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "whole"])
+        p.forced_iv = iv.merge(*iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans)
+                                               if pl.mode != "skip" and not v.prot & PROT_READ]))
+        p.marker_iv = iv.merge(*iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans)
+                                               if pl.mode == "pages" and "uw" in v.vmflags]))
+
+    def freeze(self) -> None:
+        tree = self.tracer.freeze(self.pid, tree=False)
+        self.freezing_ns = tree.freezing_ns
+        for p in self.processes:
+            p.frozen = tree.processes.get(p.pid)
+
+    def list_vmas(self) -> None:
+        """The VMAs as they are now; the pre-read stands if maps did not change."""
+        for p in self.processes:
+            if not p.pre_maps or p.proc.read_file("maps") != p.pre_maps:
+                self._set_vmas(p, p.proc.vmas())
+
+    def collect(self) -> None:
+        """Process state that must be read while it exists and holds still:
+        registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
+        for p in self.processes:
+            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
+            fp = p.frozen
+            p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
+                                      stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            p.mm.dumpable = p.task.dumpable
+            p.mm.thp_disabled = p.task.thp_disabled
+            p.ns_ids = self.ns_ids.of(p.pid)
+            p.kobj_ids = self.kobj_ids.of(p.pid)
+            self._collect_files(p)
+
+    def _collect_files(self, p: ProcessDump) -> None:
+        """Open files, mapped files, cwd and root, in the order CRIU numbers
+        them (mapped files, descriptors, exe, fs: dumper/dump/files.py)."""
+        t = self.files
+        for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
+            if v.file_backed and not v.special:
+                p.vma_shmid[i] = t.mapped_file(p.pid, v)
+                fl = map_files_fdflags(p.proc, v)
+                if fl is not None:
+                    p.vma_fdflags[i] = fl
+        ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
+        fds = [o for o in collect_fds(p.proc) if o.fd != ours]
+        if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
+            self._fdinfos[p.kobj_ids["files"]] = t.add_process(p.pid, fds)
+        p.mm.exe_file_id = t.exe_file(p.pid)
+        t.fs_entry(p.pid)
+
+    def check_restorable(self, *, after_copy: bool = False) -> None:
+        """Collect why `criu restore` could not bring the checkpoint back
+        (one reason per resource); with ``restorable``, fail now, while the
+        target is still frozen and nothing has changed in it."""
+        if not after_copy:
+            pids = {p.pid for p in self.processes}
+            for p in self.processes:
+                for v, plan in zip(p.vmas, p.plans):
+                    if plan.unrestorable:
+                        self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
+                                           plan.unrestorable)
+                for kind, nid in p.ns_ids.items():
+                    if nid != self.root_ns.get(kind):
+                        self._unrestorable(p.pid, "namespace", f"{kind} namespace",
+                                           f"differs from the dumper's: namespaces are not saved")
+                for child in p.proc.children():
+                    if child not in pids:
+                        self._unrestorable(p.pid, "child process", f"pid {child}",
+                                           "a child process outside the checkpoint")
+                if p.frozen.zombie:
+                    self._unrestorable(p.pid, "zombie", f"pid {p.pid}", "zombie processes are not saved yet")
+            for r in self.files.unrestorable:
+                self._unrestorable(r.pid, r.kind, r.what, r.why)
+        else:
+            for p in self.processes:
+                if p.copier is not None and p.copier.unreadable:
+                    n = p.copier.pages_unreadable
+                    self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+        if self.opts.restorable and self.unrestorable:
+            r = self.unrestorable[0]
+            more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
+            raise DumpError(f"not restorable: pid {r.pid}: {r.kind} {r.what}: {r.why}{more}; "
+                            "the process was left as it was (drop --restorable to dump it anyway)")
+
+    def _unrestorable(self, pid: int, kind: str, what: str, why: str) -> None:
+        self.unrestorable.append(inventory_pb2.unrestorable_reason(pid=pid, kind=kind, what=what, why=why))
+
+    def arm(self) -> None:
+        for p in self.processes:
+            want = [(v.start, v.end) for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages"]
+            p.tracker.prepare(self.tracer, p.pid, p.vmas, want, p.parent.inventory if p.parent else None)
+
+    def scan(self) -> None:
+        t0 = time.monotonic_ns()
+        for p in self.processes:
+            self._scan_one(p)
+        self.scan_ns = time.monotonic_ns() - t0
+
+    def _scan_one(self, p: ProcessDump) -> None:
+        starts, ends = p.scan_iv
+        with open_backend(p.proc, self.opts.backend) as be:
+            self.backend_name = be.name
+            masks = dump_masks(be.supported)
+            # WRITTEN|SWAPPED tell uffd-wp markers apart (see drop_uffd_markers).
+            returned = (p.tracker.returned | Category.WRITTEN | Category.SWAPPED) & be.supported
+            if p.parent is not None and not be.supported & p.tracker.changed:
+                raise UnsupportedKernel(f"{p.tracker.name} tracking with the {be.name} scanner",
+                                        f"it cannot report {p.tracker.changed.name}")
+            masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
+            masks = with_guards(masks, be.supported)  # MADV_GUARD_INSTALL ranges, recorded as CRIU does
+            if len(starts):
+                regions = scan_range(be, int(starts[0]), int(ends[-1]), masks).array
+            else:
+                regions = np.empty(0, [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+        regions, p.guard_vmas = split_guards(regions)
+        # Regions merge across VMA boundaries: keep what lies in scanned VMAs.
+        s, e, cats = iv.intersect((regions["start"], regions["end"]), p.scan_iv, keep=regions["categories"])
+        s, e, cats = drop_uffd_markers(p.pid, s, e, cats, p.marker_iv)
+        p.regions = (s, e, cats)
+
+    def select(self) -> None:
+        """Pages to copy now; pages unchanged since the base are taken from
+        it instead: the parent checkpoint (PE_PARENT entries) or the copies
+        of earlier ``--pre-copy`` rounds."""
+        for p in self.processes:
+            s, e, cats = p.regions
+            whole = p.whole_iv
+            if p.parent is None and not p.rounds:
+                p.copy_iv = _union((s, e), whole)
+                continue
+            tracked = p.tracker.tracked()
+            changed = (cats & int(p.tracker.changed)) != 0
+            in_t_s, in_t_e, src = iv.intersect((s, e), tracked, keep=np.arange(len(s)))
+            unchanged = (in_t_s[~changed[src]], in_t_e[~changed[src]])
+            if p.parent is not None:
+                covered, _ = _split_by_parent(unchanged, p.parent)
+                p.parent_iv = covered
+            else:
+                done = Extents.concat(p.rounds)
+                covered = iv.intersect(unchanged, iv.union(done.vaddr, done.vaddr + done.nbytes))
+                p.reuse_iv = covered
+            p.copy_iv = _union(iv.subtract((s, e), covered), whole)
+
+    def copy(self) -> None:
+        with _progress(sum(iv.total(*p.copy_iv) for p in self.processes), self.opts.progress) as bar:
+            for p in self.processes:
+                p.copier = PageCopier(p.proc)
+                s, e = p.copy_iv
+                forced = _inside(s, p.forced_iv)
+                try:
+                    p.extents = p.copier.copy(self.spool, s, e, forced=forced,
+                                              progress=bar.update if bar is not None else None)
+                finally:
+                    p.copier.close()
+
+    def reset(self) -> None:
+        for p in self.processes:
+            self.notes.extend(p.tracker.reset(self.tracer, p.pid, self.dest))
+
+    def thaw(self) -> None:
+        self.tracer.keep()
+        self.tracer.thaw(self.opts.thaw)
+
+    def write(self) -> DumpResult:
+        """Everything after the thaw: pages from the spool, then the images."""
+        opts, w = self.opts, self.writer
+        pages_stats = []
+        skipped: dict[str, int] = {}
+        for i, p in enumerate(self.processes, 1):
+            p.pages_id = i
+            pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level, threads=opts.threads)
+            self._write_pages(p, pw)
+            pw.close()
+            pages_stats.append(pw.stats)
+            w.write_mm(p.pid, self._mm_entry(p, skipped))
+        self._write_task_images()
+        st = pages_stats[0]
+        reader = self.processes[0].copier
+        stats = stats_pb2.dump_stats_entry(
+            freezing_time=min(self.freezing_ns // 1000, 2**32 - 1),
+            frozen_time=min(self.tracer.frozen_ns // 1000, 2**32 - 1),
+            memdump_time=min(reader.read_ns // 1000, 2**32 - 1),
+            memwrite_time=min(st.write_ns // 1000, 2**32 - 1),
+            pages_scanned=self._pages_scanned(),
+            pages_skipped_parent=st.pages_parent,
+            pages_written=st.pages_present,
+            pages_lazy=0,
+            bytes_raw=st.bytes_raw,
+            bytes_compressed=st.bytes_compressed,
+            scan_time_us=self.scan_ns // 1000,
+            read_time_us=reader.read_ns // 1000,
+            compress_time_us=st.compress_ns // 1000,
+            write_time_us=st.write_ns // 1000,
+            pages_unreadable=reader.pages_unreadable,
+        )
+        w.write_stats(stats)
+        root = self.processes[0]
+        inv = inventory_pb2.inventory_entry(
+            dumper_version=__version__,
+            kernel_release=os.uname().release,
+            machine=os.uname().machine,
+            scanner=self.backend_name,
+            dump_start_ns=self.wall_begin,
+            dump_end_ns=time.time_ns(),
+            root_pid=root.pid,
+            pids=[p.pid for p in self.processes],
+            pre_dump=opts.pre_dump,
+            task_start_time=root.start_time,
+            checkpoint_id=new_checkpoint_id(),
+        )
+        root.tracker.inventory(inv)
+        criu_core.fill_inventory(inv, criu_core.ids_entry({k: 1 for k in KobjIds.KINDS}, self.root_ns))
+        parent_link = None
+        if root.parent is not None:
+            parent_link = os.path.relpath(os.path.abspath(root.parent.path), os.path.abspath(self.dest))
+            w.link_parent(parent_link)
+            inv.parent_path = parent_link
+            if root.parent.inventory.checkpoint_id:
+                inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
+        inv.unrestorable.extend(self.unrestorable)
+        rf = root.frozen
+        if self.files.needs_shell_job or (rf is not None and rf.sid != rf.pid):
+            inv.shell_job = True  # `criu restore --shell-job`: the terminal or session lives outside
+        inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
+        if opts.compress:
+            inv.compression_level = opts.level
+            inv.frame_pages = fmt.FRAME_PAGES
+        w.write_inventory(inv)
+        path = w.commit()
+        return DumpResult(
+            dest=os.fspath(path), pid=root.pid, comm=root.proc.name, backend=self.backend_name,
+            tracker=inv.tracker, thaw=opts.thaw,
+            was_stopped=bool(root.frozen and root.frozen.was_stopped), parent=parent_link, pre_dump=opts.pre_dump,
+            frozen_ns=self.tracer.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
+            read_ns=reader.read_ns, total_ns=time.monotonic_ns() - self.t_begin,
+            pages_scanned=self._pages_scanned(), pages_written=st.pages_present, pages_parent=st.pages_parent,
+            pages_unreadable=reader.pages_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,
+            compress_ns=st.compress_ns, write_ns=st.write_ns, vmas=len(root.vmas), vmas_skipped=skipped,
+            unreadable=reader.unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
+            spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
+            unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
+        )
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _write_task_images(self) -> None:
+        """core-TID, ids-PID, pstree, seccomp and timens images (criu/cr-dump.c)."""
+        w = self.writer
+        seccomp = criu_core.seccomp_entry([p.task for p in self.processes])  # sets each thread's filter index
+        tree = []
+        for p in self.processes:
+            fp = p.frozen
+            for i, t in enumerate(p.task.threads):
+                w.write_image(fmt.core_name(t.tid), "CORE", [criu_core.core_entry(p.task, t, leader=i == 0)])
+            w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
+            ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
+            tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
+        w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
+        self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info
+        for files_id, fdinfos in self._fdinfos.items():
+            write_fdinfo(w, files_id, fdinfos)
+        w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
+        w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
+
+    def _pages_scanned(self) -> int:
+        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode != "skip")
+
+    def _write_pages(self, p: ProcessDump, pw) -> None:
+        """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""
+        ext = Extents.concat([p.extents, *self._reused(p)])
+        ps, pe = p.parent_iv
+        vaddr = np.concatenate((ext.vaddr, ps)).astype(_U64)
+        nbytes = np.concatenate((ext.nbytes, pe - ps)).astype(_U64)
+        offset = np.concatenate((ext.offset, np.zeros(len(ps), _U64)))
+        present = np.concatenate((np.ones(len(ext), bool), np.zeros(len(ps), bool)))
+        order = np.argsort(vaddr, kind="stable")
+        spool = self.spool
+        for a, n, off, pres in zip(vaddr[order].tolist(), nbytes[order].tolist(),
+                                   offset[order].tolist(), present[order].tolist()):
+            if pres:
+                pw.add_present(a, spool.read(off, n), stable=True)
+            else:
+                pw.add_parent(a, n // PAGE_SIZE)
+
+    @staticmethod
+    def _reused(p: ProcessDump) -> list[Extents]:
+        """Where the pages of ``reuse_iv`` live in the spool: for each piece,
+        the newest round that copied it."""
+        out = []
+        left = p.reuse_iv
+        for ext in reversed(p.rounds):
+            if not len(left[0]):
+                break
+            s, e, idx = _pieces(left, ext)
+            if len(s):
+                out.append(Extents(s, e - s, ext.offset[idx] + (s - ext.vaddr[idx])))
+                left = iv.subtract(left, (s, e))
+        return out
+
+    def _mm_entry(self, p: ProcessDump, skipped: dict[str, int]) -> mm_pb2.mm_entry:
+        mm = p.mm
+        vs = np.array([v.start for v in p.vmas], _U64)
+        ve = np.array([v.end for v in p.vmas], _U64)
+        dumped = _pages_per(vs, ve, (p.extents.vaddr, p.extents.vaddr + p.extents.nbytes))
+        in_parent = _pages_per(vs, ve, p.parent_iv)
+        for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
+            if plan.mode == "skip":
+                skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
+            e = vma_entry_from(
+                v, status=plan.status, shmid=p.vma_shmid.get(i, 0), dumped=plan.mode != "skip",
+                contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
+                nr_pages_parent=int(in_parent[i]) or None)
+            if i in p.vma_fdflags:
+                e.fdflags = p.vma_fdflags[i]
+            mm.vmas.append(e)
+        apply_file_identities(mm.vmas, p.file_ids)
+        as_criu_lists_them(mm)  # [vvar] + [vvar_vclock]: one VMA
+        mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
+        return mm
+
+
+def _criu_auxv(words: list[int]) -> list[int]:
+    """The saved auxv as CRIU keeps it: the pairs before AT_NULL, at most
+    AT_VECTOR_SIZE (44 on x86_64, criu/arch/x86/include/asm/types.h) words;
+    its restore refuses more as a corrupted image."""
+    n = next((i for i in range(0, len(words) - 1, 2) if words[i] == 0), len(words) - len(words) % 2)
+    return words[:min(n, 44)]
+
+
+def _pieces(ivs, ext: Extents):
+    """``ivs`` cut to the extents of ``ext``: ``(starts, ends, extent index)``."""
+    es = ext.vaddr
+    s, e, idx = iv.intersect((es, es + ext.nbytes), ivs, keep=np.arange(len(es)))
+    order = np.argsort(s, kind="stable")
+    return s[order], e[order], idx[order]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def _union(a, b):
+    """Union of two disjoint interval sets."""
+    s = np.concatenate((a[0], b[0])).astype(_U64)
+    e = np.concatenate((a[1], b[1])).astype(_U64)
+    order = np.argsort(s, kind="stable")
+    return iv.merge(s[order], e[order])
+
+
+def _inside(starts: np.ndarray, cover) -> np.ndarray:
+    """For each run start, whether it lies in the interval set ``cover``."""
+    cs, ce = cover
+    if not len(cs) or not len(starts):
+        return np.zeros(len(starts), bool)
+    k = iv.owner(cs, starts)
+    ok = k >= 0
+    out = np.zeros(len(starts), bool)
+    out[ok] = starts[ok] < ce[k[ok]]
+    return out
+
+
+def _split_by_parent(runs, parent: ParentInfo):
+    """``runs`` (bytes) -> (covered by the parent's pagemap, not covered).
+    The parent's cover is in pages (it may end at 2**64 bytes); runs end
+    below that, so the pages are clipped before going to bytes."""
+    ps = np.uint64(PAGE_SIZE)
+    top = np.uint64((1 << 64) // PAGE_SIZE - 1)
+    cs = np.minimum(parent.start_pages, top) * ps
+    ce = np.minimum(parent.end_pages, top) * ps
+    ok = ce > cs
+    cover = (cs[ok], ce[ok])
+    return iv.intersect(runs, cover), iv.subtract(runs, cover)
+
+
+def _pages_per(vs: np.ndarray, ve: np.ndarray, ivs) -> np.ndarray:
+    """Pages of the interval set ``ivs`` inside each VMA ``[vs[i], ve[i])``."""
+    out = np.zeros(len(vs), np.int64)
+    if not len(ivs[0]) or not len(vs):
+        return out
+    s, e, idx = iv.intersect((vs, ve), ivs, keep=np.arange(len(vs)))
+    np.add.at(out, idx, ((e - s) // PAGE_SIZE).astype(np.int64))
+    return out
+
+
+def _progress(total_bytes: int, enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    from tqdm import tqdm
+
+    # delay: only dumps that take more than about a second show a bar.
+    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                desc="copying", delay=1.0, leave=False)
