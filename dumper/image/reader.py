@@ -26,19 +26,14 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
+import zstandard
 from google.protobuf.message import DecodeError, Message
 
 from ..errors import BadMagic, CorruptImage, ImageError, UnsupportedVersion
 from . import format as fmt
 from .pb import inventory_pb2, pagemap_pb2, zpages_pb2
-
-if TYPE_CHECKING:
-    import numpy as np
-
-# numpy and zstandard are imported where used: reading inventories and
-# pagemaps (show, mems) needs neither.
 
 __all__ = [
     "PagemapEntry",
@@ -542,8 +537,6 @@ def read_zpages_layout(f, path: str | os.PathLike | None) -> ZpagesLayout:
         raise CorruptImage(
             path, index_offset, f"{len(index.frame_size)} frames for {index.nr_pages} pages of {fp} per frame"
         )
-    import numpy as np
-
     raw_sizes = np.fromiter(index.frame_size, dtype=np.uint64, count=nr_frames)
     bound = fmt.zstd_frame_bound(fp * ps)
     if nr_frames and (int(raw_sizes.min()) < 1 or int(raw_sizes.max()) > bound):
@@ -613,8 +606,6 @@ class PagesReader:
                     raise CorruptImage(self.path, 8, f"page size {self.page_size}, expected {page_size}")
                 self.nr_pages = self.layout.nr_pages
                 self.frame_pages = self.layout.head.frame_pages
-                import zstandard
-
                 self._dctx = zstandard.ZstdDecompressor()
             else:
                 self.layout = None
@@ -655,8 +646,6 @@ class PagesReader:
         off, size = int(lay.offsets[i]), int(lay.sizes[i])
         expect = lay.frame_len(i)
         raw = self._pread(size, off, f"frame {i}")
-        import zstandard
-
         try:
             params = zstandard.get_frame_parameters(raw)
         except zstandard.ZstdError as err:
