@@ -140,9 +140,11 @@ class Backend(abc.ABC):
     def prepare(self, vmas: Sequence[Vma] | None = None) -> None:
         """Called once before each full scan (re-reads what may have changed).
 
-        ``vmas``: the target's VMAs, read from smaps by the caller just now
-        (with the target frozen), which a backend needing them then does not
-        read again.
+        ``vmas``: VMAs the caller just read from smaps (target frozen). The
+        pagemap reader then reads no smaps itself and reads entries only
+        inside these, so a subset skips VMAs whose pages do not matter
+        (regions outside them are not reported); the ioctl walks the
+        kernel's own VMA list and ignores them.
         """
 
     def finish(self) -> None:
