@@ -419,6 +419,12 @@ class PagemapBackend(Backend):
              pieces: list[tuple[int, int]] | None = None) -> _Runs:
         """The matching runs of the entries of ``[lo, hi)`` (see :class:`_Runs`);
         with ``pieces``, only pages inside them (VMAs) count."""
+        if pieces is None and _uniform(entries):
+            # One memcmp: in a sparse reservation nearly every chunk is holes.
+            cat = derive_one(int(entries[0]), self.info)
+            if plan.match(cat):
+                return _Runs(lo, hi, np.array([lo], U), np.array([hi], U), np.array([cat & plan.ret], U))
+            return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
         idx = None
         if plan.holes_match and pieces is not None:
             # Entries between VMAs read as 0, which matches: decode only the VMAs' pages.
@@ -433,11 +439,6 @@ class PagemapBackend(Backend):
                 return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
             if idx.size <= _FEW:
                 return self._few_runs(entries, idx, lo, hi, plan)
-        if (idx is None or len(idx) == len(entries)) and pieces is None and _uniform(entries):
-            cat = derive_one(int(entries[0]), self.info)
-            if plan.match(cat):
-                return _Runs(lo, hi, np.array([lo], U), np.array([hi], U), np.array([cat & plan.ret], U))
-            return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
         cats = derive_categories(entries if idx is None else entries[idx], self.info)
         c = cats ^ U(plan.inv)
         hit = (c & U(plan.mask)) == U(plan.mask)
