@@ -23,22 +23,22 @@ def vma(size: int, rss: int = 0, swap: int = 0) -> Vma:
 
 
 def test_the_estimate_follows_length_and_populated_pages(monkeypatch):
-    costs = ScanCosts(per_vma=1e-5, per_hole_page=1e-8, per_present_page=1e-7)
+    costs = ScanCosts(per_scan=1e-3, per_vma=1e-5, per_hole_page=1e-8, per_present_page=1e-7)
     monkeypatch.setattr(estimate, "probe_scan_costs", lambda name: costs)
     # 16 TiB reservation, 4 MiB populated (1024 pages), 1 MiB swapped (256 pages), in one VMA
     got = estimate_scan_seconds("pagemap", [vma(16 * TiB, rss=4 << 20, swap=1 << 20)])
     pages = 16 * TiB // P
-    assert got == pytest.approx(1e-5 + (pages - 1280) * 1e-8 + 1280 * 1e-7)
+    assert got == pytest.approx(1e-3 + 1e-5 + (pages - 1280) * 1e-8 + 1280 * 1e-7)
     # from maps (no rss): every page a hole
-    assert estimate_scan_seconds("pagemap", [vma(16 * TiB)]) == pytest.approx(1e-5 + pages * 1e-8)
+    assert estimate_scan_seconds("pagemap", [vma(16 * TiB)]) == pytest.approx(1e-3 + 1e-5 + pages * 1e-8)
     # an open backend names itself; 1000 VMAs of one page
     with open_backend(os.getpid(), "pagemap", progress=False) as be:
-        assert estimate_scan_seconds(be, [vma(P)] * 1000) == pytest.approx(1000 * (1e-5 + 1e-8))
+        assert estimate_scan_seconds(be, [vma(P)] * 1000) == pytest.approx(1e-3 + 1000 * (1e-5 + 1e-8))
 
 
 def test_the_ioctl_estimate_ignores_holes():
     big = estimate_scan_seconds("ioctl", [vma(16 * TiB, rss=4 << 20)])
-    assert big == pytest.approx(IOCTL_COSTS.per_vma + (16 * TiB // P - 1024) * IOCTL_COSTS.per_hole_page
+    assert big == pytest.approx(IOCTL_COSTS.per_scan + IOCTL_COSTS.per_vma + (16 * TiB // P - 1024) * IOCTL_COSTS.per_hole_page
                                 + 1024 * IOCTL_COSTS.per_present_page)
     assert big < 1.0
     want = "ioctl" if probe_scan_categories() else "pagemap"
@@ -52,7 +52,7 @@ def test_probed_costs_are_plausible():
     # by far on any machine; under 1 us per hole even on a TCG guest.
     assert 1e-10 < c.per_hole_page < 1e-6
     assert c.per_present_page > c.per_hole_page
-    assert c.per_vma > 0
+    assert c.per_vma >= 0 and c.per_scan > 0
 
 
 @pytest.mark.kernel
@@ -69,3 +69,19 @@ def test_the_pagemap_estimate_is_the_right_order(spawn_target):
         took = time.perf_counter() - t0
     # The right order of magnitude, with room for a loaded machine either way.
     assert est / 10 < took < est * 20, (est, took)
+
+
+def test_long_scan_note(monkeypatch):
+    from dumper.scan import long_scan_note
+
+    def no_probe(name):
+        raise AssertionError("probed for a scan that cannot be long")
+
+    monkeypatch.setattr(estimate, "probe_scan_costs", no_probe)
+    assert long_scan_note("pagemap", [vma(64 << 20)] * 10) is None  # 640 MiB: under a second even at worst
+    costs = ScanCosts(per_scan=1e-3, per_vma=1e-5, per_hole_page=6e-9, per_present_page=3e-7)
+    monkeypatch.setattr(estimate, "probe_scan_costs", lambda name: costs)
+    assert (long_scan_note("pagemap", [vma(16 * TiB, rss=4 << 20), vma(64 << 20)])
+            == "scanning 16.0 TiB of mappings with the pagemap fallback: about 26 s frozen")
+    assert long_scan_note("pagemap", [vma(16 * TiB)], threshold=60) is None
+    assert long_scan_note("ioctl", [vma(16 * TiB, rss=4 << 20)]) is None  # holes cost the ioctl nothing

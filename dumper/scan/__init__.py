@@ -17,7 +17,7 @@ from .features import probe_scan_categories
 
 if TYPE_CHECKING:
     from .base import Backend, PageRegion, ScanResult, scan_range
-    from .estimate import estimate_scan_seconds
+    from .estimate import estimate_scan_seconds, long_scan_note
 
 __all__ = [
     "Category",
@@ -33,13 +33,14 @@ __all__ = [
     "default_range",
     "BACKENDS",
     "estimate_scan_seconds",
+    "long_scan_note",
 ]
 
 BACKENDS = ("auto", "ioctl", "pagemap")
 
 # Loaded on first use (PEP 562): they need numpy, which `dumper check` does not.
 _LAZY = {"Backend": "base", "PageRegion": "base", "ScanResult": "base", "scan_range": "base",
-         "estimate_scan_seconds": "estimate"}
+         "estimate_scan_seconds": "estimate", "long_scan_note": "estimate"}
 
 
 def __getattr__(name: str):

@@ -14,12 +14,12 @@ from ..kernel.libc import PAGE_SIZE
 from .base import Backend
 from .features import ScanCosts, probe_scan_categories, probe_scan_costs
 
-__all__ = ["estimate_scan_seconds", "IOCTL_COSTS"]
+__all__ = ["estimate_scan_seconds", "long_scan_note", "IOCTL_COSTS"]
 
 #: The ioctl's costs, measured with probe_scan_costs("ioctl") on an idle
 #: 2-core x86-64 VM under 6.18 (rounded up); fixed, so estimating an ioctl
 #: scan costs no probe.
-IOCTL_COSTS = ScanCosts(per_vma=1e-6, per_hole_page=1e-10, per_present_page=2e-8)
+IOCTL_COSTS = ScanCosts(per_scan=1e-4, per_vma=1e-6, per_hole_page=1e-10, per_present_page=2e-8)
 
 
 def estimate_scan_seconds(backend: str | Backend, vmas: Iterable) -> float:
@@ -32,18 +32,55 @@ def estimate_scan_seconds(backend: str | Backend, vmas: Iterable) -> float:
     holes; without them every page counts as a hole (a lower bound).
 
     For the pagemap reader the costs are measured here once per process
-    (:func:`dumper.scan.features.probe_scan_costs`: 20-100 ms); for the
+    (:func:`dumper.scan.features.probe_scan_costs`: 30-150 ms); for the
     ioctl they are :data:`IOCTL_COSTS`. Expect the right order of magnitude
     (within ~2x on an idle machine); a busy machine is slower.
     """
     name = backend.name if isinstance(backend, Backend) else backend
     if name == "auto":
         name = "ioctl" if probe_scan_categories() else "pagemap"
-    costs = IOCTL_COSTS if name == "ioctl" else probe_scan_costs("pagemap")
+    return _estimate(IOCTL_COSTS if name == "ioctl" else probe_scan_costs("pagemap"), vmas)
+
+
+def _estimate(costs: ScanCosts, vmas: Iterable) -> float:
     n = pages = populated = 0
     for v in vmas:
         n += 1
         pages += (v.end - v.start) // PAGE_SIZE
         populated += (getattr(v, "rss", 0) + getattr(v, "swap", 0)) // PAGE_SIZE
     populated = min(populated, pages)
-    return n * costs.per_vma + (pages - populated) * costs.per_hole_page + populated * costs.per_present_page
+    return (costs.per_scan + n * costs.per_vma + (pages - populated) * costs.per_hole_page
+            + populated * costs.per_present_page)
+
+
+#: Upper bounds of the pagemap reader's costs (a busy or TCG-emulated machine
+#: stays below them); a scan under the threshold by these needs no probe.
+_PAGEMAP_WORST = ScanCosts(per_scan=0.05, per_vma=5e-5, per_hole_page=2e-7, per_present_page=5e-6)
+
+
+def _iec(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # unreachable
+
+
+def long_scan_note(backend: str | Backend, vmas: Iterable, *, threshold: float = 1.0) -> str | None:
+    """One line to print before a scan expected to last over ``threshold``
+    seconds, or None: "scanning 16.0 TiB of mappings with the pagemap
+    fallback: about 25 s frozen". Arguments as :func:`estimate_scan_seconds`;
+    no probe is run when even the worst costs stay under the threshold.
+    """
+    vmas = list(vmas)
+    name = backend.name if isinstance(backend, Backend) else backend
+    if name == "auto":
+        name = "ioctl" if probe_scan_categories() else "pagemap"
+    if name == "pagemap" and _estimate(_PAGEMAP_WORST, vmas) < threshold:
+        return None
+    seconds = estimate_scan_seconds(name, vmas)
+    if seconds < threshold:
+        return None
+    size = sum(v.end - v.start for v in vmas)
+    how = "the pagemap fallback" if name == "pagemap" else "PAGEMAP_SCAN"
+    return f"scanning {_iec(size)} of mappings with {how}: about {seconds:.0f} s frozen"
