@@ -74,8 +74,10 @@ def _package_copy(dest: Path, pyc: bool) -> Path:
 
 
 def _timed(argv: list[str], env: dict) -> float:
+    # cwd: the package copy (`-c` puts the current directory first on sys.path)
     t0 = time.perf_counter()
-    r = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(argv, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
     dt = time.perf_counter() - t0
     if r.returncode:
         raise RuntimeError(f"{' '.join(argv[-4:])} failed ({r.returncode}): {r.stderr.strip()[-300:]}")
@@ -84,7 +86,8 @@ def _timed(argv: list[str], env: dict) -> float:
 
 def _import_top(env: dict, argv: list[str], n: int = 10) -> list[dict]:
     """The top-level imports of one run, slowest first (``-X importtime``)."""
-    r = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env, capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-X", "importtime", *argv], env=env, cwd=env["PYTHONPATH"],
+                       capture_output=True, text=True)
     rows = []
     for line in r.stderr.splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
@@ -110,6 +113,10 @@ def run(rounds: int = 7) -> dict:
                 if not pyc:
                     env["PYTHONDONTWRITEBYTECODE"] = "1"
                 dumper = [sys.executable, *flags, "-c", ENTRY]
+                where = subprocess.run([sys.executable, *flags, "-c", "import dumper; print(dumper.__file__)"],
+                                       env=env, cwd=src, capture_output=True, text=True).stdout.strip()
+                if not where.startswith(str(src)):
+                    raise RuntimeError(f"the package copy is not what runs: {where}")
                 ck_root = tmp / f"ck-{label}"
                 ck_root.mkdir()
                 # one checkpoint for `show`, and a warm-up of every command
