@@ -4,6 +4,8 @@
 ``PAGEMAP_SCAN`` ioctl does (include/uapi/linux/fs.h, Linux 6.7), using the
 ioctl where the kernel has it and an emulation over /proc/PID/pagemap
 entries elsewhere. See :mod:`dumper.scan.categories` for the four masks.
+Before a scan that may be long (the fallback reads 8 bytes per page of every
+VMA, holes included): :func:`estimate_scan_seconds`, :func:`long_scan_note`.
 """
 
 from __future__ import annotations
