@@ -8,7 +8,7 @@
 - :mod:`.pb` — generated protobuf modules (``python -m dumper.image.gen``).
 """
 
-from importlib import import_module
+from .. import lazy_exports
 
 __all__ = [
     "CheckpointWriter",
@@ -24,23 +24,11 @@ __all__ = [
     "read_image",
 ]
 
-# Imported on first use (PEP 562): reading an inventory need not load the
-# writer, nor writing load the reader.
-_WHERE = {
+# Imported on first use: reading an inventory need not load the writer,
+# nor writing load the reader.
+__getattr__ = lazy_exports(__name__, {
     "CheckpointWriter": "writer", "PagesWriter": "writer", "PagesWriterStats": "writer",
     "vma_entry_from": "writer", "PagemapEntry": "reader", "PagesReader": "reader",
     "iter_present": "reader", "load_inventory": "reader", "load_pagemap": "reader",
     "open_pages": "reader", "read_image": "reader",
-}
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import lazy_exports
 from ..errors import ScanError, UnsupportedKernel
 from ..proc.process import Process
 from .categories import ALL_CATEGORIES, Category, KernelMasks, ScanMasks, parse_categories
@@ -40,19 +41,10 @@ __all__ = [
 
 BACKENDS = ("auto", "ioctl", "pagemap")
 
-# Loaded on first use (PEP 562): they need numpy, which `dumper check` does not.
-_LAZY = {"Backend": "base", "PageRegion": "base", "ScanResult": "base", "scan_range": "base",
-         "estimate_scan_seconds": "estimate", "long_scan_note": "estimate"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from importlib import import_module
-
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Loaded on first use: they need numpy, which `dumper check` does not.
+__getattr__ = lazy_exports(__name__, {"Backend": "base", "PageRegion": "base", "ScanResult": "base",
+                                      "scan_range": "base", "estimate_scan_seconds": "estimate",
+                                      "long_scan_note": "estimate"})
 
 
 def open_backend(process: Process | int, backend: str = "auto", *, progress: bool | None = None) -> Backend:
