@@ -31,9 +31,18 @@ def test_the_estimate_follows_length_and_populated_pages(monkeypatch):
     assert got == pytest.approx(1e-3 + 1e-5 + (pages - 1280) * 1e-8 + 1280 * 1e-7)
     # from maps (no rss): every page a hole
     assert estimate_scan_seconds("pagemap", [vma(16 * TiB)]) == pytest.approx(1e-3 + 1e-5 + pages * 1e-8)
-    # an open backend names itself; 1000 VMAs of one page
+    # an open backend names itself; 5000 VMAs of one page
     with open_backend(os.getpid(), "pagemap", progress=False) as be:
-        assert estimate_scan_seconds(be, [vma(P)] * 1000) == pytest.approx(1e-3 + 1000 * (1e-5 + 1e-8))
+        assert estimate_scan_seconds(be, [vma(P)] * 5000) == pytest.approx(1e-3 + 5000 * (1e-5 + 1e-8))
+
+
+def test_a_scan_short_at_worst_costs_needs_no_probe(monkeypatch):
+    def no_probe(name):
+        raise AssertionError("probed for a scan that cannot be long")
+
+    monkeypatch.setattr(estimate, "probe_scan_costs", no_probe)
+    got = estimate_scan_seconds("pagemap", [vma(64 << 20, rss=1 << 20)])  # 64 MiB, 256 pages written
+    assert got == pytest.approx(0.05 + 2e-4 + (16384 - 256) * 1e-6 + 256 * 2e-5) and got < estimate.NO_PROBE_BELOW
 
 
 def test_the_ioctl_estimate_ignores_holes():

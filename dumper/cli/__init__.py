@@ -4,6 +4,8 @@ Each subcommand module defines ``configure(parser)`` (its arguments),
 ``run(args) -> int`` and ``main(argv) -> int`` (run it alone). Expected
 failures (:class:`dumper.DumperError`) print one line and exit non-zero;
 ``--traceback`` (or ``DUMPER_TRACEBACK=1``) shows the stack as well.
+Warnings (:class:`dumper.DumperWarning`) print one line each,
+``dumper: warning: ...``, and the command goes on.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 
-from ..errors import DumperError
+from ..errors import DumperError, DumperWarning
 
 __all__ = ["main", "COMMANDS", "build_parser", "command_in", "run_command"]
 
@@ -33,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "decode": ("decode", "print one image file as JSON (like crit decode)"),
     "mems": ("mems", "list the VMAs of a checkpoint (like crit x DIR mems)"),
     "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
+    "restore": ("restore", "bring a checkpoint back as a running process, with CRIU's criu restore"),
     "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }
@@ -91,7 +95,18 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     """Run a subcommand, turning expected failures into one line on stderr."""
     show_tb = getattr(args, "traceback", False) or os.environ.get("DUMPER_TRACEBACK") == "1"
     try:
-        return func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DumperWarning)
+            show_other = warnings.showwarning
+
+            def show(message, category, *rest, **kw) -> None:
+                if issubclass(category, DumperWarning):
+                    print(f"dumper: warning: {message}", file=sys.stderr)
+                else:
+                    show_other(message, category, *rest, **kw)
+
+            warnings.showwarning = show
+            return func(args)
     except DumperError as err:
         if show_tb:
             _print_traceback()

@@ -117,3 +117,4 @@ def scan(
             returned=be.supported if returned is None else parse_categories(returned),
         )
         return scan_range(be, start, end, masks, max_pages=max_pages)
+

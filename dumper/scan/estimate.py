@@ -14,12 +14,20 @@ from ..kernel.libc import PAGE_SIZE
 from .base import Backend
 from .features import ScanCosts, probe_scan_categories, probe_scan_costs
 
-__all__ = ["estimate_scan_seconds", "long_scan_note", "IOCTL_COSTS"]
+__all__ = ["estimate_scan_seconds", "long_scan_note", "IOCTL_COSTS", "NO_PROBE_BELOW"]
 
 #: The ioctl's costs, measured with probe_scan_costs("ioctl") on an idle
 #: 2-core x86-64 VM under 6.18 (rounded up); fixed, so estimating an ioctl
 #: scan costs no probe.
 IOCTL_COSTS = ScanCosts(per_scan=1e-4, per_vma=1e-6, per_hole_page=1e-10, per_present_page=2e-8)
+
+
+#: Upper bounds of the pagemap reader's costs: 5x what a TCG-emulated 6.1
+#: guest measured (160 ns per hole page); a scan short even at these needs
+#: no probe.
+_PAGEMAP_WORST = ScanCosts(per_scan=0.05, per_vma=2e-4, per_hole_page=1e-6, per_present_page=2e-5)
+#: Seconds under which a scan needs no warning, so no probe either.
+NO_PROBE_BELOW = 0.25
 
 
 def estimate_scan_seconds(backend: str | Backend, vmas: Iterable) -> float:
@@ -32,14 +40,22 @@ def estimate_scan_seconds(backend: str | Backend, vmas: Iterable) -> float:
     holes; without them every page counts as a hole (a lower bound).
 
     For the pagemap reader the costs are measured here once per process
-    (:func:`dumper.scan.features.probe_scan_costs`: 30-150 ms); for the
-    ioctl they are :data:`IOCTL_COSTS`. Expect the right order of magnitude
-    (within ~2x on an idle machine); a busy machine is slower.
+    (:func:`dumper.scan.features.probe_scan_costs`: 30-150 ms), unless even
+    worst-case costs keep the scan under :data:`NO_PROBE_BELOW` seconds:
+    that bound is returned then. For the ioctl they are :data:`IOCTL_COSTS`.
+    Expect the right order of magnitude (within ~2x on an idle machine); a
+    busy machine is slower.
     """
     name = backend.name if isinstance(backend, Backend) else backend
     if name == "auto":
         name = "ioctl" if probe_scan_categories() else "pagemap"
-    return _estimate(IOCTL_COSTS if name == "ioctl" else probe_scan_costs("pagemap"), vmas)
+    if name == "ioctl":
+        return _estimate(IOCTL_COSTS, vmas)
+    vmas = list(vmas)
+    worst = _estimate(_PAGEMAP_WORST, vmas)
+    if worst < NO_PROBE_BELOW:
+        return worst  # short whatever the machine: not worth a probe
+    return _estimate(probe_scan_costs("pagemap"), vmas)
 
 
 def _estimate(costs: ScanCosts, vmas: Iterable) -> float:
@@ -51,11 +67,6 @@ def _estimate(costs: ScanCosts, vmas: Iterable) -> float:
     populated = min(populated, pages)
     return (costs.per_scan + n * costs.per_vma + (pages - populated) * costs.per_hole_page
             + populated * costs.per_present_page)
-
-
-#: Upper bounds of the pagemap reader's costs (a busy or TCG-emulated machine
-#: stays below them); a scan under the threshold by these needs no probe.
-_PAGEMAP_WORST = ScanCosts(per_scan=0.05, per_vma=5e-5, per_hole_page=2e-7, per_present_page=5e-6)
 
 
 def _iec(n: float) -> str:
@@ -77,7 +88,7 @@ def long_scan_note(backend: str | Backend, vmas: Iterable, *, threshold: float =
     if name == "auto":
         name = "ioctl" if probe_scan_categories() else "pagemap"
     if name == "pagemap" and _estimate(_PAGEMAP_WORST, vmas) < threshold:
-        return None
+        return None  # no probe needed to know
     seconds = estimate_scan_seconds(name, vmas)
     if seconds < threshold:
         return None
