@@ -127,8 +127,8 @@ def swapfile(tmp_path_factory):
 @pytest.fixture
 def zombie():
     """A child that exited and is not reaped yet; yields its pid."""
-    # `true`, not a Python child: one can take over 5 s to start in a TCG guest.
-    proc = subprocess.Popen([shutil.which("true") or "/bin/true"])
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    # 60 s: a Python child can take over 5 s to start and exit in a TCG guest.
     deadline = time.monotonic() + 60
     while True:
         with open(f"/proc/{proc.pid}/stat", "rb") as f:
