@@ -8,17 +8,11 @@ import os
 import sys
 import time
 
-<<<<<<< HEAD
-from . import dump_dense, files_collect, incremental, peers, reader, scan_sparse, startup
+from . import dump_dense, files_collect, incremental, peers, reader, restore, scan_sparse, startup, warden
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers, "files_collect": files_collect, "startup": startup}
-=======
-from . import dump_dense, files_collect, incremental, peers, reader, restore, scan_sparse, warden
-
-BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore}
->>>>>>> main
+              "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore,
+              "startup": startup}
 
 
 def main(argv=None) -> int:
