@@ -14,12 +14,13 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from ..errors import DumperError, DumperWarning
 
-__all__ = ["main", "COMMANDS", "build_parser", "command_in", "run_command"]
+__all__ = ["main", "COMMANDS", "build_parser", "run_command"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -56,39 +57,28 @@ def _add_common(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
                         default=argparse.SUPPRESS if sub else False)
 
 
-def build_parser(only: Iterable[str] | None = None) -> argparse.ArgumentParser:
-    """The ``dumper`` parser; ``only``: the subcommands whose arguments to
-    configure (importing their modules), default all. The others still
-    appear, with their one-line help, in ``dumper --help``."""
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``argv``, only the subcommand it names
+    is configured (its module imported): ``dumper show`` must not load the
+    dump machinery, nor ``dumper --version``/``--help`` any (the list of
+    subcommands needs only their one-line help). Without ``argv``, every one
+    is configured."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="dumper", description="CRIU-style process memory checkpoints.")
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    if argv is None:
+        only = set(COMMANDS)
+    else:  # the top-level options take no value: the first other word names the subcommand
+        only = {next((a for a in argv if not a.startswith("-")), None)} & set(COMMANDS)
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         _add_common(p, sub=True)
-        if only is None or name in only:
+        if name in only:
             _module(name).configure(p)
     return parser
-
-
-def command_in(argv: Sequence[str]) -> str | None:
-    """The subcommand ``argv`` names: its first word that is not an option
-    (the top-level options take no value), or None."""
-    for word in argv:
-        if word == "--":
-            return None
-        if not word.startswith("-"):
-            return word if word in COMMANDS else None
-    return None
-
-
-def _print_traceback() -> None:
-    import traceback  # only on errors: keep start-up light
-
-    traceback.print_exc()
 
 
 def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -109,12 +99,12 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
             return func(args)
     except DumperError as err:
         if show_tb:
-            _print_traceback()
+            traceback.print_exc()
         print(f"dumper: error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         if show_tb:
-            _print_traceback()
+            traceback.print_exc()
         print("dumper: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as exc:  # SIGTERM/SIGHUP, turned into SystemExit(128 + signo)
@@ -145,12 +135,8 @@ def subcommand_main(name: str, argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        # Only the named subcommand's module is imported: `dumper --version`,
-        # `--help` and each command load no more than they use.
-        command = command_in(argv)
-        parser = build_parser(only=[command] if command else [])
+        parser = build_parser(sys.argv[1:] if argv is None else list(argv))
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while modules still load
         print("dumper: interrupted", file=sys.stderr)

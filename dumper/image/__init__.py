@@ -8,7 +8,24 @@
 - :mod:`.pb` — generated protobuf modules (``python -m dumper.image.gen``).
 """
 
-from .. import lazy_exports
+# Loaded when first used: a reader (show, mems...) must not pay for the
+# writer's imports, nor the other way round.
+_LAZY = {
+    "CheckpointWriter": "writer", "PagesWriter": "writer", "PagesWriterStats": "writer", "vma_entry_from": "writer",
+    "PagemapEntry": "reader", "PagesReader": "reader", "iter_present": "reader", "load_inventory": "reader",
+    "load_pagemap": "reader", "open_pages": "reader", "read_image": "reader",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "CheckpointWriter",
@@ -23,12 +40,3 @@ __all__ = [
     "open_pages",
     "read_image",
 ]
-
-# Imported on first use: reading an inventory need not load the writer,
-# nor writing load the reader.
-__getattr__ = lazy_exports(__name__, {
-    "CheckpointWriter": "writer", "PagesWriter": "writer", "PagesWriterStats": "writer",
-    "vma_entry_from": "writer", "PagemapEntry": "reader", "PagesReader": "reader",
-    "iter_present": "reader", "load_inventory": "reader", "load_pagemap": "reader",
-    "open_pages": "reader", "read_image": "reader",
-})
