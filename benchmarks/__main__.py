@@ -8,11 +8,11 @@ import os
 import sys
 import time
 
-from . import dump_dense, files_collect, incremental, metadata, peers, reader, restore, scan_sparse, warden
+from . import dump_dense, files_collect, incremental, metadata, peers, reader, restore, scan_sparse, startup, warden
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
               "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore,
-              "metadata": metadata}
+              "metadata": metadata, "startup": startup}
 
 
 def main(argv=None) -> int:

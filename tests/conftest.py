@@ -135,12 +135,17 @@ def swapfile(tmp_path_factory):
 def zombie():
     """A child that exited and is not reaped yet; yields its pid."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    # 60 s: a Python child can take over 5 s to start and exit in a TCG guest.
+    deadline = time.monotonic() + 60
+    while True:
         with open(f"/proc/{proc.pid}/stat", "rb") as f:
             data = f.read()
         if data[data.rindex(b")") + 2 :].split()[0] == b"Z":
             break
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"pid {proc.pid} did not become a zombie within 60 s")
         time.sleep(0.01)
     yield proc.pid
     proc.wait()

@@ -514,7 +514,7 @@ class DumpSession:
 
     def _scan_one(self, p: ProcessDump) -> None:
         starts, ends = p.scan_iv
-        with open_backend(p.proc, self.opts.backend) as be:
+        with open_backend(p.proc, self.opts.backend, progress=None if self.opts.progress else False) as be:
             self.backend_name = be.name
             masks = dump_masks(be.supported)
             # WRITTEN|SWAPPED tell uffd-wp markers apart (see drop_uffd_markers).
@@ -525,7 +525,8 @@ class DumpSession:
             masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
             masks = with_guards(masks, be.supported)  # MADV_GUARD_INSTALL ranges, recorded as CRIU does
             if len(starts):
-                regions = scan_range(be, int(starts[0]), int(ends[-1]), masks).array
+                regions = scan_range(be, int(starts[0]), int(ends[-1]), masks,
+                                     vmas=[v for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages"]).array
             else:
                 regions = np.empty(0, [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
         regions, p.guard_vmas = split_guards(regions)
@@ -840,12 +841,6 @@ def _progress(total_bytes: int, enabled: bool, what: str = "copying"):
     takes more than about a second."""
     if not enabled:
         return nullcontext(None)
-    from tqdm import tqdm
+    from ..progress import byte_bar
 
-    try:  # a terminal that reports a 0x0 size (a fresh pty) would make tqdm print nothing
-        size = os.get_terminal_size(2)
-        ncols, nrows = size.columns or 80, size.lines or 24
-    except OSError:
-        ncols = nrows = None
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=what, delay=1.0, leave=False, ncols=ncols, nrows=nrows, dynamic_ncols=False)
+    return byte_bar(total_bytes, what)
