@@ -95,15 +95,20 @@ def _fill_fpregs(fp, t: ThreadState, layout: XsaveLayout) -> None:
         xs.cet.cet, xs.cet.ssp = cet, ssp
 
 
-def _fill_thread_info(ti, t: ThreadState, layout: XsaveLayout) -> None:
-    r = x86_64.user_regs_struct.from_buffer_copy(t.regs)
-    g = ti.gpregs
+def _fill_gpregs(g, raw: bytes) -> None:
+    r = x86_64.user_regs_struct.from_buffer_copy(raw)
     for name in ("r15", "r14", "r13", "r12", "r11", "r10", "r9", "r8"):
         setattr(g, name, getattr(r, name))
     g.bp, g.bx, g.ax, g.cx, g.dx, g.si, g.di = r.rbp, r.rbx, r.rax, r.rcx, r.rdx, r.rsi, r.rdi
     g.orig_ax, g.ip, g.cs, g.flags, g.sp, g.ss = r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss
     g.fs_base, g.gs_base, g.ds, g.es, g.fs, g.gs = r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs
     g.mode = _REGS_NATIVE
+
+
+def _fill_thread_info(ti, t: ThreadState, layout: XsaveLayout) -> None:
+    _fill_gpregs(ti.gpregs, t.regs)
+    if t.captured_regs:  # ours (field 32): what an ELF core shows
+        _fill_gpregs(ti.captured_gpregs, t.captured_regs)
     ti.clear_tid_addr = t.clear_tid
     _fill_fpregs(ti.fpregs, t, layout)
     for raw in t.tls:

@@ -293,7 +293,8 @@ class DumpSession:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
         for p in self.processes:
-            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv())
+            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv(),
+                                   coredump_filter=int(p.proc.read_file("coredump_filter"), 16))
             fp = p.frozen
             p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0)
