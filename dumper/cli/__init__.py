@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mems": ("mems", "list the VMAs of a checkpoint (like crit x DIR mems)"),
     "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
     "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
+    "core": ("core", "write an ELF core file of a running process, as gcore does (gdb and lldb open it)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }
 

@@ -17,7 +17,8 @@ import json
 from typing import Sequence
 
 from ..export import FORMATS, export
-from .options import human_bytes
+from .core import add_elf_options, run_export
+from .options import human_bytes, pid
 
 MEMORY_ONLY = (
     "The image set holds memory only: no registers, file descriptors, sockets or namespaces "
@@ -41,9 +42,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="replace OUT if it is empty or an image set")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    elf = parser.add_argument_group("--format elf (one ELF core per process: OUT is the core file, or a "
+                                    "directory of core.PID files for a tree)")
+    elf.add_argument("--pid", type=pid, help="only this process (OUT is then its core file)")
+    add_elf_options(elf)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "elf":
+        return run_export(args)
     result = export(args.dir, args.out, format=args.format, keep_chain=args.keep_chain, force=args.force)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
