@@ -468,38 +468,35 @@ def _segments(plans: list[_VmaPlan], ps: int) -> list[_Segment]:
 
 def _fit_holes(segs: list[_Segment], plans: list[_VmaPlan], ps: int, allowance: int) -> list[_Segment]:
     """Trim and split "anon" segments until the file's holes fit the
-    allowance (module docstring); the kernel's layout when they already do."""
-    written = sum(s.filesz for s in segs if s.source != "anon")
-    gaps = []  # (kind 0: tail trim, 1: split; -size; segment index; gap start page; gap end page)
+    allowance (module docstring): the largest untouched stretches first
+    (a segment's tail before a split of the same size: it costs no program
+    header), so small VMAs keep the kernel's layout. All in pages."""
+    written = sum(s.filesz for s in segs if s.source != "anon") // ps
+    parts = []  # per segment: (size, kind 0 tail / 1 split, segment, gap start, gap end), arrays in pages
     for i, (s, p) in enumerate(zip(segs, plans)):
         if s.source != "anon" or not s.filesz:
             continue
-        vs, ve = s.vaddr // ps, (s.vaddr + s.memsz) // ps
+        vs, ve = _U64(s.vaddr // ps), _U64((s.vaddr + s.memsz) // ps)
         rs, re_ = p.runs
-        written += int((re_ - rs).sum()) * ps if len(rs) else 0
-        last = int(re_[-1]) if len(rs) else vs
-        if ve > last:
-            gaps.append((0, -(ve - last), i, last, ve))
-        if len(rs):
-            if int(rs[0]) > vs:
-                gaps.append((1, -(int(rs[0]) - vs), i, vs, int(rs[0])))
-            inner = np.flatnonzero(rs[1:] > re_[:-1])
-            for k in inner.tolist():
-                gaps.append((1, -int(rs[k + 1] - re_[k]), i, int(re_[k]), int(rs[k + 1])))
-    holes = sum(s.filesz for s in segs) - written
-    budget = max(written, allowance)
-    if holes <= budget:
+        written += int((re_ - rs).sum()) if len(rs) else 0
+        a = np.concatenate(([vs], re_)).astype(_U64)  # gaps: before each run, then the tail
+        b = np.concatenate((rs, [ve])).astype(_U64)
+        kind = np.ones(len(a), np.int8)
+        kind[-1] = 0
+        ok = b > a
+        parts.append((b[ok] - a[ok], kind[ok], np.full(int(ok.sum()), i), a[ok], b[ok]))
+    holes = sum(s.filesz for s in segs) // ps - written
+    budget = max(written, allowance // ps)
+    if holes <= budget or not parts:
         return segs
-    gaps.sort()
-    trims: dict[int, int] = {}
+    size, kind, seg, ga, gb = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((kind, -size.astype(np.int64)))
+    need = np.searchsorted(np.cumsum(size[order].astype(np.int64)), holes - budget) + 1
+    take = order[:need]
+    trims = {int(i): int(a) for i, a, k in zip(seg[take], ga[take], kind[take]) if k == 0}
     splits: dict[int, list[tuple[int, int]]] = {}
-    for kind, neg, i, a, b in gaps:
-        if holes <= budget:
-            break
-        holes += neg * ps
-        if kind == 0:
-            trims[i] = a
-        else:
+    for i, a, b, k in zip(seg[take].tolist(), ga[take].tolist(), gb[take].tolist(), kind[take].tolist()):
+        if k:
             splits.setdefault(i, []).append((a, b))
     out = []
     for i, s in enumerate(segs):
@@ -507,9 +504,8 @@ def _fit_holes(segs: list[_Segment], plans: list[_VmaPlan], ps: int, allowance: 
             out.append(s)
             continue
         end = s.vaddr + s.memsz
-        cuts = sorted(splits.get(i, []))
         start = s.vaddr
-        for a, b in cuts:  # [start, b*ps) holds data up to a*ps
+        for a, b in sorted(splits.get(i, [])):  # [start, b) holds data up to a, then a new segment at b
             out.append(_Segment(start, b * ps - start, a * ps - start, s.flags, s.source, s.vma))
             start = b * ps
         data_end = trims[i] * ps if i in trims else end

@@ -1,0 +1,511 @@
+"""ELF cores from checkpoints (``dumper core``, ``dumper export --format elf``),
+proved with the real gdb (and readelf, eu-readelf and lldb where installed):
+
+- a C program with four threads stopped at known places: gdb on the core
+  prints the same backtraces (functions, file:line, locals), values and
+  heap strings as gdb attached to the stopped process;
+- a Python process: its libpython frames resolve;
+- an AddressSanitizer program: a small, quickly written core (its shadow
+  is MADV_DONTDUMP), a correct backtrace;
+- every byte a core holds equals the live process's memory; a 64 GiB
+  reservation gives a core of a few pages; incremental chains; the
+  coredump_filter; hostile checkpoints give one error line and no file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dumper.cli import main as cli_main
+from dumper.dump import dump
+from dumper.export.elf import HOLE_ALLOWANCE, export_elf, write_core
+from dumper.image.checkpoint import open_checkpoint
+from dumper.image import format as fmt
+from dumper.kernel import elf
+from dumper.kernel.libc import PAGE_SIZE
+
+SOURCES = Path(__file__).parent / "targets" / "elfcore"
+GDB_ENV = {**os.environ, "DEBUGINFOD_URLS": "", "LC_ALL": "C"}
+
+
+# --- helpers -----------------------------------------------------------------------
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed")
+    return path
+
+
+def _compile(src: Path, out: Path, *flags: str) -> Path:
+    _need("gcc")
+    r = subprocess.run(["gcc", "-g", "-O0", *flags, "-o", str(out), str(src)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"gcc {' '.join(flags)} failed here: {r.stderr.strip()[-300:]}")
+    return out
+
+
+class Program:
+    """A spawned program that prints ``READY <pid>``; always killed and reaped."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            self.close()
+            raise RuntimeError(f"{argv[0]} did not start: {line!r}")
+
+    def wait_blocked(self, n: int, timeout: float = 10.0) -> None:
+        """Until ``n`` threads sit in a system call (/proc/PID/task/*/syscall)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            blocked = 0
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                try:
+                    with open(f"/proc/{self.pid}/task/{tid}/syscall") as f:
+                        blocked += f.read().split()[0] not in ("running", "-1")
+                except OSError:
+                    pass
+            if blocked >= n:
+                return
+            assert time.monotonic() < deadline, f"only {blocked} of {n} threads blocked"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 10
+        for tid in os.listdir(f"/proc/{self.pid}/task"):
+            while True:
+                with open(f"/proc/{self.pid}/task/{tid}/stat", "rb") as f:
+                    data = f.read()
+                if data[data.rindex(b")") + 2:].split()[0] == b"T":
+                    break
+                assert time.monotonic() < deadline, f"thread {tid} did not stop"
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _gdb(*args: str, cmds: list[str]) -> str:
+    """gdb's output after the commands start (``MARK``), normalised: thread
+    names (shown live, not from a core) and attach/detach chatter dropped."""
+    gdb = _need("gdb")
+    argv = [gdb, "-nx", "-batch", "-iex", "set debuginfod enabled off", "-ex", "set pagination off",
+            "-ex", "set width 0", "-ex", "echo MARK\\n"]
+    for c in cmds:
+        argv += ["-ex", c]
+    r = subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300, env=GDB_ENV)
+    out = r.stdout.split("MARK\n", 1)[-1]
+    out = re.sub(r' "[^"]*"\):$', "):", out, flags=re.M)
+    return "\n".join(line for line in out.splitlines() if not line.startswith("[Inferior "))
+
+
+def _segments(core: Path) -> list[tuple[int, int, int, int, int, int]]:
+    """PT_LOADs as (offset, vaddr, filesz, memsz, flags, align); checks the ELF header."""
+    data = core.read_bytes()[:1 << 24]
+    eh = elf.Elf64_Ehdr.from_buffer_copy(data)
+    assert bytes(eh.e_ident[:4]) == elf.ELFMAG and eh.e_type == elf.ET_CORE and eh.e_machine == elf.EM_X86_64
+    n = eh.e_phnum
+    if n == elf.PN_XNUM:
+        with open(core, "rb") as f:
+            f.seek(eh.e_shoff)
+            n = elf.Elf64_Shdr.from_buffer_copy(f.read(64)).sh_info
+    with open(core, "rb") as f:
+        f.seek(eh.e_phoff)
+        raw = f.read(n * 56)
+    out = []
+    for i in range(n):
+        ph = elf.Elf64_Phdr.from_buffer_copy(raw, i * 56)
+        if i == 0:
+            assert ph.p_type == elf.PT_NOTE
+        else:
+            assert ph.p_type == elf.PT_LOAD
+            out.append((ph.p_offset, ph.p_vaddr, ph.p_filesz, ph.p_memsz, ph.p_flags, ph.p_align))
+    return out
+
+
+def _notes(core: Path) -> list[tuple[bytes, int, bytes]]:
+    with open(core, "rb") as f:
+        eh = elf.Elf64_Ehdr.from_buffer_copy(f.read(64))
+        f.seek(eh.e_phoff)
+        ph = elf.Elf64_Phdr.from_buffer_copy(f.read(56))
+        f.seek(ph.p_offset)
+        data = f.read(ph.p_filesz)
+    out, pos = [], 0
+    while pos < len(data):
+        nh = elf.Elf64_Nhdr.from_buffer_copy(data, pos)
+        name = data[pos + 12:pos + 12 + nh.n_namesz - 1]
+        d = pos + 12 + (nh.n_namesz + 3) // 4 * 4
+        out.append((name, nh.n_type, data[d:d + nh.n_descsz]))
+        pos = d + (nh.n_descsz + 3) // 4 * 4
+    return out
+
+
+def _allocated(path: Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def _recorded_bytes(ckdir: Path) -> int:
+    with open_checkpoint(ckdir) as ck:
+        return ck.process().entries.pages(fmt.PE_PRESENT | fmt.PE_PARENT) * ck.page_size
+
+
+# --- four threads, gdb attached vs gdb on the core ----------------------------------
+
+GDB_THREADS = ["thread apply all bt full", "p spin_counter", "x/s heap_string", "info threads"]
+
+
+@pytest.fixture(scope="module")
+def threads_case(tmp_path_factory):
+    """The threads program stopped, its core by ``dumper core`` and by
+    ``dump`` + ``export --format elf``, and gdb's view of the live process."""
+    work = tmp_path_factory.mktemp("elfcore-threads")
+    prog = _compile(SOURCES / "threads.c", work / "threads", "-pthread")
+    p = Program([str(prog)])
+    try:
+        p.wait_blocked(4)  # main in pause, sleeper, reader, waiter; the spinner runs
+        p.stop()
+        assert cli_main(["core", str(p.pid), "-o", str(work / "core.cli")]) == 0
+        assert dump(p.pid, work / "ck", thaw="leave-stopped").was_stopped
+        assert cli_main(["export", "--format", "elf", str(work / "ck"), str(work / "core.export")]) == 0
+        live = _gdb("-p", str(p.pid), cmds=GDB_THREADS)
+        yield {"prog": prog, "pid": p.pid, "tids": sorted(int(t) for t in os.listdir(f"/proc/{p.pid}/task")),
+               "live": live, "cores": [work / "core.cli", work / "core.export"], "ck": work / "ck"}
+    finally:
+        p.close()
+
+
+def test_gdb_on_the_core_shows_what_gdb_attached_shows(threads_case):
+    live = threads_case["live"]
+    # The live view is the reference: every thread in its function, locals, values.
+    for func, local in (("sleeper_thread", "sleeper_local = 1001"), ("reader_thread", "reader_local = 2002"),
+                        ("waiter_thread", "waiter_local = 3003"), ("spinner_thread", "spinner_local = 4004"),
+                        ("main ()", "main_local = 5005")):
+        assert func in live and local in live, live
+    assert "threads.c:" in live and '"the known heap string of elfcore threads"' in live
+    for core in threads_case["cores"]:
+        got = _gdb(str(threads_case["prog"]), str(core), cmds=GDB_THREADS)
+        # info threads names the target differently ("process" vs "LWP"): compare the rest exactly.
+        live_bt, _, live_info = live.partition("  Id   Target Id")
+        core_bt, _, core_info = got.partition("  Id   Target Id")
+        assert core_bt == live_bt
+        assert len(core_info.strip().splitlines()) == len(live_info.strip().splitlines()) == 6
+
+
+def test_core_notes_follow_the_kernel(threads_case):
+    core = threads_case["cores"][0]
+    notes = _notes(core)
+    types = [t for _, t, _ in notes]
+    n = len(threads_case["tids"])
+    per_thread = [elf.NT_PRSTATUS, elf.NT_PRFPREG, elf.NT_X86_XSTATE]
+    # fs/binfmt_elf.c write_note_info: the process notes after the first thread's NT_PRSTATUS.
+    assert types[:7] == [elf.NT_PRSTATUS, elf.NT_PRPSINFO, elf.NT_SIGINFO, elf.NT_AUXV, elf.NT_FILE,
+                         elf.NT_PRFPREG, elf.NT_X86_XSTATE]
+    assert types[7:7 + 3 * (n - 1)] == per_thread * (n - 1)
+    assert {name for name, t, _ in notes if t == elf.NT_X86_XSTATE} == {b"LINUX"}
+    pids = [elf.elf_prstatus.from_buffer_copy(d).common.pr_pid for _, t, d in notes if t == elf.NT_PRSTATUS]
+    assert pids[0] == threads_case["pid"] and sorted(pids) == threads_case["tids"]
+    ps = elf.elf_prpsinfo.from_buffer_copy(next(d for _, t, d in notes if t == elf.NT_PRPSINFO))
+    assert ps.pr_fname == b"threads" and ps.pr_psargs.startswith(str(threads_case["prog"]).encode())
+    assert ps.pr_sname == b"T"  # dumped while stopped
+    files = next(d for _, t, d in notes if t == elf.NT_FILE)
+    count, page = struct.unpack_from("<QQ", files)
+    assert page == PAGE_SIZE and str(threads_case["prog"]).encode() + b"\0" in files[16 + 24 * count:]
+    auxv = next(d for _, t, d in notes if t == elf.NT_AUXV)
+    assert auxv[-16:] == bytes(16) and struct.unpack_from("<Q", auxv, len(auxv) - 32)[0] != 0
+    for seg in _segments(core):
+        assert seg[5] == PAGE_SIZE and seg[2] <= seg[3] and seg[2] % PAGE_SIZE == 0
+
+
+def test_registers_are_the_captured_ones(threads_case):
+    """A thread blocked in nanosleep: gdb attached shows rax = -ERESTART_RESTARTBLOCK
+    and the pc after `syscall`; the core shows the same, not the restore fixup."""
+    regs = ["thread apply all info registers rip rax orig_rax"]
+    live = _gdb("-p", str(threads_case["pid"]), cmds=regs)
+    got = _gdb(str(threads_case["prog"]), str(threads_case["cores"][1]), cmds=regs)
+    assert "-516" in live or "-512" in live
+    assert got == live
+
+
+def test_readelf_and_eu_readelf_accept_the_core(threads_case):
+    core = str(threads_case["cores"][0])
+    r = subprocess.run([_need("readelf"), "-n", "-l", "-W", core], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.count("NT_PRSTATUS") == len(threads_case["tids"]) and "NT_FILE" in r.stdout
+    eu = shutil.which("eu-readelf")
+    if eu is None:
+        pytest.skip("eu-readelf (elfutils) is not installed")
+    r = subprocess.run([eu, "-n", "-l", core], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.count("PRSTATUS") == len(threads_case["tids"])
+
+
+def test_lldb_opens_the_core_and_lists_the_threads(threads_case):
+    lldb = _need("lldb")
+    r = subprocess.run([lldb, "--batch", "-c", str(threads_case["cores"][1]), str(threads_case["prog"]),
+                        "-o", "thread list"], capture_output=True, text=True, timeout=300, env=GDB_ENV)
+    tids = sorted(int(t) for t in re.findall(r"thread #\d+: tid = (\d+)", r.stdout))
+    assert tids == threads_case["tids"], r.stdout + r.stderr
+    assert "spinner_thread" in r.stdout and "threads.c:58" in r.stdout
+
+
+# --- Python ---------------------------------------------------------------------------
+
+
+def test_python_frames_resolve(tmp_path):
+    code = "import time\ndef inner():\n    print('READY', flush=True)\n    time.sleep(1000)\ninner()\n"
+    p = Program([sys.executable, "-c", code])
+    try:
+        p.wait_blocked(1)
+        p.stop()
+        assert cli_main(["core", str(p.pid), "-o", str(tmp_path / "core")]) == 0
+        live = _gdb("-p", str(p.pid), cmds=["bt"])
+    finally:
+        p.close()
+    got = _gdb(os.path.realpath(sys.executable), str(tmp_path / "core"), cmds=["bt"])
+    frames = [line for line in got.splitlines() if line.startswith("#")]
+    assert len(frames) > 5 and not [f for f in frames if " ?? (" in f], got
+    assert any("PyEval" in f or "_PyObject" in f or "Py_RunMain" in f or "Py_BytesMain" in f for f in frames), got
+    assert frames == [line for line in live.splitlines() if line.startswith("#")]
+
+
+# --- AddressSanitizer -----------------------------------------------------------------
+
+
+def test_asan_core_is_small_quick_and_right(tmp_path):
+    prog = _compile(SOURCES / "asan.c", tmp_path / "asan", "-fsanitize=address")
+    p = Program([str(prog), "16"])
+    try:
+        dump(p.pid, tmp_path / "ck")
+    finally:
+        p.close()
+    with open_checkpoint(tmp_path / "ck") as ck, open(tmp_path / "core", "w+b") as f:
+        t0 = time.process_time()
+        r = write_core(ck, None, f)
+        cpu = time.process_time() - t0
+        dd = [v for v in ck.process().vmas if "dd" in v.vmflags.split() and v.end - v.start > 1 << 40]
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU for the core"
+    assert dd, "no MADV_DONTDUMP shadow found"
+    recorded = _recorded_bytes(tmp_path / "ck")
+    assert recorded >= 16 << 20
+    assert _allocated(tmp_path / "core") <= 2 * recorded
+    segs = {s[1]: s for s in _segments(tmp_path / "core")}
+    for v in dd:  # the shadow: VM_DONTDUMP, nothing in the file
+        assert segs[v.start][2] == 0 and segs[v.start][3] == v.end - v.start
+    assert r.apparent < recorded + 2 * HOLE_ALLOWANCE
+    got = _gdb(str(prog), str(tmp_path / "core"), cmds=["bt", "x/s asan_heap_string", "p asan_local"])
+    assert re.search(r"#\d+ .* asan_wait \(mib=16\) at .*asan\.c:\d+", got), got
+    assert re.search(r"#\d+ .* main \(argc=2, .*\) at .*asan\.c:\d+", got), got
+    assert '"the known heap string of the asan program"' in got
+
+
+# --- memory: every byte right, sparse, chains, filters ------------------------------------
+
+
+def _core_bytes(core: Path):
+    """(vaddr, bytes) of every PT_LOAD's file part."""
+    with open(core, "rb") as f:
+        for off, vaddr, filesz, memsz, flags, _ in _segments(core):
+            if filesz:
+                f.seek(off)
+                yield vaddr, f.read(filesz)
+
+
+def _live_mismatches(pid: int, core: Path) -> list[str]:
+    """Pages where the core's bytes differ from /proc/PID/mem (pages the
+    kernel will not read, as [vvar] or guard regions, are skipped)."""
+    bad = []
+    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
+    try:
+        for vaddr, data in _core_bytes(core):
+            for off in range(0, len(data), PAGE_SIZE):
+                try:
+                    live = os.pread(fd, PAGE_SIZE, vaddr + off)
+                except (OSError, OverflowError):  # [vvar], [vsyscall] (above 2**63), guards
+                    assert data[off:off + PAGE_SIZE] == bytes(PAGE_SIZE)  # unreadable: a hole
+                    continue
+                if live != data[off:off + PAGE_SIZE]:
+                    bad.append(f"{vaddr + off:#x}")
+    finally:
+        os.close(fd)
+    return bad
+
+
+def test_every_byte_equals_the_live_process(spawn_target, tmp_path):
+    t = spawn_target("dense,sparse,file,guard,shared,zero")
+    dump(t.pid, tmp_path / "ck", thaw="leave-stopped")
+    res = export_elf(tmp_path / "ck", tmp_path / "core")
+    core = tmp_path / "core"
+    assert not _live_mismatches(t.pid, core)
+    segs = {s[1]: s for s in _segments(core)}
+    # The written private file mapping is whole: untouched pages from the file, as the process sees them.
+    fa, flen = t.regions["file"]
+    assert segs[fa][2] == flen
+    # Shared memory is not in the checkpoint: no bytes, and the result says so.
+    sa, slen = t.regions["shared"]
+    assert segs[sa][2] == 0 and any("shared" in n for n in res.cores[0].notes)
+    # A 64 GiB reservation with 100 touched pages: holes, never 64 GiB of file; its untouched stretches
+    # end segments (each new one starts at a saved page), while small VMAs keep the kernel's layout.
+    assert res.cores[0].apparent < 2 * HOLE_ALLOWANCE
+    a, alen = t.regions["sparse"]
+    pieces = [s for s in _segments(core) if a <= s[1] < a + alen]
+    assert len(pieces) > 50 and sum(s[3] for s in pieces) == alen
+    da, dlen = t.regions["dense"]
+    assert segs[da][2] == segs[da][3] == dlen
+    assert _allocated(core) < 4 * (res.cores[0].data_bytes + res.cores[0].note_bytes) + (1 << 20)
+    assert _allocated(core) <= 2 * _recorded_bytes(tmp_path / "ck") + (1 << 20)
+    # gdb reads a touched page of the reservation, and zeros where nothing was written.
+    a, _ = t.regions["sparse"]
+    got = _gdb(str(os.path.realpath(sys.executable)), str(core), cmds=[f"x/1xb {a:#x}", f"x/1xb {a + 2 * PAGE_SIZE:#x}"])
+    assert re.findall(r":\s+(0x[0-9a-f]+)", got) == [f"{1:#04x}", "0x00"], got
+
+
+def test_incremental_chain_exports_through_its_parents(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    a, _ = t.regions["dense"]
+    dump(t.pid, tmp_path / "0", track_mem=True)
+    t.command("write dense 3")
+    dump(t.pid, tmp_path / "1", parent=tmp_path / "0", thaw="leave-stopped")
+    with open_checkpoint(tmp_path / "1") as ck:
+        assert ck.process().nr_pages_parent > 0
+    export_elf(tmp_path / "1", tmp_path / "core")
+    assert not _live_mismatches(t.pid, tmp_path / "core")
+
+
+def test_coredump_filter_and_with_file_pages(spawn_target, tmp_path):
+    t = spawn_target("dense,file")
+    # Bits 0-1 only: no ELF header pages, no hugetlb.
+    with open(f"/proc/{t.pid}/coredump_filter", "w") as f:
+        f.write("0x3")
+    dump(t.pid, tmp_path / "ck")
+    with open_checkpoint(tmp_path / "ck") as ck:
+        assert ck.process().mm.coredump_filter == 0x3
+        private_files = [v for v in ck.process().vmas if v.status & fmt.VMA_FILE_PRIVATE]
+    export_elf(tmp_path / "ck", tmp_path / "plain")
+    export_elf(tmp_path / "ck", tmp_path / "full", with_file_pages=True)
+    plain = {s[1]: s for s in _segments(tmp_path / "plain")}
+    full = {s[1]: s for s in _segments(tmp_path / "full")}
+    fa, flen = t.regions["file"]
+    assert plain[fa][2] == full[fa][2] == flen  # written: whole either way
+    untouched = [v for v in private_files if not v.nr_pages_dumped]
+    assert untouched and all(plain[v.start][2] == 0 for v in untouched)  # no header pages with 0x3
+    assert all(full[v.start][2] == v.end - v.start for v in untouched)
+    assert not _live_mismatches(t.pid, tmp_path / "full")
+
+
+def test_header_pages_of_elf_mappings(threads_case):
+    """MMF_DUMP_ELF_HEADERS (default): the first page of each ELF file mapping, so build-ids are found."""
+    with open_checkpoint(threads_case["ck"]) as ck:
+        firsts = [v for v in ck.process().vmas if v.status & fmt.VMA_FILE_PRIVATE and v.pgoff == 0
+                  and ("libc.so" in v.path or v.path == str(threads_case["prog"]))]
+    segs = {s[1]: s for s in _segments(threads_case["cores"][1])}
+    assert len(firsts) >= 2 and all(segs[v.start][2] >= PAGE_SIZE for v in firsts)
+    # elfutils finds each module's build-id in the core's memory (the header pages), as in a kernel core.
+    r = subprocess.run([_need("eu-unstrip"), "-n", f"--core={threads_case['cores'][1]}"], capture_output=True,
+                       text=True, timeout=120)
+    ids = dict(re.findall(r"^\S+ ([0-9a-f]{40})@0x[0-9a-f]+ .* (\S+)$", r.stdout, re.M))
+    libc = next(v.path for v in firsts if "libc.so" in v.path)
+    own = subprocess.run([_need("readelf"), "-n", libc], capture_output=True, text=True).stdout
+    assert re.search(r"Build ID: ([0-9a-f]+)", own)[1] in ids, r.stdout
+    assert len(ids) >= 3, r.stdout  # the program, libc, ld.so (and the vdso)
+
+
+# --- hostile checkpoints and outputs -------------------------------------------------------
+
+
+def _damage(ckdir: Path, how: str, pid: int) -> None:
+    if how == "core-truncated":
+        p = ckdir / fmt.core_name(pid)
+        p.write_bytes(p.read_bytes()[:40])
+    elif how == "core-missing":
+        (ckdir / fmt.core_name(pid)).unlink()
+    elif how == "mm-truncated":
+        p = ckdir / fmt.mm_name(pid)
+        p.write_bytes(p.read_bytes()[:-7])
+    elif how == "raw-pages-short":
+        p = next(ckdir.glob("pages-*.img"))
+        os.truncate(p, os.path.getsize(p) - PAGE_SIZE)
+    elif how == "core-not-x86":
+        from dumper.image.pb import core_pb2
+
+        p = ckdir / fmt.core_name(pid)
+        data = p.read_bytes()
+        core = core_pb2.core_entry()
+        core.ParseFromString(data[12:])
+        core.mtype = core_pb2.core_entry.AARCH64
+        payload = core.SerializeToString()
+        p.write_bytes(data[:8] + struct.pack("<I", len(payload)) + payload)
+
+
+@pytest.mark.parametrize("how", ["core-truncated", "core-missing", "core-not-x86", "mm-truncated", "raw-pages-short"])
+def test_damaged_checkpoint_one_line_and_no_core(spawn_target, tmp_path, capsys, how):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "ck", compress=how != "raw-pages-short")
+    _damage(tmp_path / "ck", how, t.pid)
+    capsys.readouterr()
+    rc = cli_main(["export", "--format", "elf", str(tmp_path / "ck"), str(tmp_path / "core")])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and err.startswith("dumper: error: "), err
+    assert not (tmp_path / "core").exists()
+    assert sorted(os.listdir(tmp_path)) == ["ck"]  # no temporary file left either
+
+
+def test_zstd_frame_damage_leaves_no_core(spawn_target, tmp_path, capsys):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "ck")
+    p = next((tmp_path / "ck").glob("pages-*.zst.img"))
+    data = bytearray(p.read_bytes())
+    data[100] ^= 0xFF  # inside the first frame
+    p.write_bytes(bytes(data))
+    rc = cli_main(["export", "--format", "elf", str(tmp_path / "ck"), str(tmp_path / "core")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "dumper: error: " in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(tmp_path)) == ["ck"]
+
+
+def test_existing_output_is_refused_before_the_process_is_touched(spawn_target, tmp_path, capsys):
+    t = spawn_target("dense")
+    (tmp_path / "core").write_bytes(b"mine")
+    rc = cli_main(["core", str(t.pid), "-o", str(tmp_path / "core")])
+    assert rc == 1 and "already exists" in capsys.readouterr().err
+    assert (tmp_path / "core").read_bytes() == b"mine"
+    assert sorted(set(os.listdir(tmp_path)) - {"mapped.bin"}) == ["core"]
+    os.symlink(tmp_path / "core", tmp_path / "link")
+    assert cli_main(["core", str(t.pid), "-o", str(tmp_path / "link"), "--force"]) == 1
+    assert (tmp_path / "core").read_bytes() == b"mine"
+
+
+def test_core_of_a_wrong_pid_is_one_line(tmp_path, capsys):
+    rc = cli_main(["core", "999999999", "-o", str(tmp_path / "core")])
+    err = capsys.readouterr().err
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "999999999" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_core_file_is_private(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    old = os.umask(0)
+    try:
+        assert cli_main(["core", str(t.pid), "-o", str(tmp_path / "core"), "--kill"]) == 0
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "core").st_mode & 0o777 == 0o600
+    t.proc.wait(timeout=10)  # --kill
+    assert sorted(set(os.listdir(tmp_path)) - {"mapped.bin"}) == ["core"]  # the temporary checkpoint is gone
