@@ -8,10 +8,10 @@ import os
 import sys
 import time
 
-from . import dump_dense, incremental, peers, reader, scan_sparse
+from . import core, dump_dense, incremental, peers, reader, scan_sparse
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers}
+              "peers": peers, "core": core}
 
 
 def main(argv=None) -> int:

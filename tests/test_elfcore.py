@@ -509,3 +509,78 @@ def test_core_file_is_private(spawn_target, tmp_path):
     assert os.stat(tmp_path / "core").st_mode & 0o777 == 0o600
     t.proc.wait(timeout=10)  # --kill
     assert sorted(set(os.listdir(tmp_path)) - {"mapped.bin"}) == ["core"]  # the temporary checkpoint is gone
+
+
+# --- more than 65535 program headers ------------------------------------------------------
+
+
+def test_extended_numbering_past_pn_xnum(tmp_path):
+    """fs/binfmt_elf.c fill_extnum_info: e_phnum = PN_XNUM, the count in section header 0."""
+    from dumper.export.elf import _headers, _note, _Segment
+
+    segs = [_Segment(0x10000 + i * PAGE_SIZE, PAGE_SIZE, 0, elf.PF_R, "none", None) for i in range(70000)]
+    segs[-1].filesz = PAGE_SIZE
+    notes = _note(elf.NN_CORE, elf.NT_AUXV, bytes(16))
+    head, size, shdr = _headers(segs, notes, PAGE_SIZE)
+    core = tmp_path / "core"
+    with open(core, "wb") as f:
+        f.write(head)
+        f.seek(size - len(shdr))
+        f.write(shdr)
+    eh = elf.Elf64_Ehdr.from_buffer_copy(core.read_bytes())
+    assert eh.e_phnum == elf.PN_XNUM and eh.e_shnum == 1 and eh.e_shoff == size - 64
+    parsed = _segments(core)
+    assert len(parsed) == 70000 and parsed[-1][1:4] == (0x10000 + 69999 * PAGE_SIZE, PAGE_SIZE, PAGE_SIZE)
+    r = subprocess.run([_need("readelf"), "-h", str(core)], capture_output=True, text=True)
+    assert "65535 (70001)" in r.stdout, r.stdout + r.stderr
+
+
+# --- CRIU's own images: a process tree --------------------------------------------------------
+
+
+def _criu() -> str:
+    for cand in (os.environ.get("DUMPER_CRIU"), str(Path(__file__).parents[1] / "build/criu-4.2/criu/criu"),
+                 "/work/main/build/criu-4.2/criu/criu", shutil.which("criu")):
+        if cand and os.access(cand, os.X_OK):
+            v = subprocess.run([cand, "--version"], capture_output=True, text=True).stdout
+            m = re.search(r"Version: (\d+)\.", v)
+            if m and int(m[1]) >= 4:
+                return cand
+    pytest.skip("no CRIU >= 4.0: set $DUMPER_CRIU or build CRIU 4.2 into build/criu-4.2")
+
+
+def test_criu_image_set_of_a_tree_gives_a_directory_of_cores(tmp_path):
+    criu = _criu()
+    if os.geteuid() != 0:
+        pytest.skip("criu dump needs root")
+    sleep = _need("sleep")
+    p = subprocess.Popen(["/bin/sh", "-c", f"{sleep} 1000 & exec {sleep} 1001"], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+            if kids and Path(f"/proc/{p.pid}/comm").read_text().strip() == "sleep":
+                break
+            assert time.monotonic() < deadline, "the tree did not start"
+            time.sleep(0.02)
+        child = int(kids[0])
+        images = tmp_path / "images"
+        images.mkdir()
+        r = subprocess.run([criu, "dump", "-t", str(p.pid), "-D", str(images), "--leave-running", "-o", "dump.log"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (images / "dump.log").read_text()[-2000:]
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    res = export_elf(images, tmp_path / "cores")
+    assert sorted(os.listdir(tmp_path / "cores")) == sorted([f"core.{p.pid}", f"core.{child}"])
+    assert os.stat(tmp_path / "cores").st_mode & 0o777 == 0o700
+    for c in res.cores:
+        got = _gdb(sleep, c.path, cmds=["bt"])
+        assert "clock_nanosleep" in got and " ?? (" not in got.splitlines()[0], got
+        ppid = elf.elf_prpsinfo.from_buffer_copy(next(d for _, t, d in _notes(Path(c.path)) if t == elf.NT_PRPSINFO))
+        assert ppid.pr_ppid == (p.pid if c.pid == child else 0)
+    # --pid: one process, OUT is its file
+    export_elf(images, tmp_path / "one", pid=child)
+    assert (tmp_path / "one").is_file()
