@@ -74,8 +74,11 @@ def run(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """``dumper export --format elf DIR OUT [--pid PID] [--with-file-pages]``."""
+    from ..errors import DumpError
     from ..export.elf import export_elf
 
+    if args.keep_chain:
+        raise DumpError("--keep-chain is for --format criu: an ELF core always reads through the parent chain")
     result = export_elf(args.dir, args.out, pid=getattr(args, "pid", None), force=args.force,
                         with_file_pages=args.with_file_pages)
     if args.json:

@@ -16,7 +16,7 @@ import argparse
 import json
 from typing import Sequence
 
-from ..export import FORMATS, export
+from ..export import FORMATS, ExportError, export
 from .core import add_elf_options, run_export
 from .options import human_bytes, pid
 
@@ -51,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.format == "elf":
         return run_export(args)
+    if args.pid is not None or args.with_file_pages:
+        raise ExportError("--pid and --with-file-pages are for --format elf")
     result = export(args.dir, args.out, format=args.format, keep_chain=args.keep_chain, force=args.force)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
