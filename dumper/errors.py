@@ -30,6 +30,7 @@ import os
 
 __all__ = [
     "DumperError",
+    "DumperWarning",
     "ProcessError",
     "NoSuchProcess",
     "ZombieProcess",
@@ -50,6 +51,14 @@ __all__ = [
 
 class DumperError(Exception):
     """Root of every error dumper raises on purpose."""
+
+    __module__ = "dumper"
+
+
+class DumperWarning(UserWarning):
+    """Something the user should know that does not stop the command (an
+    output directory others can write, ...). The CLI prints it as one line,
+    ``dumper: warning: ...``."""
 
     __module__ = "dumper"
 

@@ -54,18 +54,23 @@ def test_output_to_a_full_device_is_one_line():
 def test_force_never_replaces_a_plain_file(tmp_path):
     f = tmp_path / "notes.txt"
     f.write_text("keep me")
-    with pytest.raises(DumpError, match="not a directory"):
+    with pytest.raises(DumpError, match="is a regular file: refusing to replace it"):
         CheckpointWriter(f, force=True)
     assert f.read_text() == "keep me"
+
+
+def _starttime(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])
 
 
 def test_stale_temporary_directories_of_dead_runs_are_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".ck.tmp-{dead.pid}-abcd1234"
-    stale.mkdir()
-    (stale / "pages-1.zst.img").write_bytes(b"secret memory")
-    live = tmp_path / f".ck.tmp-{os.getpid()}-abcd1234"  # a run still going: kept
+    stale = tmp_path / f".ck.tmp-{dead.pid}-{_starttime(os.getpid())}-abcd1234"
+    (stale / "ck").mkdir(parents=True)
+    (stale / "ck" / "pages-1.zst.img").write_bytes(b"secret memory")
+    live = tmp_path / f".ck.tmp-{os.getpid()}-{_starttime(os.getpid())}-abcd1234"  # a run still going: kept
     live.mkdir()
     w = CheckpointWriter(tmp_path / "ck")
     w.abort()
@@ -82,9 +87,9 @@ def test_termination_signals_restore_the_target(tmp_path, sig):
             [sys.executable, "-m", "dumper", "dump", str(p.pid), "-D", str(tmp_path / "ck"),
              "--threads", "1", "--compress-level", "19"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while state(p.pid) != "t" and time.monotonic() < deadline:
-            time.sleep(0.01)
+            time.sleep(0.001)
         assert state(p.pid) == "t"
         child.send_signal(sig)
         _, err = child.communicate(timeout=30)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from dumper.cli.verify import only_kernel_written
 from dumper.dump import dump
 from dumper.errors import DumpError, NoSuchProcess, RefusedTarget
 from dumper.image import format as fmt
 from dumper.image import load_pagemap, open_pages, read_image
+from dumper.image.checkpoint import open_checkpoint
 from dumper.image.reader import iter_present
 from dumper.kernel.libc import PAGE_SIZE
 from dumper.scan.features import probe_scan_categories
@@ -256,12 +258,14 @@ def no_checkpoint_left(parent: Path, name: str) -> None:
 
 def test_destination_exists_is_refused_before_freezing(spawn_target, tmp_path):
     t = spawn_target("dense")
-    (tmp_path / "ck").mkdir()
+    dump(t.pid, tmp_path / "ck")
+    first = os.stat(tmp_path / "ck" / "inventory.img").st_ino
     with pytest.raises(DumpError, match="exists"):
         dump(t.pid, tmp_path / "ck")
     assert state(t.pid) in ("S", "R")
+    assert os.stat(tmp_path / "ck" / "inventory.img").st_ino == first
     dump(t.pid, tmp_path / "ck", force=True)
-    assert (tmp_path / "ck" / "inventory.img").exists()
+    assert os.stat(tmp_path / "ck" / "inventory.img").st_ino != first
 
 
 def test_target_exits_mid_dump(spawn_target, tmp_path, monkeypatch):
@@ -327,6 +331,41 @@ def test_disk_full(spawn_target, tmp_path):
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def test_spool_spills_beyond_its_limit(spawn_target, tmp_path):
+    """Pages beyond --spool-limit go to a spill file in the checkpoint's
+    temporary directory; the checkpoint is the same as with all of RAM."""
+    t = spawn_target("dense,alt")
+    small = dump(t.pid, tmp_path / "small", thaw="leave-stopped", spool_limit=128 << 10)
+    big = dump(t.pid, tmp_path / "big", thaw="leave-stopped")
+    os.kill(t.pid, signal.SIGCONT)
+    assert small.spilled_bytes > 0 and big.spilled_bytes == 0
+    assert small.spool_bytes == small.spilled_bytes + (128 << 10)
+    a, b = image_pages(tmp_path / "small", t.pid), image_pages(tmp_path / "big", t.pid)
+    assert a.keys() == b.keys()
+    with open_checkpoint(tmp_path / "big") as ck:
+        rseq = ck.rseq_areas()
+    assert all(a[x] == b[x] or only_kernel_written(a[x], b[x], x, rseq) for x in a)
+    assert sorted(p.name for p in (tmp_path / "small").iterdir()) == sorted(p.name for p in (tmp_path / "big").iterdir())
+
+
+def test_failed_spill_thaws_and_leaves_nothing(spawn_target, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        t = spawn_target("dense")
+        with pytest.raises(DumpError, match="spilling pages.*No space left"):
+            dump(t.pid, mnt / "ck", spool_limit=64 << 10)
+        assert state(t.pid) in ("S", "R")
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_refuses_itself_and_bad_pids(zombie, tmp_path):
     with pytest.raises(RefusedTarget):
         dump(os.getpid(), tmp_path / "a")
@@ -378,7 +417,7 @@ def test_dump_and_show_cli(spawn_target, tmp_path):
     assert f"process {t.pid}" in r.stdout
     addr = t.regions["shared"][0]
     line = next(l for l in r.stdout.splitlines() if l.strip().startswith(hex(addr)))
-    assert "skipped" in line and "shared mapping: contents are not dumped yet" in line
+    assert "skipped" in line and "shared memory: contents are not dumped yet" in line
     r = subprocess.run([sys.executable, "-m", "dumper", "dump", str(t.pid), "-D", str(ck)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "exists" in r.stderr and "Traceback" not in r.stderr

@@ -39,7 +39,10 @@ def test_modes_and_names(tmp_path):
     with CheckpointWriter(dest, page_size=PS) as w:
         # GIVEN a tmp dir while writing
         assert stat.S_IMODE(os.stat(w.tmpdir).st_mode) == 0o700
-        assert w.tmpdir.parent == tmp_path and w.tmpdir.name.startswith(".ckpt.tmp-")
+        stage = w.tmpdir.parent
+        assert stat.S_IMODE(os.stat(stage).st_mode) == 0o700
+        assert stage.parent == tmp_path and stage.name.startswith(f".ckpt.tmp-{os.getpid()}-")
+        assert w.tmpdir.name == "ckpt"
         assert not dest.exists()
         w.write_inventory(inventory_pb2.inventory_entry())
         w.write_mm(1, mm_pb2.mm_entry())
@@ -146,14 +149,37 @@ def test_force_refuses_a_foreign_directory(tmp_path):
     assert (dest / "precious").read_text() == "data"
 
 
-def test_dest_appearing_during_dump_is_not_clobbered(tmp_path):
+@pytest.mark.parametrize("kind", ["non-empty dir", "checkpoint", "file", "symlink"])
+def test_dest_appearing_during_dump_is_not_clobbered(tmp_path, kind):
     dest = tmp_path / "ckpt"
     with CheckpointWriter(dest, page_size=PS) as w:
-        w.write_inventory(inventory_pb2.inventory_entry())
-        dest.mkdir()
-        with pytest.raises(DumpError, match="exists"):
+        w.write_inventory(inventory_pb2.inventory_entry(root_pid=7))
+        if kind == "non-empty dir":
+            dest.mkdir()
+            (dest / "precious").write_text("data")
+        elif kind == "checkpoint":
+            _write_small(dest)
+        elif kind == "file":
+            dest.write_text("data")
+        else:
+            dest.symlink_to(tmp_path / "elsewhere")
+        before = os.lstat(dest)
+        with pytest.raises(DumpError, match="exists|refusing to replace"):
             w.commit()
-    assert sorted(os.listdir(tmp_path)) == ["ckpt"] and os.listdir(dest) == []
+    # THEN what appeared is untouched and nothing of ours is left beside it
+    after = os.lstat(dest)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
+
+
+def test_empty_dir_appearing_during_dump_is_filled(tmp_path):
+    dest = tmp_path / "ckpt"
+    with CheckpointWriter(dest, page_size=PS) as w:
+        w.write_inventory(inventory_pb2.inventory_entry(root_pid=7))
+        dest.mkdir()
+        w.commit()
+    assert read_image(dest / "inventory.img")[1][0].root_pid == 7
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]
 
 
 def test_missing_parent_dir(tmp_path):

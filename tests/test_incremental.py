@@ -486,8 +486,8 @@ def test_flatten_and_export_never_overwrite_the_chain(spawn_target, tmp_path):
     t = spawn_target("dense")
     dump(t.pid, tmp_path / "a", track_mem=True)
     dump(t.pid, tmp_path / "b", parent=tmp_path / "a")
-    with pytest.raises(DumpError, match="chain being flattened"):
+    with pytest.raises(DumpError, match="would overwrite .*a checkpoint it reads"):
         flatten(tmp_path / "b", tmp_path / "a", force=True)
-    with pytest.raises(ExportError, match="chain being exported"):
+    with pytest.raises(ExportError, match="would overwrite .*a checkpoint it reads"):
         export(tmp_path / "b", tmp_path / "a", force=True)
     assert chain_pages(tmp_path / "b", t.pid)  # still readable

@@ -102,7 +102,7 @@ def test_read_errors(stopped):
         with pytest.raises(ImageError, match=f"{hole:#x} is outside"):
             ck.read(t.pid, hole - 10, 20)
         sh, _ = t.regions["shared"]
-        with pytest.raises(ImageError, match="shared mapping"):
+        with pytest.raises(ImageError, match="shared memory"):
             ck.read(t.pid, sh, 10)
         with pytest.raises(ImageError, match="no process 1 in this checkpoint"):
             ck.read(1, t.regions["dense"][0], 1)

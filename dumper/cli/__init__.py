@@ -4,6 +4,8 @@ Each subcommand module defines ``configure(parser)`` (its arguments),
 ``run(args) -> int`` and ``main(argv) -> int`` (run it alone). Expected
 failures (:class:`dumper.DumperError`) print one line and exit non-zero;
 ``--traceback`` (or ``DUMPER_TRACEBACK=1``) shows the stack as well.
+Warnings (:class:`dumper.DumperWarning`) print one line each,
+``dumper: warning: ...``, and the command goes on.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from typing import Callable, Sequence
 
-from ..errors import DumperError
+from ..errors import DumperError, DumperWarning
 
 __all__ = ["main", "COMMANDS", "build_parser", "run_command"]
 
@@ -72,7 +75,18 @@ def run_command(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     """Run a subcommand, turning expected failures into one line on stderr."""
     show_tb = getattr(args, "traceback", False) or os.environ.get("DUMPER_TRACEBACK") == "1"
     try:
-        return func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", DumperWarning)
+            show_other = warnings.showwarning
+
+            def show(message, category, *rest, **kw) -> None:
+                if issubclass(category, DumperWarning):
+                    print(f"dumper: warning: {message}", file=sys.stderr)
+                else:
+                    show_other(message, category, *rest, **kw)
+
+            warnings.showwarning = show
+            return func(args)
     except DumperError as err:
         if show_tb:
             traceback.print_exc()

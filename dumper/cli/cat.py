@@ -5,24 +5,27 @@ Prints the ``N`` bytes at ``ADDR`` as they were at dump time
 parent chain, zeros for untouched anonymous memory, the mapped file for
 untouched private file pages). Raw bytes to stdout by default, ``xxd``-style
 lines with ``--hexdump``, or into a new 0600 file with ``-o FILE`` (memory
-holds secrets).
+holds secrets), through :class:`~dumper.image.safefs.OutputFile`: FILE
+appears complete or not at all, a symlink at FILE is never followed, an
+existing FILE is refused unless ``--force``, which replaces a regular file
+atomically once everything was written.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
+from contextlib import nullcontext
 from typing import BinaryIO, Sequence
 
 from ..errors import DumperError
 from ..image.checkpoint import open_checkpoint
+from ..image.safefs import OutputFile
 from .options import address, non_negative, pid
 
-# Ranges up to this size are read whole before anything is written, so an
-# error never leaves partial output; larger ones are streamed in chunks (a
-# multiple of 16, so --hexdump lines stay whole).
+# Ranges up to this size are read whole before anything is written to
+# stdout, so an error never leaves partial output there; larger ones are
+# streamed in chunks (a multiple of 16, so --hexdump lines stay whole).
 CHUNK = 16 << 20
 
 
@@ -32,7 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=non_negative, required=True, help="number of bytes")
     parser.add_argument("--pid", type=pid, default=None, help="process (default: the checkpoint's root)")
     parser.add_argument("--hexdump", action="store_true", help="print xxd-like lines instead of raw bytes")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write to FILE (created 0600) instead of stdout")
+    parser.add_argument("-o", "--output", metavar="FILE",
+                        help="write to FILE instead of stdout: a new file, mode 0600, that appears only once "
+                             "complete; an existing FILE is refused unless --force")
+    parser.add_argument("--force", action="store_true",
+                        help="with -o: replace an existing regular file FILE (atomically, on success only)")
 
 
 _PRINTABLE = bytes(c if 0x20 <= c < 0x7F else 0x2E for c in range(256))
@@ -48,57 +55,40 @@ def hexdump_lines(data: bytes, addr: int) -> list[str]:
     return out
 
 
-def _open_output(path: str) -> BinaryIO:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise DumperError(f"cannot write {path}: {err.strerror}") from err
-    return open(fd, "wb")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.addr + args.size > 1 << 64:
         raise DumperError(f"{args.addr:#x} + {args.size} runs past the end of the address space")
+    if args.force and not args.output:
+        raise DumperError("--force only applies to -o FILE")
     with open_checkpoint(args.dir) as ck:
         _check_range(ck, args.pid, args.addr, args.size)
-        # The first chunk (all of it up to CHUNK bytes) is read before the
-        # output is opened: a bad range leaves no output file behind.
-        n = min(CHUNK, args.size)
-        data = ck.read(args.pid, args.addr, n)
-        out: BinaryIO = _open_output(args.output) if args.output else sys.stdout.buffer
-        try:
-            done = 0
-            while True:
-                if args.hexdump:
-                    lines = hexdump_lines(data, args.addr + done)
-                    out.write("".join(line + "\n" for line in lines).encode("ascii"))
+        # Refused up front: an existing FILE without --force, a symlink, ...
+        output = OutputFile(args.output, force=args.force, error=DumperError) if args.output else None
+        with output or nullcontext():
+            out: BinaryIO = output.file if output else sys.stdout.buffer
+            try:
+                _copy(ck, args, out)
+                if output:
+                    output.commit()  # FILE appears now, complete
                 else:
-                    out.write(data)
-                done += n
-                if done >= args.size:
-                    break
-                n = min(CHUNK, args.size - done)
-                data = ck.read(args.pid, args.addr + done, n)
-            out.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as err:
-            _discard(args.output, out)
-            raise DumperError(f"writing {args.output or 'stdout'}: {err.strerror}") from err
-        except BaseException:
-            _discard(args.output, out)  # no half-written output left behind
-            raise
-        finally:
-            if args.output and not out.closed:
-                out.close()
+                    out.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as err:
+                raise DumperError(f"writing {args.output or 'stdout'}: {err.strerror}") from err
     return 0
 
 
-def _discard(path: str | None, out) -> None:
-    if path:
-        out.close()
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+def _copy(ck, args: argparse.Namespace, out: BinaryIO) -> None:
+    done = 0
+    while done < args.size:
+        n = min(CHUNK, args.size - done)
+        data = ck.read(args.pid, args.addr + done, n)
+        if args.hexdump:
+            out.write("".join(line + "\n" for line in hexdump_lines(data, args.addr + done)).encode("ascii"))
+        else:
+            out.write(data)
+        done += n
 
 
 def _check_range(ck, pid: int | None, addr: int, size: int) -> None:

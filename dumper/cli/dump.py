@@ -33,6 +33,35 @@ def _threads(text: str) -> int:
     return value
 
 
+def _rounds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of rounds: {text!r}") from None
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError("--pre-copy rounds run from 1 to 100")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError("the freeze timeout must be between 0 and 3600 seconds")
+    return value
+
+
+def _size(text: str) -> int:
+    from ..dump.spool import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _directory(text: str) -> str:
     if not text:
         raise argparse.ArgumentTypeError("empty directory name")
@@ -54,6 +83,18 @@ def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> Non
                         help="page scanner: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap "
                              "(slow on huge sparse mappings; default auto: the ioctl where the kernel has it)")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint directory")
+    parser.add_argument("--freeze-timeout", type=_seconds, default=5.0, metavar="SECONDS",
+                        help="how long a thread may take to stop before the dump gives up (default 5)")
+    parser.add_argument("--spool-limit", type=_size, default=None, metavar="SIZE",
+                        help="RAM for pages copied while the process is frozen (e.g. 2G; default: half of "
+                             "MemAvailable); beyond it pages spill into the checkpoint's directory")
+    if not pre_dump:
+        parser.add_argument("--pre-copy", nargs="?", type=_rounds, const=4, default=0, metavar="N",
+                            help="copy pages while the process runs, in up to N rounds (default 4) while "
+                                 "the set of written pages shrinks; then freeze and copy only what changed")
+        parser.add_argument("--restorable", action="store_true",
+                            help="fail (leaving the process as it was) rather than write a checkpoint "
+                                 "`criu restore` could not bring back")
     add_tracking_options(parser, pre_dump=pre_dump)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="more detail in the summary")
@@ -82,7 +123,7 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
         + (f"; {r.pages_parent} in parent {r.parent}" if r.parent else ""),
         f"  image       {human_bytes(r.bytes_written)}"
         + (f" (raw / image = {ratio:.2f}x)" if r.bytes_written != r.bytes_raw else " (uncompressed)"),
-        f"  frozen      {ms(r.frozen_ns)} (freezing {ms(r.freezing_ns)}); total {ms(r.total_ns)}",
+        f"  frozen      {ms(r.frozen_ns)}, after {ms(r.freezing_ns)} freezing; total {ms(r.total_ns)}",
         f"  time        scan {ms(r.scan_ns)} ({r.backend}), read {ms(r.read_ns)}, "
         f"compress {ms(r.compress_ns)} of CPU, write {ms(r.write_ns)}",
     ]
@@ -91,6 +132,7 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
                      + ("  (PRE-DUMP: pages only)" if r.pre_dump else ""))
     for note in r.notes:
         lines.append(f"  note        {note}")
+
     lines.append(f"  VMAs        {r.vmas}; contents skipped: "
                  + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
     if verbose:
@@ -110,12 +152,18 @@ def run(args: argparse.Namespace) -> int:
         level=args.compress_level, threads=args.threads, backend=args.backend,
         force=args.force, progress=sys.stderr.isatty() and not args.json,
         track_mem=getattr(args, "track_mem", False), parent=args.parent, tracker=args.tracker,
-        pre_dump=getattr(args, "pre_dump", False),
+        pre_dump=getattr(args, "pre_dump", False), freeze_timeout=args.freeze_timeout,
+        spool_limit=args.spool_limit, restorable=getattr(args, "restorable", False),
+        pre_copy=getattr(args, "pre_copy", 0),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print("\n".join(summary_lines(result, args.verbose)))
+    if result.unrestorable and not result.pre_dump:
+        more = len(result.unrestorable) - 1
+        print(f"dumper: warning: `criu restore` cannot bring this checkpoint back: {result.unrestorable[0]}"
+              + (f" (and {more} more; `dumper show {result.dest}` lists them)" if more else ""), file=sys.stderr)
     return 0
 
 

@@ -40,7 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="export the parent chain as nested sets OUT/parent/... keeping PE_PARENT entries "
                              "(default: resolve the chain into one stand-alone set)")
     parser.add_argument("--force", action="store_true",
-                        help="replace OUT if it is empty or an image set")
+                        help="replace OUT if it is an image set (an empty directory OUT is filled without it; "
+                             "anything else is never replaced)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     elf = parser.add_argument_group("--format elf (one ELF core per process: OUT is the core file, or a "
                                     "directory of core.PID files for a tree)")

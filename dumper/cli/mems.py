@@ -13,6 +13,11 @@ PE_PRESENT pages the pagemap holds inside the VMA (``N+Mp`` when M more
 are PE_PARENT or lazy), or ``skipped`` with the dump's reason at the end of
 the line when the dump did not look at the VMA's contents.
 
+``--json`` prints one object instead: ``{"dir", "processes": [{"pid",
+"page_size", "exe", "vmas": [{"vma": <vma_entry as protobuf JSON>,
+"annotation", "pages_present", "pages_other"}], "pages_outside_vmas"}]}``
+(``vmas`` is null for a set without ``mm-PID.img``).
+
 Works on CRIU image directories too (read like every command reads a
 checkpoint, :func:`dumper.image.checkpoint.open_checkpoint`; file names come
 from the set's ``files.img`` or ``reg-files.img``). Guard regions
@@ -24,6 +29,7 @@ and ``show``.
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +37,7 @@ import numpy as np
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
 from ..image.pb import vma_pb2
-from ..image.pretty import printable, prot_text, vma_annotation
+from ..image.pretty import message_to_dict, printable, prot_text, vma_annotation
 
 # crit's layout: "\t%-36s%s%s" % ("start-end", "rwx", annotation)
 _ADDR_WIDTH = 36
@@ -40,6 +46,7 @@ _PAGES_WIDTH = 8
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def pages_per_vma_of(proc) -> tuple[list[tuple[int, int]], int]:
@@ -127,13 +134,41 @@ def mems_lines(proc, names: dict[int, str] | None = None) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
-    # Read everything first: a damaged image gives one error and no partial listing.
+def mems_json(proc, names: dict[int, str] | None = None) -> dict:
+    """What ``mems --json`` prints for one process (a CheckpointProcess)."""
+    names = names or {}
+    out = {"pid": proc.pid, "page_size": proc.page_size, "exe": None, "vmas": None, "pages_outside_vmas": 0}
+    if proc.mm is None:
+        return out
+    counts, outside = pages_per_vma_of(proc)
+    shm_ids: dict[int, int] = {}
+    out["exe"] = proc.mm.exe_path or None
+    out["vmas"] = [
+        {"vma": message_to_dict(_named(v, names)), "annotation": vma_annotation(_named(v, names), shm_ids).strip(),
+         "pages_present": present, "pages_other": other}
+        for v, (present, other) in zip(proc.mm.vmas, counts)
+    ]
+    out["pages_outside_vmas"] = outside
+    return out
+
+
+def print_processes(args: argparse.Namespace, lines_of, json_of) -> int:
+    """``run`` of mems and rss: per process ``lines_of(proc, names)`` (text)
+    or ``json_of(proc, names)`` (``--json``: one object for all). Everything
+    is read first: a damaged image gives one error and no partial listing."""
     with open_checkpoint(args.dir) as ck:
         names = file_names(ck)
-        text = [line for pid in ck.pids for line in mems_lines(ck.process(pid), names)]
+        if args.json:
+            doc = {"dir": args.dir, "processes": [json_of(ck.process(pid), names) for pid in ck.pids]}
+            text = [json.dumps(doc, indent=2)]
+        else:
+            text = [line for pid in ck.pids for line in lines_of(ck.process(pid), names)]
     print("\n".join(text))
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return print_processes(args, mems_lines, mems_json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

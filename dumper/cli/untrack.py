@@ -7,6 +7,7 @@ through the checkpoint that armed it, or by its descriptor number).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Sequence
 
@@ -25,6 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("-D", "--images-dir", metavar="DIR", help="the last checkpoint that armed or reset tracking")
     src.add_argument("--fd", type=int, help="the process's userfaultfd descriptor number")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
             state.ranges = [(v.start, v.end) for v in fz.process.vmas() if "uw" in v.vmflags]
         uffd.disarm(fz, state)
     tracking_state.clear(args.pid, start_time)
+    if args.json:
+        print(json.dumps({"pid": args.pid, "fd": state.fd, "ranges": [list(r) for r in state.ranges]}, indent=2))
+        return 0
     print(f"removed uffd-wp tracking from pid {args.pid} (descriptor {state.fd} closed, "
           f"{len(state.ranges)} ranges unregistered)")
     return 0

@@ -36,22 +36,20 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
     """Write ``dest``: the memory of checkpoint ``src`` with its chain resolved.
 
     Raises ImageError for a damaged or incomplete chain (nothing is written),
-    DumpError for the destination (exists without ``force``, disk full).
-    A pre-dump source is refused: it is not a complete checkpoint.
+    DumpError for the destination: ``dest`` follows the rules of every
+    checkpoint writer (:class:`~dumper.image.safefs.OutputDir`: an empty
+    directory is filled, a checkpoint replaced only with ``force``, anything
+    else refused, and so is a place inside any checkpoint of the chain), or
+    the disk is full. A pre-dump source is refused: it is not a complete
+    checkpoint.
     """
-    from .parent import chain_paths
-
-    dest_real = os.path.realpath(dest)
-    for member in chain_paths(src):
-        if dest_real == member or member.startswith(dest_real + os.sep):
-            raise DumpError(f"{dest} would overwrite {member}, a checkpoint of the chain being flattened")
     with open_checkpoint(src) as ck:
         if ck.inventory.pre_dump:
             raise DumpError(f"{src} is a pre-dump (pages only): flatten the final dump taken with --parent")
         chain = list(ck.chain())
         total_pages = 0
         written = 0
-        with CheckpointWriter(dest, force=force, page_size=ck.page_size) as w:
+        with CheckpointWriter(dest, force=force, page_size=ck.page_size, sources=[c.path for c in chain]) as w:
             for pid in ck.pids:
                 proc = ck.process(pid)
                 with w.pages_writer(pid, 1, compress=compress, level=level, threads=threads) as pw:

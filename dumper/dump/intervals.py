@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["EMPTY", "from_pairs", "merge", "intersect", "subtract", "total", "split_at", "owner"]
+__all__ = ["EMPTY", "from_pairs", "merge", "union", "intersect", "subtract", "total", "split_at", "owner"]
 
 _U64 = np.uint64
 EMPTY = (np.empty(0, _U64), np.empty(0, _U64))
@@ -34,6 +34,17 @@ def merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     keep_s = np.concatenate(([0], brk))
     keep_e = np.concatenate((brk - 1, [len(ends) - 1]))
     return starts[keep_s], ends[keep_e]
+
+
+def union(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The interval set covered by intervals in any order, overlapping or
+    not (e.g. the copies of several rounds)."""
+    if not len(starts):
+        return EMPTY
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], np.maximum.accumulate(ends[order])
+    brk = np.flatnonzero(s[1:] > e[:-1]) + 1
+    return s[np.concatenate(([0], brk))], e[np.concatenate((brk - 1, [len(e) - 1]))]
 
 
 def intersect(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray],

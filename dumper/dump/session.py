@@ -41,6 +41,7 @@ from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
 from ..image.dumpfacts import apply_file_identities, mapped_file_identities, split_guards, with_guards
 from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
 from ..proc.freeze import THAW_MODES, raise_on_termination
@@ -50,11 +51,13 @@ from ..scan import Category, open_backend, scan_range
 from . import intervals as iv
 from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
-from .select import VmaPlan, classify, drop_uffd_markers, dump_masks
+from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
 from .spool import Spool
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
+from .files import FileTable, write_fdinfo
+from ..proc.fds import collect_fds, map_files_fdflags
 from .tracer import FrozenProcess, LocalTracer
 from .trackers import Tracker, make_tracker, pick_tracker
 
@@ -72,7 +75,10 @@ class DumpOptions:
     write tracking (``tracker``) for a later ``parent`` dump; ``pre_dump``
     writes pages only, copied after the target runs again. ``spool_limit``:
     bytes of RAM for pages copied while frozen (None: half of MemAvailable).
-    ``freeze_timeout``: seconds a thread may take to stop.
+    ``pre_copy``: rounds of copying while the target runs before the final
+    freeze (0: none). ``freeze_timeout``: seconds a thread may take to stop. ``restorable``:
+    fail (before the thaw) rather than write a checkpoint `criu restore`
+    could not bring back.
     """
 
     thaw: str = "resume"
@@ -88,6 +94,8 @@ class DumpOptions:
     pre_dump: bool = False
     freeze_timeout: float = 5.0
     spool_limit: int | None = None
+    restorable: bool = False
+    pre_copy: int = 0
 
     def validate(self) -> None:
         if self.thaw not in THAW_MODES:
@@ -98,12 +106,17 @@ class DumpOptions:
             raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
         if self.pre_dump and self.thaw == "kill":
             raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
+        if self.pre_copy < 0:
+            raise DumpError("--pre-copy takes a number of rounds >= 1")
+        if self.pre_copy and (self.pre_dump or self.parent is not None):
+            raise DumpError("--pre-copy makes one standalone checkpoint: it does not combine with "
+                            "pre-dump or --parent")
         if not self.freeze_timeout > 0:
             raise DumpError("the freeze timeout must be a positive number of seconds")
 
     @property
     def wants_tracking(self) -> bool:
-        return self.track_mem or self.pre_dump or self.parent is not None
+        return self.track_mem or self.pre_dump or self.parent is not None or bool(self.pre_copy)
 
 
 @dataclass(slots=True)
@@ -144,6 +157,7 @@ class DumpResult:
     pids: list = field(default_factory=list)
     spool_bytes: int = 0
     spilled_bytes: int = 0
+    unrestorable: list = field(default_factory=list)  # one line per reason `criu restore` would fail
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -172,11 +186,15 @@ class ProcessDump:
     marker_iv: tuple = iv.EMPTY  # VMAs registered with a uffd-wp userfaultfd
     copy_iv: tuple = iv.EMPTY  # what to copy
     parent_iv: tuple = iv.EMPTY  # what the parent holds (PE_PARENT)
+    reuse_iv: tuple = iv.EMPTY  # unchanged since a --pre-copy round copied it
+    rounds: list = field(default_factory=list)  # Extents of each --pre-copy round, oldest first
     regions: tuple = (iv.EMPTY[0], iv.EMPTY[1], np.empty(0, _U64))  # scanned runs and categories
     extents: Extents | None = None
     mm: mm_pb2.mm_entry | None = None
     task: TaskState | None = None
     file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
+    vma_shmid: dict = field(default_factory=dict)  # VMA index -> files.img id of its file
+    vma_fdflags: dict = field(default_factory=dict)  # VMA index -> O_RDONLY/O_WRONLY/O_RDWR
     guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
@@ -199,6 +217,11 @@ class DumpSession:
         self.backend_name = ""
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
+        self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
+        self.files = FileTable()
+        self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
+        self.round_bytes: list[int] = []
+        self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
         self.kobj_ids = KobjIds()
@@ -208,14 +231,18 @@ class DumpSession:
     def run(self) -> DumpResult:
         self.prepare()
         with ExitStack() as stack:
-            stack.callback(self.writer.abort)  # no-op after commit
+            # LIFO: the writer (its compression threads read the spool) stops first.
             stack.callback(self.spool.close)
+            stack.callback(self.writer.abort)  # no-op after commit
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(raise_on_termination())
+            if self.opts.pre_copy:
+                self.pre_copy_rounds()
             self.tracer = stack.enter_context(LocalTracer(stop_timeout=self.opts.freeze_timeout))
             self.freeze()
             self.list_vmas()
             self.collect()
+            self.check_restorable()
             self.arm()
             self.scan()
             self.select()
@@ -225,9 +252,49 @@ class DumpSession:
                 self.copy()
             else:
                 self.copy()
-                self.reset()
+                self.check_restorable(after_copy=True)
+                if self.opts.pre_copy and not self.opts.track_mem and not self._tracking_was_armed:
+                    self.disarm()  # the rounds armed it for this dump only
+                else:
+                    self.reset()
                 self.thaw()
             return self.write()
+
+    def pre_copy_rounds(self) -> None:
+        """Copy pages while the target runs (``--pre-copy=N``): each round
+        freezes it only to arm or reset write tracking, then copies what was
+        written since the previous round; rounds stop when that no longer
+        shrinks. The final freeze then copies only what changed since the
+        last round (:meth:`select` treats the rounds' copies as the base)."""
+        last = None
+        for rnd in range(self.opts.pre_copy):
+            with LocalTracer(stop_timeout=self.opts.freeze_timeout) as tr:
+                self.tracer = tr
+                self.freeze()
+                self.list_vmas()
+                self.arm()
+                if rnd == 0:
+                    self._tracking_was_armed = any(p.tracker.preexisting for p in self.processes)
+                self.scan()
+                self.select()
+                for p in self.processes:
+                    p.tracker.reset(tr, p.pid, self.dest, record=False)
+                    p.pre_maps = b""  # arming changed VmFlags (uw): read smaps again next time
+                self.thaw()
+            self.copy()
+            for p in self.processes:
+                p.rounds.append(p.extents)
+            copied = sum(p.extents.total for p in self.processes)
+            self.round_bytes.append(copied)
+            if last is not None and copied >= last * 0.9 or copied < (1 << 20):
+                break  # not shrinking (written faster than copied), or little left: freeze now
+            last = copied
+        self.notes.append(f"pre-copy: {len(self.round_bytes)} round(s) while running, copied "
+                          + ", ".join(_mib(b) for b in self.round_bytes))
+
+    def disarm(self) -> None:
+        for p in self.processes:
+            p.tracker.disarm(self.tracer, p.pid)
 
     def prepare(self) -> None:
         """Checks and allocations before the target is touched."""
@@ -246,7 +313,7 @@ class DumpSession:
                 pd.parent = None
         self.processes = [pd]
         self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
-        self.spool = Spool(limit=opts.spool_limit, spill_dir=os.fspath(self.writer.tmpdir))
+        self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
         expected = 0
         for p in self.processes:
             self._pre_read(p)
@@ -268,7 +335,7 @@ class DumpSession:
 
     def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
         p.vmas = vmas
-        p.plans = [classify(v) for v in vmas]
+        p.plans = classify_all(vmas)
         pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]
         p.scan_iv = iv.from_pairs(pages)
         p.whole_iv = iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "whole"])
@@ -293,13 +360,71 @@ class DumpSession:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
         for p in self.processes:
-            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=p.proc.auxv(),
+            p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0,
+                                   mm_saved_auxv=_criu_auxv(p.proc.auxv()),
                                    coredump_filter=int(p.proc.read_file("coredump_filter"), 16))
             fp = p.frozen
             p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            p.mm.dumpable = p.task.dumpable
+            p.mm.thp_disabled = p.task.thp_disabled
             p.ns_ids = self.ns_ids.of(p.pid)
             p.kobj_ids = self.kobj_ids.of(p.pid)
+            self._collect_files(p)
+
+    def _collect_files(self, p: ProcessDump) -> None:
+        """Open files, mapped files, cwd and root, in the order CRIU numbers
+        them (mapped files, descriptors, exe, fs: dumper/dump/files.py)."""
+        t = self.files
+        for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
+            if v.file_backed and not v.special:
+                p.vma_shmid[i] = t.mapped_file(p.pid, v)
+                fl = map_files_fdflags(p.proc, v)
+                if fl is not None:
+                    p.vma_fdflags[i] = fl
+        ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
+        fds = [o for o in collect_fds(p.proc) if o.fd != ours]
+        if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
+            self._fdinfos[p.kobj_ids["files"]] = t.add_process(p.pid, fds)
+        p.mm.exe_file_id = t.exe_file(p.pid)
+        t.fs_entry(p.pid)
+
+    def check_restorable(self, *, after_copy: bool = False) -> None:
+        """Collect why `criu restore` could not bring the checkpoint back
+        (one reason per resource); with ``restorable``, fail now, while the
+        target is still frozen and nothing has changed in it."""
+        if not after_copy:
+            pids = {p.pid for p in self.processes}
+            for p in self.processes:
+                for v, plan in zip(p.vmas, p.plans):
+                    if plan.unrestorable:
+                        self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
+                                           plan.unrestorable)
+                for kind, nid in p.ns_ids.items():
+                    if nid != self.root_ns.get(kind):
+                        self._unrestorable(p.pid, "namespace", f"{kind} namespace",
+                                           f"differs from the dumper's: namespaces are not saved")
+                for child in p.proc.children():
+                    if child not in pids:
+                        self._unrestorable(p.pid, "child process", f"pid {child}",
+                                           "a child process outside the checkpoint")
+                if p.frozen.zombie:
+                    self._unrestorable(p.pid, "zombie", f"pid {p.pid}", "zombie processes are not saved yet")
+            for r in self.files.unrestorable:
+                self._unrestorable(r.pid, r.kind, r.what, r.why)
+        else:
+            for p in self.processes:
+                if p.copier is not None and p.copier.unreadable:
+                    n = p.copier.pages_unreadable
+                    self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+        if self.opts.restorable and self.unrestorable:
+            r = self.unrestorable[0]
+            more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
+            raise DumpError(f"not restorable: pid {r.pid}: {r.kind} {r.what}: {r.why}{more}; "
+                            "the process was left as it was (drop --restorable to dump it anyway)")
+
+    def _unrestorable(self, pid: int, kind: str, what: str, why: str) -> None:
+        self.unrestorable.append(inventory_pb2.unrestorable_reason(pid=pid, kind=kind, what=what, why=why))
 
     def arm(self) -> None:
         for p in self.processes:
@@ -335,19 +460,26 @@ class DumpSession:
         p.regions = (s, e, cats)
 
     def select(self) -> None:
-        """Pages to copy, and (incremental) pages the parent holds."""
+        """Pages to copy now; pages unchanged since the base are taken from
+        it instead: the parent checkpoint (PE_PARENT entries) or the copies
+        of earlier ``--pre-copy`` rounds."""
         for p in self.processes:
             s, e, cats = p.regions
             whole = p.whole_iv
-            if p.parent is None:
+            if p.parent is None and not p.rounds:
                 p.copy_iv = _union((s, e), whole)
                 continue
             tracked = p.tracker.tracked()
             changed = (cats & int(p.tracker.changed)) != 0
             in_t_s, in_t_e, src = iv.intersect((s, e), tracked, keep=np.arange(len(s)))
             unchanged = (in_t_s[~changed[src]], in_t_e[~changed[src]])
-            covered, missing = _split_by_parent(unchanged, p.parent)
-            p.parent_iv = covered
+            if p.parent is not None:
+                covered, _ = _split_by_parent(unchanged, p.parent)
+                p.parent_iv = covered
+            else:
+                done = Extents.concat(p.rounds)
+                covered = iv.intersect(unchanged, iv.union(done.vaddr, done.vaddr + done.nbytes))
+                p.reuse_iv = covered
             p.copy_iv = _union(iv.subtract((s, e), covered), whole)
 
     def copy(self) -> None:
@@ -426,6 +558,10 @@ class DumpSession:
             inv.parent_path = parent_link
             if root.parent.inventory.checkpoint_id:
                 inv.parent_checkpoint_id = root.parent.inventory.checkpoint_id
+        inv.unrestorable.extend(self.unrestorable)
+        rf = root.frozen
+        if self.files.needs_shell_job or (rf is not None and rf.sid != rf.pid):
+            inv.shell_job = True  # `criu restore --shell-job`: the terminal or session lives outside
         inv.compression = fmt.COMPRESSION_ZSTD if opts.compress else fmt.COMPRESSION_NONE
         if opts.compress:
             inv.compression_level = opts.level
@@ -434,7 +570,7 @@ class DumpSession:
         path = w.commit()
         return DumpResult(
             dest=os.fspath(path), pid=root.pid, comm=root.proc.name, backend=self.backend_name,
-            tracker=self.tracker_name, thaw=opts.thaw,
+            tracker=inv.tracker, thaw=opts.thaw,
             was_stopped=bool(root.frozen and root.frozen.was_stopped), parent=parent_link, pre_dump=opts.pre_dump,
             frozen_ns=self.tracer.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
             read_ns=reader.read_ns, total_ns=time.monotonic_ns() - self.t_begin,
@@ -443,6 +579,7 @@ class DumpSession:
             compress_ns=st.compress_ns, write_ns=st.write_ns, vmas=len(root.vmas), vmas_skipped=skipped,
             unreadable=reader.unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
             spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
+            unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
         )
 
     # -- helpers ---------------------------------------------------------------
@@ -460,6 +597,9 @@ class DumpSession:
             ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
             tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
         w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
+        self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info
+        for files_id, fdinfos in self._fdinfos.items():
+            write_fdinfo(w, files_id, fdinfos)
         w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
         w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
@@ -468,7 +608,7 @@ class DumpSession:
 
     def _write_pages(self, p: ProcessDump, pw) -> None:
         """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""
-        ext = p.extents
+        ext = Extents.concat([p.extents, *self._reused(p)])
         ps, pe = p.parent_iv
         vaddr = np.concatenate((ext.vaddr, ps)).astype(_U64)
         nbytes = np.concatenate((ext.nbytes, pe - ps)).astype(_U64)
@@ -483,6 +623,21 @@ class DumpSession:
             else:
                 pw.add_parent(a, n // PAGE_SIZE)
 
+    @staticmethod
+    def _reused(p: ProcessDump) -> list[Extents]:
+        """Where the pages of ``reuse_iv`` live in the spool: for each piece,
+        the newest round that copied it."""
+        out = []
+        left = p.reuse_iv
+        for ext in reversed(p.rounds):
+            if not len(left[0]):
+                break
+            s, e, idx = _pieces(left, ext)
+            if len(s):
+                out.append(Extents(s, e - s, ext.offset[idx] + (s - ext.vaddr[idx])))
+                left = iv.subtract(left, (s, e))
+        return out
+
     def _mm_entry(self, p: ProcessDump, skipped: dict[str, int]) -> mm_pb2.mm_entry:
         mm = p.mm
         vs = np.array([v.start for v in p.vmas], _U64)
@@ -492,13 +647,37 @@ class DumpSession:
         for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
             if plan.mode == "skip":
                 skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
-            mm.vmas.append(vma_entry_from(
-                v, status=plan.status, dumped=plan.mode != "skip",
+            e = vma_entry_from(
+                v, status=plan.status, shmid=p.vma_shmid.get(i, 0), dumped=plan.mode != "skip",
                 contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
-                nr_pages_parent=int(in_parent[i]) or None))
+                nr_pages_parent=int(in_parent[i]) or None)
+            if i in p.vma_fdflags:
+                e.fdflags = p.vma_fdflags[i]
+            mm.vmas.append(e)
         apply_file_identities(mm.vmas, p.file_ids)
+        as_criu_lists_them(mm)  # [vvar] + [vvar_vclock]: one VMA
         mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         return mm
+
+
+def _criu_auxv(words: list[int]) -> list[int]:
+    """The saved auxv as CRIU keeps it: the pairs before AT_NULL, at most
+    AT_VECTOR_SIZE (44 on x86_64, criu/arch/x86/include/asm/types.h) words;
+    its restore refuses more as a corrupted image."""
+    n = next((i for i in range(0, len(words) - 1, 2) if words[i] == 0), len(words) - len(words) % 2)
+    return words[:min(n, 44)]
+
+
+def _pieces(ivs, ext: Extents):
+    """``ivs`` cut to the extents of ``ext``: ``(starts, ends, extent index)``."""
+    es = ext.vaddr
+    s, e, idx = iv.intersect((es, es + ext.nbytes), ivs, keep=np.arange(len(es)))
+    order = np.argsort(s, kind="stable")
+    return s[order], e[order], idx[order]
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _union(a, b):

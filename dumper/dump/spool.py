@@ -72,7 +72,6 @@ class _Segment:
             err = ctypes.get_errno()
             raise DumpError(f"cannot map {size} bytes for the page spool: {os.strerror(err)}")
         self.addr, self.size, self.offset = addr, size, offset
-        libc.madvise(addr, size, mman.MADV_HUGEPAGE)  # fewer faults; ignored where THP is off
         if populate and libc.madvise(addr, size, mman.MADV_POPULATE_WRITE) != 0:
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOSYS):  # pre-5.14: fault on first use instead

@@ -112,13 +112,22 @@ class Tracker:
     def disarm(self, tracer, pid: int) -> None:
         """Remove what this session armed in the target (nothing for most kinds)."""
 
+    def known_fd(self, pid: int) -> int | None:
+        """A descriptor dumper put into the target (the uffd-wp tracker's
+        userfaultfd), not part of the program's own files; None if none."""
+        return None
+
     preexisting = False  # tracking was armed before this session (an earlier dump's)
 
     def inventory(self, inv) -> None:
-        """Record what was armed in the checkpoint's inventory."""
-        inv.tracker = self.name
-        if self.tracking_id:
+        """Record what was armed for the next dump in the checkpoint's
+        inventory ("none" when nothing was: a --pre-copy dump removes its
+        tracking unless --track-mem)."""
+        inv.tracker = self.name if self.recorded else "none"
+        if self.recorded and self.tracking_id:
             inv.tracking_id = self.tracking_id
+
+    recorded = False  # a reset was recorded as this checkpoint's
 
     def _save_state(self, dest: str, uffd_fd: int | None) -> None:
         # Recorded before the reset: should the dump fail after it, no
@@ -129,6 +138,7 @@ class Tracker:
         except OSError as err:
             raise DumpError(f"cannot record the tracking state in {tracking_state.state_dir()}: "
                             f"{err.strerror}") from err
+        self.recorded = True
 
 
 class NoTracker(Tracker):
@@ -234,6 +244,15 @@ class UffdWpTracker(Tracker):
             return ["uffd-wp tracking could not register any mapping: the next dump will be full"]
         return []
 
+    def known_fd(self, pid: int) -> int | None:
+        from ..track import uffd
+
+        if self.uffd is not None:
+            return self.uffd.fd
+        if self.state is not None and self.state.uffd_fd is not None and uffd.find_uffd(pid, self.state.uffd_fd):
+            return self.state.uffd_fd
+        return None
+
     def disarm(self, tracer, pid) -> None:
         """Remove what this session armed (unregister, close the userfaultfd)."""
         if self.uffd is not None:
@@ -242,6 +261,8 @@ class UffdWpTracker(Tracker):
 
     def inventory(self, inv) -> None:
         super().inventory(inv)
+        if not self.recorded or self.uffd is None:
+            return
         inv.uffd_fd = self.uffd.fd
         del inv.tracked_ranges[:]
         for s, e in self.uffd.ranges:

@@ -40,17 +40,22 @@ a ``pstree.img``), ``mm_entry`` fields it lacks 0; the saved auxv stops
 before its AT_NULL pair, as CRIU stores it. The executable's file is
 the file mapping that holds ``mm_start_code`` when the image does not name it.
 
-The output is written like a checkpoint: into a hidden temporary directory
-next to ``out`` (mode 0700, files 0600: process memory holds secrets),
-fsynced, then renamed into place, so a failed export leaves nothing that
-looks like an image set.
+The output is written like a checkpoint, through
+:class:`~dumper.image.safefs.OutputDir` (mode 0700, files 0600: process
+memory holds secrets; created through directory descriptors; fsynced, then
+renamed into place), so a failed export leaves nothing that looks like an
+image set, what a killed one leaves is removed by the next run into the
+same place, and ``out`` follows the rules every checkpoint writer follows:
+an empty directory is filled, an image set is replaced only with ``force``,
+anything else -- a regular file, a symlink, a non-empty directory, a place
+inside a checkpoint of the chain being exported -- is refused.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +67,8 @@ from ..errors import DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
 from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
-from ..image.writer import fsync_dir, open_private
+from ..image.safefs import Dir, OutputDir
+from ..image.vmas import as_criu_lists_them
 
 __all__ = [
     "ExportError",
@@ -175,29 +181,26 @@ def criu_fields_only(msg: Message) -> Message:
 
 
 class _SetWriter:
-    """Files of one image directory; every file fsynced when closed."""
+    """Files of one image directory (a :class:`~dumper.image.safefs.Dir`);
+    every file fsynced when closed."""
 
-    def __init__(self, directory: Path, final: Path, source: Path, pids: tuple[int, ...]) -> None:
+    def __init__(self, directory: Dir, final: Path, source: Path, pids: tuple[int, ...]) -> None:
         self.dir = directory
         self.result = ExportedSet(path=final, source=source, pids=pids)
 
     def create(self, name: str) -> BinaryIO:
-        try:
-            f = open_private(self.dir / name)
-        except OSError as err:
-            raise ExportError(f"creating {self.result.path / name}: {err.strerror}") from err
+        f = self.dir.create(name)
         self.result.files.append(name)
         return f
 
     def finish(self, f: BinaryIO) -> None:
         try:
             f.flush()
-            os.fsync(f.fileno())
             self.result.bytes += f.tell()
+            f.sync_close()
         except OSError as err:
-            raise ExportError(f"writing {f.name}: {err.strerror}") from err
-        finally:
-            f.close()
+            f.discard()
+            raise ExportError(f"writing {f.display_name}: {err.strerror}") from err
 
     def image(self, name: str, magic: str, msgs: list[Message]) -> None:
         f = self.create(name)
@@ -205,18 +208,25 @@ class _SetWriter:
             fmt.write_magic(f, magic)
             fmt.write_entries(f, msgs)
         except OSError as err:
-            f.close()
+            f.discard()
             raise ExportError(f"writing {self.result.path / name}: {err.strerror}") from err
         self.finish(f)
 
     def copy(self, src: Path, name: str) -> None:
+        """Copy the source's ``name``: a regular file, never through a symlink."""
         f = self.create(name)
         try:
-            with open(src, "rb") as g:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with open(fd, "rb") as g:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise ExportError(f"{src}: not a regular file")
                 shutil.copyfileobj(g, f, 1 << 20)
         except OSError as err:
-            f.close()
+            f.discard()
             raise ExportError(f"copying {src} to {self.result.path / name}: {err.strerror}") from err
+        except BaseException:
+            f.discard()
+            raise
         self.finish(f)
 
 
@@ -265,30 +275,6 @@ def _exe_vma(mm: mm_pb2.mm_entry):
     return None
 
 
-def _as_criu_lists_them(mm: mm_pb2.mm_entry) -> None:
-    """Make the VMA list read as CRIU 4.2 writes it (criu/proc_parse.c):
-    kernel-provided anonymous mappings ([vvar], [vsyscall]) carry
-    VMA_ANON_PRIVATE and MAP_ANONYMOUS, and consecutive [vvar] VMAs
-    ([vvar] + [vvar_vclock] on 6.x kernels) are one VMA."""
-    merged = []
-    for v in mm.vmas:
-        if v.status & (fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL) and not v.status & _FILE_VMA:
-            v.status |= fmt.VMA_ANON_PRIVATE
-            v.flags |= _MAP_ANONYMOUS
-        prev = merged[-1] if merged else None
-        if (prev is not None and prev.status & fmt.VMA_AREA_VVAR and v.status & fmt.VMA_AREA_VVAR
-                and prev.end == v.start):
-            prev.end = v.end
-            continue
-        merged.append(v)
-    if len(merged) != len(mm.vmas):
-        kept = [type(v)() for v in merged]
-        for k, v in zip(kept, merged):
-            k.CopyFrom(v)
-        del mm.vmas[:]
-        mm.vmas.extend(kept)
-
-
 def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
     """``proc``'s mm_entry with CRIU's fields only. With ``files`` (a dumper
     source) file VMAs and the executable get ``files.img`` ids in
@@ -323,7 +309,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
             out.shmid = files.get(name, key, _O_RDWR if writable_shared else 0)
         elif v.status & _SHMEM_VMA and not v.shmid and v.HasField("inode") and v.inode:
             out.shmid = v.inode
-    _as_criu_lists_them(mm)
+    as_criu_lists_them(mm)
     return mm
 
 
@@ -383,10 +369,10 @@ def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten
             else:
                 entries.append([vaddr, nr, flags])
     except OSError as err:
-        f.close()
+        f.discard()
         raise ExportError(f"writing {w.result.path / fmt.pages_name(pages_id)}: {err.strerror}") from err
     except BaseException:
-        f.close()
+        f.discard()
         raise
     w.finish(f)
     msgs: list[Message] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
@@ -414,7 +400,7 @@ def _pstree(ck: Checkpoint) -> list[Message]:
     return out
 
 
-def _write_set(ck: Checkpoint, directory: Path, final: Path, flatten: bool) -> ExportedSet:
+def _write_set(ck: Checkpoint, directory: Dir, final: Path, flatten: bool) -> ExportedSet:
     w = _SetWriter(directory, final, ck.path, tuple(ck.pids))
     inv = inventory_pb2.inventory_entry(img_version=fmt.CRTOOLS_IMAGES_V1_1, fdinfo_per_id=True)
     w.image(fmt.INVENTORY_NAME, "INVENTORY", [inv])
@@ -431,17 +417,10 @@ def _write_set(ck: Checkpoint, directory: Path, final: Path, flatten: bool) -> E
         if pid in mms:
             w.image(fmt.mm_name(pid), "MM", [mms[pid]])
         _write_pages(w, ck, pid, pages_id, flatten)
-    fsync_dir(directory)
     return w.result
 
 
 # --- destination
-
-
-def _check_replaceable(dest: Path) -> None:
-    if dest.is_dir() and not dest.is_symlink():
-        if not (dest / fmt.INVENTORY_NAME).exists() and any(dest.iterdir()):
-            raise ExportError(f"refusing to replace {dest}: not empty and not an image set (no {fmt.INVENTORY_NAME})")
 
 
 def export_criu(
@@ -456,68 +435,32 @@ def export_criu(
 
     ``keep_chain``: export the whole parent chain as nested sets
     (``out/parent``...) keeping PE_PARENT entries; default: one set, the
-    chain's pages resolved into it. ``force`` replaces an existing ``out``
-    that is empty or an image set (holds ``inventory.img``).
+    chain's pages resolved into it. ``out`` follows
+    :class:`~dumper.image.safefs.OutputDir`'s rules: absent or an empty
+    directory is fine; an image set (holds ``inventory.img``) is replaced
+    only with ``force``; anything else, or a place inside a checkpoint of
+    the chain, is refused.
 
     Raises ExportError (``out`` exists, I/O failure, lazy pages whose data
     no image holds) and ImageError for a damaged source.
     """
-    dest = Path(os.path.abspath(out))
-    parent_dir = dest.parent
-    if not parent_dir.is_dir():
-        raise ExportError(f"{parent_dir}: no such directory")
-    if os.path.lexists(dest):
-        if not force:
-            raise ExportError(f"{dest} already exists (--force replaces it)")
-        _check_replaceable(dest)
     own = not isinstance(src, Checkpoint)
     ck = open_checkpoint(src) if own else src
-    tmp = parent_dir / f".{dest.name}.tmp-{secrets.token_hex(4)}"
     try:
-        real = Path(os.path.realpath(dest))
-        for c in ck.chain():
-            cp = Path(os.path.realpath(c.path))
-            if real == cp or real in cp.parents:
-                raise ExportError(f"{dest} would overwrite {c.path}, a checkpoint of the chain being exported")
-        try:
-            os.mkdir(tmp, 0o700)
-            os.chmod(tmp, 0o700)
-        except OSError as err:
-            raise ExportError(f"cannot create a directory in {parent_dir}: {err.strerror}") from err
-        chain = list(ck.chain()) if keep_chain else [ck]
-        sets = []
-        for depth, c in enumerate(chain):
-            rel = Path(*([fmt.PARENT_LINK] * depth)) if depth else Path()
-            d = tmp / rel
-            if depth:
-                os.mkdir(d, 0o700)
-                os.chmod(d, 0o700)
-            sets.append(_write_set(c, d, dest / rel, flatten=not keep_chain))
-        for depth in range(len(chain) - 1, -1, -1):
-            fsync_dir(tmp / Path(*([fmt.PARENT_LINK] * depth)) if depth else tmp)
-        old = None
-        if os.path.lexists(dest):
-            _check_replaceable(dest)
-            old = parent_dir / f".{dest.name}.old-{secrets.token_hex(4)}"
-            os.rename(dest, old)
-        try:
-            os.rename(tmp, dest)
-            fsync_dir(parent_dir)
-        except OSError:
-            if old is not None and not os.path.lexists(dest):
-                os.rename(old, dest)
-            raise
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+        chain = list(ck.chain())
+        with OutputDir(out, force=force, sources=[c.path for c in chain], error=ExportError,
+                       what="image set") as output:
+            dest = output.dest
+            sets = []
+            d = output.dir
+            for depth, c in enumerate(chain if keep_chain else [ck]):
+                if depth:
+                    d = d.mkdir(fmt.PARENT_LINK)
+                final = dest.joinpath(*([fmt.PARENT_LINK] * depth))
+                sets.append(_write_set(c, d, final, flatten=not keep_chain))
+            output.commit()
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"exporting to {dest}: {err.strerror}") from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise ExportError(f"exporting to {out}: {err.strerror}") from err
     finally:
         if own:
             ck.close()

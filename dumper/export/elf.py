@@ -81,11 +81,11 @@ from ..errors import CorruptImage, DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
 from ..image.mapped import ImageDir, MappedFileError, printable_path
+from ..image.safefs import OutputDir, OutputFile
 from ..image.pb import core_pb2
 from ..kernel import elf
 from ..kernel.mman import MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
 from . import xstate
-from .output import OutputDir, OutputFile
 
 __all__ = ["CoreResult", "ElfExportResult", "write_core", "export_elf", "core_of_process", "HOLE_ALLOWANCE"]
 
@@ -684,8 +684,8 @@ def export_elf(src: str | os.PathLike, out: str | os.PathLike, *, pid: int | Non
                with_file_pages: bool = False) -> ElfExportResult:
     """One ELF core per process of checkpoint ``src``: ``out`` is the core
     file when there is one process (or ``pid`` picks one), else a directory
-    of ``core.PID`` files. Created safely (:mod:`.output`): complete or
-    absent. Raises ImageError for a damaged checkpoint, DumpError for an
+    of ``core.PID`` files. Created through :mod:`dumper.image.safefs`:
+    complete or absent, 0600 (a directory 0700). Raises ImageError for a damaged checkpoint, DumpError for an
     output that exists (without ``force``) or cannot be created."""
     with open_checkpoint(src) as ck:
         pids = [ck.process(pid).pid] if pid is not None else list(ck.pids)

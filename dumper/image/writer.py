@@ -1,12 +1,15 @@
 """Writing a checkpoint directory: atomic, private, bounded in memory.
 
-:class:`CheckpointWriter` builds the image files in a hidden temporary
-directory next to the destination (``.NAME.tmp-XXXXXXXX``, mode 0700, every
-file 0600) and renames it into place on :meth:`~CheckpointWriter.commit`,
+:class:`CheckpointWriter` builds the image files through
+:class:`~dumper.image.safefs.OutputDir`: in a private staging directory next
+to the destination (``.NAME.tmp-PID-START-RAND/NAME``, mode 0700, every file
+0600, created through directory descriptors with O_EXCL|O_NOFOLLOW) that is
+renamed into place by ``renameat2`` on :meth:`~CheckpointWriter.commit`,
 after fsyncing every file and the directory. Until then nothing exists at the
 destination, so a failed or interrupted dump never leaves something that looks
-like a checkpoint (an interrupted one may leave the hidden temporary
-directory; it never has the destination's name).
+like a checkpoint; what a killed run leaves is removed by the next run into
+the same place. See :mod:`dumper.image.safefs` for what holds when other
+users can write the destination's parent.
 
 :class:`PagesWriter` writes one process's ``pagemap-PID.img`` and its pages
 file: either CRIU's raw ``pages-N.img`` (criu/page-xfer.c layout: the bytes of
@@ -23,15 +26,13 @@ from __future__ import annotations
 
 import os
 import queue
-import secrets
-import shutil
 import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 import zstandard
 from google.protobuf.message import EncodeError, Message
@@ -40,6 +41,7 @@ from ..errors import DumpError
 from ..proc.maps import Vma
 from . import format as fmt
 from .checkpoint import check_not_a_parent
+from .safefs import OutputDir
 from .pb import inventory_pb2, mm_pb2, pagemap_pb2, stats_pb2, vma_pb2, zpages_pb2
 
 __all__ = [
@@ -48,8 +50,6 @@ __all__ = [
     "PagesWriterStats",
     "vma_entry_from",
     "fill_required",
-    "open_private",
-    "fsync_dir",
 ]
 
 _U64_LIMIT = 1 << 64
@@ -151,31 +151,12 @@ def _check_page_size(page_size: int) -> int:
     return page_size
 
 
-def open_private(path: Path) -> BinaryIO:
-    """Create ``path`` (must not exist) with mode 0600 whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        return open(fd, "wb", buffering=1 << 20)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _fsync_close(f: BinaryIO) -> None:
     try:
         f.flush()
         os.fsync(f.fileno())
     finally:
         f.close()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(slots=True)
@@ -564,77 +545,73 @@ class PagesWriter:
             self.abort()
 
 
-def _remove_stale_tmpdirs(parent: Path, name: str) -> None:
-    """Remove ``.NAME.tmp-PID-*`` directories whose creator no longer runs."""
-    prefix = f".{name}.tmp-"
-    try:
-        candidates = [p for p in parent.iterdir() if p.name.startswith(prefix)]
-    except OSError:
-        return
-    for p in candidates:
-        pid = p.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
+def _refuse_a_parent(dest: Path, dir_fd: int) -> None:
+    check_not_a_parent(dest)
 
 
 class CheckpointWriter:
     """Builds a checkpoint directory at ``dest`` atomically.
 
-    ``dest``'s parent must exist. Without ``force`` an existing ``dest``
-    raises DumpError here, before anything is written. With ``force`` an
-    existing ``dest`` is replaced at :meth:`commit` (renamed aside, then
-    removed); a directory is only replaced if it looks like a checkpoint
-    (holds ``inventory.img``) or is empty, so a typo cannot wipe a tree.
+    ``dest``'s parent must exist. The rules for an existing ``dest`` are
+    :class:`~dumper.image.safefs.OutputDir`'s, checked here before anything
+    is written and again at :meth:`commit`: an empty directory is filled
+    (replaced atomically by ours, so it becomes ours and 0700); a
+    checkpoint (holds ``inventory.img``) is replaced only with ``force``, and
+    only if ``replace_check(dest, dir_fd)`` does not raise (default:
+    :func:`~dumper.image.checkpoint.check_not_a_parent`, refusing a
+    checkpoint another one was taken over); anything else --
+    a non-empty directory, a file, a symlink -- is refused, ``force`` or not.
+    ``sources``: directories this checkpoint is made from (a parent chain);
+    ``dest`` inside or equal to one of them is refused.
 
     Use as a context manager: leaving the block by an exception calls
     :meth:`abort`; leaving it normally without :meth:`commit` aborts too.
     """
 
-    def __init__(self, dest: str | os.PathLike, *, force: bool = False, page_size: int | None = None) -> None:
-        self.dest = Path(os.path.abspath(dest))
+    def __init__(
+        self,
+        dest: str | os.PathLike,
+        *,
+        force: bool = False,
+        page_size: int | None = None,
+        sources: Iterable[str | os.PathLike] = (),
+        replace_check: Callable[[Path, int], None] | None = None,
+    ) -> None:
         self.force = force
         self.page_size = _check_page_size(page_size or os.sysconf("SC_PAGE_SIZE"))
-        parent = self.dest.parent
-        if not parent.is_dir():
-            raise DumpError(f"{parent}: no such directory")
-        if os.path.lexists(self.dest):
-            if not force:
-                raise DumpError(f"{self.dest} already exists (--force replaces a checkpoint)")
-            self._check_replaceable()
-        _remove_stale_tmpdirs(parent, self.dest.name)
-        try:
-            # The creator's pid in the name lets a later run remove what a
-            # killed run (SIGKILL, OOM) left behind.
-            tmp = parent / f".{self.dest.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-            os.mkdir(tmp, 0o700)
-            os.chmod(tmp, 0o700)
-        except OSError as err:
-            raise DumpError(f"cannot create a directory in {parent}: {err.strerror}") from err
-        self.tmpdir: Path | None = tmp
+        self._out: OutputDir | None = OutputDir(dest, force=force, sources=sources,
+                                                replace_check=replace_check or _refuse_a_parent)
+        self.dest = self._out.dest
         self.files: list[str] = []  # names written so far
         self._pages_writers: list[PagesWriter] = []
         self.committed = False
 
-    def _check_replaceable(self) -> None:
-        d = self.dest
-        check_not_a_parent(d)  # a checkpoint some child was taken over is not replaced
-        if not d.is_dir() or d.is_symlink():
-            raise DumpError(f"refusing to replace {d}: not a directory")
-        if d.is_dir() and not d.is_symlink():
-            if not (d / fmt.INVENTORY_NAME).exists() and any(d.iterdir()):
-                raise DumpError(f"refusing to replace {d}: not empty and not a checkpoint (no {fmt.INVENTORY_NAME})")
+    @property
+    def tmpdir(self) -> Path | None:
+        """Where the files are being written, for messages (None once
+        committed or aborted). Files are created through a descriptor, never
+        through this path."""
+        return self._out.work_path if self._out is not None else None
+
+    @property
+    def dir_fd(self) -> int:
+        """A descriptor of the directory being written (valid until commit or
+        abort): for anything else the dump puts there, e.g. an ``O_TMPFILE``
+        spill file (``os.open(".", O_TMPFILE|..., dir_fd=w.dir_fd)``). Never
+        use :attr:`tmpdir`'s path for that: it may have been swapped."""
+        return self._dir().fd
+
+    def _dir(self):
+        if self._out is None:
+            raise DumpError("checkpoint writer is closed")
+        return self._out.dir
 
     # --- files
 
     def _create(self, name: str) -> BinaryIO:
-        if self.tmpdir is None:
-            raise DumpError("checkpoint writer is closed")
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"bad image file name {name!r}")
-        try:
-            f = open_private(self.tmpdir / name)
-        except OSError as err:
-            raise DumpError(f"creating {name}: {err.strerror}") from err
+        f = self._dir().create(name)
         self.files.append(name)
         return f
 
@@ -643,16 +620,27 @@ class CheckpointWriter:
         :data:`~dumper.image.format.MAGICS` key), then ``msgs`` as entries.
         Returns its (temporary) path. DumpError on I/O failure or a message
         missing required fields."""
+        return self.write_image_extra(name, magic, msgs)
+
+    def write_image_extra(self, name: str, magic: str, items: Iterable[Message | bytes]) -> Path:
+        """:meth:`write_image` for images with raw data after some entries
+        (pipes-data, fifo-data, ghost-file: crit's "extra" payloads): each
+        item is a message, written as an entry, or bytes, written as they
+        are right after the previous entry."""
         f = self._create(name)
         try:
             fmt.write_magic(f, magic)
-            fmt.write_entries(f, msgs)
+            for item in items:
+                if isinstance(item, Message):
+                    fmt.write_entry(f, item)
+                else:
+                    fmt.write_extra(f, item)
             _fsync_close(f)
         except OSError as err:
-            f.close()
+            f.discard()
             raise DumpError(f"writing {name}: {err.strerror}") from err
         except (EncodeError, ValueError) as err:
-            f.close()
+            f.discard()
             raise DumpError(f"writing {name}: {err}") from err
         return self.tmpdir / name
 
@@ -696,12 +684,7 @@ class CheckpointWriter:
         """Create the ``parent`` symlink to ``target`` (CRIU's
         ``--prev-images-dir``; a relative target such as ``../1`` keeps the
         pair movable). The target is stored as given."""
-        if self.tmpdir is None:
-            raise DumpError("checkpoint writer is closed")
-        try:
-            os.symlink(os.fspath(target), self.tmpdir / fmt.PARENT_LINK)
-        except OSError as err:
-            raise DumpError(f"creating {fmt.PARENT_LINK} link: {err.strerror}") from err
+        self._dir().symlink(target, fmt.PARENT_LINK)
         self.files.append(fmt.PARENT_LINK)
 
     def pages_writer(
@@ -738,41 +721,21 @@ class CheckpointWriter:
         """Make the checkpoint visible at ``dest`` and return ``dest``.
 
         Every PagesWriter must be closed (DumpError otherwise). Files were
-        fsynced when closed; here the directory is fsynced, renamed into place
-        and the parent directory fsynced. With ``force`` an existing ``dest``
-        is first renamed to ``.NAME.old-XXXXXXXX`` and removed afterwards.
-        On failure the temporary directory stays for the caller to
-        :meth:`abort`.
+        fsynced when closed; here the directory's contents are checked to be
+        exactly what was written, it is fsynced and moved into place
+        (``renameat2``: RENAME_NOREPLACE, or RENAME_EXCHANGE to replace an
+        empty directory or, with ``force``, a checkpoint, which is then
+        removed), and the parent directory fsynced. On failure nothing is
+        installed and the writer stays open for the caller to :meth:`abort`.
         """
-        if self.tmpdir is None:
-            raise DumpError("checkpoint writer is closed")
+        self._dir()
         open_writers = [pw.pid for pw in self._pages_writers if not pw.closed]
         if open_writers:
             raise DumpError(f"pages writers still open for pids {open_writers}")
-        parent = self.dest.parent
-        old: Path | None = None
-        try:
-            fsync_dir(self.tmpdir)
-            if os.path.lexists(self.dest):
-                if not self.force:
-                    raise DumpError(f"{self.dest} already exists (use force to replace it)")
-                self._check_replaceable()
-                old = parent / f".{self.dest.name}.old-{secrets.token_hex(4)}"
-                os.rename(self.dest, old)
-            os.rename(self.tmpdir, self.dest)
-            fsync_dir(parent)
-        except OSError as err:
-            if old is not None and not os.path.lexists(self.dest):
-                os.rename(old, self.dest)  # put the previous checkpoint back
-            raise DumpError(f"committing {self.dest}: {err.strerror}") from err
-        self.tmpdir = None
+        path = self._out.commit()
+        self._out = None
         self.committed = True
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
-        return self.dest
+        return path
 
     def abort(self) -> None:
         """Close any open PagesWriter and remove the temporary directory.
@@ -780,9 +743,9 @@ class CheckpointWriter:
         for pw in self._pages_writers:
             if not pw.closed:
                 pw.abort()
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
+        if self._out is not None:
+            self._out.abort()
+            self._out = None
 
     def __enter__(self) -> CheckpointWriter:
         return self

@@ -1,4 +1,6 @@
-"""PAGEMAP_SCAN: mirror of include/uapi/linux/fs.h (Linux >= 6.7).
+"""PAGEMAP_SCAN and renameat2 flags: mirror of include/uapi/linux/fs.h.
+
+PAGEMAP_SCAN is Linux >= 6.7; RENAME_* are Linux >= 3.15.
 
 Category bits SOFT_DIRTY (bit 7) arrived in 6.8 and GUARD (bit 8) in 6.16;
 an older kernel answers EINVAL for a bit it does not know, which is how
@@ -26,6 +28,8 @@ __all__ = [
     "PAGE_IS_HUGE",
     "PAGE_IS_SOFT_DIRTY",
     "PAGE_IS_GUARD",
+    "RENAME_NOREPLACE",
+    "RENAME_EXCHANGE",
 ]
 
 # Page categories (struct page_region.categories, and the four masks).
@@ -74,3 +78,9 @@ class pm_scan_arg(ctypes.Structure):
 
 
 PAGEMAP_SCAN = IOWR("f", 16, pm_scan_arg)
+
+
+# renameat2(2) flags (3.15). Each file system opts in: ext4, xfs, btrfs, tmpfs
+# and overlayfs have both; others (NFS, older FUSE) answer EINVAL.
+RENAME_NOREPLACE = 1 << 0  # fail with EEXIST instead of replacing the target
+RENAME_EXCHANGE = 1 << 1  # swap the two entries atomically; both must exist

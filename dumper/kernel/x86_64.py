@@ -22,6 +22,7 @@ NR_arch_prctl = 158
 NR_get_robust_list = 274
 NR_timer_gettime = 224
 NR_timer_getoverrun = 225
+NR_kcmp = 312
 NR_userfaultfd = 323
 NR_membarrier = 324
 NR_pidfd_open = 434

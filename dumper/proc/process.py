@@ -130,6 +130,18 @@ class Process:
         with self.translate("task"):
             return sorted(int(t) for t in os.listdir(f"{self.path}/task"))
 
+    def children(self) -> list[int]:
+        """Pids of the children of every thread (/proc/PID/task/TID/children,
+        CONFIG_PROC_CHILDREN, Linux 3.5)."""
+        out: list[int] = []
+        for tid in self.threads():
+            try:
+                with open(f"{self.path}/task/{tid}/children", "rb") as f:
+                    out.extend(int(x) for x in f.read().split())
+            except FileNotFoundError:
+                continue
+        return sorted(set(out))
+
     def check_has_mm(self) -> ProcStat:
         """Raise ZombieProcess / NoMemoryMap if there is no memory to look at.
 

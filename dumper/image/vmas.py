@@ -1,0 +1,37 @@
+"""VMA lists as CRIU 4.2 writes them (criu/proc_parse.c parse_smaps and
+vma_area_is rules), for our own images and for exports: what `criu
+restore` expects to find."""
+
+from __future__ import annotations
+
+from . import format as fmt
+from .pb import mm_pb2
+
+__all__ = ["as_criu_lists_them"]
+
+FILE_VMA = fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED
+MAP_ANONYMOUS = fmt.FLAG_TABLES["mmap.flags"]["MAP_ANONYMOUS"]
+
+
+def as_criu_lists_them(mm: mm_pb2.mm_entry) -> None:
+    """Make the VMA list read as CRIU 4.2 writes it (criu/proc_parse.c):
+    kernel-provided anonymous mappings ([vvar], [vsyscall]) carry
+    VMA_ANON_PRIVATE and MAP_ANONYMOUS, and consecutive [vvar] VMAs
+    ([vvar] + [vvar_vclock] on 6.x kernels) are one VMA."""
+    merged = []
+    for v in mm.vmas:
+        if v.status & (fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL) and not v.status & FILE_VMA:
+            v.status |= fmt.VMA_ANON_PRIVATE
+            v.flags |= MAP_ANONYMOUS
+        prev = merged[-1] if merged else None
+        if (prev is not None and prev.status & fmt.VMA_AREA_VVAR and v.status & fmt.VMA_AREA_VVAR
+                and prev.end == v.start):
+            prev.end = v.end
+            continue
+        merged.append(v)
+    if len(merged) != len(mm.vmas):
+        kept = [type(v)() for v in merged]
+        for k, v in zip(kept, merged):
+            k.CopyFrom(v)
+        del mm.vmas[:]
+        mm.vmas.extend(kept)
