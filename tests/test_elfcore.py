@@ -584,3 +584,57 @@ def test_criu_image_set_of_a_tree_gives_a_directory_of_cores(tmp_path):
     # --pid: one process, OUT is its file
     export_elf(images, tmp_path / "one", pid=child)
     assert (tmp_path / "one").is_file()
+
+
+# --- mapped files: past their end, changed since the dump ------------------------------------
+
+_PAST_EOF = """
+import ctypes, ctypes.util, os, sys
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+path = sys.argv[1]
+with open(path, "wb") as f:
+    f.write(b"A" * 4096 + b"B" * 2048)   # a page and a half
+fd = os.open(path, os.O_RDONLY)
+a = libc.mmap(None, 4 * 4096, 3, 0x02, fd, 0)   # PROT_READ|PROT_WRITE, MAP_PRIVATE: 4 pages, 2 of them past the end
+ctypes.memmove(a, b"hello", 5)                  # one page written: the whole VMA goes in
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_file_mapping_past_its_end_and_a_changed_file(tmp_path):
+    data = tmp_path / "data.bin"
+    p = subprocess.Popen([sys.executable, "-c", _PAST_EOF, str(data)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        dump(p.pid, tmp_path / "ck", thaw="leave-stopped")
+        res = export_elf(tmp_path / "ck", tmp_path / "core")
+        with open_checkpoint(tmp_path / "ck") as ck:
+            vma = next(v for v in ck.process().vmas if v.path == str(data))
+        seg = next(s for s in _segments(tmp_path / "core") if s[1] == vma.start)
+        assert seg[2] == seg[3] == 4 * PAGE_SIZE  # whole, as the kernel dumps it
+        with open(tmp_path / "core", "rb") as f:
+            f.seek(seg[0])
+            body = f.read(seg[2])
+        assert body[:5] == b"hello" and body[5:4096] == b"A" * 4091
+        assert body[4096:6144] == b"B" * 2048 and body[6144:] == bytes(4 * 4096 - 6144)  # past the end: zeros
+        assert not any("holes" in n for n in res.cores[0].notes), res.cores[0].notes
+        assert not _live_mismatches(p.pid, tmp_path / "core")
+    finally:
+        p.kill()
+        p.wait()
+        p.stdin.close()
+        p.stdout.close()
+    # The file changed after the dump: its untouched page cannot be trusted, the saved one still is.
+    with open(data, "r+b") as f:
+        f.seek(4096)
+        f.write(b"C")
+    res = export_elf(tmp_path / "ck", tmp_path / "core2")
+    assert any("untouched pages left as holes" in n for n in res.cores[0].notes), res.cores[0].notes
+    with open(tmp_path / "core2", "rb") as f:
+        f.seek(seg[0])
+        body = f.read(seg[2])
+    assert body[:5] == b"hello" and body[4096:] == bytes(3 * 4096)

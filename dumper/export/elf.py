@@ -573,27 +573,55 @@ class _Writer:
             self.f.write(chunk)
             self.data_bytes += len(chunk)
 
-    def _runs(self, seg: _Segment, runs: tuple) -> None:
+    def _runs(self, seg: _Segment, runs: tuple, lo: int | None = None, hi: int | None = None) -> int:
+        """Write the saved pages of ``runs`` in the segment's file part (or
+        in ``[lo, hi)`` of it, bytes); returns the bytes written."""
         ps = self.proc.page_size
-        lo, hi = seg.vaddr // ps, (seg.vaddr + seg.filesz) // ps
+        lo = max(seg.vaddr, lo if lo is not None else 0) // ps
+        hi = min(seg.vaddr + seg.filesz, hi if hi is not None else 1 << 64) // ps
         rs, re_ = runs
-        if not len(rs):
-            return
+        if not len(rs) or hi <= lo:
+            return 0
+        before = self.data_bytes
         i, j = np.searchsorted(re_, lo, side="right"), np.searchsorted(rs, hi, side="left")
         for s, e in zip(np.maximum(rs[i:j], lo).tolist(), np.minimum(re_[i:j], hi).tolist()):
             self._put(seg, s * ps, self.ck.iter_chunks(self.proc.pid, s * ps, (e - s) * ps, recorded_only=True))
+        return self.data_bytes - before
+
+    def _file_end(self, vma) -> int | None:
+        """Where the mapped file's last page ends in the VMA (pages past the
+        end of a file do not exist: the kernel leaves holes), or None."""
+        _, ident, _ = self.ck.mapped_file(self.proc, vma)
+        if ident is None or ident.size is None:
+            return None
+        ps = self.proc.page_size
+        return vma.start + max(0, -(-ident.size // ps) * ps - vma.pgoff)
 
     def _file(self, seg: _Segment, runs: tuple) -> None:
+        """Saved pages, and the mapped file's bytes between them."""
         before = self.data_bytes
+        saved = 0
+        end = seg.vaddr + seg.filesz
+        file_end = self._file_end(seg.vma)
+        fill_end = min(end, file_end) if file_end is not None else end
         try:
-            for a, b in _guard_free(self.proc, seg.vaddr, seg.vaddr + seg.filesz):
+            for a, b in _guard_free(self.proc, seg.vaddr, fill_end):
                 self._put(seg, a, self.ck.iter_chunks(self.proc.pid, a, b - a))
-        except MappedFileError as err:
+        except CorruptImage:
+            raise
+        except ImageError as err:  # the file: gone, changed, shorter; a broken chain fails again below
             v = seg.vma
             self.notes_out.append(f"{v.start:#x}-{v.end:#x} {printable_path(v.path) if v.HasField('path') else ''}: "
                                   f"untouched pages left as holes: {err}")
-            self._runs(seg, runs)  # the saved pages at least
-        self.file_fill += self.data_bytes - before
+            fill_end = seg.vaddr
+        saved += self._runs(seg, runs, fill_end, end)  # saved pages the file did not cover
+        rs, re_ = runs
+        ps = self.proc.page_size
+        if len(rs):  # saved pages inside what was filled are not from the file
+            lo, hi = seg.vaddr // ps, fill_end // ps
+            inside = np.minimum(re_, hi).astype(np.int64) - np.maximum(rs, lo).astype(np.int64)
+            saved += int(inside.clip(min=0).sum()) * ps if hi > lo else 0
+        self.file_fill += max(self.data_bytes - before - saved, 0)
 
     def write(self, seg: _Segment, runs: tuple) -> None:
         if not seg.filesz:
