@@ -20,14 +20,14 @@ from ..kernel.cpuid import cpuid
 from ..proc.task import TASK_STOPPED, TaskState, ThreadState
 
 __all__ = ["core_entry", "ids_entry", "NamespaceIds", "KobjIds", "pstree_entry", "seccomp_entry",
-           "timens_entry", "fill_inventory", "xsave_layout"]
+           "timens_entry", "fill_inventory", "xsave_layout", "XSAVE_FIELDS"]
 
 _MTYPE_X86_64 = 1  # core_entry.march
 _REGS_NATIVE = 1  # user_x86_regs_mode
 _NS_KINDS = ("pid", "net", "ipc", "uts", "time", "mnt", "user", "cgroup")  # CRIU's ns_desc order
 
 # XSAVE components CRIU saves: feature bit -> (user_x86_xsave_entry field, bytes per word)
-_XSAVE_FIELDS = {
+XSAVE_FIELDS = {
     x86_64.XFEATURE_YMM: ("ymmh_space", 4),
     x86_64.XFEATURE_BNDREGS: ("bndreg_state", 8),
     x86_64.XFEATURE_BNDCSR: ("bndcsr_state", 8),
@@ -63,7 +63,7 @@ def xsave_layout() -> XsaveLayout:
         if ecx1 & (1 << 26):  # XSAVE
             eax, _, _, edx = cpuid(0xD, 0)
             mask = eax | edx << 32
-            for bit in _XSAVE_FIELDS:
+            for bit in XSAVE_FIELDS:
                 if mask >> bit & 1:
                     size, offset, _, _ = cpuid(0xD, bit)
                     feats[bit] = (offset, size)
@@ -87,7 +87,7 @@ def _fill_fpregs(fp, t: ThreadState, layout: XsaveLayout) -> None:
     buf = t.xstate if not t.xstate_is_fxsave else t.xstate + bytes(16)
     xs.xstate_bv = struct.unpack_from("<Q", buf, x86_64.XSAVE_HDR_OFFSET)[0] if len(buf) >= 520 else 3
     for bit, (offset, size) in layout.features.items():
-        name, word = _XSAVE_FIELDS[bit]
+        name, word = XSAVE_FIELDS[bit]
         chunk = buf[offset:offset + size]
         getattr(xs, name).extend(_words(chunk.ljust(size, b"\0"), word))
     if layout.shstk:

@@ -29,6 +29,7 @@ import functools
 import struct
 from dataclasses import dataclass
 
+from ..dump.core import XSAVE_FIELDS  # CRIU's user_x86_xsave_entry field and word size per component
 from ..errors import CorruptImage
 from ..kernel import x86_64
 from ..kernel.cpuid import cpuid
@@ -43,18 +44,6 @@ _FXSAVE_SIZE = 512
 _HEADER_SIZE = 64
 _FIRST_EXTENDED = 2  # XFEATURE_YMM; 0 and 1 (x87, SSE) live in the fxsave area
 _X87_SSE = 0b11
-
-# CRIU's user_x86_xsave_entry field per xsave component, and its word size.
-XSAVE_FIELDS = {
-    x86_64.XFEATURE_YMM: ("ymmh_space", 4),
-    x86_64.XFEATURE_BNDREGS: ("bndreg_state", 8),
-    x86_64.XFEATURE_BNDCSR: ("bndcsr_state", 8),
-    x86_64.XFEATURE_OPMASK: ("opmask_reg", 8),
-    x86_64.XFEATURE_ZMM_Hi256: ("zmm_upper", 8),
-    x86_64.XFEATURE_Hi16_ZMM: ("hi16_zmm", 8),
-    x86_64.XFEATURE_PKRU: ("pkru", 4),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class XstateLayout:
