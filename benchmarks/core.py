@@ -1,10 +1,12 @@
 """ELF cores of the same processes in the same run: dumper against gdb's
 ``gcore`` and CRIU's ``criu-coredump``.
 
-Targets: the AddressSanitizer program (tests/targets/elfcore/asan.c, 64
-MiB of heap written; ASan reserves ~16 TiB of shadow, MADV_DONTDUMP), a 1
-GiB dense process (benchmarks/incremental.py's target), and a 16 TiB
-MAP_NORESERVE reservation with 1000 touched pages.
+Targets: a small C program (tests/targets/elfcore/threads.c: every tool
+finishes, and gdb's reading of each core can be compared), the
+AddressSanitizer program (tests/targets/elfcore/asan.c, 64 MiB of heap
+written; ASan reserves ~16 TiB of shadow, MADV_DONTDUMP), a 1 GiB dense
+process (benchmarks/incremental.py's target), and a 16 TiB MAP_NORESERVE
+reservation with 1000 touched pages.
 
 Tools, each on the running target:
 
@@ -14,7 +16,9 @@ Tools, each on the running target:
 - ``dumper export --format elf`` of a checkpoint made beforehand (zstd):
   wall time of the core write, in process;
 - ``gcore -o FILE PID``: stopped after ``GCORE_MAX_S`` (60 s) or once it has
-  written ``GCORE_MAX_BYTES``; whether it finished and what it wrote;
+  written ``GCORE_MAX_BYTES`` (16 GiB, a guard for the disk); whether it
+  finished, what it wrote, and how long the target was stopped (sampled in
+  /proc/PID/stat: gdb holds it stopped while it writes);
 - ``criu dump --leave-running`` then CRIU's ``coredump/coredump`` on those
   images (pycriu built in a scratch directory from the CRIU tree with
   Debian's ``protoc``, run by /usr/bin/python3 with python3-protobuf: pycriu
@@ -48,10 +52,10 @@ import time
 from pathlib import Path
 
 from ._util import ROOT, spawn_sparse, stop
-from .peers import _spawn_dense, find_gcore
+from .peers import _spawn_dense, _StopSampler, find_gcore
 
 GCORE_MAX_S = float(os.environ.get("BENCH_GCORE_S", "60"))
-GCORE_MAX_BYTES = int(os.environ.get("BENCH_GCORE_BYTES", str(8 << 30)))
+GCORE_MAX_BYTES = int(os.environ.get("BENCH_GCORE_BYTES", str(16 << 30)))  # a disk guard: 60 s stops it first
 CRIU_COREDUMP_MAX_S = float(os.environ.get("BENCH_CRIU_COREDUMP_S", "120"))
 CRIU_COREDUMP_MAX_AS = 6 << 30
 ASAN_FILL_MIB = 64
@@ -126,23 +130,25 @@ def _killpg(p: subprocess.Popen) -> None:
 def run_gcore(gcore: str, pid: int, out: Path, prog: str) -> dict:
     core = out.with_name(f"{out.name}.{pid}")
     t0 = time.perf_counter()
-    p = subprocess.Popen([gcore, "-o", str(out), str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True, env=GDB_ENV)
-    stopped = None
-    while p.poll() is None:
-        time.sleep(0.05)
-        apparent, _ = _sizes(core)
-        elapsed = time.perf_counter() - t0
-        if elapsed > GCORE_MAX_S or apparent > GCORE_MAX_BYTES:
-            stopped = f"stopped after {elapsed:.0f} s, {apparent / 2**30:.2f} GiB written"
-            _killpg(p)
-            break
-    err = p.stderr.read()
-    p.stderr.close()
+    with _StopSampler(pid) as sampler:  # gdb holds the target stopped while it writes
+        p = subprocess.Popen([gcore, "-o", str(out), str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True, env=GDB_ENV)
+        stopped = None
+        while p.poll() is None:
+            time.sleep(0.05)
+            apparent, _ = _sizes(core)
+            elapsed = time.perf_counter() - t0
+            if elapsed > GCORE_MAX_S or apparent > GCORE_MAX_BYTES:
+                stopped = f"stopped after {elapsed:.0f} s, {apparent / 2**30:.2f} GiB written"
+                _killpg(p)
+                break
+        err = p.stderr.read()
+        p.stderr.close()
     wall = time.perf_counter() - t0
     _cont(pid)
     apparent, allocated = _sizes(core)
-    row = {"wall_s": wall, "apparent": apparent, "allocated": allocated, "finished": stopped is None}
+    row = {"wall_s": wall, "apparent": apparent, "allocated": allocated, "finished": stopped is None,
+           "frozen_s": sampler.seconds}
     if stopped:
         return {**row, "ok": True, "note": stopped}
     if p.returncode or not core.exists():
@@ -255,9 +261,25 @@ def _spawn_asan(tmp: Path) -> tuple[subprocess.Popen | None, str, str]:
     return p, str(prog), ""
 
 
+def _spawn_threads(tmp: Path) -> tuple[subprocess.Popen | None, str, str]:
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        return None, "", "gcc not installed: the small C target is skipped"
+    prog = tmp / "threads"
+    subprocess.run([gcc, "-g", "-O0", "-pthread", "-o", str(prog),
+                    str(ROOT / "tests" / "targets" / "elfcore" / "threads.c")], check=True)
+    p = subprocess.Popen([str(prog)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    if not p.stdout.readline().startswith("READY"):
+        stop(p)
+        return None, "", "the small C target did not start"
+    return p, str(prog), ""
+
+
 def _targets(tmp: Path):
     """(label, spawn) pairs; spawn() -> (Popen or None, program for gdb, note)."""
     py = os.path.realpath(sys.executable)
+    yield "small C program, 5 threads", lambda: _spawn_threads(tmp)
     yield f"asan ({ASAN_FILL_MIB} MiB heap)", lambda: _spawn_asan(tmp)
     yield f"dense {DENSE_MIB} MiB", lambda: (_spawn_dense(DENSE_MIB), py, "")
     yield f"sparse {SPARSE_BYTES >> 40} TiB, {SPARSE_TOUCHED} pages", \
@@ -327,7 +349,9 @@ def table(r: dict) -> list[str]:
             frames = f"{row['named_frames']}/{row['frames']}" if "frames" in row else "-"
             note = row.get("note", "") if row.get("ok") else f"FAILED: {row.get('error', '?')}"
             if name == "dumper core" and row.get("ok"):
-                note = f"core write {row['write_s']:.2f} s, frozen {row['frozen_s'] * 1e3:.0f} ms"
+                note = f"core write {row['write_s']:.2f} s, target frozen {row['frozen_s'] * 1e3:.0f} ms"
+            elif name == "gcore" and row.get("frozen_s") is not None:
+                note = "; ".join(x for x in (f"target stopped {row['frozen_s']:.1f} s", note) if x)
             wall = f"{row['wall_s']:.2f}" if row.get("wall_s") is not None else "-"
             ratio = lambda k: f"{row[k]:.2f}x" if row.get(k) is not None else "-"  # noqa: E731
             out.append(f"{target:<28} {name:<27} {'yes' if row.get('finished') else 'no':>4} {wall:>8} "
