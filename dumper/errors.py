@@ -8,7 +8,8 @@ Every failure the package reports derives from :class:`DumperError`::
     │   │   └── ZombieProcess        it exited and was not reaped: no memory left
     │   ├── AccessDenied             ptrace/proc access refused (EPERM/EACCES)
     │   ├── NoMemoryMap              a kernel thread: it has no mm to dump
-    │   └── RefusedTarget            the dumper's own pid or an ancestor of it
+    │   ├── RefusedTarget            the dumper's own pid or an ancestor of it
+    │   └── FreezeTimeout            a thread did not stop within the freeze timeout
     ├── KernelError(errno, syscall)  a syscall or ioctl failed unexpectedly
     │   └── UnsupportedKernel        the running kernel lacks a needed feature
     ├── ScanError                    bad scan arguments (range, category names)
@@ -17,7 +18,13 @@ Every failure the package reports derives from :class:`DumperError`::
     │   ├── BadMagic
     │   ├── UnsupportedVersion
     │   └── CorruptImage
-    └── DumpError                    a dump could not be completed
+    ├── DumpError                    a dump could not be completed
+    │   └── StateDirError            the tracking state directory is unusable or unsafe
+    ├── WardenError                  the tracer process (dumper.proc.warden) failed or is gone
+    └── RestoreError(details)        a checkpoint could not be restored
+        ├── CriuNotFound             no usable CRIU (missing, not runnable, < 4.0)
+        ├── NotRestorable            the checkpoint cannot be restored as it is
+        └── CriuFailed               ``criu restore`` ran and failed
 
 ``OSError`` is translated into these once, where the system call is made, with
 ``raise ... from err`` so the cause stays attached (the psutil idiom).
@@ -37,6 +44,7 @@ __all__ = [
     "AccessDenied",
     "NoMemoryMap",
     "RefusedTarget",
+    "FreezeTimeout",
     "KernelError",
     "UnsupportedKernel",
     "ScanError",
@@ -46,6 +54,12 @@ __all__ = [
     "UnsupportedVersion",
     "CorruptImage",
     "DumpError",
+    "StateDirError",
+    "WardenError",
+    "RestoreError",
+    "CriuNotFound",
+    "NotRestorable",
+    "CriuFailed",
 ]
 
 
@@ -126,6 +140,16 @@ class RefusedTarget(ProcessError):
 
     def _default_msg(self) -> str:
         return "refusing to freeze the dumper itself or one of its ancestors"
+
+
+class FreezeTimeout(ProcessError):
+    """A thread did not stop within the freeze timeout (uninterruptible sleep,
+    a vfork parent waiting for its child); the process was let go."""
+
+    __module__ = "dumper"
+
+    def _default_msg(self) -> str:
+        return "a thread did not stop in time"
 
 
 class KernelError(DumperError):
@@ -220,5 +244,54 @@ class CorruptImage(ImageError):
 
 class DumpError(DumperError):
     """A dump could not be completed (disk full, destination exists, ...)."""
+
+    __module__ = "dumper"
+
+
+class StateDirError(DumpError):
+    """The tracking state directory cannot be used: unwritable, or not a
+    directory of the effective user with mode 0700 (dumper.track.state)."""
+
+    __module__ = "dumper"
+
+
+class WardenError(DumperError):
+    """The warden (the tracer process, dumper.proc.warden) failed, went away,
+    or could not take a request."""
+
+    __module__ = "dumper"
+
+
+class RestoreError(DumperError):
+    """A checkpoint could not be restored. ``details``: further lines for the
+    user (reasons, problems, the end of CRIU's log), shown before the one-line
+    message."""
+
+    __module__ = "dumper"
+
+    def __init__(self, msg: str, details: tuple[str, ...] | list[str] = ()) -> None:
+        self.msg = msg
+        self.details = tuple(details)
+        super().__init__(msg)
+
+    def __reduce__(self):
+        return (type(self), (self.msg, self.details))
+
+
+class CriuNotFound(RestoreError):
+    """No usable CRIU: missing, not executable, or older than 4.0."""
+
+    __module__ = "dumper"
+
+
+class NotRestorable(RestoreError):
+    """The checkpoint cannot be restored as it is: marked unrestorable, a
+    pre-dump, missing or damaged images, or its pids are taken."""
+
+    __module__ = "dumper"
+
+
+class CriuFailed(RestoreError):
+    """``criu restore`` ran and failed; ``details`` holds the end of its log."""
 
     __module__ = "dumper"

@@ -491,3 +491,230 @@ def test_flatten_and_export_never_overwrite_the_chain(spawn_target, tmp_path):
     with pytest.raises(ExportError, match="would overwrite .*a checkpoint it reads"):
         export(tmp_path / "b", tmp_path / "a", force=True)
     assert chain_pages(tmp_path / "b", t.pid)  # still readable
+
+
+# --- tracking left behind (issue 13 items 1-2 and 14, issue 15 items 2 and 5) -----------
+
+from dumper.errors import DumperError  # noqa: E402
+from dumper.track import state as tracking_state  # noqa: E402
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch):
+    """A private state directory for dumper and its subprocesses."""
+    d = tmp_path / "state"
+    monkeypatch.setenv("DUMPER_STATE_DIR", str(d))
+    return d
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "dumper", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def uffds(pid: int) -> list[int]:
+    return [int(f) for f in os.listdir(f"/proc/{pid}/fd")
+            if os.readlink(f"/proc/{pid}/fd/{f}") == "anon_inode:[userfaultfd]"]
+
+
+def uw_vmas(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps") as f:
+        return sum(1 for line in f if line.startswith("VmFlags:") and " uw" in line)
+
+
+def start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        d = f.read()
+    return int(d[d.rindex(b")") + 2 :].split()[19])
+
+
+def assert_untracked(t) -> None:
+    assert uffds(t.pid) == [] and uw_vmas(t.pid) == 0
+    assert tracking_state.load(t.pid, start_time(t.pid)) is None
+    assert t.command("checksum dense")  # alive and answering
+
+
+def test_plain_dump_writes_no_state_file(spawn_target, tmp_path, state_dir):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a")
+    assert not state_dir.exists() or os.listdir(state_dir) == []
+
+
+@needs_uffd
+def test_state_file_while_armed_only(spawn_target, tmp_path, state_dir):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a", track_mem=True)
+    rec = tracking_state.load(t.pid, start_time(t.pid))
+    assert rec is not None and rec.armed and rec.uffd_fd in uffds(t.pid)
+    assert rec.uffd_ino == os.stat(f"/proc/{t.pid}/fd/{rec.uffd_fd}").st_ino
+    assert os.stat(state_dir).st_mode & 0o777 == 0o700
+    assert [os.stat(state_dir / n).st_mode & 0o777 for n in os.listdir(state_dir)] == [0o600]
+    r = cli("untrack", str(t.pid))  # no -D, no --fd: the record says which
+    assert r.returncode == 0, r.stderr
+    assert f"descriptor {rec.uffd_fd} closed" in r.stdout
+    assert_untracked(t)
+    assert os.listdir(state_dir) == []
+
+
+def test_stale_state_files_are_cleaned(spawn_target, tmp_path, state_dir):
+    t = spawn_target("dense")
+    state_dir.mkdir(mode=0o700)
+    live = tracking_state.TrackingState("id", "uffd-wp", "/x", 3, 1)
+    tracking_state.save(t.pid, start_time(t.pid), live)
+    tracking_state.save(t.pid, start_time(t.pid) + 1, live)  # the pid was reused since
+    tracking_state.save(2**22 + 4321, 5, live)  # the process is gone
+    (state_dir / ".track-1-1.json.999999999.abc.tmp").write_text("{}")  # a dead writer's temp file
+    dump(t.pid, tmp_path / "a")  # any dump cleans up
+    assert os.listdir(state_dir) == [f"track-{t.pid}-{start_time(t.pid)}.json"]
+
+
+@needs_uffd
+@pytest.mark.parametrize("kind", ["other-owner", "group-writable", "symlink", "file"])
+def test_unsafe_or_unusable_state_dir_is_one_line_and_arms_nothing(spawn_target, tmp_path, monkeypatch, kind):
+    t = spawn_target("dense")
+    d = tmp_path / "state"
+    if kind == "other-owner":
+        d.mkdir(mode=0o700)
+        os.chown(d, 65534, 65534)
+        why = "belongs to uid 65534"
+    elif kind == "group-writable":
+        d.mkdir()
+        os.chmod(d, 0o770)
+        why = "mode is 0770"
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        d.symlink_to(tmp_path / "elsewhere")
+        why = "symbolic link"
+    else:
+        d.write_text("")
+        why = "not a directory"
+    monkeypatch.setenv("DUMPER_STATE_DIR", str(d))
+    for args in (["pre-dump", str(t.pid), "-D", str(tmp_path / "p")],
+                 ["dump", str(t.pid), "-D", str(tmp_path / "q"), "--track-mem"]):
+        r = cli(*args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "tracking state directory" in lines[0] and why in lines[0], r.stderr
+        assert uffds(t.pid) == [] and uw_vmas(t.pid) == 0
+        assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
+    if kind == "symlink":
+        assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_state_file_write_follows_no_symlink(spawn_target, tmp_path, state_dir):
+    t = spawn_target("dense")
+    state_dir.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    name = f"track-{t.pid}-{start_time(t.pid)}.json"
+    (state_dir / name).symlink_to(victim)
+    tracking_state.save(t.pid, start_time(t.pid), tracking_state.TrackingState("id", "uffd-wp", "/x"))
+    assert victim.read_text() == "precious"
+    assert not (state_dir / name).is_symlink()
+    assert sorted(os.listdir(state_dir)) == [name]  # no temporary file left
+
+
+def test_default_state_dir_for_a_user_is_created_0700(tmp_path, monkeypatch):
+    monkeypatch.delenv("DUMPER_STATE_DIR", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(os, "getuid", lambda: 4242)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    assert tracking_state.state_dir() == str(tmp_path / "run" / "dumper")
+    with pytest.raises(tracking_state.StateDirError, match="belongs to uid 0, not 4242"):
+        tracking_state.save(1, 1, tracking_state.TrackingState("id", "uffd-wp", "/x"))
+    assert os.stat(tmp_path / "run" / "dumper").st_mode & 0o777 == 0o700
+
+
+@needs_uffd
+@pytest.mark.parametrize("command", ["pre-dump", "dump"])
+def test_tracking_dump_that_runs_out_of_space_removes_what_it_armed(spawn_target, tmp_path, state_dir, command):
+    """ENOSPC on a small tmpfs: pre-dump fails after the thaw (it copies then),
+    dump --track-mem before it; both leave no tracking behind."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {r.stderr.strip()}")
+    try:
+        t = spawn_target("dense")
+        args = [command, str(t.pid), "-D", str(mnt / "ck"), "--no-compress"]
+        r = cli(*(args + (["--track-mem"] if command == "dump" else [])))
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "No space left" in r.stderr or "ENOSPC" in r.stderr, r.stderr
+        assert_untracked(t)
+        assert os.listdir(mnt) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@needs_uffd
+def test_untrack_recognises_a_userfaultfd_without_record(spawn_target, tmp_path, state_dir):
+    """What an older dumper (or a lost state file) leaves: untrack names it
+    and --fd removes it; a target's own userfaultfd is never taken."""
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "a", pre_dump=True)
+    fd = uffds(t.pid)[0]
+    for name in os.listdir(state_dir):
+        os.unlink(state_dir / name)
+    r = cli("untrack", str(t.pid))
+    assert r.returncode == 1 and f"`dumper untrack {t.pid} --fd {fd}` removes it" in r.stderr
+    assert uffds(t.pid) == [fd]
+    with pytest.raises(DumpError, match=f"did not arm by any record.*untrack {t.pid} --fd {fd}"):
+        dump(t.pid, tmp_path / "b", track_mem=True)
+    r = cli("untrack", str(t.pid), "--fd", str(fd))
+    assert r.returncode == 0, r.stderr
+    assert_untracked(t)
+    # A target's own userfaultfd (this one is set up exactly as dumper's are)
+    # is never removed without a record or the user naming it.
+    own = spawn_target("uffd")
+    r = cli("untrack", str(own.pid))
+    assert r.returncode == 1 and "no record says dumper armed tracking" in r.stderr
+    assert len(uffds(own.pid)) == 1
+
+
+@needs_uffd
+def test_dump_parent_after_untrack_says_why(spawn_target, tmp_path, state_dir):
+    t = spawn_target("dense")
+    dump(t.pid, tmp_path / "pre", pre_dump=True)
+    assert cli("untrack", str(t.pid)).returncode == 0
+    r = dump(t.pid, tmp_path / "full", parent=tmp_path / "pre")
+    assert r.parent is None and r.pages_parent == 0
+    assert r.notes == [f"pid {t.pid} has no write tracking armed by dumper any more (removed by "
+                       "`dumper untrack`, or never armed): full dump"]
+
+
+@pytest.mark.parametrize("args", [["pre-dump", "--tracker", "none"], ["dump", "--track-mem", "--tracker", "none"]])
+def test_tracking_commands_refuse_tracker_none(spawn_target, tmp_path, state_dir, args):
+    t = spawn_target("dense")
+    r = cli(args[0], str(t.pid), "-D", str(tmp_path / "ck"), *args[1:])
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs write tracking, and --tracker none arms none" in lines[0]
+    assert not (tmp_path / "ck").exists() and uffds(t.pid) == []
+
+
+@needs_uffd
+def test_tracking_half_armed_by_a_killed_warden_is_named_and_removable(spawn_target, tmp_path, state_dir):
+    """The one case the warden cannot undo: the warden itself killed between
+    creating the userfaultfd and finishing. The record written first names it."""
+    from dumper.proc.warden import Warden
+    from dumper.track import uffd
+
+    t = spawn_target("dense")
+    st = start_time(t.pid)
+    from dumper.proc.process import Process
+
+    ranges = [(v.start, v.end) for v in Process(t.pid).vmas() if v.path == "" and "w" in v.perms][:2]
+    with Warden() as w:
+        w.freeze(t.pid, tree=False)
+        w.call(uffd.arm_call, t.pid, ranges, start_time=st, checkpoint=str(tmp_path / "x"))
+        rec = tracking_state.load(t.pid, st)
+        rec.armed = False  # as if the warden died before it could say "armed"
+        tracking_state.save(t.pid, st, rec)
+        w.keep()  # keep it (what a killed warden would leave)
+    assert uffds(t.pid) == [rec.uffd_fd]
+    with pytest.raises(DumpError, match=f"cut off while it armed .*descriptor {rec.uffd_fd}.*dumper untrack {t.pid}"):
+        dump(t.pid, tmp_path / "b", track_mem=True)
+    r = cli("untrack", str(t.pid))
+    assert r.returncode == 0, r.stderr
+    assert_untracked(t)

@@ -28,6 +28,10 @@ def non_negative(text: str) -> int:
     return _integer(text, base=0, what="a number", minimum=0)
 
 
+def positive(text: str) -> int:
+    return _integer(text, base=10, what="a number", minimum=1)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
         if abs(n) < 1024 or unit == "PiB":

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ImageError
 from ..image.checkpoint import Checkpoint, open_checkpoint
-from ..proc.freeze import Freezer
+from ..proc.warden import Warden
 from ..proc.process import Process
 from .options import human_bytes, non_negative, pid
 
@@ -139,6 +139,11 @@ def rseq_areas(tids) -> list[tuple[int, int]]:
     return out
 
 
+def _rseq_areas_of(ctx, pid: int) -> list[tuple[int, int]]:
+    """In the warden: :func:`rseq_areas` of every thread of frozen ``pid``."""
+    return rseq_areas(ctx.freezer(pid).threads)
+
+
 def kernel_written_mask(areas: list[tuple[int, int]], lo: int, hi: int) -> list[tuple[int, int]]:
     """Byte ranges ``[a, b)`` inside ``[lo, hi)`` that the kernel rewrites on
     its own: the rseq cpu_id_start/cpu_id/node_id/mm_cid fields of ``areas``."""
@@ -187,8 +192,9 @@ def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None,
                         "kernel rewrites when a thread migrates (cpu_id, cpu_id_start, node_id, mm_cid): not a change")
 
     buf = bytearray()
-    with Freezer(target) as fz:
-        areas = rseq_areas(fz.threads)
+    with Warden() as w:
+        w.freeze(target.pid, tree=False)
+        areas = w.call(_rseq_areas_of, target.pid)  # ptrace requests: the warden is the tracer
         fd = target.open("mem")
         try:
             for start, end in ck.recorded_ranges(ckpt_pid):

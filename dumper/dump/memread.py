@@ -138,7 +138,8 @@ class PageCopier:
             local["iov_base"][0] = ctypes.addressof(ctypes.c_char.from_buffer(buf))
             local["iov_len"][0] = want
             try:
-                got = process_vm_readv(self.process.pid, local, remote[:cnt])
+                # A live thread's id: with the main thread exited, the pid no longer reaches the mm.
+                got = process_vm_readv(self.process.mm_tid(), local, remote[:cnt])
             except OSError as err:
                 if err.errno == errno.ESRCH:
                     raise NoSuchProcess(self.process.pid, "process exited during the dump") from err

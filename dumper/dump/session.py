@@ -58,7 +58,10 @@ from . import core as criu_core
 from .core import KobjIds, NamespaceIds
 from .files import FileTable, write_fdinfo
 from ..proc.fds import collect_fds, map_files_fdflags
-from .tracer import FrozenProcess, LocalTracer
+from ..proc.freeze import check_target
+from ..proc.tree import FrozenProcess
+from ..proc.warden import Warden
+from ..track import state as tracking_state
 from .trackers import Tracker, make_tracker, pick_tracker
 
 __all__ = ["DumpOptions", "DumpResult", "DumpSession"]
@@ -106,6 +109,12 @@ class DumpOptions:
             raise DumpError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
         if self.pre_dump and self.thaw == "kill":
             raise DumpError("a pre-dump copies the pages after the process runs again: it cannot --kill it")
+        if self.tracker == "none" and (self.pre_dump or self.track_mem or self.parent is not None or self.pre_copy):
+            what = ("a pre-dump" if self.pre_dump else "--parent" if self.parent is not None
+                    else "--pre-copy" if self.pre_copy else "--track-mem")
+            raise DumpError(f"{what} needs write tracking, and --tracker none arms none (a pre-dump or "
+                            "incremental dump without it saves nothing the next dump can use): use "
+                            "--tracker auto, uffd-wp or soft-dirty, or a plain dump")
         if self.pre_copy < 0:
             raise DumpError("--pre-copy takes a number of rounds >= 1")
         if self.pre_copy and (self.pre_dump or self.parent is not None):
@@ -221,6 +230,7 @@ class DumpSession:
         self.files = FileTable()
         self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
+        self.frozen_ns = 0
         self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
@@ -236,9 +246,11 @@ class DumpSession:
             stack.callback(self.writer.abort)  # no-op after commit
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(raise_on_termination())
+            # The tracer is a separate process (the warden): on any way out it
+            # undoes what it armed and thaws; it must start before any thread.
+            self.tracer = stack.enter_context(Warden(stop_timeout=self.opts.freeze_timeout))
             if self.opts.pre_copy:
                 self.pre_copy_rounds()
-            self.tracer = stack.enter_context(LocalTracer(stop_timeout=self.opts.freeze_timeout))
             self.freeze()
             self.list_vmas()
             self.collect()
@@ -268,19 +280,17 @@ class DumpSession:
         last round (:meth:`select` treats the rounds' copies as the base)."""
         last = None
         for rnd in range(self.opts.pre_copy):
-            with LocalTracer(stop_timeout=self.opts.freeze_timeout) as tr:
-                self.tracer = tr
-                self.freeze()
-                self.list_vmas()
-                self.arm()
-                if rnd == 0:
-                    self._tracking_was_armed = any(p.tracker.preexisting for p in self.processes)
-                self.scan()
-                self.select()
-                for p in self.processes:
-                    p.tracker.reset(tr, p.pid, self.dest, record=False)
-                    p.pre_maps = b""  # arming changed VmFlags (uw): read smaps again next time
-                self.thaw()
+            self.freeze()
+            self.list_vmas()
+            self.arm()
+            if rnd == 0:
+                self._tracking_was_armed = any(p.tracker.preexisting for p in self.processes)
+            self.scan()
+            self.select()
+            for p in self.processes:
+                p.tracker.reset(self.tracer, p.pid, self.dest, record=False)
+                p.pre_maps = b""  # arming changed VmFlags (uw): read smaps again next time
+            self.tracer.thaw("resume")
             self.copy()
             for p in self.processes:
                 p.rounds.append(p.extents)
@@ -300,10 +310,12 @@ class DumpSession:
         """Checks and allocations before the target is touched."""
         opts = self.opts
         root = Process(self.pid)
-        root.check_has_mm()
+        check_target(root)  # refuses self, ancestors, zombies, kernel threads up front
         start_time = root.stat().starttime
+        tracking_state.clean_stale()  # records of processes gone or restarted
         self.tracker_name = pick_tracker(opts.tracker) if opts.wants_tracking else "none"
-        pd = ProcessDump(root.pid, root, start_time, make_tracker(self.tracker_name, root.pid, start_time))
+        pd = ProcessDump(root.pid, root, start_time,
+                         make_tracker(self.tracker_name, root.pid, start_time, self.dest))
         if opts.parent is not None:
             pd.parent = load_parent(opts.parent, root.pid, start_time)
             check_parent_placement(opts.parent, self.dest)
@@ -346,6 +358,7 @@ class DumpSession:
 
     def freeze(self) -> None:
         tree = self.tracer.freeze(self.pid, tree=False)
+        self.tree = tree
         self.freezing_ns = tree.freezing_ns
         for p in self.processes:
             p.frozen = tree.processes.get(p.pid)
@@ -364,13 +377,22 @@ class DumpSession:
                                    mm_saved_auxv=_criu_auxv(p.proc.auxv()),
                                    coredump_filter=int(p.proc.read_file("coredump_filter"), 16))
             fp = p.frozen
-            p.task = self.tracer.call(collect_task, p.pid, list(fp.threads), was_stopped=fp.was_stopped,
-                                      stop_signo=fp.stop_signo if fp.was_stopped else 0)
+            live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
+            mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
+            p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
+                                      stop_signo=fp.stop_signo if fp.was_stopped else 0,
+                                      proc_path=f"/proc/{p.pid}/task/{mm_tid}")
             p.mm.dumpable = p.task.dumpable
             p.mm.thp_disabled = p.task.thp_disabled
             p.ns_ids = self.ns_ids.of(p.pid)
             p.kobj_ids = self.kobj_ids.of(p.pid)
-            self._collect_files(p)
+            if fp.leader_exited:
+                # /proc/PID/map_files died with the main thread; memory is
+                # still read through a live thread, but CRIU cannot restore it.
+                self._unrestorable(p.pid, "process", f"pid {p.pid}",
+                                   "its main thread exited (pthread_exit): `criu restore` cannot rebuild it")
+            else:
+                self._collect_files(p)
 
     def _collect_files(self, p: ProcessDump) -> None:
         """Open files, mapped files, cwd and root, in the order CRIU numbers
@@ -456,7 +478,7 @@ class DumpSession:
         regions, p.guard_vmas = split_guards(regions)
         # Regions merge across VMA boundaries: keep what lies in scanned VMAs.
         s, e, cats = iv.intersect((regions["start"], regions["end"]), p.scan_iv, keep=regions["categories"])
-        s, e, cats = drop_uffd_markers(p.pid, s, e, cats, p.marker_iv)
+        s, e, cats = drop_uffd_markers(p.proc.mm_tid(), s, e, cats, p.marker_iv)
         p.regions = (s, e, cats)
 
     def select(self) -> None:
@@ -499,8 +521,9 @@ class DumpSession:
             self.notes.extend(p.tracker.reset(self.tracer, p.pid, self.dest))
 
     def thaw(self) -> None:
-        self.tracer.keep()
         self.tracer.thaw(self.opts.thaw)
+        # CRIU's frozen_time: every thread stopped -> the thaw done (criu/cr-dump.c)
+        self.frozen_ns = self.tracer.thaw_done_ns - self.tree.stopped_ns
 
     def write(self) -> DumpResult:
         """Everything after the thaw: pages from the spool, then the images."""
@@ -519,7 +542,7 @@ class DumpSession:
         reader = self.processes[0].copier
         stats = stats_pb2.dump_stats_entry(
             freezing_time=min(self.freezing_ns // 1000, 2**32 - 1),
-            frozen_time=min(self.tracer.frozen_ns // 1000, 2**32 - 1),
+            frozen_time=min(self.frozen_ns // 1000, 2**32 - 1),
             memdump_time=min(reader.read_ns // 1000, 2**32 - 1),
             memwrite_time=min(st.write_ns // 1000, 2**32 - 1),
             pages_scanned=self._pages_scanned(),
@@ -568,11 +591,12 @@ class DumpSession:
             inv.frame_pages = fmt.FRAME_PAGES
         w.write_inventory(inv)
         path = w.commit()
+        self.tracer.keep()  # the checkpoint exists: what was armed for it stays
         return DumpResult(
             dest=os.fspath(path), pid=root.pid, comm=root.proc.name, backend=self.backend_name,
             tracker=inv.tracker, thaw=opts.thaw,
             was_stopped=bool(root.frozen and root.frozen.was_stopped), parent=parent_link, pre_dump=opts.pre_dump,
-            frozen_ns=self.tracer.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
+            frozen_ns=self.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
             read_ns=reader.read_ns, total_ns=time.monotonic_ns() - self.t_begin,
             pages_scanned=self._pages_scanned(), pages_written=st.pages_present, pages_parent=st.pages_parent,
             pages_unreadable=reader.pages_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,

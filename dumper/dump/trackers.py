@@ -75,9 +75,10 @@ class Tracker:
     name = "none"
     changed = Category(0)  # category meaning "written since the last reset"
 
-    def __init__(self, pid: int, start_time: int) -> None:
+    def __init__(self, pid: int, start_time: int, dest: str = "") -> None:
         self.pid = pid
         self.start_time = start_time
+        self._dest = os.path.abspath(dest) if dest else ""
         self.state = tracking_state.load(pid, start_time) if self.name != "none" else None
         self.tracking_id = tracking_state.new_id() if self.name != "none" else ""
 
@@ -90,9 +91,14 @@ class Tracker:
         """Why the parent cannot serve as the base of an incremental dump
         (a note for the user), or None when it can."""
         last = self.state
-        if last is None or parent_inv.tracking_id != last.tracking_id:
-            where = f" (that is {last.checkpoint})" if last is not None else ""
-            return f"the parent is not the checkpoint that last reset write tracking{where}: full dump"
+        if last is None:
+            return (f"pid {self.pid} has no write tracking armed by dumper any more (removed by "
+                    "`dumper untrack`, or never armed): full dump")
+        if not last.armed:
+            return f"the write tracking of pid {self.pid} was being armed by a dump that did not finish: full dump"
+        if parent_inv.tracking_id != last.tracking_id:
+            return ("the parent is not the checkpoint that last reset write tracking "
+                    f"(that is {last.checkpoint}): full dump")
         if parent_inv.tracker != self.name:
             return f"the parent was tracked with {parent_inv.tracker or 'nothing'}, not {self.name}: full dump"
         return None
@@ -129,12 +135,12 @@ class Tracker:
 
     recorded = False  # a reset was recorded as this checkpoint's
 
-    def _save_state(self, dest: str, uffd_fd: int | None) -> None:
+    def _save_state(self, dest: str, uffd_fd: int | None, uffd_ino: int | None = None) -> None:
         # Recorded before the reset: should the dump fail after it, no
         # checkpoint carries the new id and no --parent can miss pages.
         try:
             tracking_state.save(self.pid, self.start_time, tracking_state.TrackingState(
-                self.tracking_id, self.name, os.path.abspath(dest), uffd_fd))
+                self.tracking_id, self.name, os.path.abspath(dest), uffd_fd, uffd_ino))
         except OSError as err:
             raise DumpError(f"cannot record the tracking state in {tracking_state.state_dir()}: "
                             f"{err.strerror}") from err
@@ -150,8 +156,8 @@ class SoftDirtyTracker(Tracker):
     name = "soft-dirty"
     changed = Category.SOFT_DIRTY
 
-    def __init__(self, pid: int, start_time: int) -> None:
-        super().__init__(pid, start_time)
+    def __init__(self, pid: int, start_time: int, dest: str = "") -> None:
+        super().__init__(pid, start_time, dest)
         self._reset_done = False
         self._tracked = iv.EMPTY
 
@@ -187,8 +193,8 @@ class UffdWpTracker(Tracker):
     name = "uffd-wp"
     changed = Category.WRITTEN
 
-    def __init__(self, pid: int, start_time: int) -> None:
-        super().__init__(pid, start_time)
+    def __init__(self, pid: int, start_time: int, dest: str = "") -> None:
+        super().__init__(pid, start_time, dest)
         self.uffd = None  # dumper.track.uffd.UffdTracking once armed
         self._tracked = iv.EMPTY
         self._reset_ranges: list[tuple[int, int]] = []
@@ -198,9 +204,13 @@ class UffdWpTracker(Tracker):
         return Category.WRITTEN
 
     def check_parent(self, parent_inv) -> str | None:
+        from ..track import uffd
+
         why = super().check_parent(parent_inv)
         if why is None and not parent_inv.HasField("uffd_fd"):
             why = "the parent armed no uffd-wp tracking that is still in place: full dump"
+        elif why is None and not uffd.find_uffd(self.pid, parent_inv.uffd_fd, self.state.uffd_ino):
+            why = f"the userfaultfd that tracked pid {self.pid} (descriptor {parent_inv.uffd_fd}) is gone: full dump"
         return why
 
     def prepare(self, tracer, pid, vmas, want, parent_inv) -> None:
@@ -208,24 +218,34 @@ class UffdWpTracker(Tracker):
 
         wanted = set(want)
         current = [(v.start, v.end) for v in vmas if "uw" in v.vmflags and (v.start, v.end) in wanted]
+        last = self.state
         base = None  # ranges write-protected at the reset the dump builds on
+        state = None
         if self.uffd is not None:  # armed by an earlier round of this session (--pre-copy)
-            fd, base = self.uffd.fd, self._reset_ranges
-        elif parent_inv is not None and uffd.find_uffd(pid, parent_inv.uffd_fd):
-            fd, base = parent_inv.uffd_fd, sorted((r.start, r.end) for r in parent_inv.tracked_ranges)
-        elif self.state is not None and self.state.uffd_fd is not None and uffd.find_uffd(pid, self.state.uffd_fd):
-            fd = self.state.uffd_fd  # ours, armed by an earlier dump
-        else:
-            fd = None
-        self.preexisting = fd is not None and self.uffd is None
-        if fd is None and current:
+            state, base = self.uffd, self._reset_ranges
+        elif parent_inv is not None:  # check_parent found its userfaultfd in place
+            state = uffd.UffdTracking(parent_inv.uffd_fd, [], ino=last.uffd_ino)
+            base = sorted((r.start, r.end) for r in parent_inv.tracked_ranges)
+        elif last is not None and last.armed and last.uffd_fd is not None \
+                and uffd.find_uffd(pid, last.uffd_fd, last.uffd_ino):
+            state = uffd.UffdTracking(last.uffd_fd, [], ino=last.uffd_ino)  # ours, armed by an earlier dump
+        self.preexisting = state is not None and self.uffd is None
+        if state is None and current:
+            if last is not None and last.uffd_fd is not None and uffd.find_uffd(pid, last.uffd_fd, last.uffd_ino):
+                raise DumpError(f"an earlier dump of pid {pid} was cut off while it armed uffd-wp tracking "
+                                f"(descriptor {last.uffd_fd}): {uffd.untrack_hint(pid)}")
+            like = [fd for fd, (_, ours) in uffd.dumper_uffds(pid).items() if ours]
+            hint = (f"; if an earlier dumper left it behind, `dumper untrack {pid} --fd {like[0]}` "
+                    "removes it") if like else ""
             raise DumpError(f"pid {pid} already has memory registered with a userfaultfd that dumper "
-                            "did not arm (its own?): uffd-wp tracking cannot share it")
-        if fd is None:
-            self.uffd = tracer.call(_arm, pid, want)
+                            f"did not arm by any record (its own?): uffd-wp tracking cannot share it{hint}")
+        if state is None:
+            self.uffd = tracer.call(uffd.arm_call, pid, want, start_time=self.start_time,
+                                    checkpoint=self._dest)
         else:
-            known = set(current)
-            self.uffd = tracer.call(_register, pid, fd, current, [r for r in want if r not in known])
+            state.ranges = list(current) if state is not self.uffd else state.ranges
+            known = set(state.ranges)
+            self.uffd = tracer.call(uffd.register_call, pid, state, [r for r in want if r not in known])
         # Known since the base: what was protected then and is still registered now.
         self._tracked = (iv.intersect(iv.merge(*iv.from_pairs(base)), iv.merge(*iv.from_pairs(current)))
                          if base else iv.EMPTY)
@@ -237,7 +257,7 @@ class UffdWpTracker(Tracker):
         from ..track import uffd
 
         if record:
-            self._save_state(dest, self.uffd.fd)
+            self._save_state(dest, self.uffd.fd, self.uffd.ino)
         uffd.reset(pid, self.uffd.ranges)
         self._reset_ranges = list(self.uffd.ranges)
         if not self.uffd.ranges:
@@ -249,14 +269,17 @@ class UffdWpTracker(Tracker):
 
         if self.uffd is not None:
             return self.uffd.fd
-        if self.state is not None and self.state.uffd_fd is not None and uffd.find_uffd(pid, self.state.uffd_fd):
-            return self.state.uffd_fd
+        last = self.state
+        if last is not None and last.uffd_fd is not None and uffd.find_uffd(pid, last.uffd_fd, last.uffd_ino):
+            return last.uffd_fd
         return None
 
     def disarm(self, tracer, pid) -> None:
         """Remove what this session armed (unregister, close the userfaultfd)."""
+        from ..track import uffd
+
         if self.uffd is not None:
-            tracer.call(_disarm, pid, self.uffd)
+            tracer.call(uffd.disarm_call, pid, self.uffd, start_time=self.start_time)
             self.uffd = None
 
     def inventory(self, inv) -> None:
@@ -269,33 +292,10 @@ class UffdWpTracker(Tracker):
             inv.tracked_ranges.add(start=s, end=e)
 
 
-# -- run inside the tracer -------------------------------------------------------
-
-
-def _arm(ctx, pid: int, want):
-    from ..track import uffd
-
-    return uffd.arm(ctx.freezer(pid), want, protect=False)
-
-
-def _disarm(ctx, pid: int, state):
-    from ..track import uffd
-
-    uffd.disarm(ctx.freezer(pid), state)
-
-
-def _register(ctx, pid: int, fd: int, current, new):
-    from ..track import uffd
-
-    state = uffd.UffdTracking(fd, list(current))
-    uffd.register(ctx.freezer(pid), state, new, protect=False)
-    state.ranges.sort()
-    return state
-
-
 _KINDS = {"none": NoTracker, "soft-dirty": SoftDirtyTracker, "uffd-wp": UffdWpTracker}
 
 
-def make_tracker(name: str, pid: int, start_time: int) -> Tracker:
-    """The tracker object for a name :func:`pick_tracker` returned."""
-    return _KINDS[name](pid, start_time)
+def make_tracker(name: str, pid: int, start_time: int, dest: str = "") -> Tracker:
+    """The tracker object for a name :func:`pick_tracker` returned;
+    ``dest`` is the checkpoint the state records name."""
+    return _KINDS[name](pid, start_time, dest)

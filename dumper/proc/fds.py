@@ -659,10 +659,10 @@ class _Collector:
             self.pidfd = None
 
     def one(self, fd: int) -> OpenFd:
-        base = f"{self.process.path}/fd/{fd}"
+        base = self.process.file_path(f"fd/{fd}")
         # OSErrors here are translated once, around the whole walk (collect_fds)
         link = os.readlink(base)
-        info = _parse_fdinfo(_read_small(f"{self.process.path}/fdinfo/{fd}"))
+        info = _parse_fdinfo(_read_small(self.process.file_path(f"fdinfo/{fd}")))
         st = os.stat(base)
         raw_flags = int(info.get("flags", "0"), 8)
         o = OpenFd(
@@ -888,7 +888,7 @@ def collect_fds(process: Process, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> 
     try:
         with process.translate("descriptors"):
             out = []
-            for fd in sorted(int(n) for n in os.listdir(f"{process.path}/fd")):
+            for fd in sorted(int(n) for n in os.listdir(process.file_path("fd"))):
                 o = col.one(fd)
                 lock = o.fdinfo.get("lock")
                 if lock is not None and o.unrestorable is None:
@@ -914,7 +914,7 @@ def collect_path(
     here when not given. Errors: ProcessError kinds; KernelError when NAME
     does not exist in a live process (a mapping that is gone: the process
     was not frozen)."""
-    base = f"{process.path}/{name}"
+    base = process.file_path(name)
     try:
         with process.translate(name):
             link = os.readlink(base)
@@ -963,7 +963,7 @@ def map_files_fdflags(process: Process, vma: Vma) -> int | None:
     opened, from the mode of its /proc/PID/map_files link (criu/proc_parse.c
     vma_get_mapfile_flags; CRIU's restore reopens the file so, as
     ``vma_entry.fdflags``). None when there is no such link."""
-    path = f"{process.path}/map_files/{vma.start:x}-{vma.end:x}"
+    path = process.file_path(f"map_files/{vma.start:x}-{vma.end:x}")
     with process.translate("map_files"):
         try:
             mode = os.lstat(path).st_mode & 0o600

@@ -61,7 +61,8 @@ def _find_syscall_insn(freezer: Freezer) -> int:
 
 
 class Injector:
-    """Issue syscalls as thread ``tid`` (default: the main thread) of a frozen process.
+    """Issue syscalls as thread ``tid`` of a frozen process (default: the main
+    thread, or the lowest live thread if the main thread exited).
 
     Use as a context manager: registers are restored on exit, whatever
     happened. Raises UnsupportedKernel on other architectures.
@@ -73,7 +74,7 @@ class Injector:
         if not freezer.frozen:
             raise RuntimeError("the process must be frozen first")
         self.freezer = freezer
-        self.tid = tid or freezer.pid
+        self.tid = tid or freezer.main_tid
         self.insn = _find_syscall_insn(freezer)
         self.saved = x86_64.user_regs_struct()
         ptrace.getregs(self.tid, self.saved)

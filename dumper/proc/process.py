@@ -28,6 +28,8 @@ class ProcStat:
     flags: int
     starttime: int  # clock ticks after boot
     num_threads: int
+    pgid: int = 0
+    sid: int = 0
 
 
 def _parse_stat(pid: int, data: bytes) -> ProcStat:
@@ -43,13 +45,39 @@ def _parse_stat(pid: int, data: bytes) -> ProcStat:
         flags=int(rest[6]),
         num_threads=int(rest[17]),
         starttime=int(rest[19]),
+        pgid=int(rest[2]),
+        sid=int(rest[3]),
     )
+
+
+# Files that show the process's mm. The kernel takes the mm from the task the
+# directory names, so for a group whose leader exited (``pthread_exit`` in
+# main: the leader is a zombie, other threads live) they must be read through
+# a live thread's /proc/PID/task/TID/ directory: the leader's show nothing.
+MM_FILES = frozenset({"mem", "pagemap", "maps", "smaps", "smaps_rollup", "numa_maps",
+                      "clear_refs", "auxv", "environ",
+                      # the leader's exit also dropped its files and fs: read them through a live thread
+                      "fd", "fdinfo", "mountinfo", "mounts", "cwd", "root", "exe"})
+
+
+def _thread_state(pid: int, tid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
 
 
 class Process:
     """Read-only view of a process. Methods raise :class:`ProcessError` kinds.
 
     ``Process(pid)`` checks that the pid exists. It does not freeze anything.
+
+    A thread group whose leader exited while other threads live is a live
+    process: :attr:`leader_exited` is True, and the files in
+    :data:`MM_FILES` (mem, pagemap, smaps, ...) are opened through a live
+    thread, ``/proc/PID/task/TID/NAME`` with TID = :meth:`mm_tid`.
     """
 
     PROCFS = "/proc"
@@ -70,9 +98,44 @@ class Process:
                 st = _parse_stat(self.pid, f.read())
         except OSError:
             return NoSuchProcess(self.pid)
-        if st.state in ("Z", "X"):
+        if st.state in ("Z", "X") and self._live_thread() is None:
             return ZombieProcess(self.pid)
         return None
+
+    def _live_thread(self) -> int | None:
+        """The leader if it lives, else the lowest live thread id, else None."""
+        if _thread_state(self.pid, self.pid) not in (None, "Z", "X"):
+            return self.pid
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"{self.path}/task"))
+        except OSError:
+            return None
+        for tid in tids:
+            if tid != self.pid and _thread_state(self.pid, tid) not in (None, "Z", "X"):
+                return tid
+        return None
+
+    @property
+    def leader_exited(self) -> bool:
+        """The group leader is a zombie while other threads still run."""
+        return _thread_state(self.pid, self.pid) in ("Z", "X") and self._live_thread() is not None
+
+    def mm_tid(self) -> int:
+        """The thread whose /proc/PID/task/TID/ files show the mm: the leader
+        while it lives, else a live thread. Raises ZombieProcess/NoSuchProcess."""
+        tid = self._live_thread()
+        if tid is None:
+            raise self._gone_or_zombie() or ZombieProcess(self.pid)
+        return tid
+
+    def file_path(self, name: str) -> str:
+        """Where to read /proc file ``name``: through a live thread for the
+        files in :data:`MM_FILES` when the leader exited, else /proc/PID/NAME."""
+        if name.split("/", 1)[0] in MM_FILES:
+            tid = self.mm_tid()
+            if tid != self.pid:
+                return f"{self.path}/task/{tid}/{name}"
+        return f"{self.path}/{name}"
 
     @contextlib.contextmanager
     def translate(self, what: str = "") -> Iterator[None]:
@@ -94,7 +157,7 @@ class Process:
     # -- /proc files ---------------------------------------------------------
 
     def read_file(self, name: str) -> bytes:
-        with self.translate(name), open(f"{self.path}/{name}", "rb", buffering=0) as f:
+        with self.translate(name), open(self.file_path(name), "rb", buffering=0) as f:
             chunks = []
             while chunk := f.read(1 << 16):
                 chunks.append(chunk)
@@ -103,7 +166,7 @@ class Process:
     def open(self, name: str, flags: int = os.O_RDONLY) -> int:
         """Open /proc/PID/NAME; returns a raw fd (O_CLOEXEC added)."""
         with self.translate(name):
-            return os.open(f"{self.path}/{name}", flags | os.O_CLOEXEC)
+            return os.open(self.file_path(name), flags | os.O_CLOEXEC)
 
     def stat(self) -> ProcStat:
         return _parse_stat(self.pid, self.read_file("stat"))
@@ -150,7 +213,9 @@ class Process:
         """
         st = self.stat()
         if st.state in ("Z", "X"):
-            raise ZombieProcess(self.pid)
+            if self._live_thread() is None:
+                raise ZombieProcess(self.pid)
+            return st  # the leader exited, other threads live: the mm is theirs
         if st.flags & PF_EXITING:
             raise NoSuchProcess(self.pid, "process is exiting")
         if st.flags & PF_KTHREAD:
@@ -176,7 +241,8 @@ class Process:
         reader without ptrace access. ``mm_brk`` is the end of ``[heap]``
         (from ``vmas`` when given, else from /proc/PID/maps).
         """
-        data = self.read_file("stat")
+        tid = self.mm_tid()  # a zombie leader's stat shows 0 for the mm fields
+        data = self.read_file("stat" if tid == self.pid else f"task/{tid}/stat")
         f = data[data.rindex(b")") + 2 :].split()  # f[0] is field 3 (state)
         def field(n: int) -> int:
             return int(f[n - 3]) if len(f) > n - 3 else 0

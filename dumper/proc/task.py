@@ -175,6 +175,12 @@ def _creds(st: dict[str, str]) -> dict:
     }
 
 
+def _comm_from_stat(path: str) -> str:
+    """The process's comm (the leader's, exited or not) from /proc/PID/stat."""
+    data = _read(path)
+    return data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+
+
 def _stat_fields(path: str) -> list[bytes]:
     data = _read(path)
     return data[data.rindex(b")") + 2:].split()  # [0] is field 3 (state)
@@ -298,6 +304,17 @@ def _robust_list(tid: int) -> tuple[int, int]:
     return head.value, length.value
 
 
+_SIGSTOP_ = 19
+
+
+def _pending(tid: int, *, shared: bool) -> list[bytes]:
+    """Queued siginfos, without SIGSTOP: a stopped task is saved stopped
+    (task_state), and CRIU's restorer, re-queueing a SIGSTOP, stops itself
+    before its last handshake and the restore never ends. CRIU's own dump
+    consumes a pending SIGSTOP when it seizes (compel skip_sigstop)."""
+    return [si for si in ptrace.peeksiginfo(tid, shared=shared) if struct.unpack_from("<i", si)[0] != _SIGSTOP_]
+
+
 def _seccomp_filters(tid: int) -> list[bytes]:
     """The thread's filter chain, newest first."""
     out = []
@@ -416,10 +433,10 @@ def collect_task(ctx, pid: int, tids: list[int], *, was_stopped: bool = False, s
                 tid=tid, state=tst.get("State", "?")[:1],
                 comm=_read(f"{tbase}/comm").rstrip(b"\n").decode(errors="replace"),
                 regs=regs, xstate=xstate, xstate_is_fxsave=fx, shstk=_shstk(tid), tls=_tls(tid),
-                sigmask=ptrace.getsigmask(tid), pending=ptrace.peeksiginfo(tid, shared=False),
+                sigmask=ptrace.getsigmask(tid), pending=_pending(tid, shared=False),
                 robust_list=_robust_list(tid), sched_policy=policy, sched_prio=prio, sched_nice=nice,
                 rseq=rseq, rseq_cs=rseq_cs, creds=_creds(tst), seccomp_mode=mode, captured_regs=captured))
-        shared = ptrace.peeksiginfo(tids[0], shared=True)
+        shared = _pending(tids[0], shared=True)
         timers = _posix_timers(base)
         sigactions, itimers, subreaper, dumpable, mb, per_thread = _injected(ctx, pid, tids, timers, mem_fd,
                                                                                _sigaction_query(st))
@@ -433,12 +450,12 @@ def collect_task(ctx, pid: int, tids: list[int], *, was_stopped: bool = False, s
         cur, mx = resource.prlimit(pid, r)
         rlimits.append((cur & _RLIM_INFINITY, mx & _RLIM_INFINITY))
     return TaskState(
-        pid=pid, comm=_read(f"/proc/{pid}/comm").rstrip(b"\n").decode(errors="replace"),
+        pid=pid, comm=_comm_from_stat(f"/proc/{pid}/stat"),
         task_state=TASK_STOPPED if was_stopped else TASK_ALIVE, stop_signo=stop_signo if was_stopped else 0,
-        exit_code=0, flags=int(sf[6]), personality=int(_read(f"/proc/{pid}/personality"), 16),
+        exit_code=0, flags=int(sf[6]), personality=int(_read(f"{base}/personality"), 16),
         threads=threads, shared_pending=shared, sigactions=sigactions,
         itimers=[(i[0], i[1], i[2], i[3]) for i in itimers], posix_timers=timers, rlimits=rlimits,
-        loginuid=_int_file(f"/proc/{pid}/loginuid"), oom_score_adj=_int_file(f"/proc/{pid}/oom_score_adj"),
+        loginuid=_int_file(f"{base}/loginuid"), oom_score_adj=_int_file(f"{base}/oom_score_adj"),
         child_subreaper=subreaper, dumpable=dumpable, thp_disabled=st.get("THP_enabled", "1") == "0",
         membarrier_mask=mb, seccomp_filters=filters, umask=int(st.get("Umask", "0022"), 8),
     )
