@@ -638,3 +638,31 @@ def test_file_mapping_past_its_end_and_a_changed_file(tmp_path):
         f.seek(seg[0])
         body = f.read(seg[2])
     assert body[:5] == b"hello" and body[4096:] == bytes(3 * 4096)
+
+
+_LEADER_EXITS = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+void *worker(void *a) { printf("READY %d\n", getpid()); fflush(stdout); for (;;) pause(); }
+int main(void) { pthread_t t; pthread_create(&t, NULL, worker, NULL); pthread_exit(NULL); }
+"""
+
+
+def test_core_of_a_process_whose_main_thread_exited(tmp_path):
+    (tmp_path / "m.c").write_text(_LEADER_EXITS)
+    prog = _compile(tmp_path / "m.c", tmp_path / "m", "-pthread")
+    p = Program([str(prog)])
+    try:
+        deadline = time.monotonic() + 10
+        while b"Z" not in Path(f"/proc/{p.pid}/stat").read_bytes().rpartition(b")")[2][:3]:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert cli_main(["core", str(p.pid), "-o", str(tmp_path / "core")]) == 0
+    finally:
+        p.close()
+    got = _gdb(str(prog), str(tmp_path / "core"), cmds=["thread apply all bt"])
+    assert re.search(r"#\d+ .* worker \(a=0x0\) at .*m\.c:\d+", got), got
+    pids = [elf.elf_prstatus.from_buffer_copy(d).common.pr_pid for _, t, d in _notes(tmp_path / "core")
+            if t == elf.NT_PRSTATUS]
+    assert len(pids) == 1 and pids[0] != p.pid  # the live thread only, as the kernel's core would
