@@ -40,11 +40,23 @@ P = PAGE_SIZE
 LAYOUTS = "dense,sparse,zero,file"
 needs_uffd = pytest.mark.skipif(not (probe_scan_categories() and probe_uffd_wp_async()),
                                 reason="uffd-wp tracking needs userfaultfd WP_ASYNC and PAGEMAP_SCAN (Linux 6.7)")
-CRIT = shutil.which("crit")
-CRIU = shutil.which("criu")
-needs_crit = pytest.mark.skipif(CRIT is None, reason="crit (CRIU's image tool) is not on PATH")
+def _find_criu() -> str | None:
+    from dumper.errors import CriuNotFound
+    from dumper.restore.criu import find_criu
+
+    try:
+        return find_criu().path
+    except CriuNotFound:
+        return None
+
+
+CRIU = _find_criu()
+# crit: beside the CRIU that .ci/build-criu builds (build/criu-4.2/bin/crit), else on PATH
+_built_crit = Path(CRIU).resolve().parents[1] / "bin" / "crit" if CRIU else None
+CRIT = str(_built_crit) if _built_crit is not None and _built_crit.exists() else shutil.which("crit")
+needs_crit = pytest.mark.skipif(CRIT is None, reason="crit (CRIU's image tool): not built (.ci/build-criu) nor on PATH")
 needs_criu = pytest.mark.skipif(CRIU is None or os.geteuid() != 0,
-                                reason="criu is not on PATH" if CRIU is None else "criu dump needs root")
+                                reason="no CRIU 4.x (.ci/build-criu builds it)" if CRIU is None else "criu dump needs root")
 
 
 # --- CRIU's messages, from CRIU v4.2 images/*.proto (numbers and types only)

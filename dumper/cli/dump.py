@@ -83,6 +83,9 @@ def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> Non
                         help="page scanner: the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap "
                              "(slow on huge sparse mappings; default auto: the ioctl where the kernel has it)")
     parser.add_argument("--force", action="store_true", help="replace an existing checkpoint directory")
+    parser.add_argument("--single", action="store_true",
+                        help="dump only PID, not the tree of processes under it (children are then "
+                             "not restorable)")
     parser.add_argument("--freeze-timeout", type=_seconds, default=5.0, metavar="SECONDS",
                         help="how long a thread may take to stop before the dump gives up (default 5)")
     parser.add_argument("--spool-limit", type=_size, default=None, metavar="SIZE",
@@ -116,8 +119,9 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
     after = {"resume": "running again", "leave-stopped": "left stopped", "kill": "killed"}[r.thaw]
     if r.thaw == "resume" and r.was_stopped:
         after = "left stopped, as it was before"
+    who = f"pid {r.pid} ({r.comm})" if len(r.pids) <= 1 else f"the tree of pid {r.pid} ({r.comm}, {len(r.pids)} processes)"
     lines = [
-        f"dumped pid {r.pid} ({r.comm}) into {r.dest}; the process was {after}",
+        f"dumped {who} into {r.dest}; the process was {after}",
         f"  pages       {r.pages_written} written ({human_bytes(r.bytes_raw)}) from "
         f"{human_bytes(r.pages_scanned * PAGE_SIZE)} of private mappings; {r.pages_unreadable} unreadable"
         + (f"; {r.pages_parent} in parent {r.parent}" if r.parent else ""),
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         track_mem=getattr(args, "track_mem", False), parent=args.parent, tracker=args.tracker,
         pre_dump=getattr(args, "pre_dump", False), freeze_timeout=args.freeze_timeout,
         spool_limit=args.spool_limit, restorable=getattr(args, "restorable", False),
-        pre_copy=getattr(args, "pre_copy", 0),
+        pre_copy=getattr(args, "pre_copy", 0), single=args.single,
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

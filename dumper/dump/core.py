@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from ..image.pb import core_pb2, inventory_pb2, pstree_pb2, seccomp_pb2, timens_pb2
 from ..kernel import x86_64
 from ..kernel.cpuid import cpuid
-from ..proc.task import TASK_STOPPED, TaskState, ThreadState
+from ..proc.task import TASK_DEAD, TASK_STOPPED, TaskState, ThreadState
 
-__all__ = ["core_entry", "ids_entry", "NamespaceIds", "KobjIds", "pstree_entry", "seccomp_entry",
+__all__ = ["core_entry", "zombie_core_entry", "ids_entry", "NamespaceIds", "KobjIds", "pstree_entry", "seccomp_entry",
            "timens_entry", "fill_inventory", "xsave_layout", "XSAVE_FIELDS"]
 
 _MTYPE_X86_64 = 1  # core_entry.march
@@ -119,12 +119,13 @@ def _fill_thread_info(ti, t: ThreadState, layout: XsaveLayout) -> None:
                    seg_not_present=bool(d.seg_not_present), usable=bool(d.useable))
 
 
-def _fill_thread_core(tc, t: ThreadState) -> None:
+def _fill_thread_core(tc, t: ThreadState, *, leader: bool) -> None:
     tc.futex_rla, tc.futex_rla_len = t.robust_list
     tc.sched_nice, tc.sched_policy = t.sched_nice, t.sched_policy
     if t.sched_prio is not None:
         tc.sched_prio = t.sched_prio
-    tc.blk_sigset = t.sigmask
+    if not leader:  # the leader's mask is the task's (tc.blk_sigset), as CRIU writes it
+        tc.blk_sigset = t.sigmask
     tc.sas.ss_sp, tc.sas.ss_size, tc.sas.ss_flags = t.sas
     if t.pdeath_sig:
         tc.pdeath_sig = t.pdeath_sig
@@ -195,9 +196,23 @@ def core_entry(task: TaskState, thread: ThreadState, *, leader: bool) -> core_pb
     layout = xsave_layout()
     c = core_pb2.core_entry(mtype=_MTYPE_X86_64)
     _fill_thread_info(c.thread_info, thread, layout)
-    _fill_thread_core(c.thread_core, thread)
+    _fill_thread_core(c.thread_core, thread, leader=leader)
     if leader:
         _fill_task_core(c.tc, task)
+    return c
+
+
+def zombie_core_entry(pid: int) -> core_pb2.core_entry:
+    """A zombie's core: the task part only, TASK_DEAD with its exit code
+    (criu/cr-dump.c dump_one_zombie; /proc/PID/stat field 52 is the wait status)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    comm = data[data.index(b"(") + 1:data.rindex(b")")].decode(errors="replace")
+    rest = data[data.rindex(b")") + 2:].split()
+    c = core_pb2.core_entry(mtype=_MTYPE_X86_64)
+    tc = c.tc
+    tc.task_state, tc.exit_code, tc.comm = TASK_DEAD, int(rest[49]) if len(rest) > 49 else 0, comm
+    tc.personality, tc.flags, tc.blk_sigset = 0, 0, 0
     return c
 
 

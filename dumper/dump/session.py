@@ -29,13 +29,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import __version__
-from ..errors import DumpError, UnsupportedKernel
+from ..errors import DumperWarning, DumpError, NoSuchProcess, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
@@ -78,7 +79,8 @@ class DumpOptions:
     write tracking (``tracker``) for a later ``parent`` dump; ``pre_dump``
     writes pages only, copied after the target runs again. ``spool_limit``:
     bytes of RAM for pages copied while frozen (None: half of MemAvailable).
-    ``pre_copy``: rounds of copying while the target runs before the final
+    ``single``: only ``pid``, not the tree of its descendants (like
+    ``criu dump -t PID`` dumps the tree). ``pre_copy``: rounds of copying while the target runs before the final
     freeze (0: none). ``freeze_timeout``: seconds a thread may take to stop. ``restorable``:
     fail (before the thaw) rather than write a checkpoint `criu restore`
     could not bring back.
@@ -99,6 +101,7 @@ class DumpOptions:
     spool_limit: int | None = None
     restorable: bool = False
     pre_copy: int = 0
+    single: bool = False
 
     def validate(self) -> None:
         if self.thaw not in THAW_MODES:
@@ -231,6 +234,7 @@ class DumpSession:
         self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
+        self.zombies: list[FrozenProcess] = []
         self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
@@ -314,25 +318,63 @@ class DumpSession:
         start_time = root.stat().starttime
         tracking_state.clean_stale()  # records of processes gone or restarted
         self.tracker_name = pick_tracker(opts.tracker) if opts.wants_tracking else "none"
-        pd = ProcessDump(root.pid, root, start_time,
-                         make_tracker(self.tracker_name, root.pid, start_time, self.dest))
+        self.processes = [self._process_dump(root, start_time)]  # loads (checks) the parent first
         if opts.parent is not None:
-            pd.parent = load_parent(opts.parent, root.pid, start_time)
             check_parent_placement(opts.parent, self.dest)
-            why = pd.tracker.check_parent(pd.parent.inventory)
-            if why:
-                self.notes.append(why)
-                pd.parent = None
-        self.processes = [pd]
+        if not opts.single:  # the tree as it is now; the freeze finds what appears meanwhile
+            for pid in _descendants(root.pid):
+                try:
+                    proc = Process(pid)
+                    if proc.stat().state not in ("Z", "X"):
+                        self.processes.append(self._process_dump(proc, proc.stat().starttime))
+                except NoSuchProcess:
+                    continue
         self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
         self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
         expected = 0
         for p in self.processes:
-            self._pre_read(p)
+            try:
+                self._pre_read(p)
+            except NoSuchProcess:
+                continue  # gone already: the freeze decides
             expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
             expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
         if not opts.pre_dump:
             self.spool.reserve(expected + expected // 16 + (1 << 20))
+        self._warn_long_freeze(expected)
+
+    def _warn_long_freeze(self, expected: int) -> None:
+        """Say so before a freeze estimated to last long: the pagemap
+        fallback reads 8 bytes per page of every mapping while frozen, and
+        the copy moves every expected byte (rates measured here, kept low)."""
+        from ..scan import estimate_scan_seconds
+
+        copy = 0.0 if self.opts.pre_dump else expected / 1.5e9
+        scan = sum(estimate_scan_seconds(self.opts.backend, [v for v, pl in zip(p.vmas, p.plans)
+                                                              if pl.mode == "pages"])
+                   for p in self.processes)
+        if copy + scan > 2.0:
+            why = (f"scanning {sum(v.size for p in self.processes for v in p.vmas) / (1 << 40):.1f} TiB of "
+                   "mappings with the pagemap fallback (no PAGEMAP_SCAN before Linux 6.7)" if scan > copy else
+                   f"copying {expected / (1 << 30):.1f} GiB; --pre-copy copies most of it before the freeze")
+            warnings.warn(DumperWarning(f"the process will stay frozen for about {copy + scan:.0f} s: {why}"))
+
+    def _process_dump(self, proc: Process, start_time: int) -> ProcessDump:
+        """A process of the dump, with its tracker and (incremental) its parent's pages."""
+        pd = ProcessDump(proc.pid, proc, start_time, make_tracker(self.tracker_name, proc.pid, start_time, self.dest))
+        if self.opts.parent is not None:
+            try:
+                pd.parent = load_parent(self.opts.parent, proc.pid, start_time)
+            except DumpError as err:
+                if proc.pid == self.pid:
+                    raise
+                self.notes.append(f"pid {proc.pid}: {err}: full dump of it")
+                return pd
+            why = pd.tracker.check_parent(pd.parent.inventory)
+            if why:
+                self.notes.append(why if proc.pid == self.pid else f"pid {proc.pid}: {why}")
+                pd.parent = None
+        return pd
 
     def _pre_read(self, p: ProcessDump) -> None:
         """VMAs (smaps) and their classification, read while the target runs."""
@@ -357,11 +399,24 @@ class DumpSession:
                                                if pl.mode == "pages" and "uw" in v.vmflags]))
 
     def freeze(self) -> None:
-        tree = self.tracer.freeze(self.pid, tree=False)
+        """Freeze the tree (or ``single``: the root); the processes of the
+        dump become exactly those frozen, zombies apart (recorded only)."""
+        tree = self.tracer.freeze(self.pid, tree=not self.opts.single)
         self.tree = tree
         self.freezing_ns = tree.freezing_ns
-        for p in self.processes:
-            p.frozen = tree.processes.get(p.pid)
+        known = {p.pid: p for p in self.processes}
+        procs = []
+        for fp in tree.processes.values():
+            if fp.zombie:
+                continue
+            p = known.get(fp.pid)
+            proc = Process(fp.pid)
+            if p is None or proc.stat().starttime != p.start_time:  # appeared since (or pid reused)
+                p = self._process_dump(proc, proc.stat().starttime)  # its VMAs are read frozen
+            p.frozen = fp
+            procs.append(p)
+        self.processes = procs
+        self.zombies = [fp for fp in tree.processes.values() if fp.zombie]
 
     def list_vmas(self) -> None:
         """The VMAs as they are now; the pre-read stands if maps did not change."""
@@ -529,20 +584,26 @@ class DumpSession:
         opts, w = self.opts, self.writer
         pages_stats = []
         skipped: dict[str, int] = {}
-        for i, p in enumerate(self.processes, 1):
-            p.pages_id = i
-            pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level, threads=opts.threads)
-            self._write_pages(p, pw)
-            pw.close()
-            pages_stats.append(pw.stats)
-            w.write_mm(p.pid, self._mm_entry(p, skipped))
+        total = sum(p.extents.total + sum(e.total for e in self._reused(p)) for p in self.processes)
+        with _progress(total, opts.progress, "writing") as bar:
+            for i, p in enumerate(self.processes, 1):
+                p.pages_id = i
+                pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level,
+                                    threads=opts.threads, progress=bar.update if bar is not None else None)
+                self._write_pages(p, pw)
+                pw.close()
+                pages_stats.append(pw.stats)
+                w.write_mm(p.pid, self._mm_entry(p, skipped))
         self._write_task_images()
-        st = pages_stats[0]
-        reader = self.processes[0].copier
+        st = _sum_stats(pages_stats)
+        copiers = [p.copier for p in self.processes if p.copier is not None]
+        read_ns = sum(c.read_ns for c in copiers)
+        unreadable = [u for c in copiers for u in c.unreadable]
+        n_unreadable = sum(c.pages_unreadable for c in copiers)
         stats = stats_pb2.dump_stats_entry(
             freezing_time=min(self.freezing_ns // 1000, 2**32 - 1),
             frozen_time=min(self.frozen_ns // 1000, 2**32 - 1),
-            memdump_time=min(reader.read_ns // 1000, 2**32 - 1),
+            memdump_time=min(read_ns // 1000, 2**32 - 1),
             memwrite_time=min(st.write_ns // 1000, 2**32 - 1),
             pages_scanned=self._pages_scanned(),
             pages_skipped_parent=st.pages_parent,
@@ -551,10 +612,10 @@ class DumpSession:
             bytes_raw=st.bytes_raw,
             bytes_compressed=st.bytes_compressed,
             scan_time_us=self.scan_ns // 1000,
-            read_time_us=reader.read_ns // 1000,
+            read_time_us=read_ns // 1000,
             compress_time_us=st.compress_ns // 1000,
             write_time_us=st.write_ns // 1000,
-            pages_unreadable=reader.pages_unreadable,
+            pages_unreadable=n_unreadable,
         )
         w.write_stats(stats)
         root = self.processes[0]
@@ -596,11 +657,11 @@ class DumpSession:
             tracker=inv.tracker, thaw=opts.thaw,
             was_stopped=bool(root.frozen and root.frozen.was_stopped), parent=parent_link, pre_dump=opts.pre_dump,
             frozen_ns=self.frozen_ns, freezing_ns=self.freezing_ns, scan_ns=self.scan_ns,
-            read_ns=reader.read_ns, total_ns=time.monotonic_ns() - self.t_begin,
+            read_ns=read_ns, total_ns=time.monotonic_ns() - self.t_begin,
             pages_scanned=self._pages_scanned(), pages_written=st.pages_present, pages_parent=st.pages_parent,
-            pages_unreadable=reader.pages_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,
+            pages_unreadable=n_unreadable, bytes_raw=st.bytes_raw, bytes_written=st.bytes_file,
             compress_ns=st.compress_ns, write_ns=st.write_ns, vmas=len(root.vmas), vmas_skipped=skipped,
-            unreadable=reader.unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
+            unreadable=unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
             spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
             unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
         )
@@ -612,13 +673,17 @@ class DumpSession:
         w = self.writer
         seccomp = criu_core.seccomp_entry([p.task for p in self.processes])  # sets each thread's filter index
         tree = []
+        pids = {p.pid for p in self.processes} | {z.pid for z in self.zombies}
         for p in self.processes:
             fp = p.frozen
             for i, t in enumerate(p.task.threads):
                 w.write_image(fmt.core_name(t.tid), "CORE", [criu_core.core_entry(p.task, t, leader=i == 0)])
             w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
-            ppid = fp.ppid if fp.ppid in {q.pid for q in self.processes} else 0
+            ppid = fp.ppid if fp.ppid in pids and p.pid != self.pid else 0
             tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
+        for z in self.zombies:  # recorded, never read: CRIU restores them as zombies
+            w.write_image(fmt.core_name(z.pid), "CORE", [criu_core.zombie_core_entry(z.pid)])
+            tree.append(criu_core.pstree_entry(z.pid, z.ppid, z.pgid, z.sid, [z.pid]))
         w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
         self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info
         for files_id, fdinfos in self._fdinfos.items():
@@ -693,6 +758,31 @@ def _record_coredump_filter(mm: mm_pb2.mm_entry, tid: int) -> None:
         pass  # left unset: readers take the kernel's default
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every descendant of ``pid`` now, parents before children."""
+    out, todo = [], [pid]
+    while todo:
+        cur = todo.pop(0)
+        try:
+            kids = Process(cur).children()
+        except NoSuchProcess:
+            continue
+        out.extend(kids)
+        todo.extend(kids)
+    return out
+
+
+def _sum_stats(all_stats):
+    """The counters of every process's pages writer, added up."""
+    from ..image.writer import PagesWriterStats
+
+    total = PagesWriterStats()
+    for st in all_stats:
+        for f in total.__dataclass_fields__:
+            setattr(total, f, getattr(total, f) + getattr(st, f))
+    return total
+
+
 def _criu_auxv(words: list[int]) -> list[int]:
     """The saved auxv as CRIU keeps it: the pairs before AT_NULL, at most
     AT_VECTOR_SIZE (44 on x86_64, criu/arch/x86/include/asm/types.h) words;
@@ -756,11 +846,12 @@ def _pages_per(vs: np.ndarray, ve: np.ndarray, ivs) -> np.ndarray:
     return out
 
 
-def _progress(total_bytes: int, enabled: bool):
+def _progress(total_bytes: int, enabled: bool, what: str = "copying"):
+    """A progress bar by bytes (tqdm on stderr), shown only for work that
+    takes more than about a second."""
     if not enabled:
         return nullcontext(None)
     from tqdm import tqdm
 
-    # delay: only dumps that take more than about a second show a bar.
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc="copying", delay=1.0, leave=False)
+                desc=what, delay=1.0, leave=False)

@@ -766,7 +766,7 @@ def core_of_process(pid: int, out: str | os.PathLike, *, thaw: str = "resume", w
             raise DumpError(f"cannot make a temporary checkpoint next to {out}: {err.strerror}") from err
         try:
             ckdir = os.path.join(tmp, "checkpoint")
-            dres = dump(pid, ckdir, thaw=thaw, compress=compress, freeze_timeout=freeze_timeout)
+            dres = dump(pid, ckdir, thaw=thaw, compress=compress, freeze_timeout=freeze_timeout, single=True)
             with open_checkpoint(ckdir) as ck:
                 r = write_core(ck, pid, o.file, with_file_pages=with_file_pages)
             dest = o.commit()

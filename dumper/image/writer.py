@@ -224,8 +224,10 @@ class PagesWriter:
         threads: int | None = None,
         frame_pages: int = fmt.FRAME_PAGES,
         merge: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         _check_page_size(page_size)
+        self._progress = progress
         if not 1 <= frame_pages * page_size <= fmt.MAX_FRAME_BYTES:
             raise ValueError(f"frame_pages {frame_pages} out of range")
         if not 0 < pages_id < _U32_LIMIT:
@@ -339,6 +341,8 @@ class PagesWriter:
             self._feed(mv, stable)
         else:
             self._write(mv)
+            if self._progress is not None:
+                self._progress(n)
 
     def add_present_from(self, vaddr: int, nr_pages: int, readinto: Callable[[memoryview, int], int]) -> int:
         """Append up to ``nr_pages`` pages at ``vaddr`` that ``readinto`` reads
@@ -449,6 +453,8 @@ class PagesWriter:
                     self._write(frame)
                     self._frame_sizes.append(len(frame))
                     self.stats.frames += 1
+                    if self._progress is not None:
+                        self._progress(self._frame_bytes)
                     self.stats.bytes_compressed += len(frame)
                 else:
                     fut.cancel()
@@ -697,10 +703,13 @@ class CheckpointWriter:
         threads: int | None = None,
         frame_pages: int = fmt.FRAME_PAGES,
         merge: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> PagesWriter:
         """A :class:`PagesWriter` for ``pagemap-PID.img`` and
         ``pages-<pages_id>.img`` (raw) or ``pages-<pages_id>.zst.img``
-        (compressed). Close it before :meth:`commit`."""
+        (compressed). Close it before :meth:`commit`. ``progress(nbytes)``
+        is called, from the writer's thread, as compressed frames are
+        written (raw bytes per frame)."""
         pw = PagesWriter(
             self._create,
             pid,
@@ -711,6 +720,7 @@ class CheckpointWriter:
             threads=threads,
             frame_pages=frame_pages,
             merge=merge,
+            progress=progress,
         )
         self._pages_writers.append(pw)
         return pw
