@@ -65,7 +65,7 @@ from google.protobuf.message import Message
 
 from ..errors import DumpError, ImageError
 from ..image import format as fmt
-from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
+from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint
 from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
 from ..image.safefs import Dir, OutputDir
 from ..image.vmas import as_criu_lists_them
@@ -280,7 +280,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
     source) file VMAs and the executable get ``files.img`` ids in
     ``shmid``/``exe_file_id``, and shared memory its inode as ``shmid``
     (CRIU's shmem id); a CRIU source keeps its ids."""
-    src = proc.mm
+    src = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
     mm = criu_fields_only(src)
     for f in mm.DESCRIPTOR.fields:  # CRIU's required fields, 0 when unknown
         if f.is_required and not mm.HasField(f.name):
@@ -330,18 +330,23 @@ def _flat_runs(ck: Checkpoint, pid: int) -> Iterator[tuple[int, bytes]]:
                 f"{proc.pagemap_path}: pages [{e.vaddr:#x}, {e.end(proc.page_size):#x}) are "
                 f"{fmt.format_flags(e.flags, 'pmap.flags')} only: their data is in no image"
             )
-    yield from ck.iter_pages(pid, max_pages=_CHUNK_PAGES, parents=True)
+    # (holes of a sparse raw pages file in anonymous memory are left out: zeros anyway)
+    yield from ck.iter_copy(pid, max_pages=_CHUNK_PAGES, parents=True)
 
 
-def _own_runs(proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
+def _own_runs(ck: Checkpoint, proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
     """``(vaddr, nr_pages, flags, data)`` of ``proc``'s own entries, data for
-    PE_PRESENT pieces only (entries cut into chunks)."""
+    PE_PRESENT pieces only (entries cut into chunks, holes of a sparse raw
+    pages file in anonymous memory left out)."""
     ps = proc.page_size
+    present = ck.iter_copy(proc.pid, max_pages=_CHUNK_PAGES, parents=False)
+    nxt = next(present, None)
     for e in proc.entries:
         if e.flags & fmt.PE_PRESENT:
-            for done in range(0, e.nr_pages, _CHUNK_PAGES):
-                n = min(_CHUNK_PAGES, e.nr_pages - done)
-                yield e.vaddr + done * ps, n, e.flags, proc.pages.read_pages(e.pages_off + done, n)
+            end = e.end(ps)
+            while nxt is not None and nxt[0] < end:
+                yield nxt[0], len(nxt[1]) // ps, e.flags, nxt[1]
+                nxt = next(present, None)
         else:
             yield e.vaddr, e.nr_pages, e.flags, None
 
@@ -356,7 +361,7 @@ def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten
         if flatten:
             runs = ((vaddr, len(data) // ps, fmt.PE_PRESENT, data) for vaddr, data in _flat_runs(ck, pid))
         else:
-            runs = _own_runs(proc)
+            runs = _own_runs(ck, proc)
         for vaddr, nr, flags, data in runs:
             if data is not None:
                 f.write(data)
@@ -384,13 +389,11 @@ def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten
 
 
 def _pstree(ck: Checkpoint) -> list[Message]:
-    src = {}
-    if (ck.path / PSTREE_NAME).exists():
-        for e in read_pstree(ck.path / PSTREE_NAME):
-            src.setdefault(e.pid, e)
+    tree = ck.pstree  # read with the checkpoint (through its directory, compactly)
     out = []
     for pid in ck.pids:
-        e = src.get(pid)
+        row = tree.find(pid) if tree is not None else -1
+        e = tree[row] if row >= 0 else None
         if e is not None:
             out.append(pstree_pb2.pstree_entry(pid=pid, ppid=e.ppid, pgid=e.pgid, sid=e.sid,
                                                threads=list(e.threads) or [pid]))
