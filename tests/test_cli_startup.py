@@ -69,8 +69,8 @@ def test_a_subcommand_loads_only_its_own_module(name):
     r, mods = loaded(name, "--help")
     assert r.returncode == 0, r.stderr
     own = {f"dumper.cli.{COMMANDS[name][0]}"}
-    # demo and pre-dump reuse dump's and show's argument definitions
-    allowed = own | {"dumper.cli.dump", "dumper.cli.show", "dumper.cli.verify", "dumper.cli.mems"}
+    # demo and pre-dump reuse dump's and show's argument definitions, export core's ELF options
+    allowed = own | {"dumper.cli.dump", "dumper.cli.show", "dumper.cli.verify", "dumper.cli.mems", "dumper.cli.core"}
     assert own <= subcommand_modules(mods) <= allowed
 
 

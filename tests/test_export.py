@@ -358,7 +358,7 @@ def test_destination_rules(spawn_target, tmp_path):
     with pytest.raises(ExportError, match="would overwrite"):
         export(src, src, force=True)
     with pytest.raises(ExportError, match="unknown export format"):
-        export(src, tmp_path / "x", format="elf")
+        export(src, tmp_path / "x", format="bogus")
     with pytest.raises(DumperError):
         export(tmp_path / "missing", tmp_path / "y")
     assert not any(p.name.startswith((".out.", ".x.", ".y.")) for p in tmp_path.iterdir())

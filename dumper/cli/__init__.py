@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
     "restore": ("restore", "bring a checkpoint back as a running process, with CRIU's criu restore"),
     "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
+    "core": ("core", "write an ELF core file of a running process, as gcore does (gdb and lldb open it)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }
 

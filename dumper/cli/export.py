@@ -16,8 +16,9 @@ import argparse
 import json
 from typing import Sequence
 
-from ..export import FORMATS, export
-from .options import human_bytes
+from ..export import FORMATS, ExportError, export
+from .core import add_elf_options, run_export
+from .options import human_bytes, pid
 
 MEMORY_ONLY = (
     "The image set holds memory only: no registers, file descriptors, sockets or namespaces "
@@ -42,9 +43,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="replace OUT if it is an image set (an empty directory OUT is filled without it; "
                              "anything else is never replaced)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    elf = parser.add_argument_group("--format elf (one ELF core per process: OUT is the core file, or a "
+                                    "directory of core.PID files for a tree)")
+    elf.add_argument("--pid", type=pid, help="only this process (OUT is then its core file)")
+    add_elf_options(elf)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "elf":
+        return run_export(args)
+    if args.pid is not None or args.with_file_pages:
+        raise ExportError("--pid and --with-file-pages are for --format elf")
     result = export(args.dir, args.out, format=args.format, keep_chain=args.keep_chain, force=args.force)
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

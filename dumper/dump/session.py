@@ -432,6 +432,7 @@ class DumpSession:
             fp = p.frozen
             live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
             mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
+            _record_coredump_filter(p.mm, mm_tid)
             p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0,
                                       proc_path=f"/proc/{p.pid}/task/{mm_tid}")
@@ -746,6 +747,16 @@ class DumpSession:
         as_criu_lists_them(mm)  # [vvar] + [vvar_vclock]: one VMA
         mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
         return mm
+
+
+def _record_coredump_filter(mm: mm_pb2.mm_entry, tid: int) -> None:
+    """mm_entry.coredump_filter (ours, for ELF cores) from a live thread's
+    view: /proc/PID/coredump_filter of an exited leader reads empty."""
+    try:
+        with open(f"/proc/{tid}/coredump_filter", "rb") as f:
+            mm.coredump_filter = int(f.read(), 16)
+    except (OSError, ValueError):
+        pass  # left unset: readers take the kernel's default
 
 
 def _descendants(pid: int) -> list[int]:

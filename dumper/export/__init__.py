@@ -18,7 +18,7 @@ from .criu import ExportedSet, ExportError, ExportResult, criu_fields_only, expo
 
 __all__ = ["FORMATS", "export", "export_criu", "ExportError", "ExportResult", "ExportedSet", "criu_fields_only"]
 
-FORMATS = ("criu",)
+FORMATS = ("criu", "elf")  # elf: dumper.export.elf.export_elf (its own options), called by the CLI
 
 
 def export(src, out: str | os.PathLike, *, format: str = "criu", keep_chain: bool = False,
@@ -28,4 +28,8 @@ def export(src, out: str | os.PathLike, *, format: str = "criu", keep_chain: boo
     ExportError for an unknown format."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
+    if format == "elf":
+        from .elf import export_elf
+
+        return export_elf(src, out, force=force)
     return export_criu(src, out, keep_chain=keep_chain, force=force)
