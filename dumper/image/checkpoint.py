@@ -71,6 +71,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import zstandard
@@ -627,6 +628,21 @@ class Checkpoint:
                 return out
             out.append({"path": str(nxt.path), "target": None, "ok": True, "error": None})
             ck = nxt
+
+    # --- the directory's files
+
+    def listdir(self) -> list[str]:
+        """Names in the checkpoint directory (any kind of entry), sorted."""
+        self._check_open()
+        return sorted(self._dir.listdir())
+
+    def open_file(self, name: str) -> BinaryIO:
+        """File ``name`` of the checkpoint directory opened for reading,
+        relative to the directory's descriptor: ImageError (naming it) if it
+        is missing, a symlink, or not a regular file. Each call opens it
+        anew (a reader per thread)."""
+        self._check_open()
+        return self._dir.open(name)
 
     # --- lookups
 
