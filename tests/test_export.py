@@ -964,3 +964,76 @@ def test_export_of_a_criu_dump_restores(export_target, tmp_path):
     with criu_restore(tmp_path / "out") as r:
         assert r.pid == t.pid
         goes_on(t, size, saved)
+
+
+def _shmem_pagemap(d: Path, shmid: int, pages_id: int, marks: dict[int, str], salt: int) -> None:
+    """A ``pagemap-shmem-SHMID.img`` (zstd pages, ``pages_id``) in ``d``:
+    page k of the object PE_PRESENT (bytes of ``salt``) or PE_PARENT."""
+    from dumper.image.writer import PagesWriter
+
+    def create(name: str):
+        name = fmt.pagemap_shmem_name(shmid) if name.startswith("pagemap-") else name
+        return open(os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+
+    with PagesWriter(create, 0, pages_id, page_size=P, compress=True, frame_pages=2, merge=False) as pw:
+        for k in sorted(marks):
+            if marks[k] == "present":
+                pw.add_present(k * P, bytes([salt + k]) * P)
+            else:
+                pw.add_parent(k * P, 1)
+
+
+def test_shared_memory_images_pass_through(spawn_target, tmp_path):
+    """Images of shared memory objects (what the shmem work adds:
+    ``memfd.img``, ``pagemap-shmem-ID.img`` with its own pages file) are
+    exported like the rest: memfd.img with CRIU's fields, the pagemap with
+    raw pages; flattening resolves its PE_PARENT pages through the parent's
+    pagemap of the same name, --keep-chain keeps them."""
+    from dumper.image.pb import memfd_pb2
+
+    t = spawn_target("dense")
+    t.stop()
+    a, b = tmp_path / "a", tmp_path / "b"
+    dump(t.pid, a, thaw="leave-stopped")
+    shutil.copytree(a, b)
+    os.symlink("../a", b / "parent")
+    _shmem_pagemap(a, 77, 9, {k: "present" for k in range(4)}, salt=10)
+    _shmem_pagemap(b, 77, 9, {0: "parent", 1: "parent", 2: "present", 3: "present"}, salt=20)
+    memfd = memfd_pb2.memfd_inode_entry(name="buf", uid=0, gid=0, size=4 * P, shmid=77, seals=0, inode_id=3)
+    (b / "memfd.img").write_bytes(fmt.encode_image("MEMFD_INODE", [memfd]))
+
+    res = export(b, tmp_path / "flat")
+    out = tmp_path / "flat"
+    assert res.complete and res.sets[0].shared_pages == {"pagemap-shmem-77.img": 4}
+    check_complete_set(out, b)
+    assert read_msgs(out / "memfd.img") == [memfd]
+    head, *entries = read_msgs(out / "pagemap-shmem-77.img")
+    assert head.pages_id == 9 and [(e.vaddr, e.nr_pages, e.flags) for e in entries] == [(0, 4, fmt.PE_PRESENT)]
+    want = bytes([10]) * P + bytes([11]) * P + bytes([22]) * P + bytes([23]) * P
+    assert (out / "pages-9.img").read_bytes() == want
+
+    export(b, tmp_path / "kept", keep_chain=True)
+    _, *top = read_msgs(tmp_path / "kept" / "pagemap-shmem-77.img")
+    assert [e.flags for e in top] == [fmt.PE_PARENT, fmt.PE_PARENT, fmt.PE_PRESENT, fmt.PE_PRESENT]
+    assert (tmp_path / "kept" / "pages-9.img").read_bytes() == want[2 * P :]
+    assert (tmp_path / "kept" / "parent" / "pages-9.img").read_bytes() == b"".join(bytes([10 + k]) * P for k in range(4))
+
+
+def test_lazy_pages_cannot_be_flattened(spawn_target, tmp_path):
+    """A PE_LAZY entry has no data in any image: flattening refuses it,
+    naming the range; --keep-chain writes it as stored, for CRIU's lazy
+    restore."""
+    from dumper.image.pb import pagemap_pb2
+
+    t = spawn_target("dense")
+    t.stop()
+    src = tmp_path / "ck"
+    dump(t.pid, src, thaw="leave-stopped")
+    lazy = pagemap_pb2.pagemap_entry(vaddr=0x10000, compat_nr_pages=2, nr_pages=2, flags=fmt.PE_LAZY)
+    (src / "pagemap-shmem-5.img").write_bytes(
+        fmt.encode_image("PAGEMAP", [pagemap_pb2.pagemap_head(pages_id=7), lazy]))
+    with pytest.raises(ImageError, match=r"pages \[0x10000, 0x12000\) are PE_LAZY only: their data is in no image"):
+        export(src, tmp_path / "flat")
+    export(src, tmp_path / "kept", keep_chain=True)
+    assert read_msgs(tmp_path / "kept" / "pagemap-shmem-5.img")[1:] == [lazy]
+    assert (tmp_path / "kept" / "pages-7.img").read_bytes() == b""

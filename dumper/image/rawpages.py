@@ -55,6 +55,9 @@ __all__ = ["Stream", "PagemapPlan", "pagemap_names", "plan_pagemap", "write_page
 # Bytes of pages one worker reads (and decompresses) per task.
 BATCH_BYTES = 4 << 20
 _PAGEMAP_RE = re.compile(r"^pagemap-(?:shmem-)?\d+\.img$")
+# The pagemap flags CRIU 4.2 knows (criu/include/pagemap.h). A dumper flag
+# beyond them must be resolved by plan_pagemap before CRIU sees the entry.
+CRIU_PE_FLAGS = fmt.PE_PARENT | fmt.PE_LAZY | fmt.PE_PRESENT
 _U32_LIMIT = 1 << 32
 
 
@@ -218,13 +221,17 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
     chain = _Chain(ck)
     head, entries, stream, path = chain.load(0, name)
     ps = stream.page_size
+    _refuse(entries, ps, path, (entries.flags & np.uint32(~CRIU_PE_FLAGS & 0xFFFFFFFF)) != 0,
+            ": flags of dumper's own, which CRIU does not know and this version cannot write in CRIU's layout")
     plan = PagemapPlan(name=name, path=path, pages_id=head.pages_id, page_size=ps, entries=entries, stream=stream)
     plan.parent = entries.pages(fmt.PE_PARENT)
     plan.present = stream.nr_pages
     if plan.present:
         plan.runs.append((stream, 0, stream.nr_pages))
     if flatten:
-        _refuse_dataless(entries, ps, path)
+        # a flattened set must hold every page it lists
+        _refuse(entries, ps, path, (entries.flags & np.uint32(fmt.PE_PRESENT | fmt.PE_PARENT)) == 0,
+                " only: their data is in no image")
     if not flatten or not plan.parent:
         return plan
 
@@ -274,16 +281,12 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
     return plan
 
 
-def _refuse_dataless(entries: PagemapEntries, ps: int, path: Path) -> None:
-    """ImageError for the first entry neither PE_PRESENT nor PE_PARENT (a
-    flattened set must hold every page it lists)."""
-    if not len(entries):
-        return
-    bad = (entries.flags & np.uint32(fmt.PE_PRESENT | fmt.PE_PARENT)) == 0
+def _refuse(entries: PagemapEntries, ps: int, path: Path, bad: np.ndarray, why: str) -> None:
+    """ImageError naming the first entry marked in ``bad`` (a bool array)."""
     if bad.any():
         e = entries[int(np.argmax(bad))]
         raise ImageError(path, None, f"pages [{e.vaddr:#x}, {e.end(ps):#x}) are "
-                         f"{fmt.format_flags(e.flags, 'pmap.flags')} only: their data is in no image")
+                         f"{fmt.format_flags(e.flags, 'pmap.flags')}{why}")
 
 
 # --- writing
