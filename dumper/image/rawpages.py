@@ -182,8 +182,8 @@ def _load(level: Checkpoint, name: str, why) -> tuple[pagemap_pb2.pagemap_head, 
 
 
 def _pieces(entries: PagemapEntries, ps: int, lo: int, hi: int):
-    """``(start, end, flags, stream page of start)`` of the entries covering
-    ``[lo, hi)``, in order; None for a gap no entry covers."""
+    """``(start, end, flags, stream page of start or None)`` of the entries
+    covering ``[lo, hi)``, in order; flags 0 for a gap no entry covers."""
     i = max(entries.index_at(lo), 0)
     pos = lo
     n = len(entries)
@@ -349,12 +349,17 @@ def write_pages(plan: PagemapPlan, out: BinaryIO, *, threads: int | None = None)
         return _read(r, first, count)
 
     written = 0
+
+    def put(parts: list[bytes]) -> None:
+        nonlocal written
+        for part in parts:
+            out.write(part)
+            written += len(part)
+
     try:
         if nthreads == 1:
             for task in _tasks(plan):
-                for part in read(task):
-                    out.write(part)
-                    written += len(part)
+                put(read(task))
         else:
             with ThreadPoolExecutor(nthreads, thread_name_prefix="rawpages") as pool:
                 inflight: deque = deque()
@@ -362,13 +367,9 @@ def write_pages(plan: PagemapPlan, out: BinaryIO, *, threads: int | None = None)
                     for task in _tasks(plan):
                         inflight.append(pool.submit(read, task))
                         if len(inflight) >= 2 * nthreads:
-                            for part in inflight.popleft().result():
-                                out.write(part)
-                                written += len(part)
+                            put(inflight.popleft().result())
                     while inflight:
-                        for part in inflight.popleft().result():
-                            out.write(part)
-                            written += len(part)
+                        put(inflight.popleft().result())
                 finally:
                     for fut in inflight:
                         fut.cancel()
