@@ -504,6 +504,9 @@ def test_unrestorable_and_incomplete_sources_are_refused(spawn_target, tmp_path,
     (lacking / f"fs-{t.pid}.img").unlink()
     with pytest.raises(ExportError, match=rf"lacks images criu restore needs: fs-{t.pid}\.img"):
         export(lacking, tmp_path / "out2")
+    os.symlink(src / f"fs-{t.pid}.img", lacking / f"fs-{t.pid}.img")  # never followed: still lacking
+    with pytest.raises(ExportError, match=rf"lacks images criu restore needs: fs-{t.pid}\.img"):
+        export(lacking, tmp_path / "out2")
 
 
 def test_files_that_are_not_criu_images_are_left_out(spawn_target, tmp_path):

@@ -20,6 +20,7 @@ Both use this module (page data: :mod:`.rawpages`):
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -199,6 +200,15 @@ def process_tree(ck: Checkpoint) -> list[Task]:
     return [Task(e.pid, e.ppid, e.pgid, e.sid, tuple(e.threads) or (e.pid,)) for e in entries]
 
 
+def _regular(ck: Checkpoint, name: str) -> bool:
+    """Whether ``name`` in ``ck``'s directory is a regular file (a symlink
+    is not: image files are read without following them)."""
+    try:
+        return stat.S_ISREG(os.lstat(ck.path / name).st_mode)
+    except OSError:
+        return False
+
+
 def has_process_state(ck: Checkpoint) -> bool:
     """Whether ``ck`` holds process state for ``criu restore`` besides
     memory: not a pre-dump (whose registers and memory are of different
@@ -208,13 +218,14 @@ def has_process_state(ck: Checkpoint) -> bool:
     inv = ck.inventory
     if inv.HasField("pre_dump") and inv.pre_dump:
         return False
-    return (ck.path / PSTREE_NAME).is_file() and (ck.path / fmt.core_name(ck.root_pid)).is_file()
+    return _regular(ck, PSTREE_NAME) and _regular(ck, fmt.core_name(ck.root_pid))
 
 
 def missing_images(ck: Checkpoint, tree: Iterable[Task]) -> list[str]:
     """Names of the images ``criu restore`` needs for ``tree`` that ``ck``
-    lacks: ``core-TID.img`` for every thread, and for every process with
-    memory (or the root) :data:`REQUIRED_PER_PROCESS`."""
+    lacks (or holds as something else than a regular file): ``core-TID.img``
+    for every thread, and for every process with memory (or the root)
+    :data:`REQUIRED_PER_PROCESS`."""
     missing = []
     for i, t in enumerate(tree):
         names = [fmt.core_name(tid) for tid in t.threads]
@@ -222,7 +233,7 @@ def missing_images(ck: Checkpoint, tree: Iterable[Task]) -> list[str]:
             names += [n.format(pid=t.pid) for n in REQUIRED_PER_PROCESS]
         elif i == 0:
             names.append(fmt.pagemap_name(t.pid))
-        missing += [n for n in names if not (ck.path / n).is_file()]
+        missing += [n for n in names if not _regular(ck, n)]
     return missing
 
 
