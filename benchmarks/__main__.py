@@ -8,10 +8,11 @@ import os
 import sys
 import time
 
-from . import dump_dense, files_collect, incremental, peers, reader, restore, scan_sparse, warden
+from . import dump_dense, files_collect, incremental, metadata, peers, reader, restore, scan_sparse, warden
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
-              "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore}
+              "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore,
+              "metadata": metadata}
 
 
 def main(argv=None) -> int:

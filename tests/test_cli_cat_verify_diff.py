@@ -172,6 +172,80 @@ def test_verify_truncated_raw_pages_file(dumped, capfdbinary):
     assert rc == 1 and str(rp) in out.decode() and "PE_PRESENT pages" in out.decode()
 
 
+def _flip_raw_bits(d: Path, n: int = 3) -> list[tuple[int, int]]:
+    """Flip one bit in ``n`` pages of the raw pages file spread over it;
+    ``[(file offset, vaddr of the page)]``."""
+    rp = d / fmt.pages_name(1)
+    with open_checkpoint(d) as ck:
+        ent = ck.process().entries
+        present = [e for e in ent if e.flags & fmt.PE_PRESENT]
+    data = bytearray(rp.read_bytes())
+    total = len(data) // P
+    out = []
+    for k in range(n):
+        page = (k * 2 + 1) * total // (2 * n)
+        at = page * P + 1234
+        data[at] ^= 0x10
+        e = next(e for e in present if e.pages_off <= page < e.pages_off + e.nr_pages)
+        out.append((at, e.vaddr + (page - e.pages_off) * P))
+    rp.write_bytes(bytes(data))
+    return out
+
+
+def test_verify_raw_bit_flips(dumped, capfdbinary, tmp_path):
+    """Issue 15 item 10: a raw set dumper wrote passed verify after bit flips
+    ("6097 pages verified"). Each entry's crc32 is in its pagemap entry."""
+    t, d = dumped(compress=False)
+    rc, out, err = run_cli(capfdbinary, "verify", d)
+    assert rc == 0 and "without checksums" not in out.decode() + err, (out, err)
+    flips = _flip_raw_bits(d)
+    rc, out, err = run_cli(capfdbinary, "verify", "--json", d)
+    doc = json.loads(out)
+    assert rc == 1 and not doc["ok"] and doc["pages_unchecked"] == 0
+    bad = [p for p in doc["problems"] if "do not match their checksum" in p]
+    assert 1 <= len(bad) <= 3 and all(str(d / fmt.pages_name(1)) in p for p in bad), doc["problems"]
+    # cat of a whole entry holding a flipped page refuses; export refuses and leaves nothing
+    with open_checkpoint(d) as ck:
+        for at, vaddr in flips:
+            e = ck.process().entry_at(vaddr)
+            rc, out, err = run_cli(capfdbinary, "cat", d, "--addr", hex(e.vaddr), "--size", e.nr_pages * P)
+            assert (rc, out) == (1, b"") and "do not match their checksum" in err and err.count("\n") == 1, (rc, len(out), err, e)
+    # an entry merged across two VMAs (cat cuts the range at VMA boundaries) is checked whole too
+    with open_checkpoint(d) as ck:
+        proc = ck.process()
+        spans = [e for e in proc.entries if e.present and proc.vma_at(e.vaddr) is not None
+                 and proc.vma_at(e.vaddr).end < e.vaddr + e.nr_pages * P]
+    assert spans, "the dump merges entries of adjacent VMAs"
+    rp = d / fmt.pages_name(1)
+    data = bytearray(rp.read_bytes())
+    e = spans[0]
+    data[(e.pages_off + e.nr_pages - 1) * P + 7] ^= 1  # its last page: in the second VMA
+    rp.write_bytes(bytes(data))
+    rc, out, err = run_cli(capfdbinary, "cat", d, "--addr", hex(e.vaddr), "--size", e.nr_pages * P)
+    assert (rc, out) == (1, b"") and "do not match their checksum" in err, (rc, len(out), err, e)
+    rc, out, err = run_cli(capfdbinary, "export", d, tmp_path / "exp")
+    assert rc == 1 and "do not match their checksum" in err and not (tmp_path / "exp").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".exp")]
+    rc, out, err = run_cli(capfdbinary, "flatten", d, tmp_path / "flat")
+    assert rc == 1 and "do not match their checksum" in err and not (tmp_path / "flat").exists()
+
+
+def test_verify_criu_raw_set_says_contents_unchecked(tmp_path, capfdbinary):
+    """A raw set without checksums (CRIU's): verify says plainly what it
+    could not check, in the summary, a note and --json."""
+    from test_cli_decode_mems_rss import build_criu_dir
+
+    d = build_criu_dir(tmp_path / "criu")  # (it has PE_PARENT entries and no parent: --no-parents)
+    rc, out, err = run_cli(capfdbinary, "verify", "--no-parents", d)
+    text = out.decode()
+    assert rc == 0 and "cannot be checked: a raw pages file without checksums" in text, text
+    assert "contents not checked" in text
+    rc, out, err = run_cli(capfdbinary, "verify", "--json", "--no-parents", d)
+    doc = json.loads(out)
+    with open_checkpoint(d) as ck:
+        assert doc["pages_unchecked"] == sum(p.nr_pages_present for p in ck.processes.values()) > 0
+
+
 def _delete_entry(d: Path, pid: int, which: int) -> None:
     path = d / fmt.pagemap_name(pid)
     _, msgs = read_image(path)
@@ -448,18 +522,117 @@ def test_verify_pid_tells_rseq_fields_apart(spawn_target, tmp_path, capfdbinary)
     with open_checkpoint(d) as ck:
         e = ck.process().entry_at(rseq)
         assert e is not None and e.present, "the rseq area's page is recorded"
-        where = (e.pages_off * P) + (rseq - e.vaddr)
-    pages = d / "pages-1.img"
-    original = pages.read_bytes()
-    with open(pages, "r+b") as f:
-        f.seek(where + 4)  # cpu_id
-        f.write(bytes([(original[where + 4] + 1) % 256]))
+        original = ck.read(None, rseq, 16)
+    # The stopped process's memory changes, as the kernel would change it
+    # (the checkpoint's raw pages carry checksums: editing them is damage).
+    _write_mem(t.pid, rseq + 4, bytes([(original[4] + 1) % 256]))  # cpu_id
     rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
     s = json.loads(out)
     assert rc == 0 and s["problems"] == [] and any("rseq fields" in n for n in s["notes"])
-    with open(pages, "r+b") as f:
-        f.seek(where + 12)  # rseq_cs: the thread's own, a real difference
-        f.write(bytes([(original[where + 12] + 1) % 256]))
+    _write_mem(t.pid, rseq + 12, bytes([(original[12] + 1) % 256]))  # rseq_cs: the thread's own, a real difference
     rc, out, _ = run_cli(capfdbinary, "verify", d, "--pid", str(t.pid), "--json")
     s = json.loads(out)
     assert rc == 1 and len(s["problems"]) == 1 and "differ from the checkpoint" in s["problems"][0]
+
+
+# --- issue 13 item 11: what flatten and export say about what they wrote
+
+
+def test_flatten_and_export_stats_describe_what_they_wrote(spawn_target, tmp_path, capfdbinary):
+    """flatten's checkpoint said "16413 pages written (52.0 KiB) ... raw /
+    image = 2.58x" (the newest incremental's bytes with the full page
+    count) and "tracking uffd-wp armed by this dump"; its stats now
+    describe its own pages file, and export's counts its own set."""
+    from dumper.scan.features import probe_scan_categories, probe_uffd_wp_async
+
+    t = spawn_target("dense,alt")
+    track = bool(probe_scan_categories() and probe_uffd_wp_async())
+    dump(t.pid, tmp_path / "0", track_mem=track)
+    t.command("write dense 1 2 3")
+    dump(t.pid, tmp_path / "1", parent=tmp_path / "0" if track else None, thaw="leave-stopped")
+    rc, out, err = run_cli(capfdbinary, "flatten", tmp_path / "1", tmp_path / "flat")
+    assert rc == 0, err
+    with open_checkpoint(tmp_path / "flat") as ck:
+        pages = sum(p.nr_pages_present for p in ck.processes.values())
+        file_bytes = sum(p.pages_path.stat().st_size for p in ck.processes.values())
+        st = ck.stats
+        assert ck.inventory.derived_by == "flatten" and not ck.inventory.parent_checkpoint_id
+    m = re.search(r": (\d+) pages, ", out.decode())
+    assert m and int(m.group(1)) == pages, out
+    assert st.pages_written == pages and st.bytes_raw == pages * P and st.pages_skipped_parent == 0
+    assert st.bytes_compressed <= file_bytes and st.frozen_time == st.freezing_time == 0
+    rc, out, err = run_cli(capfdbinary, "show", tmp_path / "flat")
+    text = out.decode()
+    from dumper.cli.options import human_bytes
+
+    assert f"{pages} pages written ({human_bytes(pages * P)}) by flatten" in text, text
+    assert f"raw / image = {pages * P / file_bytes:.2f}x" in text
+    assert "frozen" not in text and "armed by this dump" not in text and "derived    by flatten" in text
+    if track:
+        assert "armed by the newest dump it was made from" in text
+    rc, out, err = run_cli(capfdbinary, "show", "--json", tmp_path / "flat")
+    doc = json.loads(out)
+    assert doc["derived_by"] == "flatten" and doc["stats"]["pages_written"] == pages
+    assert doc["stats"]["bytes_raw"] == pages * P and doc["parent_checkpoint_id"] is None
+    # verify agrees with the per-VMA counts flatten wrote
+    assert run_cli(capfdbinary, "verify", tmp_path / "flat")[0] == 0
+    # export: the counts and bytes it prints are those of the set it wrote
+    rc, out, err = run_cli(capfdbinary, "export", "--json", tmp_path / "1", tmp_path / "exp")
+    doc = json.loads(out)
+    (s,) = doc["sets"]
+    with open_checkpoint(tmp_path / "exp") as ck:
+        assert s["pages_present"] == {str(p): ck.process(p).nr_pages_present for p in ck.pids}
+        assert sum(s["pages_present"].values()) == pages
+    on_disk = sum((tmp_path / "exp" / f).stat().st_size for f in s["files"])
+    assert s["bytes"] == doc["bytes"] == on_disk
+
+
+def test_read_errors_on_image_files_are_one_line(tmp_path, capfdbinary, monkeypatch):
+    """A failing read (EIO from a bad disk) of a pages file or an image is
+    one line naming the file, not "writing output" nor a traceback."""
+    import errno
+    import shutil
+
+    from dumper.image import reader
+
+    d = tmp_path / "ck"
+    shutil.copytree(ROOT / "tests" / "data" / "tiny-zst", d)
+    with open_checkpoint(d) as ck:
+        e = ck.process().entries[0]
+    real_pread = os.pread
+
+    def failing_pread(fd, n, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".zst.img"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_pread(fd, n, offset)
+
+    monkeypatch.setattr(reader.os, "pread", failing_pread)
+    rc, out, err = run_cli(capfdbinary, "cat", d, "--addr", hex(e.vaddr), "--size", "16")
+    assert (rc, out) == (1, b"") and err.count("\n") == 1
+    assert f"{d / fmt.zpages_name(1)} at offset " in err and "Input/output error" in err, err
+    monkeypatch.undo()
+
+    class FailingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    from dumper.image import mapped
+
+    real_open = mapped.ImageDir.open
+    monkeypatch.setattr(mapped.ImageDir, "open",
+                        lambda self, name: FailingFile(real_open(self, name)) if name.startswith("mm-") else
+                        real_open(self, name))
+    rc, out, err = run_cli(capfdbinary, "mems", d)
+    assert (rc, out) == (1, b"") and err.count("\n") == 1 and "mm-" in err and "Input/output error" in err, err

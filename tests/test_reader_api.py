@@ -775,3 +775,85 @@ def test_real_replaced_parent(spawn_target, tmp_path):
         with pytest.raises(ImageError, match="is not the parent"):
             ck.read(t.pid, parent_pages[0].vaddr, P)
         assert any("is not the parent" in str(p) for p in ck.verify())
+
+
+# --- compact VMAs and pstree (dumper.image.tables)
+
+
+def _vmas_for_table():
+    from dumper.image.pb import vma_pb2
+
+    out = []
+    for i in range(10000):  # more than one parse batch
+        v = vma_pb2.vma_entry(start=0x10000 + i * 0x2000, end=0x11000 + i * 0x2000, pgoff=i * 4096, shmid=i, prot=3,
+                              flags=2, status=fmt.VMA_AREA_REGULAR | fmt.VMA_FILE_PRIVATE, fd=-1, path=f"/lib/{i}.so")
+        if i % 3 == 0:
+            v.dumped = bool(i % 2)
+        if i % 5 == 0:
+            v.nr_pages_dumped = i
+        out.append(v)
+    return out
+
+
+def test_vma_table_is_the_vma_list():
+    import numpy as np
+
+    from dumper.image.tables import VmaTable
+
+    vmas = _vmas_for_table()
+    t = VmaTable.from_messages(vmas)
+    assert len(t) == len(vmas) and list(t) == vmas and t[-1] == vmas[-1] and t[4097] == vmas[4097]
+    assert t.start.tolist() == [v.start for v in vmas] and t.pgoff.tolist() == [v.pgoff for v in vmas]
+    assert t.dumped.tolist() == [int(v.dumped) if v.HasField("dumped") else -1 for v in vmas]
+    assert t.nr_pages_dumped.tolist() == [v.nr_pages_dumped if v.HasField("nr_pages_dumped") else -1 for v in vmas]
+    assert t.at(vmas[77].start + 5) == vmas[77] and t.at(vmas[77].end) is None and t.at(0) is None
+    odd = t.take(np.arange(1, len(vmas), 2))
+    assert list(odd) == vmas[1::2] and VmaTable.merged(t.take(np.arange(0, len(vmas), 2)), odd) == t
+    assert t.nbytes() < 200 * len(vmas)
+
+
+def test_mm_entry_reads_as_the_message_and_refuses_the_rest(tmp_path):
+    from dumper.image.pb import mm_pb2
+    from dumper.image.tables import load_mm
+
+    mm = mm_pb2.mm_entry(mm_start_code=1, mm_end_code=2, mm_start_data=3, mm_end_data=4, mm_start_stack=5,
+                         mm_start_brk=6, mm_brk=7, mm_arg_start=8, mm_arg_end=9, mm_env_start=10, mm_env_end=11,
+                         exe_file_id=12, mm_saved_auxv=[1, 2, 0, 0], exe_path="/bin/x", vmas=_vmas_for_table()[:50])
+    p = tmp_path / "mm-1.img"
+    # an unknown field and a group (wire types the walk leaves to protobuf) between the VMAs
+    payload = mm.SerializeToString()
+    payload += b"\xf8\x3f\x05" + b"\xfb\x3f\xfc\x3f"
+    p.write_bytes(fmt._magic_words("MM") + fmt.U32.pack(len(payload)) + payload)
+    got = load_mm(p, open(p, "rb"))
+    assert got.exe_path == "/bin/x" and got.HasField("exe_path") and list(got.mm_saved_auxv) == [1, 2, 0, 0]
+    assert list(got.vmas) == list(mm.vmas)
+    whole = got.to_message()
+    whole.DiscardUnknownFields()
+    assert whole == mm
+    for name in ("ListFields", "SerializeToString", "CopyFrom"):
+        with pytest.raises(AttributeError, match="to_message"):
+            getattr(got, name)
+
+
+def test_pstree_table_packed_threads_and_repeated_pids(tmp_path):
+    from dumper.image.checkpoint import read_pstree
+    from dumper.image.pb import pstree_pb2
+
+    def entry(pid, ppid, threads, packed=False):
+        e = pstree_pb2.pstree_entry(pid=pid, ppid=ppid, pgid=pid, sid=1)
+        raw = e.SerializeToString()
+        if packed:  # threads as one packed field: protobuf's job, the bulk decoder leaves it
+            body = b"".join(bytes([t]) for t in threads)
+            return raw + b"\x2a" + bytes([len(body)]) + body
+        e.threads.extend(threads)
+        return e.SerializeToString()
+
+    payloads = [entry(10, 0, [10, 11]), entry(20, 10, [20], packed=True), entry(10, 99, [10]), entry(30, 10, [])]
+    p = tmp_path / "pstree.img"
+    p.write_bytes(fmt._magic_words("PSTREE") + b"".join(fmt.U32.pack(len(x)) + x for x in payloads))
+    t = read_pstree(p)
+    assert len(t) == 4 and t.unique_pids() == [10, 20, 30] and t.unique_pids(among={30, 10}) == [10, 30]
+    assert t.find(10) == 0 and int(t.ppid[t.find(10)]) == 0  # the first entry of a pid counts
+    assert t.threads(t.find(20)) == (20,) and t.threads(0) == (10, 11) and t.threads(3) == ()
+    assert t.find(40) == -1 and t.find(-1) == -1 and t.find(1 << 40) == -1
+    assert [e.pid for e in t] == [10, 20, 10, 30] and t[1].threads == [20]

@@ -57,17 +57,23 @@ def _add_common(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
                         default=argparse.SUPPRESS if sub else False)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole command line; given ``argv``, only the subcommand it names
+    is configured (its module imported): ``dumper show`` must not load the
+    dump machinery. Without a recognisable subcommand every one is."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="dumper", description="CRIU-style process memory checkpoints.")
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
+    only = chosen if chosen in COMMANDS else None
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         _add_common(p, sub=True)
-        _module(name).configure(p)
+        if only is None or name == only:
+            _module(name).configure(p)
     return parser
 
 
@@ -126,7 +132,7 @@ def subcommand_main(name: str, argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()
+        parser = build_parser(sys.argv[1:] if argv is None else list(argv))
         args = parser.parse_args(argv)
     except KeyboardInterrupt:  # Ctrl-C while modules still load
         print("dumper: interrupted", file=sys.stderr)

@@ -34,8 +34,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import ImageError
 from ..image import format as fmt
-from ..image.checkpoint import open_checkpoint
+from ..image.checkpoint import open_checkpoint, pages_per_vma
 from ..image.pb import vma_pb2
 from ..image.pretty import message_to_dict, printable, prot_text, vma_annotation
 
@@ -50,36 +51,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def pages_per_vma_of(proc) -> tuple[list[tuple[int, int]], int]:
-    """``([(present, other), ...] per VMA of proc.mm in image order, pages
-    outside every VMA)``: pagemap pages inside each VMA, PE_PRESENT and not
+    """:func:`pages_per_vma_arrays` as a list of ``(present, other)``."""
+    pres, other, outside = pages_per_vma_arrays(proc)
+    return list(zip(pres.tolist(), other.tolist())), outside
+
+
+def pages_per_vma_arrays(proc) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(present, other, pages outside every VMA)``: per VMA of proc.mm in
+    image order (int64 arrays), pagemap pages inside it, PE_PRESENT and not
     (guard pseudo-VMAs count (0, 0)). ``proc``: a
-    :class:`~dumper.image.checkpoint.CheckpointProcess`. Binary search per
-    VMA over the compact pagemap arrays: O(VMAs log entries + entries)."""
+    :class:`~dumper.image.checkpoint.CheckpointProcess`. Prefix sums and
+    binary search over the compact arrays
+    (:func:`~dumper.image.checkpoint.pages_per_vma`): no Python per VMA."""
+    if proc.mm is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
+    t = proc.mm.vmas
     ent = proc.entries
-    ps = np.uint64(proc.page_size)
-    vmas = proc.mm.vmas if proc.mm is not None else []
-    counts = [(0, 0)] * len(vmas)
+    pres, other = pages_per_vma(ent, t.start, t.end, proc.page_size)
+    guard = (t.status & np.uint32(fmt.VMA_AREA_GUARD)) != 0
+    pres[guard] = 0
+    other[guard] = 0
     total = int(ent.nr_pages.sum(dtype=np.uint64)) if len(ent) else 0
-    if not len(ent):
-        return counts, 0
-    startp = ent.vaddr // ps
-    endp = ent.end_pages(proc.page_size)
-    present = ent.mask(fmt.PE_PRESENT)
-    inside = 0
-    for i, v in enumerate(vmas):
-        if v.status & fmt.VMA_AREA_GUARD:
-            continue
-        vs, ve = np.uint64(v.start // proc.page_size), np.uint64(v.end // proc.page_size)
-        j0 = int(np.searchsorted(endp, vs, side="right"))
-        j1 = int(np.searchsorted(startp, ve, side="left"))
-        if j1 <= j0:
-            continue
-        n = np.minimum(endp[j0:j1], ve) - np.maximum(startp[j0:j1], vs)
-        pm = present[j0:j1]
-        pres, other = int(n[pm].sum()), int(n[~pm].sum())
-        counts[i] = (pres, other)
-        inside += pres + other
-    return counts, total - inside
+    inside = int(pres.sum()) + int(other.sum())
+    return pres, other, total - inside
 
 
 def _named(v: vma_pb2.vma_entry, names: dict[int, str]) -> vma_pb2.vma_entry:
@@ -94,10 +88,15 @@ def _named(v: vma_pb2.vma_entry, names: dict[int, str]) -> vma_pb2.vma_entry:
 
 def file_names(ck) -> dict[int, str]:
     """CRIU file ids -> names from the set's files.img/reg-files.img ({}
-    for a dumper checkpoint, whose VMAs carry their paths)."""
+    for a dumper checkpoint, whose VMAs carry their paths, and when that
+    image is damaged: the listing goes on without names, as show's does;
+    verify reports the damage, cat of a page that needs the file too)."""
     if not ck.is_criu:
         return {}
-    return {i: f.name for i, f in ck.criu_files().items()}
+    try:
+        return {i: f.name for i, f in ck.criu_files().items()}
+    except ImageError:
+        return {}
 
 
 def _pages_column(v: vma_pb2.vma_entry, present: int, other: int) -> tuple[str, str]:
@@ -119,9 +118,9 @@ def mems_lines(proc, names: dict[int, str] | None = None) -> list[str]:
         return lines
     if proc.mm.exe_path:
         lines.append(f"\t{'exe':<{_ADDR_WIDTH}}    {printable(proc.mm.exe_path)}")
-    counts, outside = pages_per_vma_of(proc)
+    pres, oth, outside = pages_per_vma_arrays(proc)
     shm_ids: dict[int, int] = {}
-    for v, (present, other) in zip(proc.mm.vmas, counts):
+    for v, present, other in zip(proc.mm.vmas, pres.tolist(), oth.tolist()):
         if v.status & fmt.VMA_AREA_GUARD:
             col, note = "guard", ""
         else:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from ..image import format as fmt
 from ..image.pretty import vma_annotation
 from .mems import _named, print_processes
@@ -39,43 +41,56 @@ def _flags_text(flags: int) -> str:
     return "|".join(name for name, bit in _FLAG_NAMES if flags & bit) or "0"
 
 
-def _entries_with_vmas(proc, vmas: list) -> Iterator[tuple[object, list[int]]]:
-    """``(entry, indices)`` per pagemap entry of ``proc``: the indices in
-    ``vmas`` (ascending, disjoint) of the VMAs the entry overlaps. Linear in
-    entries + VMAs."""
+def _entries_with_vmas(proc) -> Iterator[tuple[object, range]]:
+    """``(entry, rows)`` per pagemap entry of ``proc``: the rows of
+    ``proc.vmas`` (ascending, disjoint; guard pseudo-VMAs are not there)
+    the entry overlaps, found by binary search over the table's columns."""
     ps = proc.page_size
-    vmi = 0
-    for e in proc.entries:
-        while vmi < len(vmas) and vmas[vmi].end <= e.vaddr:
-            vmi += 1
-        end = e.end(ps)
-        hit = []
-        while vmi < len(vmas) and vmas[vmi].start < end:
-            hit.append(vmi)
-            vmi += 1
-        if hit:
-            vmi -= 1  # the last VMA may continue into the next entry
-        yield e, hit
+    t, ent = proc.vmas, proc.entries
+    if len(ent) and len(t):
+        first = np.searchsorted(t.end, ent.vaddr, side="right").tolist()
+        last = np.searchsorted(t.start // np.uint64(ps), ent.end_pages(ps), side="left").tolist()
+    else:
+        first = last = [0] * len(ent)
+    for e, lo, hi in zip(ent, first, last):
+        yield e, range(lo, hi)
+
+
+class _Named:
+    """``proc.vmas[i]`` as the listing names it (a CRIU set's files.img
+    name), parsed when first asked for and kept while the walk is near it."""
+
+    def __init__(self, proc, names: dict[int, str]) -> None:
+        self.t, self.names = proc.vmas, names
+        self.cache: dict[int, object] = {}
+
+    def __getitem__(self, i: int):
+        v = self.cache.get(i)
+        if v is None:
+            if len(self.cache) > 64:
+                self.cache.clear()
+            v = self.cache[i] = _named(self.t[i], self.names)
+        return v
 
 
 def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
-    """The lines ``rss`` prints for one process (a CheckpointProcess)."""
+    """The lines ``rss`` prints for one process (a CheckpointProcess).
+    VMAs are parsed only when a line names them."""
     ps = proc.page_size
-    names = names or {}
     # GUARD pseudo-VMAs hold no pages and may overlap the others: left out.
-    vmas = [_named(v, names) for v in proc.vmas]
+    vmas = _Named(proc, names or {})
     shm_ids: dict[int, int] = {}
     indent = "\t" + " " * (_ENTRY_WIDTH + 1 + _FLAGS_WIDTH)
     lines = [f"{proc.pid}"]
     prev = -1  # index of the last VMA listed
-    for e, hit in _entries_with_vmas(proc, vmas):
+    for e, hit in _entries_with_vmas(proc):
         head = f"\t{f'{e.vaddr:x} / {e.nr_pages:<8}':<{_ENTRY_WIDTH}} {_flags_text(e.flags):<{_FLAGS_WIDTH}}"
         parts = []
         for i in hit:
-            v = vmas[i]
             if i == prev:
                 parts.append("~")
             else:
+                v = vmas[i]
                 parts.append(f"{v.start:08x} / {(v.end - v.start) // ps:<8}{vma_annotation(v, shm_ids)}")
                 prev = i
         if not parts:
@@ -87,12 +102,11 @@ def rss_lines(proc, names: dict[int, str] | None = None) -> list[str]:
 
 def rss_json(proc, names: dict[int, str] | None = None) -> dict:
     """What ``rss --json`` prints for one process (a CheckpointProcess)."""
-    names = names or {}
-    vmas = [_named(v, names) for v in proc.vmas]
+    vmas = _Named(proc, names or {})
     shm_ids: dict[int, int] = {}
     notes: dict[int, str] = {}
     entries = []
-    for e, hit in _entries_with_vmas(proc, vmas):
+    for e, hit in _entries_with_vmas(proc):
         for i in hit:
             if i not in notes:
                 notes[i] = vma_annotation(vmas[i], shm_ids).strip()

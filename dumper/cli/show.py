@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -56,38 +57,71 @@ def _vma_facts(ck, proc, v, pages: tuple[int, int]) -> dict:
     }
 
 
+class _Lazy(list):
+    """A list made item by item from ``make()`` each time it is iterated
+    (``len()`` known up front): VMAs of a huge mm are never all in memory
+    at once."""
+
+    def __init__(self, make, n: int) -> None:
+        super().__init__()
+        self._make = make
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        return iter(self._make())
+
+
 def summarize(path: str) -> dict:
     """The facts ``show`` prints, as a JSON-ready dict. Raises ImageError
     for damage in this checkpoint; a broken parent chain is reported in
     ``chain`` (the last element has ``ok`` false) and ``parent_chain_error``."""
-    from .mems import pages_per_vma_of
-
     with open_checkpoint(path) as ck:
-        inv = ck.inventory
-        stats = ck.stats
-        procs = []
-        for pid in ck.pids:
-            proc = ck.process(pid)
-            vmas = []
-            if proc.mm is not None:
-                counts, _ = pages_per_vma_of(proc)
-                vmas = [_vma_facts(ck, proc, v, c) for v, c in zip(proc.mm.vmas, counts)]
-            pages_file = proc.pages_path
-            procs.append({
-                "pid": pid,
-                "entries": len(proc.entries),
-                "pages_present": proc.entries.pages(fmt.PE_PRESENT),
-                "pages_parent": proc.entries.pages(fmt.PE_PARENT),
-                "pages_file": pages_file.name,
-                "pages_file_bytes": os.fstat(proc.pages._fd).st_size,
-                "mm": proc.mm is not None,
-                "vmas": vmas,
-            })
-        status = ck.chain_status()
-        chain = [c["path"] for c in status if c["ok"]]
-        chain_error = next((c["error"] for c in status if not c["ok"]), None)
-        link = ck.path / fmt.PARENT_LINK
-        parent = os.readlink(link) if os.path.islink(link) else None
+        return _summary(ck, path, lazy=False)
+
+
+def _vmas_of(ck, proc):
+    from .mems import pages_per_vma_arrays
+
+    pres, other, _ = pages_per_vma_arrays(proc)
+    for v, a, b in zip(proc.mm.vmas, pres.tolist(), other.tolist()):
+        yield _vma_facts(ck, proc, v, (a, b))
+
+
+def _summary(ck, path: str, *, lazy: bool) -> dict:
+    """:func:`summarize` of the open ``ck``; with ``lazy`` each process's
+    ``vmas`` is made while it is iterated (``ck`` must stay open)."""
+    inv = ck.inventory
+    try:
+        stats, stats_error = ck.stats, None
+    except ImageError as err:  # auxiliary: the rest of the checkpoint still shows (verify reports it)
+        stats, stats_error = None, str(err)
+    procs = []
+    for pid in ck.pids:
+        proc = ck.process(pid)
+        vmas: list = []
+        if proc.mm is not None:
+            vmas = _Lazy(lambda proc=proc: _vmas_of(ck, proc), len(proc.mm.vmas))
+            if not lazy:
+                vmas = list(vmas)
+        pages_file = proc.pages_path
+        procs.append({
+            "pid": pid,
+            "entries": len(proc.entries),
+            "pages_present": proc.entries.pages(fmt.PE_PRESENT),
+            "pages_parent": proc.entries.pages(fmt.PE_PARENT),
+            "pages_file": pages_file.name,
+            "pages_file_bytes": os.fstat(proc.pages._fd).st_size,
+            "mm": proc.mm is not None,
+            "vmas": vmas,
+        })
+    status = ck.chain_status()
+    chain = [c["path"] for c in status if c["ok"]]
+    chain_error = next((c["error"] for c in status if not c["ok"]), None)
+    link = ck.path / fmt.PARENT_LINK
+    parent = os.readlink(link) if os.path.islink(link) else None
     out = {
         "dir": path,
         "dumper_version": inv.dumper_version,
@@ -102,6 +136,7 @@ def summarize(path: str) -> dict:
         "compression": "zstd" if inv.compression == fmt.COMPRESSION_ZSTD else "none",
         "compression_level": inv.compression_level if inv.compression == fmt.COMPRESSION_ZSTD else None,
         "pre_dump": inv.pre_dump,
+        "derived_by": printable(inv.derived_by) if inv.derived_by else None,
         "parent": printable(parent) if parent is not None else None,
         "parent_chain": chain,  # resolved, nearest first, the usable part
         "chain": status,  # every link, the broken one (if any) last with ok false
@@ -111,14 +146,45 @@ def summarize(path: str) -> dict:
     }
     if stats is not None:
         out["stats"] = {f.name: getattr(stats, f.name) for f in stats.DESCRIPTOR.fields if stats.HasField(f.name)}
+    out["stats_error"] = stats_error
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    s = summarize(args.dir)
-    if args.json:
-        print(json.dumps(s, indent=2))
-        return 0
+    with open_checkpoint(args.dir) as ck:
+        s = _summary(ck, args.dir, lazy=True)
+        if args.json:
+            _print_json(s)
+            return 0
+        return _print_text(s, args)
+
+
+def _print_json(s: dict) -> None:
+    """``s`` as indented JSON, each process's VMAs streamed one a line
+    (json's C encoder per VMA): a huge mm is never one string in memory."""
+    marks = []
+    procs = []
+    for i, p in enumerate(s["processes"]):
+        mark = f"@vmas-{i}-{os.getpid()}@"
+        marks.append((json.dumps(mark), p["vmas"]))
+        procs.append({**p, "vmas": mark})
+    text = json.dumps({**s, "processes": procs}, indent=2)
+    out = sys.stdout
+    for mark, vmas in marks:
+        before, text = text.split(mark, 1)
+        out.write(before)
+        out.write("[")
+        batch = []
+        for k, v in enumerate(vmas):
+            batch.append(("\n        " if k == 0 else ",\n        ") + json.dumps(v))
+            if len(batch) >= 4096:
+                out.write("".join(batch))
+                batch.clear()
+        out.write("".join(batch) + ("\n      ]" if len(vmas) else "]"))
+    out.write(text + "\n")
+
+
+def _print_text(s: dict, args: argparse.Namespace) -> int:
     when = datetime.fromtimestamp(s["dump_start_ns"] / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"checkpoint {s['dir']}")
     if s["dumper_version"]:
@@ -139,19 +205,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"  chain      BROKEN: {s['parent_chain_error']} (pages this checkpoint holds read; "
               "pages in the parent do not)")
     st = s.get("stats", {})
+    if s.get("stats_error"):
+        print(f"  stats      UNREADABLE: {s['stats_error']}")
     if st:
         raw = st.get("bytes_raw", 0)
         files = sum(p["pages_file_bytes"] or 0 for p in s["processes"])
         # the same ratio `dumper dump` prints: raw page bytes / pages file size
         ratio = f", raw / image = {raw / files:.2f}x" if files and s["compression"] == "zstd" else ""
-        print(f"  frozen     {st.get('frozen_time', 0) / 1000:.1f} ms (freezing {st.get('freezing_time', 0) / 1000:.1f} ms)")
-        print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) from "
-              f"{human_bytes(st.get('pages_scanned', 0) * (s['page_size'] or 4096))} of private mappings, "
-              f"{st.get('pages_unreadable', 0)} unreadable"
-              + (f", {st.get('pages_skipped_parent', 0)} in parent" if st.get("pages_skipped_parent") else "")
-              + ratio)
+        if s["derived_by"]:  # written from other checkpoints: nothing was frozen or scanned
+            print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) by "
+                  f"{s['derived_by']}" + ratio)
+        else:
+            print(f"  frozen     {st.get('frozen_time', 0) / 1000:.1f} ms (freezing {st.get('freezing_time', 0) / 1000:.1f} ms)")
+            print(f"  stats      {st.get('pages_written', 0)} pages written ({human_bytes(raw)}) from "
+                  f"{human_bytes(st.get('pages_scanned', 0) * (s['page_size'] or 4096))} of private mappings, "
+                  f"{st.get('pages_unreadable', 0)} unreadable"
+                  + (f", {st.get('pages_skipped_parent', 0)} in parent" if st.get("pages_skipped_parent") else "")
+                  + ratio)
+    if s["derived_by"]:
+        print(f"  derived    by {s['derived_by']} from other checkpoints, not by a dump")
     if s["tracker"] and s["tracker"] != "none":
-        print(f"  tracking   {s['tracker']} armed by this dump" + ("; PRE-DUMP: pages only" if s["pre_dump"] else ""))
+        armed = "armed by the newest dump it was made from (kept for the next incremental dump)" \
+            if s["derived_by"] else "armed by this dump"
+        print(f"  tracking   {s['tracker']} {armed}" + ("; PRE-DUMP: pages only" if s["pre_dump"] else ""))
     for p in s["processes"]:
         print(f"process {p['pid']}: {p['entries']} pagemap entries, {p['pages_present']} pages in "
               f"{p['pages_file']} ({human_bytes(p['pages_file_bytes'] or 0)})"
@@ -160,16 +236,17 @@ def run(args: argparse.Namespace) -> int:
             print("  no mm image: VMAs unknown (a CRIU pre-dump?); only pages with pagemap entries read")
             continue
         print(f"  {'start':>14} {'end':>14} {'size':>10} {'prot':4} {'kind':12} {'dumped':>8}  name")
+        hidden = 0
         for v in p["vmas"]:
             if not args.all_vmas and v["dumped"] and not v["pages"] and not v["pages_parent"]:
+                hidden += 1
                 continue
             prot = "".join(c if v["prot"] & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
             dumped = "guard" if v["guard"] else (str(v["pages"]) if v["dumped"] else "skipped")
             note = f"  [{v['reason']}]" if not v["dumped"] and v["reason"] else ""
             print(f"  {v['start']:#14x} {v['end']:#14x} {human_bytes(v['end'] - v['start']):>10} {prot:4} "
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
-        hidden = sum(1 for v in p["vmas"] if v["dumped"] and not v["pages"] and not v["pages_parent"])
-        if hidden and not args.all_vmas:
+        if hidden:
             print(f"  ({hidden} VMAs with no pages to dump not listed; --all-vmas shows them)")
     return 0
 

@@ -15,7 +15,7 @@ from ..errors import DumpError
 from ..image import CheckpointWriter
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
-from ..image.pb import inventory_pb2, mm_pb2, stats_pb2
+from ..image.pb import inventory_pb2, stats_pb2
 
 __all__ = ["flatten", "FlattenResult"]
 
@@ -49,24 +49,30 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
         chain = list(ck.chain())
         total_pages = 0
         written = 0
+        # Stats of the flattened checkpoint describe its own writing (no freeze, no scan).
+        st = stats_pb2.dump_stats_entry(freezing_time=0, frozen_time=0, memdump_time=0, memwrite_time=0,
+                                        pages_scanned=0, pages_skipped_parent=0, pages_written=0, pages_lazy=0)
         with CheckpointWriter(dest, force=force, page_size=ck.page_size, sources=[c.path for c in chain]) as w:
             for pid in ck.pids:
                 proc = ck.process(pid)
                 with w.pages_writer(pid, 1, compress=compress, level=level, threads=threads) as pw:
-                    for vaddr, data in ck.iter_pages(pid, parents=True):
+                    # (holes of a sparse raw pages file in anonymous memory are left out: zeros anyway)
+                    for vaddr, data in ck.iter_copy(pid, parents=True):
                         pw.add_present(vaddr, data)
                 if proc.mm is not None:  # a set without mm-PID.img stays without (readers accept it)
-                    mm = mm_pb2.mm_entry()
-                    mm.CopyFrom(proc.mm)
-                    for v in mm.vmas:  # every page now lives here
-                        v.nr_pages_dumped = v.nr_pages_dumped + v.nr_pages_parent
+                    mm = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
+                    for v, n in zip(mm.vmas, ck.copied_per_vma(pid).tolist()):  # every page now lives here
+                        v.nr_pages_dumped = n
                         v.ClearField("nr_pages_parent")
                     w.write_mm(pid, mm)
                 total_pages += pw.stats.pages_present
                 written += pw.stats.bytes_file
+                pw.stats.add_to(st)
             inv = inventory_pb2.inventory_entry()
             inv.CopyFrom(ck.inventory)
             inv.ClearField("parent_path")
+            inv.ClearField("parent_checkpoint_id")  # it stands alone
+            inv.derived_by = "flatten"
             inv.compression = fmt.COMPRESSION_ZSTD if compress else fmt.COMPRESSION_NONE
             if compress:
                 inv.compression_level = level
@@ -74,11 +80,6 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
                 inv.ClearField("compression_level")
                 inv.ClearField("frame_pages")
             w.write_inventory(inv)
-            if ck.stats is not None:
-                st = stats_pb2.dump_stats_entry()
-                st.CopyFrom(ck.stats)
-                st.pages_written += st.pages_skipped_parent
-                st.pages_skipped_parent = 0
-                w.write_stats(st)
+            w.write_stats(st)
             path = w.commit()
     return FlattenResult(os.fspath(path), os.fspath(src), len(chain), total_pages, written)

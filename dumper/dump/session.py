@@ -29,13 +29,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .. import __version__
-from ..errors import DumpError, NoSuchProcess, UnsupportedKernel
+from ..errors import DumperWarning, DumpError, NoSuchProcess, UnsupportedKernel
 from ..image import CheckpointWriter, vma_entry_from
 from ..image import format as fmt
 from ..image.checkpoint import new_checkpoint_id
@@ -340,6 +341,23 @@ class DumpSession:
             expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
         if not opts.pre_dump:
             self.spool.reserve(expected + expected // 16 + (1 << 20))
+        self._warn_long_freeze(expected)
+
+    def _warn_long_freeze(self, expected: int) -> None:
+        """Say so before a freeze estimated to last long: the pagemap
+        fallback reads 8 bytes per page of every mapping while frozen, and
+        the copy moves every expected byte (rates measured here, kept low)."""
+        from ..scan import estimate_scan_seconds
+
+        copy = 0.0 if self.opts.pre_dump else expected / 1.5e9
+        scan = sum(estimate_scan_seconds(self.opts.backend, [v for v, pl in zip(p.vmas, p.plans)
+                                                              if pl.mode == "pages"])
+                   for p in self.processes)
+        if copy + scan > 2.0:
+            why = (f"scanning {sum(v.size for p in self.processes for v in p.vmas) / (1 << 40):.1f} TiB of "
+                   "mappings with the pagemap fallback (no PAGEMAP_SCAN before Linux 6.7)" if scan > copy else
+                   f"copying {expected / (1 << 30):.1f} GiB; --pre-copy copies most of it before the freeze")
+            warnings.warn(DumperWarning(f"the process will stay frozen for about {copy + scan:.0f} s: {why}"))
 
     def _process_dump(self, proc: Process, start_time: int) -> ProcessDump:
         """A process of the dump, with its tracker and (incremental) its parent's pages."""
@@ -565,13 +583,16 @@ class DumpSession:
         opts, w = self.opts, self.writer
         pages_stats = []
         skipped: dict[str, int] = {}
-        for i, p in enumerate(self.processes, 1):
-            p.pages_id = i
-            pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level, threads=opts.threads)
-            self._write_pages(p, pw)
-            pw.close()
-            pages_stats.append(pw.stats)
-            w.write_mm(p.pid, self._mm_entry(p, skipped))
+        total = sum(p.extents.total + sum(e.total for e in self._reused(p)) for p in self.processes)
+        with _progress(total, opts.progress, "writing") as bar:
+            for i, p in enumerate(self.processes, 1):
+                p.pages_id = i
+                pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level,
+                                    threads=opts.threads, progress=bar.update if bar is not None else None)
+                self._write_pages(p, pw)
+                pw.close()
+                pages_stats.append(pw.stats)
+                w.write_mm(p.pid, self._mm_entry(p, skipped))
         self._write_task_images()
         st = _sum_stats(pages_stats)
         copiers = [p.copier for p in self.processes if p.copier is not None]
@@ -814,11 +835,12 @@ def _pages_per(vs: np.ndarray, ve: np.ndarray, ivs) -> np.ndarray:
     return out
 
 
-def _progress(total_bytes: int, enabled: bool):
+def _progress(total_bytes: int, enabled: bool, what: str = "copying"):
+    """A progress bar by bytes (tqdm on stderr), shown only for work that
+    takes more than about a second."""
     if not enabled:
         return nullcontext(None)
     from tqdm import tqdm
 
-    # delay: only dumps that take more than about a second show a bar.
     return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc="copying", delay=1.0, leave=False)
+                desc=what, delay=1.0, leave=False)

@@ -67,7 +67,7 @@ from google.protobuf.message import Message
 
 from ..errors import BadMagic, CorruptImage, DumpError, ImageError
 from ..image import format as fmt
-from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
+from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint
 from ..image.criuset import (
     FIRST_OWN_FIELD,
     copy_image,
@@ -81,7 +81,7 @@ from ..image.criuset import (
     unrestorable_lines,
 )
 from ..image.pb import fdinfo_pb2, fown_pb2, mm_pb2, pstree_pb2, regfile_pb2
-from ..image.rawpages import PagemapPlan, pagemap_names, plan_pagemap, write_pagemap, write_pages
+from ..image.rawpages import PagemapPlan, copy_pagemap, pagemap_names, pages_id_of, write_pagemap
 from ..image.safefs import Dir, OutputDir
 from ..image.vmas import as_criu_lists_them
 
@@ -138,7 +138,9 @@ class ExportedSet:
     (PE_PARENT pages, only with ``keep_chain``); ``shared_pages`` the same
     for other pagemaps (``pagemap-shmem-ID.img``: name -> pages);
     ``files`` the names written; ``left_out`` source files not exported,
-    name -> why; ``bytes`` the total size written.
+    name -> why; ``zero_pages_left_out`` pages of zeros a sparse raw pages
+    file held as holes in anonymous memory, left out of the pagemaps (they
+    read as zeros without an entry too); ``bytes`` the total size written.
     """
 
     path: Path
@@ -150,6 +152,7 @@ class ExportedSet:
     shared_pages: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)
+    zero_pages_left_out: int = 0
     bytes: int = 0
 
     def to_json(self) -> dict:
@@ -163,6 +166,7 @@ class ExportedSet:
             "shared_pages": dict(self.shared_pages),
             "files": list(self.files),
             "left_out": dict(self.left_out),
+            "zero_pages_left_out": self.zero_pages_left_out,
             "bytes": self.bytes,
         }
 
@@ -250,11 +254,12 @@ class _SetWriter:
 
     def pagemap(self, name: str, *, flatten: bool, threads: int | None) -> PagemapPlan:
         """Pagemap ``name`` of the level and its raw pages file, CRIU's layout."""
-        plan = plan_pagemap(self.level, name, flatten=flatten)
-        with self.file(fmt.pages_name(plan.pages_id)) as f:
-            write_pages(plan, f, threads=threads)
+        pages_id = pages_id_of(self.level, name)
+        with self.file(fmt.pages_name(pages_id)) as f:
+            plan = copy_pagemap(self.level, name, f, flatten=flatten, threads=threads)
         with self.file(name) as f:
             write_pagemap(plan, f)
+        self.result.zero_pages_left_out += sum(b - a for a, b in plan.left_out) // plan.page_size
         m = re.fullmatch(r"pagemap-(\d+)\.img", name)
         if m and int(m.group(1)) in self.level.processes:
             pid = int(m.group(1))
@@ -284,7 +289,7 @@ def _copy_entry(w: _SetWriter, name: str) -> None:
     level = w.level
     path = level.path / name
     try:
-        f = level.open_file(name)
+        f = level.open_image(name)
     except ImageError:
         w.result.left_out[name] = "not a regular file"
         return
@@ -393,7 +398,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
     without a files image) file VMAs and the executable get made-up
     ``files.img`` ids in ``shmid``/``exe_file_id``, and shared memory its
     inode as ``shmid`` (CRIU's shmem id); otherwise the source's ids stay."""
-    src = proc.mm
+    src = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
     mm = criu_fields_only(src)
     for f in mm.DESCRIPTOR.fields:  # CRIU's required fields, 0 when unknown
         if f.is_required and not mm.HasField(f.name):
@@ -427,13 +432,11 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
 
 
 def _pstree(ck: Checkpoint) -> list[Message]:
-    src = {}
-    if (ck.path / PSTREE_NAME).exists():
-        for e in read_pstree(ck.path / PSTREE_NAME):
-            src.setdefault(e.pid, e)
+    tree = ck.pstree  # read with the checkpoint (through its directory, compactly)
     out = []
     for pid in ck.pids:
-        e = src.get(pid)
+        row = tree.find(pid) if tree is not None else -1
+        e = tree[row] if row >= 0 else None
         if e is not None:
             out.append(pstree_pb2.pstree_entry(pid=pid, ppid=e.ppid, pgid=e.pgid, sid=e.sid,
                                                threads=list(e.threads) or [pid]))
@@ -558,6 +561,9 @@ def _notes(result: ExportResult, why_memory: str | None) -> list[str]:
         notes.append(f"{len(result.sets) - 1} parent set(s) nested as {result.out.name}/{fmt.PARENT_LINK}/...: "
                      "memory images, from which criu restore reads the PE_PARENT pages")
     for s in result.sets:
+        if s.zero_pages_left_out:
+            notes.append(f"{s.path}: {s.zero_pages_left_out} pages of zeros (holes of a sparse raw pages file in "
+                         "anonymous memory) left out of the pagemaps: they read as zeros all the same")
         if s.left_out:
             shown = ", ".join(f"{n} ({why})" for n, why in sorted(s.left_out.items()))
             notes.append(f"left out of {s.path}: {shown}")

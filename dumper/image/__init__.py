@@ -12,8 +12,24 @@
 - :mod:`.pb` — generated protobuf modules (``python -m dumper.image.gen``).
 """
 
-from .reader import PagemapEntry, PagesReader, iter_present, load_inventory, load_pagemap, open_pages, read_image
-from .writer import CheckpointWriter, PagesWriter, PagesWriterStats, vma_entry_from
+# Loaded when first used: a reader (show, mems...) must not pay for the
+# writer's imports, nor the other way round.
+_LAZY = {
+    "CheckpointWriter": "writer", "PagesWriter": "writer", "PagesWriterStats": "writer", "vma_entry_from": "writer",
+    "PagemapEntry": "reader", "PagesReader": "reader", "iter_present": "reader", "load_inventory": "reader",
+    "load_pagemap": "reader", "open_pages": "reader", "read_image": "reader",
+}
+
+
+def __getattr__(name: str):
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "CheckpointWriter",

@@ -196,8 +196,8 @@ class Task:
 def process_tree(ck: Checkpoint) -> list[Task]:
     """The checkpoint's process tree, root first (``pstree.img``; zombies
     included). ImageError if it is missing or damaged."""
-    entries: list[Message] = read_pstree(ck.path / PSTREE_NAME)
-    return [Task(e.pid, e.ppid, e.pgid, e.sid, tuple(e.threads) or (e.pid,)) for e in entries]
+    tree = ck.pstree if ck.pstree is not None else read_pstree(ck.path / PSTREE_NAME)
+    return [Task(e.pid, e.ppid, e.pgid, e.sid, tuple(e.threads) or (e.pid,)) for e in tree]
 
 
 def _regular(ck: Checkpoint, name: str) -> bool:

@@ -74,55 +74,24 @@ the two cannot disagree.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from google.protobuf import unknown_fields
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from ..errors import BadMagic, CorruptImage, UnsupportedVersion
+from ..errors import BadMagic, CorruptImage, ImageError, UnsupportedVersion
 from ..kernel import mman
-from .pb import (
-    core_pb2,
-    creds_pb2,
-    eventfd_pb2,
-    eventpoll_pb2,
-    ext_file_pb2,
-    fdinfo_pb2,
-    fh_pb2,
-    fifo_pb2,
-    file_lock_pb2,
-    fs_pb2,
-    fsnotify_pb2,
-    ghost_file_pb2,
-    inventory_pb2,
-    ipc_shm_pb2,
-    memfd_pb2,
-    mm_pb2,
-    ns_pb2,
-    pagemap_pb2,
-    pidfd_pb2,
-    pipe_data_pb2,
-    pipe_pb2,
-    pstree_pb2,
-    regfile_pb2,
-    remap_file_path_pb2,
-    rlimit_pb2,
-    sa_pb2,
-    seccomp_pb2,
-    signalfd_pb2,
-    stats_pb2,
-    timens_pb2,
-    timer_pb2,
-    timerfd_pb2,
-    tty_pb2,
-    vma_pb2,
-)
+from .pb import pagemap_pb2
+
+if TYPE_CHECKING:
+    from .pb import inventory_pb2
 
 __all__ = [
     "U32",
@@ -325,62 +294,84 @@ MAGIC_ALIASES: dict[str, str] = {
 # Images whose first u32 is IMG_SERVICE_MAGIC instead of IMG_COMMON_MAGIC.
 SERVICE_IMAGES = frozenset({"STATS", "IRMAP_CACHE"})
 
+class _LazyTypes(Mapping):
+    """Magic name -> message class, each ``pb`` module imported when first
+    asked for (the keys are known without importing anything)."""
+
+    def __init__(self, spec: dict[str, tuple[str, str]]) -> None:
+        self._spec = spec
+        self._cache: dict[str, type[Message]] = {}
+
+    def __getitem__(self, name: str) -> type[Message]:
+        cls = self._cache.get(name)
+        if cls is None:
+            module, attr = self._spec[name]
+            cls = self._cache[name] = getattr(importlib.import_module(f"{__package__}.pb.{module}"), attr)
+        return cls
+
+    def __iter__(self):
+        return iter(self._spec)
+
+    def __len__(self) -> int:
+        return len(self._spec)
+
+
 # Message class of each entry, by magic name (crit's handlers, for the types
 # proto/ has schemas for). A few images differ from a plain list of one type:
 # see HEAD_TYPES (a first entry of another type) and EXTRA_PAYLOADS (raw
 # bytes after entries). ZPAGES is not a list of entries (module docstring).
-ENTRY_TYPES: dict[str, type[Message]] = {
-    "INVENTORY": inventory_pb2.inventory_entry,
-    "PSTREE": pstree_pb2.pstree_entry,
-    "CORE": core_pb2.core_entry,
-    "IDS": core_pb2.task_kobj_ids_entry,
-    "MM": mm_pb2.mm_entry,
-    "VMAS": vma_pb2.vma_entry,
-    "PAGEMAP": pagemap_pb2.pagemap_entry,
-    "FS": fs_pb2.fs_entry,
-    "CREDS": creds_pb2.creds_entry,
-    "RLIMIT": rlimit_pb2.rlimit_entry,
-    "SIGACT": sa_pb2.sa_entry,
-    "ITIMERS": timer_pb2.itimer_entry,
-    "POSIX_TIMERS": timer_pb2.posix_timer_entry,
-    "SECCOMP": seccomp_pb2.seccomp_entry,
-    "TIMENS": timens_pb2.timens_entry,
-    "FDINFO": fdinfo_pb2.fdinfo_entry,
-    "FILES": fdinfo_pb2.file_entry,
-    "REG_FILES": regfile_pb2.reg_file_entry,
-    "REMAP_FPATH": remap_file_path_pb2.remap_file_path_entry,
-    "GHOST_FILE": ghost_file_pb2.ghost_chunk_entry,
-    "PIPES": pipe_pb2.pipe_entry,
-    "PIPES_DATA": pipe_data_pb2.pipe_data_entry,
-    "FIFO": fifo_pb2.fifo_entry,
-    "FIFO_DATA": pipe_data_pb2.pipe_data_entry,
-    "EVENTFD_FILE": eventfd_pb2.eventfd_file_entry,
-    "EVENTPOLL_FILE": eventpoll_pb2.eventpoll_file_entry,
-    "EVENTPOLL_TFD": eventpoll_pb2.eventpoll_tfd_entry,
-    "SIGNALFD": signalfd_pb2.signalfd_entry,
-    "TIMERFD": timerfd_pb2.timerfd_entry,
-    "INOTIFY_FILE": fsnotify_pb2.inotify_file_entry,
-    "INOTIFY_WD": fsnotify_pb2.inotify_wd_entry,
-    "FANOTIFY_FILE": fsnotify_pb2.fanotify_file_entry,
-    "FANOTIFY_MARK": fsnotify_pb2.fanotify_mark_entry,
-    "NS_FILES": ns_pb2.ns_file_entry,
-    "EXT_FILES": ext_file_pb2.ext_file_entry,
-    "PIDFD": pidfd_pb2.pidfd_entry,
-    "TTY_FILES": tty_pb2.tty_file_entry,
-    "TTY_INFO": tty_pb2.tty_info_entry,
-    "TTY_DATA": tty_pb2.tty_data_entry,
-    "MEMFD_INODE": memfd_pb2.memfd_inode_entry,
-    "FILE_LOCKS": file_lock_pb2.file_lock_entry,
-    "IPCNS_SHM": ipc_shm_pb2.ipc_shm_entry,
-    "STATS": stats_pb2.stats_entry,
-    "IRMAP_CACHE": fh_pb2.irmap_cache_entry,
-}
+ENTRY_TYPES: Mapping[str, type[Message]] = _LazyTypes({
+    "INVENTORY": ("inventory_pb2", "inventory_entry"),
+    "PSTREE": ("pstree_pb2", "pstree_entry"),
+    "CORE": ("core_pb2", "core_entry"),
+    "IDS": ("core_pb2", "task_kobj_ids_entry"),
+    "MM": ("mm_pb2", "mm_entry"),
+    "VMAS": ("vma_pb2", "vma_entry"),
+    "PAGEMAP": ("pagemap_pb2", "pagemap_entry"),
+    "FS": ("fs_pb2", "fs_entry"),
+    "CREDS": ("creds_pb2", "creds_entry"),
+    "RLIMIT": ("rlimit_pb2", "rlimit_entry"),
+    "SIGACT": ("sa_pb2", "sa_entry"),
+    "ITIMERS": ("timer_pb2", "itimer_entry"),
+    "POSIX_TIMERS": ("timer_pb2", "posix_timer_entry"),
+    "SECCOMP": ("seccomp_pb2", "seccomp_entry"),
+    "TIMENS": ("timens_pb2", "timens_entry"),
+    "FDINFO": ("fdinfo_pb2", "fdinfo_entry"),
+    "FILES": ("fdinfo_pb2", "file_entry"),
+    "REG_FILES": ("regfile_pb2", "reg_file_entry"),
+    "REMAP_FPATH": ("remap_file_path_pb2", "remap_file_path_entry"),
+    "GHOST_FILE": ("ghost_file_pb2", "ghost_chunk_entry"),
+    "PIPES": ("pipe_pb2", "pipe_entry"),
+    "PIPES_DATA": ("pipe_data_pb2", "pipe_data_entry"),
+    "FIFO": ("fifo_pb2", "fifo_entry"),
+    "FIFO_DATA": ("pipe_data_pb2", "pipe_data_entry"),
+    "EVENTFD_FILE": ("eventfd_pb2", "eventfd_file_entry"),
+    "EVENTPOLL_FILE": ("eventpoll_pb2", "eventpoll_file_entry"),
+    "EVENTPOLL_TFD": ("eventpoll_pb2", "eventpoll_tfd_entry"),
+    "SIGNALFD": ("signalfd_pb2", "signalfd_entry"),
+    "TIMERFD": ("timerfd_pb2", "timerfd_entry"),
+    "INOTIFY_FILE": ("fsnotify_pb2", "inotify_file_entry"),
+    "INOTIFY_WD": ("fsnotify_pb2", "inotify_wd_entry"),
+    "FANOTIFY_FILE": ("fsnotify_pb2", "fanotify_file_entry"),
+    "FANOTIFY_MARK": ("fsnotify_pb2", "fanotify_mark_entry"),
+    "NS_FILES": ("ns_pb2", "ns_file_entry"),
+    "EXT_FILES": ("ext_file_pb2", "ext_file_entry"),
+    "PIDFD": ("pidfd_pb2", "pidfd_entry"),
+    "TTY_FILES": ("tty_pb2", "tty_file_entry"),
+    "TTY_INFO": ("tty_pb2", "tty_info_entry"),
+    "TTY_DATA": ("tty_pb2", "tty_data_entry"),
+    "MEMFD_INODE": ("memfd_pb2", "memfd_inode_entry"),
+    "FILE_LOCKS": ("file_lock_pb2", "file_lock_entry"),
+    "IPCNS_SHM": ("ipc_shm_pb2", "ipc_shm_entry"),
+    "STATS": ("stats_pb2", "stats_entry"),
+    "IRMAP_CACHE": ("fh_pb2", "irmap_cache_entry"),
+})
 
 # Images whose first entry has its own type; ENTRY_TYPES gives the others'.
-HEAD_TYPES: dict[str, type[Message]] = {
-    "PAGEMAP": pagemap_pb2.pagemap_head,
-    "GHOST_FILE": ghost_file_pb2.ghost_file_entry,
-}
+HEAD_TYPES: Mapping[str, type[Message]] = _LazyTypes({
+    "PAGEMAP": ("pagemap_pb2", "pagemap_head"),
+    "GHOST_FILE": ("ghost_file_pb2", "ghost_file_entry"),
+})
 
 # --- versions
 
@@ -680,8 +671,16 @@ def encode_image(magic: str, msgs: Iterable[Message]) -> bytes:
 # --- reading (input is untrusted: every size is checked before use)
 
 
+def _read(f: BinaryIO, n: int, path, offset: int) -> bytes:
+    """``f.read(n)``; a failing read (EIO...) is ImageError naming the file."""
+    try:
+        return f.read(n)
+    except OSError as err:
+        raise ImageError(path, offset, f"read failed: {err.strerror}") from err
+
+
 def _read_exact(f: BinaryIO, n: int, path, offset: int, what: str) -> bytes:
-    data = f.read(n)
+    data = _read(f, n, path, offset)
     if len(data) != n:
         raise CorruptImage(path, offset, f"truncated {what}: {len(data)} of {n} bytes")
     return data
@@ -729,7 +728,7 @@ def _next_payload(
     """The payload of the entry whose size field is at ``offset`` (the
     current position), or None at EOF on an entry boundary. Every size is
     checked before the payload is read."""
-    head = f.read(U32.size)
+    head = _read(f, U32.size, path, offset)
     if not head:
         if limit is not None:
             raise CorruptImage(path, offset, f"entries end before offset {limit}")
@@ -811,7 +810,7 @@ def _ipc_shm_extra(msg: Message) -> tuple[int, int] | None:
 
 
 def _ghost_extra(msg: Message) -> tuple[int, int] | int | None:
-    if isinstance(msg, ghost_file_pb2.ghost_file_entry):
+    if isinstance(msg, HEAD_TYPES["GHOST_FILE"]):
         return None if msg.chunks else _TO_END  # unchunked: the whole content follows
     return msg.len, msg.len  # a ghost_chunk_entry
 

@@ -11,9 +11,8 @@ every pagemap of a checkpoint (a process's ``pagemap-PID.img`` or a shared
 memory object's ``pagemap-shmem-ID.img``)::
 
     for name in pagemap_names(ck):
-        plan = plan_pagemap(ck, name, flatten=True)
-        write_pages(plan, pages_file)          # pages-{plan.pages_id}.img
-        write_pagemap(plan, pagemap_file)      # CRIU's fields only
+        plan = copy_pagemap(ck, name, pages_file, flatten=True)   # pages-{plan.pages_id}.img
+        write_pagemap(plan, pagemap_file)                         # CRIU's fields only
 
 * :func:`plan_pagemap` -- a :class:`PagemapPlan`: CRIU's entries, and which
   runs of which page streams hold the pages of its PE_PRESENT ones. With
@@ -21,10 +20,17 @@ memory object's ``pagemap-shmem-ID.img``)::
   (the same file name in each parent, as CRIU resolves it) and every entry
   is PE_PRESENT; without, the entries are the stored ones, PE_PARENT kept
   for CRIU to follow into ``parent``.
-* :func:`write_pages` -- the raw file: the runs read in order, a few
-  threads decompressing ahead (memory near ``2 * threads`` batches of about
-  4 MiB whatever the size), every zstd frame checked as it is decompressed
-  (content size, XXH64 checksum, length against the index).
+* :func:`write_pages` -- the raw file of a plan: the runs read in order, a
+  few threads decompressing ahead (memory near ``2 * threads`` batches of
+  about 4 MiB whatever the size), every zstd frame checked as it is
+  decompressed (content size, XXH64 checksum, length against the index).
+* :func:`copy_pagemap` -- what an export writes: a process's pagemap
+  through :meth:`Checkpoint.iter_copy <dumper.image.checkpoint.Checkpoint.iter_copy>`
+  (the one reader of what a copy holds: raw entries' crc32 checked, holes of
+  a sparse raw pages file in anonymous memory left out, so the work follows
+  the data), except a zstd stream copied as stored, which
+  :func:`write_pages` decompresses in parallel; other pagemaps (shared
+  memory objects, which the Checkpoint does not read) by plan.
 * :func:`write_pagemap` -- the pagemap image, CRIU's fields only.
 
 Planning reads metadata only: its work and memory follow the number of
@@ -44,13 +50,14 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..errors import CorruptImage, ImageError
+from ..errors import BadMagic, CorruptImage, ImageError
 from . import format as fmt
 from .checkpoint import Checkpoint
 from .pb import pagemap_pb2
 from .reader import PagemapEntries, PagesReader, load_pagemap
 
-__all__ = ["Stream", "PagemapPlan", "pagemap_names", "plan_pagemap", "write_pages", "write_pagemap"]
+__all__ = ["Stream", "PagemapPlan", "pagemap_names", "plan_pagemap", "write_pages", "pages_id_of", "copy_pagemap",
+           "write_pagemap"]
 
 # Bytes of pages one worker reads (and decompresses) per task.
 BATCH_BYTES = 4 << 20
@@ -82,7 +89,7 @@ class Stream:
         """A new reader of the stream (one per thread: readers are not
         thread-safe)."""
         return PagesReader(self.path, compressed=self.compressed, page_size=self.page_size,
-                           f=self.level.open_file(self.name))
+                           f=self.level.open_image(self.name))
 
 
 @dataclass(eq=False)
@@ -95,7 +102,10 @@ class PagemapPlan:
     ``parent``: PE_PARENT pages left for CRIU to read from ``parent``.
     ``stream``: the pagemap's own stream. ``as_stored``: the entries and the
     page stream are the stored ones (only the stream's encoding may
-    differ), so the stored pagemap serves CRIU as it is.
+    differ), so the stored pagemap serves CRIU as it is. ``left_out``:
+    ``(start, end)`` byte ranges of zeros left out of the copy (holes of a
+    sparse raw pages file in anonymous memory, which read as zeros without
+    an entry too; :func:`copy_pagemap` only).
     """
 
     name: str
@@ -108,6 +118,7 @@ class PagemapPlan:
     present: int = 0
     parent: int = 0
     as_stored: bool = True
+    left_out: list[tuple[int, int]] = field(default_factory=list)
 
 
 def pagemap_names(ck: Checkpoint) -> list[str]:
@@ -162,15 +173,15 @@ def _load(level: Checkpoint, name: str, why) -> tuple[pagemap_pb2.pagemap_head, 
                         pages.frame_pages)
         return proc.head, proc.entries, stream, proc.pagemap_path
     path = level.path / name
-    if why is not None and name not in level.listdir():
+    if why is not None and not level.has_image(name):
         raise ImageError(level.path, None, f"has no {name}; {why[0]} marks {why[1]} PE_PARENT")
-    head, entries = load_pagemap(path, page_size=level.page_size, f=level.open_file(name))
+    head, entries = load_pagemap(path, page_size=level.page_size, f=level.open_image(name))
     ps = head.page_size if head.HasField("page_size") else level.page_size
     compressed = head.compression == fmt.COMPRESSION_ZSTD  # load_pagemap refused unknown codecs
     pname = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
     stream = Stream(level, pname, compressed, ps, 0, 0)
     present = entries.pages(fmt.PE_PRESENT)
-    if not present and pname not in level.listdir():
+    if not present and not level.has_image(pname):
         return head, entries, stream, path  # nothing to read: no pages file needed
     with stream.open() as r:
         stream.nr_pages, stream.frame_pages = r.nr_pages, r.frame_pages
@@ -221,17 +232,12 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
     chain = _Chain(ck)
     head, entries, stream, path = chain.load(0, name)
     ps = stream.page_size
-    _refuse(entries, ps, path, (entries.flags & np.uint32(~CRIU_PE_FLAGS & 0xFFFFFFFF)) != 0,
-            ": flags of dumper's own, which CRIU does not know and this version cannot write in CRIU's layout")
+    _check_flags(entries, ps, path, flatten)
     plan = PagemapPlan(name=name, path=path, pages_id=head.pages_id, page_size=ps, entries=entries, stream=stream)
     plan.parent = entries.pages(fmt.PE_PARENT)
     plan.present = stream.nr_pages
     if plan.present:
         plan.runs.append((stream, 0, stream.nr_pages))
-    if flatten:
-        # a flattened set must hold every page it lists
-        _refuse(entries, ps, path, (entries.flags & np.uint32(fmt.PE_PRESENT | fmt.PE_PARENT)) == 0,
-                " only: their data is in no image")
     if not flatten or not plan.parent:
         return plan
 
@@ -279,6 +285,18 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
     plan.parent = 0
     plan.as_stored = False
     return plan
+
+
+def _check_flags(entries: PagemapEntries, ps: int, path: Path, flatten: bool) -> None:
+    """ImageError for entries CRIU could not be given: flags of dumper's
+    own (to be resolved here before CRIU sees them) and, when flattening,
+    entries neither PE_PRESENT nor PE_PARENT (a flattened set must hold
+    every page it lists)."""
+    _refuse(entries, ps, path, (entries.flags & np.uint32(~CRIU_PE_FLAGS & 0xFFFFFFFF)) != 0,
+            ": flags of dumper's own, which CRIU does not know and this version cannot write in CRIU's layout")
+    if flatten:
+        _refuse(entries, ps, path, (entries.flags & np.uint32(fmt.PE_PRESENT | fmt.PE_PARENT)) == 0,
+                " only: their data is in no image")
 
 
 def _refuse(entries: PagemapEntries, ps: int, path: Path, bad: np.ndarray, why: str) -> None:
@@ -380,6 +398,77 @@ def write_pages(plan: PagemapPlan, out: BinaryIO, *, threads: int | None = None)
     if written != expect:
         raise CorruptImage(plan.stream.path, None, f"{written} bytes of pages read, {plan.name} needs {expect}")
     return written
+
+
+def _process_of(ck: Checkpoint, name: str):
+    m = re.fullmatch(r"pagemap-(\d+)\.img", name)
+    return ck.processes.get(int(m.group(1))) if m else None
+
+
+def pages_id_of(ck: Checkpoint, name: str) -> int:
+    """The ``pages_id`` pagemap ``name`` of ``ck`` names (its head only is
+    read). BadMagic/CorruptImage for a file that is not a pagemap."""
+    proc = _process_of(ck, name)
+    if proc is not None:
+        return proc.head.pages_id
+    path = ck.path / name
+    with ck.open_image(name) as f:
+        if fmt.read_magic(f, path) != "PAGEMAP":
+            raise BadMagic(path, 0, "expected a PAGEMAP image")
+        first = next(fmt.iter_entries(f, path, 8), None)
+    if first is None:
+        raise CorruptImage(path, 8, "no pagemap_head")
+    return fmt.parse_entry(pagemap_pb2.pagemap_head, first[1], path, first[0]).pages_id
+
+
+def copy_pagemap(ck: Checkpoint, name: str, out: BinaryIO, *, flatten: bool,
+                 threads: int | None = None, max_pages: int = 256) -> PagemapPlan:
+    """Write the raw ``pages-N.img`` of pagemap ``name`` of ``ck`` into
+    ``out`` as an export does (module docstring), PE_PARENT pages resolved
+    through the chain with ``flatten``, kept otherwise; returns the plan
+    whose entries :func:`write_pagemap` writes. ``max_pages``: pages per
+    read. Errors as :func:`plan_pagemap` and :func:`write_pages`, and
+    CorruptImage for pages that do not match their entry's crc32."""
+    proc = _process_of(ck, name)
+    if proc is None or (proc.pages.compressed and not (flatten and proc.nr_pages_parent)):
+        plan = plan_pagemap(ck, name, flatten=flatten)
+        write_pages(plan, out, threads=threads)
+        return plan
+    ps = proc.page_size
+    _check_flags(proc.entries, ps, proc.pagemap_path, flatten)
+    pages = proc.pages
+    stream = Stream(ck, proc.pages_path.name, pages.compressed, ps, pages.nr_pages, pages.frame_pages)
+    plan = PagemapPlan(name=name, path=proc.pagemap_path, pages_id=proc.head.pages_id, page_size=ps,
+                       entries=proc.entries, stream=stream, as_stored=False)
+    ent = proc.entries
+    # Entries kept as they are (no data here): PE_PARENT unless flattening, and PE_LAZY.
+    keep = ent[ent.mask(fmt.PE_PRESENT) == 0] if len(ent) else ent
+    if flatten:
+        keep = keep[keep.mask(fmt.PE_PARENT) == 0] if len(keep) else keep
+    kv, kn, kf = keep.vaddr.tolist(), keep.nr_pages.tolist(), keep.flags.tolist()
+    rows: list[list[int]] = []  # [vaddr, nr_pages, flags], merged when contiguous with equal flags
+    k = 0
+
+    def add(vaddr: int, nr: int, flags: int) -> None:
+        last = rows[-1] if rows else None
+        if last is not None and last[2] == flags and last[0] + last[1] * ps == vaddr:
+            last[1] += nr
+        else:
+            rows.append([vaddr, nr, flags])
+
+    for vaddr, data in ck.iter_copy(proc.pid, parents=flatten, max_pages=max_pages):
+        while k < len(kv) and kv[k] < vaddr:
+            add(kv[k], kn[k], kf[k])
+            k += 1
+        out.write(data)
+        add(vaddr, len(data) // ps, fmt.PE_PRESENT)
+        plan.present += len(data) // ps
+    for k in range(k, len(kv)):
+        add(kv[k], kn[k], kf[k])
+    plan.entries = PagemapEntries.from_list([(v, n, f, -1) for v, n, f in rows])
+    plan.parent = plan.entries.pages(fmt.PE_PARENT)
+    plan.left_out = list(ck.left_out.get(proc.pid, []))
+    return plan
 
 
 def write_pagemap(plan: PagemapPlan, out: BinaryIO) -> int:

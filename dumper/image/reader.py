@@ -24,7 +24,7 @@ import os
 import stat
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,13 +59,16 @@ class PagemapEntry:
 
     ``vaddr`` in bytes; ``nr_pages`` pages; ``flags`` PE_* bits;
     ``pages_off`` is the index (in pages) of the entry's first page in the
-    page stream for PE_PRESENT entries, -1 for the others.
+    page stream for PE_PRESENT entries, -1 for the others. ``crc32``: zlib
+    crc32 of the entry's pages where the pagemap records one (raw pages
+    files written by dumper), else None; not compared by ``==``.
     """
 
     vaddr: int
     nr_pages: int
     flags: int
     pages_off: int
+    crc32: int | None = field(default=None, compare=False)
 
     @property
     def present(self) -> bool:
@@ -83,7 +86,8 @@ class PagemapEntry:
 class PagemapEntries:
     """A pagemap's entries held in compact numpy arrays (28 bytes an entry):
     ``vaddr`` (uint64, bytes), ``nr_pages`` (uint64), ``flags`` (uint32,
-    PE_* bits), ``pages_off`` (int64, pages; -1 unless PE_PRESENT).
+    PE_* bits), ``pages_off`` (int64, pages; -1 unless PE_PRESENT), and
+    ``crc32`` (int64, -1 where absent) or None when no entry records one.
 
     A sequence of :class:`PagemapEntry`: ``len()``, indexing (an int gives a
     PagemapEntry, a slice a PagemapEntries), iteration (entries made as they
@@ -91,13 +95,15 @@ class PagemapEntries:
     Lookups by address use :meth:`index_at` (binary search), never a scan.
     """
 
-    __slots__ = ("vaddr", "nr_pages", "flags", "pages_off")
+    __slots__ = ("vaddr", "nr_pages", "flags", "pages_off", "crc32")
 
-    def __init__(self, vaddr: np.ndarray, nr_pages: np.ndarray, flags: np.ndarray, pages_off: np.ndarray) -> None:
+    def __init__(self, vaddr: np.ndarray, nr_pages: np.ndarray, flags: np.ndarray, pages_off: np.ndarray,
+                 crc32: np.ndarray | None = None) -> None:
         self.vaddr = vaddr
         self.nr_pages = nr_pages
         self.flags = flags
         self.pages_off = pages_off
+        self.crc32 = crc32
 
     @classmethod
     def empty(cls) -> PagemapEntries:
@@ -117,15 +123,24 @@ class PagemapEntries:
         return len(self.vaddr)
 
     def __getitem__(self, i):
+        crc = self.crc32
         if isinstance(i, (slice, np.ndarray)):
-            return PagemapEntries(self.vaddr[i], self.nr_pages[i], self.flags[i], self.pages_off[i])
-        return PagemapEntry(int(self.vaddr[i]), int(self.nr_pages[i]), int(self.flags[i]), int(self.pages_off[i]))
+            return PagemapEntries(self.vaddr[i], self.nr_pages[i], self.flags[i], self.pages_off[i],
+                                  crc[i] if crc is not None else None)
+        c = int(crc[i]) if crc is not None else -1
+        return PagemapEntry(int(self.vaddr[i]), int(self.nr_pages[i]), int(self.flags[i]), int(self.pages_off[i]),
+                            c if c >= 0 else None)
 
     def __iter__(self) -> Iterator[PagemapEntry]:
         step = 65536  # tolist() per block: fast, and memory stays bounded
+        crc = self.crc32
         for s in range(0, len(self.vaddr), step):
-            yield from map(PagemapEntry, self.vaddr[s:s + step].tolist(), self.nr_pages[s:s + step].tolist(),
-                           self.flags[s:s + step].tolist(), self.pages_off[s:s + step].tolist())
+            cols = [self.vaddr[s:s + step].tolist(), self.nr_pages[s:s + step].tolist(),
+                    self.flags[s:s + step].tolist(), self.pages_off[s:s + step].tolist()]
+            if crc is None:
+                yield from map(PagemapEntry, *cols)
+            else:
+                yield from map(PagemapEntry, *cols, [c if c >= 0 else None for c in crc[s:s + step].tolist()])
 
     def __eq__(self, other) -> bool:
         if isinstance(other, PagemapEntries):
@@ -273,12 +288,18 @@ def load_inventory(path: str | os.PathLike, f=None) -> inventory_pb2.inventory_e
 
 
 def load_pagemap(
-    path: str | os.PathLike, *, page_size: int | None = None, f=None
+    path: str | os.PathLike, *, page_size: int | None = None, f=None, fast: bool = True
 ) -> tuple[pagemap_pb2.pagemap_head, PagemapEntries]:
     """Read ``pagemap-PID.img`` into ``(head, entries)``, streaming: memory
-    is the compact :class:`PagemapEntries` (28 bytes an entry) plus one read
-    buffer, whatever the file's size. ``f``: the file already open (``path``
-    then only names it in errors).
+    is the compact :class:`PagemapEntries` (28 bytes an entry, 36 with
+    checksums) plus one read block, whatever the file's size. ``f``: the
+    file already open (``path`` then only names it in errors).
+
+    Entries are decoded in blocks by :func:`dumper.image.wire.decode_flat`
+    (numpy over the wire format); a block that holds anything it does not
+    decode exactly as protobuf would (unknown fields, other wire types, a
+    repeated field, missing required fields...) is parsed with protobuf, one
+    entry at a time, the reference. ``fast=False`` parses everything so.
 
     Per entry (criu/pagemap.c ``init_compat_pagemap_entry``): ``nr_pages`` is
     field 5 if present, else field 2; ``in_parent`` adds PE_PARENT; absent
@@ -290,50 +311,154 @@ def load_pagemap(
     ``pages_off`` that is not the running sum of PE_PRESENT pages, or do not
     add up to the head's ``nr_present_pages``; and for a bad ``pages_file``.
     """
+    # vaddr, nr_pages, flags, pages_off, and crc32 (made at the first entry that has one)
+    cols = [array.array("Q"), array.array("Q"), array.array("I"), array.array("Q"), None]
+    head = None
+    head_at = 8
+    ps = 0
+    index = 0  # entries before this block (the head is entry 0)
     with (contextlib.nullcontext(f) if f is not None else _open(path)) as fh:
         fh.seek(0)
         name = fmt.read_magic(fh, path)
         if name != "PAGEMAP":
             raise BadMagic(path, 0, f"expected a PAGEMAP image, found {name}")
-        it = _stream_entries(fh, path, 8)
-        first = next(it, None)
-        if first is None:
-            raise CorruptImage(path, 8, "no pagemap_head")
-        head_at = first[0]
-        head = fmt.parse_entry(pagemap_pb2.pagemap_head, first[1], path, head_at)
-        ps = head.page_size if head.HasField("page_size") else (page_size or os.sysconf("SC_PAGE_SIZE"))
-        fmt.check_page_size(ps, path, head_at)
-        _pages_file_name(head, path, head_at)  # validates it
-        va, nr, fl, po = array.array("Q"), array.array("Q"), array.array("I"), array.array("Q")
-        va_add, nr_add, fl_add, po_add = va.append, nr.append, fl.append, po.append
-        new = pagemap_pb2.pagemap_entry
-        for i, (at, payload) in enumerate(it, 1):
-            pe = new()
-            try:
-                pe.ParseFromString(payload)
-            except DecodeError as err:
-                raise CorruptImage(path, at, f"entry {i}: bad pagemap_entry: {err}") from err
-            if not pe.IsInitialized():
-                raise CorruptImage(path, at, f"entry {i}: pagemap_entry lacks required fields: "
-                                   + ", ".join(pe.FindInitializationErrors()))
-            va_add(pe.vaddr)
-            nr_add(pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages)
-            if pe.in_parent:
-                fl_add(pe.flags | fmt.PE_PARENT)
-            elif pe.HasField("flags"):
-                fl_add(pe.flags)
-            else:
-                fl_add(fmt.PE_PRESENT)
-            po_add(pe.pages_off if pe.HasField("pages_off") else _NO_PAGES_OFF)
-    entries, total = _check_entries(path, f, va, nr, fl, po, ps)
+        for base, buf, starts, sizes in _entry_blocks(fh, path, 8):
+            if head is None:
+                head_at = base + int(starts[0]) - 4
+                s0 = int(starts[0])
+                head = fmt.parse_entry(pagemap_pb2.pagemap_head, buf[s0:s0 + int(sizes[0])], path, head_at)
+                ps = head.page_size if head.HasField("page_size") else (page_size or os.sysconf("SC_PAGE_SIZE"))
+                fmt.check_page_size(ps, path, head_at)
+                _pages_file_name(head, path, head_at)  # validates it
+                starts, sizes = starts[1:], sizes[1:]
+                index = 1
+            if not (fast and _decode_block_fast(buf, starts, sizes, cols)):
+                _decode_block_protobuf(path, base, buf, starts, sizes, index, cols)
+            index += len(starts)
+    if head is None:
+        raise CorruptImage(path, 8, "no pagemap_head")
+    va, nr, fl, po, crc = cols
+    entries, total = _check_entries(path, f, va, nr, fl, po, ps, crc)
     if head.HasField("nr_present_pages") and head.nr_present_pages != total:
         raise CorruptImage(path, head_at, f"head says {head.nr_present_pages} present pages, entries hold {total}")
     return head, entries
 
 
 _NO_PAGES_OFF = (1 << 64) - 1
+_NO_CRC = -1
 _READ_BLOCK = 1 << 20
+_DECODE_BLOCK = 512 << 10  # bytes decoded by numpy at once: bounds its temporaries
+# pagemap_entry's fields (proto/pagemap.proto), in the order decode_flat returns them.
+_PE_FIELDS = (1, 2, 3, 4, 5, 32, 33)
+_PE_U32 = (2, 4, 33)
 
+
+def _entry_blocks(f, path, offset: int) -> Iterator[tuple[int, bytes, np.ndarray, np.ndarray]]:
+    """The entries from the current position (file offset ``offset``) in
+    blocks: ``(file offset of buf[0], buf, payload starts in buf, sizes)``,
+    about :data:`_DECODE_BLOCK` bytes a block (more for one larger entry).
+    Errors as :func:`~dumper.image.format.iter_entries`."""
+    from .wire import entry_spans
+
+    file_size = _file_size(f)
+    limit = fmt.MAX_ENTRY_SIZE
+    buf = b""
+    base = offset
+    while True:
+        need = _DECODE_BLOCK
+        if len(buf) >= 4:
+            size = fmt.U32.unpack_from(buf, 0)[0]
+            if size <= limit:
+                need = max(need, min(4 + size - len(buf), file_size - base - len(buf)))
+        more = fmt._read(f, need, path, base + len(buf))
+        buf = buf + more if buf else more
+        if not buf:
+            return
+        starts, sizes, pos, bad = entry_spans(buf, 0, base, file_size, limit)
+        if bad is not None:
+            at, size = base + bad[0], bad[1]
+            if size > limit:
+                raise CorruptImage(path, at, f"entry size {size} exceeds the {limit}-byte limit")
+            raise CorruptImage(path, at, f"entry of {size} bytes runs past the end of the file ({file_size} bytes)")
+        if len(starts):
+            yield base, buf, starts, sizes
+        if not more:
+            if pos < len(buf):
+                raise CorruptImage(path, base + pos, f"truncated entry size: {len(buf) - pos} of 4 bytes")
+            return
+        buf = buf[pos:]
+        base += pos
+
+
+def _decode_block_fast(buf, starts, sizes, cols) -> bool:
+    """Append one block's entries to ``cols`` decoded in bulk; False (and
+    nothing appended) when protobuf must parse it."""
+    from .wire import decode_flat
+
+    d = decode_flat(buf, starts, sizes, _PE_FIELDS, u32=_PE_U32)
+    if d is None:
+        return False
+    (vaddr, compat, in_parent, flags, nr_pages, pages_off, crc), has = d.values, d.has
+    if not (has[0].all() and has[1].all()):
+        return False  # required fields missing: protobuf names them
+    nr = np.where(has[4], nr_pages, compat)
+    fl = np.where(in_parent != 0, flags | np.uint64(fmt.PE_PARENT),
+                  np.where(has[3], flags, np.uint64(fmt.PE_PRESENT))).astype(np.uint32)
+    po = np.where(has[5], pages_off, np.uint64(_NO_PAGES_OFF))
+    _add_crcs(cols, np.where(has[6], crc.astype(np.int64), np.int64(_NO_CRC)) if has[6].any() else None, len(nr))
+    for col, arr in zip(cols, (vaddr, nr, fl, po)):
+        col.frombytes(arr.tobytes())
+    return True
+
+
+def _add_crcs(cols: list, crcs: np.ndarray | None, n: int) -> None:
+    """Append ``n`` entries' crc32 values (int64, -1 for none; None: no
+    entry has one) to ``cols[4]``, made (-1 for the earlier entries) the
+    first time some entry has one: most pagemaps never pay for the column."""
+    if crcs is None:
+        if cols[4] is not None:
+            cols[4].frombytes(np.full(n, _NO_CRC, np.int64).tobytes())
+        return
+    if cols[4] is None:
+        cols[4] = array.array("q", np.full(len(cols[0]), _NO_CRC, np.int64).tobytes())
+    cols[4].frombytes(crcs.tobytes())
+
+
+def _decode_block_protobuf(path, base: int, buf, starts, sizes, index: int, cols) -> None:
+    """Append one block's entries to ``cols``, parsed by protobuf one at a
+    time (the reference decoder); ``index``: number of the first entry."""
+    va_add, nr_add, fl_add, po_add = (c.append for c in cols[:4])
+    crcs = []
+    crc_add = crcs.append
+    new = pagemap_pb2.pagemap_entry
+    mv = memoryview(buf)
+    for i, (s, z) in enumerate(zip(starts.tolist(), sizes.tolist()), index):
+        at = base + s - 4
+        pe = new()
+        try:
+            pe.ParseFromString(mv[s:s + z])
+        except DecodeError as err:
+            raise CorruptImage(path, at, f"entry {i}: bad pagemap_entry: {err}") from err
+        if not pe.IsInitialized():
+            raise CorruptImage(path, at, f"entry {i}: pagemap_entry lacks required fields: "
+                               + ", ".join(pe.FindInitializationErrors()))
+        va_add(pe.vaddr)
+        nr_add(pe.nr_pages if pe.HasField("nr_pages") else pe.compat_nr_pages)
+        if pe.in_parent:
+            fl_add(pe.flags | fmt.PE_PARENT)
+        elif pe.HasField("flags"):
+            fl_add(pe.flags)
+        else:
+            fl_add(fmt.PE_PRESENT)
+        po_add(pe.pages_off if pe.HasField("pages_off") else _NO_PAGES_OFF)
+        crc_add(pe.pages_crc32 if pe.HasField("pages_crc32") else _NO_CRC)
+    # (appended after the other columns: _add_crcs sizes a new column by them)
+    arr = np.array(crcs, np.int64)
+    cols_before = len(cols[0]) - len(crcs)
+    if (arr != _NO_CRC).any() and cols[4] is None:
+        cols[4] = array.array("q", np.full(cols_before, _NO_CRC, np.int64).tobytes())
+    if cols[4] is not None:
+        cols[4].frombytes(arr.tobytes())
 
 def _stream_entries(f, path, offset: int) -> Iterator[tuple[int, bytes]]:
     """Like :func:`~dumper.image.format.iter_entries` from the current
@@ -388,7 +513,7 @@ def _entry_offset(path, f, index: int) -> int | None:
     return None
 
 
-def _check_entries(path, f, va, nr, fl, po, ps: int) -> tuple[PagemapEntries, int]:
+def _check_entries(path, f, va, nr, fl, po, ps: int, crc=None) -> tuple[PagemapEntries, int]:
     """Validate the loaded columns with numpy (no per-entry Python) and
     build the PagemapEntries; ``(entries, PE_PRESENT pages)``."""
     vaddr = np.frombuffer(va, np.uint64) if len(va) else np.empty(0, np.uint64)
@@ -401,7 +526,8 @@ def _check_entries(path, f, va, nr, fl, po, ps: int) -> tuple[PagemapEntries, in
     first_page = vaddr // ups
     # end <= 2**64 <=> nr <= 2**64/ps - vaddr/ps (vaddr aligned): no overflow.
     bad_range = (nrp == 0) | ((vaddr & np.uint64(ps - 1)) != 0) | (nrp > np.uint64(_U64_LIMIT // ps) - first_page)
-    end_page = first_page + np.where(bad_range, np.uint64(0), nrp)
+    end_page = np.where(bad_range, np.uint64(0), nrp)
+    end_page += first_page  # in place: one temporary array fewer at the peak
     overlap = np.zeros(n, bool)
     overlap[1:] = first_page[1:] < end_page[:-1]
     del end_page, first_page
@@ -433,7 +559,12 @@ def _check_entries(path, f, va, nr, fl, po, ps: int) -> tuple[PagemapEntries, in
     total = int(expected[-1]) + (int(nrp[-1]) if present[-1] else 0)
     pages_off = expected.view(np.int64)  # < 2**52: fits
     pages_off[~present] = -1
-    return PagemapEntries(vaddr, nrp, flags, pages_off), total
+    crcs = None
+    if crc is not None and len(crc):
+        crcs = np.frombuffer(crc, np.int64)
+        if not (crcs != _NO_CRC).any():
+            crcs = None  # no entry has one: no column
+    return PagemapEntries(vaddr, nrp, flags, pages_off, crcs), total
 
 
 def _pages_file_name(head: pagemap_pb2.pagemap_head, path, offset: int | None = None) -> tuple[str, bool]:
@@ -518,7 +649,8 @@ def read_zpages_layout(f, path: str | os.PathLike | None) -> ZpagesLayout:
     if foot_at < data_offset + fmt.U32.size:
         raise CorruptImage(path, data_offset, "truncated: no room for index and footer")
     f.seek(foot_at)
-    index_offset, crc, magic = fmt.ZPAGES_FOOTER.unpack(f.read(fmt.ZPAGES_FOOTER.size))
+    index_offset, crc, magic = fmt.ZPAGES_FOOTER.unpack(fmt._read_exact(f, fmt.ZPAGES_FOOTER.size, path, foot_at,
+                                                                         "footer"))
     if magic != fmt.ZPAGES_MAGIC:
         raise CorruptImage(path, foot_at, f"no footer (magic {magic:#010x}): truncated or overwritten")
     if not data_offset <= index_offset <= foot_at - fmt.U32.size:
@@ -631,7 +763,10 @@ class PagesReader:
         parts = []
         got = 0
         while got < n:
-            chunk = os.pread(self._fd, n - got, offset + got)
+            try:
+                chunk = os.pread(self._fd, n - got, offset + got)
+            except OSError as err:
+                raise ImageError(self.path, offset + got, f"reading {what}: {err.strerror}") from err
             if not chunk:
                 raise CorruptImage(self.path, offset + got, f"truncated {what}: {got} of {n} bytes")
             parts.append(chunk)
@@ -709,6 +844,34 @@ class PagesReader:
         tail = (page_index + count - last * fp) * ps
         out += memoryview(self._frame(last))[:tail]
         return bytes(out)
+
+    def holes(self, page_index: int, count: int) -> list[tuple[int, int]]:
+        """``(first page, pages)`` runs of stream pages ``[page_index,
+        page_index + count)`` that are holes of a raw pages file (a sparse
+        file: they read as zeros), from ``lseek`` SEEK_HOLE/SEEK_DATA: one
+        pair of calls per extent, never a read. ``[]`` for a compressed
+        file or where the filesystem reports no holes."""
+        if self.compressed or count <= 0:
+            return []
+        ps = self.page_size
+        pos, end = page_index * ps, (page_index + count) * ps
+        out = []
+        while pos < end:
+            try:
+                h = os.lseek(self._fd, pos, os.SEEK_HOLE)
+            except OSError:
+                return out  # ENXIO past EOF, or no SEEK_HOLE support: no holes known
+            if h >= end:
+                break
+            try:
+                d = os.lseek(self._fd, h, os.SEEK_DATA)
+            except OSError:
+                d = end  # ENXIO: a hole up to the end of the file
+            first, last = -(-h // ps), min(d, end) // ps  # whole pages only
+            if last > first:
+                out.append((first, last - first))
+            pos = max(d, h + 1)
+        return out
 
     def close(self) -> None:
         self._f.close()

@@ -224,8 +224,10 @@ class PagesWriter:
         threads: int | None = None,
         frame_pages: int = fmt.FRAME_PAGES,
         merge: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         _check_page_size(page_size)
+        self._progress = progress
         if not 1 <= frame_pages * page_size <= fmt.MAX_FRAME_BYTES:
             raise ValueError(f"frame_pages {frame_pages} out of range")
         if not 0 < pages_id < _U32_LIMIT:
@@ -246,6 +248,10 @@ class PagesWriter:
         self._nr: list[int] = []
         self._flags: list[int] = []
         self._off: list[int] = []
+        # Raw files only: zlib crc32 of each PE_PRESENT entry's pages (-1 for
+        # others), computed as pages are written and carried across merged
+        # entries; pagemap_entry.pages_crc32 lets verify check page contents.
+        self._crc: list[int] | None = None if compress else []
         self._next = 0  # lowest vaddr the next entry may start at
 
         self._pool: ThreadPoolExecutor | None = None
@@ -319,6 +325,8 @@ class PagesWriter:
             self._nr.append(nr)
             self._flags.append(flags)
             self._off.append(off)
+            if self._crc is not None:
+                self._crc.append(0 if flags & fmt.PE_PRESENT else -1)
         self._next = end
 
     def add_present(self, vaddr: int, data, *, stable: bool = False) -> None:
@@ -339,6 +347,9 @@ class PagesWriter:
             self._feed(mv, stable)
         else:
             self._write(mv)
+            self._crc[-1] = zlib.crc32(mv, self._crc[-1])
+            if self._progress is not None:
+                self._progress(n)
 
     def add_present_from(self, vaddr: int, nr_pages: int, readinto: Callable[[memoryview, int], int]) -> int:
         """Append up to ``nr_pages`` pages at ``vaddr`` that ``readinto`` reads
@@ -373,6 +384,7 @@ class PagesWriter:
                         self._submit_frame()
                 else:
                     self._write(view[:got])
+                    self._crc[-1] = zlib.crc32(view[:got], self._crc[-1])
             done += got // ps
             if got < n * ps:
                 break
@@ -449,6 +461,8 @@ class PagesWriter:
                     self._write(frame)
                     self._frame_sizes.append(len(frame))
                     self.stats.frames += 1
+                    if self._progress is not None:
+                        self._progress(self._frame_bytes)
                     self.stats.bytes_compressed += len(frame)
                 else:
                     fut.cancel()
@@ -486,10 +500,13 @@ class PagesWriter:
             nr_present_pages=self.stats.pages_present,
         )
         entry = pagemap_pb2.pagemap_entry
-        for vaddr, nr, flags, off in zip(self._vaddr, self._nr, self._flags, self._off):
+        crcs = self._crc if self._crc is not None else [-1] * len(self._vaddr)
+        for vaddr, nr, flags, off, crc in zip(self._vaddr, self._nr, self._flags, self._off, crcs):
             e = entry(vaddr=vaddr, compat_nr_pages=nr if nr < _U32_LIMIT else 0, flags=flags, nr_pages=nr)
             if off >= 0:
                 e.pages_off = off
+            if crc >= 0:
+                e.pages_crc32 = crc
             yield e
 
     def close(self) -> None:
@@ -697,10 +714,13 @@ class CheckpointWriter:
         threads: int | None = None,
         frame_pages: int = fmt.FRAME_PAGES,
         merge: bool = True,
+        progress: Callable[[int], None] | None = None,
     ) -> PagesWriter:
         """A :class:`PagesWriter` for ``pagemap-PID.img`` and
         ``pages-<pages_id>.img`` (raw) or ``pages-<pages_id>.zst.img``
-        (compressed). Close it before :meth:`commit`."""
+        (compressed). Close it before :meth:`commit`. ``progress(nbytes)``
+        is called, from the writer's thread, as compressed frames are
+        written (raw bytes per frame)."""
         pw = PagesWriter(
             self._create,
             pid,
@@ -711,6 +731,7 @@ class CheckpointWriter:
             threads=threads,
             frame_pages=frame_pages,
             merge=merge,
+            progress=progress,
         )
         self._pages_writers.append(pw)
         return pw

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import opts_pb2 as opts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rpagemap.proto\x1a\nopts.proto\"\xa4\x01\n\x0cpagemap_head\x12\x10\n\x08pages_id\x18\x01 \x02(\r\x12\x12\n\npages_file\x18  \x01(\t\x12\'\n\x0b\x63ompression\x18! \x01(\x0e\x32\x12.pages_compression\x12\x1e\n\tpage_size\x18\" \x01(\rB\x0b\xd2\xf4\x18\x07\"\x05\x62ytes\x12%\n\x10nr_present_pages\x18# \x01(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\"\xbf\x01\n\rpagemap_entry\x12\x15\n\x05vaddr\x18\x01 \x02(\x04\x42\x06\xd2\xf4\x18\x02\x08\x01\x12$\n\x0f\x63ompat_nr_pages\x18\x02 \x02(\rB\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x11\n\tin_parent\x18\x03 \x01(\x08\x12\x1f\n\x05\x66lags\x18\x04 \x01(\rB\x10\xd2\xf4\x18\x0c\x12\npmap.flags\x12\x1d\n\x08nr_pages\x18\x05 \x01(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x1e\n\tpages_off\x18  \x01(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages*\'\n\x11pages_compression\x12\x08\n\x04NONE\x10\x00\x12\x08\n\x04ZSTD\x10\x01')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rpagemap.proto\x1a\nopts.proto\"\xa4\x01\n\x0cpagemap_head\x12\x10\n\x08pages_id\x18\x01 \x02(\r\x12\x12\n\npages_file\x18  \x01(\t\x12\'\n\x0b\x63ompression\x18! \x01(\x0e\x32\x12.pages_compression\x12\x1e\n\tpage_size\x18\" \x01(\rB\x0b\xd2\xf4\x18\x07\"\x05\x62ytes\x12%\n\x10nr_present_pages\x18# \x01(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\"\xdc\x01\n\rpagemap_entry\x12\x15\n\x05vaddr\x18\x01 \x02(\x04\x42\x06\xd2\xf4\x18\x02\x08\x01\x12$\n\x0f\x63ompat_nr_pages\x18\x02 \x02(\rB\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x11\n\tin_parent\x18\x03 \x01(\x08\x12\x1f\n\x05\x66lags\x18\x04 \x01(\rB\x10\xd2\xf4\x18\x0c\x12\npmap.flags\x12\x1d\n\x08nr_pages\x18\x05 \x01(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x1e\n\tpages_off\x18  \x01(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x1b\n\x0bpages_crc32\x18! \x01(\rB\x06\xd2\xf4\x18\x02\x08\x01*\'\n\x11pages_compression\x12\x08\n\x04NONE\x10\x00\x12\x08\n\x04ZSTD\x10\x01')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,10 +46,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PAGEMAP_ENTRY'].fields_by_name['nr_pages']._serialized_options = b'\322\364\030\007\"\005pages'
   _globals['_PAGEMAP_ENTRY'].fields_by_name['pages_off']._loaded_options = None
   _globals['_PAGEMAP_ENTRY'].fields_by_name['pages_off']._serialized_options = b'\322\364\030\007\"\005pages'
-  _globals['_PAGES_COMPRESSION']._serialized_start=390
-  _globals['_PAGES_COMPRESSION']._serialized_end=429
+  _globals['_PAGEMAP_ENTRY'].fields_by_name['pages_crc32']._loaded_options = None
+  _globals['_PAGEMAP_ENTRY'].fields_by_name['pages_crc32']._serialized_options = b'\322\364\030\002\010\001'
+  _globals['_PAGES_COMPRESSION']._serialized_start=419
+  _globals['_PAGES_COMPRESSION']._serialized_end=458
   _globals['_PAGEMAP_HEAD']._serialized_start=30
   _globals['_PAGEMAP_HEAD']._serialized_end=194
   _globals['_PAGEMAP_ENTRY']._serialized_start=197
-  _globals['_PAGEMAP_ENTRY']._serialized_end=388
+  _globals['_PAGEMAP_ENTRY']._serialized_end=417
 # @@protoc_insertion_point(module_scope)
