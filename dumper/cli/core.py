@@ -79,6 +79,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.keep_chain:
         raise DumpError("--keep-chain is for --format criu: an ELF core always reads through the parent chain")
+    if getattr(args, "force_unrestorable", False) or getattr(args, "threads", None) is not None:
+        raise DumpError("--force-unrestorable and --threads are for --format criu")
     result = export_elf(args.dir, args.out, pid=getattr(args, "pid", None), force=args.force,
                         with_file_pages=args.with_file_pages)
     if args.json:
