@@ -8,11 +8,12 @@ import os
 import sys
 import time
 
-from . import dump_dense, files_collect, incremental, metadata, peers, reader, restore, scan_sparse, tree, warden
+from . import (core, dump_dense, files_collect, incremental, metadata, peers, reader, restore, scan_sparse, startup,
+               tree, warden)
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
               "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore,
-              "metadata": metadata, "tree": tree}
+              "metadata": metadata, "startup": startup, "core": core, "tree": tree}
 
 
 def main(argv=None) -> int:

@@ -22,11 +22,17 @@ pytest_plugins = ["kernel_needs"]
 
 
 class Target:
-    """A spawned layouts.py process; ``regions[name] = (addr, length)``."""
+    """A spawned layouts.py process; ``regions[name] = (addr, length)``.
 
-    def __init__(self, layouts: str, tmp_path: Path) -> None:
+    ``new_session``: the target leads a session of its own, as ``criu dump``
+    wants of a root task whose session leader would otherwise be outside
+    the pid namespace (CI runs the suite in one).
+    """
+
+    def __init__(self, layouts: str, tmp_path: Path, *, new_session: bool = False) -> None:
         args = [sys.executable, str(TARGETS / "layouts.py"), layouts, "--file", str(tmp_path / "mapped.bin")]
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     start_new_session=new_session)
         self.pid = self.proc.pid
         first = self.proc.stdout.readline()
         if not first:
@@ -83,11 +89,12 @@ def _wait_state(pid: int, state: str, timeout: float = 5.0) -> None:
 
 @pytest.fixture
 def spawn_target(tmp_path):
-    """``spawn_target("dense,zero")`` -> Target; every target is killed and reaped."""
+    """``spawn_target("dense,zero", new_session=False)`` -> Target; every
+    target is killed and reaped."""
     made: list[Target] = []
 
-    def spawn(layouts: str) -> Target:
-        t = Target(layouts, tmp_path)
+    def spawn(layouts: str, *, new_session: bool = False) -> Target:
+        t = Target(layouts, tmp_path, new_session=new_session)
         made.append(t)
         return t
 
@@ -128,12 +135,17 @@ def swapfile(tmp_path_factory):
 def zombie():
     """A child that exited and is not reaped yet; yields its pid."""
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    # 60 s: a Python child can take over 5 s to start and exit in a TCG guest.
+    deadline = time.monotonic() + 60
+    while True:
         with open(f"/proc/{proc.pid}/stat", "rb") as f:
             data = f.read()
         if data[data.rindex(b")") + 2 :].split()[0] == b"Z":
             break
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"pid {proc.pid} did not become a zombie within 60 s")
         time.sleep(0.01)
     yield proc.pid
     proc.wait()

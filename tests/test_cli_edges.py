@@ -6,6 +6,7 @@ Each test here is a regression for something a first-time user found.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -115,3 +116,73 @@ def test_dump_summary_says_what_became_of_the_process(spawn_target, tmp_path):
 def test_demo_rejects_an_empty_example():
     r = cli("demo", "--dense-mib", "0")
     assert r.returncode == 2 and "must be at least 1" in r.stderr
+
+
+def test_progress_moves_while_compressing_on_a_terminal(tmp_path):
+    """Issue 13 item 12: on a terminal, a long dump shows progress by bytes,
+    also while it compresses after the thaw (one run of slow compression).
+    The pty is left at a 0x0 size, as a new one is: tqdm alone prints nothing
+    there, so dumper gives it a width."""
+    import pty
+
+    p = subprocess.Popen([sys.executable, str(EXAMPLE), "--dense-mib", "96", "--threads", "1"],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("READY")
+        pid, fd = pty.fork()
+        if pid == 0:  # the dumper, on the pty (a new pty reports 0 columns)
+            os.execv(sys.executable, [sys.executable, "-m", "dumper", "dump", str(p.pid), "-D",
+                                      str(tmp_path / "ck"), "--compress-level", "19", "--threads", "1"])
+        out = b""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+        text = out.decode(errors="replace")
+        assert os.waitstatus_to_exitcode(status) == 0, text[-2000:]
+        assert "writing:" in text and "MiB" in text, text[-2000:]
+    finally:
+        p.kill()
+        p.wait()
+
+
+RESERVATION = r"""
+import mmap, sys
+NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)  # <linux/mman.h>; Python 3.11's mmap lacks the name
+m = mmap.mmap(-1, int(sys.argv[1]) << 40, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | NORESERVE)
+for i in range(0, len(m), 1 << 30):
+    m[i] = 1
+print("READY", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("backend, warned", [("pagemap", True), ("ioctl", False)])
+def test_a_long_freeze_is_announced_before_it_starts(tmp_path, backend, warned):
+    """Issue 13/14: with the pagemap fallback a 4 TiB reservation means
+    seconds frozen (8 bytes read per page, holes included): one warning line
+    with the estimate and the cause comes before the freeze. The ioctl scans
+    the same holes in O(1): no warning."""
+    p = subprocess.Popen([sys.executable, "-c", RESERVATION, "4"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline() == "READY\n"
+        r = cli("dump", str(p.pid), "-D", str(tmp_path / "ck"), "--backend", backend, timeout=300)
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stderr.splitlines() if "will stay frozen" in ln]
+        if not warned:
+            assert lines == []
+            return
+        assert len(lines) == 1, r.stderr
+        m = re.fullmatch(r"dumper: warning: the process will stay frozen for about (\d+) s: scanning (\d+\.\d) TiB "
+                         r"of mappings with the pagemap fallback \(no PAGEMAP_SCAN before Linux 6\.7\)", lines[0])
+        assert m, lines[0]
+        assert float(m.group(2)) >= 4.0 and int(m.group(1)) >= 2
+    finally:
+        p.kill()
+        p.wait()

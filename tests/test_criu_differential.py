@@ -41,6 +41,9 @@ BY_NATURE = [
     (r"^mm-\d+\.img$", r"^\[0\]\.vmas\[\d+\]\.(path|dev_major|dev_minor|inode|vmflags|dumped|"
      r"contents_skipped_reason|nr_pages_dumped|nr_pages_parent|file_size|file_mtime_ns|file_ctime_ns)$",
      "dumper's own VMA fields (numbered from 32)"),
+    (r"^mm-\d+\.img$", r"^\[0\]\.coredump_filter$", "dumper's own field 33: the filter ELF cores follow"),
+    (r"^core-\d+\.img$", r"^\[0\]\.thread_info\.captured_gpregs\.",
+     "dumper's own field 32: the registers as captured, which ELF cores show"),
 ]
 COMPARED = re.compile(r"^(core-\d+|ids-\d+|mm-\d+|fs-\d+|fdinfo-\d+|pstree|files|seccomp|inventory|timens-\d+)\.img$")
 

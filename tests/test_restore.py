@@ -641,6 +641,9 @@ ALLOWED_DIFFS = [
     (r"^core-\d+\.img$", r"\.gpregs\.orig_ax$",
      "a thread stopped in a system call is restored at the restart point (ip and ax already rewound in the "
      "image), out of the call: orig_ax -1"),
+    (r"^core-\d+\.img$", r"\.captured_gpregs\.(ax|ip|orig_ax)$",
+     "dumper's registers as captured (for ELF cores): a thread that was inside a system call is restored at "
+     "its restart point, so the next dump captures it elsewhere in the call's path"),
     (r"^core-\d+\.img$", r"\.tc\.flags$",
      "PF_FORKNOEXEC | PF_SUPERPRIV: CRIU forked the task as root and it never exec'd"),
     (r"^core-\d+\.img$", r"\.tc\.(task_state|stop_signo)$",
@@ -1000,45 +1003,69 @@ def test_restore_shell_job(criu, bins, tmp_path, restored):
     and at restore from another session: without it CRIU recreates the old
     process group with a helper task whose pid exists. dumper restore adds
     it from pstree.img; without it the failure names the cause."""
-    t = Target([str(bins["counter"])], tmp_path, "counter")  # our session: not a leader
-    t.proc.kill()
-    t.proc.wait()
-    r, w = os.pipe()
-    with open(t.out, "ab") as out:
-        t.proc = subprocess.Popen([str(bins["counter"]), str(w), str(t.log)], stdin=subprocess.DEVNULL,
-                                  stdout=out, stderr=out, pass_fds=(w,))
-    os.close(w)
-    assert os.read(r, 16) == b"READY\n"
-    os.close(r)
-    t.pid = t.proc.pid
-    assert os.getsid(t.pid) != t.pid
-    wait_for(lambda: len(counters(t.log_text(), "count")) >= 3, what="progress")
-    ck = tmp_path / "ck"
+    # A session of its own (the suite's may be led from outside a pid
+    # namespace, which CRIU refuses): a leader that spawns the counter and
+    # stays, so the counter's group id names a live process at restore.
+    leader = subprocess.Popen([sys.executable, "-c", _SESSION_LEADER, str(bins["counter"]), str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    pid = int(leader.stdout.readline())
     try:
-        criu_dump(criu.path, t.pid, ck, tmp_path, "--shell-job")
-        t.reap()
+        _restore_shell_job(criu, leader, pid, tmp_path, restored)
     finally:
-        t.close()
-    old_sid, pgid = os.getsid(0), os.getpgid(0)
+        if leader.poll() is None and os.path.exists(f"/proc/{pid}"):
+            try:
+                if os.getsid(pid) == leader.pid:  # the original counter, not a restored one
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        leader.stdin.close()
+        leader.wait(30)
+
+
+_SESSION_LEADER = r"""
+import os, subprocess, sys
+counter, workdir = sys.argv[1], sys.argv[2]
+r, w = os.pipe()
+with open(os.path.join(workdir, "counter.out"), "ab") as out:
+    p = subprocess.Popen([counter, str(w), os.path.join(workdir, "counter.log")], stdin=subprocess.DEVNULL,
+                         stdout=out, stderr=out, pass_fds=(w,))
+os.close(w)
+assert os.read(r, 16) == b"READY\n"
+print(p.pid, flush=True)
+p.wait()  # reaped as soon as criu dump kills it: its pid must be free for the restore
+sys.stdin.read()
+"""
+
+
+def _restore_shell_job(criu, leader, pid: int, tmp_path: Path, restored: list[int]) -> None:
+    log = tmp_path / "counter.log"
+    assert os.getsid(pid) == leader.pid != pid
+    wait_for(lambda: len(counters(log.read_text(), "count")) >= 3, what="progress")
+    old_sid, pgid = os.getsid(pid), os.getpgid(pid)
+    assert old_sid == pgid == leader.pid
+    ck = tmp_path / "ck"
+    criu_dump(criu.path, pid, ck, tmp_path, "--shell-job")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the dumped counter to be reaped by its leader")
     r = dumper("restore", ck, "--no-shell-job", "--json", criu_path=criu.path, new_session=True)
     if r.returncode == 0:
         restored.append(json.loads(r.stdout)["pid"])
     assert r.returncode == 1
     assert f"Can't fork for {pgid}: File exists" in r.stderr, r.stderr
     assert r.stderr.splitlines()[-1] == (
-        f"dumper: error: criu restore failed (exit status 1): CRIU recreates the checkpoint's process group {pgid} "
+        f"dumper: error: criu restore failed (exit status 1): CRIU recreates the checkpoint's session and process "
+        f"group {pgid} "
         f"with a helper task, and pid {pgid} exists here: --shell-job makes the restored process join the current "
         "session and group instead; the end of its log is above")
     time.sleep(0.2)
     reap_zombie_children()
-    saved, size = counters(t.log_text(), "count")[-1], t.log_size()
+    saved, size = counters(log.read_text(), "count")[-1], log.stat().st_size
     r = dumper("restore", ck, "--json", criu_path=criu.path, new_session=True)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     restored.append(out["pid"])
-    assert out["shell_job"] is True and out["pid"] == t.pid
-    assert os.getsid(t.pid) not in (old_sid, t.pid)  # --shell-job: it joined the restoring dumper's session
-    new = wait_for(lambda: (v := counters(_new_text(t, size), "count")) and len(v) >= 3 and v, what="progress")
+    assert out["shell_job"] is True and out["pid"] == pid
+    assert os.getsid(pid) not in (old_sid, pid)  # --shell-job: it joined the restoring dumper's session
+    new = wait_for(lambda: (v := counters(log.read_bytes()[size:].decode(errors="replace"), "count")) and len(v) >= 3 and v, what="progress")
     assert new[0] == saved + 1
 
 

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
     "restore": ("restore", "bring a checkpoint back as a running process, with CRIU's criu restore"),
     "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
+    "core": ("core", "write an ELF core file of a running process, as gcore does (gdb and lldb open it)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }
 
@@ -60,19 +61,23 @@ def _add_common(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The whole command line; given ``argv``, only the subcommand it names
     is configured (its module imported): ``dumper show`` must not load the
-    dump machinery. Without a recognisable subcommand every one is."""
+    dump machinery, nor ``dumper --version``/``--help`` any (the list of
+    subcommands needs only their one-line help). Without ``argv``, every one
+    is configured."""
     from .. import __version__
 
     parser = argparse.ArgumentParser(prog="dumper", description="CRIU-style process memory checkpoints.")
     parser.add_argument("--version", action="version", version=f"dumper {__version__}")
     _add_common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    chosen = next((a for a in argv if not a.startswith("-")), None) if argv is not None else None
-    only = chosen if chosen in COMMANDS else None
+    if argv is None:
+        only = set(COMMANDS)
+    else:  # the top-level options take no value: the first other word names the subcommand
+        only = {next((a for a in argv if not a.startswith("-")), None)} & set(COMMANDS)
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         _add_common(p, sub=True)
-        if only is None or name == only:
+        if name in only:
             _module(name).configure(p)
     return parser
 

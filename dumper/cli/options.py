@@ -38,3 +38,8 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``"1 region"``, ``"2 regions"``, ``"0 pages"`` (``many``: an irregular plural)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"

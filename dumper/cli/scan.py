@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Sequence
-
 import sys
+from typing import Sequence
 
 from ..errors import ScanError
 from ..kernel.libc import PAGE_SIZE
-from ..scan.features import probe_soft_dirty
 from ..proc.process import Process
 from ..scan import BACKENDS, Category, ScanMasks, default_range, open_backend, parse_categories, scan_range
-from .options import address, human_bytes, non_negative, pid
+from ..scan.base import validate_range
+from ..scan.features import probe_soft_dirty
+from .options import address, human_bytes, non_negative, pid, plural
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +32,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pages", type=non_negative, default=0, help="stop after N pages (0: no limit)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="the PAGEMAP_SCAN ioctl, or reading /proc/PID/pagemap entries (slow on huge "
-                             "sparse mappings, cannot report HUGE); default auto: the ioctl where it exists")
+                             "sparse mappings: 1-2 GB/s of entries per core, 8 bytes per page; a progress bar "
+                             "shows on a terminal; cannot report HUGE); default auto: the ioctl where it exists")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     names = {k: parse_categories(getattr(args, k)) for k in ("required", "anyof", "excluded")}
+    asked_return = args.__dict__["return"]
+    asked = names["required"] | names["anyof"] | names["excluded"] | parse_categories(asked_return)
     proc = Process(args.pid)
     with open_backend(proc, args.backend) as be:
         start, end = args.start, args.end
@@ -49,9 +52,12 @@ def run(args: argparse.Namespace) -> int:
                 raise ScanError(f"--end {end:#x} is before the first VMA (which starts at {lo:#x})")
             start = lo if start is None else start
             end = hi if end is None else end
-        returned = be.supported if args.__dict__["return"] is None else parse_categories(args.__dict__["return"])
+        returned = be.supported if asked_return is None else parse_categories(asked_return)
         masks = ScanMasks(returned=returned, **names)
-        if Category.SOFT_DIRTY & masks.used and not probe_soft_dirty():
+        # Every argument error before any note.
+        validate_range(start, end)
+        be.check_masks(masks)
+        if Category.SOFT_DIRTY & asked and not probe_soft_dirty():
             print("dumper: note: soft-dirty tracking does not work on this kernel: SOFT_DIRTY is never set",
                   file=sys.stderr)
         result = scan_range(be, start, end, masks, max_pages=args.max_pages)
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     for r in result:
         print(f"{r.start:#18x} {r.end:#18x} {r.nr_pages:>10} {human_bytes(r.end - r.start):>10}  "
               f"{','.join(Category.names(r.categories)) or '-'}")
-    print(f"{len(result)} regions, {result.nr_pages} pages ({human_bytes(result.nr_pages * PAGE_SIZE)})")
+    print(f"{plural(len(result), 'region')}, {plural(result.nr_pages, 'page')} "
+          f"({human_bytes(result.nr_pages * PAGE_SIZE)})")
     return 0
 
 

@@ -20,14 +20,14 @@ from ..kernel.cpuid import cpuid
 from ..proc.task import TASK_DEAD, TASK_STOPPED, TaskState, ThreadState
 
 __all__ = ["core_entry", "zombie_core_entry", "ids_entry", "NamespaceIds", "KobjIds", "pstree_entry", "seccomp_entry",
-           "timens_entry", "fill_inventory", "xsave_layout"]
+           "timens_entry", "fill_inventory", "xsave_layout", "XSAVE_FIELDS"]
 
 _MTYPE_X86_64 = 1  # core_entry.march
 _REGS_NATIVE = 1  # user_x86_regs_mode
 _NS_KINDS = ("pid", "net", "ipc", "uts", "time", "mnt", "user", "cgroup")  # CRIU's ns_desc order
 
 # XSAVE components CRIU saves: feature bit -> (user_x86_xsave_entry field, bytes per word)
-_XSAVE_FIELDS = {
+XSAVE_FIELDS = {
     x86_64.XFEATURE_YMM: ("ymmh_space", 4),
     x86_64.XFEATURE_BNDREGS: ("bndreg_state", 8),
     x86_64.XFEATURE_BNDCSR: ("bndcsr_state", 8),
@@ -63,7 +63,7 @@ def xsave_layout() -> XsaveLayout:
         if ecx1 & (1 << 26):  # XSAVE
             eax, _, _, edx = cpuid(0xD, 0)
             mask = eax | edx << 32
-            for bit in _XSAVE_FIELDS:
+            for bit in XSAVE_FIELDS:
                 if mask >> bit & 1:
                     size, offset, _, _ = cpuid(0xD, bit)
                     feats[bit] = (offset, size)
@@ -87,7 +87,7 @@ def _fill_fpregs(fp, t: ThreadState, layout: XsaveLayout) -> None:
     buf = t.xstate if not t.xstate_is_fxsave else t.xstate + bytes(16)
     xs.xstate_bv = struct.unpack_from("<Q", buf, x86_64.XSAVE_HDR_OFFSET)[0] if len(buf) >= 520 else 3
     for bit, (offset, size) in layout.features.items():
-        name, word = _XSAVE_FIELDS[bit]
+        name, word = XSAVE_FIELDS[bit]
         chunk = buf[offset:offset + size]
         getattr(xs, name).extend(_words(chunk.ljust(size, b"\0"), word))
     if layout.shstk:
@@ -95,15 +95,20 @@ def _fill_fpregs(fp, t: ThreadState, layout: XsaveLayout) -> None:
         xs.cet.cet, xs.cet.ssp = cet, ssp
 
 
-def _fill_thread_info(ti, t: ThreadState, layout: XsaveLayout) -> None:
-    r = x86_64.user_regs_struct.from_buffer_copy(t.regs)
-    g = ti.gpregs
+def _fill_gpregs(g, raw: bytes) -> None:
+    r = x86_64.user_regs_struct.from_buffer_copy(raw)
     for name in ("r15", "r14", "r13", "r12", "r11", "r10", "r9", "r8"):
         setattr(g, name, getattr(r, name))
     g.bp, g.bx, g.ax, g.cx, g.dx, g.si, g.di = r.rbp, r.rbx, r.rax, r.rcx, r.rdx, r.rsi, r.rdi
     g.orig_ax, g.ip, g.cs, g.flags, g.sp, g.ss = r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss
     g.fs_base, g.gs_base, g.ds, g.es, g.fs, g.gs = r.fs_base, r.gs_base, r.ds, r.es, r.fs, r.gs
     g.mode = _REGS_NATIVE
+
+
+def _fill_thread_info(ti, t: ThreadState, layout: XsaveLayout) -> None:
+    _fill_gpregs(ti.gpregs, t.regs)
+    if t.captured_regs:  # ours (field 32): what an ELF core shows
+        _fill_gpregs(ti.captured_gpregs, t.captured_regs)
     ti.clear_tid_addr = t.clear_tid
     _fill_fpregs(ti.fpregs, t, layout)
     for raw in t.tls:

@@ -446,6 +446,7 @@ class DumpSession:
             fp = p.frozen
             live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
             mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
+            _record_coredump_filter(p.mm, mm_tid)
             p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0,
                                       proc_path=f"/proc/{p.pid}/task/{mm_tid}")
@@ -533,7 +534,7 @@ class DumpSession:
 
     def _scan_one(self, p: ProcessDump) -> None:
         starts, ends = p.scan_iv
-        with open_backend(p.proc, self.opts.backend) as be:
+        with open_backend(p.proc, self.opts.backend, progress=None if self.opts.progress else False) as be:
             self.backend_name = be.name
             masks = dump_masks(be.supported)
             # WRITTEN|SWAPPED tell uffd-wp markers apart (see drop_uffd_markers).
@@ -544,7 +545,8 @@ class DumpSession:
             masks = type(masks)(anyof=masks.anyof, excluded=masks.excluded, returned=returned)
             masks = with_guards(masks, be.supported)  # MADV_GUARD_INSTALL ranges, recorded as CRIU does
             if len(starts):
-                regions = scan_range(be, int(starts[0]), int(ends[-1]), masks).array
+                regions = scan_range(be, int(starts[0]), int(ends[-1]), masks,
+                                     vmas=[v for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages"]).array
             else:
                 regions = np.empty(0, [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
         regions, p.guard_vmas = split_guards(regions)
@@ -796,6 +798,16 @@ class DumpSession:
         return mm
 
 
+def _record_coredump_filter(mm: mm_pb2.mm_entry, tid: int) -> None:
+    """mm_entry.coredump_filter (ours, for ELF cores) from a live thread's
+    view: /proc/PID/coredump_filter of an exited leader reads empty."""
+    try:
+        with open(f"/proc/{tid}/coredump_filter", "rb") as f:
+            mm.coredump_filter = int(f.read(), 16)
+    except (OSError, ValueError):
+        pass  # left unset: readers take the kernel's default
+
+
 def _descendants(pid: int) -> list[int]:
     """Every descendant of ``pid`` now, parents before children."""
     out, todo = [], [pid]
@@ -889,7 +901,6 @@ def _progress(total_bytes: int, enabled: bool, what: str = "copying"):
     takes more than about a second."""
     if not enabled:
         return nullcontext(None)
-    from tqdm import tqdm
+    from ..progress import byte_bar
 
-    return tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=what, delay=1.0, leave=False)
+    return byte_bar(total_bytes, what)

@@ -1,49 +1,50 @@
-"""Export a checkpoint as a CRIU 4.x image directory (memory only).
+"""Export a checkpoint as a CRIU 4.2 image directory.
 
-:func:`export_criu` turns a dumper checkpoint (or a CRIU image set, read
-through :mod:`dumper.image.checkpoint`) into files CRIU's tools read:
+:func:`export_criu` turns a dumper checkpoint (or a CRIU image set) into a
+directory of CRIU's own images, holding CRIU's fields only (numbers below
+32; dumper's additions are left out), so ``crit decode`` shows what CRIU
+would have written. What the set holds depends on the source:
 
-==================  =========================================================
-``inventory.img``   ``inventory_entry``: img_version 2, fdinfo_per_id true
-``pstree.img``      one ``pstree_entry`` per process, root first
-``files.img``       one REG ``file_entry`` per mapped file and executable
-                    (``crit x mems``/``rss`` look file VMAs up there)
-``mm-PID.img``      ``mm_entry`` with its ``vma_entry`` list, CRIU's status bits
-``pagemap-PID.img`` ``pagemap_head`` + ``pagemap_entry`` (fields 2 and 5 set)
-``pages-N.img``     the PE_PRESENT pages, raw, in entry order (pages shared
-                    copy-on-write, PE_COW, copied in: CRIU has no such entry)
-``memfd.img``,      shared memory objects as CRIU 4.2 writes them: each
-``pagemap-shmem-*`` memfd / shared anonymous object once, MEMFD entries in
-                    ``files.img`` naming it from its VMAs; SysV segments'
-                    ``ipcns-shm-*.img``
-==================  =========================================================
+**complete** -- the source holds process state (``pstree.img``,
+``core-TID.img`` per thread... what ``dumper dump`` and ``criu dump`` write;
+not a pre-dump). Plain ``criu restore -D OUT`` brings the process tree back,
+and ``crit x OUT ps|fds|mems|rss`` read it. Every CRIU image of the source
+is copied entry by entry with CRIU's fields only
+(:func:`~dumper.image.criuset.copy_image`; the raw bytes after entries of
+``pipes-data.img``, ``fifo-data.img``, ghost files... copied with them), and
+nothing is synthesised: ids (``files.img``, ``mm_entry.exe_file_id``, VMA
+``shmid``), the inventory's CRIU fields, ``pstree.img`` with every thread
+and zombie are the source's. Every pagemap (``pagemap-PID.img``,
+``pagemap-shmem-ID.img``) is written with its pages in CRIU's raw layout
+(:mod:`dumper.image.rawpages`; pages a forked tree shares copy-on-write,
+stored once by dumper, go into each process's own ``pages-N.img`` as
+PE_PRESENT, as CRIU stores them). dumper's own image types
+(``pages-N.zst.img``, ``cow-PID.img``) and files that are not images are
+left out and listed in the result.
 
-Every message holds CRIU's fields only (numbers below 32); dumper's own
-additions (inventory versions, VMA paths, pagemap ``pages_off``...) are
-left out, so ``crit decode`` shows exactly what CRIU would have written.
-The set holds **memory only**: no ``core-PID.img`` (registers, signals),
-no ``ids``/``fdinfo``/``fs`` images, no namespaces. CRIU cannot restore
-from it; ``crit decode``, ``crit show``, ``crit x DIR mems`` and
-``crit x DIR rss`` read it.
+A source marked not restorable (``inventory_entry.unrestorable``: a socket,
+an inotify descriptor, a child outside the checkpoint... that the dump did
+not save) is refused with its reasons: its images lack what ``criu
+restore`` needs, and that mark is dumper's own field, which the set cannot
+carry. ``force_unrestorable`` exports it anyway; the result's
+``unrestorable`` and notes keep the reasons. A source whose process state
+lacks images CRIU needs (``core-TID``, ``ids``, ``fs``, ``mm``) is refused.
+
+**memory** -- the source holds memory only (a dumper checkpoint from before
+process state was saved, a pre-dump, CRIU's pre-dumps). The set holds
+``inventory.img``, ``pstree.img``, ``files.img``, ``mm-PID.img``, pagemaps
+and raw pages, and the shared memory objects' ``memfd.img`` and
+``ipcns-shm-ID.img``; ``crit`` reads it, CRIU cannot restore from it. Where the
+source has no ``files.img`` (old dumper checkpoints), one REG entry per
+mapped file and executable is made up for ``crit x mems``, and the mm's ids
+point to it; ``pstree.img`` without one: pgid/sid 0, threads the pid alone.
 
 Chains: by default PE_PARENT pages are resolved through the source's
 ``parent`` chain and written as PE_PRESENT, so the set stands alone. With
-``keep_chain`` every checkpoint of the chain is exported as its own set,
-PE_PARENT entries kept, the parent set written in a directory named
-``parent`` inside its child (CRIU opens ``parent`` with ``openat``, a
-directory serves as well as its usual symlink, and the chain moves as one
-tree): ``OUT``, ``OUT/parent``, ``OUT/parent/parent``...
-
-VMAs are listed as CRIU 4.2 lists them: the pieces of ``[vvar]`` merged
-into one VMA, ``[vvar]``/``[vsyscall]`` marked anonymous private. File VMAs
-and the executable name their ``files.img`` entry in ``shmid`` and
-``exe_file_id``; shared memory has its inode as ``shmid``.
-
-Facts a dumper checkpoint does not record are written as CRIU's "unknown":
-``pgid``/``sid`` 0 and ``threads`` = the pid alone (unless the source has
-a ``pstree.img``), ``mm_entry`` fields it lacks 0; the saved auxv stops
-before its AT_NULL pair, as CRIU stores it. The executable's file is
-the file mapping that holds ``mm_start_code`` when the image does not name it.
+``keep_chain`` each checkpoint of the chain becomes its own set, PE_PARENT
+entries kept, the parent set written as a memory set (CRIU reads only pages
+from a parent, as from its own pre-dumps) in a directory named ``parent``
+inside its child: ``OUT``, ``OUT/parent``, ``OUT/parent/parent``...
 
 The output is written like a checkpoint, through
 :class:`~dumper.image.safefs.OutputDir` (mode 0700, files 0600: process
@@ -58,9 +59,9 @@ inside a checkpoint of the chain being exported -- is refused.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import shutil
-import stat
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,23 @@ from typing import BinaryIO
 
 from google.protobuf.message import Message
 
-from ..errors import DumpError, ImageError
+from ..errors import BadMagic, CorruptImage, DumpError, ImageError
 from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint
-from ..image.pb import fdinfo_pb2, fown_pb2, inventory_pb2, memfd_pb2, mm_pb2, pagemap_pb2, pstree_pb2, regfile_pb2
+from ..image.criuset import (
+    FIRST_OWN_FIELD,
+    copy_image,
+    criu_fields_only,
+    has_process_state,
+    image_type,
+    is_dumper_image,
+    missing_images,
+    process_tree,
+    shell_job_needed,
+    unrestorable_lines,
+)
+from ..image.pb import fdinfo_pb2, fown_pb2, mm_pb2, pstree_pb2, regfile_pb2
+from ..image.rawpages import PagemapPlan, copy_pagemap, pagemap_names, pages_id_of, write_pagemap
 from ..image.safefs import Dir, OutputDir
 from ..image.vmas import as_criu_lists_them
 
@@ -84,102 +98,129 @@ __all__ = [
     "FILES_NAME",
     "PSTREE_NAME",
     "FIRST_OWN_FIELD",
+    "COMPLETE",
+    "MEMORY",
 ]
 
 FILES_NAME = fmt.FILES_NAME
-# dumper's additions to CRIU's messages start at this field number.
-FIRST_OWN_FIELD = 32
+COMPLETE = "complete"  # ExportedSet.kind: criu restore brings the tree back
+MEMORY = "memory"  # memory images only: crit reads it, criu restore cannot
 
-_U32_LIMIT = 1 << 32
 _O_RDWR = 0o2
 _PROT_WRITE = 0x2
-_MAP_ANONYMOUS = fmt.FLAG_TABLES["mmap.flags"]["MAP_ANONYMOUS"]
 _FILE_VMA = fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED
 _SHMEM_VMA = fmt.VMA_ANON_SHARED | fmt.VMA_AREA_SYSVIPC
-# Pages copied per read/write when streaming a pages file.
-_CHUNK_PAGES = 256
-# CRIU's own files images, copied as they are when exporting a CRIU set.
-_CRIU_FILE_IMAGES = ("files.img", "reg-files.img")
+# CRIU's own files images, copied when a memory set's source has one.
+_CRIU_FILE_IMAGES = (FILES_NAME, fmt.REG_FILES_NAME)
+# What the shared memory objects are (their pagemaps are written with the others).
+_SHARED_IMAGES_RE = re.compile(r"^(memfd\.img|ipcns-shm-\d+\.img)$")
+# Names of pages files (raw or ours): written from their pagemaps, if any names them.
+_PAGES_RE = re.compile(r"^pages-\d+(\.zst)?\.img$")
+_MAX_SHOWN = 20
 
 
 class ExportError(DumpError):
     """An export could not be completed (destination exists, I/O error, a
-    source page the format cannot express)."""
+    source CRIU could not restore). ``details``: further lines for the user
+    (reasons, missing images), shown before the one-line message."""
 
     __module__ = "dumper"
+    details: tuple[str, ...] = ()
+
+
+def _refuse(msg: str, details: list[str]) -> ExportError:
+    err = ExportError(msg)
+    err.details = tuple(details)
+    return err
 
 
 @dataclass(slots=True)
 class ExportedSet:
     """One CRIU image directory written by an export.
 
-    ``path`` is its final location; ``pids`` root first; per pid
-    ``pages_present`` (pages in ``pages-N.img``) and ``pages_parent``
-    (PE_PARENT pages, only with ``keep_chain``); ``files`` the names written;
-    ``bytes`` their total size.
+    ``path`` is its final location; ``kind`` :data:`COMPLETE` or
+    :data:`MEMORY`; ``pids`` root first (processes with memory); per pid
+    ``pages_present`` (pages in its ``pages-N.img``) and ``pages_parent``
+    (PE_PARENT pages, only with ``keep_chain``); ``shared_pages`` the same
+    for other pagemaps (``pagemap-shmem-ID.img``: name -> pages);
+    ``files`` the names written; ``left_out`` source files not exported,
+    name -> why; ``zero_pages_left_out`` pages of zeros a sparse raw pages
+    file held as holes in anonymous memory, left out of the pagemaps (they
+    read as zeros without an entry too); ``bytes`` the total size written.
     """
 
     path: Path
     source: Path
     pids: tuple[int, ...]
+    kind: str = MEMORY
     pages_present: dict[int, int] = field(default_factory=dict)
     pages_parent: dict[int, int] = field(default_factory=dict)
+    shared_pages: dict[str, int] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)
+    zero_pages_left_out: int = 0
     bytes: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "path": str(self.path),
+            "source": str(self.source),
+            "kind": self.kind,
+            "pids": list(self.pids),
+            "pages_present": {str(k): v for k, v in self.pages_present.items()},
+            "pages_parent": {str(k): v for k, v in self.pages_parent.items()},
+            "shared_pages": dict(self.shared_pages),
+            "files": list(self.files),
+            "left_out": dict(self.left_out),
+            "zero_pages_left_out": self.zero_pages_left_out,
+            "bytes": self.bytes,
+        }
 
 
 @dataclass(slots=True)
 class ExportResult:
     """What :func:`export_criu` wrote: ``sets`` top first (one unless
-    ``keep_chain``), ``bytes`` in all files, ``notes`` for the reader."""
+    ``keep_chain``), ``bytes`` in all files, ``notes`` for the reader.
+
+    ``complete``: the top set is complete (``criu restore -D out`` restores
+    it; ``restore_command`` says how, with ``--shell-job`` when the tree's
+    session or terminal lies outside it, ``shell_job``); ``terminal``: it
+    saved a terminal (``--shell-job`` then needs one on criu's stdin);
+    ``unrestorable``: the reasons of a source marked not restorable,
+    exported with ``force_unrestorable``.
+    """
 
     out: Path
     source: Path
     keep_chain: bool
     sets: list[ExportedSet]
     bytes: int
+    complete: bool = False
+    shell_job: bool = False
+    terminal: bool = False
+    unrestorable: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def restore_command(self) -> str | None:
+        if not self.complete:
+            return None
+        return f"criu restore -D {self.out}" + (" --shell-job" if self.shell_job else "")
 
     def to_json(self) -> dict:
         return {
             "out": str(self.out),
             "source": str(self.source),
             "keep_chain": self.keep_chain,
+            "complete": self.complete,
+            "restore_command": self.restore_command,
+            "shell_job": self.shell_job,
+            "terminal": self.terminal,
+            "unrestorable": list(self.unrestorable),
             "bytes": self.bytes,
             "notes": list(self.notes),
-            "sets": [
-                {
-                    "path": str(s.path),
-                    "source": str(s.source),
-                    "pids": list(s.pids),
-                    "pages_present": {str(k): v for k, v in s.pages_present.items()},
-                    "pages_parent": {str(k): v for k, v in s.pages_parent.items()},
-                    "files": list(s.files),
-                    "bytes": s.bytes,
-                }
-                for s in self.sets
-            ],
+            "sets": [s.to_json() for s in self.sets],
         }
-
-
-def criu_fields_only(msg: Message) -> Message:
-    """A new message of ``msg``'s type holding only CRIU's fields (numbers
-    below :data:`FIRST_OWN_FIELD`), nested messages filtered the same way.
-    Unknown fields are dropped."""
-    out = type(msg)()
-    for fd, value in msg.ListFields():
-        if fd.number >= FIRST_OWN_FIELD:
-            continue
-        if fd.type == fd.TYPE_MESSAGE:
-            if fd.is_repeated:
-                getattr(out, fd.name).extend(criu_fields_only(v) for v in value)
-            else:
-                getattr(out, fd.name).CopyFrom(criu_fields_only(value))
-        elif fd.is_repeated:
-            getattr(out, fd.name).extend(value)
-        else:
-            setattr(out, fd.name, value)
-    return out
 
 
 # --- files
@@ -189,73 +230,142 @@ class _SetWriter:
     """Files of one image directory (a :class:`~dumper.image.safefs.Dir`);
     every file fsynced when closed."""
 
-    def __init__(self, directory: Dir, final: Path, source: Path, pids: tuple[int, ...]) -> None:
+    def __init__(self, directory: Dir, final: Path, level: Checkpoint, kind: str) -> None:
         self.dir = directory
-        self.result = ExportedSet(path=final, source=source, pids=pids)
+        self.level = level
+        self.result = ExportedSet(path=final, source=level.path, pids=tuple(level.pids), kind=kind)
 
-    def create(self, name: str) -> BinaryIO:
+    @contextlib.contextmanager
+    def file(self, name: str) -> Iterator[BinaryIO]:
+        """A new file ``name``, kept (fsynced) when the block ends, dropped
+        if it raises. OSError becomes ExportError naming the file."""
         f = self.dir.create(name)
         self.result.files.append(name)
-        return f
-
-    def finish(self, f: BinaryIO) -> None:
         try:
+            yield f
             f.flush()
             self.result.bytes += f.tell()
             f.sync_close()
         except OSError as err:
             f.discard()
-            raise ExportError(f"writing {f.display_name}: {err.strerror}") from err
-
-    def image(self, name: str, magic: str, msgs: list[Message]) -> None:
-        f = self.create(name)
-        try:
-            fmt.write_magic(f, magic)
-            fmt.write_entries(f, msgs)
-        except OSError as err:
-            f.discard()
             raise ExportError(f"writing {self.result.path / name}: {err.strerror}") from err
-        self.finish(f)
-
-    def copy(self, src: Path, name: str) -> None:
-        """Copy the source's ``name``: a regular file, never through a symlink."""
-        f = self.create(name)
-        try:
-            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-            with open(fd, "rb") as g:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
-                    raise ExportError(f"{src}: not a regular file")
-                shutil.copyfileobj(g, f, 1 << 20)
-        except OSError as err:
-            f.discard()
-            raise ExportError(f"copying {src} to {self.result.path / name}: {err.strerror}") from err
         except BaseException:
             f.discard()
             raise
-        self.finish(f)
+
+    def image(self, name: str, magic: str, msgs: list[Message]) -> None:
+        with self.file(name) as f:
+            fmt.write_magic(f, magic)
+            fmt.write_entries(f, msgs)
+
+    def pagemap(self, name: str, *, flatten: bool, threads: int | None) -> PagemapPlan:
+        """Pagemap ``name`` of the level and its raw pages file, CRIU's layout."""
+        pages_id = pages_id_of(self.level, name)
+        with self.file(fmt.pages_name(pages_id)) as f:
+            plan = copy_pagemap(self.level, name, f, flatten=flatten, threads=threads)
+        with self.file(name) as f:
+            write_pagemap(plan, f)
+        self.result.zero_pages_left_out += sum(b - a for a, b in plan.left_out) // plan.page_size
+        m = re.fullmatch(r"pagemap-(\d+)\.img", name)
+        if m and int(m.group(1)) in self.level.processes:
+            pid = int(m.group(1))
+            self.result.pages_present[pid] = plan.present
+            if plan.parent:
+                self.result.pages_parent[pid] = plan.parent
+        else:
+            self.result.shared_pages[name] = plan.present
+        return plan
+
+    def pagemaps(self, *, flatten: bool, threads: int | None) -> set[str]:
+        """Every pagemap of the level with its pages; returns the source
+        names they stand for (pagemaps and pages files)."""
+        done = set()
+        for name in pagemap_names(self.level):
+            plan = self.pagemap(name, flatten=flatten, threads=threads)
+            done |= {name, plan.stream.name}
+        return done
 
 
-# --- per-process content
+# --- complete sets
+
+
+def _copy_entry(w: _SetWriter, name: str) -> None:
+    """Copy file ``name`` of the level if it is one of CRIU's images (CRIU's
+    fields only); else record why it is left out."""
+    level = w.level
+    path = level.path / name
+    try:
+        f = level.open_image(name)
+    except ImageError:
+        w.result.left_out[name] = "not a regular file"
+        return
+    with f:
+        try:
+            magic = image_type(f, path)
+        except (BadMagic, CorruptImage):
+            if _PAGES_RE.match(name):
+                w.result.left_out[name] = "a pages file no pagemap names"
+            elif name.endswith(".img"):  # CRIU's raw images: ifaddr-N, tmpfs-dev-N.tar.gz...
+                f.seek(0)
+                with w.file(name) as out:
+                    while chunk := f.read(1 << 20):
+                        out.write(chunk)
+            else:
+                w.result.left_out[name] = "not an image"
+            return
+        if magic == "COW_REFS":
+            w.result.left_out[name] = ("dumper's own COW_REFS image: the pages shared copy-on-write it places are "
+                                       "in each process's own pages file")
+        elif is_dumper_image(magic):
+            w.result.left_out[name] = f"dumper's own {magic} image, which CRIU does not read"
+        elif magic == "PAGEMAP":
+            w.result.left_out[name] = "a pagemap named after no process or object"
+        else:
+            with w.file(name) as out:
+                copy_image(f, path, magic, out)
+
+
+def _write_complete(level: Checkpoint, d: Dir, final: Path, *, flatten: bool, threads: int | None) -> ExportedSet:
+    w = _SetWriter(d, final, level, COMPLETE)
+    done = w.pagemaps(flatten=flatten, threads=threads)
+    for name in level.listdir():
+        if name in done or name == fmt.PARENT_LINK:
+            continue
+        _copy_entry(w, name)
+    return w.result
+
+
+def _check_complete(ck: Checkpoint, force_unrestorable: bool) -> tuple[list[str], bool]:
+    """``(unrestorable reasons, shell job needed)`` of a source with process
+    state; ExportError if it is marked not restorable (unless
+    ``force_unrestorable``) or lacks images criu restore needs."""
+    reasons = unrestorable_lines(ck)
+    if reasons and not force_unrestorable:
+        raise _refuse(
+            f"{ck.path} is marked not restorable: the dump did not save {len(reasons)} resource(s) criu restore "
+            "would need (listed above), and the mark is dumper's own, which an image set of CRIU's fields cannot "
+            "carry; --force-unrestorable exports it anyway",
+            reasons,
+        )
+    tree = process_tree(ck)
+    if not tree:
+        raise ExportError(f"{ck.path / PSTREE_NAME} lists no process")
+    missing = missing_images(ck, tree)
+    if missing:
+        more = f" and {len(missing) - _MAX_SHOWN} more" if len(missing) > _MAX_SHOWN else ""
+        raise ExportError(f"{ck.path} lacks images criu restore needs: {', '.join(missing[:_MAX_SHOWN])}{more}")
+    return reasons, shell_job_needed(ck, tree)
+
+
+# --- memory sets
 
 
 class _FileIds:
-    """Ids for ``files.img``: one per distinct mapped file, from 1."""
+    """Ids for a made-up ``files.img``: one per distinct mapped file, from 1."""
 
     def __init__(self) -> None:
         self.ids: dict[tuple, int] = {}
         self.entries: list[Message] = []
-
-    def memfd(self, key: tuple, inode_id: int) -> int:
-        """A MEMFD entry (criu/memfd.c, flags 0 as for a mapping) naming
-        memfd inode ``inode_id``, one per ``key``."""
-        if key in self.ids:
-            return self.ids[key]
-        fid = len(self.entries) + 1
-        self.ids[key] = fid
-        mfe = memfd_pb2.memfd_file_entry(id=fid, flags=0, pos=0, inode_id=inode_id,
-                                         fown=fown_pb2.fown_entry(uid=0, euid=0, signum=0, pid_type=0, pid=0))
-        self.entries.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.MEMFD, id=fid, memfd=mfe))
-        return fid
 
     def get(self, name: str, key: tuple, flags: int) -> int:
         if key in self.ids:
@@ -292,13 +402,11 @@ def _exe_vma(mm: mm_pb2.mm_entry):
     return None
 
 
-def _mm_for(proc: CheckpointProcess, files: _FileIds | None, shared=None) -> mm_pb2.mm_entry:
-    """``proc``'s mm_entry with CRIU's fields only. With ``files`` (a dumper
-    source) file VMAs and the executable get ``files.img`` ids in
-    ``shmid``/``exe_file_id``, and shared memory its inode as ``shmid``
-    (CRIU's shmem id), a memfd or shared anonymous mapping a MEMFD entry
-    naming its ``memfd.img`` inode (``shared``: the source's
-    :class:`~dumper.image.shared.SharedImages`); a CRIU source keeps its ids."""
+def _mm_for(proc: CheckpointProcess, files: _FileIds | None) -> mm_pb2.mm_entry:
+    """``proc``'s mm_entry with CRIU's fields only. With ``files`` (a source
+    without a files image) file VMAs and the executable get made-up
+    ``files.img`` ids in ``shmid``/``exe_file_id``, and shared memory its
+    inode as ``shmid`` (CRIU's shmem id); otherwise the source's ids stay."""
     src = proc.mm.to_message()  # the whole mm_entry (readers hold VMAs compactly)
     mm = criu_fields_only(src)
     for f in mm.DESCRIPTOR.fields:  # CRIU's required fields, 0 when unknown
@@ -322,11 +430,7 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None, shared=None) -> mm_
     else:
         mm.exe_file_id = files.get("", ("", "exe", proc.pid), 0)
     for v, out in zip(src.vmas, mm.vmas):
-        if v.status & fmt.VMA_AREA_MEMFD and shared is not None:
-            obj, _ = shared.object_for_vma(v)
-            inode = shared.inode_id_of(obj) if obj is not None else None
-            out.shmid = files.memfd(("memfd", obj.shmid), inode) if inode is not None else 0
-        elif v.status & _FILE_VMA:
+        if v.status & _FILE_VMA:
             name, key = _file_key(v)
             writable_shared = v.status & fmt.VMA_FILE_SHARED and v.prot & _PROT_WRITE
             out.shmid = files.get(name, key, _O_RDWR if writable_shared else 0)
@@ -334,83 +438,6 @@ def _mm_for(proc: CheckpointProcess, files: _FileIds | None, shared=None) -> mm_
             out.shmid = v.inode
     as_criu_lists_them(mm)
     return mm
-
-
-def _pagemap_entry(vaddr: int, nr: int, flags: int) -> pagemap_pb2.pagemap_entry:
-    # Field 2 for CRIU < 4.2 (0 when it does not fit, as CRIU 4.2 does),
-    # field 5 for 4.2 and later.
-    return pagemap_pb2.pagemap_entry(
-        vaddr=vaddr, compat_nr_pages=nr if nr < _U32_LIMIT else 0, flags=flags, nr_pages=nr
-    )
-
-
-def _flat_runs(ck: Checkpoint, pid: int) -> Iterator[tuple[int, bytes]]:
-    """Every recorded page of ``pid``, PE_PARENT and PE_COW resolved, ascending."""
-    proc = ck.process(pid)
-    for e in proc.entries:
-        if not e.flags & (fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW):
-            raise ExportError(
-                f"{proc.pagemap_path}: pages [{e.vaddr:#x}, {e.end(proc.page_size):#x}) are "
-                f"{fmt.format_flags(e.flags, 'pmap.flags')} only: their data is in no image"
-            )
-    # (holes of a sparse raw pages file in anonymous memory are left out: zeros anyway)
-    yield from ck.iter_copy(pid, max_pages=_CHUNK_PAGES, parents=True)
-
-
-def _own_runs(ck: Checkpoint, proc: CheckpointProcess) -> Iterator[tuple[int, int, int, bytes | None]]:
-    """``(vaddr, nr_pages, flags, data)`` of ``proc``'s own entries, data for
-    PE_PRESENT pieces only (entries cut into chunks, holes of a sparse raw
-    pages file in anonymous memory left out); PE_COW pages, stored in
-    another process's stream, come as PE_PRESENT with their data."""
-    ps = proc.page_size
-    present = ck.iter_copy(proc.pid, max_pages=_CHUNK_PAGES, parents=False)
-    nxt = next(present, None)
-    for e in proc.entries:
-        if e.flags & (fmt.PE_PRESENT | fmt.PE_COW):
-            end = e.end(ps)
-            flags = fmt.PE_PRESENT if e.flags & fmt.PE_COW else e.flags
-            while nxt is not None and nxt[0] < end:
-                yield nxt[0], len(nxt[1]) // ps, flags, nxt[1]
-                nxt = next(present, None)
-        else:
-            yield e.vaddr, e.nr_pages, e.flags, None
-
-
-def _write_pages(w: _SetWriter, ck: Checkpoint, pid: int, pages_id: int, flatten: bool) -> None:
-    proc = ck.process(pid)
-    ps = proc.page_size
-    entries: list[list[int]] = []  # [vaddr, nr, flags], merged when contiguous with equal flags
-    present = parent = 0
-    f = w.create(fmt.pages_name(pages_id))
-    try:
-        if flatten:
-            runs = ((vaddr, len(data) // ps, fmt.PE_PRESENT, data) for vaddr, data in _flat_runs(ck, pid))
-        else:
-            runs = _own_runs(ck, proc)
-        for vaddr, nr, flags, data in runs:
-            if data is not None:
-                f.write(data)
-                present += nr
-            elif flags & fmt.PE_PARENT:
-                parent += nr
-            last = entries[-1] if entries else None
-            if last is not None and last[2] == flags and last[0] + last[1] * ps == vaddr:
-                last[1] += nr
-            else:
-                entries.append([vaddr, nr, flags])
-    except OSError as err:
-        f.discard()
-        raise ExportError(f"writing {w.result.path / fmt.pages_name(pages_id)}: {err.strerror}") from err
-    except BaseException:
-        f.discard()
-        raise
-    w.finish(f)
-    msgs: list[Message] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
-    msgs.extend(_pagemap_entry(v, n, fl) for v, n, fl in entries)
-    w.image(fmt.pagemap_name(pid), "PAGEMAP", msgs)
-    w.result.pages_present[pid] = present
-    if parent:
-        w.result.pages_parent[pid] = parent
 
 
 def _pstree(ck: Checkpoint) -> list[Message]:
@@ -428,66 +455,28 @@ def _pstree(ck: Checkpoint) -> list[Message]:
     return out
 
 
-def _write_set(ck: Checkpoint, directory: Dir, final: Path, flatten: bool) -> ExportedSet:
-    w = _SetWriter(directory, final, ck.path, tuple(ck.pids))
-    inv = inventory_pb2.inventory_entry(img_version=fmt.CRTOOLS_IMAGES_V1_1, fdinfo_per_id=True)
+def _write_memory(level: Checkpoint, d: Dir, final: Path, *, flatten: bool, threads: int | None) -> ExportedSet:
+    w = _SetWriter(d, final, level, MEMORY)
+    inv = criu_fields_only(level.inventory)
+    inv.img_version = fmt.CRTOOLS_IMAGES_V1_1
     w.image(fmt.INVENTORY_NAME, "INVENTORY", [inv])
-    w.image(PSTREE_NAME, "PSTREE", _pstree(ck))
-    files = None if ck.is_criu else _FileIds()
-    shared = ck.shared
-    mms = {pid: _mm_for(ck.processes[pid], files, shared) for pid in ck.pids if ck.processes[pid].mm is not None}
+    w.image(PSTREE_NAME, "PSTREE", _pstree(level))
+    names = set(level.listdir())
+    own = [n for n in _CRIU_FILE_IMAGES if n in names]
+    files = None if own else _FileIds()
+    mms = {pid: _mm_for(p, files) for pid, p in level.processes.items() if p.mm is not None}
     if files is not None:
         w.image(FILES_NAME, "FILES", files.entries)
-    else:
-        for name in _CRIU_FILE_IMAGES:
-            if (ck.path / name).is_file():
-                w.copy(ck.path / name, name)
-    for pages_id, pid in enumerate(ck.pids, 1):
+    for name in own + sorted(n for n in names if _SHARED_IMAGES_RE.match(n)):
+        _copy_entry(w, name)
+    for pid in level.pids:
         if pid in mms:
             w.image(fmt.mm_name(pid), "MM", [mms[pid]])
-        _write_pages(w, ck, pid, pages_id, flatten)
-    _write_shared(w, shared, len(ck.pids) + 1)
+    w.pagemaps(flatten=flatten, threads=threads)
     return w.result
 
 
-def _write_shared(w: _SetWriter, shared, first_pages_id: int) -> None:
-    """``memfd.img``, ``ipcns-shm-*.img`` and each saved object's
-    ``pagemap-shmem-SHMID.img`` with raw pages (ids from ``first_pages_id``),
-    CRIU's fields only."""
-    inodes = shared.inode_entries()
-    if inodes:
-        w.image(fmt.MEMFD_INODE_NAME, "MEMFD_INODE", [criu_fields_only(m) for m in inodes])
-    for name, segs in shared.ipc_entries().items():
-        w.image(name, "IPCNS_SHM", [criu_fields_only(m) for m in segs])
-    pages_id = first_pages_id
-    for obj in shared.objects.values():
-        if not obj.saved:
-            continue
-        ps = obj.page_size
-        name = fmt.pages_name(pages_id)
-        f = w.create(name)
-        rows = []
-        try:
-            for v, n in zip(obj.entries.vaddr.tolist(), obj.entries.nr_pages.tolist()):
-                for done in range(0, n, _CHUNK_PAGES):
-                    k = min(_CHUNK_PAGES, n - done)
-                    for chunk in obj.chunks(v + done * ps, k * ps, f"exporting {obj.describe()}"):
-                        f.write(chunk)
-                rows.append((v, n))
-        except OSError as err:
-            f.discard()
-            raise ExportError(f"writing {w.result.path / name}: {err.strerror}") from err
-        except BaseException:
-            f.discard()
-            raise
-        w.finish(f)
-        msgs: list[Message] = [pagemap_pb2.pagemap_head(pages_id=pages_id)]
-        msgs.extend(_pagemap_entry(v, n, fmt.PE_PRESENT) for v, n in rows)
-        w.image(fmt.pagemap_shmem_name(obj.shmid), "PAGEMAP", msgs)
-        pages_id += 1
-
-
-# --- destination
+# --- the export
 
 
 def export_criu(
@@ -496,43 +485,95 @@ def export_criu(
     *,
     keep_chain: bool = False,
     force: bool = False,
+    force_unrestorable: bool = False,
+    threads: int | None = None,
 ) -> ExportResult:
     """Write checkpoint ``src`` (a directory or an open
-    :class:`~dumper.image.checkpoint.Checkpoint`) as CRIU image set ``out``.
+    :class:`~dumper.image.checkpoint.Checkpoint`) as CRIU image set ``out``:
+    complete when the source holds process state, else memory images only
+    (see the module docstring; ``result.complete`` says which).
 
     ``keep_chain``: export the whole parent chain as nested sets
     (``out/parent``...) keeping PE_PARENT entries; default: one set, the
-    chain's pages resolved into it. ``out`` follows
-    :class:`~dumper.image.safefs.OutputDir`'s rules: absent or an empty
-    directory is fine; an image set (holds ``inventory.img``) is replaced
-    only with ``force``; anything else, or a place inside a checkpoint of
-    the chain, is refused.
+    chain's pages resolved into it. ``force``: replace an image set at
+    ``out`` (:class:`~dumper.image.safefs.OutputDir`'s rules: absent or an
+    empty directory is fine; anything else, or a place inside a checkpoint
+    of the chain, is refused). ``force_unrestorable``: export a source
+    marked not restorable. ``threads``: page readers (decompression) working
+    ahead, default up to 4.
 
-    Raises ExportError (``out`` exists, I/O failure, lazy pages whose data
-    no image holds) and ImageError for a damaged source.
+    Raises ExportError (marked not restorable, images criu restore needs
+    missing, ``out`` exists, I/O failure; ``details`` lists reasons) and
+    ImageError for a damaged source or chain (lazy pages whose data no
+    image holds, a PE_PARENT range the chain lacks).
     """
     own = not isinstance(src, Checkpoint)
     ck = open_checkpoint(src) if own else src
     try:
-        chain = list(ck.chain())
-        with OutputDir(out, force=force, sources=[c.path for c in chain], error=ExportError,
-                       what="image set") as output:
+        complete = has_process_state(ck)
+        reasons, shell_job = _check_complete(ck, force_unrestorable) if complete else ([], False)
+        terminal = complete and (ck.path / fmt.TTY_INFO_NAME).is_file()
+        levels = list(ck.chain()) if keep_chain else [ck]
+        sources = [c.path for c in levels] if keep_chain else [ck.path, *ck.parent_paths]
+        with OutputDir(out, force=force, sources=sources, error=ExportError, what="image set") as output:
             dest = output.dest
             sets = []
             d = output.dir
-            for depth, c in enumerate(chain if keep_chain else [ck]):
+            for depth, level in enumerate(levels):
                 if depth:
                     d = d.mkdir(fmt.PARENT_LINK)
                 final = dest.joinpath(*([fmt.PARENT_LINK] * depth))
-                sets.append(_write_set(c, d, final, flatten=not keep_chain))
+                write = _write_complete if complete and not depth else _write_memory
+                sets.append(write(level, d, final, flatten=not keep_chain, threads=threads))
             output.commit()
+        why_memory = None if complete else _why_memory_only(ck)
     except OSError as err:
         raise ExportError(f"exporting to {out}: {err.strerror}") from err
     finally:
         if own:
             ck.close()
-    notes = ["memory only: CRIU cannot restore from this image set (no core, ids, fdinfo or namespace images)"]
-    if keep_chain and len(sets) > 1:
-        notes.append(f"{len(sets) - 1} parent set(s) nested as {dest.name}/{fmt.PARENT_LINK}/...")
-    return ExportResult(out=dest, source=sets[0].source, keep_chain=keep_chain, sets=sets,
-                        bytes=sum(s.bytes for s in sets), notes=notes)
+    result = ExportResult(out=dest, source=sets[0].source, keep_chain=keep_chain, sets=sets,
+                          bytes=sum(s.bytes for s in sets), complete=complete, shell_job=shell_job,
+                          terminal=terminal, unrestorable=reasons)
+    result.notes = _notes(result, why_memory)
+    return result
+
+
+def _why_memory_only(ck: Checkpoint) -> str:
+    if ck.inventory.HasField("pre_dump") and ck.inventory.pre_dump:
+        return (f"{ck.path} is a pre-dump (its registers and memory are of different moments): "
+                "export the dump taken with --parent over it")
+    if ck.is_criu:
+        return f"{ck.path} holds no process state (no {PSTREE_NAME} and core-PID.img: a CRIU pre-dump?)"
+    return (f"{ck.path} holds no process state (no {PSTREE_NAME} and core-PID.img): a checkpoint from a dumper "
+            "that saved memory only")
+
+
+def _notes(result: ExportResult, why_memory: str | None) -> list[str]:
+    notes = []
+    if result.complete:
+        notes.append(f"complete CRIU 4.2 image set: `{result.restore_command}` restores the process tree "
+                     f"(pids {', '.join(map(str, result.sets[0].pids))}); crit x {result.out} ps|fds|mems|rss reads it")
+        if result.shell_job:
+            notes.append("the tree's session or terminal lies outside it: restore with --shell-job (it joins the "
+                         "restoring shell's session and process group)")
+        if result.terminal:
+            notes.append("it holds a terminal: criu restore --shell-job gives the restored process the terminal on "
+                         "criu's own stdin, so run it from a terminal")
+        if result.unrestorable:
+            notes.append(f"NOT restorable as saved (exported with --force-unrestorable): the dump did not save "
+                         f"{len(result.unrestorable)} resource(s) criu restore needs: "
+                         + "; ".join(result.unrestorable[:_MAX_SHOWN]))
+    else:
+        notes.append(f"memory only: {why_memory}; crit reads this image set, CRIU cannot restore from it")
+    if len(result.sets) > 1:
+        notes.append(f"{len(result.sets) - 1} parent set(s) nested as {result.out.name}/{fmt.PARENT_LINK}/...: "
+                     "memory images, from which criu restore reads the PE_PARENT pages")
+    for s in result.sets:
+        if s.zero_pages_left_out:
+            notes.append(f"{s.path}: {s.zero_pages_left_out} pages of zeros (holes of a sparse raw pages file in "
+                         "anonymous memory) left out of the pagemaps: they read as zeros all the same")
+        if s.left_out:
+            shown = ", ".join(f"{n} ({why})" for n, why in sorted(s.left_out.items()))
+            notes.append(f"left out of {s.path}: {shown}")
+    return notes

@@ -5,6 +5,10 @@
   :class:`PagesWriter` (pagemap + raw or zstd pages);
 - :mod:`.reader` — :func:`read_image`, :func:`load_pagemap`,
   :class:`PagesReader`, :func:`iter_present`;
+- :mod:`.rawpages` — CRIU's raw ``pages-N.img`` and pagemaps from any
+  checkpoint (chains flattened or kept), for export and restore;
+- :mod:`.criuset` — images with CRIU's fields only, and what a set
+  ``criu restore`` takes must hold;
 - :mod:`.pb` — generated protobuf modules (``python -m dumper.image.gen``).
 """
 

@@ -622,6 +622,11 @@ class Checkpoint:
         """Whether the directory has an entry ``name`` (not followed)."""
         return self._dir.exists(name)
 
+    def listdir(self) -> list[str]:
+        """Names in the checkpoint directory (any kind of entry), sorted."""
+        self._check_open()
+        return sorted(self._dir.listdir())
+
     # --- lazily loaded parts
 
     @property

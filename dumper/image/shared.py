@@ -298,18 +298,30 @@ class SharedImages:
         return {n: [m for _, m in self._entries(n, "IPCNS_SHM")] for n in sorted(self._dir.listdir())
                 if n.startswith("ipcns-shm-") and n.endswith(".img")}
 
+    def vma_ranges(self, vma) -> tuple[SharedObjectImage | None, np.ndarray, np.ndarray]:
+        """``(object, starts, ends)`` of a shared memory VMA: the byte ranges
+        of the mapping (its addresses, end-exclusive, ascending; uint64)
+        where the object stores pages; empty arrays when the object is not
+        here (``object`` None) or stores nothing there. Work follows the
+        object's entries."""
+        obj, _ = self.object_for_vma(vma)
+        none = np.empty(0, np.uint64)
+        if obj is None or obj.entries is None or not len(obj.entries):
+            return obj, none, none
+        ps = np.uint64(self.page_size)
+        lo, hi = np.uint64(vma.pgoff), np.uint64(vma.pgoff + (vma.end - vma.start))
+        s = obj.entries.vaddr.astype(np.uint64)
+        e = s + obj.entries.nr_pages.astype(np.uint64) * ps
+        a, b = np.maximum(s, lo), np.minimum(e, hi)
+        keep = b > a
+        shift = np.uint64((vma.start - vma.pgoff) % (1 << 64))  # address = offset + start - pgoff (arrays wrap)
+        return obj, a[keep] + shift, b[keep] + shift
+
     def vma_pages(self, vma) -> tuple[SharedObjectImage | None, int]:
         """``(object, pages it stores inside the mapping's range)`` of a
         shared memory VMA; ``(None, 0)`` when the object is not here."""
-        obj, _ = self.object_for_vma(vma)
-        if obj is None or obj.entries is None or not len(obj.entries):
-            return obj, 0
-        ps = self.page_size
-        lo, hi = vma.pgoff, vma.pgoff + (vma.end - vma.start)
-        s = obj.entries.vaddr.astype(np.int64)
-        e = s + obj.entries.nr_pages.astype(np.int64) * ps
-        n = np.clip(np.minimum(e, hi) - np.maximum(s, lo), 0, None)
-        return obj, int(n.sum()) // ps
+        obj, a, b = self.vma_ranges(vma)
+        return obj, int((b - a).sum()) // self.page_size
 
     def _shmem_vmas(self, proc) -> list:
         """``proc``'s shared memory VMAs (messages), found by the status column."""
@@ -382,9 +394,13 @@ class SharedImages:
                                    f"{owner.pages.nr_pages} pages of {owner.pages_path.name}")
             prev_end = v + n * ps
 
-    def cow_chunks(self, proc, s: int, e: int) -> Iterator[bytes]:
-        """Bytes of ``[s, e)`` of ``proc`` (a CheckpointProcess), all inside
-        its PE_COW entries: the owners' stream pages the references name."""
+    def cow_pieces(self, proc, s: int, e: int) -> Iterator[tuple[int, int, object, int]]:
+        """Where the pages of ``[s, e)`` of ``proc`` (a CheckpointProcess; the
+        range all inside its PE_COW entries) are: ``(start, end, owner,
+        first)`` in address order, bytes ``[start, end)`` being pages
+        ``[first, ...)`` of the stream of ``owner`` (the CheckpointProcess
+        whose ``pages_id`` the reference names). ImageError for a page no
+        reference covers, or no ``cow-PID.img``."""
         refs = self.cow_refs(proc.pid)
         ps = self.page_size
         if refs is None:
@@ -402,10 +418,15 @@ class SharedImages:
                 raise ImageError(refs.path, None, f"pid {proc.pid}: PE_COW page {pos:#x} has no reference")
             rs = int(starts[k])
             b = min(rs + int(refs.nr_pages[k]) * ps, e)
-            owner = streams[int(refs.pages_id[k])]
-            yield from _stream(owner.pages, int(refs.pages_off[k]) + (pos - rs) // ps, (b - pos) // ps)
+            yield pos, b, streams[int(refs.pages_id[k])], int(refs.pages_off[k]) + (pos - rs) // ps
             pos = b
             k += 1
+
+    def cow_chunks(self, proc, s: int, e: int) -> Iterator[bytes]:
+        """Bytes of ``[s, e)`` of ``proc`` (a CheckpointProcess), all inside
+        its PE_COW entries: the owners' stream pages the references name."""
+        for a, b, owner, first in self.cow_pieces(proc, s, e):
+            yield from _stream(owner.pages, first, (b - a) // self.page_size)
 
     def cow_pages_per_vma(self, proc, table=None) -> list[int]:
         """PE_COW pages of ``proc``'s pagemap inside each row of ``table``

@@ -18,6 +18,7 @@ NR_ioctl = 16
 NR_getitimer = 36
 NR_sigaltstack = 131
 NR_prctl = 157
+NR_arch_prctl = 158
 NR_get_robust_list = 274
 NR_timer_gettime = 224
 NR_timer_getoverrun = 225

@@ -108,6 +108,7 @@ class ThreadState:
     creds: dict = field(default_factory=dict)
     seccomp_mode: int = 0
     seccomp_filter: int | None = None  # index into TaskState.seccomp_filters
+    captured_regs: bytes = b""  # user_regs_struct as PTRACE_GETREGS gave it, before any fixup
 
 
 @dataclass(slots=True)
@@ -210,11 +211,13 @@ def _posix_timers(base: str) -> list[PosixTimer]:
 # -- ptrace side ------------------------------------------------------------------
 
 
-def _regs(tid: int) -> bytes:
+def _regs(tid: int) -> tuple[bytes, bytes]:
+    """(registers as captured, registers with a pending syscall restart applied)."""
     regs = x86_64.user_regs_struct()
     ptrace.getregs(tid, regs)
+    captured = bytes(regs)
     x86_64.restart_syscall_regs(regs)
-    return bytes(regs)
+    return captured, bytes(regs)
 
 
 def _xstate(tid: int) -> tuple[bytes, bool]:
@@ -419,7 +422,7 @@ def collect_task(ctx, pid: int, tids: list[int], *, was_stopped: bool = False, s
         for tid in tids:
             tbase = f"/proc/{pid}/task/{tid}"
             tst = _status(f"{tbase}/status")
-            regs = _regs(tid)
+            captured, regs = _regs(tid)
             xstate, fx = _xstate(tid)
             rseq, rseq_cs, regs = _rseq(tid, mem_fd, regs)
             policy, prio, nice = _sched(tid)
@@ -432,7 +435,7 @@ def collect_task(ctx, pid: int, tids: list[int], *, was_stopped: bool = False, s
                 regs=regs, xstate=xstate, xstate_is_fxsave=fx, shstk=_shstk(tid), tls=_tls(tid),
                 sigmask=ptrace.getsigmask(tid), pending=_pending(tid, shared=False),
                 robust_list=_robust_list(tid), sched_policy=policy, sched_prio=prio, sched_nice=nice,
-                rseq=rseq, rseq_cs=rseq_cs, creds=_creds(tst), seccomp_mode=mode))
+                rseq=rseq, rseq_cs=rseq_cs, creds=_creds(tst), seccomp_mode=mode, captured_regs=captured))
         shared = _pending(tids[0], shared=True)
         timers = _posix_timers(base)
         sigactions, itimers, subreaper, dumpable, mb, per_thread = _injected(ctx, pid, tids, timers, mem_fd,

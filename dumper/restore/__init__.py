@@ -189,7 +189,8 @@ def _explained(err: CriuFailed, tree: list[checks.Task], shell_job: bool) -> Cri
     if any(n == t.pid or n in t.threads for t in tree):
         why = f"pid {n} of the checkpoint was taken by another process meanwhile"
     elif n in (root.pgid, root.sid) and not shell_job:
-        kind = "session" if n == root.sid else "process group"
+        kind = {(True, True): "session and process group", (True, False): "session"}.get(
+            (n == root.sid, n == root.pgid), "process group")
         why = (f"CRIU recreates the checkpoint's {kind} {n} with a helper task, and pid {n} exists here: "
                "--shell-job makes the restored process join the current session and group instead")
     else:

@@ -16,13 +16,16 @@ in ``details``, one line per finding:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from google.protobuf.message import Message
-
 from ..errors import ImageError, NotRestorable
-from ..image import format as fmt
-from ..image.checkpoint import PSTREE_NAME, Checkpoint, read_pstree
+from ..image.checkpoint import PSTREE_NAME, Checkpoint
+from ..image.criuset import (
+    REQUIRED_PER_PROCESS,
+    Task,
+    missing_images,
+    process_tree,
+    shell_job_needed,
+    unrestorable_lines,
+)
 
 __all__ = [
     "REQUIRED_PER_PROCESS",
@@ -35,44 +38,18 @@ __all__ = [
     "pstree",
 ]
 
-# Images criu restore reads for every process that has memory, besides one
-# core-TID.img per thread (CRIU 4.2, by removing each from a `criu dump` set:
-# without ids-PID "No IDS for root task"; without fs-PID or mm-PID the
-# restored task dies of SIGSEGV; without pagemap-PID "Restoring FAILED";
-# without the pages file "Can't read pages data"). fdinfo-N, seccomp.img,
-# timens-0.img and stats-dump may be absent (no fds, no filters, host time).
-REQUIRED_PER_PROCESS = ("ids-{pid}.img", "fs-{pid}.img", "mm-{pid}.img", "pagemap-{pid}.img")
 _MAX_SHOWN = 20
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """One ``pstree_entry``: ``pid``, ``ppid``, ``pgid``, ``sid``, ``threads``."""
-
-    pid: int
-    ppid: int
-    pgid: int
-    sid: int
-    threads: tuple[int, ...]
-
-
-def pstree(ck: Checkpoint) -> list[Task]:
-    """The checkpoint's process tree, root first (``pstree.img``)."""
-    entries: list[Message] = read_pstree(ck.path / PSTREE_NAME)
-    return [Task(e.pid, e.ppid, e.pgid, e.sid, tuple(e.threads) or (e.pid,)) for e in entries]
+# The process tree (pstree.img), root first: dumper.image.criuset.Task items.
+pstree = process_tree
 
 
 def check_unrestorable(ck: Checkpoint) -> None:
     """NotRestorable listing ``inventory_entry.unrestorable`` if it has any."""
-    reasons = list(ck.inventory.unrestorable)
-    if not reasons:
+    lines = unrestorable_lines(ck)
+    if not lines:
         return
-    lines = []
-    for r in reasons:
-        where = " ".join(x for x in (f"pid {r.pid}", r.what) if x)
-        lines.append(f"{where}: {r.kind or 'resource'}" + (f": {r.why}" if r.why else ""))
     raise NotRestorable(
-        f"{ck.path} is marked not restorable: the dump did not save {len(reasons)} resource(s) "
+        f"{ck.path} is marked not restorable: the dump did not save {len(lines)} resource(s) "
         "criu restore would need (listed above)",
         lines,
     )
@@ -98,14 +75,7 @@ def check_full_dump(ck: Checkpoint) -> list[Task]:
         raise NotRestorable(f"{ck.path}: {err}") from err
     if not tree:
         raise NotRestorable(f"{ck.path}/{PSTREE_NAME} lists no process")
-    missing = []
-    for t in tree:
-        names = [f"core-{tid}.img" for tid in t.threads]
-        if (ck.path / fmt.pagemap_name(t.pid)).exists() or t.pid in ck.processes:
-            names += [n.format(pid=t.pid) for n in REQUIRED_PER_PROCESS]
-        elif t is tree[0]:
-            names.append(fmt.pagemap_name(t.pid))
-        missing += [n for n in names if not (ck.path / n).is_file()]
+    missing = missing_images(ck, tree)
     if missing:
         shown = ", ".join(missing[:_MAX_SHOWN]) + (f" and {len(missing) - _MAX_SHOWN} more" if len(missing) > _MAX_SHOWN else "")
         raise NotRestorable(f"{ck.path} lacks images criu restore needs: {shown}")
@@ -187,18 +157,8 @@ def check_pids_free(tree: list[Task]) -> None:
 TTY_INFO_NAME = "tty-info.img"
 
 
-def needs_shell_job(ck: Checkpoint, tree: list[Task]) -> bool:
-    """Whether ``criu restore`` needs ``--shell-job``: what the dump recorded
-    (``inventory_entry.shell_job``, field 61: a terminal or a session that
-    lives outside the checkpoint), else whether the root task is not a
-    session leader (CRIU's own sets; criu/pstree.c refuses such a tree
-    without it, and with it the restored tree joins CRIU's session and
-    process group)."""
-    inv = ck.inventory
-    if inv.HasField("shell_job"):
-        return inv.shell_job
-    root = tree[0]
-    return root.sid != root.pid
+# Whether criu restore needs --shell-job (dumper.image.criuset.shell_job_needed).
+needs_shell_job = shell_job_needed
 
 
 def holds_terminal(ck: Checkpoint) -> bool:

@@ -6,19 +6,17 @@ pages file is read with ``preadv`` at the entries' offsets). A dumper
 checkpoint stores them as ``pages-N.zst.img``; :func:`materialise` builds,
 in a private directory:
 
-* ``pages-N.img`` for every compressed pages file, decompressed frame by
-  frame by a few threads and written in order (memory stays near
-  ``2 * threads`` batches of about 4 MiB, whatever the size), every frame
-  checked as it is decompressed (content size, XXH64 checksum, frame
-  length against the index: a damaged frame stops the restore before CRIU
-  runs);
-* for a process with pages shared copy-on-write (PE_COW entries, stored
-  once in another process's stream: :mod:`dumper.image.shared`), its own
-  ``pages-N.img`` with those pages copied in and a ``pagemap-PID.img``
-  rewritten as CRIU writes it (PE_PRESENT entries, CRIU's fields only): CRIU
-  reads one pages file per process; its ``cow-PID.img`` is left out;
-* ``pages-N.img`` of every shared memory object whose pages are compressed
-  (``pagemap-shmem-SHMID.img`` names them like a process's pagemap);
+* ``pages-N.img`` for every compressed pages file, a process's or a shared
+  memory object's (``pagemap-shmem-ID.img``), written by
+  :func:`dumper.image.rawpages.write_pages` (a few threads decompressing
+  ahead, memory near ``2 * threads`` batches of about 4 MiB whatever the
+  size, every frame checked as it is decompressed: a damaged frame stops
+  the restore before CRIU runs); a pagemap whose entries CRIU could not
+  read as stored is written again with CRIU's fields
+  (:func:`~dumper.image.rawpages.write_pagemap`): pages a forked tree
+  shares copy-on-write (PE_COW, stored once in another process's stream)
+  become PE_PRESENT with their bytes in each process's own pages file, as
+  CRIU writes them, and ``cow-PID.img`` is left out;
 * every other regular file of the checkpoint directory, hard-linked (or
   copied where a link is impossible: another file system, protected
   hardlinks). ``pagemap-PID.img`` is linked unchanged: CRIU reads its
@@ -29,32 +27,31 @@ in a private directory:
   directory). PE_PARENT entries are kept: CRIU follows them level by level.
 
 Directories are created 0700, files 0600, through directory descriptors
-with O_EXCL|O_NOFOLLOW; nothing outside the destination is written.
+with O_EXCL|O_NOFOLLOW (:class:`dumper.image.safefs.Dir`); nothing outside
+the destination is written.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
-import threading
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CorruptImage, NotRestorable
+from ..errors import ImageError, NotRestorable
 from ..image import format as fmt
 from ..image.checkpoint import Checkpoint
-from ..image.reader import PagesReader
+from ..image.rawpages import PagemapPlan, pagemap_names, plan_pagemap, write_pagemap, write_pages
+from ..image.safefs import Dir
 
 __all__ = ["Materialised", "needs_materialising", "raw_pages_bytes", "materialise"]
 
-# Bytes of decompressed pages one worker produces per task (a few frames).
-_BATCH_BYTES = 4 << 20
-_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_COW_RE = re.compile(r"^cow-\d+\.img$")
 
 
 @dataclass(slots=True)
@@ -76,197 +73,79 @@ def _levels(ck: Checkpoint):
     return ck.chain()
 
 
+def _rewritten(level: Checkpoint) -> Iterator[PagemapPlan]:
+    """Plans of the level's pagemaps whose pages CRIU cannot read as
+    stored: a compressed stream (a process's or a shared memory object's),
+    or entries CRIU does not know (PE_COW: pages stored once in another
+    process's stream). Metadata only: work follows the entries."""
+    for name in pagemap_names(level):
+        plan = plan_pagemap(level, name, flatten=False)
+        if plan.stream.compressed or not plan.as_stored:
+            yield plan
+
+
 def needs_materialising(ck: Checkpoint) -> bool:
-    """True if any checkpoint of ``ck``'s chain has a compressed pages file
-    or pages shared copy-on-write (then CRIU cannot read the set as it is)."""
-    return any(p.pages.compressed or p.entries.mask(fmt.PE_COW).any()
-               for level in _levels(ck) for p in level.processes.values()) or any(
-        _shared_pages(level) for level in _levels(ck))
+    """True if any checkpoint of ``ck``'s chain has a pagemap CRIU cannot
+    read as stored (compressed pages, pages shared copy-on-write). True
+    for a damaged one too: reading it for CRIU reports the damage."""
+    try:
+        return any(next(_rewritten(level), None) is not None for level in _levels(ck))
+    except ImageError:
+        return True
 
 
 def raw_pages_bytes(ck: Checkpoint) -> int:
     """Bytes of raw ``pages-N.img`` :func:`materialise` would write for the
     whole chain."""
-    return sum(
-        (p.pages.nr_pages + p.entries.pages(fmt.PE_COW)) * p.pages.page_size
-        for level in _levels(ck)
-        for p in level.processes.values()
-        if p.pages.compressed or p.entries.mask(fmt.PE_COW).any()
-    ) + sum(r.nr_pages * r.page_size for level in _levels(ck) for r in _shared_pages(level).values())
+    return sum(plan.present * plan.page_size for level in _levels(ck) for plan in _rewritten(level))
 
 
-def _mkdir_private(parent_fd: int, name: str) -> int:
-    os.mkdir(name, 0o700, dir_fd=parent_fd)
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-    os.fchmod(fd, 0o700)
-    return fd
-
-
-def _write_all(fd: int, parts: list) -> None:
-    views = [memoryview(p) for p in parts]
-    while views:
-        n = os.writev(fd, views)
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-
-
-def _write_raw_pages(src: PagesReader, dst_fd: int, name: str, threads: int) -> int:
-    """Decompress ``src`` into a new raw file ``name`` in directory
-    ``dst_fd``; returns the bytes written."""
-    lay = src.layout
-    fp, ps, total = src.frame_pages, src.page_size, src.nr_pages
-    per_task = max(1, _BATCH_BYTES // (fp * ps))
-    nframes = lay.nr_frames
-    tasks = [(a, min(a + per_task, nframes)) for a in range(0, nframes, per_task)]
-    local = threading.local()
-    readers: list[PagesReader] = []
-    lock = threading.Lock()
-
-    def frames(task: tuple[int, int]) -> list[bytes]:
-        r = getattr(local, "reader", None)
-        if r is None:
-            r = local.reader = PagesReader(src.path, compressed=True, page_size=ps)
-            with lock:
-                readers.append(r)
-        a, b = task
-        return [r.read_pages(i * fp, min(fp, total - i * fp)) for i in range(a, b)]
-
-    out = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dst_fd)
-    written = 0
-    try:
-        os.fchmod(out, 0o600)
-        with ThreadPoolExecutor(threads, thread_name_prefix="materialise") as pool:
-            inflight: deque = deque()
-            it = iter(tasks)
-            try:
-                for task in it:
-                    inflight.append(pool.submit(frames, task))
-                    if len(inflight) >= 2 * threads:
-                        parts = inflight.popleft().result()
-                        _write_all(out, parts)
-                        written += sum(len(p) for p in parts)
-                while inflight:
-                    parts = inflight.popleft().result()
-                    _write_all(out, parts)
-                    written += sum(len(p) for p in parts)
-            finally:
-                for fut in inflight:
-                    fut.cancel()
-    except OSError as err:
-        raise NotRestorable(f"writing the raw pages {name} for CRIU: {err.strerror}") from err
-    finally:
-        os.close(out)
-        for r in readers:
-            r.close()
-    if written != total * ps:
-        raise CorruptImage(src.path, None, f"decompressed {written} bytes, expected {total * ps}")
-    return written
-
-
-def _copy_file(src_fd: int, name: str, dst_fd: int) -> None:
+def _copy_file(src_fd: int, name: str, dst: Dir) -> None:
     fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=src_fd)
     try:
         if not stat.S_ISREG(os.fstat(fin).st_mode):
             return
-        fout = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dst_fd)
-        try:
-            os.fchmod(fout, 0o600)
-            with open(fin, "rb", closefd=False) as a, open(fout, "wb", closefd=False) as b:
-                shutil.copyfileobj(a, b, 1 << 20)
-        finally:
-            os.close(fout)
+        with open(fin, "rb", closefd=False) as a, dst.create(name) as b:
+            shutil.copyfileobj(a, b, 1 << 20)
     finally:
         os.close(fin)
 
 
-def _link_or_copy(src_fd: int, name: str, dst_fd: int, result: Materialised) -> None:
+def _link_or_copy(src_fd: int, name: str, dst: Dir, result: Materialised) -> None:
     try:
-        os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+        os.link(name, name, src_dir_fd=src_fd, dst_dir_fd=dst.fd, follow_symlinks=False)
         result.linked += 1
         return
     except OSError as err:
         if err.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP):
             raise
-    _copy_file(src_fd, name, dst_fd)
+    _copy_file(src_fd, name, dst)
     result.copied += 1
 
 
-def _shared_pages(level: Checkpoint) -> dict[str, PagesReader]:
-    """Compressed pages files of the level's shared memory objects
-    (``pagemap-shmem-SHMID.img`` names them as a process's pagemap does)."""
-    return {Path(o.pages.path).name: o.pages for o in level.shared.objects.values()
-            if o.pages is not None and o.pages.compressed}
-
-
-def _write_cow_process(level: Checkpoint, proc, dst_fd: int) -> int:
-    """``pages-N.img`` and ``pagemap-PID.img`` of a process with PE_COW
-    entries, as CRIU would have written them: its own pages and the ones it
-    shares, in entry order. Returns the page bytes written."""
-    from ..image.pb import pagemap_pb2
-
-    ps = proc.page_size
-    name = fmt.pages_name(proc.head.pages_id)
-    out = os.open(name, _FILE_FLAGS, 0o600, dir_fd=dst_fd)
-    rows: list[list[int]] = []  # [vaddr, nr_pages, flags], merged
-    written = 0
-    try:
-        os.fchmod(out, 0o600)
-        for e in proc.entries:
-            flags = e.flags
-            if flags & (fmt.PE_PRESENT | fmt.PE_COW):
-                flags = fmt.PE_PRESENT
-                for _, chunk in level.iter_chunks(proc.pid, e.vaddr, e.nr_pages * ps, recorded_only=True):
-                    _write_all(out, [chunk])
-                    written += len(chunk)
-            last = rows[-1] if rows else None
-            if last is not None and last[2] == flags and last[0] + last[1] * ps == e.vaddr:
-                last[1] += e.nr_pages
-            else:
-                rows.append([e.vaddr, e.nr_pages, flags])
-    except OSError as err:
-        raise NotRestorable(f"writing the raw pages {name} for CRIU: {err.strerror}") from err
-    finally:
-        os.close(out)
-    msgs = [pagemap_pb2.pagemap_head(pages_id=proc.head.pages_id)]
-    msgs += [pagemap_pb2.pagemap_entry(vaddr=v, compat_nr_pages=n if n < 1 << 32 else 0, flags=f, nr_pages=n)
-             for v, n, f in rows]
-    pm = os.open(fmt.pagemap_name(proc.pid), _FILE_FLAGS, 0o600, dir_fd=dst_fd)
-    try:
-        os.fchmod(pm, 0o600)
-        _write_all(pm, [fmt.encode_image("PAGEMAP", msgs)])
-    finally:
-        os.close(pm)
-    return written
-
-
-def _materialise_level(level: Checkpoint, dst_fd: int, result: Materialised, threads: int) -> None:
-    cow = [p for p in level.processes.values() if p.entries.mask(fmt.PE_COW).any()]
-    own = {fmt.pagemap_name(p.pid) for p in cow} | {p.pages_path.name for p in cow} | {
-        fmt.cow_name(p.pid) for p in level.processes.values()}
-    for p in cow:
-        result.pages_bytes += _write_cow_process(level, p, dst_fd)
-    compressed = {p.pages_path.name: p.pages for p in level.processes.values()
-                  if p.pages.compressed and p not in cow}
-    compressed.update(_shared_pages(level))
+def _materialise_level(level: Checkpoint, dst: Dir, result: Materialised, threads: int) -> None:
+    # Pagemaps whose pages CRIU cannot read as stored get a raw pages file
+    # (and, if their entries had to change, a pagemap) written here.
+    written: set[str] = set()  # source names not to link
+    for plan in _rewritten(level):
+        with dst.create(fmt.pages_name(plan.pages_id)) as f:
+            result.pages_bytes += write_pages(plan, f, threads=threads)
+        written.add(plan.stream.name)
+        if not plan.as_stored:
+            with dst.create(plan.name) as f:
+                write_pagemap(plan, f)
+            written.add(plan.name)
     src_fd = os.open(level.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for entry in sorted(os.scandir(src_fd), key=lambda e: e.name):
             name = entry.name
-            if name == fmt.PARENT_LINK or name in own:
+            if name == fmt.PARENT_LINK or name in written:
                 continue
-            if name in compressed:
-                reader = compressed[name]
-                raw_name = fmt.pages_name(reader.layout.head.pages_id)
-                result.pages_bytes += _write_raw_pages(reader, dst_fd, raw_name, threads)
-                continue
-            if name.endswith(".zst.img"):
-                continue  # not named by any pagemap: CRIU would not read it either
+            if name.endswith(".zst.img") or _COW_RE.match(name):
+                continue  # dumper's own (pages no pagemap names, COW references): CRIU reads neither
             if not entry.is_file(follow_symlinks=False):
                 continue  # CRIU's images are regular files; leave anything else behind
-            _link_or_copy(src_fd, name, dst_fd, result)
+            _link_or_copy(src_fd, name, dst, result)
     finally:
         os.close(src_fd)
 
@@ -285,22 +164,21 @@ def materialise(ck: Checkpoint, dest: str | os.PathLike, *, threads: int | None 
     dest = Path(dest)
     result = Materialised(path=dest)
     nthreads = threads or min(4, os.cpu_count() or 1)
-    dst_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise NotRestorable(f"opening {dest}: {err.strerror}") from err
+    dst = root = Dir(fd, dest, NotRestorable)
     try:
         for depth, level in enumerate(_levels(ck)):
             if depth:
-                try:
-                    new_fd = _mkdir_private(dst_fd, fmt.PARENT_LINK)
-                except OSError as err:
-                    raise NotRestorable(f"creating {dest}/.../parent: {err.strerror}") from err
-                os.close(dst_fd)
-                dst_fd = new_fd
+                dst = dst.mkdir(fmt.PARENT_LINK)
             try:
-                _materialise_level(level, dst_fd, result, nthreads)
+                _materialise_level(level, dst, result, nthreads)
             except OSError as err:
                 raise NotRestorable(f"copying {level.path} for CRIU: {err.strerror}") from err
             result.levels += 1
     finally:
-        os.close(dst_fd)
+        root.close()
     result.seconds = time.monotonic() - t0
     return result

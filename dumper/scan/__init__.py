@@ -4,16 +4,23 @@
 ``PAGEMAP_SCAN`` ioctl does (include/uapi/linux/fs.h, Linux 6.7), using the
 ioctl where the kernel has it and an emulation over /proc/PID/pagemap
 entries elsewhere. See :mod:`dumper.scan.categories` for the four masks.
+Before a scan that may be long (the fallback reads 8 bytes per page of every
+VMA, holes included): :func:`estimate_scan_seconds`, :func:`long_scan_note`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from .. import lazy_exports
 from ..errors import ScanError, UnsupportedKernel
 from ..proc.process import Process
-from ..kernel.libc import PAGE_SIZE
-from .base import Backend, PageRegion, ScanResult, scan_range
 from .categories import ALL_CATEGORIES, Category, KernelMasks, ScanMasks, parse_categories
 from .features import probe_scan_categories
+
+if TYPE_CHECKING:
+    from .base import Backend, PageRegion, ScanResult, scan_range
+    from .estimate import estimate_scan_seconds, long_scan_note
 
 __all__ = [
     "Category",
@@ -28,17 +35,27 @@ __all__ = [
     "parse_categories",
     "default_range",
     "BACKENDS",
+    "estimate_scan_seconds",
+    "long_scan_note",
 ]
 
 BACKENDS = ("auto", "ioctl", "pagemap")
 
+# Loaded on first use: they need numpy, which `dumper check` does not.
+__getattr__ = lazy_exports(__name__, {"Backend": "base", "PageRegion": "base", "ScanResult": "base",
+                                      "scan_range": "base", "estimate_scan_seconds": "estimate",
+                                      "long_scan_note": "estimate"})
 
-def open_backend(process: Process | int, backend: str = "auto") -> Backend:
+
+def open_backend(process: Process | int, backend: str = "auto", *, progress: bool | None = None) -> Backend:
     """A scanner backend for ``process``: "ioctl", "pagemap" or "auto".
 
-    "auto" picks the ioctl when the kernel has PAGEMAP_SCAN. Raises
-    UnsupportedKernel for "ioctl" on kernels before 6.7, ScanError for an
-    unknown name, and the ProcessError kinds for a bad pid.
+    "auto" picks the ioctl when the kernel has PAGEMAP_SCAN. ``progress``
+    is for the pagemap reader, whose scans can take minutes: True shows a
+    bar on stderr, False none, None one only when stderr is a terminal and
+    the scan lasts over a second. Raises UnsupportedKernel for "ioctl" on
+    kernels before 6.7, ScanError for an unknown name, and the ProcessError
+    kinds for a bad pid.
     """
     if backend not in BACKENDS:
         raise ScanError(f"unknown scanner backend {backend!r} (choose from {', '.join(BACKENDS)})")
@@ -53,7 +70,7 @@ def open_backend(process: Process | int, backend: str = "auto") -> Backend:
         return IoctlBackend(proc)
     from .pagemap import PagemapBackend
 
-    return PagemapBackend(proc)
+    return PagemapBackend(proc, progress=progress)
 
 
 def default_range(process: Process) -> tuple[int, int]:
@@ -75,20 +92,24 @@ def scan(
     returned: Category | str | int | None = None,
     max_pages: int = 0,
     backend: str = "auto",
+    progress: bool | None = None,
 ) -> ScanResult:
     """Scan ``[start, end)`` (bytes, end-exclusive; default: all VMAs).
 
-    ``returned`` defaults to every category the chosen backend computes.
+    ``returned`` defaults to every category the chosen backend computes;
+    ``progress``: see :func:`open_backend`.
     Raises ScanError (bad range or names), UnsupportedCategory,
     UnsupportedKernel, and NoSuchProcess / ZombieProcess / NoMemoryMap /
     AccessDenied for the process.
     """
     proc = pid if isinstance(pid, Process) else Process(pid)
-    with open_backend(proc, backend) as be:
+    with open_backend(proc, backend, progress=progress) as be:
         if start is None or end is None:
             lo, hi = default_range(proc)
             start = lo if start is None else start
             end = hi if end is None else end
+        from .base import scan_range
+
         masks = ScanMasks(
             required=parse_categories(required),
             anyof=parse_categories(anyof),
@@ -97,15 +118,3 @@ def scan(
         )
         return scan_range(be, start, end, masks, max_pages=max_pages)
 
-
-def estimate_scan_seconds(backend: str, vmas) -> float:
-    """Rough seconds a scan of ``vmas`` (objects with ``start``/``end``,
-    bytes) takes: the PAGEMAP_SCAN ioctl follows populated page tables
-    (close to nothing); the pagemap fallback reads 8 bytes per page of the
-    whole span (measured here at about 1 GB/s of entries)."""
-    if backend == "auto":
-        backend = "ioctl" if probe_scan_categories() else "pagemap"
-    if backend == "ioctl" or not vmas:
-        return 0.0
-    pages = sum((v.end - v.start) // PAGE_SIZE for v in vmas)
-    return pages * 8 / 1e9

@@ -10,14 +10,19 @@ until the range is done, so memory stays bounded by ``vec_len``.
 from __future__ import annotations
 
 import abc
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple
+from typing import TYPE_CHECKING, Iterator, NamedTuple, overload
 
 import numpy as np
 
 from ..errors import ScanError, UnsupportedCategory
 from ..kernel.libc import PAGE_SIZE
 from .categories import Category, KernelMasks, ScanMasks
+
+if TYPE_CHECKING:
+    from ..proc.maps import Vma
 
 __all__ = ["PageRegion", "ScanResult", "Backend", "scan_range", "REGION_DTYPE"]
 
@@ -37,9 +42,11 @@ class PageRegion(NamedTuple):
         return (self.end - self.start) // PAGE_SIZE
 
 
-@dataclass(slots=True)
-class ScanResult:
-    """Regions found (a numpy array of REGION_DTYPE) and where the walk ended.
+@dataclass(slots=True, eq=False)
+class ScanResult(Sequence[PageRegion]):
+    """The regions found, a sequence of :class:`PageRegion` in address order
+    (``len``, indexing, negative indexes; a slice gives a list), backed by
+    ``array`` (numpy, REGION_DTYPE), and where the walk ended.
 
     ``walk_end`` is ``end`` when the whole range was walked, else the address
     of the first matching page not reported (``max_pages`` reached).
@@ -54,9 +61,30 @@ class ScanResult:
     def __len__(self) -> int:
         return len(self.array)
 
+    @overload
+    def __getitem__(self, i: int) -> PageRegion: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[PageRegion]: ...
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [PageRegion(s, e, Category(c)) for s, e, c in self.array[i].tolist()]
+        s, e, c = self.array[operator.index(i)].tolist()  # IndexError past either end
+        return PageRegion(s, e, Category(c))
+
     def __iter__(self) -> Iterator[PageRegion]:
         for start, end, cats in self.array.tolist():
             yield PageRegion(start, end, Category(cats))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ScanResult):
+            return NotImplemented
+        return ((self.backend, self.start, self.end, self.walk_end) ==
+                (other.backend, other.start, other.end, other.walk_end)
+                and self.array.tolist() == other.array.tolist())
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like a list
 
     @property
     def regions(self) -> list[PageRegion]:
@@ -109,8 +137,19 @@ class Backend(abc.ABC):
         means unlimited; ``vec_len`` >= 1.
         """
 
-    def prepare(self) -> None:
-        """Called once before each full scan (re-reads what may have changed)."""
+    def prepare(self, vmas: Sequence[Vma] | None = None) -> None:
+        """Called once before each full scan (re-reads what may have changed).
+
+        ``vmas``: VMAs the caller just read from smaps (target frozen). The
+        pagemap reader then reads no smaps itself and reads entries only
+        inside these, so a subset skips VMAs whose pages do not matter
+        (regions outside them are not reported); the ioctl walks the
+        kernel's own VMA list and ignores them.
+        """
+
+    def finish(self) -> None:
+        """Called once after each full scan, also when it failed: drops what
+        :meth:`prepare` and the scan kept (the target may change from now)."""
 
     def close(self) -> None:
         pass
@@ -143,6 +182,7 @@ def scan_range(
     *,
     max_pages: int = 0,
     vec_len: int = 512,
+    vmas: Sequence[Vma] | None = None,
 ) -> ScanResult:
     """Scan ``[start, end)`` completely (or up to ``max_pages`` pages).
 
@@ -150,6 +190,7 @@ def scan_range(
     from ``walk_end``. Resuming from ``max(walk_end, last region end)``
     protects against a stale ``walk_end`` the kernel can report when one call
     spans more than its 512-entry bounce buffer (measured on 6.18).
+    ``vmas``: see :meth:`Backend.prepare` (the pagemap reader needs them).
     Regions never straddle two calls: a call stops at the first page that
     would need a new region, so concatenation is the kernel's own answer.
     """
@@ -158,23 +199,26 @@ def scan_range(
     if max_pages < 0:
         raise ScanError("max_pages must be >= 0")
     kmasks = masks.to_kernel()
-    backend.prepare()
+    backend.prepare(vmas)
     parts: list[np.ndarray] = []
     pos, left, walk_end = start, max_pages, end
-    while pos < end:
-        arr, w_end = backend.scan_once(pos, end, kmasks, vec_len, left)
-        if len(arr):
-            parts.append(arr)
-            w_end = max(w_end, int(arr["end"][-1]))
-            if max_pages:
-                left -= int((arr["end"] - arr["start"]).sum()) // PAGE_SIZE
-        if w_end >= end:
-            break
-        if max_pages and left <= 0:
-            walk_end = w_end
-            break
-        if w_end <= pos:
-            raise ScanError(f"{backend.name} scan made no progress at {pos:#x}")
-        pos = w_end
+    try:
+        while pos < end:
+            arr, w_end = backend.scan_once(pos, end, kmasks, vec_len, left)
+            if len(arr):
+                parts.append(arr)
+                w_end = max(w_end, int(arr["end"][-1]))
+                if max_pages:
+                    left -= int((arr["end"] - arr["start"]).sum()) // PAGE_SIZE
+            if w_end >= end:
+                break
+            if max_pages and left <= 0:
+                walk_end = w_end
+                break
+            if w_end <= pos:
+                raise ScanError(f"{backend.name} scan made no progress at {pos:#x}")
+            pos = w_end
+    finally:
+        backend.finish()
     array = np.concatenate(parts) if parts else np.empty(0, REGION_DTYPE)
     return ScanResult(backend.name, start, end, walk_end, array)

@@ -25,6 +25,8 @@ __all__ = [
     "probe_soft_dirty",
     "probe_uffd_wp_async",
     "kernel_features",
+    "ScanCosts",
+    "probe_scan_costs",
 ]
 
 HPAGE_PMD_SIZE = 2 << 20
@@ -75,7 +77,7 @@ def probe_scan_categories() -> Category:
     (SOFT_DIRTY arrived in 6.8, GUARD in 6.16); a kernel before 6.7 gives
     ENOTTY (or EINVAL) for the command itself.
     """
-    from .ioctl import pagemap_scan
+    from .pm_scan import pagemap_scan
 
     fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -233,3 +235,84 @@ def kernel_features() -> dict:
             "use_zero_page": _read_sys("/sys/kernel/mm/transparent_hugepage/use_zero_page"),
         },
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ScanCosts:
+    """Seconds a scanner backend was measured to spend here: per scan
+    (setting up the walk), per VMA of the target (beyond listing it), per
+    page of a hole, and per populated page (the kernel's walk and our
+    decoding)."""
+
+    per_scan: float
+    per_vma: float
+    per_hole_page: float
+    per_present_page: float
+
+
+@functools.cache
+def probe_scan_costs(backend: str) -> ScanCosts:
+    """Time ``backend`` ("ioctl" or "pagemap") on scratch memory of our own
+    process: holes of 2 and 8 GiB, and 4 and 16 MiB written (the
+    differences give per-page costs free of the fixed ones), one page, and
+    128 one-page VMAs. Each figure is the best of two, so a busy machine
+    inflates it least; the probe takes 30-100 ms for the pagemap reader (it
+    walks 40 MiB of entries; ~10x that on a TCG guest), once per process.
+    """
+    import time
+
+    from ..proc.maps import Vma
+    from ..proc.process import Process
+    from .categories import ScanMasks
+
+    if backend == "ioctl":
+        from .ioctl import IoctlBackend
+
+        def open_be():
+            return IoctlBackend(Process(os.getpid()))
+    else:
+        from .pagemap import PagemapBackend
+
+        def open_be():
+            return PagemapBackend(Process(os.getpid()), progress=False)
+
+    small_hole, big_hole, small_present, present_bytes, small = 2 << 30, 8 << 30, 4 << 20, 16 << 20, 64
+    kmasks = ScanMasks(anyof=Category.PRESENT | Category.SWAPPED, returned=Category(0)).to_kernel()
+
+    def walk(be, start: int, end: int, vmas: list) -> float:
+        best = float("inf")
+        for _ in range(2):
+            be.prepare(vmas)
+            try:
+                t0 = time.perf_counter()
+                pos = start
+                while pos < end:
+                    arr, pos = be.scan_once(pos, end, kmasks, 512, 0)
+                best = min(best, time.perf_counter() - t0)
+            finally:
+                be.finish()
+        return best
+
+    with _Scratch(present_bytes + big_hole + 2 * small * PAGE_SIZE, align=HPAGE_PMD_SIZE) as s:
+        s.madvise(mman.MADV_NOHUGEPAGE)  # 4 KiB pages, as the estimate counts them
+        for off in range(0, present_bytes, PAGE_SIZE):
+            s.touch_write(off)
+        hole_at, vmas_at = s.addr + present_bytes, s.addr + present_bytes + big_hole
+        for i in range(small):  # every other page read-only: 2 * small VMAs
+            libc.mprotect(vmas_at + 2 * i * PAGE_SIZE, PAGE_SIZE, mman.PROT_READ)
+        # The VMAs as smaps would list them (reading our own smaps costs more than the probe).
+        whole = [Vma(s.addr, vmas_at, "rw-p", 0, 0, 0, 0, "")]
+        pieces = [Vma(a, a + PAGE_SIZE, "rw-p", 0, 0, 0, 0, "")
+                  for a in range(vmas_at, vmas_at + 2 * small * PAGE_SIZE, PAGE_SIZE)]
+        with open_be() as be:
+            walk(be, s.addr, s.addr + PAGE_SIZE, whole)  # warm up: reader threads, buffers
+            one = walk(be, s.addr, s.addr + PAGE_SIZE, whole)
+            present = walk(be, s.addr, s.addr + small_present, whole), walk(be, s.addr, s.addr + present_bytes, whole)
+            holes = walk(be, hole_at, hole_at + small_hole, whole), walk(be, hole_at, hole_at + big_hole, whole)
+            many = walk(be, vmas_at, vmas_at + 2 * small * PAGE_SIZE, pieces)
+    return ScanCosts(
+        per_scan=one,
+        per_vma=max(0.0, many - one) / (2 * small),
+        per_hole_page=max(0.0, holes[1] - holes[0]) / ((big_hole - small_hole) // PAGE_SIZE),
+        per_present_page=max(0.0, present[1] - present[0]) / ((present_bytes - small_present) // PAGE_SIZE),
+    )

@@ -1,11 +1,28 @@
 """Scanner backend for kernels without PAGEMAP_SCAN: /proc/PID/pagemap reads.
 
-Reads the 64-bit pagemap entry of every page of every VMA in the range, in
-bounded chunks into one reused buffer, derives the PAGE_IS_* categories with
-numpy, and applies the kernel's matching and merging rule
-(fs/proc/task_mmu.c ``pagemap_scan_pmd_entry``/``pagemap_scan_output``) so
-the answer, ``walk_end`` included, is the ioctl's. Time is proportional to the
-VMAs' total length (that is what the ioctl exists to avoid); memory is not.
+Reads the 64-bit pagemap entry of every page of every VMA in the range and
+applies the kernel's matching and merging rule (fs/proc/task_mmu.c
+``pagemap_scan_pmd_entry``/``pagemap_scan_output``), so the answer,
+``walk_end`` included, is the ioctl's. Time is proportional to the VMAs'
+total length (that is what the ioctl exists to avoid); memory is not.
+
+How it keeps up with the kernel
+-------------------------------
+
+The kernel emits pagemap entries one by one, even for a hole without page
+tables (``pagemap_pte_hole``): about 1-2 GB/s of entries per core on current
+hardware, and that is the ceiling (``benchmarks/scan_sparse.py`` measures it
+beside us). So:
+
+* reader threads (``os.preadv`` releases the GIL) fill a ring of reused
+  1 MiB buffers ahead of the consumer, in address order;
+* a chunk whose entries are all equal (a hole, soft-dirty hole or zero-page
+  run) is recognised by one ``memcmp`` of the buffer against itself shifted
+  by one entry and handled as one run, with no per-entry work;
+* otherwise only the entries that are not holes (any bit beside soft-dirty)
+  are decoded, unless the masks select holes, which needs every entry;
+* a chunk's runs are kept, so a call that stops at ``vec_len`` regions
+  resumes in the same chunk without reading it again.
 
 Derivation (Documentation/admin-guide/mm/pagemap.rst):
 
@@ -28,50 +45,286 @@ HUGE           not derivable from pagemap: refused
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import os
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..kernel.libc import PAGE_SIZE
+from ..kernel.libc import PAGE_SIZE, libc
+from ..kernel.pagemap import (PM_ENTRY_BYTES, PM_FILE, PM_GUARD_REGION, PM_PFRAME_MASK, PM_PRESENT, PM_SOFT_DIRTY,
+                              PM_SWAP, PM_UFFD_WP)
 from ..proc.maps import Vma
 from ..proc.process import Process
 from .base import REGION_DTYPE, Backend
 from .categories import Category, KernelMasks
 from .features import HPAGE_PMD_SIZE, PagemapInfo, probe_pagemap, probe_uffd_wp_async
 
-__all__ = ["PagemapBackend", "derive_categories"]
+__all__ = ["PagemapBackend", "derive_categories", "CHUNK_PAGES", "default_threads"]
 
-CHUNK_PAGES = 1 << 16  # 512 KiB of entries per pread
+#: Entries per read: 1 MiB of entries, 512 MiB of address space with 4 KiB
+#: pages. Larger reads gain nothing (the kernel copies 4 KiB at a time) and
+#: fall out of the cache.
+CHUNK_PAGES = 1 << 17
 U = np.uint64
+_NOT_SOFT_DIRTY = U(~PM_SOFT_DIRTY & ((1 << 64) - 1))
+_EMPTY = np.empty(0, dtype=U)
+_NO_INDEX = np.empty(0, dtype=np.intp)
+_MAX_GAP = 64  # pages between two VMAs read (as holes) to save a separate read
+_FEW = 48  # candidate entries below which plain Python beats numpy's per-call cost
+_BLOCK = 512  # entries: one page of entries, 2 MiB of address space (one kernel walk step)
+
+# Our own function pointer (libc["..."] is not cached), so setting argtypes
+# does not change libc.memcmp for anybody else. ctypes releases the GIL.
+_memcmp = libc["memcmp"]
+_memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+_memcmp.restype = ctypes.c_int
+
+
+def default_threads() -> int:
+    """Reader threads: one per CPU we may run on, at most 4 (the kernel's
+    entry generation scales with cores, not beyond them); none with a single
+    CPU, where a reader thread only adds hand-offs (measured: 5% slower in
+    a 1-vCPU guest)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:
+        cpus = os.cpu_count() or 1
+    return 0 if cpus <= 1 else min(4, cpus)
+
+
+def _flag_categories(top: int) -> int:
+    """The categories told by an entry's flag bits 55-63 (``top`` = entry >> 55)."""
+    e = top << 55
+    present, swapped = e & PM_PRESENT, e & PM_SWAP
+    cats = Category(0)
+    cats |= Category.PRESENT if present else 0
+    cats |= Category.SWAPPED if swapped else 0
+    cats |= Category.FILE if e & PM_FILE else 0
+    cats |= Category.SOFT_DIRTY if e & PM_SOFT_DIRTY else 0
+    cats |= Category.GUARD if e & PM_GUARD_REGION else 0
+    cats |= Category.WRITTEN if (present or swapped) and not e & PM_UFFD_WP else 0
+    return int(cats)
+
+
+# Categories by the top 9 bits: one table lookup per entry instead of a dozen
+# shifts and masks; only PFNZERO needs the PFN.
+_FLAG_CATEGORIES = [_flag_categories(t) for t in range(1 << (64 - 55))]
+_FLAG_LUT = np.array(_FLAG_CATEGORIES, dtype=U)
+_HUGE_ZERO_PAGES = HPAGE_PMD_SIZE // PAGE_SIZE
 
 
 def derive_categories(entries: np.ndarray, info: PagemapInfo) -> np.ndarray:
     """Map pagemap entries (uint64 array) to PAGE_IS_* category bits."""
-    e = entries
-    present = (e >> U(63)) & U(1)
-    swapped = (e >> U(62)) & U(1)
-    cats = present << U(3)
-    cats |= swapped << U(4)
-    cats |= ((e >> U(61)) & U(1)) << U(2)
-    cats |= ((e >> U(55)) & U(1)) << U(7)
-    cats |= ((e >> U(58)) & U(1)) << U(8)
-    cats |= ((present | swapped) & ~(e >> U(57)) & U(1)) << U(1)
+    cats = _FLAG_LUT[entries >> U(55)]
     if info.pfn_visible and info.zero_pfn is not None:
-        pfn = e & U((1 << 55) - 1)
+        pfn = entries & U(PM_PFRAME_MASK)
         zero = pfn == U(info.zero_pfn)
         if info.huge_zero_pfn is not None:
-            zero |= (pfn - U(info.huge_zero_pfn)) < U(HPAGE_PMD_SIZE // PAGE_SIZE)
-        zero &= present.astype(bool)
-        cats[zero] = (cats[zero] | U(Category.PFNZERO)) & ~U(Category.FILE)
+            zero |= (pfn - U(info.huge_zero_pfn)) < U(_HUGE_ZERO_PAGES)
+        zero &= entries >= U(PM_PRESENT)
+        if zero.any():
+            cats[zero] = (cats[zero] | U(Category.PFNZERO)) & ~U(Category.FILE)
     return cats
 
 
+def derive_one(entry: int, info: PagemapInfo) -> int:
+    """:func:`derive_categories` of one entry, in plain ints (for a few entries
+    a numpy call costs more than the work)."""
+    cats = _FLAG_CATEGORIES[entry >> 55]
+    if info.pfn_visible and info.zero_pfn is not None and entry & PM_PRESENT:
+        pfn = entry & PM_PFRAME_MASK
+        if pfn == info.zero_pfn or (info.huge_zero_pfn is not None
+                                    and 0 <= pfn - info.huge_zero_pfn < _HUGE_ZERO_PAGES):
+            cats = (cats | Category.PFNZERO) & ~Category.FILE
+    return int(cats)
+
+
+class _Plan:
+    """The masks, and what follows from them, for every chunk of a walk."""
+
+    __slots__ = ("masks", "mask", "inv", "anyof", "ret", "holes_match")
+
+    def __init__(self, masks: KernelMasks) -> None:
+        self.masks = masks
+        self.mask, self.inv, self.anyof, self.ret = (int(m) for m in masks)
+        # Holes read as 0, or as soft-dirty alone in a VM_SOFTDIRTY VMA.
+        self.holes_match = masks.match(0) or masks.match(int(Category.SOFT_DIRTY))
+
+    def match(self, cats: int) -> bool:
+        c = cats ^ self.inv
+        return c & self.mask == self.mask and (not self.anyof or bool(c & self.anyof))
+
+
+def _uniform(entries: np.ndarray) -> bool:
+    """All entries equal: one memcmp of the array against itself, one entry on."""
+    n = entries.nbytes
+    if n <= PM_ENTRY_BYTES:
+        return True
+    addr = entries.ctypes.data
+    return _memcmp(addr, addr + PM_ENTRY_BYTES, n - PM_ENTRY_BYTES) == 0
+
+
+def _not_holes(entries: np.ndarray) -> np.ndarray | None:
+    """Indexes of the entries with a bit beside soft-dirty (None if none).
+
+    One OR-reduction per block of ``_BLOCK`` entries first: the blocks
+    that are all holes, in a sparse mapping nearly all of them, cost no
+    more than that pass.
+    """
+    n = len(entries)
+    nb = n // _BLOCK
+    blocks = entries[: nb * _BLOCK].reshape(nb, _BLOCK)
+    busy = np.flatnonzero(np.bitwise_or.reduce(blocks, axis=1) & _NOT_SOFT_DIRTY) if nb else _NO_INDEX
+    if busy.size > nb // 4:
+        idx = np.flatnonzero(entries & _NOT_SOFT_DIRTY)
+    else:
+        i = np.flatnonzero(blocks[busy] & _NOT_SOFT_DIRTY)
+        idx = busy[i // _BLOCK] * _BLOCK + i % _BLOCK
+        if nb * _BLOCK < n:
+            idx = np.concatenate((idx, np.flatnonzero(entries[nb * _BLOCK :] & _NOT_SOFT_DIRTY) + nb * _BLOCK))
+    return idx if idx.size else None
+
+
+def _inside(idx: np.ndarray, pieces: list[tuple[int, int]], lo: int) -> np.ndarray:
+    """The page indexes (from ``lo``) of ``idx`` that lie in one of ``pieces``."""
+    starts = np.array([(a - lo) // PAGE_SIZE for a, _ in pieces])
+    ends = np.array([(b - lo) // PAGE_SIZE for _, b in pieces])
+    k = np.searchsorted(starts, idx, side="right") - 1
+    return idx[(k >= 0) & (idx < ends[np.maximum(k, 0)])]
+
+
+class _Runs:
+    """The matching runs of one chunk ``[lo, hi)`` (bytes): maximal runs of
+    contiguous matching pages with equal reported categories, as arrays of
+    start, end (bytes, end-exclusive) and categories."""
+
+    __slots__ = ("lo", "hi", "start", "end", "cats")
+
+    def __init__(self, lo: int, hi: int, start: np.ndarray, end: np.ndarray, cats: np.ndarray) -> None:
+        self.lo, self.hi, self.start, self.end, self.cats = lo, hi, start, end, cats
+
+    def clipped(self, pos: int, count: int) -> tuple[list[int], list[int], list[int]]:
+        """At most ``count`` runs at or after ``pos``, the first one cut at ``pos``."""
+        k = int(np.searchsorted(self.end, pos, side="right"))
+        start = self.start[k : k + count].tolist()
+        if start and start[0] < pos:
+            start[0] = pos
+        return start, self.end[k : k + count].tolist(), self.cats[k : k + count].tolist()
+
+
+class _Walk:
+    """One pass over ``[start, end)``: chunks read ahead by threads, in order.
+
+    ``front`` is the chunk being consumed (its runs derived), kept until a
+    later call moves past it, so resuming at a ``walk_end`` inside it costs
+    no read.
+    """
+
+    def __init__(self, be: PagemapBackend, start: int, end: int, masks: KernelMasks, progress) -> None:
+        self.be, self.end, self.masks, self.progress = be, end, masks, progress
+        self.plan = _Plan(masks)
+        self._chunks = self._chunk_ranges(be.vmas_in(start, end), start, end, be.chunk_pages * PAGE_SIZE)
+        self._inflight: collections.deque[tuple[int, int, list | None, int, Future | np.ndarray]] = \
+            collections.deque()
+        self._free = list(range(len(be.buffers)))
+        self.front: _Runs | None = None
+        self.done = False
+        self._fill()
+
+    @staticmethod
+    def _chunk_ranges(vmas: list[Vma], start: int, end: int, size: int) -> Iterator[tuple[int, int, list | None]]:
+        """``(lo, hi, pieces)``: chunks on a fixed grid of ``size`` bytes, so a
+        resumed walk meets the same chunks. Nearby VMAs (gaps up to
+        ``_MAX_GAP`` pages) share a chunk, so many small VMAs cost one read;
+        ``pieces`` then lists the VMA parts ``[(lo, hi), ...]`` (None when the
+        chunk lies in one VMA)."""
+        cur_lo = cur_hi = -1
+        pieces: list[tuple[int, int]] = []
+        for vma in vmas:
+            lo, hi = max(start, vma.start), min(end, vma.end)
+            while lo < hi:
+                nxt = min(hi, (lo // size + 1) * size)
+                if pieces and lo // size == (cur_hi - 1) // size and lo - cur_hi <= _MAX_GAP * PAGE_SIZE:
+                    pieces.append((lo, nxt))
+                else:
+                    if pieces:
+                        yield cur_lo, cur_hi, pieces if len(pieces) > 1 else None
+                    cur_lo, pieces = lo, [(lo, nxt)]
+                cur_hi = nxt
+                lo = nxt
+        if pieces:
+            yield cur_lo, cur_hi, pieces if len(pieces) > 1 else None
+
+    def _fill(self) -> None:
+        while self._free:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return
+            lo, hi, pieces = chunk
+            slot = self._free.pop()
+            pending = self.be.submit_read(slot, lo // PAGE_SIZE, (hi - lo) // PAGE_SIZE)
+            self._inflight.append((lo, hi, pieces, slot, pending))
+
+    def resumable(self, start: int, end: int, masks: KernelMasks) -> bool:
+        return (not self.done and self.front is not None and end == self.end and masks == self.masks
+                and self.front.lo <= start < self.front.hi)
+
+    def _advance(self) -> _Runs | None:
+        """Derive the next chunk's runs (or None at the end)."""
+        if self.front is not None and self.progress is not None:
+            self.progress.update(self.front.hi - self.front.lo)
+        if not self._inflight:
+            self.front = None
+            self.done = True
+            return None
+        lo, hi, pieces, slot, pending = self._inflight.popleft()
+        try:
+            entries = self.be.wait_read(pending)
+            self.front = self.be.runs(entries, lo, hi, self.plan, pieces)
+        finally:
+            self._free.append(slot)
+            self._fill()
+        return self.front
+
+    def runs_from(self, pos: int, batch: int) -> Iterator[tuple[list[int], list[int], list[int]]]:
+        """Runs at or after ``pos``, in batches of at most ``batch`` runs."""
+        runs = self.front
+        if runs is None or runs.hi <= pos:
+            runs = self._advance()
+        while runs is not None:
+            while len(runs.end) and pos < runs.end[-1]:
+                got = runs.clipped(pos, batch)
+                yield got
+                pos = got[1][-1]
+            runs = self._advance()
+
+    def close(self) -> None:
+        # Let reads in flight finish: their buffers are about to be reused.
+        for *_, pending in self._inflight:
+            if isinstance(pending, Future):
+                pending.cancel() or pending.exception()
+        self._inflight.clear()
+        self.done = True
+
+
 class PagemapBackend(Backend):
-    """Emulates PAGEMAP_SCAN from /proc/PID/pagemap entries."""
+    """Emulates PAGEMAP_SCAN from /proc/PID/pagemap entries.
+
+    ``threads`` reader threads (default :func:`default_threads`; 0 reads in
+    the calling thread). ``progress``: True shows a bar (tqdm, on stderr) of
+    the address space walked, False none, None (default) shows one only when
+    stderr is a terminal and the scan lasts over a second.
+    """
 
     name = "pagemap"
 
-    def __init__(self, process: Process, info: PagemapInfo | None = None) -> None:
+    def __init__(self, process: Process, info: PagemapInfo | None = None, *,
+                 threads: int | None = None, progress: bool | None = None,
+                 chunk_pages: int = CHUNK_PAGES) -> None:
         self.process = process
         process.check_has_mm()
         self.info = info or probe_pagemap()
@@ -84,9 +337,18 @@ class PagemapBackend(Backend):
         if not self._wp_async:
             sup |= Category.WPALLOWED
         self.supported = sup
+        self.threads = default_threads() if threads is None else max(0, threads)
+        self.progress = progress
         self.fd = process.open("pagemap")
-        self._buf = np.empty(CHUNK_PAGES, dtype="<u8")
+        # Ring of read buffers: one per reader thread in flight, plus the one
+        # being decoded and one more queued.
+        self.chunk_pages = chunk_pages
+        self.buffers = [np.empty(chunk_pages, dtype=U) for _ in range(max(2, self.threads + 2))]
+        self._pool: ThreadPoolExecutor | None = None
         self._vmas: list[Vma] | None = None
+        self._walk: _Walk | None = None
+        self._bar = None
+        self._in_scan = False
 
     def why_unsupported(self, missing: Category) -> str:
         notes = []
@@ -100,29 +362,141 @@ class PagemapBackend(Backend):
             notes.append("WPALLOWED (uffd WP-async) is not visible in pagemap")
         return "; ".join(notes)
 
-    def prepare(self) -> None:
-        # The kernel walk skips VM_PFNMAP VMAs and never sees [vsyscall].
-        self._vmas = [v for v in self.process.vmas() if v.user and not v.pfnmap]
+    # -- the VMAs and the reads ------------------------------------------
 
-    def _read(self, first_page: int, n: int) -> np.ndarray:
-        buf = self._buf[:n]
-        mv = memoryview(buf).cast("B")
+    def _load_vmas(self, vmas: Sequence[Vma] | None = None) -> None:
+        # The kernel walk skips VM_PFNMAP VMAs (smaps VmFlags "pf") and never sees [vsyscall].
+        self._vmas = [v for v in (self.process.vmas() if vmas is None else vmas) if v.user and not v.pfnmap]
+
+    def prepare(self, vmas: Sequence[Vma] | None = None) -> None:
+        """Read the VMAs from smaps, unless given ``vmas`` (read from smaps,
+        with the target frozen: maps lacks the VmFlags that name VM_PFNMAP)."""
+        self._close_walk()
+        self._load_vmas(vmas)
+        self._in_scan = True
+
+    def finish(self) -> None:
+        self._close_walk()
+        self._in_scan = False
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def vmas_in(self, start: int, end: int) -> list[Vma]:
+        """The scanned VMAs overlapping ``[start, end)``."""
+        if self._vmas is None:
+            self._load_vmas()
+        return [v for v in self._vmas if v.end > start and v.start < end]
+
+    def read_entries(self, buf: np.ndarray, first_page: int, n: int) -> np.ndarray:
+        """Read ``n`` entries from page ``first_page`` into ``buf``; returns the
+        filled view. Entries past the end of the address space read as 0."""
+        out = buf[:n]
+        mv = memoryview(out).cast("B")
         got = 0
+        while got < len(mv):
+            k = os.preadv(self.fd, [mv[got:]], first_page * PM_ENTRY_BYTES + got)
+            if k <= 0:
+                break
+            got += k
+        if got < len(mv):
+            out[got // PM_ENTRY_BYTES:] = 0
+        return out
+
+    def submit_read(self, slot: int, first_page: int, n: int) -> Future | np.ndarray:
+        buf = self.buffers[slot]
+        if self.threads == 0:
+            return self.read_entries(buf, first_page, n)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="dumper-pagemap")
+        return self._pool.submit(self.read_entries, buf, first_page, n)
+
+    def wait_read(self, pending: Future | np.ndarray) -> np.ndarray:
         with self.process.translate("pagemap"):
-            while got < len(mv):
-                k = os.preadv(self.fd, [mv[got:]], first_page * 8 + got)
-                if k <= 0:
-                    break
-                got += k
-        if got < len(mv):  # past the end of the address space: no entries
-            buf[got // 8 :] = 0
-        return buf
+            return pending.result() if isinstance(pending, Future) else pending
+
+    # -- one chunk's runs ---------------------------------------------------
+
+    def runs(self, entries: np.ndarray, lo: int, hi: int, plan: _Plan,
+             pieces: list[tuple[int, int]] | None = None) -> _Runs:
+        """The matching runs of the entries of ``[lo, hi)`` (see :class:`_Runs`);
+        with ``pieces``, only pages inside them (VMAs) count."""
+        if pieces is None and _uniform(entries):
+            # One memcmp: in a sparse reservation nearly every chunk is holes.
+            cat = derive_one(int(entries[0]), self.info)
+            if plan.match(cat):
+                return _Runs(lo, hi, np.array([lo], U), np.array([hi], U), np.array([cat & plan.ret], U))
+            return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
+        idx = None
+        if plan.holes_match and pieces is not None:
+            # Entries between VMAs read as 0, which matches: decode only the VMAs' pages.
+            idx = np.concatenate([np.arange((a - lo) // PAGE_SIZE, (b - lo) // PAGE_SIZE) for a, b in pieces])
+        elif not plan.holes_match:
+            # Holes (0, or soft-dirty alone) cannot match: find the entries
+            # with another bit, a block of 512 at a time.
+            idx = _not_holes(entries)
+            if idx is not None and pieces is not None:
+                idx = _inside(idx, pieces, lo)
+            if idx is None or not idx.size:
+                return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
+            if idx.size <= _FEW:
+                return self._few_runs(entries, idx, lo, hi, plan)
+        cats = derive_categories(entries if idx is None else entries[idx], self.info)
+        c = cats ^ U(plan.inv)
+        hit = (c & U(plan.mask)) == U(plan.mask)
+        if plan.anyof:
+            hit &= (c & U(plan.anyof)) != 0
+        sel = np.flatnonzero(hit)
+        page = sel if idx is None else idx[sel]
+        rcat = cats[sel] & U(plan.ret)
+        if not page.size:
+            return _Runs(lo, hi, _EMPTY, _EMPTY, _EMPTY)
+        cut = np.flatnonzero((np.diff(page) != 1) | (np.diff(rcat) != 0)) + 1
+        first = np.concatenate(([0], cut))
+        last = np.concatenate((cut, [page.size])) - 1
+        start = U(lo) + page[first].astype(U) * U(PAGE_SIZE)
+        end = U(lo) + (page[last].astype(U) + U(1)) * U(PAGE_SIZE)
+        return _Runs(lo, hi, start, end, rcat[first])
+
+    def _few_runs(self, entries: np.ndarray, idx: np.ndarray, lo: int, hi: int, plan: _Plan) -> _Runs:
+        """:meth:`runs` for a few candidate entries, in plain Python."""
+        start: list[int] = []
+        end: list[int] = []
+        cats: list[int] = []
+        for i, e in zip(idx.tolist(), entries[idx].tolist()):
+            cat = derive_one(e, self.info)
+            if not plan.match(cat):
+                continue
+            cat &= plan.ret
+            addr = lo + i * PAGE_SIZE
+            if end and end[-1] == addr and cats[-1] == cat:
+                end[-1] = addr + PAGE_SIZE
+            else:
+                start.append(addr)
+                end.append(addr + PAGE_SIZE)
+                cats.append(cat)
+        return _Runs(lo, hi, np.array(start, U), np.array(end, U), np.array(cats, U))
+
+    # -- the PAGEMAP_SCAN call ---------------------------------------------
+
+    def _close_walk(self) -> None:
+        if self._walk is not None:
+            self._walk.close()
+            self._walk = None
+
+    def _progress_bar(self, start: int, end: int):
+        if self.progress is False or (self.progress is None and not _stderr_is_tty()):
+            return None
+        if self._bar is not None:
+            return self._bar
+        from ..progress import byte_bar
+
+        total = sum(min(end, v.end) - max(start, v.start) for v in self.vmas_in(start, end))
+        self._bar = byte_bar(total, "scanning pagemap", delay=0 if self.progress else 1.0)
+        return self._bar
 
     def scan_once(self, start: int, end: int, masks: KernelMasks, vec_len: int, max_pages: int):
-        if self._vmas is None:
-            self.prepare()
         limit = max_pages or (1 << 64) - 1
-        mask, inv, anyof, ret = (U(m) for m in masks)
         regions: list[list[int]] = []
         found = 0
         walk_end = end
@@ -130,33 +504,22 @@ class PagemapBackend(Backend):
         def result():
             return np.array([tuple(r) for r in regions], dtype=REGION_DTYPE), walk_end
 
-        for vma in self._vmas:
-            if vma.end <= start or vma.start >= end:
-                continue
-            # VMA-level pre-filter (pagemap_scan_is_interesting_vma): only
-            # WPALLOWED, which is always 0 here.
-            if masks.category_mask & ~masks.category_inverted & Category.WPALLOWED:
-                continue
-            lo, hi = max(start, vma.start), min(end, vma.end)
-            for chunk in range(lo, hi, CHUNK_PAGES * PAGE_SIZE):
-                n = min(CHUNK_PAGES, (hi - chunk) // PAGE_SIZE)
-                cats = derive_categories(self._read(chunk // PAGE_SIZE, n), self.info)
-                c = cats ^ inv
-                hit = (c & mask) == mask
-                if anyof:
-                    hit &= (c & anyof) != 0
-                idx = np.flatnonzero(hit)
-                if not idx.size:
-                    continue
-                rcat = cats[idx] & ret
-                cut = np.flatnonzero((np.diff(idx) != 1) | (np.diff(rcat) != 0)) + 1
-                first = np.concatenate(([0], cut))
-                last = np.concatenate((cut, [idx.size])) - 1
-                run_start = (chunk + idx[first] * PAGE_SIZE).tolist()
-                run_pages = (idx[last] - idx[first] + 1).tolist()
-                run_cat = rcat[first].tolist()
-                # Bounded by vec_len: every iteration but merges adds a region.
-                for s, npg, cat in zip(run_start, run_pages, run_cat):
+        # VMA-level pre-filter (pagemap_scan_is_interesting_vma): only
+        # WPALLOWED, which is always 0 here.
+        if masks.category_mask & ~masks.category_inverted & Category.WPALLOWED:
+            return result()
+
+        walk = self._walk
+        if walk is None or not walk.resumable(start, end, masks):
+            self._close_walk()
+            walk = _Walk(self, start, end, masks, self._progress_bar(start, end) if self._in_scan else None)
+        # Outside scan_range nothing says when the target may change: read afresh every call.
+        self._walk = walk if self._in_scan else None
+        try:
+            for run_start, run_end, run_cat in walk.runs_from(start, vec_len + 1):
+                # Bounded by vec_len: every run but a merge adds a region.
+                for s, e, cat in zip(run_start, run_end, run_cat):
+                    npg = (e - s) // PAGE_SIZE
                     allowed = min(npg, limit - found)
                     if allowed == 0:
                         walk_end = s
@@ -173,9 +536,23 @@ class PagemapBackend(Backend):
                     if allowed < npg:
                         walk_end = s + allowed * PAGE_SIZE
                         return result()
-        return result()
+            return result()
+        finally:
+            if not self._in_scan:
+                walk.close()
 
     def close(self) -> None:
+        self.finish()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
