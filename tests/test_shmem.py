@@ -544,3 +544,176 @@ def test_flatten_export_and_diff_keep_shared_memory(tree, tmp_path):
 def _shmids(ck: Path) -> set[int]:
     with open_checkpoint(ck) as c:
         return set(c.shared.objects)
+
+
+# --- after the merge with export2/elfcore: CRIU's layout and cores of a tree
+
+
+def test_prefork_export_restores_with_plain_criu(tree, tmp_path):
+    """``export --format criu`` of the pre-fork tree (compressed, pages
+    shared copy-on-write stored once): every process's own raw pages file
+    holds the inherited memory again (CRIU reads one per process), no
+    ``cow-PID.img`` in the set, and plain ``criu restore`` brings the tree
+    back with the buffer still shared and the data intact."""
+    from criu_helpers import criu_binary, criu_restore
+
+    from dumper.export import export
+
+    criu_binary()  # skips without CRIU
+    t = tree("prefork", 8, 4, 1, 2)
+    info = t.info
+    pids = t.pids()
+    ck = tmp_path / "ck"
+    dump(t.pid, ck, thaw="kill")
+    t.kill()
+    out = tmp_path / "out"
+    res = export(ck, out)
+    assert res.complete
+    names = {p.name for p in out.iterdir()}
+    assert not [n for n in names if n.startswith("cow-") or n.endswith(".zst.img")]
+    assert {n for n in res.sets[0].left_out if n.startswith("cow-")} == {fmt.cow_name(w["pid"])
+                                                                         for w in info["workers"]}
+    inh = info["inherited_size"] // P
+    with open_checkpoint(ck) as c, open_checkpoint(out) as o:
+        for pid in pids:
+            assert not o.process(pid).entries.mask(fmt.PE_COW).any()
+            assert o.process(pid).pages.nr_pages == res.sets[0].pages_present[pid] >= inh
+            assert o.read(pid, info["inherited"], info["inherited_size"]) == c.read(
+                pid, info["inherited"], info["inherited_size"])
+        for w in info["workers"]:
+            assert c.process(w["pid"]).nr_pages_present < inh  # stored once in the checkpoint
+            assert o.read(w["pid"], w["private"], info["private_size"]) == c.read(
+                w["pid"], w["private"], info["private_size"])
+        assert o.read(t.pid, info["shared"] + P, 8 * P) == c.read(t.pid, info["shared"] + P, 8 * P)
+        private = {w["pid"]: c.read(w["pid"], w["private"], info["private_size"]) for w in info["workers"]}
+    with criu_restore(out, *(["--shell-job"] if res.shell_job else [])) as r:
+        assert r.pid == t.pid
+        for pid in pids:
+            assert proc_state(pid) in ("R", "S"), pid
+        for w in info["workers"]:
+            assert live(w["pid"], w["private"], info["private_size"]) == private[w["pid"]]
+
+        def counters(pid):
+            return [u64(live(pid, info["shared"], 8 * 3), i) for i in range(3)]
+
+        before = {pid: counters(pid) for pid in pids}
+        # each process's counter, written by that process only, moves in every other's mapping
+        wait_for(lambda: all(counters(p)[i] > before[p][i] for p in pids for i in range(3)),
+                 what="every counter to move in every mapping")
+
+
+def test_core_of_a_prefork_worker_holds_shared_and_inherited_memory(tree, tmp_path, shmem_bin):
+    """The ELF core of a worker (``export --format elf --pid``): the shared
+    buffer and the memfd mapping hold the object's bytes (the kernel's own
+    core would: MMF_DUMP_ANON_SHARED), and the inherited memory, stored once
+    in the parent's stream (PE_COW), is in the worker's core -- gdb reads
+    each as the stopped worker holds it."""
+    import re
+
+    from dumper.export.elf import export_elf
+
+    gdb = shutil.which("gdb")
+    if gdb is None:
+        pytest.skip("gdb is not installed")
+    t = tree("prefork", 4, 4, 1, 2)
+    info = t.info
+    w = info["workers"][1]
+    ck = tmp_path / "ck"
+    dump(t.pid, ck, thaw="leave-stopped")
+    with open_checkpoint(ck) as c:
+        assert c.process(w["pid"]).entries.mask(fmt.PE_COW).any()
+    core = tmp_path / "core"
+    res = export_elf(ck, core, pid=w["pid"])
+    assert not [n for n in res.cores[0].notes if "shared mappings have no bytes" in n]
+    places = {"shared": info["shared"] + 3 * P + 8, "memfd": info["memfd"] + 5 * P,
+              "inherited": info["inherited"] + info["inherited_size"] - 16, "private": w["private"] + 24}
+    cmds = [f"x/2gx {a:#x}" for a in places.values()]
+    argv = [gdb, "-nx", "-batch", "-iex", "set debuginfod enabled off", "-ex", "echo MARK\\n"]
+    for cmd in cmds:
+        argv += ["-ex", cmd]
+    r = subprocess.run(argv + [str(shmem_bin), str(core)], capture_output=True, text=True, timeout=300)
+    got = [int(x, 16) for x in re.findall(r":\s+(0x[0-9a-f]+)\s+(0x[0-9a-f]+)", r.stdout.split("MARK\n", 1)[-1])
+           for x in x]
+    want = [u64(live(w["pid"], a, 16), k) for a in places.values() for k in (0, 1)]
+    assert got == want, (r.stdout[-2000:], r.stderr[-2000:])
+    assert all(want)  # random data, not holes read as zeros
+
+
+def test_verify_pid_root_checks_the_whole_live_tree(tree, tmp_path):
+    """``verify --pid ROOT`` freezes and compares the whole tree: a byte a
+    worker changed after the dump (not the root) and a byte changed in the
+    shared buffer are both reported; the unchanged tree verifies clean."""
+    t = tree("prefork", 4, 4, 1, 2)
+    info = t.info
+    ck = tmp_path / "ck"
+    dump(t.pid, ck, thaw="leave-stopped")
+    r = cli("verify", ck, "--pid", t.pid)
+    assert r.returncode == 0, r.stdout + r.stderr
+    w = info["workers"][1]
+    for pid, addr in ((w["pid"], w["private"] + 7 * P), (t.pid, info["shared"] + 9 * P)):
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+        try:
+            old = os.pread(fd, 1, addr)
+            os.pwrite(fd, bytes([old[0] ^ 0xFF]), addr)
+        finally:
+            os.close(fd)
+    r = cli("verify", ck, "--pid", t.pid, "--json")
+    doc = json.loads(r.stdout)
+    assert r.returncode == 1 and not doc["ok"]
+    problems = "\n".join(doc["problems"])
+    assert f"pid {w['pid']}" in problems and f"{w['private'] + 7 * P:#x}" in problems, problems
+    assert "shared anonymous memory" in problems and f"{9 * P:#x}" in problems, problems
+    assert proc_state(t.pid) == "T" and all(proc_state(x["pid"]) == "T" for x in info["workers"])
+
+
+def test_readers_with_pid_on_a_tree(tree, tmp_path):
+    """mems, rss, show and cat with ``--pid`` on a worker of the tree (and
+    without, the root): the shared buffer's VMA counts the object's pages,
+    the worker's inherited memory is PE_COW pages (stored in the root's
+    stream) and cat reads them as the worker holds them."""
+    t = tree("prefork", 4, 4, 1, 2)
+    info = t.info
+    w = info["workers"][0]
+    ck = tmp_path / "ck"
+    dump(t.pid, ck, thaw="leave-stopped")
+    shared_pages, inh_pages = info["shared_size"] // P, info["inherited_size"] // P
+    inh = (info["inherited"], info["inherited"] + info["inherited_size"])
+
+    def one(doc, pid):
+        (proc,) = [p for p in doc["processes"] if p["pid"] == pid]
+        return proc
+
+    for pid in (t.pid, w["pid"]):
+        args = ["--pid", pid] if pid != t.pid else []
+        r = cli("mems", ck, "--json", *args)
+        assert r.returncode == 0, r.stderr
+        proc = one(json.loads(r.stdout), pid)
+        vmas = proc["vmas"]
+        sv = next(v for v in vmas if int(v["vma"]["start"]) == info["shared"])
+        assert sv["pages_shared"] == shared_pages and sv["shmid"] is not None
+        iv = [v for v in vmas if int(v["vma"]["start"]) <= inh[0] < int(v["vma"]["end"])]
+        (iv,) = iv
+        if pid == t.pid:  # the root stores the inherited memory
+            assert iv["pages_present"] >= inh_pages and iv["pages_cow"] == 0
+        else:  # a worker refers to it
+            assert iv["pages_cow"] >= inh_pages
+        r = cli("rss", ck, "--json", *args)
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        flags = {f for e in one(doc, pid)["entries"] if e["vaddr"] < inh[1] and e["vaddr"] + e["nr_pages"] * P > inh[0]
+                 for f in e["flags"]}
+        assert flags == ({"COW"} if pid != t.pid else {"PRESENT"}), flags
+        (obj,) = [o for o in doc["shared"] if o["kind"] == "anon"]
+        assert sorted({m["pid"] for m in obj["mapped_by"]}) == sorted(t.pids())
+        r = cli("show", ck, "--json", *args)
+        assert r.returncode == 0, r.stderr
+        shown = json.loads(r.stdout)["processes"]
+        assert [p["pid"] for p in shown] == ([pid] if args else [t.pid, *sorted(x["pid"] for x in info["workers"])])
+        if pid != t.pid:
+            assert shown[0]["pages_cow"] >= inh_pages
+        r = subprocess.run([sys.executable, "-m", "dumper", "cat", str(ck), "--addr", str(inh[0] + P), "--size", "64",
+                            *map(str, args)], capture_output=True)
+        assert r.returncode == 0 and r.stdout == live(pid, inh[0] + P, 64)
+    for cmd in ("mems", "rss", "show"):  # a pid not in the tree: one line
+        r = cli(cmd, ck, "--pid", 1)
+        assert r.returncode == 1 and "no process 1 in this checkpoint" in r.stderr and r.stderr.count("\n") == 1

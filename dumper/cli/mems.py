@@ -22,6 +22,8 @@ of the line when the dump did not look at the VMA's contents.
 "shmid"}], "pages_outside_vmas"}]}``
 (``vmas`` is null for a set without ``mm-PID.img``).
 
+Every process of a tree, root first; ``--pid PID`` lists that one only.
+
 Works on CRIU image directories too (read like every command reads a
 checkpoint, :func:`dumper.image.checkpoint.open_checkpoint`; file names come
 from the set's ``files.img`` or ``reg-files.img``). Guard regions
@@ -43,6 +45,7 @@ from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint, pages_per_vma
 from ..image.pb import vma_pb2
 from ..image.pretty import message_to_dict, printable, prot_text, vma_annotation
+from .options import pid as pid_arg
 
 # crit's layout: "\t%-36s%s%s" % ("start-end", "rwx", annotation)
 _ADDR_WIDTH = 36
@@ -52,6 +55,19 @@ _PAGES_WIDTH = 8
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_pid_option(parser)
+
+
+def add_pid_option(parser: argparse.ArgumentParser) -> None:
+    """``--pid``: one process of a tree (mems, rss, show)."""
+    parser.add_argument("--pid", type=pid_arg, default=None,
+                        help="only this process of the tree (default: every process, the root first)")
+
+
+def selected_pids(ck, pid: int | None) -> list[int]:
+    """``[pid]`` (ImageError if the checkpoint has no such process), or
+    every pid of ``ck``, root first."""
+    return [ck.process(pid).pid] if pid is not None else list(ck.pids)
 
 
 def pages_per_vma_of(proc) -> tuple[list[tuple[int, int]], int]:
@@ -192,19 +208,21 @@ def print_processes(args: argparse.Namespace, lines_of, json_of, shared_of=None)
     """``run`` of mems and rss: per process ``lines_of(proc, names, ck)``
     (text) or ``json_of(proc, names, ck)`` (``--json``: one object for all).
     Everything is read first: a damaged image gives one error and no partial
-    listing. ``shared_of(ck, as_json)``: lines (or a JSON value, key
-    ``shared``) for the shared memory objects, after the processes."""
+    listing. ``shared_of(ck, as_json, pids)``: lines (or a JSON value, key
+    ``shared``) for the shared memory objects, after the processes.
+    ``args.pid``: that process only (and the objects it maps)."""
     with open_checkpoint(args.dir) as ck:
+        pids = selected_pids(ck, getattr(args, "pid", None))
         names = file_names(ck)
         if args.json:
-            doc = {"dir": args.dir, "processes": [json_of(ck.process(pid), names, ck) for pid in ck.pids]}
+            doc = {"dir": args.dir, "processes": [json_of(ck.process(pid), names, ck) for pid in pids]}
             if shared_of is not None:
-                doc["shared"] = shared_of(ck, True)
+                doc["shared"] = shared_of(ck, True, pids)
             text = [json.dumps(doc, indent=2)]
         else:
-            text = [line for pid in ck.pids for line in lines_of(ck.process(pid), names, ck)]
+            text = [line for pid in pids for line in lines_of(ck.process(pid), names, ck)]
             if shared_of is not None:
-                text.extend(shared_of(ck, False))
+                text.extend(shared_of(ck, False, pids))
     print("\n".join(text))
     return 0
 

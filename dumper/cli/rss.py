@@ -17,6 +17,9 @@ every process that maps it.
 [{"start", "end", "annotation"}]}]}], "shared": [{"shmid", "kind", "name",
 "size", "entries": [{"offset", "nr_pages"}], "mapped_by": [{"pid", "start",
 "end", "pgoff"}]}]}`` (every VMA an entry overlaps; no ``~`` shorthand).
+
+Every process of a tree, root first; ``--pid PID`` lists that one only, and
+the shared memory objects it maps.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from ..image import format as fmt
 from ..image.pretty import vma_annotation
-from .mems import _named, print_processes
+from .mems import _named, add_pid_option, print_processes
 
 _FLAG_NAMES = (("LAZY", fmt.PE_LAZY), ("PARENT", fmt.PE_PARENT), ("PRESENT", fmt.PE_PRESENT), ("COW", fmt.PE_COW))
 # crit: "%-24s%s" % ("\t%lx / %-8d" % (vaddr, nr_pages), vmas); ours adds the flags.
@@ -39,6 +42,7 @@ _FLAGS_WIDTH = 13
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory (dumper's or CRIU's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_pid_option(parser)
 
 
 def _flags_text(flags: int) -> str:
@@ -122,13 +126,16 @@ def rss_json(proc, names: dict[int, str] | None = None, ck=None) -> dict:
     return {"pid": proc.pid, "page_size": proc.page_size, "entries": entries}
 
 
-def rss_shared(ck, as_json: bool):
-    """Lines (or, ``as_json``, a list) for every shared memory object of ``ck``."""
+def rss_shared(ck, as_json: bool, pids=None):
+    """Lines (or, ``as_json``, a list) for every shared memory object of
+    ``ck`` (with ``pids``: those one of them maps, a process being asked for)."""
     out_json, lines = [], []
     ps = ck.page_size
     for obj in ck.shared.objects.values():
         ents = [(int(v), int(n)) for v, n in zip(obj.entries.vaddr, obj.entries.nr_pages)] if obj.entries else []
         maps = ck.shared.mapped_by(obj)
+        if pids is not None and len(pids) < len(ck.pids) and not any(pid in pids for pid, _ in maps):
+            continue
         if as_json:
             out_json.append({"shmid": obj.shmid, "kind": obj.kind, "name": obj.name, "size": obj.size,
                              "entries": [{"offset": v, "nr_pages": n} for v, n in ents],

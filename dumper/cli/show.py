@@ -14,12 +14,14 @@ from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
 from ..image.pretty import printable
+from .mems import add_pid_option, selected_pids
 from .options import human_bytes
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--all-vmas", action="store_true", help="list VMAs with nothing dumped too")
+    add_pid_option(parser)
 
 
 def _kind(v) -> str:
@@ -107,16 +109,17 @@ def _vmas_of(ck, proc):
         yield _vma_facts(ck, proc, v, (a, b), cw, sh)
 
 
-def _summary(ck, path: str, *, lazy: bool) -> dict:
+def _summary(ck, path: str, *, lazy: bool, pid: int | None = None) -> dict:
     """:func:`summarize` of the open ``ck``; with ``lazy`` each process's
-    ``vmas`` is made while it is iterated (``ck`` must stay open)."""
+    ``vmas`` is made while it is iterated (``ck`` must stay open). ``pid``:
+    that process only."""
     inv = ck.inventory
     try:
         stats, stats_error = ck.stats, None
     except ImageError as err:  # auxiliary: the rest of the checkpoint still shows (verify reports it)
         stats, stats_error = None, str(err)
     procs = []
-    for pid in ck.pids:
+    for pid in selected_pids(ck, pid):
         proc = ck.process(pid)
         vmas: list = []
         if proc.mm is not None:
@@ -172,7 +175,7 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     with open_checkpoint(args.dir) as ck:
-        s = _summary(ck, args.dir, lazy=True)
+        s = _summary(ck, args.dir, lazy=True, pid=args.pid)
         if args.json:
             _print_json(s)
             return 0

@@ -10,9 +10,10 @@ Checkpoint` on first use (``ck.shared``) and answers:
   a VMA_ANON_SHARED or SysV VMA's ``shmid`` names the object directly (CRIU
   3.x shared anonymous memory, SysV segments, ``ipcns-shm-ID.img``);
 * the object's bytes (:meth:`SharedObjectImage.chunks`): pages of
-  ``pagemap-shmem-SHMID.img`` from its pages file, zeros for pages it has no
-  entry for (never written), an error past the object's size (the process
-  would get SIGBUS there);
+  ``pagemap-shmem-SHMID.img`` from its pages file, PE_PARENT ones from the
+  same object of the parent checkpoint (CRIU's incremental dumps), zeros
+  for pages it has no entry for (never written), an error past the
+  object's size (the process would get SIGBUS there);
 * where the pages of a PE_COW pagemap entry are (:meth:`SharedImages.cow_chunks`,
   from ``cow-PID.img``): pages of another process's stream.
 
@@ -75,6 +76,8 @@ class SharedObjectImage:
     pagemap_name: str = ""
     page_size: int = 4096
     file_ids: list[int] = field(default_factory=list)
+    # The checkpoint's SharedImages: PE_PARENT entries are read from its parent's object.
+    owner: SharedImages | None = field(default=None, repr=False)
 
     @property
     def saved(self) -> bool:
@@ -123,13 +126,30 @@ class SharedObjectImage:
                 yield from _zeros(es - pos)
                 pos = es
             b = min(es + int(ent.nr_pages[i]) * ps, end)
-            if not int(ent.flags[i]) & fmt.PE_PRESENT:
+            flags = int(ent.flags[i])
+            if flags & fmt.PE_PRESENT:
+                yield from _stream(self.pages, int(ent.pages_off[i]) + (pos - es) // ps, (b - pos) // ps)
+            elif flags & fmt.PE_PARENT:  # an incremental dump (CRIU's): the parent checkpoint's object
+                yield from self._in_parent(pos, b, where).chunks(pos, b - pos, where)
+            else:
                 raise ImageError(self.pagemap_name, None,
                                  f"{where}: offsets [{pos:#x}, {b:#x}) of {self.describe()} are "
-                                 f"{fmt.format_flags(int(ent.flags[i]), 'pmap.flags')}, not stored here")
-            yield from _stream(self.pages, int(ent.pages_off[i]) + (pos - es) // ps, (b - pos) // ps)
+                                 f"{fmt.format_flags(flags, 'pmap.flags')}, not stored here")
             pos = b
             i += 1
+
+    def _in_parent(self, s: int, e: int, where: str) -> SharedObjectImage:
+        """The same object (shmid) in the parent checkpoint, which holds
+        offsets ``[s, e)`` (PE_PARENT). ImageError when there is none."""
+        ck = self.owner._ck if self.owner is not None else None
+        parent = ck.parent if ck is not None else None  # ImageError for a broken link
+        pobj = parent.shared.objects.get(self.shmid) if parent is not None else None
+        if pobj is None or not pobj.saved:
+            what = "there is no parent checkpoint" if parent is None else \
+                f"the parent checkpoint {parent.path} does not hold {fmt.pagemap_shmem_name(self.shmid)}"
+            raise ImageError(self.pagemap_name, None, f"{where}: offsets [{s:#x}, {e:#x}) of {self.describe()} are "
+                             f"PE_PARENT but {what}")
+        return pobj
 
     def close(self) -> None:
         if self.pages is not None:
@@ -245,8 +265,9 @@ class SharedImages:
         head, entries = load_pagemap(path, page_size=self.page_size, f=d.open(name))
         if head.HasField("page_size") and head.page_size != self.page_size:
             raise CorruptImage(path, 8, f"page size {head.page_size}, the checkpoint's is {self.page_size}")
-        if entries.mask(fmt.PE_PARENT | fmt.PE_COW | fmt.PE_LAZY).any():
-            raise CorruptImage(path, None, "a shared memory object's pagemap holds only PE_PRESENT entries here")
+        if entries.mask(fmt.PE_COW | fmt.PE_LAZY).any():
+            raise CorruptImage(path, None, "a shared memory object's pagemap holds only PE_PRESENT and PE_PARENT "
+                               "entries here")
         compressed = head.compression == fmt.COMPRESSION_ZSTD
         pname = fmt.zpages_name(head.pages_id) if compressed else fmt.pages_name(head.pages_id)
         pages = PagesReader(self.path / pname, compressed=compressed, page_size=self.page_size, f=d.open(pname))
@@ -263,7 +284,7 @@ class SharedImages:
         except BaseException:
             pages.close()
             raise
-        obj.entries, obj.pages, obj.pagemap_name = entries, pages, name
+        obj.entries, obj.pages, obj.pagemap_name, obj.owner = entries, pages, name, self
 
     # --- shared memory VMAs
 
