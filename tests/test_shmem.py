@@ -717,3 +717,44 @@ def test_readers_with_pid_on_a_tree(tree, tmp_path):
     for cmd in ("mems", "rss", "show"):  # a pid not in the tree: one line
         r = cli(cmd, ck, "--pid", 1)
         assert r.returncode == 1 and "no process 1 in this checkpoint" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_prefork_chain_over_a_pre_dump_verifies_and_restores(tree, tmp_path, criu):
+    """A pre-dump of the tree (which saves no shared object: the dump over
+    it saves them whole) then ``dump --parent``: the chain verifies, the
+    --keep-chain export carries memfd.img in its memory-only parent set,
+    and ``dumper restore`` brings the tree back sharing its buffer."""
+    from dumper.export import export
+    from dumper.restore import restore
+
+    t = tree("prefork", 4, 4, 1, 2)
+    info = t.info
+    pids = t.pids()
+    pre, top = tmp_path / "pre", tmp_path / "top"
+    dump(t.pid, pre, pre_dump=True, thaw="resume")
+    assert not [p for p in pre.iterdir() if p.name.startswith("pagemap-shmem-")]
+    dump(t.pid, top, parent=pre, thaw="kill")
+    t.kill()
+    for d in (pre, top):
+        r = cli("verify", d)
+        assert r.returncode == 0, r.stdout + r.stderr
+    kept = tmp_path / "kept"
+    res = export(top, kept, keep_chain=True)
+    assert [s.kind for s in res.sets] == ["complete", "memory"]
+    assert (kept / "parent" / fmt.MEMFD_INODE_NAME).is_file()
+    from dumper.image.criuset import criu_fields_only
+
+    assert read_image(kept / "parent" / fmt.MEMFD_INODE_NAME)[1] == [
+        criu_fields_only(m) for m in read_image(pre / fmt.MEMFD_INODE_NAME)[1]]
+    res = restore(top, criu=criu, timeout=120)
+    try:
+        assert res.pid == t.pid and res.levels == 2
+
+        def counters(pid):
+            return [u64(live(pid, info["shared"], 8 * 3), i) for i in range(3)]
+
+        before = {pid: counters(pid) for pid in pids}
+        wait_for(lambda: all(counters(p)[i] > before[p][i] for p in pids for i in range(3)),
+                 what="every counter to move in every mapping")
+    finally:
+        _kill_restored_tree(pids)

@@ -494,6 +494,8 @@ class SharedImages:
             if not (np.array_equal(want[0], have[0]) and np.array_equal(want[1], have[1])):
                 yield CorruptImage(refs.path, None, f"pid {proc.pid}: the references do not cover the PE_COW "
                                    "entries of its pagemap exactly")
+        inv = self._ck.inventory
+        pre_dump = inv.HasField("pre_dump") and inv.pre_dump  # saves no shared object: the dump over it does
         for proc in self._ck.processes.values():  # a shared VMA must name a saved object
             for v in self._shmem_vmas(proc):
                 if v.HasField("dumped") and not v.dumped:
@@ -502,7 +504,7 @@ class SharedImages:
                 if obj is None and v.status & fmt.VMA_AREA_MEMFD:  # a broken chain of ids (a CRIU 3.x set
                     # without a shared object's pagemap just has nothing to read there: reads say so)
                     yield ImageError(proc.mm_path, None, f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x}: {why}")
-                elif obj is not None and not obj.saved and (obj.size or 0) > 0:
+                elif obj is not None and not obj.saved and (obj.size or 0) > 0 and not pre_dump:
                     yield ImageError(proc.mm_path, None, f"pid {proc.pid}: VMA {v.start:#x}-{v.end:#x}: "
                                      f"{obj.describe()} has no {fmt.pagemap_shmem_name(obj.shmid)}")
 
