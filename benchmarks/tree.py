@@ -8,12 +8,14 @@ inherit and never write, and ``PRIVATE_MIB`` MiB of private data per worker;
 every page random (zstd cannot shrink it: the sizes show what is stored,
 not how well it compresses). Each process bumps a counter every 2 ms.
 
-Dumps of the running tree, each ``BENCH_REPEAT`` times (median by wall
-time): ``criu dump -t ROOT --leave-running``, ``dumper dump`` (zstd; the
+Dumps of the running tree, each ``BENCH_REPEAT`` times (medians,
+:func:`benchmarks._peertools.median_of`): ``criu dump -t ROOT
+--leave-running --shell-job``, ``dumper dump`` (zstd; the
 shared buffer and the inherited memory stored once) and ``dumper dump
 --no-compress`` (CRIU's layout: inherited memory per process, as CRIU).
 Reported: frozen time (CRIU's stats-dump ``frozen_time``, dumper's
-``frozen_ns``), wall time, image bytes, and ratios to CRIU's.
+``frozen_ns``, with its phases), wall time, image bytes, and ratios to
+CRIU's.
 
 Then the O(populated) check: a 1 TiB MAP_SHARED|MAP_NORESERVE anonymous
 mapping with 1000 pages written, dumped by ``dumper dump``: wall and frozen
@@ -35,7 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from dumper.cli.options import human_bytes
+
+from ._peertools import find_criu, median_of, run_criu, run_dumper, then_cont
+from ._util import ROOT, outdir
+
 REPEAT = int(os.environ.get("BENCH_REPEAT", "3"))
 SHARED_MIB = int(os.environ.get("BENCH_TREE_SHARED_MIB", "1024"))
 INHERITED_MIB = int(os.environ.get("BENCH_TREE_INHERITED_MIB", "64"))
@@ -48,49 +54,6 @@ def _support():
     from targets import restore_support
 
     return restore_support
-
-
-def _outdir() -> str | None:
-    return os.environ.get("BENCH_TMP") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
-
-
-def _dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def _median(rows: list[dict]) -> dict:
-    bad = [r for r in rows if not r.get("ok")]
-    if bad:
-        return bad[0]
-    rows = sorted(rows, key=lambda r: r["wall_s"])
-    best = dict(rows[len(rows) // 2])
-    best["walls_s"] = [r["wall_s"] for r in rows]
-    return best
-
-
-def _criu_dump(criu: str, pid: int, dest: Path) -> dict:
-    from dumper.image import read_image
-
-    dest.mkdir()
-    log = dest.with_name(dest.name + ".log")
-    t0 = time.perf_counter()
-    r = subprocess.run([criu, "dump", "-t", str(pid), "-D", str(dest), "--leave-running", "-o", str(log)],
-                       capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if r.returncode:
-        tail = [ln for ln in log.read_text(errors="replace").splitlines() if "Error" in ln][-2:]
-        return {"ok": False, "error": f"criu dump exit {r.returncode}: {tail}"}
-    _, (st,) = read_image(dest / "stats-dump")
-    return {"ok": True, "wall_s": wall, "frozen_s": st.dump.frozen_time / 1e6, "bytes": _dir_bytes(dest)}
-
-
-def _dumper_dump(pid: int, dest: Path, **kw) -> dict:
-    from dumper.dump import dump
-
-    t0 = time.perf_counter()
-    r = dump(pid, dest, **kw)
-    return {"ok": True, "wall_s": time.perf_counter() - t0, "frozen_s": r.frozen_ns / 1e9,
-            "bytes": _dir_bytes(dest), "processes": len(r.pids)}
 
 
 def _build(tmp: Path) -> Path:
@@ -124,54 +87,39 @@ def _prefork(sup, binary: Path, criu: str | None, tmp: Path) -> dict:
                    timeout=300)
     info = json.loads(t.output().splitlines()[0])
     t.pids = [t.pid, *(w["pid"] for w in info["workers"])]
-    rows: dict[str, list] = {"dumper dump": [], "dumper dump --no-compress": []}
-    if criu:
-        rows = {"criu dump -t": [], **rows}
+    tools = {
+        "criu dump -t": lambda d: then_cont(t.pid, run_criu(criu, t.pid, d, "--leave-running")),
+        "dumper dump": lambda d: then_cont(t.pid, run_dumper(t.pid, d)),
+        "dumper dump --no-compress": lambda d: then_cont(t.pid, run_dumper(t.pid, d, compress=False)),
+    }
+    if not criu:
+        del tools["criu dump -t"]
     try:
         time.sleep(0.3)
-        for i in range(REPEAT):
-            for name in rows:
-                d = tmp / f"{name.replace(' ', '_')}-{i}"
-                if name.startswith("criu"):
-                    row = _criu_dump(criu, t.pid, d)
-                else:
-                    row = _dumper_dump(t.pid, d, compress=not name.endswith("--no-compress"))
-                rows[name].append(row)
-                os.killpg(t.pid, signal.SIGCONT)  # every tool leaves it running; make sure
-                shutil.rmtree(d, ignore_errors=True)
+        dumps = {name: median_of(REPEAT, measure, tmp / name.replace(" ", "_")) for name, measure in tools.items()}
     finally:
         _kill_tree(sup, t)
     raw = (SHARED_MIB + 2 + INHERITED_MIB + WORKERS * PRIVATE_MIB) << 20
     return {"target": f"pre-fork server: {SHARED_MIB} MiB shared + 2 MiB memfd, {INHERITED_MIB} MiB inherited, "
                       f"{WORKERS} workers x {PRIVATE_MIB} MiB private",
-            "distinct_bytes": raw, "dumps": {k: _median(v) for k, v in rows.items()}}
+            "distinct_bytes": raw, "dumps": dumps}
 
 
 def _sparse(sup, binary: Path, tmp: Path) -> dict:
     t = sup.Target([str(binary)], tmp, "sparse", args=("sparse",))
     try:
-        runs = []
-        for i in range(REPEAT):
-            d = tmp / f"sparse-{i}"
-            runs.append(_dumper_dump(t.pid, d))
-            shutil.rmtree(d, ignore_errors=True)
+        row = median_of(REPEAT, lambda d: run_dumper(t.pid, d), tmp / "sparse")
     finally:
         _kill_tree(sup, t)
-    return {"target": "1 TiB MAP_SHARED|MAP_NORESERVE anonymous, 1000 pages written", "dumps": {"dumper dump":
-                                                                                               _median(runs)}}
+    return {"target": "1 TiB MAP_SHARED|MAP_NORESERVE anonymous, 1000 pages written",
+            "dumps": {"dumper dump": row}}
 
 
 def run() -> dict:
     sup = _support()
-    from dumper.errors import CriuNotFound
-    from dumper.restore.criu import find_criu
-
-    try:
-        criu = find_criu().path
-    except CriuNotFound:
-        criu = None
+    criu, _ = find_criu()
     sup.become_subreaper()
-    with tempfile.TemporaryDirectory(dir=_outdir(), prefix="tree-bench-") as tmp:
+    with tempfile.TemporaryDirectory(dir=outdir(), prefix="tree-bench-") as tmp:
         tmp = Path(tmp)
         binary = _build(tmp)
         out = {"criu": criu, "sections": [_prefork(sup, binary, criu, tmp), _sparse(sup, binary, tmp)]}
@@ -192,7 +140,11 @@ def table(res: dict) -> list[str]:
                 lines.append(f"  {name:<28} FAILED: {r.get('error')}")
                 continue
             lines.append(f"  {name:<28} {r['frozen_s'] * 1e3:>8.1f}ms {r['wall_s']:>9.2f}s "
-                         f"{r['bytes'] / 2**20:>9.1f}MiB")
+                         f"{human_bytes(r['bytes']):>12}")
+            frozen = {k: v for k, v in r.get("phases_ms", {}).items()
+                      if k not in ("prepare", "write", "rounds", "freezing") and v >= 0.5}
+            if frozen:
+                lines.append("    frozen ms: " + ", ".join(f"{k} {v:.0f}" for k, v in frozen.items()))
         ref = dumps.get("criu dump -t")
         if ref and ref.get("ok"):
             for name, r in dumps.items():
