@@ -30,10 +30,10 @@ from dumper.image.checkpoint import open_checkpoint
 from dumper.image.reader import read_image
 from targets.restore_support import (
     Target,
-    become_subreaper,
     kill_restored,
     proc_state,
     reap_zombie_children,
+    subreaper_for_module,
     wait_for,
 )
 
@@ -48,13 +48,7 @@ F_GET_SEALS = 1034
 # --- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _subreaper():
-    """Workers of a killed tree (and restored trees) become our children: reaped here."""
-    become_subreaper()
-    yield
-    become_subreaper(False)
-    reap_zombie_children()
+_subreaper = pytest.fixture(scope="module", autouse=True)(subreaper_for_module)
 
 
 @pytest.fixture(scope="session")

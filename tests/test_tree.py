@@ -24,18 +24,13 @@ from dumper.errors import CriuNotFound, DumperError
 from dumper.image import format as fmt
 from dumper.image.checkpoint import open_checkpoint
 from dumper.image.reader import read_image
-from targets.restore_support import become_subreaper, kill_restored, proc_state, reap_zombie_children, wait_for
+from targets.restore_support import kill_restored, proc_state, reap_zombie_children, subreaper_for_module, wait_for
 
 HERE = Path(__file__).resolve().parent
 TREE = HERE / "targets" / "tree.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _subreaper():
-    become_subreaper()
-    yield
-    become_subreaper(False)
-    reap_zombie_children()
+_subreaper = pytest.fixture(scope="module", autouse=True)(subreaper_for_module)
 
 
 def _status(pid: int) -> dict[str, str]:

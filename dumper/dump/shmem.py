@@ -58,7 +58,7 @@ from ..proc.fds import FileInfo
 from ..proc.process import Process
 from ..proc.shm import SysvSegment, read_sysv_segments
 from . import intervals as iv
-from .memread import Extents
+from .memread import Extents, add_unreadable, read_into_spool
 from .spool import Spool
 
 __all__ = ["ShmemObject", "SharedMemory", "settle_plans", "spool_estimate", "MEMFD", "ANON", "SYSV", "SYSV_REASON"]
@@ -68,7 +68,6 @@ MEMFD, ANON, SYSV = "memfd", "anon", "sysv"
 SYSV_REASON = ("SysV shared memory outside an IPC namespace of its own: `criu dump` refuses it "
                "(\"doesn't live in IPC ns\"); its contents are saved")
 
-_STEP = 64 << 20  # bytes asked of the spool per read
 _DELETED = " (deleted)"
 _MEMFD_PREFIX = "/memfd:"
 _PM = PAGE_SIZE
@@ -342,36 +341,12 @@ class SharedMemory:
 
     @staticmethod
     def _read_run(obj: ShmemObject, spool: Spool, start: int, end: int, parts: list) -> None:
-        pos = start
-        while pos < end:
-            buf = spool.buffer(min(_STEP, end - pos))
-            got = 0
-            while got < len(buf):
-                try:
-                    k = os.preadv(obj.fd, [buf[got:]], pos + got)
-                except OSError as err:
-                    if err.errno in (errno.EIO, errno.EFAULT, errno.ENOMEM):
-                        break
-                    raise KernelError(err.errno, f"reading {obj.what}") from err
-                if k <= 0:
-                    break  # the object ends here (truncated since)
-                got += k
-            if got % _PM and got < len(buf):  # a partial last page at EOF: zeros after it, as mapped
-                buf[got:got + _PM - got % _PM] = bytes(_PM - got % _PM)
-                got += _PM - got % _PM
-            got -= got % _PM
-            if got:
-                parts.append(Extents(np.array([pos], np.uint64), np.array([got], np.uint64),
-                                     np.array([spool.size], np.uint64)))
-                spool.advance(got)
-                pos += got
-            if pos < end and got < len(buf):
-                last = obj.unreadable[-1] if obj.unreadable else None
-                if last and last[0] + last[1] * _PM == pos:
-                    obj.unreadable[-1] = (last[0], last[1] + 1)
-                else:
-                    obj.unreadable.append((pos, 1))
-                pos += _PM
+        def fail(err: OSError):
+            raise KernelError(err.errno, f"reading {obj.what}") from err
+
+        # pages past a truncated object's end are unreadable; a partial last page reads as mapped
+        read_into_spool(obj.fd, spool, start, end, parts, fail=fail,
+                        unreadable=lambda addr: add_unreadable(obj.unreadable, addr), eof_zeros=True)
 
     # --- writing (after the thaw)
 
