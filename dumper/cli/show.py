@@ -175,7 +175,7 @@ def _summary(ck, path: str, *, lazy: bool, pid: int | None = None) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     with open_checkpoint(args.dir) as ck:
-        s = _summary(ck, args.dir, lazy=True, pid=args.pid)
+        s = _summary(ck, args.dir, lazy=True, pid=getattr(args, "pid", None))
         if args.json:
             _print_json(s)
             return 0
