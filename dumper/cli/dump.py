@@ -1,4 +1,4 @@
-"""``dumper dump PID -D DIR``: checkpoint a process's memory."""
+"""``dumper dump PID -D DIR``: checkpoint a process tree (memory, threads, files) for ``criu restore``."""
 
 from __future__ import annotations
 
