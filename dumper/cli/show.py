@@ -13,7 +13,7 @@ from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
 from ..image.pretty import printable
-from .options import human_bytes
+from .options import human_bytes, plural
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory")
@@ -247,7 +247,7 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
             print(f"  {v['start']:#14x} {v['end']:#14x} {human_bytes(v['end'] - v['start']):>10} {prot:4} "
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
         if hidden:
-            print(f"  ({hidden} VMAs with no pages to dump not listed; --all-vmas shows them)")
+            print(f"  ({plural(hidden, 'VMA')} with no pages to dump not listed; --all-vmas shows them)")
     return 0
 
 
