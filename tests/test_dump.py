@@ -434,3 +434,43 @@ def test_dump_and_show_cli(spawn_target, tmp_path):
     assert r.returncode == 1 and "exists" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run([sys.executable, "-m", "dumper", "show", str(tmp_path / "nope")], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+def _vmflags(addr: int) -> set[str]:
+    with open("/proc/self/smaps") as f:
+        inside = False
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not line.startswith("VmFlags"):
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and line.startswith("VmFlags:"):
+                return set(line.split()[1:])
+    raise AssertionError(f"{addr:#x} is not mapped")
+
+
+def test_the_spool_is_not_inherited_by_the_forked_warden():
+    """The warden is forked once the spool is reserved: inherited, the spool
+    was shared copy-on-write and every page copied while the target was
+    frozen faulted (1 GiB: 1.2 s frozen instead of 0.4 s). VM_DONTCOPY
+    ("dc") keeps it out of every child; the reservation is populated."""
+    from dumper.dump.spool import Spool
+
+    with Spool(limit=64 << 20) as spool:
+        spool.reserve(8 << 20)
+        seg = spool._segments[0]
+        assert "dc" in _vmflags(seg.addr)
+        with open("/proc/self/smaps") as f:
+            text = f.read()
+        block = text[text.index(f"{seg.addr:x}-"):]
+        rss_kib = int(block[block.index("\nRss:") + 5:].split()[0])
+        assert rss_kib >= 8 << 10  # populated before any freeze
+        pid = os.fork()
+        if pid == 0:  # the child cannot see the spool at all
+            try:
+                with open("/proc/self/maps") as f:
+                    os._exit(1 if f"{seg.addr:x}-" in f.read() else 0)
+            except BaseException:
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
