@@ -131,7 +131,7 @@ def test_hexdump_format():
 def test_verify_good(dumped, capfdbinary):
     t, d = dumped()
     rc, out, err = run_cli(capfdbinary, "verify", d)
-    assert rc == 0 and out.decode().startswith(f"OK: {d}: 1 process(es)"), (out, err)
+    assert rc == 0 and out.decode().startswith(f"OK: {d}: 1 process, "), (out, err)
     with open_checkpoint(d) as ck:
         assert list(ck.verify(threads=1)) == []
 
@@ -300,7 +300,7 @@ def test_verify_lists_a_bounded_number(dumped, capfdbinary):
     zp.write_bytes(bytes(data))
     rc, out, _ = run_cli(capfdbinary, "verify", d, "--max-problems", 3)
     lines = out.decode().splitlines()
-    assert rc == 1 and len(lines) == 4 and lines[-1] == f"... and {lay.nr_frames - 3} more problem(s)"
+    assert rc == 1 and len(lines) == 4 and lines[-1] == f"... and {lay.nr_frames - 3} more problems"
 
 
 def _ranges(text: str) -> list[tuple[int, int]]:

@@ -752,3 +752,21 @@ def test_prefork_chain_over_a_pre_dump_verifies_and_restores(tree, tmp_path, cri
                  what="every counter to move in every mapping")
     finally:
         _kill_restored_tree(pids)
+
+
+def test_no_module_is_imported_while_the_tree_is_frozen(tree, tmp_path):
+    """The tree's own phases (pages shared copy-on-write, shared memory
+    objects found and copied) load their code before the freeze too, as
+    test_dump holds for a single process: an import costs milliseconds of
+    every process's frozen time."""
+    from test_dump import _IMPORTS_WHILE_FROZEN
+
+    t = tree("prefork", 4, 4, 1, 2)
+    r = subprocess.run([sys.executable, "-c", _IMPORTS_WHILE_FROZEN, "dump", str(t.pid), "-D", str(tmp_path / "ck")],
+                       capture_output=True, text=True, timeout=120)
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["rc"] == 0, r.stderr
+    assert out["loaded"] == []
+    with open_checkpoint(tmp_path / "ck") as c:  # it did take the tree's paths
+        assert len(c.pids) == 3 and c.shared.objects
+        assert any(c.process(p).entries.mask(fmt.PE_COW).any() for p in c.pids)

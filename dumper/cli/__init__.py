@@ -26,7 +26,7 @@ __all__ = ["main", "COMMANDS", "build_parser", "run_command"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("check", "report what the running kernel supports"),
     "scan": ("scan", "list page regions of a process with the mask scanner"),
-    "dump": ("dump", "checkpoint a process's memory into an image directory"),
+    "dump": ("dump", "checkpoint a process and its children into an image directory criu restore accepts"),
     "pre-dump": ("predump", "copy pages now and arm write tracking, for a later dump --parent"),
     "untrack": ("untrack", "remove the uffd-wp write tracking a dump armed in a process"),
     "flatten": ("flatten", "write one standalone checkpoint from an incremental chain"),
@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mems": ("mems", "list the VMAs of a checkpoint (like crit x DIR mems)"),
     "rss": ("rss", "list pagemap entries with their VMAs (like crit x DIR rss)"),
     "restore": ("restore", "bring a checkpoint back as a running process, with CRIU's criu restore"),
-    "export": ("export", "write a checkpoint as a CRIU image set (memory only, not restorable)"),
+    "export": ("export", "write a checkpoint as a CRIU image set (criu restore, crit) or as ELF cores (gdb)"),
     "core": ("core", "write an ELF core file of a running process, as gcore does (gdb and lldb open it)"),
     "demo": ("demo", "dump a bundled example process and show the result"),
 }

@@ -1,4 +1,4 @@
-"""``dumper dump PID -D DIR``: checkpoint a process's memory."""
+"""``dumper dump PID -D DIR``: checkpoint a process tree (memory, threads, files) for ``criu restore``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Sequence
 from ..dump import TRACKERS, dump
 from ..scan import BACKENDS
 from ..kernel.libc import PAGE_SIZE
-from .options import human_bytes, pid
+from .options import human_bytes, pid, plural
 
 
 def _level(text: str) -> int:
@@ -141,11 +141,11 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
                  + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
     if verbose:
         for vaddr, n in r.unreadable[:20]:
-            lines.append(f"  unreadable  {vaddr:#x} +{n} pages")
+            lines.append(f"  unreadable  {vaddr:#x} +{plural(n, 'page')}")
         if len(r.unreadable) > 20:
             lines.append(f"  unreadable  ... {len(r.unreadable) - 20} more runs")
-        lines.append(f"  stats       {r.pages_scanned} pages of private mappings, {r.vmas} VMAs, "
-                     f"{r.bytes_raw} bytes raw, {r.bytes_written} bytes written")
+        lines.append(f"  stats       {plural(r.pages_scanned, 'page')} of private mappings, {plural(r.vmas, 'VMA')}, "
+                     f"{plural(r.bytes_raw, 'byte')} raw, {plural(r.bytes_written, 'byte')} written")
     return lines
 
 

@@ -8,7 +8,7 @@ import json
 from typing import Sequence
 
 from ..dump.flatten import flatten
-from .options import human_bytes
+from .options import human_bytes, plural
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(r), indent=2))
         return 0
     print(f"flattened {r.source} (chain of {r.chain_length}) into {r.dest}: "
-          f"{r.pages} pages, {human_bytes(r.bytes_written)}")
+          f"{plural(r.pages, 'page')}, {human_bytes(r.bytes_written)}")
     return 0
 
 

@@ -15,7 +15,7 @@ from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
 from ..image.pretty import printable
 from .mems import add_pid_option, selected_pids
-from .options import human_bytes
+from .options import human_bytes, plural
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory")
@@ -278,15 +278,16 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
             print(f"  {v['start']:#14x} {v['end']:#14x} {human_bytes(v['end'] - v['start']):>10} {prot:4} "
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
         if hidden:
-            print(f"  ({hidden} VMAs with no pages to dump not listed; --all-vmas shows them)")
+            print(f"  ({plural(hidden, 'VMA')} with no pages to dump not listed; --all-vmas shows them)")
     if s["shared"]:
         print("shared memory (saved once, whoever maps it; MAP_SHARED file mappings keep their contents in the file)")
         for o in s["shared"]:
             size = human_bytes(o["size"]) if o["size"] is not None else "size unknown"
-            saved = (f"{o['pages']} pages in {o['pages_file']} ({human_bytes(o['pages_file_bytes'])})"
+            saved = (f"{plural(o['pages'], 'page')} in {o['pages_file']} ({human_bytes(o['pages_file_bytes'])})"
                      if o["saved"] else "contents not saved")
             print(f"  shmem {o['shmid']}: {o['kind']} {o['name']!s}, {size}, {saved}; "
-                  f"{o['mappings']} mapping(s) in pid(s) {', '.join(map(str, o['mapped_by'])) or '-'}")
+                  f"{plural(o['mappings'], 'mapping')} in {plural(len(o['mapped_by']), 'pid')} "
+                  f"{', '.join(map(str, o['mapped_by'])) or '-'}")
     return 0
 
 

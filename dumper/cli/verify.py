@@ -40,7 +40,7 @@ from ..errors import ImageError
 from ..image.checkpoint import Checkpoint, open_checkpoint
 from ..proc.warden import Warden
 from ..proc.process import Process
-from .options import human_bytes, non_negative, pid
+from .options import human_bytes, non_negative, pid, plural
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -383,7 +383,7 @@ def run(args: argparse.Namespace) -> int:
                               "seconds": round(time.monotonic() - t0, 3), **extra}, indent=2))
         else:
             if len(problems) > shown:
-                print(f"... and {len(problems) - shown} more problem(s)")
+                print(f"... and {plural(len(problems) - shown, 'more problem')}")
             for n in notes:
                 print(f"note: {n}")
             if summary:
@@ -416,9 +416,9 @@ def run(args: argparse.Namespace) -> int:
         extra = {"opened": True, "processes": len(ck.processes), "pages": pages, "parents": nparents,
                  "pages_unchecked": unchecked, "compared_pid": args.pid}
         if problems:
-            return finish(False, f"FAILED: {args.dir}: {len(problems)} problem(s)", extra)
+            return finish(False, f"FAILED: {args.dir}: {plural(len(problems), 'problem')}", extra)
         summary = None if args.quiet else (
-            f"OK: {args.dir}: {len(ck.processes)} process(es), {pages} pages "
+            f"OK: {args.dir}: {plural(len(ck.processes), 'process', 'processes')}, {plural(pages, 'page')} "
             f"({human_bytes(pages * ck.page_size)}) verified"
             + (f" ({unchecked} of them in raw pages files without checksums: contents not checked)"
                if unchecked else "")

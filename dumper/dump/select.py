@@ -129,8 +129,6 @@ def drop_uffd_markers(pid: int, starts: np.ndarray, ends: np.ndarray, cats: np.n
     holds no data. Only those few runs are looked up in pagemap
     (:func:`dumper.track.uffd.marker_mask`). ``cats`` must carry WRITTEN
     and SWAPPED; returns ``(starts, ends, cats)``."""
-    from ..track.uffd import marker_mask
-
     suspect = ((cats & np.uint64(Category.SWAPPED)) != 0) & ((cats & np.uint64(Category.WRITTEN)) == 0)
     if not suspect.any() or not len(marker_vmas[0]):
         return starts, ends, cats
@@ -138,6 +136,8 @@ def drop_uffd_markers(pid: int, starts: np.ndarray, ends: np.ndarray, cats: np.n
     ms, me = iv.intersect((starts[s_idx], ends[s_idx]), marker_vmas)
     if not len(ms):
         return starts, ends, cats
+    from ..track.uffd import marker_mask  # loaded only where markers may be: an import while frozen costs ms
+
     masks = marker_mask(pid, [(int(s), int(e - s) // PAGE_SIZE) for s, e in zip(ms, me)])
     drop_s, drop_e = [], []
     for s, m in zip(ms.tolist(), masks):

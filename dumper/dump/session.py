@@ -51,7 +51,7 @@ from ..kernel.mman import PROT_READ
 from ..proc.freeze import THAW_MODES, raise_on_termination
 from ..proc.maps import Vma, parse_maps
 from ..proc.process import Process
-from ..scan import Category, open_backend, scan_range
+from ..scan import Category, backend_class, open_backend, scan_range
 from . import intervals as iv
 from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
@@ -328,6 +328,7 @@ class DumpSession:
         check_target(root)  # refuses self, ancestors, zombies, kernel threads up front
         start_time = root.stat().starttime
         tracking_state.clean_stale()  # records of processes gone or restarted
+        backend_class(opts.backend)  # the scanner's code loaded now, not while the target is frozen
         self.tracker_name = pick_tracker(opts.tracker) if opts.wants_tracking else "none"
         self.processes = [self._process_dump(root, start_time)]  # loads (checks) the parent first
         if opts.parent is not None:

@@ -13,6 +13,8 @@ page, which is far slower than the copy itself (measured here: reading
 memory), so :meth:`Spool.reserve` maps and populates the expected size
 *before* the freeze (transparent huge pages where allowed). A short
 estimate only costs speed: more memory is mapped as needed, up to the limit.
+The spool is never inherited by a forked child (MADV_DONTFORK): sharing it
+copy-on-write with the warden made every copied page fault.
 """
 
 from __future__ import annotations
@@ -72,6 +74,14 @@ class _Segment:
             err = ctypes.get_errno()
             raise DumpError(f"cannot map {size} bytes for the page spool: {os.strerror(err)}")
         self.addr, self.size, self.offset = addr, size, offset
+        # Not inherited by fork: the warden is forked once the spool exists,
+        # and a shared copy-on-write spool would fault (and copy) every page
+        # written while the target is frozen (5x slower copies, measured).
+        if libc.madvise(addr, size, mman.MADV_DONTFORK) != 0:
+            err = ctypes.get_errno()
+            self.close()
+            raise DumpError(f"cannot keep the page spool out of forked children: {os.strerror(err)}")
+        libc.madvise(addr, size, mman.MADV_HUGEPAGE)  # fewer faults and TLB misses; EINVAL without THP
         if populate and libc.madvise(addr, size, mman.MADV_POPULATE_WRITE) != 0:
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOSYS):  # pre-5.14: fault on first use instead

@@ -194,6 +194,8 @@ class UffdWpTracker(Tracker):
     changed = Category.WRITTEN
 
     def __init__(self, pid: int, start_time: int, dest: str = "") -> None:
+        from ..track import uffd  # noqa: F401  loaded before the freeze: an import while frozen costs ms
+
         super().__init__(pid, start_time, dest)
         self.uffd = None  # dumper.track.uffd.UffdTracking once armed
         self._tracked = iv.EMPTY

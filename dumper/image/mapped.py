@@ -93,13 +93,7 @@ class ImageDir:
                 raise ImageError(path, None, "is a symbolic link: image files must be regular files "
                                  "inside the checkpoint directory") from err
             raise ImageError(path, None, f"cannot open: {err.strerror}") from err
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ImageError(path, None, "not a regular file")
-            return os.fdopen(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
+        return fdopen_regular(fd, path)
 
     def exists(self, name: str) -> bool:
         """Whether directory entry ``name`` exists (of any type, not followed)."""
@@ -232,6 +226,18 @@ def open_mapped_file(path: str, want: FileIdentity, *, checkpoint_uid: int, what
         if changes:
             raise MappedFileError(shown, None, f"{'; '.join(changes)}: cannot supply {what}")
         return fd, st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def fdopen_regular(fd: int, path) -> BinaryIO:
+    """``fd`` as a binary file object if it is a regular file; otherwise
+    ``fd`` is closed and ImageError names ``path``."""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(path, None, "not a regular file")
+        return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 import array
 import contextlib
 import os
-import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 from ..errors import BadMagic, CorruptImage, ImageError, UnsupportedVersion
 from . import format as fmt
+from .mapped import fdopen_regular
 from .pb import inventory_pb2, pagemap_pb2, zpages_pb2
 
 __all__ = [
@@ -192,13 +192,8 @@ def open_image_file(path):
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ImageError(path, None, f"cannot open: {err.strerror}") from err
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageError(path, None, "not a regular file")
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    return fdopen_regular(fd, path)
+
 
 
 _open = open_image_file

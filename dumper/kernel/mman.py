@@ -19,6 +19,7 @@ MAP_HUGETLB = 0x40000
 MAP_DROPPABLE = 0x08  # 6.12
 
 MADV_DONTNEED = 4
+MADV_DONTFORK = 10  # 2.6.16: a child of fork() does not inherit the range
 MADV_HUGEPAGE = 14
 MADV_NOHUGEPAGE = 15
 MADV_PAGEOUT = 21  # 5.4

@@ -30,6 +30,7 @@ __all__ = [
     "ScanResult",
     "Backend",
     "open_backend",
+    "backend_class",
     "scan",
     "scan_range",
     "parse_categories",
@@ -57,20 +58,30 @@ def open_backend(process: Process | int, backend: str = "auto", *, progress: boo
     kernels before 6.7, ScanError for an unknown name, and the ProcessError
     kinds for a bad pid.
     """
+    cls = backend_class(backend)
+    proc = process if isinstance(process, Process) else Process(process)
+    if cls.name == "ioctl":
+        return cls(proc)
+    return cls(proc, progress=progress)
+
+
+def backend_class(backend: str = "auto") -> type[Backend]:
+    """The class :func:`open_backend` would use for ``backend``, its module
+    loaded (a dump calls it before the freeze: an import costs milliseconds
+    of frozen time). Raises as :func:`open_backend` does."""
     if backend not in BACKENDS:
         raise ScanError(f"unknown scanner backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    proc = process if isinstance(process, Process) else Process(process)
     if backend == "auto":
         backend = "ioctl" if probe_scan_categories() else "pagemap"
     if backend == "ioctl":
-        from .ioctl import IoctlBackend
-
         if not probe_scan_categories():
             raise UnsupportedKernel("PAGEMAP_SCAN", "the ioctl needs Linux 6.7; use --backend pagemap")
-        return IoctlBackend(proc)
+        from .ioctl import IoctlBackend
+
+        return IoctlBackend
     from .pagemap import PagemapBackend
 
-    return PagemapBackend(proc, progress=progress)
+    return PagemapBackend
 
 
 def default_range(process: Process) -> tuple[int, int]:
