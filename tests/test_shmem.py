@@ -516,6 +516,8 @@ def test_flatten_export_and_diff_keep_shared_memory(tree, tmp_path):
         doc = json.loads(r.stdout)
         assert r.returncode == 0 and doc["same"], doc
         assert {s["shmid"] for s in doc["shared"]} == {o for o in _shmids(ck)}
+        r = cli("diff", ck, d, "--pid", w, "--json")  # one process of the tree: its COW pages are its own
+        assert r.returncode == 0 and json.loads(r.stdout)["same"], r.stdout
         with open_checkpoint(d) as c:
             assert c.read(w, info["shared"], 4 * MIB) == live(w, info["shared"], 4 * MIB)
             assert c.read(w, info["inherited"], 4 * MIB) == live(w, info["inherited"], 4 * MIB)
