@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 import time
 import warnings
 from contextlib import ExitStack, nullcontext
@@ -429,28 +428,21 @@ class DumpSession:
     def collect(self) -> None:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`),
-        and open files. The warden's ptrace work and this process's /proc
-        reading of the files overlap (a thread each: frozen time is the sum
-        otherwise)."""
+        and open files."""
         for p in self.processes:
             p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
-            _record_coredump_filter(p.mm, p.proc.mm_tid())  # the leader may have exited (pthread_exit in main)
+            mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
+            _record_coredump_filter(p.mm, mm_tid)
             p.ns_ids = self.ns_ids.of(p.pid)
             p.kobj_ids = self.kobj_ids.of(p.pid)
-        with ThreadPoolExecutor(1, thread_name_prefix="dumper-files") as pool:
-            files = pool.submit(self._collect_all_files)
-            try:
-                for p in self.processes:
-                    fp = p.frozen
-                    live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
-                    p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
-                                              stop_signo=fp.stop_signo if fp.was_stopped else 0,
-                                              proc_path=f"/proc/{p.pid}/task/{p.proc.mm_tid()}")
-                    p.mm.dumpable = p.task.dumpable
-                    p.mm.thp_disabled = p.task.thp_disabled
-            finally:
-                wait([files])  # its error, if any, comes after ours
-        files.result()
+            fp = p.frozen
+            live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
+            p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
+                                      stop_signo=fp.stop_signo if fp.was_stopped else 0,
+                                      proc_path=f"/proc/{p.pid}/task/{mm_tid}")
+            p.mm.dumpable = p.task.dumpable
+            p.mm.thp_disabled = p.task.thp_disabled
+        self._collect_all_files()
 
     def _collect_all_files(self) -> None:
         for p in self.processes:
