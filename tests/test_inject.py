@@ -56,3 +56,44 @@ def test_injected_syscalls_run_as_the_target_and_leave_no_trace():
     finally:
         p.kill()
         p.wait()
+
+
+def test_batched_syscalls_give_the_results_of_one_by_one_calls_and_leave_no_trace():
+    """Injector.syscalls runs a list of calls as one program from a read+exec
+    mapping (1 ptrace round trip instead of 4 per call: a quarter of a
+    millisecond of frozen time each). Same results as one call at a time,
+    failures as -errno without stopping the rest, registers and mappings as
+    found, and the interrupted read(2) restarted afterwards."""
+    from dumper.kernel import mman, ptrace
+
+    p = subprocess.Popen([sys.executable, "-c", BLOCKED_READER], stdout=subprocess.PIPE, text=True)
+    try:
+        wfd = int(p.stdout.readline())
+        time.sleep(0.1)
+        maps_before = open(f"/proc/{p.pid}/maps").read()
+        calls = [(39, ()), (110, ()), (x86_64.NR_munmap, (1, 4096)), (x86_64.NR_prctl, (3,))]  # getpid, getppid
+        with Freezer(p.pid) as fz:
+            with Injector(fz) as inj:
+                saved = bytes(inj.saved)
+                one_by_one = inj.syscalls(calls)
+                code = inj.syscall(x86_64.NR_mmap, 0, 4096, mman.PROT_READ | mman.PROT_EXEC,
+                                   mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0)
+                data = inj.syscall(x86_64.NR_mmap, 0, 4096, mman.PROT_READ | mman.PROT_WRITE,
+                                   mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0)
+                assert code > 0 and data > 0
+                batched = inj.syscalls(calls, code=code, code_size=4096, results=data)
+                # more calls than the code mapping holds: split, same answers
+                many = inj.syscalls([(39, ())] * 300, code=code, code_size=4096, results=data)
+                assert inj.syscall(x86_64.NR_munmap, code, 4096) == 0
+                assert inj.syscall(x86_64.NR_munmap, data, 4096) == 0
+            after = x86_64.user_regs_struct()
+            ptrace.getregs(p.pid, after)
+            assert bytes(after) == saved
+        assert one_by_one == batched == [p.pid, os.getpid(), -22, 1]
+        assert many == [p.pid] * 300
+        assert open(f"/proc/{p.pid}/maps").read() == maps_before
+        os.write(os.open(f"/proc/{p.pid}/fd/{wfd}", os.O_WRONLY), b"hello")
+        assert p.stdout.readline().strip() == "got hello"
+    finally:
+        p.kill()
+        p.wait()

@@ -439,23 +439,28 @@ class DumpSession:
 
     def collect(self) -> None:
         """Process state that must be read while it exists and holds still:
-        registers, signals, credentials, limits... (:mod:`dumper.proc.task`)."""
+        registers, signals, credentials, limits... (:mod:`dumper.proc.task`),
+        and open files."""
         # a zombie's exit code now: once thawed, its parent may reap it
         self.zombie_cores = [criu_core.zombie_core_entry(z.pid) for z in self.zombies]
         for p in self.processes:
             p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
-            fp = p.frozen
-            live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
             mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
             _record_coredump_filter(p.mm, mm_tid)
+            p.ns_ids = self.ns_ids.of(p.pid)
+            p.kobj_ids = self.kobj_ids.of(p.pid)
+            fp = p.frozen
+            live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
             p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
                                       stop_signo=fp.stop_signo if fp.was_stopped else 0,
                                       proc_path=f"/proc/{p.pid}/task/{mm_tid}")
             p.mm.dumpable = p.task.dumpable
             p.mm.thp_disabled = p.task.thp_disabled
-            p.ns_ids = self.ns_ids.of(p.pid)
-            p.kobj_ids = self.kobj_ids.of(p.pid)
-            if fp.leader_exited:
+        self._collect_all_files()
+
+    def _collect_all_files(self) -> None:
+        for p in self.processes:
+            if p.frozen.leader_exited:
                 # /proc/PID/map_files died with the main thread; memory is
                 # still read through a live thread, but CRIU cannot restore it.
                 self._unrestorable(p.pid, "process", f"pid {p.pid}",

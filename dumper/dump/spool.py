@@ -11,7 +11,8 @@ Copying into memory that was never touched costs a page fault per 4 KiB
 page, which is far slower than the copy itself (measured here: reading
 1 GiB from a process took 0.3 s into populated memory and 1-8 s into fresh
 memory), so :meth:`Spool.reserve` maps and populates the expected size
-*before* the freeze (transparent huge pages where allowed). A short
+*before* the freeze (no MADV_HUGEPAGE: with THP defrag "madvise", its
+direct compaction stalled the populate for seconds here). A short
 estimate only costs speed: more memory is mapped as needed, up to the limit.
 The spool is never inherited by a forked child (MADV_DONTFORK): sharing it
 copy-on-write with the warden made every copied page fault.
@@ -81,7 +82,6 @@ class _Segment:
             err = ctypes.get_errno()
             self.close()
             raise DumpError(f"cannot keep the page spool out of forked children: {os.strerror(err)}")
-        libc.madvise(addr, size, mman.MADV_HUGEPAGE)  # fewer faults and TLB misses; EINVAL without THP
         if populate and libc.madvise(addr, size, mman.MADV_POPULATE_WRITE) != 0:
             err = ctypes.get_errno()
             if err not in (errno.EINVAL, errno.ENOSYS):  # pre-5.14: fault on first use instead

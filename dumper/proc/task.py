@@ -54,10 +54,17 @@ TASK_ZOMBIE = 0x6
 # Scratch layout (bytes into the scratch mapping)
 _SA_OFF = 0  # 64 x struct sigaction (32 bytes)
 _ITIMER_OFF = 2048  # 3 x struct itimerval (32 bytes)
-_TIMER_OFF = 2048 + 96  # struct itimerspec (32 bytes)
-_INT_OFF = 2048 + 128  # one int / pointer result
+_TID_ADDR_OFF = 2048 + 128  # PR_GET_TID_ADDRESS: a pointer
+_PDEATH_OFF = 2048 + 136  # PR_GET_PDEATHSIG: an int
+_SUBREAPER_OFF = 2048 + 144  # PR_GET_CHILD_SUBREAPER: an int
 _SAS_OFF = 2048 + 160  # stack_t (24 bytes)
-_SCRATCH = 2 * PAGE_SIZE
+_RESULTS_OFF = PAGE_SIZE  # 8 bytes per injected call (the batch's rax slots)
+_TIMERS_OFF = 2 * PAGE_SIZE  # struct itimerspec (32 bytes) per POSIX timer
+_CODE = 4 * PAGE_SIZE  # the read+exec mapping the batched calls run from
+
+
+def _scratch_size(timers: int) -> int:
+    return -(-(_TIMERS_OFF + 32 * timers) // PAGE_SIZE) * PAGE_SIZE
 
 
 @dataclass(slots=True)
@@ -346,34 +353,55 @@ def _sigaction_query(st: dict[str, str]) -> list[int]:
 
 
 def _injected(ctx, pid: int, tids: list[int], timers: list[PosixTimer], mem_fd: int, signals: list[int]):
-    """Everything only the process itself can tell, through one scratch mapping."""
+    """Everything only the process itself can tell, through one scratch
+    mapping (results) and one read+exec mapping (the calls, batched: see
+    :meth:`dumper.proc.inject.Injector.syscalls`)."""
     first = tids[0]
+    size = _scratch_size(len(timers))
     per_thread: dict[int, tuple] = {}
     with ctx.injector(pid, first) as inj:
-        scratch = _check(inj.syscall(x86_64.NR_mmap, 0, _SCRATCH, mman.PROT_READ | mman.PROT_WRITE,
+        scratch = _check(inj.syscall(x86_64.NR_mmap, 0, size, mman.PROT_READ | mman.PROT_WRITE,
                                      mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0), "mmap(scratch)")
-        ctx.on_abort(_unmap_scratch, pid, first, scratch)
+        ctx.on_abort(_unmap_scratch, pid, first, scratch, size)
+        code = inj.syscall(x86_64.NR_mmap, 0, _CODE, mman.PROT_READ | mman.PROT_EXEC,
+                           mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0)
+        if code < 0:
+            code = None  # exec memory refused: one call at a time
+        else:
+            ctx.on_abort(_unmap_scratch, pid, first, code, _CODE)
+        batch = dict(code=code, code_size=_CODE, results=scratch + _RESULTS_OFF)
         try:
-            for sig in signals:
-                _check(inj.syscall(x86_64.NR_rt_sigaction, sig, 0, scratch + _SA_OFF + (sig - 1) * 32, 8),
-                       "rt_sigaction")
-            for which in range(3):
-                _check(inj.syscall(x86_64.NR_getitimer, which, scratch + _ITIMER_OFF + which * 32), "getitimer")
-            raw = os.pread(mem_fd, _ITIMER_OFF + 96, scratch)
-            for t in timers:
-                _check(inj.syscall(x86_64.NR_timer_gettime, t.it_id, scratch + _TIMER_OFF), "timer_gettime")
-                t.overrun = max(inj.syscall(x86_64.NR_timer_getoverrun, t.it_id), 0)
-                t.isec, t.insec, t.vsec, t.vnsec = struct.unpack("<qqqq", os.pread(mem_fd, 32, scratch + _TIMER_OFF))
-            _check(inj.syscall(x86_64.NR_prctl, PR_GET_CHILD_SUBREAPER, scratch + _INT_OFF), "prctl")
-            subreaper = struct.unpack("<i", os.pread(mem_fd, 4, scratch + _INT_OFF))[0]
-            dumpable = _check(inj.syscall(x86_64.NR_prctl, PR_GET_DUMPABLE), "prctl(PR_GET_DUMPABLE)")
-            mb = inj.syscall(x86_64.NR_membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)
-            per_thread[first] = _thread_injected(inj, scratch, mem_fd)
+            calls = [(x86_64.NR_rt_sigaction, (sig, 0, scratch + _SA_OFF + (sig - 1) * 32, 8)) for sig in signals]
+            calls += [(x86_64.NR_getitimer, (which, scratch + _ITIMER_OFF + which * 32)) for which in range(3)]
+            for i, t in enumerate(timers):
+                calls += [(x86_64.NR_timer_gettime, (t.it_id, scratch + _TIMERS_OFF + 32 * i)),
+                          (x86_64.NR_timer_getoverrun, (t.it_id,))]
+            calls += [(x86_64.NR_prctl, (PR_GET_CHILD_SUBREAPER, scratch + _SUBREAPER_OFF)),
+                      (x86_64.NR_prctl, (PR_GET_DUMPABLE,)),
+                      (x86_64.NR_membarrier, (MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0))]
+            res = inj.syscalls(calls, **batch)
+            names = ["rt_sigaction"] * len(signals) + ["getitimer"] * 3
+            for name, r in zip(names, res):
+                _check(r, name)
+            at = len(names)
+            for i, t in enumerate(timers):
+                _check(res[at + 2 * i], "timer_gettime")
+                t.overrun = max(res[at + 2 * i + 1], 0)
+            subreaper_ret, dumpable, mb = res[-3:]
+            _check(subreaper_ret, "prctl(PR_GET_CHILD_SUBREAPER)")
+            _check(dumpable, "prctl(PR_GET_DUMPABLE)")
+            per_thread[first] = _thread_injected(inj, scratch, mem_fd, batch)
             for tid in tids[1:]:
                 with ctx.injector(pid, tid) as tinj:
-                    per_thread[tid] = _thread_injected(tinj, scratch, mem_fd)
+                    per_thread[tid] = _thread_injected(tinj, scratch, mem_fd, batch)
+            raw = os.pread(mem_fd, _TIMERS_OFF + 32 * len(timers), scratch)
         finally:
-            inj.syscall(x86_64.NR_munmap, scratch, _SCRATCH)
+            if code is not None:
+                inj.syscall(x86_64.NR_munmap, code, _CODE)
+            inj.syscall(x86_64.NR_munmap, scratch, size)
+    for i, t in enumerate(timers):
+        t.isec, t.insec, t.vsec, t.vnsec = struct.unpack_from("<qqqq", raw, _TIMERS_OFF + 32 * i)
+    subreaper = struct.unpack_from("<i", raw, _SUBREAPER_OFF)[0]
     # Unasked slots of the fresh mapping read as zeros: SIG_DFL.
     sigactions = [struct.unpack_from("<QQQQ", raw, _SA_OFF + i * 32) for i in range(_NSIG)]
     itimers = [struct.unpack_from("<qqqq", raw, _ITIMER_OFF + i * 32) for i in range(3)]
@@ -381,22 +409,25 @@ def _injected(ctx, pid: int, tids: list[int], timers: list[PosixTimer], mem_fd: 
     return sigactions, itimers, bool(subreaper), dumpable, (mb if mb > 0 else 0), per_thread
 
 
-def _thread_injected(inj, scratch: int, mem_fd: int) -> tuple[int, tuple[int, int, int], int, int]:
-    _check(inj.syscall(x86_64.NR_prctl, PR_GET_TID_ADDRESS, scratch + _INT_OFF), "prctl(PR_GET_TID_ADDRESS)")
-    _check(inj.syscall(x86_64.NR_sigaltstack, 0, scratch + _SAS_OFF), "sigaltstack")
-    blob = os.pread(mem_fd, _SAS_OFF + 24 - _INT_OFF, scratch + _INT_OFF)
+def _thread_injected(inj, scratch: int, mem_fd: int, batch: dict) -> tuple[int, tuple[int, int, int], int, int]:
+    res = inj.syscalls([(x86_64.NR_prctl, (PR_GET_TID_ADDRESS, scratch + _TID_ADDR_OFF)),
+                        (x86_64.NR_sigaltstack, (0, scratch + _SAS_OFF)),
+                        (x86_64.NR_prctl, (PR_GET_PDEATHSIG, scratch + _PDEATH_OFF)),
+                        (x86_64.NR_prctl, (PR_GET_SECUREBITS,))], **batch)
+    for name, r in zip(("prctl(PR_GET_TID_ADDRESS)", "sigaltstack", "prctl(PR_GET_PDEATHSIG)",
+                        "prctl(PR_GET_SECUREBITS)"), res):
+        _check(r, name)
+    blob = os.pread(mem_fd, _SAS_OFF + 24 - _TID_ADDR_OFF, scratch + _TID_ADDR_OFF)
     clear_tid = struct.unpack_from("<Q", blob, 0)[0]
-    ss_sp, ss_flags, ss_size = struct.unpack_from("<Qi4xQ", blob, _SAS_OFF - _INT_OFF)  # stack_t
-    _check(inj.syscall(x86_64.NR_prctl, PR_GET_PDEATHSIG, scratch + _INT_OFF), "prctl(PR_GET_PDEATHSIG)")
-    pdeath = struct.unpack("<i", os.pread(mem_fd, 4, scratch + _INT_OFF))[0]
-    secbits = _check(inj.syscall(x86_64.NR_prctl, PR_GET_SECUREBITS), "prctl(PR_GET_SECUREBITS)")
-    return clear_tid, (ss_sp, ss_size, ss_flags), pdeath, secbits
+    pdeath = struct.unpack_from("<i", blob, _PDEATH_OFF - _TID_ADDR_OFF)[0]
+    ss_sp, ss_flags, ss_size = struct.unpack_from("<Qi4xQ", blob, _SAS_OFF - _TID_ADDR_OFF)  # stack_t
+    return clear_tid, (ss_sp, ss_size, ss_flags), pdeath, res[3]
 
 
-def _unmap_scratch(ctx, pid: int, tid: int, scratch: int) -> None:
-    """Undo: the scratch mapping must not outlive an interrupted collection."""
+def _unmap_scratch(ctx, pid: int, tid: int, addr: int, size: int) -> None:
+    """Undo: a scratch or code mapping must not outlive an interrupted collection."""
     with ctx.injector(pid, tid) as inj:
-        inj.syscall(x86_64.NR_munmap, scratch, _SCRATCH)
+        inj.syscall(x86_64.NR_munmap, addr, size)
 
 
 # -- the whole process ----------------------------------------------------------------

@@ -2,8 +2,9 @@
 dump session and always gives the target back.
 
 Why a separate process. A thread being made to run injected system calls
-(:mod:`dumper.proc.inject`) spends moments in a single-step SIGTRAP
-signal-delivery-stop with borrowed registers. If its tracer dies then, the
+(:mod:`dumper.proc.inject`) spends moments in a SIGTRAP signal-delivery-stop
+(a single step, or the ``int3`` that ends a batch of calls run from a
+temporary code mapping) with borrowed registers. If its tracer dies then, the
 kernel detaches it (kernel/ptrace.c exit_ptrace()) and it resumes with those
 registers, or dies of the pending SIGTRAP (the stop's exit_code is not
 cleared on tracer death; only a PTRACE_EVENT_STOP is harmless to leave).
@@ -35,7 +36,7 @@ Safety argument: every state the target can be in when either process dies.
    reaches only the dumper. The warden handles one request at a time; a
    request in flight is finished first, so every injected sequence ends with
    the thread's registers restored (Injector is a context manager) and the
-   scratch page unmapped, whatever the dumper does meanwhile. Then:
+   scratch and code mappings unmapped, whatever the dumper does meanwhile. Then:
 
    - an interrupted dumper (KeyboardInterrupt/SystemExit or any exception
      reaching ``Warden.__exit__``) sends "finish, abort"; a killed one
