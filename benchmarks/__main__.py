@@ -9,11 +9,11 @@ import sys
 import time
 
 from . import (core, dump_dense, files_collect, incremental, metadata, peers, reader, restore, scan_sparse, startup,
-               warden)
+               tree, warden)
 
 BENCHMARKS = {"scan_sparse": scan_sparse, "dump_dense": dump_dense, "incremental": incremental, "reader": reader,
               "peers": peers, "files_collect": files_collect, "warden": warden, "restore": restore,
-              "metadata": metadata, "startup": startup, "core": core}
+              "metadata": metadata, "startup": startup, "core": core, "tree": tree}
 
 
 def main(argv=None) -> int:

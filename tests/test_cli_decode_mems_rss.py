@@ -340,7 +340,7 @@ def test_mems_criu_image(capsys, criu_dir):
         "\t00401000-00403000                   rw-        2 file #5 + 0x1000",
         "\t00600000-00640000                   rw-        3 [heap]",
         "\t7f0000000000-7f0000010000           rw-     4+6p",
-        "\t7f0000010000-7f0000012000           rw-        0 shmem[1]",
+        "\t7f0000010000-7f0000012000           rw-       0s shmem[1]",  # its shared memory object stores none
         "\t7f0000020000-7f0000021000           r--        0 file #6 + 0x2000 (s)",
         "\t7ffd00000000-7ffd00021000           rw-        2 [stack]",
         "\t7fff00000000-7fff00004000           r--        0 [vvar]",

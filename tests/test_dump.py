@@ -93,13 +93,20 @@ def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump):
     # guard markers (pages 4-6 and 12) never selected; the rest dumped
     assert [p for p in range(16) if have("guard", p)] == [p for p in range(16) if p not in (4, 5, 6, 12)]
     assert res.pages_unreadable == 0
-    # shared anonymous memory: recorded, contents not dumped
+    # shared anonymous memory: not in the process's pagemap, saved once as
+    # its object (pagemap-shmem), the VMA marked as CRIU 4.2 marks it
     assert not any(have("shared", p) for p in range(16))
     _, mm = read_image(ckpt / fmt.mm_name(t.pid))
     vmas = {v.start: v for v in mm[0].vmas}
     shared = vmas[r["shared"][0]]
-    assert not shared.dumped and "shared" in shared.contents_skipped_reason
-    assert shared.status & fmt.VMA_ANON_SHARED
+    assert shared.dumped and shared.nr_pages_dumped == 0
+    assert shared.status == fmt.VMA_AREA_REGULAR | fmt.VMA_FILE_SHARED | fmt.VMA_AREA_MEMFD
+    with open_checkpoint(ckpt) as ck:
+        a, n = r["shared"]
+        live = live_pages(t.pid, range(a, a + n, P))
+        assert ck.read(t.pid, a, n) == b"".join(live[x] for x in range(a, a + n, P))
+        (obj,) = ck.shared.objects.values()
+        assert obj.kind == "anon" and obj.size == n and obj.nr_pages == 6  # the written pages 0, 3, 6...
     # vvar never dumped, vdso dumped whole
     for v in mm[0].vmas:
         if v.path.startswith("[vvar"):
@@ -428,7 +435,7 @@ def test_dump_and_show_cli(spawn_target, tmp_path):
     assert f"process {t.pid}" in r.stdout
     addr = t.regions["shared"][0]
     line = next(l for l in r.stdout.splitlines() if l.strip().startswith(hex(addr)))
-    assert "skipped" in line and "shared memory: contents are not dumped yet" in line
+    assert "memfd" in line and "skipped" not in line  # saved once, as its object
     r = subprocess.run([sys.executable, "-m", "dumper", "dump", str(t.pid), "-D", str(ck)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "exists" in r.stderr and "Traceback" not in r.stderr

@@ -263,7 +263,8 @@ def test_lldb_opens_the_core_and_lists_the_threads(threads_case):
                         "-o", "thread list"], capture_output=True, text=True, timeout=300, env=GDB_ENV)
     tids = sorted(int(t) for t in re.findall(r"thread #\d+: tid = (\d+)", r.stdout))
     assert tids == threads_case["tids"], r.stdout + r.stderr
-    assert "spinner_thread" in r.stdout and "threads.c:58" in r.stdout
+    # the spinner is stopped somewhere in its loop: the body (line 58) or the loop's jump (line 57)
+    assert re.search(r"spinner_thread\(.*\) at threads\.c:5[78]\b", r.stdout), r.stdout
 
 
 # --- Python ---------------------------------------------------------------------------
@@ -358,9 +359,10 @@ def test_every_byte_equals_the_live_process(spawn_target, tmp_path):
     # The written private file mapping is whole: untouched pages from the file, as the process sees them.
     fa, flen = t.regions["file"]
     assert segs[fa][2] == flen
-    # Shared memory is not in the checkpoint: no bytes, and the result says so.
+    # Shared anonymous memory is saved once in its object: the segment whole, as the kernel's core
+    # (MMF_DUMP_ANON_SHARED); its bytes equal the live ones (checked above), untouched pages holes.
     sa, slen = t.regions["shared"]
-    assert segs[sa][2] == 0 and any("shared" in n for n in res.cores[0].notes)
+    assert segs[sa][2] == slen and not any("shared mappings" in n for n in res.cores[0].notes)
     # A 64 GiB reservation with 100 touched pages: holes, never 64 GiB of file; its untouched stretches
     # end segments (each new one starts at a saved page), while small VMAs keep the kernel's layout.
     assert res.cores[0].apparent < 2 * HOLE_ALLOWANCE

@@ -1018,6 +1018,8 @@ def test_shared_memory_images_pass_through(spawn_target, tmp_path):
     assert head.pages_id == 9 and [(e.vaddr, e.nr_pages, e.flags) for e in entries] == [(0, 4, fmt.PE_PRESENT)]
     want = bytes([10]) * P + bytes([11]) * P + bytes([22]) * P + bytes([23]) * P
     assert (out / "pages-9.img").read_bytes() == want
+    with open_checkpoint(b) as c:  # dumper's reader resolves the object's PE_PARENT pages the same way
+        assert b"".join(c.shared.objects[77].chunks(0, 4 * P, "test")) == want
 
     export(b, tmp_path / "kept", keep_chain=True)
     _, *top = read_msgs(tmp_path / "kept" / "pagemap-shmem-77.img")

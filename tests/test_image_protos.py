@@ -63,7 +63,7 @@ SOURCE_TREES = (REPO / "build" / CRIU_VERSION_DIR, Path("/work/main/build") / CR
 TARBALL = REPO.parent / "shared" / "criu" / f"{CRIU_VERSION_DIR}.tar.gz"
 
 # Ours only: no CRIU counterpart.
-OUR_MESSAGES = {"dumper_opts", "zpages_head", "zpages_index", "tracked_range", "unrestorable_reason"}
+OUR_MESSAGES = {"dumper_opts", "zpages_head", "zpages_index", "cow_ref_entry", "tracked_range", "unrestorable_reason"}
 OUR_ENUMS = {"pages_compression"}
 # opts.proto is CRIU's name for its display options (CRIU_Opts, extension
 # 1018); ours holds dumper_opts (51018) instead. zpages.proto is ours only.
@@ -232,7 +232,7 @@ def test_magics_match_criu(criu_source):
     aliases = {m[1]: m[2] for m in re.finditer(r"#define\s+(\w+)_MAGIC\s+([A-Z]\w*)_MAGIC\b", text)}
     for name in ("IMG_COMMON", "IMG_SERVICE", "KDAT", "RAW_IMAGE"):
         criu.pop(name, None)
-    ours = {k: v for k, v in fmt.MAGICS.items() if k != "ZPAGES"}
+    ours = {k: v for k, v in fmt.MAGICS.items() if k not in ("ZPAGES", "COW_REFS")}
     assert ours == criu
     assert (fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC) == (0x54564319, 0x55105940)
     # names sharing another's value: RAW_IMAGE ones are raw files, the rest
@@ -247,10 +247,11 @@ def test_magics_match_criu(criu_source):
 
 
 def test_our_magic_is_not_criu_style():
-    # CRIU magics use decimal-digit nibbles only; ours has a hex letter.
-    assert any((fmt.ZPAGES_MAGIC >> s) & 0xF > 9 for s in range(0, 32, 4))
+    # CRIU magics use decimal-digit nibbles only; ours have a hex letter.
+    for ours in (fmt.ZPAGES_MAGIC, fmt.COW_REFS_MAGIC):
+        assert any((ours >> s) & 0xF > 9 for s in range(0, 32, 4))
+        assert ours not in (fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC, 0)
     assert len(set(fmt.MAGICS.values())) == len(fmt.MAGICS)
-    assert fmt.ZPAGES_MAGIC not in (fmt.IMG_COMMON_MAGIC, fmt.IMG_SERVICE_MAGIC, 0)
 
 
 def test_every_entry_type_has_a_magic():

@@ -50,7 +50,6 @@ from dumper.restore.checks import check_full_dump
 from dumper.restore.criu import find_criu
 from targets.restore_support import (
     Target,
-    become_subreaper,
     build_targets,
     counters,
     criu_dump,
@@ -61,6 +60,7 @@ from targets.restore_support import (
     reap_zombie_children,
     rseq_areas,
     rseq_kernel_bytes,
+    subreaper_for_module,
     thread_states,
     to_zstd,
     wait_for,
@@ -74,14 +74,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _subreaper():
-    """Restored processes become our children when CRIU exits, so they can
-    be reaped (this machine's init does not reap)."""
-    become_subreaper()
-    yield
-    become_subreaper(False)
-    reap_zombie_children()
+_subreaper = pytest.fixture(scope="module", autouse=True)(subreaper_for_module)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,12 @@ sorted into three sets of address ranges:
 * ``only-in-A`` / ``only-in-B``: recorded in one checkpoint only (in the
   other the page was untouched, zero, or not mapped; contents not compared).
 
+Shared memory objects both hold (same shmid) are compared the same way,
+offsets in the object for addresses; a page only one of them stores is
+compared with zeros (the other object never had it written), so it shows
+as ``differ`` when it holds data. Pages shared copy-on-write (PE_COW) are
+compared as the process's own.
+
 Pages recorded in both are streamed from the two checkpoints a zstd frame
 at a time and compared with numpy, never page by page in Python. Exit status 0 when nothing differs, 1
 when something does (like ``diff``); errors are one ``dumper: error:`` line,
@@ -160,13 +166,58 @@ def diff_checkpoints(a: Checkpoint, b: Checkpoint, pid: int | None = None) -> tu
     return [diff_process(a, b, pa, pb) for pa, pb in pairs], notes
 
 
+def diff_shared(a: Checkpoint, b: Checkpoint) -> tuple[list[ProcessDiff], list[str]]:
+    """``(diffs, notes)`` of the shared memory objects both checkpoints
+    hold (by shmid); a diff's ``pid_a``/``pid_b`` are the shmid and its
+    ranges offsets in the object. Notes name objects only one holds."""
+    oa, ob = a.shared.objects, b.shared.objects
+    notes = [f"shmem {k} only in {which}" for k, which in
+             [(k, "A") for k in oa.keys() - ob.keys()] + [(k, "B") for k in ob.keys() - oa.keys()]]
+    diffs = []
+    for shmid in sorted(oa.keys() & ob.keys()):
+        x, y = oa[shmid], ob[shmid]
+        d = ProcessDiff(shmid, shmid, a.page_size)
+        if not (x.saved and y.saved):
+            if x.saved != y.saved:
+                notes.append(f"shmem {shmid}: contents saved only in {'A' if x.saved else 'B'}")
+            diffs.append(d)
+            continue
+        ps = a.page_size
+        ranges = [(int(v), int(v) + int(n) * ps) for o in (x, y) for v, n in zip(o.entries.vaddr, o.entries.nr_pages)]
+        limit = min((o.size for o in (x, y) if o.size is not None), default=None)
+        for s, e in _merge(sorted(ranges)):
+            if limit is not None and e > -(-limit // ps) * ps:
+                e = -(-limit // ps) * ps
+            if e <= s:
+                continue
+            ca = b"".join(x.chunks(s, e - s, f"A {x.describe()}"))
+            cb = b"".join(y.chunks(s, e - s, f"B {y.describe()}"))
+            for first, count in differing_runs(ca, cb, ps):
+                d._add("differ", s + first * ps, s + (first + count) * ps)
+        diffs.append(d)
+    return diffs, notes
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     with open_checkpoint(args.a) as a, open_checkpoint(args.b) as b:
         diffs, notes = diff_checkpoints(a, b, args.pid)
-    same = all(d.same for d in diffs) and not any("only in" in n for n in notes)
+        shared, shared_notes = diff_shared(a, b) if args.pid is None else ([], [])
+    notes += shared_notes
+    same = all(d.same for d in diffs + shared) and not any("only in" in n for n in notes)
     if args.json:
         print(json.dumps({"a": args.a, "b": args.b, "same": same, "notes": notes,
-                          "processes": [d.to_json() for d in diffs]}, indent=2))
+                          "processes": [d.to_json() for d in diffs],
+                          "shared": [{**d.to_json(), "shmid": d.pid_a} for d in shared]}, indent=2))
         return 0 if same else 1
     for n in notes:
         print(n)
@@ -185,6 +236,13 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {kind:<10} {rng:<33} {n:>9} page(s) {human_bytes(e - s):>10}")
             if len(ranges) > args.max_ranges:
                 print(f"  {kind:<10} ... and {len(ranges) - args.max_ranges} more range(s)")
+    for d in shared:
+        ranges = d.ranges["differ"]
+        print(f"shmem {d.pid_a}: {d.pages('differ')} page(s) differ")
+        for s, e in ranges[: args.max_ranges]:
+            print(f"  {'differ':<10} {f'offsets {s:#x}-{e:#x}':<33} {(e - s) // d.page_size:>9} page(s)")
+        if len(ranges) > args.max_ranges:
+            print(f"  differ     ... and {len(ranges) - args.max_ranges} more range(s)")
     if same:
         print("no differences")
     return 0 if same else 1

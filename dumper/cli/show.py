@@ -7,18 +7,21 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Sequence
 
 from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
 from ..image.pretty import printable
+from .mems import add_pid_option, selected_pids
 from .options import human_bytes, plural
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="checkpoint directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--all-vmas", action="store_true", help="list VMAs with nothing dumped too")
+    add_pid_option(parser)
 
 
 def _kind(v) -> str:
@@ -33,10 +36,12 @@ def _kind(v) -> str:
     return "other"
 
 
-def _vma_facts(ck, proc, v, pages: tuple[int, int]) -> dict:
+def _vma_facts(ck, proc, v, pages: tuple[int, int], cow: int = 0, shm: tuple = (None, None)) -> dict:
     """One VMA as show reports it: path from the image or, for a CRIU set,
     from its files.img; status "guard", "skipped" (with the reason) or the
-    pages the pagemap holds in it."""
+    pages the pagemap holds in it (``pages_cow`` of them stored once in
+    another process's stream); for a shared memory VMA, its object
+    (``shmid``) and the object's pages in the mapping's range."""
     guard = bool(v.status & fmt.VMA_AREA_GUARD)
     path = v.path
     if not path and v.status & (fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED):
@@ -53,7 +58,8 @@ def _vma_facts(ck, proc, v, pages: tuple[int, int]) -> dict:
         "start": v.start, "end": v.end, "prot": v.prot, "kind": _kind(v), "path": printable(path),
         "dumped": dumped, "guard": guard, "reason": reason,
         "pages": v.nr_pages_dumped if v.HasField("nr_pages_dumped") else pages[0],
-        "pages_parent": v.nr_pages_parent if v.HasField("nr_pages_parent") else pages[1],
+        "pages_parent": v.nr_pages_parent if v.HasField("nr_pages_parent") else pages[1] - cow,
+        "pages_cow": cow, "shmid": shm[0], "pages_shared": shm[1],
     }
 
 
@@ -74,6 +80,18 @@ class _Lazy(list):
         return iter(self._make())
 
 
+def _shared_facts(ck, obj) -> dict:
+    """One shared memory object: what it is, what is stored, who maps it."""
+    maps = ck.shared.mapped_by(obj)
+    return {
+        "shmid": obj.shmid, "kind": obj.kind, "name": printable(obj.name), "size": obj.size,
+        "saved": obj.saved, "pages": obj.nr_pages,
+        "pages_file": printable(Path(obj.pages.path).name) if obj.pages is not None else None,
+        "pages_file_bytes": os.fstat(obj.pages._fd).st_size if obj.pages is not None else 0,
+        "mapped_by": sorted({pid for pid, _ in maps}), "mappings": len(maps),
+    }
+
+
 def summarize(path: str) -> dict:
     """The facts ``show`` prints, as a JSON-ready dict. Raises ImageError
     for damage in this checkpoint; a broken parent chain is reported in
@@ -83,23 +101,25 @@ def summarize(path: str) -> dict:
 
 
 def _vmas_of(ck, proc):
-    from .mems import pages_per_vma_arrays
+    from .mems import pages_per_vma_arrays, shared_counts
 
     pres, other, _ = pages_per_vma_arrays(proc)
-    for v, a, b in zip(proc.mm.vmas, pres.tolist(), other.tolist()):
-        yield _vma_facts(ck, proc, v, (a, b))
+    cows, shm = shared_counts(ck, proc)
+    for v, a, b, cw, sh in zip(proc.mm.vmas, pres.tolist(), other.tolist(), cows, shm):
+        yield _vma_facts(ck, proc, v, (a, b), cw, sh)
 
 
-def _summary(ck, path: str, *, lazy: bool) -> dict:
+def _summary(ck, path: str, *, lazy: bool, pid: int | None = None) -> dict:
     """:func:`summarize` of the open ``ck``; with ``lazy`` each process's
-    ``vmas`` is made while it is iterated (``ck`` must stay open)."""
+    ``vmas`` is made while it is iterated (``ck`` must stay open). ``pid``:
+    that process only."""
     inv = ck.inventory
     try:
         stats, stats_error = ck.stats, None
     except ImageError as err:  # auxiliary: the rest of the checkpoint still shows (verify reports it)
         stats, stats_error = None, str(err)
     procs = []
-    for pid in ck.pids:
+    for pid in selected_pids(ck, pid):
         proc = ck.process(pid)
         vmas: list = []
         if proc.mm is not None:
@@ -112,11 +132,13 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
             "entries": len(proc.entries),
             "pages_present": proc.entries.pages(fmt.PE_PRESENT),
             "pages_parent": proc.entries.pages(fmt.PE_PARENT),
+            "pages_cow": proc.entries.pages(fmt.PE_COW),
             "pages_file": pages_file.name,
             "pages_file_bytes": os.fstat(proc.pages._fd).st_size,
             "mm": proc.mm is not None,
             "vmas": vmas,
         })
+    shared = [_shared_facts(ck, o) for o in ck.shared.objects.values()]
     status = ck.chain_status()
     chain = [c["path"] for c in status if c["ok"]]
     chain_error = next((c["error"] for c in status if not c["ok"]), None)
@@ -143,6 +165,7 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
         "parent_chain_error": chain_error,
         "dump_start_ns": inv.dump_start_ns,
         "processes": procs,
+        "shared": shared,
     }
     if stats is not None:
         out["stats"] = {f.name: getattr(stats, f.name) for f in stats.DESCRIPTOR.fields if stats.HasField(f.name)}
@@ -152,7 +175,7 @@ def _summary(ck, path: str, *, lazy: bool) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     with open_checkpoint(args.dir) as ck:
-        s = _summary(ck, args.dir, lazy=True)
+        s = _summary(ck, args.dir, lazy=True, pid=getattr(args, "pid", None))
         if args.json:
             _print_json(s)
             return 0
@@ -209,7 +232,7 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
         print(f"  stats      UNREADABLE: {s['stats_error']}")
     if st:
         raw = st.get("bytes_raw", 0)
-        files = sum(p["pages_file_bytes"] or 0 for p in s["processes"])
+        files = sum(p["pages_file_bytes"] or 0 for p in s["processes"]) + sum(o["pages_file_bytes"] for o in s["shared"])
         # the same ratio `dumper dump` prints: raw page bytes / pages file size
         ratio = f", raw / image = {raw / files:.2f}x" if files and s["compression"] == "zstd" else ""
         if s["derived_by"]:  # written from other checkpoints: nothing was frozen or scanned
@@ -231,24 +254,47 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
     for p in s["processes"]:
         print(f"process {p['pid']}: {p['entries']} pagemap entries, {p['pages_present']} pages in "
               f"{p['pages_file']} ({human_bytes(p['pages_file_bytes'] or 0)})"
-              + (f", {p['pages_parent']} in parent" if p["pages_parent"] else ""))
+              + (f", {p['pages_parent']} in parent" if p["pages_parent"] else "")
+              + (f", {p['pages_cow']} shared copy-on-write (stored once, with another process)"
+                 if p["pages_cow"] else ""))
         if not p["mm"]:
             print("  no mm image: VMAs unknown (a CRIU pre-dump?); only pages with pagemap entries read")
             continue
         print(f"  {'start':>14} {'end':>14} {'size':>10} {'prot':4} {'kind':12} {'dumped':>8}  name")
         hidden = 0
         for v in p["vmas"]:
-            if not args.all_vmas and v["dumped"] and not v["pages"] and not v["pages_parent"]:
+            if not args.all_vmas and _empty(v):
                 hidden += 1
                 continue
             prot = "".join(c if v["prot"] & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
             dumped = "guard" if v["guard"] else (str(v["pages"]) if v["dumped"] else "skipped")
+            if v["dumped"] and v["pages_cow"]:
+                dumped += f"+{v['pages_cow']}c"
             note = f"  [{v['reason']}]" if not v["dumped"] and v["reason"] else ""
+            if v["dumped"] and v["pages_shared"] is not None:
+                dumped = f"{v['pages_shared']}s"
+                note = (f"  [shared memory {v['shmid']}: saved once]" if v["shmid"] is not None
+                        else "  [shared memory: its object is not in the checkpoint]")
             print(f"  {v['start']:#14x} {v['end']:#14x} {human_bytes(v['end'] - v['start']):>10} {prot:4} "
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
         if hidden:
             print(f"  ({plural(hidden, 'VMA')} with no pages to dump not listed; --all-vmas shows them)")
+    if s["shared"]:
+        print("shared memory (saved once, whoever maps it; MAP_SHARED file mappings keep their contents in the file)")
+        for o in s["shared"]:
+            size = human_bytes(o["size"]) if o["size"] is not None else "size unknown"
+            saved = (f"{plural(o['pages'], 'page')} in {o['pages_file']} ({human_bytes(o['pages_file_bytes'])})"
+                     if o["saved"] else "contents not saved")
+            print(f"  shmem {o['shmid']}: {o['kind']} {o['name']!s}, {size}, {saved}; "
+                  f"{plural(o['mappings'], 'mapping')} in {plural(len(o['mapped_by']), 'pid')} "
+                  f"{', '.join(map(str, o['mapped_by'])) or '-'}")
     return 0
+
+
+def _empty(v: dict) -> bool:
+    """A dumped VMA with nothing recorded in it (listed with --all-vmas only)."""
+    return (v["dumped"] and not v["pages"] and not v["pages_parent"] and not v["pages_cow"]
+            and v["pages_shared"] is None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

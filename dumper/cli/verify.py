@@ -9,9 +9,13 @@ checkpoint and its parent chain.
 
 With ``--pid PID``: also compares every recorded page with the memory of the
 live process PID, frozen with ptrace for the comparison and then given back
-in the state it was found in. Pages the process changed since the dump differ
-legitimately, so this is meant for a process that stayed stopped (``dump
---leave-stopped``) or otherwise unchanged.
+in the state it was found in. When PID is the checkpoint's root, the whole
+live tree is frozen and compared: every process of the checkpoint that is
+alive (pages shared copy-on-write included), and every saved shared memory
+object with the live object, read through a descriptor of our own (pread:
+no page of the process is touched). Pages the processes changed since the
+dump differ legitimately, so this is meant for a tree that stayed stopped
+(``dump --leave-stopped``) or otherwise unchanged.
 
 Exit status 0 when intact, 1 with one line per problem (at most
 ``--max-problems``, then a count of the rest); errors that stop the check
@@ -22,6 +26,7 @@ also status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -173,7 +178,7 @@ def only_kernel_written(a, b, base: int, areas: list[tuple[int, int]]) -> bool:
 
 
 def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None,
-                 notes: list[str] | None = None) -> Iterator[str]:
+                 notes: list[str] | None = None, warden: Warden | None = None) -> Iterator[str]:
     """Freeze ``live_pid``, compare every recorded page of checkpoint process
     ``ckpt_pid`` (default ``live_pid``) with its memory, thaw it; yield one
     line per range of pages that differ or cannot be read any more. Work is
@@ -181,7 +186,8 @@ def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None,
     read goes on page-wise. Pages that differ only in the rseq fields the
     kernel rewrites by itself (cpu_id_start, cpu_id, node_id, mm_cid of a
     thread's ``struct rseq``, from PTRACE_GET_RSEQ_CONFIGURATION) are not
-    problems: they are appended to ``notes`` instead."""
+    problems: they are appended to ``notes`` instead. ``warden``: one that
+    already holds ``live_pid`` frozen (a tree being compared)."""
     if ckpt_pid is None:
         ckpt_pid = live_pid
     ps = ck.process(ckpt_pid).page_size
@@ -192,8 +198,9 @@ def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None,
                         "kernel rewrites when a thread migrates (cpu_id, cpu_id_start, node_id, mm_cid): not a change")
 
     bufs = [bytearray()]
-    with Warden() as w:
-        w.freeze(target.pid, tree=False)
+    with (Warden() if warden is None else contextlib.nullcontext(warden)) as w:
+        if warden is None:
+            w.freeze(target.pid, tree=False)
         areas = w.call(_rseq_areas_of, target.pid)  # ptrace requests: the warden is the tracer
         fd = target.open("mem")
         try:
@@ -236,6 +243,92 @@ def _compare_range(ck, ckpt_pid, start, end, fd, target, bufs, ps, areas, runs, 
             if pos < len(chunk):  # this page cannot be read: note it, go on after it
                 yield from runs.add("unreadable", vaddr + pos, vaddr + pos + ps)
                 pos += ps
+
+
+def compare_live_tree(ck: Checkpoint, live_pid: int, notes: list[str]) -> Iterator[str]:
+    """:func:`compare_live` for ``live_pid``; when it is the checkpoint's
+    root, for the whole tree: frozen at once, every process of the
+    checkpoint still alive compared, then the shared memory objects."""
+    if live_pid != ck.root_pid or len(ck.pids) < 2 and not ck.shared.objects:
+        yield from compare_live(ck, live_pid, notes=notes)
+        return
+    with Warden() as w:
+        tree = w.freeze(live_pid, tree=True)
+        alive = {fp.pid for fp in tree.processes.values() if not fp.zombie}
+        for pid in ck.pids:
+            if pid not in alive:
+                yield f"pid {pid}: in the checkpoint, not in the live tree of {live_pid}"
+                continue
+            yield from compare_live(ck, pid, notes=notes, warden=w)
+        yield from compare_shared(ck, alive, notes)
+
+
+def compare_shared(ck: Checkpoint, alive: set[int], notes: list[str]) -> Iterator[str]:
+    """Compare each saved shared memory object with the live one, found
+    through a mapping of a live process of the checkpoint (its
+    /proc/PID/map_files link, opened read-only: pread only). Live data the
+    checkpoint holds as a hole must be zeros."""
+    from ..dump.shmem import data_extents
+    from ..image.shared import is_shmem_vma
+
+    ps = ck.page_size
+    for obj in ck.shared.objects.values():
+        if not obj.saved:
+            continue
+        where = next(((pid, v) for pid, v in ck.shared.mapped_by(obj) if pid in alive), None)
+        if where is None:
+            notes.append(f"{obj.describe()}: no live process of the checkpoint maps it; not compared")
+            continue
+        pid, v = where
+        try:
+            fd = os.open(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            yield f"{obj.describe()}: cannot open it through pid {pid}'s mapping: {err.strerror}"
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            if obj.size is not None and obj.kind != "sysv" and size != obj.size:
+                yield f"{obj.describe()}: {size} bytes live, {obj.size} in the checkpoint"
+            ent = obj.entries
+            runs = _Runs(lambda kind, s, e: f"{obj.describe()}: offsets [{s:#x}, {e:#x}) {(e - s) // ps} page(s) "
+                         + ("differ from the checkpoint" if kind == "differ" else "cannot be read live"))
+            for off, n in zip(ent.vaddr.tolist(), ent.nr_pages.tolist()):
+                pos = off
+                for chunk in obj.chunks(off, n * ps, f"{obj.describe()}"):
+                    live = os.pread(fd, len(chunk), pos)
+                    live += bytes(len(chunk) - len(live))
+                    for first, count in differing_runs(memoryview(chunk), live, ps):
+                        yield from runs.add("differ", pos + first * ps, pos + (first + count) * ps)
+                    pos += len(chunk)
+            have = (ent.vaddr, ent.vaddr + ent.nr_pages * np.uint64(ps))
+            ls, le = data_extents(fd, size)
+            for s, e in zip(ls.tolist(), le.tolist()):  # live data where the checkpoint has none
+                for a, b in _outside(s, e, have):
+                    data = os.pread(fd, b - a, a)
+                    for first, count in page_runs(np.frombuffer(data + bytes(-len(data) % ps), np.uint64)
+                                                  .reshape(-1, ps // 8).any(axis=1)):
+                        yield from runs.add("differ", a + first * ps, a + (first + count) * ps)
+            yield from runs.flush()
+        finally:
+            os.close(fd)
+
+
+def _outside(s: int, e: int, have) -> list[tuple[int, int]]:
+    """Parts of ``[s, e)`` no interval of ``have`` (sorted arrays) covers."""
+    out, pos = [], s
+    starts, ends = have
+    i = int(np.searchsorted(ends, np.uint64(s), side="right"))
+    while pos < e and i < len(starts):
+        a, b = int(starts[i]), int(ends[i])
+        if a >= e:
+            break
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+        i += 1
+    if pos < e:
+        out.append((pos, e))
+    return out
 
 
 def check_same_process(ck: Checkpoint, live_pid: int) -> None:
@@ -308,9 +401,10 @@ def run(args: argparse.Namespace) -> int:
         for problem in ck.verify(parents=not args.no_parents, threads=args.threads):
             report(str(problem))
         if args.pid is not None:
-            for line in compare_live(ck, args.pid, notes=notes):
+            for line in compare_live_tree(ck, args.pid, notes):
                 report(line)
         pages = sum(p.nr_pages_present for p in ck.processes.values())
+        pages += sum(o.nr_pages for o in ck.shared.objects.values())
         nparents = len(ck.parent_paths) if not args.no_parents else 0
         chain = [ck] if args.no_parents else list(_usable_chain(ck))
         unchecked = sum(n for c in chain for n in c.unchecked_pages().values())

@@ -5,9 +5,12 @@ checkpoint (a tree of processes shares one) and turns what
 :mod:`dumper.proc.fds` collected into CRIU's images:
 
 - ``files.img``: one ``file_entry`` per open file description (REG for
-  files, directories and memory devices, PIPE, FIFO, EVENTFD, TTY), and per
-  file a process maps, runs (``mm_entry.exe_file_id``) or sits in (cwd,
-  root);
+  files, directories and memory devices, PIPE, FIFO, EVENTFD, TTY, MEMFD),
+  and per file a process maps, runs (``mm_entry.exe_file_id``) or sits in
+  (cwd, root); a shared memory object mapped (MAP_SHARED anonymous or
+  ``/dev/zero``, memfd) is a MEMFD entry as CRIU 4.2 writes it
+  (criu/memfd.c), its contents saved once by
+  :class:`~dumper.dump.shmem.SharedMemory`;
 - ``fdinfo-<files_id>.img``: one ``fdinfo_entry`` per descriptor (returned
   by :meth:`FileTable.add_process`; :func:`write_fdinfo` writes it);
 - ``pipes-data.img`` / ``fifo-data.img``: the bytes buffered in each pipe
@@ -48,6 +51,7 @@ from ..image.pb import (
     fifo_pb2,
     fown_pb2,
     fs_pb2,
+    memfd_pb2,
     ghost_file_pb2,
     pipe_data_pb2,
     pipe_pb2,
@@ -71,6 +75,7 @@ from ..proc.fds import (
 )
 from ..proc.maps import Vma
 from ..proc.process import Process
+from .shmem import SYSV, SharedMemory, ShmemObject
 
 __all__ = ["FileTable", "Unrestorable", "write_fdinfo", "GHOST_CHUNKS_THRESH"]
 
@@ -85,6 +90,7 @@ _FD_TYPE = {
     "fifo": fdinfo_pb2.FIFO,
     "eventfd": fdinfo_pb2.EVENTFD,
     "tty": fdinfo_pb2.TTY,
+    "memfd": fdinfo_pb2.MEMFD,
 }
 
 _KMSG = (ktty.MEM_MAJOR, 11)
@@ -160,10 +166,16 @@ class FileTable:
     Methods that look at a process (:meth:`add_process`'s sharing check,
     :meth:`mapped_file`, :meth:`exe_file`, :meth:`fs_entry`) must run while
     it is frozen. Errors: ProcessError kinds, KernelError (kcmp).
+
+    ``shmem``: where shared memory objects (mapped, or memfd descriptors)
+    are registered for their contents to be saved; without it they are not
+    saved, each with a reason in :attr:`unrestorable`.
     """
 
-    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT) -> None:
+    def __init__(self, *, ghost_limit: int = DEFAULT_GHOST_LIMIT, shmem: SharedMemory | None = None) -> None:
         self.ghost_limit = ghost_limit
+        self.shmem = shmem
+        self._mapped_obj: dict[tuple, ShmemObject] = {}
         self._next_id = 1
         self._next_ghost = 1
         self.files: list[fdinfo_pb2.file_entry] = []  # files.img, in CRIU's order of creation
@@ -211,7 +223,8 @@ class FileTable:
     def unrestorable(self) -> list[Unrestorable]:
         """Everything not saved, one entry each, plus checks that need the
         whole tree (pseudo-terminal pairs). Ask after the last process."""
-        return self._unrestorable + self._pty_reasons()
+        shm = [Unrestorable(*r) for r in self.shmem.unrestorable] if self.shmem is not None else []
+        return self._unrestorable + self._pty_reasons() + shm
 
     @property
     def needs_shell_job(self) -> bool:
@@ -251,6 +264,8 @@ class FileTable:
         """
         out = []
         for o in fds:
+            if o.unrestorable is None and o.kind == "memfd" and self.shmem is None:
+                o.unrestorable = f"memfd {o.link!r}: its contents are not saved"
             if o.unrestorable is not None:
                 self._not_saved(pid, o.kind, f"fd {o.fd}", o.unrestorable)
                 if o.tty is not None:  # a pty master: its slaves are not shell-job terminals
@@ -310,6 +325,10 @@ class FileTable:
             self.files.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.EVENTFD, id=file_id, efd=efd))
         elif o.kind == "tty":
             self._add_tty(pid, file_id, o, fown)
+        elif o.kind == "memfd":
+            obj = self.shmem.descriptor(self._process(pid), o.fd, o.file)
+            self._add_memfd(file_id, obj, o.flags, o.pos, fown)
+            self._special.setdefault((o.file.dev, o.file.ino, o.file.mnt_id), (file_id, o.file.mode))
         else:  # collect_fds gives every other kind a reason
             raise ValueError(f"fd {o.fd} of kind {o.kind!r} has no image entry")
         return file_id
@@ -344,6 +363,12 @@ class FileTable:
                     orig_id=file_id, remap_id=ghost_id, remap_type=remap_file_path_pb2.GHOST
                 )
             )
+
+    def _add_memfd(self, file_id: int, obj: ShmemObject, flags: int, pos: int, fown: fown_pb2.fown_entry) -> None:
+        """A MEMFD file_entry (criu/memfd.c dump_one_memfd) naming the
+        object's ``memfd.img`` inode."""
+        mfe = memfd_pb2.memfd_file_entry(id=file_id, flags=flags, pos=pos, fown=fown, inode_id=obj.inode_id)
+        self.files.append(fdinfo_pb2.file_entry(type=fdinfo_pb2.MEMFD, id=file_id, memfd=mfe))
 
     def _add_tty(self, pid: int, file_id: int, o: OpenFd, fown: fown_pb2.fown_entry) -> None:
         """criu/tty.c dump_one_tty: the path as a REG entry, one tty_info per
@@ -398,24 +423,51 @@ class FileTable:
         return file_id
 
     def mapped_file(self, pid: int, vma: Vma) -> int:
-        """The file id (``vma_entry.shmid``) of the file mapped at ``vma``, a
-        file-backed VMA, private or shared. 0 when it is not saved: shared
-        memory objects (MAP_SHARED anonymous, memfd, SysV shm: issue 11) and
-        files a restore cannot reopen, each with a reason in
+        """``vma_entry.shmid`` of file-backed ``vma``, private or shared: the
+        file id of the file mapped there, a MEMFD file id for a shared memory
+        object (MAP_SHARED anonymous, ``/dev/zero``, memfd: registered with
+        :attr:`shmem`), or a SysV segment's id. 0 when it is not saved (no
+        ``shmem``, or a file a restore cannot reopen), with a reason in
         :attr:`unrestorable`. Call while ``pid`` is frozen."""
         key = (pid, vma.path, vma.dev_major, vma.dev_minor, vma.inode)
         hit = self._mapped.get(key)
         if hit is not None:
+            obj = self._mapped_obj.get(key)
+            if obj is not None:  # another VMA of the same object (a split mapping)
+                obj.mappings.append((pid, vma.start, vma.end, vma.pgoff))
             return hit
         what = f"mapping {vma.start:#x}-{vma.end:#x}"
         info = self._collect(pid, f"map_files/{vma.start:x}-{vma.end:x}")
         if is_shared_memory(info):
-            self._not_saved(pid, "shared memory", what,
-                            f"{info.path!r}: shared anonymous memory, memfd or SysV shm contents are not saved")
-            file_id = 0
+            file_id = self._shared_memory(pid, vma, info, what)
+            if self.shmem is not None and file_id:
+                self._mapped_obj[key] = self.shmem.objects[(info.dev, info.ino)]
         else:
             file_id = self._special_id(pid, "mapped file", f"{what} {info.path}", info)
         self._mapped[key] = file_id
+        return file_id
+
+    def _shared_memory(self, pid: int, vma: Vma, info: FileInfo, what: str) -> int:
+        """criu/cr-dump.c dump_filemap for a VMA_AREA_MEMFD VMA: one MEMFD
+        entry per object (fd_id_generate_special: reused by every mapping
+        and descriptor of the same inode); a SysV VMA's shmid is its id."""
+        if self.shmem is None:
+            self._not_saved(pid, "shared memory", what,
+                            f"{info.path!r}: shared anonymous memory, memfd or SysV shm contents are not saved")
+            return 0
+        obj = self.shmem.mapping(self._process(pid), vma.start, vma.end, vma.pgoff, info)
+        if obj.reason:
+            self._not_saved(pid, "shared memory", what, obj.reason)
+            return 0
+        if obj.kind == SYSV:
+            return obj.shmid
+        skey = (info.dev, info.ino, info.mnt_id)
+        hit = self._special.get(skey)
+        if hit is not None:
+            return hit[0]
+        file_id = self._new_id()
+        self._add_memfd(file_id, obj, 0, 0, _fown_entry(Fown()))
+        self._special[skey] = (file_id, info.mode)
         return file_id
 
     def exe_file(self, pid: int) -> int:

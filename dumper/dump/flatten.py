@@ -1,7 +1,9 @@
 """Flatten a chain of incremental checkpoints into one standalone checkpoint.
 
 Every PE_PARENT range is replaced by the pages the chain holds for it, so
-the result reads back page for page like the chain and needs no parent. Its
+the result reads back page for page like the chain and needs no parent.
+Pages a process shared copy-on-write (PE_COW) are written as its own;
+shared memory objects are copied once each, with the images naming them. Its
 inventory keeps the write-tracking record of the newest checkpoint, so the
 flattened one can be the parent of the next incremental dump.
 """
@@ -15,6 +17,7 @@ from ..errors import DumpError
 from ..image import CheckpointWriter
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
+from ..image.shared import copy_shared
 from ..image.pb import inventory_pb2, stats_pb2
 
 __all__ = ["flatten", "FlattenResult"]
@@ -53,9 +56,9 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
         st = stats_pb2.dump_stats_entry(freezing_time=0, frozen_time=0, memdump_time=0, memwrite_time=0,
                                         pages_scanned=0, pages_skipped_parent=0, pages_written=0, pages_lazy=0)
         with CheckpointWriter(dest, force=force, page_size=ck.page_size, sources=[c.path for c in chain]) as w:
-            for pid in ck.pids:
+            for pages_id, pid in enumerate(ck.pids, 1):
                 proc = ck.process(pid)
-                with w.pages_writer(pid, 1, compress=compress, level=level, threads=threads) as pw:
+                with w.pages_writer(pid, pages_id, compress=compress, level=level, threads=threads) as pw:
                     # (holes of a sparse raw pages file in anonymous memory are left out: zeros anyway)
                     for vaddr, data in ck.iter_copy(pid, parents=True):
                         pw.add_present(vaddr, data)
@@ -68,6 +71,10 @@ def flatten(src: str | os.PathLike, dest: str | os.PathLike, *, compress: bool =
                 total_pages += pw.stats.pages_present
                 written += pw.stats.bytes_file
                 pw.stats.add_to(st)
+            # Shared memory objects, once each (pages shared copy-on-write were resolved above).
+            for sst in copy_shared(ck, w, len(ck.pids) + 1, compress=compress, level=level, threads=threads):
+                written += sst.bytes_file
+                sst.add_to(st)
             inv = inventory_pb2.inventory_entry()
             inv.CopyFrom(ck.inventory)
             inv.ClearField("parent_path")

@@ -178,42 +178,15 @@ class PageCopier:
     # -- /proc/PID/mem ---------------------------------------------------------
 
     def _mem_read(self, spool: Spool, start: int, end: int, parts: list, progress) -> None:
-        fd = self._mem()
-        pos = start
-        while pos < end:
-            buf = spool.buffer(min(_STEP, end - pos))
-            got = 0
-            while got < len(buf):
-                try:
-                    k = os.preadv(fd, [buf[got:]], pos + got)
-                except OSError as err:
-                    if err.errno in (errno.EIO, errno.EFAULT, errno.ENOMEM):
-                        break
-                    with self.process.translate("mem"):
-                        raise
-                if k <= 0:
-                    break
-                got += k
-            got -= got % PAGE_SIZE
-            if got:
-                parts.append(Extents(np.array([pos], np.uint64), np.array([got], np.uint64),
-                                     np.array([spool.size], np.uint64)))
-                spool.advance(got)
-                if progress is not None:
-                    progress(got)
-                pos += got
-            if pos < end and got < len(buf):
-                self._record_unreadable(pos)
-                pos += PAGE_SIZE
+        def fail(err: OSError):
+            with self.process.translate("mem"):
+                raise err
 
-    def _record_unreadable(self, addr: int) -> None:
-        # A dead target reads as failures too: that is not an unreadable page.
-        self.process.check_has_mm()
-        last = self.unreadable[-1] if self.unreadable else None
-        if last and last[0] + last[1] * PAGE_SIZE == addr:
-            self.unreadable[-1] = (last[0], last[1] + 1)
-        else:
-            self.unreadable.append((addr, 1))
+        def unreadable(addr: int) -> None:
+            self.process.check_has_mm()  # a dead target reads as failures too: that is not an unreadable page
+            add_unreadable(self.unreadable, addr)
+
+        read_into_spool(self._mem(), spool, start, end, parts, fail=fail, unreadable=unreadable, progress=progress)
 
     @property
     def pages_unreadable(self) -> int:
@@ -223,3 +196,55 @@ class PageCopier:
         if self._mem_fd >= 0:
             os.close(self._mem_fd)
             self._mem_fd = -1
+
+
+def add_unreadable(runs: list[tuple[int, int]], addr: int) -> None:
+    """Record page ``addr`` in ``runs`` (``(first address, pages)``,
+    ascending), extending the last run when it ends there."""
+    last = runs[-1] if runs else None
+    if last and last[0] + last[1] * PAGE_SIZE == addr:
+        runs[-1] = (last[0], last[1] + 1)
+    else:
+        runs.append((addr, 1))
+
+
+def read_into_spool(fd: int, spool: Spool, start: int, end: int, parts: list, *, fail, unreadable,
+                    progress=None, eof_zeros: bool = False) -> None:
+    """Read bytes ``[start, end)`` (page aligned) of ``fd`` (``/proc/PID/mem``
+    or a shared memory object) into ``spool`` with ``preadv``, appending
+    :class:`Extents` to ``parts``. A page that cannot be read (EIO, EFAULT,
+    ENOMEM: a hole in the address space, a poisoned page) or lies past the
+    end of the file is passed to ``unreadable(addr)`` and skipped; other
+    errors go to ``fail(err)``, which raises. ``eof_zeros``: a partial last
+    page at the end of the file is completed with zeros (as it reads when
+    mapped). ``progress(nbytes)`` after each piece."""
+    pos = start
+    while pos < end:
+        buf = spool.buffer(min(_STEP, end - pos))
+        got = 0
+        while got < len(buf):
+            try:
+                k = os.preadv(fd, [buf[got:]], pos + got)
+            except OSError as err:
+                if err.errno in (errno.EIO, errno.EFAULT, errno.ENOMEM):
+                    break
+                fail(err)
+                raise
+            if k <= 0:
+                break
+            got += k
+        if eof_zeros and got % PAGE_SIZE and got < len(buf):
+            pad = PAGE_SIZE - got % PAGE_SIZE
+            buf[got:got + pad] = bytes(pad)
+            got += pad
+        got -= got % PAGE_SIZE
+        if got:
+            parts.append(Extents(np.array([pos], np.uint64), np.array([got], np.uint64),
+                                 np.array([spool.size], np.uint64)))
+            spool.advance(got)
+            if progress is not None:
+                progress(got)
+            pos += got
+        if pos < end and got < len(buf):
+            unreadable(pos)
+            pos += PAGE_SIZE

@@ -3,9 +3,13 @@
 VMA rules: private anonymous and private file-backed VMAs are dumped page by
 page; ``[vdso]`` is dumped whole (its pages are not anonymous, so the page
 rule would skip them); ``[vvar]``/``[vvar_vclock]``, ``[vsyscall]``, VM_IO
-and VM_PFNMAP VMAs and MAP_DROPPABLE memory are skipped; shared mappings
-(MAP_SHARED files, shared anonymous, memfd, SysV shm) are recorded but their
-contents are not dumped yet.
+and VM_PFNMAP VMAs and MAP_DROPPABLE memory are skipped. Shared memory
+(MAP_SHARED anonymous or ``/dev/zero``, memfd, SysV shm: a shmem inode,
+criu/proc_parse.c) is mode "shmem": its contents are saved once per object
+(:mod:`dumper.dump.shmem`), not in the process's pagemap; CRIU 4.2 marks
+the first two kinds VMA_FILE_SHARED | VMA_AREA_MEMFD, SysV VMA_ANON_SHARED |
+VMA_AREA_SYSVIPC. MAP_SHARED mappings of ordinary files are skipped: the
+file holds their contents (CRIU saves none either).
 
 Page rule: PRESENT or SWAPPED, and not FILE (still the page cache's), not
 PFNZERO (the zero page), not GUARD (a marker; reading it fails).
@@ -13,24 +17,31 @@ PFNZERO (the zero page), not GUARD (a marker; reading it fails).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..image import format as fmt
 from ..kernel.libc import PAGE_SIZE
+from ..proc.fds import memfd_dev
 from ..proc.maps import Vma
 from ..scan import Category, ScanMasks
 from . import intervals as iv
+from .shmem import SYSV_REASON
 
-__all__ = ["VmaPlan", "classify", "classify_all", "dump_masks", "drop_uffd_markers"]
+__all__ = ["VmaPlan", "classify", "classify_all", "is_shmem", "dump_masks", "drop_uffd_markers",
+           "SHARED_FILE_REASON"]
+
+SHARED_FILE_REASON = "shared file mapping: contents live in the file"
 
 @dataclass(slots=True)
 class VmaPlan:
     """A VMA with its CRIU status bits and what the dump does with it.
 
     ``mode`` is "pages" (select pages with the scanner), "whole" (every
-    page, e.g. [vdso]) or "skip"; ``reason`` says why contents are skipped.
+    page, e.g. [vdso]), "shmem" (a shared memory object's: saved with the
+    object) or "skip"; ``reason`` says why contents are skipped.
     """
 
     vma: Vma
@@ -59,18 +70,16 @@ def classify(vma: Vma) -> VmaPlan:
     if name == "[heap]":
         st |= fmt.VMA_AREA_HEAP
     if vma.shared:
-        if vma.path.startswith("/memfd:"):
-            st |= fmt.VMA_AREA_MEMFD
-        elif vma.path.startswith("/SYSV"):
-            st |= fmt.VMA_AREA_SYSVIPC
-        elif vma.path.startswith("/dev/zero") or (not vma.file_backed) or vma.path.startswith("[anon_shmem"):
-            st |= fmt.VMA_ANON_SHARED
-        else:
-            st |= fmt.VMA_FILE_SHARED
-        if st & fmt.VMA_FILE_SHARED:  # the file holds the contents; CRIU maps it again
-            return VmaPlan(vma, st, "skip", "shared file mapping: contents live in the file")
-        # (the files table gives the reason `criu restore` cannot rebuild it)
-        return VmaPlan(vma, st, "skip", "shared memory: contents are not dumped yet")
+        if "ht" in vma.vmflags:  # hugetlbfs: SEEK_DATA would see every page as data
+            return VmaPlan(vma, st | fmt.VMA_FILE_SHARED | fmt.VMA_AREA_MEMFD, "skip",
+                           "MAP_HUGETLB shared memory: contents are not saved",
+                           "MAP_HUGETLB shared memory is not saved")
+        if is_shmem(vma):
+            if vma.path.startswith("/SYSV"):
+                return VmaPlan(vma, st | fmt.VMA_ANON_SHARED | fmt.VMA_AREA_SYSVIPC, "shmem", unrestorable=SYSV_REASON)
+            return VmaPlan(vma, st | fmt.VMA_FILE_SHARED | fmt.VMA_AREA_MEMFD, "shmem")
+        # the file holds the contents; CRIU maps it again
+        return VmaPlan(vma, st | fmt.VMA_FILE_SHARED, "skip", SHARED_FILE_REASON)
     st |= fmt.VMA_FILE_PRIVATE if vma.file_backed else fmt.VMA_ANON_PRIVATE
     if vma.io or vma.pfnmap:
         return VmaPlan(vma, st, "skip", "VM_IO/VM_PFNMAP: device memory", "device memory cannot be saved")
@@ -81,6 +90,13 @@ def classify(vma: Vma) -> VmaPlan:
     return VmaPlan(vma, st, "pages")
 
 
+def is_shmem(vma: Vma) -> bool:
+    """True for a VMA backed by a shmem inode of the kernel's internal
+    mount: shared anonymous, ``/dev/zero`` shared, memfd, SysV shm (CRIU's
+    is_anon_shmem_map / is_memfd: the device tells, not the name)."""
+    return (vma.dev_major, vma.dev_minor) == (os.major(memfd_dev()), os.minor(memfd_dev()))
+
+
 def classify_all(vmas: list[Vma]) -> list[VmaPlan]:
     """:func:`classify` for a whole VMA list. What classify looks at repeats
     from VMA to VMA (name, VmFlags, sharing), so each distinct combination
@@ -88,7 +104,7 @@ def classify_all(vmas: list[Vma]) -> list[VmaPlan]:
     cache: dict[tuple, VmaPlan] = {}
     out = []
     for v in vmas:
-        key = (v.path, v.vmflags, v.perms[3], v.inode != 0, v.user)
+        key = (v.path, v.vmflags, v.perms[3], v.inode != 0, v.user, v.dev_major, v.dev_minor)
         proto = cache.get(key)
         if proto is None:
             proto = cache[key] = classify(v)

@@ -12,7 +12,10 @@ Frozen (the target waits only for this):
   ``arm``          tracking prepared (injected syscalls come before any read);
   ``scan``         the mask scanner over the private VMAs;
   ``select``       numpy interval algebra: pages to copy, pages the parent holds;
+  ``share_cow``    pages a process shares copy-on-write with an earlier one
+                   (same PFN): not copied again, referenced (PE_COW);
   ``copy``         page runs into the spool (process_vm_readv, batched);
+  ``copy_shared``  shared memory objects into the spool, once each (pread);
   ``reset``        tracking reset for the next dump;
   ``thaw``         resume, leave stopped, or kill.
 After the thaw:
@@ -58,6 +61,8 @@ from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
 from .files import FileTable, write_fdinfo
+from .shmem import SharedMemory, settle_plans, spool_estimate
+from .cow import CowSharing, stream_layout, write_cow_refs
 from ..proc.fds import collect_fds, map_files_fdflags
 from ..proc.freeze import check_target
 from ..proc.tree import FrozenProcess
@@ -230,7 +235,10 @@ class DumpSession:
         self.processes: list[ProcessDump] = []
         self.tracker_name = "none"
         self.unrestorable: list[inventory_pb2.unrestorable_reason] = []
-        self.files = FileTable()
+        self.shmem = SharedMemory()  # shared memory objects, saved once each
+        # CRIU reads --no-compress sets itself: no PE_COW there; a pre-dump copies after the thaw
+        self.cow = CowSharing(enabled=opts.compress and not opts.pre_dump)
+        self.files = FileTable(shmem=self.shmem)
         self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
@@ -247,6 +255,7 @@ class DumpSession:
         with ExitStack() as stack:
             # LIFO: the writer (its compression threads read the spool) stops first.
             stack.callback(self.spool.close)
+            stack.callback(self.shmem.close)
             stack.callback(self.writer.abort)  # no-op after commit
             if threading.current_thread() is threading.main_thread():
                 stack.enter_context(raise_on_termination())
@@ -267,7 +276,9 @@ class DumpSession:
                 self.thaw()
                 self.copy()
             else:
+                self.share_cow()
                 self.copy()
+                self.copy_shared()
                 self.check_restorable(after_copy=True)
                 if self.opts.pre_copy and not self.opts.track_mem and not self._tracking_was_armed:
                     self.disarm()  # the rounds armed it for this dump only
@@ -340,6 +351,7 @@ class DumpSession:
                 continue  # gone already: the freeze decides
             expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
             expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
+        expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode == "shmem"))
         if not opts.pre_dump:
             self.spool.reserve(expected + expected // 16 + (1 << 20))
         self._warn_long_freeze(expected)
@@ -429,6 +441,8 @@ class DumpSession:
         """Process state that must be read while it exists and holds still:
         registers, signals, credentials, limits... (:mod:`dumper.proc.task`),
         and open files."""
+        # a zombie's exit code now: once thawed, its parent may reap it
+        self.zombie_cores = [criu_core.zombie_core_entry(z.pid) for z in self.zombies]
         for p in self.processes:
             p.mm = mm_pb2.mm_entry(**p.proc.mm_layout(p.vmas), exe_file_id=0, mm_saved_auxv=_criu_auxv(p.proc.auxv()))
             mm_tid = p.proc.mm_tid()  # the leader may have exited (pthread_exit in main)
@@ -464,6 +478,7 @@ class DumpSession:
                 fl = map_files_fdflags(p.proc, v)
                 if fl is not None:
                     p.vma_fdflags[i] = fl
+        settle_plans(p.plans, p.vma_shmid)  # shared memory whose object is not saved: skipped
         ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
         fds = [o for o in collect_fds(p.proc) if o.fd != ours]
         if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
@@ -499,6 +514,10 @@ class DumpSession:
                 if p.copier is not None and p.copier.unreadable:
                     n = p.copier.pages_unreadable
                     self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+            for obj in self.shmem.objects.values():
+                if obj.unreadable:
+                    n = sum(k for _, k in obj.unreadable)
+                    self._unrestorable(self.pid, "shared memory", obj.what, f"{n} page(s) could not be read")
         if self.opts.restorable and self.unrestorable:
             r = self.unrestorable[0]
             more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
@@ -577,6 +596,19 @@ class DumpSession:
                 finally:
                     p.copier.close()
 
+    def share_cow(self) -> None:
+        """Pages a process still shares copy-on-write with an earlier one
+        of the tree leave its copy set (:mod:`dumper.dump.cow`)."""
+        self.cow.plan(self.processes)
+        if self.cow.pages_shared:
+            self.notes.append(f"{self.cow.pages_shared} page(s) ({_mib(self.cow.pages_shared * PAGE_SIZE)}) shared "
+                              "copy-on-write between processes: stored once")
+
+    def copy_shared(self) -> None:
+        """Shared memory objects into the spool, once each, still frozen
+        (:meth:`dumper.dump.shmem.SharedMemory.copy`)."""
+        self.shmem.copy(self.spool, self.opts.backend)
+
     def reset(self) -> None:
         for p in self.processes:
             self.notes.extend(p.tracker.reset(self.tracer, p.pid, self.dest))
@@ -592,17 +624,22 @@ class DumpSession:
         pages_stats = []
         skipped: dict[str, int] = {}
         total = sum(p.extents.total + sum(e.total for e in self._reused(p)) for p in self.processes)
+        for i, p in enumerate(self.processes, 1):
+            p.pages_id = i  # all first: PE_COW references name earlier processes' streams
         with _progress(total, opts.progress, "writing") as bar:
-            for i, p in enumerate(self.processes, 1):
-                p.pages_id = i
+            for p in self.processes:
                 pw = w.pages_writer(p.pid, p.pages_id, compress=opts.compress, level=opts.level,
                                     threads=opts.threads, progress=bar.update if bar is not None else None)
-                self._write_pages(p, pw)
+                cow = self.cow.runs(p, self.processes, self._stream)
+                self._write_pages(p, pw, cow)
                 pw.close()
+                write_cow_refs(w, p, cow)
                 pages_stats.append(pw.stats)
                 w.write_mm(p.pid, self._mm_entry(p, skipped))
+        shm_stats, _ = self.shmem.write(w, self.spool, len(self.processes) + 1, compress=opts.compress,
+                                        level=opts.level, threads=opts.threads, ipc_ns_id=self.root_ns.get("ipc", 0))
         self._write_task_images()
-        st = _sum_stats(pages_stats)
+        st = _sum_stats(pages_stats + shm_stats)
         copiers = [p.copier for p in self.processes if p.copier is not None]
         read_ns = sum(c.read_ns for c in copiers)
         unreadable = [u for c in copiers for u in c.unreadable]
@@ -623,6 +660,8 @@ class DumpSession:
             compress_time_us=st.compress_ns // 1000,
             write_time_us=st.write_ns // 1000,
             pages_unreadable=n_unreadable,
+            shpages_scanned=self.shmem.size_pages,
+            shpages_written=self.shmem.pages_copied,
         )
         w.write_stats(stats)
         root = self.processes[0]
@@ -688,8 +727,8 @@ class DumpSession:
             w.write_image(fmt.ids_name(p.pid), "IDS", [criu_core.ids_entry(p.kobj_ids, p.ns_ids)])
             ppid = fp.ppid if fp.ppid in pids and p.pid != self.pid else 0
             tree.append(criu_core.pstree_entry(p.pid, ppid, fp.pgid, fp.sid, [t.tid for t in p.task.threads]))
-        for z in self.zombies:  # recorded, never read: CRIU restores them as zombies
-            w.write_image(fmt.core_name(z.pid), "CORE", [criu_core.zombie_core_entry(z.pid)])
+        for z, core in zip(self.zombies, self.zombie_cores):  # recorded, never read: CRIU restores them as zombies
+            w.write_image(fmt.core_name(z.pid), "CORE", [core])
             tree.append(criu_core.pstree_entry(z.pid, z.ppid, z.pgid, z.sid, [z.pid]))
         w.write_image(fmt.PSTREE_NAME, "PSTREE", tree)
         self.files.write(w)  # files, fs-PID, pipes-data, fifo-data, ghost files, tty-info
@@ -699,24 +738,34 @@ class DumpSession:
         w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
 
     def _pages_scanned(self) -> int:
-        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode != "skip")
+        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans)
+                   if pl.mode in ("pages", "whole"))
 
-    def _write_pages(self, p: ProcessDump, pw) -> None:
-        """PE_PRESENT entries from the spool and PE_PARENT entries, by vaddr."""
+    def _stream(self, p: ProcessDump):
+        """``p``'s page stream as written: extents by vaddr, first index of each."""
+        return stream_layout(Extents.concat([p.extents, *self._reused(p)]))
+
+    def _write_pages(self, p: ProcessDump, pw, cow=None) -> None:
+        """PE_PRESENT entries from the spool, PE_PARENT entries and PE_COW
+        entries (``cow``: :class:`~dumper.dump.cow.CowRuns`), by vaddr."""
         ext = Extents.concat([p.extents, *self._reused(p)])
         ps, pe = p.parent_iv
-        vaddr = np.concatenate((ext.vaddr, ps)).astype(_U64)
-        nbytes = np.concatenate((ext.nbytes, pe - ps)).astype(_U64)
-        offset = np.concatenate((ext.offset, np.zeros(len(ps), _U64)))
-        present = np.concatenate((np.ones(len(ext), bool), np.zeros(len(ps), bool)))
+        cs = cow.vaddr if cow is not None else np.empty(0, _U64)
+        cn = cow.nr_pages * _U64(PAGE_SIZE) if cow is not None else np.empty(0, _U64)
+        vaddr = np.concatenate((ext.vaddr, ps, cs)).astype(_U64)
+        nbytes = np.concatenate((ext.nbytes, pe - ps, cn)).astype(_U64)
+        offset = np.concatenate((ext.offset, np.zeros(len(ps) + len(cs), _U64)))
+        kind = np.concatenate((np.zeros(len(ext), np.int8), np.ones(len(ps), np.int8), np.full(len(cs), 2, np.int8)))
         order = np.argsort(vaddr, kind="stable")
         spool = self.spool
-        for a, n, off, pres in zip(vaddr[order].tolist(), nbytes[order].tolist(),
-                                   offset[order].tolist(), present[order].tolist()):
-            if pres:
+        for a, n, off, k in zip(vaddr[order].tolist(), nbytes[order].tolist(),
+                                offset[order].tolist(), kind[order].tolist()):
+            if k == 0:
                 pw.add_present(a, spool.read(off, n), stable=True)
-            else:
+            elif k == 1:
                 pw.add_parent(a, n // PAGE_SIZE)
+            else:
+                pw.add_cow(a, n // PAGE_SIZE)
 
     @staticmethod
     def _reused(p: ProcessDump) -> list[Extents]:

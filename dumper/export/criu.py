@@ -16,8 +16,11 @@ nothing is synthesised: ids (``files.img``, ``mm_entry.exe_file_id``, VMA
 ``shmid``), the inventory's CRIU fields, ``pstree.img`` with every thread
 and zombie are the source's. Every pagemap (``pagemap-PID.img``,
 ``pagemap-shmem-ID.img``) is written with its pages in CRIU's raw layout
-(:mod:`dumper.image.rawpages`). dumper's own image types (``pages-N.zst.img``)
-and files that are not images are left out and listed in the result.
+(:mod:`dumper.image.rawpages`; pages a forked tree shares copy-on-write,
+stored once by dumper, go into each process's own ``pages-N.img`` as
+PE_PRESENT, as CRIU stores them). dumper's own image types
+(``pages-N.zst.img``, ``cow-PID.img``) and files that are not images are
+left out and listed in the result.
 
 A source marked not restorable (``inventory_entry.unrestorable``: a socket,
 an inotify descriptor, a child outside the checkpoint... that the dump did
@@ -30,7 +33,8 @@ lacks images CRIU needs (``core-TID``, ``ids``, ``fs``, ``mm``) is refused.
 **memory** -- the source holds memory only (a dumper checkpoint from before
 process state was saved, a pre-dump, CRIU's pre-dumps). The set holds
 ``inventory.img``, ``pstree.img``, ``files.img``, ``mm-PID.img``, pagemaps
-and raw pages; ``crit`` reads it, CRIU cannot restore from it. Where the
+and raw pages, and the shared memory objects' ``memfd.img`` and
+``ipcns-shm-ID.img``; ``crit`` reads it, CRIU cannot restore from it. Where the
 source has no ``files.img`` (old dumper checkpoints), one REG entry per
 mapped file and executable is made up for ``crit x mems``, and the mm's ids
 point to it; ``pstree.img`` without one: pgid/sid 0, threads the pid alone.
@@ -108,6 +112,8 @@ _FILE_VMA = fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED
 _SHMEM_VMA = fmt.VMA_ANON_SHARED | fmt.VMA_AREA_SYSVIPC
 # CRIU's own files images, copied when a memory set's source has one.
 _CRIU_FILE_IMAGES = (FILES_NAME, fmt.REG_FILES_NAME)
+# What the shared memory objects are (their pagemaps are written with the others).
+_SHARED_IMAGES_RE = re.compile(r"^(memfd\.img|ipcns-shm-\d+\.img)$")
 # Names of pages files (raw or ours): written from their pagemaps, if any names them.
 _PAGES_RE = re.compile(r"^pages-\d+(\.zst)?\.img$")
 _MAX_SHOWN = 20
@@ -307,7 +313,10 @@ def _copy_entry(w: _SetWriter, name: str) -> None:
             else:
                 w.result.left_out[name] = "not an image"
             return
-        if is_dumper_image(magic):
+        if magic == "COW_REFS":
+            w.result.left_out[name] = ("dumper's own COW_REFS image: the pages shared copy-on-write it places are "
+                                       "in each process's own pages file")
+        elif is_dumper_image(magic):
             w.result.left_out[name] = f"dumper's own {magic} image, which CRIU does not read"
         elif magic == "PAGEMAP":
             w.result.left_out[name] = "a pagemap named after no process or object"
@@ -458,7 +467,7 @@ def _write_memory(level: Checkpoint, d: Dir, final: Path, *, flatten: bool, thre
     mms = {pid: _mm_for(p, files) for pid, p in level.processes.items() if p.mm is not None}
     if files is not None:
         w.image(FILES_NAME, "FILES", files.entries)
-    for name in own:
+    for name in own + sorted(n for n in names if _SHARED_IMAGES_RE.match(n)):
         _copy_entry(w, name)
     for pid in level.pids:
         if pid in mms:

@@ -26,12 +26,16 @@ checkpoint has none; ``with_file_pages`` adds MMF_DUMP_MAPPED_PRIVATE):
   the kernel cannot read them either: file holes;
 * VM_DONTDUMP (``dd``: MADV_DONTDUMP, e.g. sanitizer shadow) and VM_IO:
   nothing; hugetlb by the filter's hugetlb bits;
-* shared mappings: the kernel would copy them (shared anonymous memory
-  by default), but their contents are not in the checkpoint: nothing
-  (``p_filesz = 0``); gdb reads file-backed ones from the file NT_FILE
-  names;
+* shared memory (shared anonymous, memfd, SysV; MMF_DUMP_ANON_SHARED, on
+  by default): whole, the bytes of the object the checkpoint saved once
+  for the tree (holes where it holds no page); an object the checkpoint
+  does not hold (a pre-dump): nothing. MAP_SHARED file mappings
+  (MMF_DUMP_MAPPED_SHARED, off by default) keep their contents in the
+  file, not the checkpoint: nothing (``p_filesz = 0``); gdb reads them
+  from the file NT_FILE names;
 * private VMAs the process wrote to (the kernel's ``anon_vma``; here: the
-  checkpoint holds pages of it), with MMF_DUMP_ANON_PRIVATE: whole. Pages
+  checkpoint holds pages of it, its own or, in a forked tree, pages it
+  shares copy-on-write, stored once), with MMF_DUMP_ANON_PRIVATE: whole. Pages
   the dump did not save are never-touched anonymous memory (file holes)
   or, in a private file mapping, the file's own bytes (read from the
   mapped file, so gdb sees what the process saw, not zeros);
@@ -82,6 +86,7 @@ from ..image import format as fmt
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint, read_pstree
 from ..image.mapped import ImageDir, MappedFileError, printable_path
 from ..image.safefs import OutputDir, OutputFile
+from ..image.shared import is_shmem_vma
 from ..image.pb import core_pb2
 from ..kernel import elf
 from ..kernel.mman import MAP_SHARED, PROT_EXEC, PROT_READ, PROT_WRITE
@@ -371,15 +376,34 @@ def _vmflags(vma) -> frozenset[str]:
 
 
 def _recorded_pages(proc: CheckpointProcess) -> tuple[np.ndarray, np.ndarray]:
-    """Pages with data (PE_PRESENT or PE_PARENT), as merged page intervals."""
+    """Pages with data (PE_PRESENT, PE_PARENT, or PE_COW: stored once in
+    another process's stream of a tree), as merged page intervals."""
     ent = proc.entries
-    keep = ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT)
+    keep = ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW)
     starts = ent.vaddr[keep] // _U64(proc.page_size)
-    ends = starts + ent.nr_pages[keep]
+    return _merged(starts, starts + ent.nr_pages[keep])
+
+
+def _merged(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ascending intervals with touching ones joined."""
     if len(starts) < 2:
         return starts, ends
     brk = np.flatnonzero(starts[1:] != ends[:-1]) + 1
     return starts[np.concatenate(([0], brk))], ends[np.concatenate((brk - 1, [len(ends) - 1]))]
+
+
+def _shared_runs(ck: Checkpoint, vma) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pages of a shared memory VMA (shared anonymous, memfd, SysV) its
+    object stores in the checkpoint, as page intervals of the mapping's
+    addresses; None when the checkpoint does not hold the object (a
+    pre-dump, a set without it)."""
+    if not is_shmem_vma(vma):
+        return None
+    obj, a, b = ck.shared.vma_ranges(vma)
+    if obj is None or not obj.saved:
+        return None
+    ps = _U64(ck.page_size)
+    return _merged(a // ps, b // ps)
 
 
 def _runs_per_vma(proc: CheckpointProcess, rec: tuple) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -399,8 +423,10 @@ def _runs_per_vma(proc: CheckpointProcess, rec: tuple) -> list[tuple[np.ndarray,
     return out
 
 
-def _plan_vma(vma, runs, filt: int) -> tuple[str, str]:
-    """(kind, why nothing) for one VMA, fs/coredump.c vma_dump_size's order."""
+def _plan_vma(vma, runs, filt: int, shared_saved: bool = False) -> tuple[str, str]:
+    """(kind, why nothing) for one VMA, fs/coredump.c vma_dump_size's order.
+    ``shared_saved``: a shared memory VMA whose object the checkpoint holds
+    (``runs`` are then the object's pages in the mapping)."""
     def want(bit):
         return bool(filt & bit)
 
@@ -422,7 +448,7 @@ def _plan_vma(vma, runs, filt: int) -> tuple[str, str]:
         deleted = (vma.status & (fmt.VMA_ANON_SHARED | fmt.VMA_AREA_MEMFD | fmt.VMA_AREA_SYSVIPC)
                    or (vma.HasField("path") and vma.path.endswith(" (deleted)")))
         if want(elf.MMF_DUMP_ANON_SHARED if deleted else elf.MMF_DUMP_MAPPED_SHARED):
-            return "none", "shared"
+            return ("anon", "") if shared_saved else ("none", "shared")
         return "none", ""
     file_backed = bool(vma.status & fmt.VMA_FILE_PRIVATE)
     if len(runs[0]) and want(elf.MMF_DUMP_ANON_PRIVATE):
@@ -584,8 +610,10 @@ class _Writer:
             return 0
         before = self.data_bytes
         i, j = np.searchsorted(re_, lo, side="right"), np.searchsorted(rs, hi, side="left")
+        # A shared memory VMA's pages are its object's (read through the VMA); others', the pagemap's.
+        recorded = not is_shmem_vma(seg.vma)
         for s, e in zip(np.maximum(rs[i:j], lo).tolist(), np.minimum(re_[i:j], hi).tolist()):
-            self._put(seg, s * ps, self.ck.iter_chunks(self.proc.pid, s * ps, (e - s) * ps, recorded_only=True))
+            self._put(seg, s * ps, self.ck.iter_chunks(self.proc.pid, s * ps, (e - s) * ps, recorded_only=recorded))
         return self.data_bytes - before
 
     def _file_end(self, vma) -> int | None:
@@ -666,7 +694,10 @@ def write_core(ck: Checkpoint, pid: int | None, f: BinaryIO, *, with_file_pages:
     runs = _runs_per_vma(proc, _recorded_pages(proc))
     plans, missing_shared = [], 0
     for v, r in zip(proc.vmas, runs):
-        kind, why = _plan_vma(v, r, filt)
+        sr = _shared_runs(ck, v)
+        if sr is not None:
+            r = sr
+        kind, why = _plan_vma(v, r, filt, sr is not None)
         if kind in ("file", "header") and not _file_known(ck, proc, v, notes_out):
             kind = "anon" if kind == "file" else "none"
         if kind == "header" and not _is_elf(ck, proc.pid, v, notes_out):
@@ -675,7 +706,8 @@ def write_core(ck: Checkpoint, pid: int | None, f: BinaryIO, *, with_file_pages:
         plans.append(_VmaPlan(v, kind, r))
     if missing_shared:
         notes_out.append(f"{missing_shared} shared mappings have no bytes in the core (p_filesz 0): the "
-                         "checkpoint does not hold shared memory; gdb reads file-backed ones from their files")
+                         "checkpoint does not hold their contents (MAP_SHARED files keep theirs: gdb reads them "
+                         "from the files; shared memory objects a pre-dump did not save)")
     notes = _notes(ck, proc, threads, ids, notes_out)
     segs = _fit_holes(_segments(plans, ps), plans, ps, hole_allowance)
     head, size, shdr = _headers(segs, notes, ps)

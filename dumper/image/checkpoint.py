@@ -27,6 +27,12 @@ Where the bytes of :meth:`Checkpoint.read` come from, page by page:
   that hold the range are decompressed);
 * a PE_PARENT entry: the same pid's entries in the parent checkpoint,
   recursively (CRIU's incremental dumps, ``parent`` symlink);
+* a PE_COW entry: another process's stream of this checkpoint, where
+  ``cow-PID.img`` says (pages shared copy-on-write, stored once:
+  :mod:`dumper.image.shared`);
+* inside a shared memory VMA (shared anonymous, memfd, SysV): the object's
+  bytes at dump time, from its ``pagemap-shmem-SHMID.img`` (zeros where it
+  has no entry), however many processes map it (:mod:`dumper.image.shared`);
 * no entry, inside a private anonymous VMA: zeros (never touched, the zero
   page, or a page a dump skips because the kernel would give zeros);
 * no entry, inside a private file mapping: the mapped file at the VMA's
@@ -81,6 +87,7 @@ from . import format as fmt
 from .criu_files import CriuFile, load_criu_files
 from .mapped import FileIdentity, ImageDir, MappedFileError, open_mapped_file, printable_path, recorded_identity
 from .pb import inventory_pb2, pagemap_pb2, stats_pb2, vma_pb2
+from .shared import SHMEM_VMAS, SharedImages
 from .reader import (
     PagemapEntries,
     PagemapEntry,
@@ -238,6 +245,10 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
         return "zero", ""  # CRIU dumps AIO rings whole, whatever their other bits
     if st & _KERNEL_VMAS:
         return "none", "a kernel-provided mapping, not in the checkpoint"
+    if st & SHMEM_VMAS:
+        return "shared", ""  # the shared memory object's bytes (dumper.image.shared)
+    if st & fmt.VMA_FILE_SHARED:
+        return "none", "a MAP_SHARED file mapping: its contents live in the file, not in the checkpoint"
     if st & _SHARED_VMAS:
         return "none", "a shared mapping: its contents are not in the process's pagemap"
     if st & fmt.VMA_FILE_PRIVATE:
@@ -245,7 +256,7 @@ def _vma_hole(vma: vma_pb2.vma_entry) -> tuple[str, str]:
     return "zero", ""
 
 
-_HOLE_ZERO, _HOLE_FILE, _HOLE_NONE = 0, 1, 2
+_HOLE_ZERO, _HOLE_FILE, _HOLE_NONE, _HOLE_SHARED = 0, 1, 2, 3
 
 
 def _split_by_zero_vmas(vmas: VmaTable | None, kinds, s: int, e: int) -> list[tuple[int, int, bool]]:
@@ -273,11 +284,13 @@ def _split_by_zero_vmas(vmas: VmaTable | None, kinds, s: int, e: int) -> list[tu
 
 def hole_kinds(t: VmaTable) -> np.ndarray:
     """:func:`_vma_hole`'s kind for every row of ``t`` at once (int8:
-    0 zeros, 1 the mapped file, 2 not in the checkpoint)."""
+    0 zeros, 1 the mapped file, 2 not in the checkpoint, 3 a shared memory
+    object's)."""
     st = t.status
     out = np.full(len(t), _HOLE_ZERO, np.int8)
     out[(st & np.uint32(fmt.VMA_FILE_PRIVATE)) != 0] = _HOLE_FILE
     out[(st & np.uint32(_SHARED_VMAS | _KERNEL_VMAS)) != 0] = _HOLE_NONE
+    out[((st & np.uint32(SHMEM_VMAS)) != 0) & ((st & np.uint32(_KERNEL_VMAS)) == 0)] = _HOLE_SHARED
     out[(st & np.uint32(fmt.VMA_AREA_AIORING)) != 0] = _HOLE_ZERO
     out[t.dumped == 0] = _HOLE_NONE
     return out
@@ -509,6 +522,7 @@ class Checkpoint:
         self._stats: stats_pb2.dump_stats_entry | None | bool = False  # False: not loaded
         self._files: dict[tuple, tuple[int, str, int]] = {}
         self._criu_files: dict[int, CriuFile] | ImageError | None = None
+        self._shared: SharedImages | None = None
         self.left_out: dict[int, list[tuple[int, int]]] = {}
         self._closed = False
         inv_path = self.path / fmt.INVENTORY_NAME
@@ -768,6 +782,15 @@ class Checkpoint:
                     break
         return out
 
+    @property
+    def shared(self) -> SharedImages:
+        """Shared memory objects and COW references
+        (:class:`~dumper.image.shared.SharedImages`), loaded on first use."""
+        self._check_open()
+        if self._shared is None:
+            self._shared = SharedImages(self)
+        return self._shared
+
     def iter_entries(self, pid: int | None = None) -> Iterator[PagemapEntry]:
         """The pagemap entries of ``pid`` (default root), ascending by vaddr,
         as recorded here (PE_PARENT entries are not resolved)."""
@@ -788,7 +811,7 @@ class Checkpoint:
         ps = proc.page_size
         for e in proc.entries:
             present = e.flags & fmt.PE_PRESENT
-            if not present and not (parents and e.flags & fmt.PE_PARENT):
+            if not present and not (parents and e.flags & fmt.PE_PARENT) and not e.flags & fmt.PE_COW:
                 continue
             if present:
                 yield from proc.iter_entry_data(e, max_pages)
@@ -796,6 +819,9 @@ class Checkpoint:
             for done in range(0, e.nr_pages, max_pages):
                 n = min(max_pages, e.nr_pages - done)
                 vaddr = e.vaddr + done * ps
+                if e.flags & fmt.PE_COW:  # stored once, in another process's stream
+                    yield vaddr, b"".join(self.shared.cow_chunks(proc, vaddr, vaddr + n * ps))
+                    continue
                 yield vaddr, self._parent_for(proc, vaddr, n * ps).read_recorded(proc.pid, vaddr, n * ps)
 
     def iter_copy(self, pid: int | None = None, *, parents: bool = True, max_pages: int = 256,
@@ -814,7 +840,7 @@ class Checkpoint:
         proc = self.process(pid)
         ps = proc.page_size
         ent = proc.entries
-        bits = fmt.PE_PRESENT | (fmt.PE_PARENT if parents else 0)
+        bits = fmt.PE_PRESENT | fmt.PE_COW | (fmt.PE_PARENT if parents else 0)
         left_out: list[tuple[int, int]] = []
         self.left_out[proc.pid] = left_out
         zeros = 0
@@ -856,7 +882,7 @@ class Checkpoint:
             return np.zeros(0, np.int64)
         ps = proc.page_size
         ent = proc.entries
-        rec = ent[ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT)] if len(ent) else ent
+        rec = ent[ent.mask(fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW)] if len(ent) else ent
         rec = PagemapEntries(rec.vaddr, rec.nr_pages, np.full(len(rec), fmt.PE_PRESENT, np.uint32), rec.pages_off)
         have = pages_per_vma(rec, t.start, t.end, ps)[0]
         ranges = self.left_out.get(proc.pid, [])
@@ -870,9 +896,9 @@ class Checkpoint:
 
     def recorded_ranges(self, pid: int | None = None) -> list[tuple[int, int]]:
         """``(start, end)`` byte ranges (end-exclusive, ascending, adjacent
-        entries merged) of ``pid``'s pages that have PE_PRESENT or PE_PARENT
-        entries here: the pages the dump recorded."""
-        return self._ranges(self.process(pid), fmt.PE_PRESENT | fmt.PE_PARENT)
+        entries merged) of ``pid``'s pages that have PE_PRESENT, PE_PARENT or
+        PE_COW entries here: the pages the dump recorded."""
+        return self._ranges(self.process(pid), fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW)
 
     @staticmethod
     def _ranges(proc: CheckpointProcess, bits: int) -> list[tuple[int, int]]:
@@ -1023,6 +1049,8 @@ class Checkpoint:
                         "marks PE_PARENT",
                     )
                 yield from parent._chunks(pproc, pos, b, None, holes, crcs)
+            elif ent.flags & fmt.PE_COW:
+                yield from self.shared.cow_chunks(proc, pos, b)
             else:
                 raise ImageError(
                     proc.pagemap_path, None,
@@ -1095,6 +1123,8 @@ class Checkpoint:
             yield from _zeros(e - s)
         elif kind == "file":
             yield from self._read_file(proc, s, e, vma)
+        elif kind == "shared":
+            yield from self.shared.vma_chunks(proc.pid, s, e, vma)
         else:
             raise ImageError(
                 proc.mm_path, None,
@@ -1245,6 +1275,10 @@ class Checkpoint:
             if frames:
                 yield from _verify_frames(proc.pages, threads)
                 yield from _verify_crcs(proc)
+        try:
+            yield from self.shared.verify(frames, threads)  # shared memory objects, COW references
+        except ImageError as err:
+            yield err
 
     def unchecked_pages(self) -> dict[int, int]:
         """PE_PRESENT pages per pid whose contents nothing can check: raw
@@ -1316,7 +1350,8 @@ class Checkpoint:
                 yield CorruptImage(path, None, f"pid {proc.pid}: and {len(outside) - _MAX_REPORTS} more entries "
                                    "outside any recorded VMA")
             # Entries inside VMAs whose contents are not dumped.
-            none = np.flatnonzero(hole_kinds(t) == _HOLE_NONE)
+            kinds = hole_kinds(t)
+            none = np.flatnonzero((kinds == _HOLE_NONE) | (kinds == _HOLE_SHARED))
             reported = 0
             ends = ent.end_pages(ps)
             for j in none.tolist():
@@ -1325,7 +1360,7 @@ class Checkpoint:
                 if hi <= lo:
                     continue
                 v = t[j]
-                why = _vma_hole(v)[1]
+                why = _vma_hole(v)[1] or "a shared memory object's, saved once in its own pagemap"
                 for k in range(lo, hi):
                     if reported == _MAX_REPORTS:
                         break
@@ -1426,6 +1461,8 @@ class Checkpoint:
         self._closed = True
         for p in self.processes.values():
             p.pages.close()
+        if self._shared is not None:
+            self._shared.close()
         for fd, _, _ in self._files.values():
             os.close(fd)
         self._files.clear()

@@ -28,6 +28,8 @@ Files, for pid ``P``, thread ``T``, pages id ``N`` and object ids ``ID``
     pagemap-shmem-ID.img the same, for a shared memory object (shmid)
     pages-N.img          raw: the PE_PRESENT pages, in entry order, no header
     pages-N.zst.img      dumper only: the same page stream, zstd-compressed
+    cow-P.img            dumper only: cow_ref_entry per run of P's PE_COW
+                         pages (see "Pages shared copy-on-write" below)
     fdinfo-ID.img        fdinfo_entry per descriptor of file table ID
     files.img            file_entry per open file description
     remap-fpath.img      remap_file_path_entry per file deleted while open...
@@ -70,6 +72,34 @@ decompressing a frame the reader checks that its header declares exactly the
 expected content size and a checksum; after, that the frame fills its slot.
 The frame index is stored as sizes only: offsets are their prefix sums, so
 the two cannot disagree.
+
+Shared memory (CRIU 4.2's layout, criu/memfd.c and criu/shmem.c): the
+contents of a shared memory object are saved once, however many processes
+map it, in ``pagemap-shmem-SHMID.img`` (``vaddr`` of its entries = offset
+in the object) and the pages file its head names. A MAP_SHARED anonymous
+mapping, a ``/dev/zero`` one and a memfd mapping are ``VMA_AREA_REGULAR |
+VMA_FILE_SHARED | VMA_AREA_MEMFD`` with ``shmid`` = the id of a MEMFD
+``file_entry`` in ``files.img``, whose ``memfd_file_entry.inode_id`` names a
+``memfd_inode_entry`` of ``memfd.img`` (name ``/dev/zero`` for shared
+anonymous memory, size, seals, mode), whose ``shmid`` (the object's inode
+number) names the pagemap. A SysV segment's VMA is ``VMA_AREA_REGULAR |
+VMA_ANON_SHARED | VMA_AREA_SYSVIPC`` with ``shmid`` = the segment id, which
+names the pagemap directly; ``ipcns-shm-ID.img`` describes the segment.
+MAP_SHARED mappings of ordinary files save nothing: the file holds them.
+
+Pages shared copy-on-write (dumper only; never in a ``--no-compress``
+set, which stays CRIU's): a private page that processes of the tree still
+share after fork is one physical page (pagemap PFNs tell it), stored once,
+in the stream of the first process in pstree order that has it. In the
+others' pagemaps its range is an entry flagged :data:`PE_COW` (no bytes
+in their own stream; ``pages_off`` absent), and ``cow-PID.img`` (magic
+COW_REFS) lists ``cow_ref_entry{vaddr, nr_pages, pages_id, pages_off}``
+runs, ascending, covering the PE_COW entries exactly: the pages are
+``[pages_off, pages_off + nr_pages)`` of the stream whose pagemap_head has
+``pages_id``, a process of the same checkpoint. Readers older than this
+refuse PE_COW as an unknown flag rather than misread it;
+``dumper restore`` writes CRIU's per-process raw pages files back
+(:mod:`dumper.restore.rawimages`).
 """
 
 from __future__ import annotations
@@ -117,6 +147,7 @@ __all__ = [
     "PE_PARENT",
     "PE_LAZY",
     "PE_PRESENT",
+    "PE_COW",
     "VMA_AREA_NONE",
     "VMA_AREA_REGULAR",
     "VMA_AREA_STACK",
@@ -166,6 +197,7 @@ __all__ = [
     "fs_name",
     "fdinfo_name",
     "pagemap_shmem_name",
+    "cow_name",
     "ipcns_shm_name",
     "timens_name",
     "ghost_file_name",
@@ -271,6 +303,8 @@ IRMAP_CACHE_MAGIC = 0x57004059  # Ivanovo (service)
 # coordinates written with decimal digits only (every hex nibble 0-9); this
 # value has a nibble 0xA, so it cannot equal any present or future CRIU magic.
 ZPAGES_MAGIC = 0x5347505A
+# Ours, for cow-PID.img: "ZCOW" on disk (nibbles 0xA and 0xF: not CRIU's).
+COW_REFS_MAGIC = 0x574F435A
 
 # Every image magic CRIU 4.2 defines (crit's names: the macro without
 # _MAGIC), and ours. Raw images (pages-N.img, tarballs, ip dumps) have none.
@@ -363,6 +397,7 @@ ENTRY_TYPES: Mapping[str, type[Message]] = _LazyTypes({
     "MEMFD_INODE": ("memfd_pb2", "memfd_inode_entry"),
     "FILE_LOCKS": ("file_lock_pb2", "file_lock_entry"),
     "IPCNS_SHM": ("ipc_shm_pb2", "ipc_shm_entry"),
+    "COW_REFS": ("zpages_pb2", "cow_ref_entry"),
     "STATS": ("stats_pb2", "stats_entry"),
     "IRMAP_CACHE": ("fh_pb2", "irmap_cache_entry"),
 })
@@ -385,6 +420,10 @@ DUMPER_FORMAT_VERSION = 1
 PE_PARENT = 1 << 0  # data is in the parent checkpoint: no bytes here
 PE_LAZY = 1 << 1  # may be restored lazily (userfaultfd)
 PE_PRESENT = 1 << 2  # data is in this pages file
+# dumper only: the data is another process's of this checkpoint, shared
+# copy-on-write; cow-PID.img says where (module docstring). A high bit,
+# far from CRIU's next ones.
+PE_COW = 1 << 16
 
 # --- VMA status bits (criu/include/image.h; part of the image ABI)
 
@@ -409,7 +448,7 @@ VMA_AREA_UPROBES = 1 << 17
 
 # Flag tables named by the (dumper).flags option in proto/ (for show/decode).
 FLAG_TABLES: dict[str, dict[str, int]] = {
-    "pmap.flags": {"PE_PARENT": PE_PARENT, "PE_LAZY": PE_LAZY, "PE_PRESENT": PE_PRESENT},
+    "pmap.flags": {"PE_PARENT": PE_PARENT, "PE_LAZY": PE_LAZY, "PE_PRESENT": PE_PRESENT, "PE_COW": PE_COW},
     "mmap.prot": {name: getattr(mman, name) for name in ("PROT_READ", "PROT_WRITE", "PROT_EXEC")},
     "mmap.flags": {
         name: getattr(mman, name)
@@ -607,6 +646,11 @@ def pagemap_shmem_name(shmid: int) -> str:
     """Pagemap of a shared memory object (shared anonymous, memfd, SysV shm),
     PAGEMAP magic; its pagemap_head names the pages-N.img."""
     return f"pagemap-shmem-{shmid}.img"
+
+
+def cow_name(pid: int) -> str:
+    """Where ``pid``'s PE_COW pages are (dumper only, COW_REFS magic)."""
+    return f"cow-{pid}.img"
 
 
 def ipcns_shm_name(ns_id: int) -> str:

@@ -159,6 +159,8 @@ def vma_annotation(vma: vma_pb2.vma_entry, shm_ids: dict[int, int] | None = None
         fn = shm("shmem")
     elif st & fmt.VMA_AREA_SOCKET:
         fn = shm("packet")
+    elif st & fmt.VMA_AREA_MEMFD and not vma.path:  # CRIU 4.2 marks it VMA_FILE_SHARED too
+        fn = f" memfd #{vma.shmid}" + (" (s)" if vma.flags & _MAP_SHARED else "")
     elif st & (fmt.VMA_FILE_PRIVATE | fmt.VMA_FILE_SHARED):
         fn = " " + (printable(vma.path) if vma.path else f"file #{vma.shmid}")
         if vma.pgoff:

@@ -4,8 +4,10 @@ CRIU reads page data only from raw pages files (criu/pagemap.c
 ``open_page_read_at``): a ``pagemap-*.img`` names ``pages_id`` N, and
 ``pages-N.img`` holds the pages of its PE_PRESENT entries, in entry order,
 no header, read with ``preadv`` at running offsets. A checkpoint may keep
-them otherwise: zstd-compressed (``pages-N.zst.img``), or in an older
-checkpoint of an incremental chain (PE_PARENT entries). ``dumper export``
+them otherwise: zstd-compressed (``pages-N.zst.img``), in an older
+checkpoint of an incremental chain (PE_PARENT entries), or, for pages a
+forked tree shares copy-on-write, once in another process's stream
+(PE_COW entries and ``cow-PID.img``, dumper only). ``dumper export``
 and ``dumper restore`` both write CRIU's layout through this module, for
 every pagemap of a checkpoint (a process's ``pagemap-PID.img`` or a shared
 memory object's ``pagemap-shmem-ID.img``)::
@@ -19,7 +21,9 @@ memory object's ``pagemap-shmem-ID.img``)::
   ``flatten`` every PE_PARENT range is resolved through the parent chain
   (the same file name in each parent, as CRIU resolves it) and every entry
   is PE_PRESENT; without, the entries are the stored ones, PE_PARENT kept
-  for CRIU to follow into ``parent``.
+  for CRIU to follow into ``parent``. PE_COW ranges always become
+  PE_PRESENT, their pages read from the owner's stream (CRIU reads one
+  pages file per process), so ``cow-PID.img`` is never part of a CRIU set.
 * :func:`write_pages` -- the raw file of a plan: the runs read in order, a
   few threads decompressing ahead (memory near ``2 * threads`` batches of
   about 4 MiB whatever the size), every zstd frame checked as it is
@@ -65,6 +69,8 @@ _PAGEMAP_RE = re.compile(r"^pagemap-(?:shmem-)?\d+\.img$")
 # The pagemap flags CRIU 4.2 knows (criu/include/pagemap.h). A dumper flag
 # beyond them must be resolved by plan_pagemap before CRIU sees the entry.
 CRIU_PE_FLAGS = fmt.PE_PARENT | fmt.PE_LAZY | fmt.PE_PRESENT
+# dumper's flags plan_pagemap turns into CRIU's (a process's pagemap only).
+RESOLVED_PE_FLAGS = fmt.PE_COW
 _U32_LIMIT = 1 << 32
 
 
@@ -162,11 +168,16 @@ class _Chain:
         return hit
 
 
+def _pid_of(name: str) -> int | None:
+    """The pid of a process's pagemap name (``pagemap-PID.img``), else None."""
+    m = re.fullmatch(r"pagemap-(\d+)\.img", name)
+    return int(m.group(1)) if m else None
+
+
 def _load(level: Checkpoint, name: str, why) -> tuple[pagemap_pb2.pagemap_head, PagemapEntries, Stream, Path]:
     """``(head, entries, stream, path)`` of pagemap ``name`` of ``level``;
     a process's comes from the Checkpoint, which loaded and checked it."""
-    m = re.fullmatch(r"pagemap-(\d+)\.img", name)
-    proc = level.processes.get(int(m.group(1))) if m else None
+    proc = _process_of(level, name)
     if proc is not None:
         pages = proc.pages
         stream = Stream(level, proc.pages_path.name, pages.compressed, pages.page_size, pages.nr_pages,
@@ -221,13 +232,17 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
     """Plan pagemap ``name`` of checkpoint ``ck`` in CRIU's layout (see
     :class:`PagemapPlan`). ``flatten``: resolve PE_PARENT ranges through the
     parent chain (each parent's pagemap of the same name) into PE_PRESENT
-    pages; else keep the stored entries.
+    pages; else keep the stored entries. PE_COW ranges (pages a forked tree
+    shares copy-on-write, stored once in another process's stream:
+    ``cow-PID.img``) always become PE_PRESENT with the owner's pages, at
+    every level: CRIU reads one pages file per process.
 
     Raises ImageError for a PE_PARENT range the chain does not hold (a
     missing or broken parent, a parent without the pagemap or without
-    entries there) and, with ``flatten``, for entries that are neither
-    PE_PRESENT nor PE_PARENT (lazy pages: no image holds their data);
-    CorruptImage for a damaged pagemap or pages file.
+    entries there), a PE_COW range no reference covers and, with
+    ``flatten``, for entries that are neither PE_PRESENT, PE_COW nor
+    PE_PARENT (lazy pages: no image holds their data); CorruptImage for a
+    damaged pagemap, reference or pages file.
     """
     chain = _Chain(ck)
     head, entries, stream, path = chain.load(0, name)
@@ -236,27 +251,45 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
     plan = PagemapPlan(name=name, path=path, pages_id=head.pages_id, page_size=ps, entries=entries, stream=stream)
     plan.parent = entries.pages(fmt.PE_PARENT)
     plan.present = stream.nr_pages
-    if plan.present:
-        plan.runs.append((stream, 0, stream.nr_pages))
-    if not flatten or not plan.parent:
+    cow = bool(entries.mask(fmt.PE_COW).any()) if len(entries) else False
+    if not cow and (not flatten or not plan.parent):
+        if plan.present:
+            plan.runs.append((stream, 0, stream.nr_pages))
         return plan
+    pid = _pid_of(name)
 
-    out: list[list[int]] = []  # [vaddr, nr_pages], PE_PRESENT, merged when contiguous
+    out: list[list[int]] = []  # [vaddr, nr_pages, flags], merged when contiguous with equal flags
     runs: list[list] = []  # [stream, first, count], merged when contiguous
 
-    def emit(vaddr: int, nr: int, src: Stream, first: int) -> None:
-        if out and out[-1][0] + out[-1][1] * ps == vaddr:
-            out[-1][1] += nr
+    def emit(vaddr: int, nr: int, flags: int, src: Stream | None = None, first: int = 0) -> None:
+        last = out[-1] if out else None
+        if last is not None and last[2] == flags and last[0] + last[1] * ps == vaddr:
+            last[1] += nr
         else:
-            out.append([vaddr, nr])
+            out.append([vaddr, nr, flags])
+        if src is None:
+            return
         if runs and runs[-1][0] is src and runs[-1][1] + runs[-1][2] == first:
             runs[-1][2] += nr
         else:
             runs.append([src, first, nr])
 
+    def shared_cow(depth: int, lo: int, hi: int) -> None:
+        # PE_COW at ``depth``: the owners' streams of the same checkpoint.
+        level = chain.levels[depth]
+        for a, b, owner, first in level.shared.cow_pieces(level.process(pid), lo, hi):
+            _, _, owned, _ = chain.load(depth, fmt.pagemap_name(owner.pid))
+            emit(a, (b - a) // ps, fmt.PE_PRESENT, owned, first)
+
     for e in entries:
         if e.flags & fmt.PE_PRESENT:
-            emit(e.vaddr, e.nr_pages, stream, e.pages_off)
+            emit(e.vaddr, e.nr_pages, fmt.PE_PRESENT, stream, e.pages_off)
+            continue
+        if e.flags & fmt.PE_COW:
+            shared_cow(0, e.vaddr, e.end(ps))
+            continue
+        if not (flatten and e.flags & fmt.PE_PARENT):
+            emit(e.vaddr, e.nr_pages, e.flags)  # kept for CRIU: PE_PARENT, PE_LAZY
             continue
         # PE_PARENT: walk up the chain, one iterator of pieces per level.
         stack = [(1, iter([(e.vaddr, e.end(ps), fmt.PE_PARENT, None)]))]
@@ -273,29 +306,32 @@ def plan_pagemap(ck: Checkpoint, name: str, *, flatten: bool) -> PagemapPlan:
                 stack.append((depth + 1, _pieces(pentries, ps, lo, hi)))
             elif flags & fmt.PE_PRESENT:
                 _, _, pstream, _ = chain.load(depth - 1, name, what)
-                emit(lo, (hi - lo) // ps, pstream, first)
+                emit(lo, (hi - lo) // ps, fmt.PE_PRESENT, pstream, first)
+            elif flags & fmt.PE_COW and pid is not None:
+                shared_cow(depth - 1, lo, hi)
             else:
                 level = chain.levels[depth - 1]
                 kind = fmt.format_flags(flags, "pmap.flags") if flags else "covered by no entry"
                 raise ImageError(level.path / name, None, f"pages [{lo:#x}, {hi:#x}), PE_PARENT in {path}, are "
                                  f"{kind} there: the chain does not hold their data")
-    plan.entries = PagemapEntries.from_list([(v, n, fmt.PE_PRESENT, -1) for v, n in out])
+    plan.entries = PagemapEntries.from_list([(v, n, f, -1) for v, n, f in out])
     plan.runs = [(s, a, n) for s, a, n in runs]
     plan.present = sum(n for _, _, n in runs)
-    plan.parent = 0
+    plan.parent = plan.entries.pages(fmt.PE_PARENT)
     plan.as_stored = False
     return plan
 
 
 def _check_flags(entries: PagemapEntries, ps: int, path: Path, flatten: bool) -> None:
     """ImageError for entries CRIU could not be given: flags of dumper's
-    own (to be resolved here before CRIU sees them) and, when flattening,
-    entries neither PE_PRESENT nor PE_PARENT (a flattened set must hold
-    every page it lists)."""
-    _refuse(entries, ps, path, (entries.flags & np.uint32(~CRIU_PE_FLAGS & 0xFFFFFFFF)) != 0,
+    own this module cannot resolve (PE_COW is resolved, in a process's
+    pagemap only) and, when flattening, entries that hold no data (a
+    flattened set must hold every page it lists)."""
+    own = CRIU_PE_FLAGS | (RESOLVED_PE_FLAGS if _pid_of(path.name) is not None else 0)
+    _refuse(entries, ps, path, (entries.flags & np.uint32(~own & 0xFFFFFFFF)) != 0,
             ": flags of dumper's own, which CRIU does not know and this version cannot write in CRIU's layout")
     if flatten:
-        _refuse(entries, ps, path, (entries.flags & np.uint32(fmt.PE_PRESENT | fmt.PE_PARENT)) == 0,
+        _refuse(entries, ps, path, (entries.flags & np.uint32(fmt.PE_PRESENT | fmt.PE_PARENT | fmt.PE_COW)) == 0,
                 " only: their data is in no image")
 
 
@@ -401,8 +437,8 @@ def write_pages(plan: PagemapPlan, out: BinaryIO, *, threads: int | None = None)
 
 
 def _process_of(ck: Checkpoint, name: str):
-    m = re.fullmatch(r"pagemap-(\d+)\.img", name)
-    return ck.processes.get(int(m.group(1))) if m else None
+    pid = _pid_of(name)
+    return ck.processes.get(pid) if pid is not None else None
 
 
 def pages_id_of(ck: Checkpoint, name: str) -> int:
@@ -425,7 +461,8 @@ def copy_pagemap(ck: Checkpoint, name: str, out: BinaryIO, *, flatten: bool,
                  threads: int | None = None, max_pages: int = 256) -> PagemapPlan:
     """Write the raw ``pages-N.img`` of pagemap ``name`` of ``ck`` into
     ``out`` as an export does (module docstring), PE_PARENT pages resolved
-    through the chain with ``flatten``, kept otherwise; returns the plan
+    through the chain with ``flatten``, kept otherwise, PE_COW pages
+    written as PE_PRESENT with their data; returns the plan
     whose entries :func:`write_pagemap` writes. ``max_pages``: pages per
     read. Errors as :func:`plan_pagemap` and :func:`write_pages`, and
     CorruptImage for pages that do not match their entry's crc32."""
@@ -441,8 +478,9 @@ def copy_pagemap(ck: Checkpoint, name: str, out: BinaryIO, *, flatten: bool,
     plan = PagemapPlan(name=name, path=proc.pagemap_path, pages_id=proc.head.pages_id, page_size=ps,
                        entries=proc.entries, stream=stream, as_stored=False)
     ent = proc.entries
-    # Entries kept as they are (no data here): PE_PARENT unless flattening, and PE_LAZY.
-    keep = ent[ent.mask(fmt.PE_PRESENT) == 0] if len(ent) else ent
+    # Entries kept as they are (no data here): PE_PARENT unless flattening, and PE_LAZY
+    # (iter_copy gives PE_COW pages with their data, from the owner's stream).
+    keep = ent[ent.mask(fmt.PE_PRESENT | fmt.PE_COW) == 0] if len(ent) else ent
     if flatten:
         keep = keep[keep.mask(fmt.PE_PARENT) == 0] if len(keep) else keep
     kv, kn, kf = keep.vaddr.tolist(), keep.nr_pages.tolist(), keep.flags.tolist()

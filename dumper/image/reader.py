@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 _U64_LIMIT = 1 << 64
-_KNOWN_FLAGS = fmt.PE_PARENT | fmt.PE_LAZY | fmt.PE_PRESENT
+_KNOWN_FLAGS = fmt.PE_PARENT | fmt.PE_LAZY | fmt.PE_PRESENT | fmt.PE_COW
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +528,7 @@ def _check_entries(path, f, va, nr, fl, po, ps: int, crc=None) -> tuple[PagemapE
     del end_page, first_page
     both = np.uint32(fmt.PE_PARENT | fmt.PE_PRESENT)
     bad_flags = ((flags & np.uint32(~_KNOWN_FLAGS & 0xFFFFFFFF)) != 0) | ((flags & both) == both)
+    bad_flags |= ((flags & np.uint32(fmt.PE_COW)) != 0) & ((flags & both) != 0)  # PE_COW stands alone
     present = (flags & np.uint32(fmt.PE_PRESENT)) != 0
     problems = [(bad_range, "range"), (overlap, "overlap"), (bad_flags, "flags")]
     first_bad = min((int(np.argmax(m)) for m, _ in problems if m.any()), default=n)

@@ -174,6 +174,7 @@ class PagesWriterStats:
     entries: int = 0
     pages_present: int = 0
     pages_parent: int = 0
+    pages_cow: int = 0  # PE_COW: stored once, in another process's stream
     frames: int = 0
     bytes_raw: int = 0
     bytes_compressed: int = 0
@@ -224,6 +225,7 @@ class PagesWriter:
         threads: int | None = None,
         frame_pages: int = fmt.FRAME_PAGES,
         merge: bool = True,
+        pagemap_name: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> None:
         _check_page_size(page_size)
@@ -256,7 +258,8 @@ class PagesWriter:
 
         self._pool: ThreadPoolExecutor | None = None
         self._pages_f: BinaryIO | None = None
-        self._pagemap_f: BinaryIO | None = create(fmt.pagemap_name(pid))
+        # pagemap-PID.img, or pagemap-shmem-SHMID.img for a shared memory object
+        self._pagemap_f: BinaryIO | None = create(pagemap_name or fmt.pagemap_name(pid))
         try:
             self._pages_f = create(self.pages_file)
         except BaseException:
@@ -317,7 +320,10 @@ class PagesWriter:
             st.pages_present += nr
         else:
             off = -1
-            st.pages_parent += nr
+            if flags & fmt.PE_COW:
+                st.pages_cow += nr
+            else:
+                st.pages_parent += nr
         if self.merge and self._vaddr and self._flags[-1] == flags and vaddr == self._next:
             self._nr[-1] += nr
         else:
@@ -394,6 +400,12 @@ class PagesWriter:
         """Append a PE_PARENT entry: ``nr_pages`` pages at ``vaddr`` whose data
         is in the parent checkpoint (no bytes here)."""
         self._add_entry(vaddr, nr_pages, fmt.PE_PARENT)
+
+    def add_cow(self, vaddr: int, nr_pages: int) -> None:
+        """Append a PE_COW entry: ``nr_pages`` pages at ``vaddr`` stored in
+        another process's stream of the checkpoint (the caller writes
+        ``cow-PID.img`` saying where; no bytes here)."""
+        self._add_entry(vaddr, nr_pages, fmt.PE_COW)
 
     # --- page stream
 
@@ -714,13 +726,16 @@ class CheckpointWriter:
         threads: int | None = None,
         frame_pages: int = fmt.FRAME_PAGES,
         merge: bool = True,
+        pagemap_name: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> PagesWriter:
         """A :class:`PagesWriter` for ``pagemap-PID.img`` and
         ``pages-<pages_id>.img`` (raw) or ``pages-<pages_id>.zst.img``
-        (compressed). Close it before :meth:`commit`. ``progress(nbytes)``
-        is called, from the writer's thread, as compressed frames are
-        written (raw bytes per frame)."""
+        (compressed). Close it before :meth:`commit`. ``pagemap_name``:
+        another name than ``pagemap-PID.img`` (a shared memory object's
+        ``pagemap-shmem-SHMID.img``; ``pid`` then only names threads).
+        ``progress(nbytes)`` is called, from the writer's thread, as
+        compressed frames are written (raw bytes per frame)."""
         pw = PagesWriter(
             self._create,
             pid,
@@ -731,6 +746,7 @@ class CheckpointWriter:
             threads=threads,
             frame_pages=frame_pages,
             merge=merge,
+            pagemap_name=pagemap_name,
             progress=progress,
         )
         self._pages_writers.append(pw)

@@ -3,7 +3,8 @@
 Only what reading another process's descriptors needs: the open-flag bits
 ``/proc/PID/fdinfo`` prints (octal ``flags:``), the owner and signal of a
 file (F_GETOWN_EX and F_GETOWNER_UIDS: Linux 2.6.32 / 3.6) and pipe sizes
-(F_GETPIPE_SZ: 2.6.35). The wrappers raise ``OSError``; callers translate.
+(F_GETPIPE_SZ: 2.6.35), the seals of a memfd or shmem file (F_GET_SEALS:
+3.17). The wrappers raise ``OSError``; callers translate.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ __all__ = [
     "O_APPEND", "O_NONBLOCK", "O_DSYNC", "FASYNC", "O_DIRECT", "O_LARGEFILE", "O_DIRECTORY",
     "O_NOFOLLOW", "O_NOATIME", "O_CLOEXEC", "O_SYNC", "O_PATH", "O_TMPFILE",
     "F_GETFD", "F_GETFL", "F_GETSIG", "F_GETOWN_EX", "F_GETOWNER_UIDS", "F_SETPIPE_SZ", "F_GETPIPE_SZ",
-    "F_OWNER_TID", "F_OWNER_PID", "F_OWNER_PGRP", "FD_CLOEXEC",
-    "f_owner_ex", "get_owner_ex", "get_owner_uids", "get_sig", "get_pipe_size", "set_pipe_size",
+    "F_OWNER_TID", "F_OWNER_PID", "F_OWNER_PGRP", "FD_CLOEXEC", "F_GET_SEALS",
+    "F_SEAL_SEAL", "F_SEAL_SHRINK", "F_SEAL_GROW", "F_SEAL_WRITE", "F_SEAL_FUTURE_WRITE", "F_SEAL_EXEC",
+    "f_owner_ex", "get_owner_ex", "get_owner_uids", "get_sig", "get_pipe_size", "set_pipe_size", "get_seals",
 ]
 
 # Octal, as the header spells them (x86_64/arm64 values; asm-generic).
@@ -54,6 +56,15 @@ F_GETOWNER_UIDS = 17  # 3.6
 F_LINUX_SPECIFIC_BASE = 1024
 F_SETPIPE_SZ = F_LINUX_SPECIFIC_BASE + 7  # 2.6.35
 F_GETPIPE_SZ = F_LINUX_SPECIFIC_BASE + 8
+F_GET_SEALS = F_LINUX_SPECIFIC_BASE + 10  # 3.17 (linux/fcntl.h)
+
+# Seals (linux/fcntl.h): shmem files other than sealable memfds carry F_SEAL_SEAL.
+F_SEAL_SEAL = 0x0001
+F_SEAL_SHRINK = 0x0002
+F_SEAL_GROW = 0x0004
+F_SEAL_WRITE = 0x0008
+F_SEAL_FUTURE_WRITE = 0x0010  # 5.1
+F_SEAL_EXEC = 0x0020  # 6.3
 
 F_OWNER_TID = 0
 F_OWNER_PID = 1
@@ -94,3 +105,9 @@ def get_pipe_size(fd: int) -> int:
 def set_pipe_size(fd: int, size: int) -> int:
     """Resize a pipe (F_SETPIPE_SZ); returns the size the kernel chose."""
     return _fcntl.fcntl(fd, F_SETPIPE_SZ, size)
+
+
+def get_seals(fd: int) -> int:
+    """The seals of the memfd or shmem file behind ``fd`` (F_GET_SEALS);
+    EINVAL for files that cannot carry seals."""
+    return _fcntl.fcntl(fd, F_GET_SEALS)

@@ -80,8 +80,8 @@ DEFAULT_GHOST_LIMIT = 1 << 20
 BUILD_ID_MAP_SIZE = 1 << 20
 
 # Kinds saved in CRIU images; every other kind is reported unrestorable.
-REG, DIR, CHR, TTY, PIPE, FIFO, EVENTFD = "reg", "dir", "chr", "tty", "pipe", "fifo", "eventfd"
-RESTORABLE_KINDS = frozenset({REG, DIR, CHR, TTY, PIPE, FIFO, EVENTFD})
+REG, DIR, CHR, TTY, PIPE, FIFO, EVENTFD, MEMFD = "reg", "dir", "chr", "tty", "pipe", "fifo", "eventfd", "memfd"
+RESTORABLE_KINDS = frozenset({REG, DIR, CHR, TTY, PIPE, FIFO, EVENTFD, MEMFD})
 
 _DELETED = " (deleted)"
 # anon_inode:NAME as the kernel names them -> our kind
@@ -219,15 +219,15 @@ class OpenFd:
     """One descriptor of a process.
 
     ``kind``: ``reg``, ``dir``, ``chr`` (a memory device such as /dev/null),
-    ``tty``, ``pipe``, ``fifo``, ``eventfd`` (saved), or what it is when it
-    is not saved (``socket``, ``inotify``, ``fanotify``, ``signalfd``,
-    ``timerfd``, ``eventpoll``, ``io_uring``, ``perf_event``, ``bpf``,
-    ``pidfd``, ``userfaultfd``, ``memfd``, ``namespace``, ``block device``,
-    ``anon_inode:NAME``, ``unknown``). ``flags`` are the open file's status
+    ``tty``, ``pipe``, ``fifo``, ``eventfd``, ``memfd`` (saved; a MFD_HUGETLB
+    memfd is not), or what it is when it is not saved (``socket``,
+    ``inotify``, ``fanotify``, ``signalfd``, ``timerfd``, ``eventpoll``,
+    ``io_uring``, ``perf_event``, ``bpf``, ``pidfd``, ``userfaultfd``,
+    ``namespace``, ``block device``, ``anon_inode:NAME``, ``unknown``). ``flags`` are the open file's status
     flags as fdinfo shows them without O_CLOEXEC, which is ``cloexec`` (the
     descriptor's FD_CLOEXEC). ``pos`` in bytes. ``link`` is the readlink of
     /proc/PID/fd/N. ``file`` is set for path-backed kinds (reg, dir, chr,
-    tty, fifo). ``unrestorable`` says why it cannot be saved, else None.
+    tty, fifo, memfd). ``unrestorable`` says why it cannot be saved, else None.
     """
 
     fd: int
@@ -803,8 +803,15 @@ class _Collector:
         else:
             o.kind = REG
         if o.link.startswith("/memfd:") and (st.st_dev == memfd_dev() or o.fs_type == HUGETLBFS_MAGIC):
-            o.kind = "memfd"
-            o.unrestorable = f"memfd {o.link[1:].removesuffix(_DELETED)!r} (saved with shared memory, issue 11)"
+            # Saved as CRIU does (criu/memfd.c): the descriptor as a MEMFD file,
+            # its contents once per inode with the tree's shared memory.
+            o.kind = MEMFD
+            o.file = _file_info(o.link, st, o.mnt_id, o.fs_type)
+            if o.fs_type == HUGETLBFS_MAGIC:
+                o.unrestorable = f"memfd {o.link[1:].removesuffix(_DELETED)!r} with MFD_HUGETLB: contents not saved"
+                return o
+            with self.getfd(o.fd) as copy:
+                o.fown = _fown(copy, o.flags)
             return o
         if o.fs_type == SECRETMEM_MAGIC:
             o.kind = "secretmem"

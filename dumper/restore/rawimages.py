@@ -6,13 +6,17 @@ pages file is read with ``preadv`` at the entries' offsets). A dumper
 checkpoint stores them as ``pages-N.zst.img``; :func:`materialise` builds,
 in a private directory:
 
-* ``pages-N.img`` for every compressed pages file, written by
+* ``pages-N.img`` for every compressed pages file, a process's or a shared
+  memory object's (``pagemap-shmem-ID.img``), written by
   :func:`dumper.image.rawpages.write_pages` (a few threads decompressing
   ahead, memory near ``2 * threads`` batches of about 4 MiB whatever the
   size, every frame checked as it is decompressed: a damaged frame stops
   the restore before CRIU runs); a pagemap whose entries CRIU could not
   read as stored is written again with CRIU's fields
-  (:func:`~dumper.image.rawpages.write_pagemap`);
+  (:func:`~dumper.image.rawpages.write_pagemap`): pages a forked tree
+  shares copy-on-write (PE_COW, stored once in another process's stream)
+  become PE_PRESENT with their bytes in each process's own pages file, as
+  CRIU writes them, and ``cow-PID.img`` is left out;
 * every other regular file of the checkpoint directory, hard-linked (or
   copied where a link is impossible: another file system, protected
   hardlinks). ``pagemap-PID.img`` is linked unchanged: CRIU reads its
@@ -31,20 +35,23 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import NotRestorable
+from ..errors import ImageError, NotRestorable
 from ..image import format as fmt
 from ..image.checkpoint import Checkpoint
-from ..image.rawpages import pagemap_names, plan_pagemap, write_pagemap, write_pages
+from ..image.rawpages import PagemapPlan, pagemap_names, plan_pagemap, write_pagemap, write_pages
 from ..image.safefs import Dir
 
 __all__ = ["Materialised", "needs_materialising", "raw_pages_bytes", "materialise"]
 
+_COW_RE = re.compile(r"^cow-\d+\.img$")
 
 
 @dataclass(slots=True)
@@ -66,21 +73,31 @@ def _levels(ck: Checkpoint):
     return ck.chain()
 
 
+def _rewritten(level: Checkpoint) -> Iterator[PagemapPlan]:
+    """Plans of the level's pagemaps whose pages CRIU cannot read as
+    stored: a compressed stream (a process's or a shared memory object's),
+    or entries CRIU does not know (PE_COW: pages stored once in another
+    process's stream). Metadata only: work follows the entries."""
+    for name in pagemap_names(level):
+        plan = plan_pagemap(level, name, flatten=False)
+        if plan.stream.compressed or not plan.as_stored:
+            yield plan
+
+
 def needs_materialising(ck: Checkpoint) -> bool:
-    """True if any checkpoint of ``ck``'s chain has a compressed pages file
-    (then CRIU cannot read the set as it is)."""
-    return any(p.pages.compressed for level in _levels(ck) for p in level.processes.values())
+    """True if any checkpoint of ``ck``'s chain has a pagemap CRIU cannot
+    read as stored (compressed pages, pages shared copy-on-write). True
+    for a damaged one too: reading it for CRIU reports the damage."""
+    try:
+        return any(next(_rewritten(level), None) is not None for level in _levels(ck))
+    except ImageError:
+        return True
 
 
 def raw_pages_bytes(ck: Checkpoint) -> int:
     """Bytes of raw ``pages-N.img`` :func:`materialise` would write for the
     whole chain."""
-    return sum(
-        p.pages.nr_pages * p.pages.page_size
-        for level in _levels(ck)
-        for p in level.processes.values()
-        if p.pages.compressed
-    )
+    return sum(plan.present * plan.page_size for level in _levels(ck) for plan in _rewritten(level))
 
 
 def _copy_file(src_fd: int, name: str, dst: Dir) -> None:
@@ -110,25 +127,22 @@ def _materialise_level(level: Checkpoint, dst: Dir, result: Materialised, thread
     # Pagemaps whose pages CRIU cannot read as stored get a raw pages file
     # (and, if their entries had to change, a pagemap) written here.
     written: set[str] = set()  # source names not to link
-    for name in pagemap_names(level):
-        plan = plan_pagemap(level, name, flatten=False)
-        if not plan.stream.compressed and plan.as_stored:
-            continue
+    for plan in _rewritten(level):
         with dst.create(fmt.pages_name(plan.pages_id)) as f:
             result.pages_bytes += write_pages(plan, f, threads=threads)
         written.add(plan.stream.name)
         if not plan.as_stored:
-            with dst.create(name) as f:
+            with dst.create(plan.name) as f:
                 write_pagemap(plan, f)
-            written.add(name)
+            written.add(plan.name)
     src_fd = os.open(level.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for entry in sorted(os.scandir(src_fd), key=lambda e: e.name):
             name = entry.name
             if name == fmt.PARENT_LINK or name in written:
                 continue
-            if name.endswith(".zst.img"):
-                continue  # not named by any pagemap: CRIU would not read it either
+            if name.endswith(".zst.img") or _COW_RE.match(name):
+                continue  # dumper's own (pages no pagemap names, COW references): CRIU reads neither
             if not entry.is_file(follow_symlinks=False):
                 continue  # CRIU's images are regular files; leave anything else behind
             _link_or_copy(src_fd, name, dst, result)

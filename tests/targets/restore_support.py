@@ -136,6 +136,18 @@ def reap_zombie_children() -> list[int]:
         got.append(pid)
 
 
+def subreaper_for_module():
+    """A module fixture's body (``pytest.fixture(scope="module",
+    autouse=True)(subreaper_for_module)``): this process is the child
+    subreaper while the module's tests run (restored tasks, and workers of a
+    killed tree, become its children: this machine's init does not reap),
+    and every exited child is reaped at the end."""
+    become_subreaper()
+    yield
+    become_subreaper(False)
+    reap_zombie_children()
+
+
 class Target:
     """A target started as ``*command READY_FD LOG *args`` in its own
     session (CRIU wants the root task to lead its session unless

@@ -26,7 +26,7 @@ from . import opts_pb2 as opts__pb2
 from . import pagemap_pb2 as pagemap__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0czpages.proto\x1a\nopts.proto\x1a\rpagemap.proto\"\x99\x01\n\x0bzpages_head\x12\x1e\n\tpage_size\x18\x01 \x02(\rB\x0b\xd2\xf4\x18\x07\"\x05\x62ytes\x12 \n\x0b\x66rame_pages\x18\x02 \x02(\rB\x0b\xd2\xf4\x18\x07\"\x05pages\x12\'\n\x0b\x63ompression\x18\x03 \x02(\x0e\x32\x12.pages_compression\x12\r\n\x05level\x18\x04 \x01(\x05\x12\x10\n\x08pages_id\x18\x05 \x01(\r\"P\n\x0czpages_index\x12\x1d\n\x08nr_pages\x18\x01 \x02(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\x12!\n\nframe_size\x18\x02 \x03(\x04\x42\r\x10\x01\xd2\xf4\x18\x07\"\x05\x62ytes')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0czpages.proto\x1a\nopts.proto\x1a\rpagemap.proto\"\x99\x01\n\x0bzpages_head\x12\x1e\n\tpage_size\x18\x01 \x02(\rB\x0b\xd2\xf4\x18\x07\"\x05\x62ytes\x12 \n\x0b\x66rame_pages\x18\x02 \x02(\rB\x0b\xd2\xf4\x18\x07\"\x05pages\x12\'\n\x0b\x63ompression\x18\x03 \x02(\x0e\x32\x12.pages_compression\x12\r\n\x05level\x18\x04 \x01(\x05\x12\x10\n\x08pages_id\x18\x05 \x01(\r\"P\n\x0czpages_index\x12\x1d\n\x08nr_pages\x18\x01 \x02(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\x12!\n\nframe_size\x18\x02 \x03(\x04\x42\r\x10\x01\xd2\xf4\x18\x07\"\x05\x62ytes\"w\n\rcow_ref_entry\x12\x15\n\x05vaddr\x18\x01 \x02(\x04\x42\x06\xd2\xf4\x18\x02\x08\x01\x12\x1d\n\x08nr_pages\x18\x02 \x02(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages\x12\x10\n\x08pages_id\x18\x03 \x02(\r\x12\x1e\n\tpages_off\x18\x04 \x02(\x04\x42\x0b\xd2\xf4\x18\x07\"\x05pages')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,8 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ZPAGES_INDEX'].fields_by_name['nr_pages']._serialized_options = b'\322\364\030\007\"\005pages'
   _globals['_ZPAGES_INDEX'].fields_by_name['frame_size']._loaded_options = None
   _globals['_ZPAGES_INDEX'].fields_by_name['frame_size']._serialized_options = b'\020\001\322\364\030\007\"\005bytes'
+  _globals['_COW_REF_ENTRY'].fields_by_name['vaddr']._loaded_options = None
+  _globals['_COW_REF_ENTRY'].fields_by_name['vaddr']._serialized_options = b'\322\364\030\002\010\001'
+  _globals['_COW_REF_ENTRY'].fields_by_name['nr_pages']._loaded_options = None
+  _globals['_COW_REF_ENTRY'].fields_by_name['nr_pages']._serialized_options = b'\322\364\030\007\"\005pages'
+  _globals['_COW_REF_ENTRY'].fields_by_name['pages_off']._loaded_options = None
+  _globals['_COW_REF_ENTRY'].fields_by_name['pages_off']._serialized_options = b'\322\364\030\007\"\005pages'
   _globals['_ZPAGES_HEAD']._serialized_start=44
   _globals['_ZPAGES_HEAD']._serialized_end=197
   _globals['_ZPAGES_INDEX']._serialized_start=199
   _globals['_ZPAGES_INDEX']._serialized_end=279
+  _globals['_COW_REF_ENTRY']._serialized_start=281
+  _globals['_COW_REF_ENTRY']._serialized_end=400
 # @@protoc_insertion_point(module_scope)

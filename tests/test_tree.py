@@ -1,0 +1,173 @@
+"""Dumping trees as they are (issue 11, "The tree"): a tree that forks and
+exits children without pause during the dump, and a root whose parent is
+outside the tree (the shell-job case: its session leader is not dumped).
+
+Consistent means: every process of ``pstree.img`` that is not a zombie has
+its core, mm and pagemap images and is in the inventory; nothing of the
+tree is left stopped or traced after any dump, successful or refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dumper.dump import dump
+from dumper.errors import CriuNotFound, DumperError
+from dumper.image import format as fmt
+from dumper.image.checkpoint import open_checkpoint
+from dumper.image.reader import read_image
+from targets.restore_support import kill_restored, proc_state, reap_zombie_children, subreaper_for_module, wait_for
+
+HERE = Path(__file__).resolve().parent
+TREE = HERE / "targets" / "tree.py"
+
+
+_subreaper = pytest.fixture(scope="module", autouse=True)(subreaper_for_module)
+
+
+def _status(pid: int) -> dict[str, str]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    except OSError:
+        return {}
+
+
+def _group(pgid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.getpgid(int(name)) == pgid:
+                    out.append(int(name))
+            except ProcessLookupError:
+                pass
+    return out
+
+
+def _assert_released(pgid: int) -> None:
+    """No process of the group is traced, or stopped (t/T), but zombies."""
+    for pid in _group(pgid):
+        st = _status(pid)
+        if not st or st.get("State", "").startswith("Z"):
+            continue
+        assert st.get("TracerPid", "0").strip() == "0", f"pid {pid} still traced: {st}"
+        assert proc_state(pid) not in ("t", "T"), f"pid {pid} left stopped"
+
+
+def test_dump_of_a_tree_that_forks_and_exits_children(tmp_path):
+    counters = tmp_path / "counters"
+    counters.write_bytes(bytes(4096))
+    p = subprocess.Popen([sys.executable, str(TREE), "churn", str(counters)], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        done = refused = 0
+        seen: set[int] = set()
+        for i in range(8):
+            ck = tmp_path / f"ck{i}"
+            try:
+                res = dump(p.pid, ck, thaw="resume")
+            except DumperError as err:  # a clear reason, one line, nothing left behind
+                refused += 1
+                assert "\n" not in str(err) and "Traceback" not in str(err)
+                assert not ck.exists()
+            else:
+                done += 1
+                tree = read_image(ck / fmt.PSTREE_NAME)[1]
+                pids = [e.pid for e in tree]
+                seen |= set(pids)
+                assert pids[0] == p.pid and len(pids) == len(set(pids))
+                with open_checkpoint(ck) as c:
+                    live = set(c.pids)
+                    assert set(res.pids) == live and live <= set(pids)
+                    for e in tree:
+                        cores = [fmt.core_name(t) for t in e.threads]
+                        assert all((ck / n).exists() for n in cores), e.pid
+                        if e.pid in live:  # not a zombie: its memory images
+                            assert (ck / fmt.mm_name(e.pid)).exists() and (ck / fmt.pagemap_name(e.pid)).exists()
+                        assert e.ppid in pids or e.pid == p.pid  # every parent is in the tree
+                r = subprocess.run([sys.executable, "-m", "dumper", "verify", str(ck)], capture_output=True, text=True)
+                assert r.returncode == 0, r.stdout + r.stderr
+            _assert_released(p.pid)
+        assert done >= 1, f"every dump refused ({refused})"
+        assert len(seen) > 2  # children were really there
+        assert proc_state(p.pid) in ("R", "S")
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        p.stdout.close()
+        time.sleep(0.1)
+        reap_zombie_children()
+
+
+def test_root_whose_parent_is_outside_the_tree_restores_as_a_shell_job(tmp_path):
+    """A worker of a pre-fork server dumped alone: its parent and session
+    leader are not in the checkpoint. pstree records no parent for it, the
+    inventory says shell_job, and `dumper restore` passes --shell-job: the
+    restored worker lives in the restorer's session, its shared buffer
+    (now its own) and private data intact, and it goes on."""
+    import shutil
+
+    from dumper.restore import find_criu, restore
+
+    try:
+        criu = find_criu()
+    except CriuNotFound as err:
+        pytest.skip(f"needs CRIU >= 4.0: {err}")
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc is not installed")
+    binary = tmp_path / "shmem_targets"
+    r = subprocess.run([gcc, "-O2", "-o", str(binary), str(HERE / "targets" / "shmem_targets.c")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from targets.restore_support import Target
+
+    t = Target([str(binary)], tmp_path, "server", args=("prefork", "2", "2", "1", "2"))
+    info = json.loads(t.output().splitlines()[0])
+    worker = info["workers"][0]
+    try:
+        ck = tmp_path / "ck"
+        res = dump(worker["pid"], ck, thaw="leave-stopped")
+        assert res.pids == [worker["pid"]]
+        (entry,) = read_image(ck / fmt.PSTREE_NAME)[1]
+        assert entry.ppid == 0 and entry.sid == t.pid != entry.pid
+        with open_checkpoint(ck) as c:
+            assert c.inventory.shell_job
+            private = c.read(worker["pid"], worker["private"], info["private_size"])
+            shared = c.read(worker["pid"], info["shared"], info["shared_size"])
+    finally:
+        os.killpg(t.pid, signal.SIGKILL)
+        t.reap()
+        def gone():
+            reap_zombie_children()  # the workers are ours once the server is gone (we are a subreaper)
+            return proc_state(worker["pid"]) is None and proc_state(info["workers"][1]["pid"]) is None
+
+        wait_for(gone, what="the workers to go")
+    res = restore(ck, criu=criu, timeout=60)
+    try:
+        assert res.pid == worker["pid"] and res.shell_job
+        assert os.getsid(res.pid) == os.getsid(0)  # the restorer's session, as criu --shell-job gives
+        fd = os.open(f"/proc/{res.pid}/mem", os.O_RDONLY)
+        try:
+            assert os.pread(fd, info["private_size"], worker["private"]) == private
+            page = os.pread(fd, len(shared), info["shared"])
+            assert page[4096:] == shared[4096:]  # the counters page moves on
+            slot = 1  # the first worker's counter
+            before = int.from_bytes(page[8 * slot:8 * slot + 8], "little")
+            wait_for(lambda: int.from_bytes(os.pread(fd, 8, info["shared"] + 8 * slot), "little") > before,
+                     what="the restored worker to bump its counter")
+        finally:
+            os.close(fd)
+    finally:
+        kill_restored(res.pid)
+        reap_zombie_children()
