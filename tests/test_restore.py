@@ -323,7 +323,7 @@ def test_refuses_checkpoint_marked_unrestorable(tmp_path, fake_criu):
     ck = fake_set(tmp_path / "ck", pid, unrestorable=reasons)
     with pytest.raises(NotRestorable) as e:
         restore(ck)
-    assert "is marked not restorable: the dump did not save 2 resource(s)" in str(e.value)
+    assert "is marked not restorable: the dump did not save 2 resources" in str(e.value)
     assert e.value.details == (f"pid {pid} fd 5: socket: TCP sockets are not saved",
                                f"pid {pid} fd 6: inotify: inotify is not saved")
     assert not fake_criu.ran
@@ -332,7 +332,7 @@ def test_refuses_checkpoint_marked_unrestorable(tmp_path, fake_criu):
     assert r.stderr.splitlines() == [
         f"  pid {pid} fd 5: socket: TCP sockets are not saved",
         f"  pid {pid} fd 6: inotify: inotify is not saved",
-        f"dumper: error: {ck} is marked not restorable: the dump did not save 2 resource(s) criu restore would "
+        f"dumper: error: {ck} is marked not restorable: the dump did not save 2 resources criu restore would "
         "need (listed above)",
     ]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..text import plural  # noqa: F401  (re-exported for the subcommands)
+
 
 def _integer(text: str, *, base: int, what: str, minimum: int) -> int:
     try:
@@ -40,6 +42,3 @@ def human_bytes(n: float) -> str:
     return f"{n} B"
 
 
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``"1 region"``, ``"2 regions"``, ``"0 pages"`` (``many``: an irregular plural)."""
-    return f"{n} {word if n == 1 else many or word + 's'}"

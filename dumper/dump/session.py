@@ -52,6 +52,7 @@ from ..proc.freeze import THAW_MODES, raise_on_termination
 from ..proc.maps import Vma, parse_maps
 from ..proc.process import Process
 from ..scan import Category, backend_class, open_backend, scan_range
+from ..text import plural
 from . import intervals as iv
 from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
@@ -314,7 +315,7 @@ class DumpSession:
             if last is not None and copied >= last * 0.9 or copied < (1 << 20):
                 break  # not shrinking (written faster than copied), or little left: freeze now
             last = copied
-        self.notes.append(f"pre-copy: {len(self.round_bytes)} round(s) while running, copied "
+        self.notes.append(f"pre-copy: {plural(len(self.round_bytes), 'round')} while running, copied "
                           + ", ".join(_mib(b) for b in self.round_bytes))
 
     def disarm(self) -> None:

@@ -71,6 +71,7 @@ from google.protobuf.message import Message
 
 from ..errors import BadMagic, CorruptImage, DumpError, ImageError
 from ..image import format as fmt
+from ..text import plural
 from ..image.checkpoint import PSTREE_NAME, Checkpoint, CheckpointProcess, open_checkpoint
 from ..image.criuset import (
     FIRST_OWN_FIELD,
@@ -342,7 +343,7 @@ def _check_complete(ck: Checkpoint, force_unrestorable: bool) -> tuple[list[str]
     reasons = unrestorable_lines(ck)
     if reasons and not force_unrestorable:
         raise _refuse(
-            f"{ck.path} is marked not restorable: the dump did not save {len(reasons)} resource(s) criu restore "
+            f"{ck.path} is marked not restorable: the dump did not save {plural(len(reasons), 'resource')} criu restore "
             "would need (listed above), and the mark is dumper's own, which an image set of CRIU's fields cannot "
             "carry; --force-unrestorable exports it anyway",
             reasons,
@@ -562,12 +563,13 @@ def _notes(result: ExportResult, why_memory: str | None) -> list[str]:
                          "criu's own stdin, so run it from a terminal")
         if result.unrestorable:
             notes.append(f"NOT restorable as saved (exported with --force-unrestorable): the dump did not save "
-                         f"{len(result.unrestorable)} resource(s) criu restore needs: "
+                         f"{plural(len(result.unrestorable), 'resource')} criu restore needs: "
                          + "; ".join(result.unrestorable[:_MAX_SHOWN]))
     else:
         notes.append(f"memory only: {why_memory}; crit reads this image set, CRIU cannot restore from it")
     if len(result.sets) > 1:
-        notes.append(f"{len(result.sets) - 1} parent set(s) nested as {result.out.name}/{fmt.PARENT_LINK}/...: "
+        notes.append(f"{plural(len(result.sets) - 1, 'parent set')} nested as "
+                     f"{result.out.name}/{fmt.PARENT_LINK}/...: "
                      "memory images, from which criu restore reads the PE_PARENT pages")
     for s in result.sets:
         if s.zero_pages_left_out:

@@ -17,6 +17,7 @@ in ``details``, one line per finding:
 from __future__ import annotations
 
 from ..errors import ImageError, NotRestorable
+from ..text import plural
 from ..image.checkpoint import PSTREE_NAME, Checkpoint
 from ..image.criuset import (
     REQUIRED_PER_PROCESS,
@@ -49,7 +50,7 @@ def check_unrestorable(ck: Checkpoint) -> None:
     if not lines:
         return
     raise NotRestorable(
-        f"{ck.path} is marked not restorable: the dump did not save {len(lines)} resource(s) "
+        f"{ck.path} is marked not restorable: the dump did not save {plural(len(lines), 'resource')} "
         "criu restore would need (listed above)",
         lines,
     )
