@@ -182,8 +182,9 @@ def _object_name(link: str, kind: str) -> str:
 def settle_plans(plans, vma_shmid: dict[int, int]) -> None:
     """After the file table saw a process's VMAs: a "shmem" VMA whose object
     is not saved (no ``shmid``; the table recorded why) is skipped."""
-    for i, plan in enumerate(plans):
-        if plan.mode == "shmem" and not vma_shmid.get(i):
+    for i in [i for i, plan in enumerate(plans) if plan.mode == "shmem"]:
+        plan = plans[i]
+        if not vma_shmid.get(i):
             plan.mode = "skip"
             plan.reason = plan.reason or "shared memory object not saved"
 

@@ -103,6 +103,8 @@ class Tracker:
             return f"the parent was tracked with {parent_inv.tracker or 'nothing'}, not {self.name}: full dump"
         return None
 
+    arms = True  # prepare() arms something: the session builds its range list (64,000 VMAs: ms frozen)
+
     def prepare(self, tracer, pid: int, vmas: list, want: list[tuple[int, int]], parent_inv) -> None:
         """Frozen, before the scan: arm or extend tracking for ``want`` ranges."""
 
@@ -148,6 +150,8 @@ class Tracker:
 
 
 class NoTracker(Tracker):
+    arms = False
+
     def check_parent(self, parent_inv) -> str | None:
         return "no write tracking: full dump"
 

@@ -246,10 +246,9 @@ class Process:
         f = data[data.rindex(b")") + 2 :].split()  # f[0] is field 3 (state)
         def field(n: int) -> int:
             return int(f[n - 3]) if len(f) > n - 3 else 0
-        heap_end = 0
-        for v in vmas if vmas is not None else self.vmas(smaps=False):
-            if v.path == "[heap]":
-                heap_end = v.end
+        # One [heap] at most, near the start: stop there (64,000 VMAs follow it).
+        heap_end = next((v.end for v in (vmas if vmas is not None else self.vmas(smaps=False))
+                         if v.path == "[heap]"), 0)
         return {
             "mm_start_code": field(26),
             "mm_end_code": field(27),
