@@ -491,7 +491,8 @@ class DumpSession:
         (one reason per resource); with ``restorable``, fail now, while the
         target is still frozen and nothing has changed in it."""
         if not after_copy:
-            pids = {p.pid for p in self.processes}
+            # zombies are in pstree.img too (CRIU restores them): not "outside"
+            pids = {p.pid for p in self.processes} | {z.pid for z in self.zombies}
             for p in self.processes:
                 for v, plan in zip(p.vmas, p.plans):
                     if plan.unrestorable:
