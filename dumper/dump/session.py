@@ -243,6 +243,8 @@ class DumpSession:
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
         self.zombies: list[FrozenProcess] = []
+        self.timens_id = 0  # the root's time namespace id if not the dumper's (timens-ID.img)
+        self.timens_offsets: dict[str, int] = {}
         self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
@@ -456,6 +458,9 @@ class DumpSession:
                                       proc_path=f"/proc/{p.pid}/task/{mm_tid}")
             p.mm.dumpable = p.task.dumpable
             p.mm.thp_disabled = p.task.thp_disabled
+            if p.pid == self.pid and p.ns_ids.get("time", 0) != self.root_ns.get("time", 0):
+                self.timens_id = p.ns_ids["time"]
+                self.timens_offsets = p.proc.timens_offsets()
         self._collect_all_files()
 
     def _collect_all_files(self) -> None:
@@ -499,6 +504,11 @@ class DumpSession:
                         self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
                                            plan.unrestorable)
                 for kind, nid in p.ns_ids.items():
+                    if kind == "time":
+                        why = self._timens_problem(p)
+                        if why:
+                            self._unrestorable(p.pid, "namespace", "time namespace", why)
+                        continue
                     if nid != self.root_ns.get(kind):
                         self._unrestorable(p.pid, "namespace", f"{kind} namespace",
                                            f"differs from the dumper's: namespaces are not saved")
@@ -524,6 +534,22 @@ class DumpSession:
             more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
             raise DumpError(f"not restorable: pid {r.pid}: {r.kind} {r.what}: {r.why}{more}; "
                             "the process was left as it was (drop --restorable to dump it anyway)")
+
+    def _timens_problem(self, p: ProcessDump) -> str | None:
+        """Why CRIU could not restore ``p``'s time namespace, or None. It
+        restores one: the dumper's, or another shared by the whole tree (the
+        root's; criu/timens.c prepare_timens makes a new one with the saved
+        clocks) -- where a process `criu restore` brought back lives. It
+        refuses a process whose children get another one (criu/namespaces.c:
+        "Can't dump nested time namespace")."""
+        root = next(q for q in self.processes if q.pid == self.pid)
+        if p.ns_ids.get("time") != root.ns_ids.get("time"):
+            return "differs from the root process's: only one time namespace is saved"
+        try:
+            nested = os.stat(f"/proc/{p.pid}/ns/time").st_ino != os.stat(f"/proc/{p.pid}/ns/time_for_children").st_ino
+        except FileNotFoundError:  # a kernel without time namespaces
+            return None
+        return "its children get another time namespace (nested time namespaces are not saved)" if nested else None
 
     def _unrestorable(self, pid: int, kind: str, what: str, why: str) -> None:
         self.unrestorable.append(inventory_pb2.unrestorable_reason(pid=pid, kind=kind, what=what, why=why))
@@ -736,7 +762,9 @@ class DumpSession:
         for files_id, fdinfos in self._fdinfos.items():
             write_fdinfo(w, files_id, fdinfos)
         w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
-        w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
+        # CRIU names the image after the root's time namespace when it is not
+        # the dumper's (timens-0.img otherwise) and restores into a new one
+        w.write_image(fmt.timens_name(self.timens_id), "TIMENS", [criu_core.timens_entry(self.timens_offsets)])
 
     def _pages_scanned(self) -> int:
         return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans)
