@@ -253,14 +253,15 @@ class DumpSession:
     # -- phases ----------------------------------------------------------------
 
     def run(self) -> DumpResult:
-        self.prepare()
         with ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():
+                # from the start: prepare() creates the temporary directory
+                stack.enter_context(raise_on_termination())
+            self.prepare()
             # LIFO: the writer (its compression threads read the spool) stops first.
             stack.callback(self.spool.close)
             stack.callback(self.shmem.close)
             stack.callback(self.writer.abort)  # no-op after commit
-            if threading.current_thread() is threading.main_thread():
-                stack.enter_context(raise_on_termination())
             # The tracer is a separate process (the warden): on any way out it
             # undoes what it armed and thaws; it must start before any thread.
             self.tracer = stack.enter_context(Warden(stop_timeout=self.opts.freeze_timeout))
@@ -344,19 +345,34 @@ class DumpSession:
                 except NoSuchProcess:
                     continue
         self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
+        try:
+            self._prepare_spool()
+        except BaseException:  # Ctrl-C while the spool is populated, ENOMEM...: no temporary directory left
+            self.writer.abort()
+            raise
+
+    def _prepare_spool(self) -> None:
+        """The spool, reserved for the pages expected (populated now, before
+        the freeze), and the long-freeze warning."""
+        opts = self.opts
         self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
-        expected = 0
-        for p in self.processes:
-            try:
-                self._pre_read(p)
-            except NoSuchProcess:
-                continue  # gone already: the freeze decides
-            expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
-            expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
-        expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode == "shmem"))
-        if not opts.pre_dump:
-            self.spool.reserve(expected + expected // 16 + (1 << 20))
-        self._warn_long_freeze(expected)
+        try:
+            expected = 0
+            for p in self.processes:
+                try:
+                    self._pre_read(p)
+                except NoSuchProcess:
+                    continue  # gone already: the freeze decides
+                expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
+                expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
+            expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans)
+                                        if pl.mode == "shmem"))
+            if not opts.pre_dump:
+                self.spool.reserve(expected + expected // 16 + (1 << 20))
+            self._warn_long_freeze(expected)
+        except BaseException:
+            self.spool.close()
+            raise
 
     def _warn_long_freeze(self, expected: int) -> None:
         """Say so before a freeze estimated to last long: the pagemap
