@@ -359,6 +359,26 @@ def _usable_chain(ck: Checkpoint):
             return
 
 
+def _process_state_problems(ck: Checkpoint) -> Iterator[str]:
+    """The images criu restore needs that a checkpoint with process state
+    holds as something else than a regular file (a symlink, a FIFO: `dumper
+    restore` and `export` refuse the set for it, so verify says it too). An
+    absent one is not reported: verify checks partial sets (memory images of
+    a CRIU set) as well."""
+    from ..image.criuset import has_process_state, missing_images, process_tree
+
+    try:
+        if not has_process_state(ck):
+            return
+        tree = process_tree(ck)
+    except ImageError as err:
+        yield str(err)
+        return
+    for name in missing_images(ck, tree):
+        if os.path.lexists(ck.path / name):
+            yield f"{ck.path / name}: not a regular file (criu restore needs it)"
+
+
 def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     problems: list[str] = []
@@ -400,6 +420,8 @@ def run(args: argparse.Namespace) -> int:
             check_same_process(ck, args.pid)  # a different process is an error, not dozens of lines
         for problem in ck.verify(parents=not args.no_parents, threads=args.threads):
             report(str(problem))
+        for line in _process_state_problems(ck):
+            report(line)
         if args.pid is not None:
             for line in compare_live_tree(ck, args.pid, notes):
                 report(line)
