@@ -1197,8 +1197,13 @@ def test_a_restored_process_checkpoints_and_restores_again(criu, bins, tmp_path,
         t.reap()
     finally:
         t.close()
-    pid = dumper_restore(tmp_path / "ck1", criu, restored)
+    pid = dumper_restore(tmp_path / "ck1", criu, restored, "--leave-stopped")
     assert os.stat(f"/proc/{pid}/ns/time").st_ino != os.stat("/proc/self/ns/time").st_ino
+    # verify --pid on the restored process (a later start time: it was refused as "the pid was reused")
+    r = dumper("verify", tmp_path / "ck1", "--pid", pid)
+    assert r.returncode == 0 and f"note: pid {pid} started after the dump" in r.stdout, r.stdout + r.stderr
+    assert "a restored process" in r.stdout
+    os.kill(pid, signal.SIGCONT)
     wait_for(lambda: counters(t.log_text(), "count")[-1] > 10, what="progress after the first restore")
     os.kill(pid, signal.SIGSTOP)
     wait_for(lambda: proc_state(pid) == "T", what="SIGSTOP")
