@@ -474,7 +474,7 @@ class DumpSession:
                                       proc_path=f"/proc/{p.pid}/task/{mm_tid}")
             p.mm.dumpable = p.task.dumpable
             p.mm.thp_disabled = p.task.thp_disabled
-            if p.pid == self.pid and p.ns_ids.get("time", 0) != self.root_ns.get("time", 0):
+            if p.pid == self.pid and "time" in p.ns_ids and p.ns_ids["time"] != self.root_ns.get("time"):
                 self.timens_id = p.ns_ids["time"]
                 self.timens_offsets = p.proc.timens_offsets()
         self._collect_all_files()
@@ -563,7 +563,7 @@ class DumpSession:
             return "differs from the root process's: only one time namespace is saved"
         try:
             nested = os.stat(f"/proc/{p.pid}/ns/time").st_ino != os.stat(f"/proc/{p.pid}/ns/time_for_children").st_ino
-        except FileNotFoundError:  # a kernel without time namespaces
+        except OSError:  # a kernel without time namespaces, a leader that exited (its ns/ is gone)
             return None
         return "its children get another time namespace (nested time namespaces are not saved)" if nested else None
 
