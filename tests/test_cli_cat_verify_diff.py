@@ -636,3 +636,30 @@ def test_read_errors_on_image_files_are_one_line(tmp_path, capfdbinary, monkeypa
                         real_open(self, name))
     rc, out, err = run_cli(capfdbinary, "mems", d)
     assert (rc, out) == (1, b"") and err.count("\n") == 1 and "mm-" in err and "Input/output error" in err, err
+
+
+def test_verify_pid_later_start_time_restored_layout_or_refused(spawn_target, tmp_path, capfd):
+    """verify --pid of a process that started after the dump: accepted with a
+    note when its mappings are the checkpoint's (criu restore recreates them:
+    it was refused as "the pid was reused"), refused when they are not."""
+    from dumper.cli import main
+    from dumper.image.reader import load_inventory
+
+    t = spawn_target("dense")
+    t.stop()
+    ck = tmp_path / "ck"
+    dump(t.pid, ck, thaw="leave-stopped")
+    inv = load_inventory(ck / fmt.INVENTORY_NAME)
+    inv.task_start_time -= 100  # as if this process started after the dump
+    (ck / fmt.INVENTORY_NAME).write_bytes(fmt.encode_image("INVENTORY", [inv]))
+    assert main(["verify", str(ck), "--pid", str(t.pid)]) == 0
+    out = capfd.readouterr().out
+    assert f"note: pid {t.pid} started after the dump (tick {inv.task_start_time + 100}, the checkpoint's " \
+           f"{inv.task_start_time}) with the checkpoint's memory layout: a restored process" in out
+    t.cont()
+    for i in range(12):  # another process at this pid would have other mappings
+        t.command(f"mmap extra{i} 1")
+    t.stop()
+    assert main(["verify", str(ck), "--pid", str(t.pid)]) == 1
+    out, err = capfd.readouterr()
+    assert out == "" and err.startswith(f"dumper: error: pid {t.pid} is not the process {ck} was taken of")

@@ -544,3 +544,38 @@ def test_no_module_is_imported_while_the_target_is_frozen(spawn_target, tmp_path
     assert out["loaded"] == []
     if extra:
         subprocess.run([sys.executable, "-m", "dumper", "untrack", str(t.pid)], capture_output=True, check=True)
+
+
+_SIGNAL_IN_PREPARE = r"""
+import os, signal, sys, time
+import dumper.dump.spool as spool
+from dumper.cli import main
+
+def reserve(self, nbytes):  # the spool is being populated (seconds for 1 GiB) when the signal comes
+    os.kill(os.getpid(), int(os.environ["SIG"]))
+    time.sleep(5)
+
+spool.Spool.reserve = reserve
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_while_the_spool_is_reserved_leaves_no_temporary_directory(spawn_target, tmp_path, sig):
+    """Ctrl-C during a dump of a 1 GiB process, in its first second (the
+    spool is populated before the freeze): the temporary directory
+    .ck.tmp-PID-... was left behind (created before the cleanup was set up,
+    and SIGTERM there killed the dumper outright). Now: one line, 128+sig,
+    nothing left in the destination's parent, the target untouched."""
+    t = spawn_target("dense")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, SIG=str(int(sig)))
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_IN_PREPARE, "dump", str(t.pid), "-D", str(out / "ck")],
+                       capture_output=True, text=True, env=env, timeout=120,
+                       # as from a terminal: SIGINT not inherited as ignored
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert r.returncode == 128 + sig, r.stderr
+    assert r.stderr == "dumper: interrupted\n" if sig == signal.SIGINT else "Traceback" not in r.stderr
+    assert sorted(p.name for p in out.iterdir()) == []
+    assert state(t.pid) in ("S", "R") and t.command("checksum dense")

@@ -1072,3 +1072,33 @@ def test_raw_pages_from_many_reads_of_two_streams(spawn_target, tmp_path, monkey
     assert got == want
     _, *entries = read_msgs(tmp_path / "out" / "pagemap-shmem-5.img")
     assert [(e.vaddr, e.nr_pages, e.flags) for e in entries] == [(0, n, fmt.PE_PRESENT)]
+
+
+def test_a_damaged_image_criu_restore_reads_is_one_answer_everywhere(spawn_target, tmp_path, capfd):
+    """An image criu restore reads, replaced by a symlink or a FIFO: show,
+    verify, restore and export give one answer. export called a set with a
+    symlinked files.img "complete" (leaving files.img out: criu restore
+    would fail), a FIFO core-PID.img made it "memory only: no pstree.img"
+    (pstree.img was there), and verify said OK for the latter."""
+    t = spawn_target("dense")
+    t.stop()
+    src = tmp_path / "ck"
+    dump(t.pid, src, thaw="leave-stopped")
+    links = tmp_path / "links"
+    shutil.copytree(src, links)
+    os.unlink(links / fmt.FILES_NAME)
+    os.symlink(src / fmt.FILES_NAME, links / fmt.FILES_NAME)
+    with pytest.raises(ImageError, match=r"files\.img: is a symbolic link"):
+        export(links, tmp_path / "out1")
+    fifo = tmp_path / "fifo"
+    shutil.copytree(src, fifo)
+    os.unlink(fifo / fmt.core_name(t.pid))
+    os.mkfifo(fifo / fmt.core_name(t.pid))
+    with pytest.raises(ExportError, match=rf"lacks images criu restore needs: core-{t.pid}\.img$"):
+        export(fifo, tmp_path / "out2")
+    assert cli_main(["verify", str(fifo)]) == 1
+    out, err = capfd.readouterr()
+    assert out == f"{fifo / fmt.core_name(t.pid)}: not a regular file (criu restore needs it)\n"
+    assert err == f"FAILED: {fifo}: 1 problem\n"
+    assert cli_main(["verify", str(src)]) == 0  # the intact one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "fifo", "links"]

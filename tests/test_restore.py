@@ -1171,6 +1171,65 @@ def test_restore_dumper_chain(criu, bins, tmp_path, restored):
     assert new[0] == saved + 1
 
 
+def _ns_clocks(pid: int) -> dict[str, int]:
+    """CLOCK_MONOTONIC and CLOCK_BOOTTIME as ``pid`` sees them (ns): the
+    host's plus its time namespace's offsets."""
+    offsets = {"monotonic": 0, "boottime": 0}
+    with open(f"/proc/{pid}/timens_offsets") as f:
+        for line in f:
+            name, sec, nsec = line.split()
+            offsets[name] = int(sec) * 10**9 + int(nsec)
+    return {"monotonic": time.clock_gettime_ns(time.CLOCK_MONOTONIC) + offsets["monotonic"],
+            "boottime": time.clock_gettime_ns(time.CLOCK_BOOTTIME) + offsets["boottime"]}
+
+
+def test_a_restored_process_checkpoints_and_restores_again(criu, bins, tmp_path, restored):
+    """criu restore puts what it restores in a new time namespace (its clocks
+    continue from the dump). Dumping that process again was marked not
+    restorable ("time namespace: differs from the dumper's"), so a migrated
+    process could not migrate twice. Now the time namespace is saved as
+    CRIU saves it: timens-ID.img with the clocks as the process sees them,
+    ID the time_ns_id of its ids image; a second restore continues."""
+    t = start(SPECS["counter"], bins, tmp_path)
+    try:
+        r = dumper("dump", t.pid, "-D", tmp_path / "ck1", "--kill")
+        assert r.returncode == 0, r.stderr
+        t.reap()
+    finally:
+        t.close()
+    pid = dumper_restore(tmp_path / "ck1", criu, restored, "--leave-stopped")
+    assert os.stat(f"/proc/{pid}/ns/time").st_ino != os.stat("/proc/self/ns/time").st_ino
+    # verify --pid on the restored process (a later start time: it was refused as "the pid was reused")
+    r = dumper("verify", tmp_path / "ck1", "--pid", pid)
+    assert r.returncode == 0 and f"note: pid {pid} started after the dump" in r.stdout, r.stdout + r.stderr
+    assert "a restored process" in r.stdout
+    os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: counters(t.log_text(), "count")[-1] > 10, what="progress after the first restore")
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: proc_state(pid) == "T", what="SIGSTOP")
+    before = _ns_clocks(pid)
+    r = dumper("dump", pid, "-D", tmp_path / "ck2")
+    after = _ns_clocks(pid)
+    assert r.returncode == 0 and "not restorable" not in r.stderr + r.stdout, r.stderr
+    with open_checkpoint(tmp_path / "ck2") as ck:
+        assert list(ck.inventory.unrestorable) == []
+        root_time = ck.inventory.root_ids.time_ns_id
+    ids = read_image(tmp_path / "ck2" / fmt.ids_name(pid))[1][0]
+    assert ids.time_ns_id != root_time
+    assert sorted(p.name for p in (tmp_path / "ck2").glob("timens-*.img")) == [f"timens-{ids.time_ns_id}.img"]
+    (te,) = read_image(tmp_path / "ck2" / fmt.timens_name(ids.time_ns_id))[1]
+    for name in ("monotonic", "boottime"):
+        ts = getattr(te, name)
+        assert before[name] <= ts.tv_sec * 10**9 + ts.tv_nsec <= after[name], name
+    kill_restored(pid)
+    saved, size = counters(t.log_text(), "count")[-1], t.log_size()
+    pid = dumper_restore(tmp_path / "ck2", criu, restored)
+    wait_for(lambda: proc_state(pid) == "T", what="a stopped restore (it was dumped stopped)")
+    os.kill(pid, signal.SIGCONT)
+    new = wait_for(lambda: (v := counters(_new_text(t, size), "count")) and len(v) >= 3 and v, what="progress")
+    assert new[0] == saved + 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,reason", [("tcp", "socket"), ("inotify", "inotify"), ("child", "child")])
 def test_dumper_dump_not_restorable_is_refused(kind, reason, criu, bins, tmp_path):

@@ -171,3 +171,66 @@ def test_root_whose_parent_is_outside_the_tree_restores_as_a_shell_job(tmp_path)
     finally:
         kill_restored(res.pid)
         reap_zombie_children()
+
+
+ZOMBIE_PARENT = r"""
+import os, sys, time
+ready, log = int(sys.argv[1]), sys.argv[2]
+child = os.fork()
+if child == 0:
+    os._exit(3)
+while open(f"/proc/{child}/stat", "rb").read().rsplit(b")", 1)[1].split()[0] != b"Z":
+    time.sleep(0.01)
+os.write(ready, b"READY\n")
+os.close(ready)
+n = 0
+while True:
+    with open(log, "a") as f:
+        f.write(f"tick {n}\n")
+    n += 1
+    time.sleep(0.05)
+"""
+
+
+def _exit_code(pid: int) -> int:
+    """Field 52 of /proc/PID/stat: the wait status of a zombie."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[49])
+
+
+def test_a_zombie_child_is_part_of_the_tree_not_a_reason_against_restore(tmp_path):
+    """A parent that has not reaped its exited child: the zombie is recorded
+    in pstree.img (CRIU restores zombies), so it is not "a child process
+    outside the checkpoint" (it was reported so), and criu restore brings the
+    parent back running with its zombie child and the child's exit code."""
+    from dumper.restore import find_criu, restore
+    from targets.restore_support import Target
+
+    t = Target([sys.executable, "-c", ZOMBIE_PARENT], tmp_path, "zparent")
+    with open(f"/proc/{t.pid}/task/{t.pid}/children") as f:
+        (child,) = [int(c) for c in f.read().split()]
+    assert proc_state(child) == "Z"
+    try:
+        ck = tmp_path / "ck"
+        res = dump(t.pid, ck, thaw="leave-stopped")
+        assert res.pids == [t.pid]
+        tree = [(e.pid, e.ppid) for e in read_image(ck / fmt.PSTREE_NAME)[1]]
+        assert tree == [(t.pid, 0), (child, t.pid)]
+        with open_checkpoint(ck) as c:
+            assert [(r.kind, r.what) for r in c.inventory.unrestorable] == []
+    finally:
+        t.close()
+        wait_for(lambda: (reap_zombie_children(), proc_state(child) is None)[1], what="the zombie to go")
+    try:
+        criu = find_criu()
+    except CriuNotFound as err:
+        pytest.skip(f"needs CRIU >= 4.0: {err}")
+    r = restore(ck, criu=criu, timeout=60)
+    try:
+        assert r.pid == t.pid
+        assert proc_state(child) == "Z" and _exit_code(child) == 3 << 8
+        size = t.log_size()
+        wait_for(lambda: t.log_size() > size, what="the restored parent to write on")
+    finally:
+        kill_restored(r.pid)
+        reap_zombie_children()

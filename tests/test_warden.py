@@ -205,6 +205,29 @@ def test_undo_after_thaw_refreezes(target):
 
 
 @needs_x86
+def test_abort_after_a_finished_collection_reports_nothing_left(target):
+    """collect_task unmaps its scratch and code mappings before it returns;
+    their undo actions stayed registered, so a dump interrupted after the
+    thaw (Ctrl-C while compressing) ran them on a process no longer frozen
+    and printed "left behind: pid N is not frozen in this session" twice."""
+    from dumper.proc.task import collect_task
+
+    with open(f"/proc/{target.pid}/maps") as f:
+        before = f.read()
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with Warden(on_leftover=lines.append) as w:
+            w.freeze(target.pid)
+            task = w.call(collect_task, target.pid, sorted(int(t) for t in os.listdir(f"/proc/{target.pid}/task")))
+            w.thaw("resume")
+            raise KeyboardInterrupt
+    assert task.threads and lines == []
+    with open(f"/proc/{target.pid}/maps") as f:
+        assert f.read() == before  # nothing mapped or unmapped by the abort either
+    assert_running(target)
+
+
+@needs_x86
 def test_injection_through_the_warden(target):
     with Warden() as w:
         w.freeze(target.pid)

@@ -36,7 +36,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ImageError
+from ..errors import DumperError, ImageError
 from ..image.checkpoint import Checkpoint, open_checkpoint
 from ..proc.warden import Warden
 from ..proc.process import Process
@@ -331,18 +331,34 @@ def _outside(s: int, e: int, have) -> list[tuple[int, int]]:
     return out
 
 
-def check_same_process(ck: Checkpoint, live_pid: int) -> None:
+def _same_layout(ck: Checkpoint, live_pid: int) -> bool:
+    """Whether ``live_pid``'s mappings are the checkpoint's (every recorded
+    VMA start mapped again, and as many VMAs): what criu restore recreates,
+    while ASLR gives a process that merely reuses the pid other addresses."""
+    t = ck.process(live_pid).vmas
+    try:
+        live = {int(line.split(b"-", 1)[0], 16) for line in Process(live_pid).read_file("maps").splitlines()}
+    except DumperError:
+        return False
+    starts = {int(a) for a in t.start}
+    return bool(starts) and starts <= live and len(live) - len(starts) <= max(2, len(starts) // 10)
+
+
+def check_same_process(ck: Checkpoint, live_pid: int) -> str | None:
     """DumperError unless live process ``live_pid`` is a process the
     checkpoint was taken of: its pid is in the checkpoint and, where the
-    inventory records the root's start time, the same start time."""
-    from ..errors import DumperError
-
+    inventory records the root's start time, the same start time -- or a
+    later one with the checkpoint's memory layout, as when `criu restore`
+    brought it back (returns a note saying so)."""
     if live_pid not in ck.processes:
         raise DumperError(f"pid {live_pid} is not in {ck.path} (it holds pids {', '.join(map(str, ck.pids))}): "
                           "--pid compares a process with its own checkpoint")
     inv = ck.inventory
     if live_pid == ck.root_pid and inv.HasField("task_start_time"):
         started = Process(live_pid).stat().starttime
+        if started != inv.task_start_time and _same_layout(ck, live_pid):
+            return (f"pid {live_pid} started after the dump (tick {started}, the checkpoint's "
+                    f"{inv.task_start_time}) with the checkpoint's memory layout: a restored process")
         if started != inv.task_start_time:
             raise DumperError(f"pid {live_pid} is not the process {ck.path} was taken of: it started at tick "
                               f"{started}, the checkpoint's at {inv.task_start_time} (the pid was reused)")
@@ -357,6 +373,26 @@ def _usable_chain(ck: Checkpoint):
             c = c.parent
         except ImageError:
             return
+
+
+def _process_state_problems(ck: Checkpoint) -> Iterator[str]:
+    """The images criu restore needs that a checkpoint with process state
+    holds as something else than a regular file (a symlink, a FIFO: `dumper
+    restore` and `export` refuse the set for it, so verify says it too). An
+    absent one is not reported: verify checks partial sets (memory images of
+    a CRIU set) as well."""
+    from ..image.criuset import has_process_state, missing_images, process_tree
+
+    try:
+        if not has_process_state(ck):
+            return
+        tree = process_tree(ck)
+    except ImageError as err:
+        yield str(err)
+        return
+    for name in missing_images(ck, tree):
+        if os.path.lexists(ck.path / name):
+            yield f"{ck.path / name}: not a regular file (criu restore needs it)"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -397,9 +433,13 @@ def run(args: argparse.Namespace) -> int:
         return finish(False, f"FAILED: {args.dir}: the checkpoint cannot be opened", {"opened": False})
     with ck:
         if args.pid is not None:
-            check_same_process(ck, args.pid)  # a different process is an error, not dozens of lines
+            note = check_same_process(ck, args.pid)  # a different process is an error, not dozens of lines
+            if note:
+                notes.append(note)
         for problem in ck.verify(parents=not args.no_parents, threads=args.threads):
             report(str(problem))
+        for line in _process_state_problems(ck):
+            report(line)
         if args.pid is not None:
             for line in compare_live_tree(ck, args.pid, notes):
                 report(line)

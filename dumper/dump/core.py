@@ -298,11 +298,14 @@ def seccomp_entry(tasks: list[TaskState]) -> seccomp_pb2.seccomp_entry:
     return e
 
 
-def timens_entry() -> timens_pb2.timens_entry:
-    """The clocks a time namespace is restored against (criu/timens.c)."""
+def timens_entry(offsets: dict[str, int] | None = None) -> timens_pb2.timens_entry:
+    """The clocks a time namespace is restored against (criu/timens.c
+    dump_time_ns reads them inside the namespace: the host's clocks plus
+    the namespace's ``offsets``, nanoseconds by clock name)."""
     e = timens_pb2.timens_entry()
+    offsets = offsets or {}
     for name, clk in (("monotonic", time.CLOCK_MONOTONIC), ("boottime", time.CLOCK_BOOTTIME)):
-        ns = time.clock_gettime_ns(clk)
+        ns = time.clock_gettime_ns(clk) + offsets.get(name, 0)
         ts = getattr(e, name)
         ts.tv_sec, ts.tv_nsec = divmod(ns, 1_000_000_000)
     return e

@@ -244,6 +244,8 @@ class DumpSession:
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
         self.zombies: list[FrozenProcess] = []
+        self.timens_id = 0  # the root's time namespace id if not the dumper's (timens-ID.img)
+        self.timens_offsets: dict[str, int] = {}
         self._tracking_was_armed = False
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
@@ -252,14 +254,15 @@ class DumpSession:
     # -- phases ----------------------------------------------------------------
 
     def run(self) -> DumpResult:
-        self.prepare()
         with ExitStack() as stack:
+            if threading.current_thread() is threading.main_thread():
+                # from the start: prepare() creates the temporary directory
+                stack.enter_context(raise_on_termination())
+            self.prepare()
             # LIFO: the writer (its compression threads read the spool) stops first.
             stack.callback(self.spool.close)
             stack.callback(self.shmem.close)
             stack.callback(self.writer.abort)  # no-op after commit
-            if threading.current_thread() is threading.main_thread():
-                stack.enter_context(raise_on_termination())
             # The tracer is a separate process (the warden): on any way out it
             # undoes what it armed and thaws; it must start before any thread.
             self.tracer = stack.enter_context(Warden(stop_timeout=self.opts.freeze_timeout))
@@ -343,19 +346,34 @@ class DumpSession:
                 except NoSuchProcess:
                     continue
         self.writer = CheckpointWriter(self.dest, force=opts.force)  # refuses an existing dest up front
+        try:
+            self._prepare_spool()
+        except BaseException:  # Ctrl-C while the spool is populated, ENOMEM...: no temporary directory left
+            self.writer.abort()
+            raise
+
+    def _prepare_spool(self) -> None:
+        """The spool, reserved for the pages expected (populated now, before
+        the freeze), and the long-freeze warning."""
+        opts = self.opts
         self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
-        expected = 0
-        for p in self.processes:
-            try:
-                self._pre_read(p)
-            except NoSuchProcess:
-                continue  # gone already: the freeze decides
-            expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
-            expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
-        expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans) if pl.mode == "shmem"))
-        if not opts.pre_dump:
-            self.spool.reserve(expected + expected // 16 + (1 << 20))
-        self._warn_long_freeze(expected)
+        try:
+            expected = 0
+            for p in self.processes:
+                try:
+                    self._pre_read(p)
+                except NoSuchProcess:
+                    continue  # gone already: the freeze decides
+                expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
+                expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
+            expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans)
+                                        if pl.mode == "shmem"))
+            if not opts.pre_dump:
+                self.spool.reserve(expected + expected // 16 + (1 << 20))
+            self._warn_long_freeze(expected)
+        except BaseException:
+            self.spool.close()
+            raise
 
     def _warn_long_freeze(self, expected: int) -> None:
         """Say so before a freeze estimated to last long: the pagemap
@@ -457,6 +475,9 @@ class DumpSession:
                                       proc_path=f"/proc/{p.pid}/task/{mm_tid}")
             p.mm.dumpable = p.task.dumpable
             p.mm.thp_disabled = p.task.thp_disabled
+            if p.pid == self.pid and "time" in p.ns_ids and p.ns_ids["time"] != self.root_ns.get("time"):
+                self.timens_id = p.ns_ids["time"]
+                self.timens_offsets = p.proc.timens_offsets()
         self._collect_all_files()
 
     def _collect_all_files(self) -> None:
@@ -497,13 +518,19 @@ class DumpSession:
         (one reason per resource); with ``restorable``, fail now, while the
         target is still frozen and nothing has changed in it."""
         if not after_copy:
-            pids = {p.pid for p in self.processes}
+            # zombies are in pstree.img too (CRIU restores them): not "outside"
+            pids = {p.pid for p in self.processes} | {z.pid for z in self.zombies}
             for p in self.processes:
                 for v, plan in zip(p.vmas, p.plans):
                     if plan.unrestorable:
                         self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
                                            plan.unrestorable)
                 for kind, nid in p.ns_ids.items():
+                    if kind == "time":
+                        why = self._timens_problem(p)
+                        if why:
+                            self._unrestorable(p.pid, "namespace", "time namespace", why)
+                        continue
                     if nid != self.root_ns.get(kind):
                         self._unrestorable(p.pid, "namespace", f"{kind} namespace",
                                            f"differs from the dumper's: namespaces are not saved")
@@ -529,6 +556,22 @@ class DumpSession:
             more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
             raise DumpError(f"not restorable: pid {r.pid}: {r.kind} {r.what}: {r.why}{more}; "
                             "the process was left as it was (drop --restorable to dump it anyway)")
+
+    def _timens_problem(self, p: ProcessDump) -> str | None:
+        """Why CRIU could not restore ``p``'s time namespace, or None. It
+        restores one: the dumper's, or another shared by the whole tree (the
+        root's; criu/timens.c prepare_timens makes a new one with the saved
+        clocks) -- where a process `criu restore` brought back lives. It
+        refuses a process whose children get another one (criu/namespaces.c:
+        "Can't dump nested time namespace")."""
+        root = next(q for q in self.processes if q.pid == self.pid)
+        if p.ns_ids.get("time") != root.ns_ids.get("time"):
+            return "differs from the root process's: only one time namespace is saved"
+        try:
+            nested = os.stat(f"/proc/{p.pid}/ns/time").st_ino != os.stat(f"/proc/{p.pid}/ns/time_for_children").st_ino
+        except OSError:  # a kernel without time namespaces, a leader that exited (its ns/ is gone)
+            return None
+        return "its children get another time namespace (nested time namespaces are not saved)" if nested else None
 
     def _unrestorable(self, pid: int, kind: str, what: str, why: str) -> None:
         self.unrestorable.append(inventory_pb2.unrestorable_reason(pid=pid, kind=kind, what=what, why=why))
@@ -744,7 +787,9 @@ class DumpSession:
         for files_id, fdinfos in self._fdinfos.items():
             write_fdinfo(w, files_id, fdinfos)
         w.write_image(fmt.SECCOMP_NAME, "SECCOMP", [seccomp])
-        w.write_image(fmt.timens_name(0), "TIMENS", [criu_core.timens_entry()])
+        # CRIU names the image after the root's time namespace when it is not
+        # the dumper's (timens-0.img otherwise) and restores into a new one
+        w.write_image(fmt.timens_name(self.timens_id), "TIMENS", [criu_core.timens_entry(self.timens_offsets)])
 
     def _pages_scanned(self) -> int:
         return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans)

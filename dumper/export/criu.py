@@ -118,6 +118,11 @@ _SHARED_IMAGES_RE = re.compile(r"^(memfd\.img|ipcns-shm-\d+\.img)$")
 # Names of pages files (raw or ours): written from their pagemaps, if any names them.
 _PAGES_RE = re.compile(r"^pages-\d+(\.zst)?\.img$")
 _MAX_SHOWN = 20
+# Images criu restore reads by these names: one that is a symlink, FIFO...
+# makes the set damaged (as show, verify and restore say), not a file to leave out.
+_RESTORE_READS_RE = re.compile(
+    r"^(inventory|pstree|files|reg-files|seccomp|pipes-data|fifo-data|tty-info|remap-fpath|memfd)\.img$"
+    r"|^(core|ids|fs|mm|pagemap|fdinfo|timens|ghost-file|pagemap-shmem|ipcns-shm|tty|pipes|fifo)-[0-9a-f]+\.img$")
 
 
 class ExportError(DumpError):
@@ -298,6 +303,8 @@ def _copy_entry(w: _SetWriter, name: str) -> None:
     try:
         f = level.open_image(name)
     except ImageError:
+        if _RESTORE_READS_RE.match(name):
+            raise  # "is a symbolic link: image files must be regular files..." as every reader says
         w.result.left_out[name] = "not a regular file"
         return
     with f:

@@ -1247,8 +1247,16 @@ class Checkpoint:
 
         Frames are decompressed by ``threads`` workers (default: up to 4, the
         CPU count) in batches of about 4 MiB of compressed data, so memory
-        stays bounded whatever the size.
+        stays bounded whatever the size. Each problem is yielded once (a
+        broken parent link is met both by the PE_PARENT check and by the walk).
         """
+        seen: set[str] = set()
+        for err in self._verify_chain(frames, threads, parents):
+            if str(err) not in seen:
+                seen.add(str(err))
+                yield err
+
+    def _verify_chain(self, frames: bool, threads: int | None, parents: bool) -> Iterator[ImageError]:
         ck: Checkpoint | None = self
         while ck is not None:
             yield from ck._verify_one(frames, threads, parents)

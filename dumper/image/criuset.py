@@ -212,13 +212,15 @@ def _regular(ck: Checkpoint, name: str) -> bool:
 def has_process_state(ck: Checkpoint) -> bool:
     """Whether ``ck`` holds process state for ``criu restore`` besides
     memory: not a pre-dump (whose registers and memory are of different
-    moments), a ``pstree.img`` and the root task's ``core-PID.img``. False
+    moments) with a ``pstree.img`` (:func:`missing_images` checks the rest). False
     for dumper checkpoints from before process state was saved and for
     CRIU's pre-dumps (pages only)."""
     inv = ck.inventory
     if inv.HasField("pre_dump") and inv.pre_dump:
         return False
-    return _regular(ck, PSTREE_NAME) and _regular(ck, fmt.core_name(ck.root_pid))
+    # Present in any form: a pstree or core that is a symlink or a FIFO is a
+    # damaged set (missing_images names it, as restore does), not a memory-only one.
+    return os.path.lexists(ck.path / PSTREE_NAME)
 
 
 def missing_images(ck: Checkpoint, tree: Iterable[Task]) -> list[str]:

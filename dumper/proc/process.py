@@ -277,6 +277,18 @@ class Process:
             except FileNotFoundError:
                 return ""
 
+    def timens_offsets(self) -> dict[str, int]:
+        """Clock offsets of the process's time namespace, nanoseconds by
+        clock name (``monotonic``, ``boottime``): /proc/PID/timens_offsets
+        (kernel/time/namespace.c proc_timens_show_offsets, Linux 5.6); zero
+        in the initial time namespace. ProcessError if unreadable."""
+        out = {"monotonic": 0, "boottime": 0}
+        for line in self.read_file("timens_offsets").splitlines():
+            name, sec, nsec = line.split()
+            if name.decode() in out:
+                out[name.decode()] = int(sec) * 1_000_000_000 + int(nsec)
+        return out
+
     def cmdline(self) -> list[str]:
         return [os.fsdecode(a) for a in self.read_file("cmdline").split(b"\0") if a]
 

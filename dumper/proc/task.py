@@ -362,13 +362,14 @@ def _injected(ctx, pid: int, tids: list[int], timers: list[PosixTimer], mem_fd: 
     with ctx.injector(pid, first) as inj:
         scratch = _check(inj.syscall(x86_64.NR_mmap, 0, size, mman.PROT_READ | mman.PROT_WRITE,
                                      mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0), "mmap(scratch)")
-        ctx.on_abort(_unmap_scratch, pid, first, scratch, size)
+        undo_scratch = ctx.on_abort(_unmap_scratch, pid, first, scratch, size)
+        undo_code = None
         code = inj.syscall(x86_64.NR_mmap, 0, _CODE, mman.PROT_READ | mman.PROT_EXEC,
                            mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0)
         if code < 0:
             code = None  # exec memory refused: one call at a time
         else:
-            ctx.on_abort(_unmap_scratch, pid, first, code, _CODE)
+            undo_code = ctx.on_abort(_unmap_scratch, pid, first, code, _CODE)
         batch = dict(code=code, code_size=_CODE, results=scratch + _RESULTS_OFF)
         try:
             calls = [(x86_64.NR_rt_sigaction, (sig, 0, scratch + _SA_OFF + (sig - 1) * 32, 8)) for sig in signals]
@@ -398,7 +399,9 @@ def _injected(ctx, pid: int, tids: list[int], timers: list[PosixTimer], mem_fd: 
         finally:
             if code is not None:
                 inj.syscall(x86_64.NR_munmap, code, _CODE)
+                ctx.forget(undo_code)
             inj.syscall(x86_64.NR_munmap, scratch, size)
+            ctx.forget(undo_scratch)
     for i, t in enumerate(timers):
         t.isec, t.insec, t.vsec, t.vnsec = struct.unpack_from("<qqqq", raw, _TIMERS_OFF + 32 * i)
     subreaper = struct.unpack_from("<i", raw, _SUBREAPER_OFF)[0]

@@ -257,11 +257,23 @@ class WardenContext:
         are restored on exit."""
         return Injector(self.freezer(pid), tid)
 
-    def on_abort(self, func: Callable, *args, **kwargs) -> None:
+    def on_abort(self, func: Callable, *args, **kwargs) -> tuple:
         """Run ``func(ctx, *args, **kwargs)`` in the warden if the session
         ends without :meth:`Warden.keep` (newest first, target frozen). It
-        raises to report what it could not undo (its message is shown)."""
-        self._s.undo.append((func, args, kwargs))
+        raises to report what it could not undo (its message is shown).
+        Returns a token for :meth:`forget`."""
+        token = (func, args, kwargs)
+        self._s.undo.append(token)
+        return token
+
+    def forget(self, token: tuple) -> None:
+        """Drop an undo action whose work is already undone (a scratch
+        mapping unmapped): left registered, an abort after the thaw ran it on
+        a process no longer frozen and reported a bogus "left behind" line."""
+        for i in range(len(self._s.undo) - 1, -1, -1):
+            if self._s.undo[i] is token:
+                del self._s.undo[i]
+                return
 
     @property
     def trees(self) -> list[FrozenTree]:
