@@ -355,7 +355,7 @@ def test_diff_lists_exactly_the_written_pages(dumped, capfdbinary, tmp_path):
     assert p["only-in-A"] == {"pages": 0, "ranges": []}
     rc, out, _ = run_cli(capfdbinary, "diff", a, b)
     text = out.decode()
-    assert rc == 1 and f"pid {t.pid}: 3 page(s) differ, 0 page(s) only-in-A, 1 page(s) only-in-B" in text
+    assert rc == 1 and f"pid {t.pid}: 3 pages differ, 0 pages only-in-A, 1 page only-in-B" in text
     assert f"differ     {dense + 5 * P:#x}-{dense + 8 * P:#x} " in text
     rc, out, _ = run_cli(capfdbinary, "diff", a, a)
     assert rc == 0 and "no differences" in out.decode()

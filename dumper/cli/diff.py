@@ -31,7 +31,7 @@ from typing import Sequence
 from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import Checkpoint, open_checkpoint
-from .options import human_bytes, non_negative, pid
+from .options import human_bytes, non_negative, pid, plural
 from .verify import differing_runs, only_kernel_written
 
 KINDS = ("differ", "only-in-A", "only-in-B")
@@ -226,21 +226,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: pid {d.pid_a}: [{s:#x}, {e:#x}) differs only in rseq fields the kernel rewrites "
                   "(cpu_id, node_id, mm_cid): not a difference")
         who = f"pid {d.pid_a}" if d.pid_a == d.pid_b else f"pid {d.pid_a} (A) / {d.pid_b} (B)"
-        counts = ", ".join(f"{d.pages(k)} page(s) {k}" for k in KINDS)
+        counts = ", ".join(f"{plural(d.pages(k), 'page')} {k}" for k in KINDS)
         print(f"{who}: {counts}")
         for kind in KINDS:
             ranges = d.ranges[kind]
             for s, e in ranges[: args.max_ranges]:
                 n = (e - s) // d.page_size
                 rng = f"{s:#x}-{e:#x}"
-                print(f"  {kind:<10} {rng:<33} {n:>9} page(s) {human_bytes(e - s):>10}")
+                print(f"  {kind:<10} {rng:<33} {n:>9} {'page' if n == 1 else 'pages':<5} {human_bytes(e - s):>10}")
             if len(ranges) > args.max_ranges:
                 print(f"  {kind:<10} ... and {len(ranges) - args.max_ranges} more range(s)")
     for d in shared:
         ranges = d.ranges["differ"]
-        print(f"shmem {d.pid_a}: {d.pages('differ')} page(s) differ")
+        print(f"shmem {d.pid_a}: {plural(d.pages('differ'), 'page')} differ")
         for s, e in ranges[: args.max_ranges]:
-            print(f"  {'differ':<10} {f'offsets {s:#x}-{e:#x}':<33} {(e - s) // d.page_size:>9} page(s)")
+            print(f"  {'differ':<10} {f'offsets {s:#x}-{e:#x}':<33} {(e - s) // d.page_size:>9} {'page' if e - s == d.page_size else 'pages'}")
         if len(ranges) > args.max_ranges:
             print(f"  differ     ... and {len(ranges) - args.max_ranges} more range(s)")
     if same:

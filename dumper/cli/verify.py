@@ -193,7 +193,7 @@ def compare_live(ck: Checkpoint, live_pid: int, ckpt_pid: int | None = None,
     ps = ck.process(ckpt_pid).page_size
     target = Process(live_pid)
     what = {"differ": "differ from the checkpoint", "unreadable": "cannot be read from the live process"}
-    runs = _Runs(lambda kind, s, e: f"pid {live_pid}: [{s:#x}, {e:#x}) {(e - s) // ps} page(s) {what[kind]}")
+    runs = _Runs(lambda kind, s, e: f"pid {live_pid}: [{s:#x}, {e:#x}) {plural((e - s) // ps, 'page')} {what[kind]}")
     kernel_only = _Runs(lambda kind, s, e: f"pid {live_pid}: [{s:#x}, {e:#x}) differs only in rseq fields the "
                         "kernel rewrites when a thread migrates (cpu_id, cpu_id_start, node_id, mm_cid): not a change")
 
@@ -290,7 +290,7 @@ def compare_shared(ck: Checkpoint, alive: set[int], notes: list[str]) -> Iterato
             if obj.size is not None and obj.kind != "sysv" and size != obj.size:
                 yield f"{obj.describe()}: {size} bytes live, {obj.size} in the checkpoint"
             ent = obj.entries
-            runs = _Runs(lambda kind, s, e: f"{obj.describe()}: offsets [{s:#x}, {e:#x}) {(e - s) // ps} page(s) "
+            runs = _Runs(lambda kind, s, e: f"{obj.describe()}: offsets [{s:#x}, {e:#x}) {plural((e - s) // ps, 'page')} "
                          + ("differ from the checkpoint" if kind == "differ" else "cannot be read live"))
             for off, n in zip(ent.vaddr.tolist(), ent.nr_pages.tolist()):
                 pos = off
@@ -450,7 +450,7 @@ def run(args: argparse.Namespace) -> int:
         unchecked = sum(n for c in chain for n in c.unchecked_pages().values())
         for c in chain:
             for upid, n in c.unchecked_pages().items():
-                notes.append(f"{c.path}: pid {upid}: the contents of {n} page(s) in "
+                notes.append(f"{c.path}: pid {upid}: the contents of {plural(n, 'page')} in "
                              f"{c.process(upid).pages_path.name} cannot be checked: a raw pages file without "
                              "checksums (as CRIU writes them); only its length and the structure were verified")
         extra = {"opened": True, "processes": len(ck.processes), "pages": pages, "parents": nparents,

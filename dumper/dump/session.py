@@ -546,11 +546,11 @@ class DumpSession:
             for p in self.processes:
                 if p.copier is not None and p.copier.unreadable:
                     n = p.copier.pages_unreadable
-                    self._unrestorable(p.pid, "memory", f"{n} page(s)", "pages that could not be read")
+                    self._unrestorable(p.pid, "memory", plural(n, "page"), "pages that could not be read")
             for obj in self.shmem.objects.values():
                 if obj.unreadable:
                     n = sum(k for _, k in obj.unreadable)
-                    self._unrestorable(self.pid, "shared memory", obj.what, f"{n} page(s) could not be read")
+                    self._unrestorable(self.pid, "shared memory", obj.what, f"{plural(n, 'page')} could not be read")
         if self.opts.restorable and self.unrestorable:
             r = self.unrestorable[0]
             more = f" (and {len(self.unrestorable) - 1} more)" if len(self.unrestorable) > 1 else ""
@@ -653,7 +653,7 @@ class DumpSession:
         of the tree leave its copy set (:mod:`dumper.dump.cow`)."""
         self.cow.plan(self.processes)
         if self.cow.pages_shared:
-            self.notes.append(f"{self.cow.pages_shared} page(s) ({_mib(self.cow.pages_shared * PAGE_SIZE)}) shared "
+            self.notes.append(f"{plural(self.cow.pages_shared, 'page')} ({_mib(self.cow.pages_shared * PAGE_SIZE)}) shared "
                               "copy-on-write between processes: stored once")
 
     def copy_shared(self) -> None:
