@@ -225,8 +225,9 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
         good = len(s["parent_chain"])
         print(f"  chain      {' -> '.join(links)} ({good} deep" + (", broken)" if s["parent_chain_error"] else ")"))
     if s["parent_chain_error"]:
-        print(f"  chain      BROKEN: {s['parent_chain_error']} (pages this checkpoint holds read; "
-              "pages in the parent do not)")
+        # The chain line above already marks the broken link: this one says why.
+        label = "  broken     " if s["chain"] else "  chain      BROKEN: "
+        print(f"{label}{s['parent_chain_error']} (pages this checkpoint holds read; pages in the parent do not)")
     st = s.get("stats", {})
     if s.get("stats_error"):
         print(f"  stats      UNREADABLE: {s['stats_error']}")
