@@ -124,25 +124,8 @@ class Injector:
         regs = x86_64.user_regs_struct()
         ctypes.pointer(regs)[0] = self.saved
         x86_64.set_syscall(regs, nr, args, self.insn)
-        self._dirty = True
-        ptrace.setregs(self.tid, regs)
-        sig = 0
-        while True:
-            ptrace._ptrace(ptrace.PTRACE_SINGLESTEP, "PTRACE_SINGLESTEP", self.tid, None, sig)
-            _, status = os.waitpid(self.tid, ptrace.WALL)
-            if not os.WIFSTOPPED(status):
-                raise KernelError(errno.ESRCH, "injected syscall", f"thread {self.tid} exited")
-            stopsig = os.WSTOPSIG(status)
-            if stopsig == signal.SIGTRAP:
-                break
-            # Another signal arrived first: keep it for after (not delivered
-            # into the injected call), step again.
-            self.signals.append(stopsig)
-            sig = 0
-        done = x86_64.user_regs_struct()
-        ptrace.getregs(self.tid, done)
-        if done.rip != self.insn + len(x86_64.SYSCALL_INSN):
-            raise KernelError(errno.EFAULT, "injected syscall", f"thread stopped at {done.rip:#x}")
+        done = self._run_until_trap(regs, ptrace.PTRACE_SINGLESTEP, self.insn + len(x86_64.SYSCALL_INSN),
+                                    "injected syscall")
         return x86_64.syscall_result(done)
 
     def syscalls(self, calls: Sequence[tuple[int, Sequence[int]]], *, code: int | None = None,
@@ -166,33 +149,39 @@ class Injector:
         try:
             if os.pwrite(fd, blob, code) != len(blob):
                 raise KernelError(errno.EIO, "writing injected code", f"thread {self.tid}")
-            self._run(code, code + len(blob))
+            regs = x86_64.user_regs_struct()
+            ctypes.pointer(regs)[0] = self.saved
+            regs.rip = code
+            regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # no syscall restart on top of ours
+            self._run_until_trap(regs, ptrace.PTRACE_CONT, code + len(blob), "injected code")
             raw = os.pread(fd, 8 * len(calls), results)
         finally:
             os.close(fd)
         return [v - (1 << 64) if v >= 1 << 63 else v for v in struct.unpack(f"<{len(calls)}Q", raw)]
 
-    def _run(self, start: int, end: int) -> None:
-        """Run the thread from ``start`` until the ``int3`` that ends at ``end``."""
-        regs = x86_64.user_regs_struct()
-        ctypes.pointer(regs)[0] = self.saved
-        regs.rip = start
-        regs.orig_rax = 0xFFFFFFFFFFFFFFFF  # no syscall restart on top of ours
+    def _run_until_trap(self, regs, request: int, end: int, what: str):
+        """Load ``regs``, resume with ``request`` (PTRACE_SINGLESTEP or
+        PTRACE_CONT) until the SIGTRAP that ends the injected code, and
+        return the registers there. Other signals that arrive first are kept
+        for after (not delivered into the injected code). KernelError unless
+        the thread stopped at ``end``."""
         self._dirty = True
         ptrace.setregs(self.tid, regs)
+        name = "PTRACE_SINGLESTEP" if request == ptrace.PTRACE_SINGLESTEP else "PTRACE_CONT"
         while True:
-            ptrace._ptrace(ptrace.PTRACE_CONT, "PTRACE_CONT", self.tid, None, 0)
+            ptrace._ptrace(request, name, self.tid, None, 0)
             _, status = os.waitpid(self.tid, ptrace.WALL)
             if not os.WIFSTOPPED(status):
-                raise KernelError(errno.ESRCH, "injected code", f"thread {self.tid} exited")
+                raise KernelError(errno.ESRCH, what, f"thread {self.tid} exited")
             stopsig = os.WSTOPSIG(status)
             if stopsig == signal.SIGTRAP:
                 break
-            self.signals.append(stopsig)  # kept for after, as in syscall()
+            self.signals.append(stopsig)
         done = x86_64.user_regs_struct()
         ptrace.getregs(self.tid, done)
         if done.rip != end:
-            raise KernelError(errno.EFAULT, "injected code", f"thread stopped at {done.rip:#x}, not {end:#x}")
+            raise KernelError(errno.EFAULT, what, f"thread stopped at {done.rip:#x}, not {end:#x}")
+        return done
 
     def restore(self) -> None:
         """Put the saved registers back and re-send signals held back."""
