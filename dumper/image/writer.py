@@ -279,13 +279,20 @@ class PagesWriter:
             nbuf = max(4 * nthreads, 16) + 1
             for _ in range(nbuf):
                 self._free.put(bytearray(self._frame_bytes))
-            # Frames queued or being compressed, pool buffers or caller memory.
-            self._inflight = threading.BoundedSemaphore(nbuf)
+            # Frames queued or being compressed, pool buffers or caller memory:
+            # a token each. A SimpleQueue, not a Semaphore: its get() is one C
+            # call that a Ctrl-C either completes or leaves untouched, where a
+            # Condition interrupted halfway could lose a wake-up (a hang).
+            self._inflight: queue.SimpleQueue = queue.SimpleQueue()
+            for _ in range(nbuf):
+                self._inflight.put(None)
+            self._writer_done: queue.SimpleQueue = queue.SimpleQueue()  # the writer thread's last act
             self._cur = self._free.get()
             self._fill = 0  # bytes of self._cur in use
             self._out: queue.SimpleQueue = queue.SimpleQueue()  # (future, buffer) in stream order
             self._error: BaseException | None = None
             self._writer: threading.Thread | None = None
+            self._writer_stopping = self._writer_stopped = False
             head = zpages_pb2.zpages_head(
                 page_size=page_size,
                 frame_pages=frame_pages,
@@ -297,8 +304,9 @@ class PagesWriter:
             payload = head.SerializeToString()
             self._write(fmt.U32.pack(len(payload)) + payload)
             self._data_offset = self._pos
-            self._writer = threading.Thread(target=self._write_frames, name=f"zpages-writer-{pid}", daemon=True)
-            self._writer.start()
+            writer = threading.Thread(target=self._write_frames, name=f"zpages-writer-{pid}", daemon=True)
+            writer.start()
+            self._writer = writer  # only a started writer is waited for
         else:
             self._raw_buf: bytearray | None = None
 
@@ -424,7 +432,7 @@ class PagesWriter:
         while pos < n:
             if stable and self._fill == 0 and n - pos >= fb:
                 # A whole frame of caller memory that outlives us: no copy.
-                self._inflight.acquire()
+                self._inflight.get()
                 self._out.put((self._pool.submit(self._compress, mv[pos:pos + fb]), None))
                 pos += fb
                 if self._error is not None:
@@ -452,7 +460,7 @@ class PagesWriter:
         """Hand the current buffer to the pool and take a free one (may wait)."""
         if self._fill:
             chunk = memoryview(self._cur)[: self._fill]
-            self._inflight.acquire()
+            self._inflight.get()
             self._out.put((self._pool.submit(self._compress, chunk), self._cur))
             self._cur = self._free.get()
             self._fill = 0
@@ -461,6 +469,12 @@ class PagesWriter:
 
     def _write_frames(self) -> None:
         """Writer thread: write compressed frames in stream order, recycle buffers."""
+        try:
+            self._write_frames_until_stopped()
+        finally:
+            self._writer_done.put(True)
+
+    def _write_frames_until_stopped(self) -> None:
         while True:
             item = self._out.get()
             if item is None:
@@ -483,12 +497,18 @@ class PagesWriter:
             finally:
                 if buf is not None:
                     self._free.put(buf)
-                self._inflight.release()
+                self._inflight.put(None)
 
     def _stop_writer(self) -> None:
-        if self._writer is not None and self._writer.is_alive():
+        # Waited for on a queue, not with Thread.join(): a join that Ctrl-C
+        # interrupts marks a running thread stopped (Python 3.11), and the
+        # next stop would not wait for it.
+        if self._writer is not None and not self._writer_stopping:
+            self._writer_stopping = True
             self._out.put(None)
-            self._writer.join()
+        if self._writer is not None and not self._writer_stopped:
+            self._writer_done.get()
+            self._writer_stopped = True
 
     def _finish_zpages(self) -> None:
         self._submit_frame()
