@@ -427,11 +427,15 @@ def _become_warden() -> None:
         pass
 
 
-def _forked_main(sock: socket.socket, peer: socket.socket, client_pid: int, stop_timeout: float) -> None:
-    """In the forked child: never returns into the dumper's code."""
+def _forked_main(sock: socket.socket, peer: socket.socket, client_pid: int, stop_timeout: float,
+                 unblock: set | None = None) -> None:
+    """In the forked child: never returns into the dumper's code. ``unblock``:
+    the signal mask to restore once termination signals are ignored."""
     code = 0
     try:
         _become_warden()
+        if unblock is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblock)
         import gc
 
         gc.freeze()  # inherited objects must never be finalized here (their fds are closed below)
@@ -535,12 +539,21 @@ class Warden:
         me = os.getpid()
         try:
             if method == "fork":
-                with warnings.catch_warnings():  # 3.12+ warns about any OS thread (see _fork_safe)
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    pid = os.fork()
-                if pid == 0:
-                    _forked_main(theirs, ours, me, self.stop_timeout)  # never returns
-                self.pid = pid
+                # Termination signals stay blocked across the fork: the child
+                # ignores them before it unblocks them (a Ctrl-C to the group
+                # must not run the dumper's handler in the child, where it
+                # printed a traceback from Python's own after-fork code);
+                # the parent takes a pending one once the child exists.
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATION)
+                try:
+                    with warnings.catch_warnings():  # 3.12+ warns about any OS thread (see _fork_safe)
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        pid = os.fork()
+                    if pid == 0:
+                        _forked_main(theirs, ours, me, self.stop_timeout, unblock=old)  # never returns
+                    self.pid = pid
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
             else:
                 code = "from dumper.proc.warden import _spawned_main; _spawned_main()"
                 self._popen = subprocess.Popen(
