@@ -316,7 +316,9 @@ def test_start_methods(target, start):
 # -- the dumper dies; the warden gives the target back ---------------------------
 
 HOLDER = r"""
-import sys, time
+import signal, sys, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # as in a terminal, whatever this test inherited
+    signal.signal(s, signal.SIG_DFL)
 sys.path[:0] = [sys.argv[2], sys.argv[3]]
 from dumper.proc.warden import Warden
 import test_warden
@@ -555,3 +557,34 @@ def test_interrupted_at_random_instants(tmp_path):
 def test_interrupted_at_random_instants_100(tmp_path):
     _interrupt_loop(tmp_path, rounds=int(os.environ.get("DUMPER_INTERRUPT_ROUNDS", 100)),
                     nvmas=int(os.environ.get("DUMPER_INTERRUPT_VMAS", 20000)), seed=1500 + os.getpid())
+
+
+UNRAISABLE = r"""
+import os, signal, sys, time
+from dumper.proc.freeze import raise_on_termination
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)  # lands in a finalizer: Python prints and drops it
+        time.sleep(0.05)
+
+try:
+    with raise_on_termination():
+        Finalized()  # collected at once: __del__ runs here
+        for _ in range(1000):  # up to 10 s on a loaded machine; the signal ends it at once
+            time.sleep(0.01)
+    print("not interrupted", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_signal_dropped_in_a_finalizer_is_delivered_again():
+    """A Ctrl-C that lands in a finalizer or a weakref callback (an import's
+    module-lock callback: seen in the 100-round interrupt test) was printed
+    as "Exception ignored" with a traceback and lost: the dump ran on. It is
+    sent again and interrupts the ordinary code that follows, silently."""
+    r = subprocess.run([sys.executable, "-c", UNRAISABLE], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.stdout == "interrupted\n", (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr

@@ -45,6 +45,7 @@ import contextlib
 import errno
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Iterator
@@ -129,11 +130,31 @@ def raise_on_termination(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     otherwise). The previous handlers are restored on exit.
     """
     old = {s: signal.signal(s, _on_termination) for s in signals}
+    global _previous_hook
+    _previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_termination
     try:
         yield
     finally:
+        sys.unraisablehook = _previous_hook
         for s, h in old.items():
             signal.signal(s, h)
+
+
+_previous_hook = sys.unraisablehook
+
+
+def _redeliver_termination(unraisable) -> None:
+    """A termination signal whose exception landed in a finalizer or a weakref
+    callback (an import's module-lock callback, a ``__del__``), where Python
+    prints it and drops it: the dumper would go on as if never asked to stop.
+    Send the signal again a moment later, when ordinary code runs."""
+    exc = unraisable.exc_value
+    signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else (
+        exc.code - 128 if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128 else 0)
+    if not signum:
+        _previous_hook(unraisable)
+        return
+    threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
 
 
 # -- helpers -----------------------------------------------------------------
