@@ -343,7 +343,9 @@ def test_sigint_mid_dump_restores_the_target(tmp_path):
         p.wait()
 
 
-def test_disk_full(spawn_target, tmp_path):
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs (a disk that fills up), unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "small"
@@ -352,13 +354,18 @@ def test_disk_full(spawn_target, tmp_path):
     if r.returncode:
         pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
     try:
-        t = spawn_target("dense")
-        with pytest.raises(DumpError, match="No space left"):
-            dump(t.pid, mnt / "ck", compress=False)
-        assert state(t.pid) in ("S", "R")
-        assert list(mnt.iterdir()) == []
+        yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full(spawn_target, small_tmpfs):
+    mnt = small_tmpfs
+    t = spawn_target("dense")
+    with pytest.raises(DumpError, match="No space left"):
+        dump(t.pid, mnt / "ck", compress=False)
+    assert state(t.pid) in ("S", "R")
+    assert list(mnt.iterdir()) == []
 
 
 def test_spool_spills_beyond_its_limit(spawn_target, tmp_path):
@@ -378,22 +385,13 @@ def test_spool_spills_beyond_its_limit(spawn_target, tmp_path):
     assert sorted(p.name for p in (tmp_path / "small").iterdir()) == sorted(p.name for p in (tmp_path / "big").iterdir())
 
 
-def test_failed_spill_thaws_and_leaves_nothing(spawn_target, tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
-    try:
-        t = spawn_target("dense")
-        with pytest.raises(DumpError, match="spilling pages.*No space left"):
-            dump(t.pid, mnt / "ck", spool_limit=64 << 10)
-        assert state(t.pid) in ("S", "R")
-        assert list(mnt.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+def test_failed_spill_thaws_and_leaves_nothing(spawn_target, small_tmpfs):
+    mnt = small_tmpfs
+    t = spawn_target("dense")
+    with pytest.raises(DumpError, match="spilling pages.*No space left"):
+        dump(t.pid, mnt / "ck", spool_limit=64 << 10)
+    assert state(t.pid) in ("S", "R")
+    assert list(mnt.iterdir()) == []
 
 
 def test_refuses_itself_and_bad_pids(zombie, tmp_path):

@@ -21,26 +21,24 @@ def _level(text: str) -> int:
     return value
 
 
+def _bounded_int(text: str, lo: int, hi: int, what: str, bounds: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number{what}: {text!r}") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(bounds)
+    return value
+
+
 def _threads(text: str) -> int:
     from ..image.writer import MAX_THREADS
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 1 <= value <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"threads must be between 1 and {MAX_THREADS}")
-    return value
+    return _bounded_int(text, 1, MAX_THREADS, "", f"threads must be between 1 and {MAX_THREADS}")
 
 
 def _rounds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of rounds: {text!r}") from None
-    if not 1 <= value <= 100:
-        raise argparse.ArgumentTypeError("--pre-copy rounds run from 1 to 100")
-    return value
+    return _bounded_int(text, 1, 100, " of rounds", "--pre-copy rounds run from 1 to 100")
 
 
 def _seconds(text: str) -> float:
