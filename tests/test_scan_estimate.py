@@ -94,3 +94,14 @@ def test_long_scan_note(monkeypatch):
             == "scanning 16.0 TiB of mappings with the pagemap fallback: about 26 s frozen")
     assert long_scan_note("pagemap", [vma(16 * TiB)], threshold=60) is None
     assert long_scan_note("ioctl", [vma(16 * TiB, rss=4 << 20)]) is None  # holes cost the ioctl nothing
+
+
+def test_a_noisy_probe_never_makes_a_cost_zero():
+    """On a busy machine the 8 GiB hole walk once took no longer than the
+    2 GiB one: the per-hole cost came out 0 and a long fallback scan would
+    have gone unannounced. The larger walk alone then gives the figure."""
+    from dumper.scan.features import _per_unit
+
+    assert _per_unit((0.002, 0.008), (1000, 4000), 0.0001) == pytest.approx(0.006 / 3000)
+    assert _per_unit((0.008, 0.007), (1000, 4000), 0.001) == pytest.approx(0.006 / 4000)
+    assert _per_unit((0.008, 0.008), (1000, 4000), 0.1) == pytest.approx(0.004 / 4000)
