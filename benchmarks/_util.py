@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def spawn_sparse(reservation: int, touched: int = 1000) -> subprocess.Popen:
-    """A process with one MAP_NORESERVE reservation and ``touched`` pages written."""
+    """A process with one MAP_NORESERVE reservation and ``touched`` pages
+    written, leading its own session (see spawn_ready)."""
     code = textwrap.dedent(f"""
         import ctypes, ctypes.util, os, random, sys
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -32,7 +33,8 @@ def spawn_sparse(reservation: int, touched: int = 1000) -> subprocess.Popen:
         print(a, flush=True)
         sys.stdin.read()
     """)
-    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
     line = p.stdout.readline()
     if not line.strip():
         p.kill()
@@ -131,7 +133,11 @@ def spawn_ready(argv: list[str], *, timeout: float = 120.0, **kw) -> subprocess.
     """Start a target that prints a line beginning with READY once set up
     (``READY ADDR SIZE`` sets ``p.addr`` and ``p.size``); stdin and stdout
     are pipes (closing stdin ends the benchmarks' targets). RuntimeError,
-    the target killed, if it exits or stays silent for ``timeout`` s."""
+    the target killed, if it exits or stays silent for ``timeout`` s.
+
+    Every target leads its own session, as ``criu dump`` needs when the
+    caller's session leader is outside its pid namespace (a CI runner)."""
+    kw.setdefault("start_new_session", True)
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kw)
     ready = select.select([p.stdout], [], [], timeout)[0]
     line = p.stdout.readline() if ready else ""

@@ -179,7 +179,7 @@ def _spawn_dense(mib: int) -> subprocess.Popen:
     """The Python dense target (benchmarks/incremental.py): 1% of it is
     rewritten on request (a line with a page count on its stdin)."""
     p = subprocess.Popen([sys.executable, "-c", DENSE_TARGET.format(mib=mib)], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
     if p.stdout.readline().strip() != "READY":
         stop(p)
         raise RuntimeError("dense target did not start")
