@@ -562,9 +562,17 @@ def test_stale_state_files_are_cleaned(spawn_target, tmp_path, state_dir):
     tracking_state.save(t.pid, start_time(t.pid), live)
     tracking_state.save(t.pid, start_time(t.pid) + 1, live)  # the pid was reused since
     tracking_state.save(2**22 + 4321, 5, live)  # the process is gone
-    (state_dir / ".track-1-1.json.999999999.abc.tmp").write_text("{}")  # a dead writer's temp file
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    (state_dir / f".track-{ns}-1-1.json.999999999.abc.tmp").write_text("{}")  # a dead writer's temp file
+    (state_dir / f"track-{2**22 + 4321}-5.json").write_text("{}")  # an older dumper's name, process gone
+    # Another pid namespace's dumper shares the directory: its numbers mean
+    # other processes here (one of them a live pid of ours), so its files stay.
+    theirs = [f"track-{ns + 1}-{t.pid}-{start_time(t.pid) + 7}.json", f".track-{ns + 1}-1-1.json.999999999.abc.tmp"]
+    for name in theirs:
+        (state_dir / name).write_text("{}")
     dump(t.pid, tmp_path / "a")  # any dump cleans up
-    assert os.listdir(state_dir) == [f"track-{t.pid}-{start_time(t.pid)}.json"]
+    assert sorted(os.listdir(state_dir)) == sorted([f"track-{ns}-{t.pid}-{start_time(t.pid)}.json", *theirs])
+    assert [pid for pid, _, _ in tracking_state.records()] == [t.pid]
 
 
 @needs_uffd
@@ -605,7 +613,7 @@ def test_state_file_write_follows_no_symlink(spawn_target, tmp_path, state_dir):
     state_dir.mkdir(mode=0o700)
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    name = f"track-{t.pid}-{start_time(t.pid)}.json"
+    name = f"track-{os.stat('/proc/self/ns/pid').st_ino}-{t.pid}-{start_time(t.pid)}.json"
     (state_dir / name).symlink_to(victim)
     tracking_state.save(t.pid, start_time(t.pid), tracking_state.TrackingState("id", "uffd-wp", "/x"))
     assert victim.read_text() == "precious"

@@ -4,7 +4,9 @@ armed in it.
 Tracking answers "written since the last reset", so an incremental dump is
 only right on top of the checkpoint whose dump did that reset. Each reset
 gets a random id, stored in that checkpoint's inventory and in a small state
-file per process (keyed by pid and start time, so a reused pid never matches).
+file per process (keyed by pid and start time, so a reused pid never matches,
+and by the pid namespace whose numbers they are: dumpers in two pid
+namespaces may share the directory, and each sees only its own files).
 The state file is written *before* the reset: if the dump then fails, no
 checkpoint carries the new id and every ``--parent`` is refused into a full
 dump instead of silently missing pages.
@@ -67,8 +69,30 @@ def state_dir() -> str:
     return os.path.join(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/dumper-{os.getuid()}", "dumper")
 
 
+def _pidns() -> int:
+    """The inode of our pid namespace: the one /proc's numbers belong to."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no namespaces: one numbering
+        return 0
+
+
 def _name(pid: int, start_time: int) -> str:
-    return f"{_PREFIX}{pid}-{start_time}{_SUFFIX}"
+    return f"{_PREFIX}{_pidns()}-{pid}-{start_time}{_SUFFIX}"
+
+
+def _parse_name(name: str) -> tuple[int, int] | None:
+    """``(pid, start_time)`` of a record name of our pid namespace, else None.
+    Names without a namespace (written by older dumpers) count as ours."""
+    if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+        return None
+    try:
+        fields = [int(x) for x in name[len(_PREFIX) : -len(_SUFFIX)].split("-")]
+    except ValueError:
+        return None
+    if len(fields) == 3 and fields[0] == _pidns():
+        return fields[1], fields[2]
+    return (fields[0], fields[1]) if len(fields) == 2 else None
 
 
 def _fail(path: str, why: str) -> StateDirError:
@@ -126,11 +150,15 @@ def new_id() -> str:
 def load(pid: int, start_time: int) -> TrackingState | None:
     """The recorded state, or None (never tracked, or the record is unreadable).
     Raises StateDirError if the directory exists but is not safely ours."""
+    return _load_name(pid, start_time, _name(pid, start_time))
+
+
+def _load_name(pid: int, start_time: int, name: str) -> TrackingState | None:
     dfd = _open_dir(create=False)
     if dfd is None:
         return None
     try:
-        fd = os.open(_name(pid, start_time), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         with open(fd, "rb") as f:
             data = json.loads(f.read(1 << 16))
         return TrackingState(**data)
@@ -210,14 +238,11 @@ def records() -> list[tuple[int, int, TrackingState]]:
         os.close(dfd)
     out = []
     for name in names:
-        if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
-            try:
-                pid, start = (int(x) for x in name[len(_PREFIX) : -len(_SUFFIX)].split("-"))
-            except ValueError:
-                continue
-            rec = load(pid, start)
+        key = _parse_name(name)
+        if key is not None:
+            rec = _load_name(*key, name)
             if rec is not None:
-                out.append((pid, start, rec))
+                out.append((*key, rec))
     return out
 
 
@@ -234,17 +259,16 @@ def clean_stale() -> int:
     try:
         for name in os.listdir(dfd):
             stale = False
-            if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
-                try:
-                    pid, start = (int(x) for x in name[len(_PREFIX) : -len(_SUFFIX)].split("-"))
-                except ValueError:
-                    continue
-                stale = _start_time(pid) != start
+            key = _parse_name(name)
+            if key is not None:
+                stale = _start_time(key[0]) != key[1]
             elif name.startswith(f".{_PREFIX}") and name.endswith(".tmp"):
                 parts = name.split(".")
+                if len(parts) < 5 or _parse_name(parts[1] + "." + parts[2]) is None:
+                    continue  # another pid namespace's writer
                 try:
                     stale = not os.path.exists(f"/proc/{int(parts[-3])}")
-                except (ValueError, IndexError):
+                except ValueError:
                     continue
             if stale:
                 try:
