@@ -21,6 +21,7 @@ from dumper.image.checkpoint import open_checkpoint
 from dumper.image.reader import iter_present
 from dumper.kernel.libc import PAGE_SIZE
 from dumper.scan.features import probe_scan_categories
+from freeze_helpers import kernel_thread_pid
 
 P = PAGE_SIZE
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "target.py"
@@ -404,9 +405,14 @@ def test_refuses_itself_and_bad_pids(zombie, tmp_path):
     r = subprocess.run([sys.executable, "-m", "dumper", "dump", str(zombie), "-D", str(tmp_path / "d")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "zombie" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "dumper", "dump", "2", "-D", str(tmp_path / "e")],
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_refuses_a_kernel_thread(tmp_path):
+    kthread = kernel_thread_pid()
+    r = subprocess.run([sys.executable, "-m", "dumper", "dump", str(kthread), "-D", str(tmp_path / "e")],
                        capture_output=True, text=True)
-    assert r.returncode == 1 and "kernel thread" in r.stderr
+    assert r.returncode == 1 and "kernel thread" in r.stderr and "Traceback" not in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 

@@ -21,6 +21,7 @@ from dumper.kernel.libc import PAGE_SIZE
 from dumper.proc import Process
 from dumper.scan import Category, ScanMasks, open_backend, scan, scan_range
 from dumper.scan.features import probe_pagemap, probe_scan_categories, probe_uffd_wp_async
+from freeze_helpers import kernel_thread_pid
 
 pytestmark = pytest.mark.kernel
 
@@ -247,8 +248,6 @@ def test_bad_input_api(zombie):
         scan(2**22 + 12345)
     with pytest.raises(ZombieProcess):
         scan(zombie)
-    with pytest.raises(NoMemoryMap):
-        scan(2)  # kthreadd
     with pytest.raises(ScanError, match="not page aligned"):
         scan(os.getpid(), 0x1001, 0x3000)
     with pytest.raises(ScanError, match="below start"):
@@ -257,11 +256,18 @@ def test_bad_input_api(zombie):
         scan(os.getpid(), anyof="PRESENT,NOPE")
 
 
+def test_kernel_thread_has_no_memory_map():
+    kthread = kernel_thread_pid()
+    with pytest.raises(NoMemoryMap):
+        scan(kthread)
+    r = dumper_cli("scan", str(kthread))
+    assert r.returncode == 1 and "kernel thread" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["4194303"], "no such process (pid=4194303)"),
-        (["2"], "kernel thread"),
         (["{self}", "--start", "0x1001", "--end", "0x2000"], "not page aligned"),
         (["{self}", "--start", "0x3000", "--end", "0x1000"], "below start"),
         (["{self}", "--anyof", "PRESENT,BOGUS"], "unknown page category 'BOGUS'"),
