@@ -6,11 +6,13 @@ Before the freeze (the target runs):
                    and populate the spool for the pages expected.
 Frozen (the target waits only for this):
   ``freeze``       every thread (of the tree) stopped by the tracer;
-  ``list_vmas``    /proc/PID/maps again: unchanged (byte for byte) -> the
-                   pre-read VMAs stand, else smaps is read now;
+  ``list_vmas``    /proc/PID/maps read again, in the background;
+  ``scan``         (no tracking to arm) meanwhile, over the pre-read VMAs;
+  ``confirm_vmas`` maps unchanged (byte for byte) -> the pre-read VMAs
+                   stand, else smaps is read now and the scan redone;
   ``collect``      process state (mm layout, auxv, ...);
   ``arm``          tracking prepared (injected syscalls come before any read);
-  ``scan``         the mask scanner over the private VMAs;
+  ``scan``         the mask scanner over the private VMAs (not scanned yet);
   ``select``       numpy interval algebra: pages to copy, pages the parent holds;
   ``share_cow``    pages a process shares copy-on-write with an earlier one
                    (same PFN): not copied again, referenced (PE_COW);
@@ -49,7 +51,7 @@ from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
 from ..proc.freeze import THAW_MODES, raise_on_termination
-from ..proc.maps import Vma, parse_maps
+from ..proc.maps import Vma, vma_ranges
 from ..proc.process import Process
 from ..scan import Category, backend_class, open_backend, scan_range
 from ..text import plural
@@ -213,11 +215,15 @@ class ProcessDump:
     file_ids: dict = field(default_factory=dict)  # (start, end) -> FileIdentity of the mapped file
     vma_shmid: dict = field(default_factory=dict)  # VMA index -> files.img id of its file
     vma_fdflags: dict = field(default_factory=dict)  # VMA index -> O_RDONLY/O_WRONLY/O_RDWR
+    mapped_idx: list = field(default_factory=list)  # indices of file-backed VMAs ([vdso] and such apart)
+    shmem_idx: list = field(default_factory=list)  # indices of VMAs planned "shmem"
+    unrestorable_idx: list = field(default_factory=list)  # indices of VMAs CRIU could not restore
     guard_vmas: list = field(default_factory=list)  # CRIU's guard pseudo-VMAs (MADV_GUARD_INSTALL)
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
     copier: PageCopier | None = None
     pages_id: int = 0
+    scanned: bool = False  # regions are those of this freeze and these VMAs
 
 
 class DumpSession:
@@ -247,6 +253,7 @@ class DumpSession:
         self.timens_id = 0  # the root's time namespace id if not the dumper's (timens-ID.img)
         self.timens_offsets: dict[str, int] = {}
         self._tracking_was_armed = False
+        self._maps_check: _MapsCheck | None = None
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
         self.kobj_ids = KobjIds()
@@ -270,6 +277,9 @@ class DumpSession:
                 self.pre_copy_rounds()
             self.freeze()
             self.list_vmas()
+            if not any(p.tracker.arms for p in self.processes):
+                self.scan()  # while maps is read again; tracking, when armed, must come first
+            self.confirm_vmas()
             self.collect()
             self.check_restorable()
             self.arm()
@@ -301,6 +311,7 @@ class DumpSession:
         for rnd in range(self.opts.pre_copy):
             self.freeze()
             self.list_vmas()
+            self.confirm_vmas()
             self.arm()
             if rnd == 0:
                 self._tracking_was_armed = any(p.tracker.preexisting for p in self.processes)
@@ -415,13 +426,22 @@ class DumpSession:
         # Before the freeze is early enough: a file written in between reads
         # as changed to the readers, which then refuse it (never the reverse).
         p.file_ids = mapped_file_identities(p.pid, vmas)
-        if [(v.start, v.end) for v in vmas] != [(v.start, v.end) for v in parse_maps(p.pre_maps)]:
+        if [(v.start, v.end) for v in vmas] != vma_ranges(p.pre_maps):
             p.pre_maps = b""  # changed in between: read again when frozen
         self._set_vmas(p, vmas)
 
     def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
+        """The VMAs, their plans, and what the frozen phases look up in
+        them, computed once: with 64,000 VMAs each pass over the list costs
+        tens of ms, which must not be spent while the target is frozen."""
         p.vmas = vmas
+        p.scanned = False
         p.plans = classify_all(vmas)
+        # Vma.file_backed and not Vma.special, without two property calls per VMA.
+        p.mapped_idx = [i for i, v in enumerate(vmas)
+                        if (v.inode or v.path[:1] == "/") and v.file_backed and not v.special]
+        p.shmem_idx = [i for i, pl in enumerate(p.plans) if pl.mode == "shmem"]
+        p.unrestorable_idx = [i for i, pl in enumerate(p.plans) if pl.unrestorable]
         pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]
         p.scan_iv = iv.from_pairs(pages)
         p.whole_iv = iv.from_pairs([(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "whole"])
@@ -451,9 +471,28 @@ class DumpSession:
         self.zombies = [fp for fp in tree.processes.values() if fp.zombie]
 
     def list_vmas(self) -> None:
-        """The VMAs as they are now; the pre-read stands if maps did not change."""
+        """The VMAs as they are now. A process without a pre-read has its
+        smaps read now; the pre-read stands if /proc/PID/maps did not change.
+        A long maps is read again in the background (the kernel takes ~30 ms
+        to print 64,000 VMAs: time the scan can use) and compared by
+        :meth:`confirm_vmas`."""
+        recheck = []
         for p in self.processes:
-            if not p.pre_maps or p.proc.read_file("maps") != p.pre_maps:
+            p.scanned = False  # every freeze scans afresh
+            if len(p.pre_maps) >= _MAPS_IN_BACKGROUND:
+                recheck.append(p)
+            elif not p.pre_maps or p.proc.read_file("maps") != p.pre_maps:
+                self._set_vmas(p, p.proc.vmas())
+        self._maps_check = _MapsCheck(recheck) if recheck else None
+
+    def confirm_vmas(self) -> None:
+        """The pre-read stands where maps did not change (byte for byte);
+        elsewhere smaps is read now and the process scanned again."""
+        check, self._maps_check = self._maps_check, None
+        if check is None:
+            return
+        for p, now in check.result():
+            if now != p.pre_maps:
                 self._set_vmas(p, p.proc.vmas())
 
     def collect(self) -> None:
@@ -495,17 +534,13 @@ class DumpSession:
         them (mapped files, descriptors, exe, fs: dumper/dump/files.py)."""
         t = self.files
         vmas = p.vmas
-        # Vma.file_backed and not Vma.special, without two property calls per
-        # VMA (64,000 VMAs: tens of ms frozen): a path from "/" or an inode.
-        mapped = [i for i, v in enumerate(vmas) if v.inode or v.path[:1] == "/"]
-        for i in mapped:
+        for i in p.mapped_idx:
             v = vmas[i]
-            if v.file_backed and not v.special:
-                p.vma_shmid[i] = t.mapped_file(p.pid, v)
-                fl = map_files_fdflags(p.proc, v)
-                if fl is not None:
-                    p.vma_fdflags[i] = fl
-        settle_plans(p.plans, p.vma_shmid)  # shared memory whose object is not saved: skipped
+            p.vma_shmid[i] = t.mapped_file(p.pid, v)
+            fl = map_files_fdflags(p.proc, v)
+            if fl is not None:
+                p.vma_fdflags[i] = fl
+        settle_plans(p.plans, p.vma_shmid, p.shmem_idx)  # shared memory whose object is not saved: skipped
         ours = p.tracker.known_fd(p.pid)  # dumper's own userfaultfd is not the program's
         fds = [o for o in collect_fds(p.proc) if o.fd != ours]
         if p.kobj_ids["files"] not in self._fdinfos:  # CLONE_FILES: one table for all sharers
@@ -521,10 +556,10 @@ class DumpSession:
             # zombies are in pstree.img too (CRIU restores them): not "outside"
             pids = {p.pid for p in self.processes} | {z.pid for z in self.zombies}
             for p in self.processes:
-                for v, plan in zip(p.vmas, p.plans):
-                    if plan.unrestorable:
-                        self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
-                                           plan.unrestorable)
+                for i in p.unrestorable_idx:
+                    v, plan = p.vmas[i], p.plans[i]
+                    self._unrestorable(p.pid, "memory", f"vma {v.start:#x}-{v.end:#x} {v.path}".rstrip(),
+                                       plan.unrestorable)
                 for kind, nid in p.ns_ids.items():
                     if kind == "time":
                         why = self._timens_problem(p)
@@ -584,10 +619,14 @@ class DumpSession:
             p.tracker.prepare(self.tracer, p.pid, p.vmas, want, p.parent.inventory if p.parent else None)
 
     def scan(self) -> None:
+        """The mask scanner over each process not scanned since its VMAs
+        were (re)listed in this freeze."""
         t0 = time.monotonic_ns()
         for p in self.processes:
-            self._scan_one(p)
-        self.scan_ns = time.monotonic_ns() - t0
+            if not p.scanned:
+                self._scan_one(p)
+                p.scanned = True
+        self.scan_ns += time.monotonic_ns() - t0
 
     def _scan_one(self, p: ProcessDump) -> None:
         starts, ends = p.scan_iv
@@ -792,8 +831,7 @@ class DumpSession:
         w.write_image(fmt.timens_name(self.timens_id), "TIMENS", [criu_core.timens_entry(self.timens_offsets)])
 
     def _pages_scanned(self) -> int:
-        return sum(v.size // PAGE_SIZE for p in self.processes for v, pl in zip(p.vmas, p.plans)
-                   if pl.mode in ("pages", "whole"))
+        return sum((iv.total(*p.scan_iv) + iv.total(*p.whole_iv)) // PAGE_SIZE for p in self.processes)
 
     def _stream(self, p: ProcessDump):
         """``p``'s page stream as written: extents by vaddr, first index of each."""
@@ -840,18 +878,17 @@ class DumpSession:
         mm = p.mm
         vs = np.array([v.start for v in p.vmas], _U64)
         ve = np.array([v.end for v in p.vmas], _U64)
-        dumped = _pages_per(vs, ve, (p.extents.vaddr, p.extents.vaddr + p.extents.nbytes))
-        in_parent = _pages_per(vs, ve, p.parent_iv)
+        dumped = _pages_per(vs, ve, (p.extents.vaddr, p.extents.vaddr + p.extents.nbytes)).tolist()
+        in_parent = _pages_per(vs, ve, p.parent_iv).tolist()
         for i, (v, plan) in enumerate(zip(p.vmas, p.plans)):
             if plan.mode == "skip":
                 skipped[plan.reason] = skipped.get(plan.reason, 0) + 1
             e = vma_entry_from(
                 v, status=plan.status, shmid=p.vma_shmid.get(i, 0), dumped=plan.mode != "skip",
-                contents_skipped_reason=plan.reason or None, nr_pages_dumped=int(dumped[i]),
-                nr_pages_parent=int(in_parent[i]) or None)
+                contents_skipped_reason=plan.reason or None, nr_pages_dumped=dumped[i],
+                nr_pages_parent=in_parent[i] or None, into=mm.vmas)
             if i in p.vma_fdflags:
                 e.fdflags = p.vma_fdflags[i]
-            mm.vmas.append(e)
         apply_file_identities(mm.vmas, p.file_ids)
         as_criu_lists_them(mm)  # [vvar] + [vvar_vclock]: one VMA
         mm.vmas.extend(p.guard_vmas)  # CRIU 4.2: guard pseudo-VMAs end the list
@@ -866,6 +903,38 @@ def _record_coredump_filter(mm: mm_pb2.mm_entry, tid: int) -> None:
             mm.coredump_filter = int(f.read(), 16)
     except (OSError, ValueError):
         pass  # left unset: readers take the kernel's default
+
+
+# maps this long (about 3,000 VMAs) is compared in the background: below
+# that, starting a thread costs more than the read
+_MAPS_IN_BACKGROUND = 256 << 10
+
+
+class _MapsCheck:
+    """``/proc/PID/maps`` of some processes, read by a background thread
+    (the read releases the GIL; the kernel does the work)."""
+
+    def __init__(self, processes: list[ProcessDump]) -> None:
+        self._processes = processes
+        self._got: list = []
+        self._thread = threading.Thread(target=self._read, name="maps-check", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for p in self._processes:
+            try:
+                self._got.append(p.proc.read_file("maps"))
+            except BaseException as err:  # NoSuchProcess...: raised in the caller
+                self._got.append(err)
+                return
+
+    def result(self) -> list[tuple[ProcessDump, bytes]]:
+        """``(process, maps bytes)`` pairs; the reader's error re-raised."""
+        self._thread.join()
+        for got in self._got:
+            if isinstance(got, BaseException):
+                raise got
+        return list(zip(self._processes, self._got))
 
 
 def _descendants(pid: int) -> list[int]:

@@ -179,10 +179,13 @@ def _object_name(link: str, kind: str) -> str:
     return name
 
 
-def settle_plans(plans, vma_shmid: dict[int, int]) -> None:
+def settle_plans(plans, vma_shmid: dict[int, int], shmem_idx: list[int] | None = None) -> None:
     """After the file table saw a process's VMAs: a "shmem" VMA whose object
-    is not saved (no ``shmid``; the table recorded why) is skipped."""
-    for i in [i for i, plan in enumerate(plans) if plan.mode == "shmem"]:
+    is not saved (no ``shmid``; the table recorded why) is skipped.
+    ``shmem_idx``: the indices of the "shmem" plans, when already known."""
+    if shmem_idx is None:
+        shmem_idx = [i for i, plan in enumerate(plans) if plan.mode == "shmem"]
+    for i in shmem_idx:
         plan = plans[i]
         if not vma_shmid.get(i):
             plan.mode = "skip"

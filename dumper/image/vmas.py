@@ -18,20 +18,18 @@ def as_criu_lists_them(mm: mm_pb2.mm_entry) -> None:
     kernel-provided anonymous mappings ([vvar], [vsyscall]) carry
     VMA_ANON_PRIVATE and MAP_ANONYMOUS, and consecutive [vvar] VMAs
     ([vvar] + [vvar_vclock] on 6.x kernels) are one VMA."""
-    merged = []
-    for v in mm.vmas:
-        if v.status & (fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL) and not v.status & FILE_VMA:
+    special = fmt.VMA_AREA_VVAR | fmt.VMA_AREA_VSYSCALL
+    drop = []
+    prev = None
+    for i, v in enumerate(mm.vmas):
+        st = v.status
+        if st & special and not st & FILE_VMA:
             v.status |= fmt.VMA_ANON_PRIVATE
             v.flags |= MAP_ANONYMOUS
-        prev = merged[-1] if merged else None
-        if (prev is not None and prev.status & fmt.VMA_AREA_VVAR and v.status & fmt.VMA_AREA_VVAR
-                and prev.end == v.start):
+        if prev is not None and prev.status & fmt.VMA_AREA_VVAR and st & fmt.VMA_AREA_VVAR and prev.end == v.start:
             prev.end = v.end
+            drop.append(i)
             continue
-        merged.append(v)
-    if len(merged) != len(mm.vmas):
-        kept = [type(v)() for v in merged]
-        for k, v in zip(kept, merged):
-            k.CopyFrom(v)
-        del mm.vmas[:]
-        mm.vmas.extend(kept)
+        prev = v
+    for i in reversed(drop):  # a few at most: [vvar_vclock]
+        del mm.vmas[i]

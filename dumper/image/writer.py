@@ -24,6 +24,7 @@ as ``__cause__``) and for an existing destination; ``ValueError`` for misuse
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
@@ -98,6 +99,7 @@ def vma_entry_from(
     contents_skipped_reason: str | None = None,
     nr_pages_dumped: int | None = None,
     nr_pages_parent: int | None = None,
+    into=None,
 ) -> vma_pb2.vma_entry:
     """A ``vma_entry`` for ``vma`` with the given VMA_* ``status`` bits.
 
@@ -105,44 +107,42 @@ def vma_entry_from(
     private from the perms, MAP_ANONYMOUS when ``status`` has
     VMA_ANON_PRIVATE/VMA_ANON_SHARED, the rest from smaps VmFlags
     (MAP_DROPPABLE replaces MAP_PRIVATE). ``fd`` is -1 as in CRIU.
-    The classification itself (``status``) is the caller's.
+    The classification itself (``status``) is the caller's. ``into``: a
+    repeated ``vma_entry`` field to add the entry to (built in place, not
+    copied: 64,000 VMAs).
     """
-    flags = _MAP_SHARED if vma.shared else _MAP_PRIVATE
-    if status & (fmt.VMA_ANON_PRIVATE | fmt.VMA_ANON_SHARED):
+    anon = bool(status & (fmt.VMA_ANON_PRIVATE | fmt.VMA_ANON_SHARED))
+    flags, madv, vmflags = _derived_flags(vma.vmflags, vma.shared, anon)
+    fields = dict(start=vma.start, end=vma.end, pgoff=vma.pgoff, shmid=shmid, prot=vma.prot, flags=flags,
+                  status=status, fd=-1, path=vma.path, dev_major=vma.dev_major, dev_minor=vma.dev_minor,
+                  inode=vma.inode, vmflags=vmflags)
+    if madv:
+        fields["madv"] = madv
+    if dumped is not None:
+        fields["dumped"] = dumped
+    if contents_skipped_reason is not None:
+        fields["contents_skipped_reason"] = contents_skipped_reason
+    if nr_pages_dumped is not None:
+        fields["nr_pages_dumped"] = nr_pages_dumped
+    if nr_pages_parent is not None:
+        fields["nr_pages_parent"] = nr_pages_parent
+    return into.add(**fields) if into is not None else vma_pb2.vma_entry(**fields)
+
+
+@functools.lru_cache(maxsize=1024)
+def _derived_flags(vmflags: frozenset[str], shared: bool, anon: bool) -> tuple[int, int, str]:
+    """``(flags, madv, vmflags text)`` of a VMA: they repeat from VMA to VMA."""
+    flags = _MAP_SHARED if shared else _MAP_PRIVATE
+    if anon:
         flags |= _MAP_ANONYMOUS
     madv = 0
-    for mnemonic in vma.vmflags:
+    for mnemonic in vmflags:
         flags |= _VMFLAG_MAP.get(mnemonic, 0)
         if mnemonic in _VMFLAG_MADV:
             madv |= 1 << _VMFLAG_MADV[mnemonic]
     if flags & _MAP_DROPPABLE:
         flags &= ~_MAP_PRIVATE
-    e = vma_pb2.vma_entry(
-        start=vma.start,
-        end=vma.end,
-        pgoff=vma.pgoff,
-        shmid=shmid,
-        prot=vma.prot,
-        flags=flags,
-        status=status,
-        fd=-1,
-        path=vma.path,
-        dev_major=vma.dev_major,
-        dev_minor=vma.dev_minor,
-        inode=vma.inode,
-        vmflags=" ".join(sorted(vma.vmflags)),
-    )
-    if madv:
-        e.madv = madv
-    if dumped is not None:
-        e.dumped = dumped
-    if contents_skipped_reason is not None:
-        e.contents_skipped_reason = contents_skipped_reason
-    if nr_pages_dumped is not None:
-        e.nr_pages_dumped = nr_pages_dumped
-    if nr_pages_parent is not None:
-        e.nr_pages_parent = nr_pages_parent
-    return e
+    return flags, madv, " ".join(sorted(vmflags))
 
 
 def _check_page_size(page_size: int) -> int:
