@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -583,3 +584,36 @@ def test_signal_while_the_spool_is_reserved_leaves_no_temporary_directory(spawn_
     assert r.stderr == "dumper: interrupted\n" if sig == signal.SIGINT else "Traceback" not in r.stderr
     assert sorted(p.name for p in out.iterdir()) == []
     assert state(t.pid) in ("S", "R") and t.command("checksum dense")
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["maps-in-background", "maps-inline"])
+def test_mapping_made_between_pre_read_and_freeze_is_dumped(spawn_target, tmp_path, monkeypatch, background):
+    """VMAs are read while the target runs and checked again frozen (in a
+    background thread for a long maps, meanwhile scanning over the pre-read
+    ones): a region mapped in between is listed, scanned and saved, and a
+    region unmapped in between is not."""
+    import dumper.dump.session as S
+
+    t = spawn_target("dense,alt")
+    monkeypatch.setattr(S, "_MAPS_IN_BACKGROUND", 0 if background else 1 << 40)
+    late = {}
+
+    class LateMapping(S.DumpSession):
+        def freeze(self):
+            if not late:  # after the pre-read, before the freeze
+                late.update(json.loads(t.command("mmap late 8")[0]))
+                t.command("munmap alt")
+            return super().freeze()
+
+    LateMapping(t.pid, tmp_path / "ck", S.DumpOptions()).run()
+    a, n = late["late"]
+    alt, alt_n = t.regions["alt"]
+    with open_checkpoint(tmp_path / "ck") as ck:
+        assert ck.read(t.pid, a, n) == b"\x33" * n
+    _, mm = read_image(tmp_path / "ck" / fmt.mm_name(t.pid))
+    vmas = [(v.start, v.end) for v in mm[0].vmas]
+    assert any(s <= a and a + n <= e for s, e in vmas)
+    assert not any(s < alt + alt_n and alt < e for s, e in vmas)
+    _, entries = load_pagemap(tmp_path / "ck" / fmt.pagemap_name(t.pid))
+    ends = entries.vaddr + entries.nr_pages * PAGE_SIZE
+    assert not ((entries.vaddr < alt + alt_n) & (ends > alt)).any()
