@@ -1069,8 +1069,13 @@ def test_interrupted_export_is_one_line_and_leaves_nothing(tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not [q for q in tmp_path.iterdir() if q.name.startswith(f".out-{cmd}")]:
             time.sleep(0.01)
-        time.sleep(0.2)
+        # Stopped while its temporary output exists, the interrupt lands
+        # mid-copy however fast this machine writes (a 0.2 s pause was
+        # longer than the whole export on a quiet machine).
+        p.send_signal(signal.SIGSTOP)
+        assert [q for q in tmp_path.iterdir() if q.name.startswith(f".out-{cmd}")], "finished before the signal"
         p.send_signal(signal.SIGINT)
+        p.send_signal(signal.SIGCONT)
         stdout, err = p.communicate(timeout=120)
         assert p.returncode == 130 and err == "dumper: interrupted\n", (cmd, p.returncode, err)
         assert not out.exists() and not [q for q in tmp_path.iterdir() if q.name.startswith(".")], \
