@@ -1065,7 +1065,9 @@ def test_interrupted_export_is_one_line_and_leaves_nothing(tmp_path):
     for cmd in ("export", "flatten"):
         out = tmp_path / f"out-{cmd}"
         p = subprocess.Popen([sys.executable, "-m", "dumper", cmd, str(src), str(out)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # as from a terminal: SIGINT not inherited as ignored (a background job's)
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not [q for q in tmp_path.iterdir() if q.name.startswith(f".out-{cmd}")]:
             time.sleep(0.01)
