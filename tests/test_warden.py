@@ -53,6 +53,11 @@ def echo(ctx, value, pad=b""):
     return value
 
 
+def sleep_then(ctx, seconds, value):
+    time.sleep(seconds)
+    return value
+
+
 def register_marker(ctx, path):
     ctx.on_abort(write_marker, path)
 
@@ -145,6 +150,27 @@ def test_exceptions_come_back_with_their_type(target):
             w.call(lambda ctx: None)
         assert w.call(leader_rip, target.pid) > 0  # still usable after errors
     assert_running(target)
+
+
+def test_call_soon_returns_at_once_and_answers_in_order(target):
+    """call_soon: this process goes on while the warden works; a request
+    made meanwhile waits its turn; the answer (or the error) comes back
+    from the result function, once."""
+    with Warden() as w:
+        t0 = time.monotonic()
+        result = w.call_soon(sleep_then, 0.3, "slow")
+        assert time.monotonic() - t0 < 0.2  # not waited for
+        assert w.call(echo, "next") == "next"  # served after the slow one
+        assert time.monotonic() - t0 >= 0.3
+        assert result() == "slow"
+        with pytest.raises(WardenError, match="lost"):
+            result()  # answered once
+        failing = w.call_soon(raise_zombie, target.pid)
+        with pytest.raises(ZombieProcess, match="made up in the warden"):
+            failing()
+        pending = w.call_soon(sleep_then, 0.1, "never read")  # left pending at close: no hang
+    assert proc_state(w.pid) is None
+    del pending
 
 
 def test_freeze_errors_leave_nothing_frozen(target, zombie):

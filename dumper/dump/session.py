@@ -10,7 +10,9 @@ Frozen (the target waits only for this):
   ``scan``         (no tracking to arm) meanwhile, over the pre-read VMAs;
   ``confirm_vmas`` maps unchanged (byte for byte) -> the pre-read VMAs
                    stand, else smaps is read now and the scan redone;
-  ``collect``      process state (mm layout, auxv, ...);
+  ``collect``      process state (mm layout, auxv, open files...); the
+                   per-task state (registers, signals...) is asked of the
+                   warden, which works meanwhile;
   ``arm``          tracking prepared (injected syscalls come before any read);
   ``scan``         the mask scanner over the private VMAs (not scanned yet);
   ``select``       numpy interval algebra: pages to copy, pages the parent holds;
@@ -18,6 +20,7 @@ Frozen (the target waits only for this):
                    (same PFN): not copied again, referenced (PE_COW);
   ``copy``         page runs into the spool (process_vm_readv, batched);
   ``copy_shared``  shared memory objects into the spool, once each (pread);
+  ``collected_tasks`` the warden's answer (task state) taken;
   ``reset``        tracking reset for the next dump;
   ``thaw``         resume, leave stopped, or kill.
 After the thaw:
@@ -35,6 +38,7 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
@@ -222,6 +226,7 @@ class ProcessDump:
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
     copier: PageCopier | None = None
+    task_result: Callable[[], TaskState] | None = None  # collect_task under way in the warden
     pages_id: int = 0
     scanned: bool = False  # regions are those of this freeze and these VMAs
 
@@ -286,6 +291,7 @@ class DumpSession:
             self.scan()
             self.select()
             if self.opts.pre_dump:
+                self.collected_tasks()
                 self.reset()
                 self.thaw()
                 self.copy()
@@ -293,6 +299,7 @@ class DumpSession:
                 self.share_cow()
                 self.copy()
                 self.copy_shared()
+                self.collected_tasks()
                 self.check_restorable(after_copy=True)
                 if self.opts.pre_copy and not self.opts.track_mem and not self._tracking_was_armed:
                     self.disarm()  # the rounds armed it for this dump only
@@ -509,15 +516,26 @@ class DumpSession:
             p.kobj_ids = self.kobj_ids.of(p.pid)
             fp = p.frozen
             live = [t for t, st in zip(fp.threads, fp.states) if st not in ("Z", "X")]
-            p.task = self.tracer.call(collect_task, p.pid, live, was_stopped=fp.was_stopped,
-                                      stop_signo=fp.stop_signo if fp.was_stopped else 0,
-                                      proc_path=f"/proc/{p.pid}/task/{mm_tid}")
-            p.mm.dumpable = p.task.dumpable
-            p.mm.thp_disabled = p.task.thp_disabled
+            # The warden injects and ptraces while this process goes on
+            # (files, scan, copy): collected_tasks() takes the result.
+            p.task = None
+            p.task_result = self.tracer.call_soon(collect_task, p.pid, live, was_stopped=fp.was_stopped,
+                                                  stop_signo=fp.stop_signo if fp.was_stopped else 0,
+                                                  proc_path=f"/proc/{p.pid}/task/{mm_tid}")
             if p.pid == self.pid and "time" in p.ns_ids and p.ns_ids["time"] != self.root_ns.get("time"):
                 self.timens_id = p.ns_ids["time"]
                 self.timens_offsets = p.proc.timens_offsets()
         self._collect_all_files()
+
+    def collected_tasks(self) -> None:
+        """The task state :meth:`collect` asked the warden for; its error
+        raised (still frozen: the tracer then thaws as found)."""
+        for p in self.processes:
+            if p.task_result is not None:
+                result, p.task_result = p.task_result, None
+                p.task = result()
+                p.mm.dumpable = p.task.dumpable
+                p.mm.thp_disabled = p.task.thp_disabled
 
     def _collect_all_files(self) -> None:
         for p in self.processes:

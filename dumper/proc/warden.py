@@ -180,6 +180,13 @@ def _write_frame(fd: int, seq: int, data: bytes) -> None:
         raise _Broken from None
 
 
+def _unwrap(reply: tuple) -> Any:
+    """An ("ok", result) reply's result; an error reply's exception raised."""
+    if reply[0] == "ok":
+        return reply[1]
+    raise _unpack_exc(reply[1])
+
+
 def _dumps(msg: Any) -> bytes:
     return pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -524,6 +531,8 @@ class Warden:
         self._broken = False
         self._kept = False
         self._lock = threading.Lock()
+        self._pending: int | None = None  # sequence number of a call_soon() request not yet answered
+        self._replies: dict[int, Any] = {}  # call_soon() replies read while draining
 
     # -- life cycle ------------------------------------------------------------
 
@@ -635,6 +644,30 @@ class Warden:
         """Run module-level ``func(ctx, *args, **kwargs)`` in the warden; its result."""
         return self._request("call", (func, args, kwargs))
 
+    def call_soon(self, func: Callable, *args, **kwargs) -> Callable[[], Any]:
+        """Start :meth:`call` and return at once, so this process works while
+        the warden does (ptrace round trips with the frozen target). Returns
+        a function that waits for the result (or raises the error). The
+        warden serves requests in order: any other request first waits for
+        this one to be answered."""
+        with self._lock:
+            self._drain()
+            seq = self._send(("call", (func, args, kwargs)))
+            self._pending = seq
+
+        def result() -> Any:
+            with self._lock:
+                if seq in self._replies:
+                    reply = self._replies.pop(seq)
+                elif self._pending == seq:
+                    reply = self._receive(seq)
+                    self._pending = None
+                else:
+                    raise WardenError(f"the reply to request {seq} was lost (an interrupted wait)")
+            return _unwrap(reply)
+
+        return result
+
     def keep(self) -> None:
         """The session succeeded: forget the undo actions (what they undo stays)."""
         self._request("keep", ())
@@ -669,10 +702,16 @@ class Warden:
         with self._lock:
             if self._sock is None:
                 raise WardenError("the warden is not running")
+            self._drain()
             reply = self._exchange((op, args))
-        if reply[0] == "ok":
-            return reply[1]
-        raise _unpack_exc(reply[1])
+        return _unwrap(reply)
+
+    def _drain(self) -> None:
+        """Read the answer to a pending :meth:`call_soon` request (kept for its
+        result function). Caller holds the lock."""
+        if self._pending is not None:
+            seq, self._pending = self._pending, None
+            self._replies[seq] = self._receive(seq)
 
     def _gone(self, how: str = "") -> WardenError:
         self._broken = True
@@ -687,6 +726,10 @@ class Warden:
         raise between two statements (a signal another thread received), and
         the sequence numbers make that harmless.
         """
+        return self._receive(self._send(msg))
+
+    def _send(self, msg: Any) -> int:
+        """Send ``msg`` as the next request; its sequence number."""
         if self._broken:
             raise self._gone()
         try:
@@ -707,6 +750,11 @@ class Warden:
             raise self._gone("writing") from None
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return seq
+
+    def _receive(self, seq: int) -> Any:
+        """The reply to request ``seq``; earlier replies (of interrupted waits) are dropped."""
+        fd = self._sock.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         while True:
