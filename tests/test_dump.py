@@ -617,3 +617,35 @@ def test_mapping_made_between_pre_read_and_freeze_is_dumped(spawn_target, tmp_pa
     _, entries = load_pagemap(tmp_path / "ck" / fmt.pagemap_name(t.pid))
     ends = entries.vaddr + entries.nr_pages * PAGE_SIZE
     assert not ((entries.vaddr < alt + alt_n) & (ends > alt)).any()
+
+
+@pytest.mark.parametrize("change", [False, True], ids=["unchanged", "grown-before-the-freeze"])
+def test_mapped_files_are_collected_before_the_freeze_unless_changed(spawn_target, tmp_path, change):
+    """A mapped file's path, mount and build id are read while the target
+    runs; frozen, one stat confirms it. A file that changed in between (here:
+    grown) is collected again frozen, so files.img records it as it was at
+    the freeze."""
+    import dumper.dump.files as F
+    import dumper.dump.session as S
+
+    t = spawn_target("file")
+    path = tmp_path / "mapped.bin"
+    frozen_collects = []
+
+    class Session(S.DumpSession):
+        def freeze(self):
+            if change and not frozen_collects:
+                with open(path, "ab") as f:
+                    f.write(b"x" * P)
+            result = super().freeze()
+            orig = F.FileTable._collect
+            self.files._collect = lambda pid, name: (frozen_collects.append(name), orig(self.files, pid, name))[1]
+            return result
+
+    Session(t.pid, tmp_path / "ck", S.DumpOptions()).run()
+    _, files = read_image(tmp_path / "ck" / "files.img")
+    (reg,) = [e.reg for e in files if e.HasField("reg") and e.reg.name.endswith("/mapped.bin")]
+    assert reg.size == os.path.getsize(path) == (33 if change else 32) * P
+    mapped = [n for n in frozen_collects if n.startswith("map_files/")]
+    a, n = t.regions["file"]
+    assert (f"map_files/{a:x}-{a + n:x}" in mapped) == change

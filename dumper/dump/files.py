@@ -43,7 +43,7 @@ from typing import Iterable, NamedTuple
 
 from google.protobuf.message import Message
 
-from ..errors import KernelError
+from ..errors import DumperError, KernelError
 from ..image import format as fmt
 from ..image.pb import (
     eventfd_pb2,
@@ -193,6 +193,7 @@ class FileTable:
         self._unrestorable: list[Unrestorable] = []
         self._processes: dict[int, Process] = {}
         self._mount_ids: dict[int, set[int]] = {}
+        self._prefetched: dict[tuple, FileInfo] = {}  # see prefetch_mapped
 
     # --- ids
 
@@ -437,7 +438,7 @@ class FileTable:
                 obj.mappings.append((pid, vma.start, vma.end, vma.pgoff))
             return hit
         what = f"mapping {vma.start:#x}-{vma.end:#x}"
-        info = self._collect(pid, f"map_files/{vma.start:x}-{vma.end:x}")
+        info = self._mapped_info(pid, vma)
         if is_shared_memory(info):
             file_id = self._shared_memory(pid, vma, info, what)
             if self.shmem is not None and file_id:
@@ -446,6 +447,43 @@ class FileTable:
             file_id = self._special_id(pid, "mapped file", f"{what} {info.path}", info)
         self._mapped[key] = file_id
         return file_id
+
+    def prefetch_mapped(self, pid: int, vmas: Iterable[Vma]) -> None:
+        """Collect the files mapped at ``vmas`` while ``pid`` still runs
+        (one VMA per file): path, mount and build id are the file's, not
+        the process's, and reading them (an ELF header per library) was
+        most of the frozen time of a small process. :meth:`mapped_file`
+        takes one only for the same VMA (range, path, device, inode) of a
+        named regular file whose map_files link, stat'ed frozen, still shows
+        the same device, inode, links, mode, size and mtime; deleted files
+        (their contents are saved) and shared memory (its size can change
+        under the same VMA) are collected frozen. Errors leave that to the
+        frozen collection too."""
+        seen = set()
+        for vma in vmas:
+            file_key = (vma.path, vma.dev_major, vma.dev_minor, vma.inode)
+            if file_key in seen:
+                continue
+            seen.add(file_key)
+            try:
+                info = self._collect(pid, f"map_files/{vma.start:x}-{vma.end:x}")
+            except DumperError:
+                continue
+            if stat.S_ISREG(info.mode) and not info.deleted and info.nlink and not is_shared_memory(info):
+                self._prefetched[(pid, vma.start, vma.end, *file_key)] = info
+
+    def _mapped_info(self, pid: int, vma: Vma) -> FileInfo:
+        name = f"map_files/{vma.start:x}-{vma.end:x}"
+        info = self._prefetched.pop((pid, vma.start, vma.end, vma.path, vma.dev_major, vma.dev_minor, vma.inode), None)
+        if info is not None:
+            try:
+                st = os.stat(self._process(pid).file_path(name))
+            except OSError:
+                st = None
+            if st is not None and (st.st_dev, st.st_ino, st.st_nlink, st.st_mode, st.st_size, st.st_mtime_ns) == (
+                    info.dev, info.ino, info.nlink, info.mode, info.size, info.mtime_ns):
+                return info
+        return self._collect(pid, name)
 
     def _shared_memory(self, pid: int, vma: Vma, info: FileInfo, what: str) -> int:
         """criu/cr-dump.c dump_filemap for a VMA_AREA_MEMFD VMA: one MEMFD

@@ -436,6 +436,7 @@ class DumpSession:
         if [(v.start, v.end) for v in vmas] != vma_ranges(p.pre_maps):
             p.pre_maps = b""  # changed in between: read again when frozen
         self._set_vmas(p, vmas)
+        self.files.prefetch_mapped(p.pid, (vmas[i] for i in p.mapped_idx))
 
     def _set_vmas(self, p: ProcessDump, vmas: list[Vma]) -> None:
         """The VMAs, their plans, and what the frozen phases look up in
