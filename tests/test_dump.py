@@ -559,7 +559,7 @@ from dumper.cli import main
 
 def reserve(self, nbytes):  # the spool is being populated (seconds for 1 GiB) when the signal comes
     os.kill(os.getpid(), int(os.environ["SIG"]))
-    time.sleep(5)
+    time.sleep(float(os.environ.get("PAUSE", "5")))
 
 spool.Spool.reserve = reserve
 sys.exit(main(sys.argv[1:]))
@@ -585,6 +585,24 @@ def test_signal_while_the_spool_is_reserved_leaves_no_temporary_directory(spawn_
     assert r.stderr == "dumper: interrupted\n" if sig == signal.SIGINT else "Traceback" not in r.stderr
     assert sorted(p.name for p in out.iterdir()) == []
     assert state(t.pid) in ("S", "R") and t.command("checksum dense")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT], ids=["nohup", "background-job"])
+def test_a_signal_ignored_at_start_stays_ignored(spawn_target, tmp_path, sig):
+    """Under nohup (SIGHUP ignored) or as a script's background job (SIGINT
+    ignored) the dump goes on when that signal comes mid-dump; dumper used
+    to install its handler over the inherited SIG_IGN (found by a
+    fresh-user trial: `nohup dumper dump ... & kill -HUP` aborted it)."""
+    t = spawn_target("dense")
+    env = dict(os.environ, SIG=str(int(sig)), PAUSE="0.2")
+    r = subprocess.run([sys.executable, "-c", _SIGNAL_IN_PREPARE, "dump", str(t.pid), "-D", str(tmp_path / "ck")],
+                       capture_output=True, text=True, env=env, timeout=120,
+                       preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN))
+    assert r.returncode == 0, r.stderr
+    with open_checkpoint(tmp_path / "ck") as ck:
+        a, n = t.regions["dense"]
+        assert len(ck.read(t.pid, a, n)) == n
+    assert state(t.pid) in ("S", "R")
 
 
 @pytest.mark.parametrize("background", [True, False], ids=["maps-in-background", "maps-inline"])
@@ -676,3 +694,38 @@ def test_an_error_in_the_background_scan_fails_the_dump_and_thaws(spawn_target, 
     assert proc_state(t.pid) in ("S", "R")
     with open(f"/proc/{t.pid}/status") as f:
         assert "TracerPid:\t0\n" in f.read()
+
+
+def test_vmas_are_those_of_the_read_the_frozen_check_compares(spawn_target, tmp_path, monkeypatch):
+    """A protection change that lands just before the pre-read and is undone
+    before the freeze: the frozen maps comparison must be against the text
+    the VMAs were parsed from (one smaps read), else the stale protection
+    would pass as current. Found by a fresh-user trial: 9 of 20 dumps of a
+    target toggling mprotect recorded the wrong protection."""
+    import dumper.dump.session as S
+    from dumper.proc.process import Process
+
+    t = spawn_target("dense")
+    a, n = t.regions["dense"]
+    orig = Process.read_file
+    steps = []
+
+    def read_file(self, name):
+        if self.pid == t.pid and name == "smaps" and not steps:
+            t.command("mprotect dense r")  # lands right before the pre-read
+            steps.append("r")
+        return orig(self, name)
+
+    class Session(S.DumpSession):
+        def freeze(self):
+            if steps == ["r"]:
+                t.command("mprotect dense rw")  # undone before the freeze
+                steps.append("rw")
+            return super().freeze()
+
+    monkeypatch.setattr(Process, "read_file", read_file)
+    Session(t.pid, tmp_path / "ck", S.DumpOptions()).run()
+    assert steps == ["r", "rw"]
+    _, mm = read_image(tmp_path / "ck" / fmt.mm_name(t.pid))
+    (v,) = [v for v in mm[0].vmas if v.start <= a < v.end]
+    assert v.prot == 3  # PROT_READ|PROT_WRITE, as at the freeze

@@ -56,7 +56,7 @@ from ..image.vmas import as_criu_lists_them
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.mman import PROT_READ
 from ..proc.freeze import THAW_MODES, raise_on_termination
-from ..proc.maps import Vma, vma_ranges
+from ..proc.maps import Vma
 from ..proc.process import Process
 from ..scan import Category, backend_class, open_backend, scan_range
 from ..text import plural
@@ -429,14 +429,14 @@ class DumpSession:
         return pd
 
     def _pre_read(self, p: ProcessDump) -> None:
-        """VMAs (smaps) and their classification, read while the target runs."""
-        p.pre_maps = p.proc.read_file("maps")
-        vmas = p.proc.vmas()
+        """VMAs (smaps) and their classification, read while the target
+        runs. ``pre_maps`` is the maps text of that very smaps read (not a
+        second read: an mprotect or rename between two reads, undone before
+        the freeze, would pass the frozen comparison with stale VMAs)."""
+        vmas, p.pre_maps = p.proc.vmas_and_maps()
         # Before the freeze is early enough: a file written in between reads
         # as changed to the readers, which then refuse it (never the reverse).
         p.file_ids = mapped_file_identities(p.pid, vmas)
-        if [(v.start, v.end) for v in vmas] != vma_ranges(p.pre_maps):
-            p.pre_maps = b""  # changed in between: read again when frozen
         self._set_vmas(p, vmas)
         self.files.prefetch_mapped(p.pid, (vmas[i] for i in p.mapped_idx))
 

@@ -126,10 +126,12 @@ def raise_on_termination(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
         with raise_on_termination(), Freezer(pid) as fz:
             ...
 
+    A signal ignored when this is entered stays ignored (``nohup``, a
+    background job of a script: SIGHUP or SIGINT were ignored on purpose).
     Must be entered in the main thread (``signal.signal`` raises ValueError
     otherwise). The previous handlers are restored on exit.
     """
-    old = {s: signal.signal(s, _on_termination) for s in signals}
+    old = {s: signal.signal(s, _on_termination) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
     global _previous_hook
     _previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_termination
     try:

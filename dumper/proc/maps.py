@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from ..kernel.mman import PROT_EXEC, PROT_READ, PROT_WRITE
 
-__all__ = ["Vma", "parse_maps", "vma_ranges", "TASK_SIZE_MAX"]
+__all__ = ["Vma", "parse_maps", "maps_text", "TASK_SIZE_MAX"]
 
 # Highest user address + 1 on x86_64 with 5-level paging (arch/x86/include/asm/
 # page_64_types.h); [vsyscall] sits above every TASK_SIZE and is not in the mm.
@@ -176,13 +176,15 @@ def parse_maps(data: bytes) -> list[Vma]:
     return vmas
 
 
-_RANGE = re.compile(rb"^([0-9a-f]+)-([0-9a-f]+) ", re.MULTILINE)
+_HEADER_LINE = re.compile(rb"^[0-9a-f]+-[0-9a-f]+ [^\n]*\n", re.MULTILINE)
 
 
-def vma_ranges(data: bytes) -> list[tuple[int, int]]:
-    """``(start, end)`` of every VMA of /proc/PID/maps or smaps bytes, in
-    order (bytes, end-exclusive), without building :class:`Vma` objects."""
-    return [(int(lo, 16), int(hi, 16)) for lo, hi in _RANGE.findall(data)]
+def maps_text(smaps: bytes) -> bytes:
+    """The /proc/PID/maps text that /proc/PID/smaps bytes hold: their VMA
+    header lines, which the kernel prints with the same function as maps
+    (fs/proc/task_mmu.c show_smap -> show_map_vma), byte for byte. A later
+    maps read equal to it means the same VMAs as that smaps read."""
+    return b"".join(_HEADER_LINE.findall(smaps))
 
 
 def _smaps_columns(data: bytes) -> dict[str, list] | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..errors import AccessDenied, NoMemoryMap, NoSuchProcess, ProcessError, ZombieProcess
-from .maps import Vma, parse_maps
+from .maps import Vma, maps_text, parse_maps
 
 __all__ = ["Process", "ProcStat", "PF_KTHREAD", "PF_EXITING"]
 
@@ -233,6 +233,18 @@ class Process:
             self.check_has_mm()  # it may have exited meanwhile
             raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
         return vmas
+
+    def vmas_and_maps(self) -> tuple[list[Vma], bytes]:
+        """:meth:`vmas` from smaps, and the /proc/PID/maps text of that same
+        read (:func:`~dumper.proc.maps.maps_text`), to tell later whether
+        the VMAs changed. Raises as :meth:`vmas`."""
+        self.check_has_mm()
+        data = self.read_file("smaps")
+        vmas = parse_maps(data)
+        if not vmas:
+            self.check_has_mm()
+            raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
+        return vmas, maps_text(data)
 
     def mm_layout(self, vmas: list[Vma] | None = None) -> dict[str, int]:
         """mm addresses from /proc/PID/stat fields 26-28 and 45-51 (proc(5)).

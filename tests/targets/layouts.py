@@ -12,6 +12,7 @@ layouts up, prints one JSON line ``{"name": [addr, length], ...}`` and then
     mmap NAME PAGES             map a new anonymous private region, write it
     mremap NAME                 move a layout elsewhere (MREMAP_FIXED)
     munmap NAME                 unmap a layout
+    mprotect NAME PROT          mprotect a whole layout (PROT: r, rw, none)
     checksum NAME               crc32 of the layout's bytes
     exit                        exit(0)
 
@@ -235,6 +236,11 @@ def serve():
                     raise OSError(ctypes.get_errno(), "mremap")
                 regions[args[0]] = (moved, n)
                 sys.stdout.write(json.dumps({args[0]: [moved, n]}) + "\n")
+            elif cmd == "mprotect":
+                a, n = regions[args[0]]
+                libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                if libc.mprotect(a, n, {"r": 1, "rw": 3, "none": 0}[args[1]]):
+                    raise OSError(ctypes.get_errno(), "mprotect")
             elif cmd == "munmap":
                 a, n = regions.pop(args[0])
                 libc.munmap(a, n)
