@@ -555,6 +555,27 @@ def test_state_file_while_armed_only(spawn_target, tmp_path, state_dir):
     assert os.listdir(state_dir) == []
 
 
+@needs_uffd
+def test_a_record_under_an_older_dumpers_name_is_still_ours(spawn_target, tmp_path, state_dir):
+    """Records written before pid namespaces were in the name
+    (track-PID-START.json): an incremental dump builds on it and renames it,
+    untrack finds it (a fresh-user trial: both refused the userfaultfd as
+    "not armed by dumper" after an upgrade)."""
+    t = spawn_target("dense")
+    st = start_time(t.pid)
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    dump(t.pid, tmp_path / "a", track_mem=True)
+    os.rename(state_dir / f"track-{ns}-{t.pid}-{st}.json", state_dir / f"track-{t.pid}-{st}.json")
+    r = dump(t.pid, tmp_path / "b", parent=tmp_path / "a", track_mem=True)
+    assert r.pages_parent > 0  # built on the record: an incremental dump, not a refusal or a full one
+    assert os.listdir(state_dir) == [f"track-{ns}-{t.pid}-{st}.json"]
+    os.rename(state_dir / f"track-{ns}-{t.pid}-{st}.json", state_dir / f"track-{t.pid}-{st}.json")
+    r = cli("untrack", str(t.pid))
+    assert r.returncode == 0, r.stderr
+    assert_untracked(t)
+    assert os.listdir(state_dir) == []
+
+
 def test_stale_state_files_are_cleaned(spawn_target, tmp_path, state_dir):
     t = spawn_target("dense")
     state_dir.mkdir(mode=0o700)

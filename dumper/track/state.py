@@ -81,6 +81,12 @@ def _name(pid: int, start_time: int) -> str:
     return f"{_PREFIX}{_pidns()}-{pid}-{start_time}{_SUFFIX}"
 
 
+def _legacy_name(pid: int, start_time: int) -> str:
+    """The name older dumpers gave the record (no pid namespace): still
+    read, replaced on the next save, removed by :func:`clear`."""
+    return f"{_PREFIX}{pid}-{start_time}{_SUFFIX}"
+
+
 def _parse_name(name: str) -> tuple[int, int] | None:
     """``(pid, start_time)`` of a record name of our pid namespace, else None.
     Names without a namespace (written by older dumpers) count as ours."""
@@ -150,7 +156,8 @@ def new_id() -> str:
 def load(pid: int, start_time: int) -> TrackingState | None:
     """The recorded state, or None (never tracked, or the record is unreadable).
     Raises StateDirError if the directory exists but is not safely ours."""
-    return _load_name(pid, start_time, _name(pid, start_time))
+    rec = _load_name(pid, start_time, _name(pid, start_time))
+    return rec if rec is not None else _load_name(pid, start_time, _legacy_name(pid, start_time))
 
 
 def _load_name(pid: int, start_time: int, name: str) -> TrackingState | None:
@@ -183,6 +190,10 @@ def save(pid: int, start_time: int, state: TrackingState) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            try:
+                os.unlink(_legacy_name(pid, start_time), dir_fd=dfd)  # replaced by the new name
+            except FileNotFoundError:
+                pass
         except OSError as err:
             try:
                 os.unlink(tmp, dir_fd=dfd)
@@ -206,9 +217,11 @@ def clear(pid: int, start_time: int, *, ino: int | None = None) -> None:
             rec = load(pid, start_time)
             if rec is not None and rec.uffd_ino not in (None, ino):
                 return
-        os.unlink(_name(pid, start_time), dir_fd=dfd)
-    except FileNotFoundError:
-        pass
+        for name in (_name(pid, start_time), _legacy_name(pid, start_time)):
+            try:
+                os.unlink(name, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
     except OSError:
         pass
     finally:
