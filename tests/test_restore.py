@@ -374,6 +374,19 @@ def test_refuses_damaged_sets(tmp_path, fake_criu):
     assert any("pages-1.zst.img at offset" in d and "frame 0" in d for d in e.value.details), e.value.details
     assert not fake_criu.ran
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("dumper-restore-")]
+    # A flipped byte in raw pages (dump --no-compress): CRIU reads them as
+    # they are, so their crc32s are checked first (a fresh-user trial saw
+    # `restore` bring back a set `verify` rejects).
+    raw = fake_set(tmp_path / "raw", pid, compress=False)
+    rp = raw / "pages-1.img"
+    data = bytearray(rp.read_bytes())
+    data[5 * PS + 17] ^= 0xFF
+    rp.write_bytes(bytes(data))
+    with pytest.raises(NotRestorable) as e:
+        restore(raw, tmp_dir=tmp_path)
+    assert str(e.value).startswith(f"{raw} is damaged")
+    assert any("do not match their checksum" in d for d in e.value.details), e.value.details
+    assert not fake_criu.ran
     # A PE_PARENT range the parent does not hold: found by the structural verify.
     parent = fake_set(tmp_path / "p1", pid, present=range(0, 4), full=False)
     child = fake_set(tmp_path / "p2", pid, parent=parent, present=range(8, 16), in_parent=range(0, 6))
