@@ -1,11 +1,18 @@
-"""``python -m dumper`` == the ``dumper`` command."""
+"""``python -m dumper`` and the ``dumper`` command (``entry``)."""
 
 import sys
 
-try:
-    from .cli import main
-except KeyboardInterrupt:  # Ctrl-C while the command line loads: one line, no traceback
-    print("dumper: interrupted", file=sys.stderr)
-    sys.exit(130)
 
-sys.exit(main())
+def entry() -> int:
+    """The command: loads the command line, then runs it. A Ctrl-C while
+    the modules load gives one line and status 130, as one later does."""
+    try:
+        from .cli import main
+    except KeyboardInterrupt:
+        print("dumper: interrupted", file=sys.stderr)
+        return 130
+    return main()
+
+
+if __name__ == "__main__":
+    sys.exit(entry())

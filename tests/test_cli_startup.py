@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,30 @@ def test_traceback_option_before_the_command_still_works():
     r = subprocess.run([sys.executable, "-m", "dumper", "--traceback", "scan", "4194303"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" in r.stderr and "no such process" in r.stderr
+
+
+_INTERRUPT_WHILE_LOADING = r"""
+import builtins, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+real = builtins.__import__
+
+def imp(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 1 and name == "cli":  # `from .cli import main`: the command line starts loading
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(name, globals, locals, fromlist, level)
+
+builtins.__import__ = imp
+from dumper.__main__ import entry
+sys.exit(entry())
+"""
+
+
+def test_ctrl_c_while_the_command_loads_is_one_line():
+    """The `dumper` command's entry point: a Ctrl-C while its modules load
+    (its first ~0.2 s) printed a Python traceback; now one line, 130."""
+    r = subprocess.run([sys.executable, "-c", _INTERRUPT_WHILE_LOADING, "--version"], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (130, "dumper: interrupted\n")
+    import tomllib
+
+    with open(Path(__file__).parent.parent / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["dumper"] == "dumper.__main__:entry"

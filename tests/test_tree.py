@@ -218,6 +218,9 @@ def test_a_zombie_child_is_part_of_the_tree_not_a_reason_against_restore(tmp_pat
         assert tree == [(t.pid, 0), (child, t.pid)]
         with open_checkpoint(ck) as c:
             assert [(r.kind, r.what) for r in c.inventory.unrestorable] == []
+        shown = subprocess.run([sys.executable, "-m", "dumper", "show", str(ck)], capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert f"process {child}: zombie, exited with status 3, not reaped by {t.pid}" in shown.stdout, shown.stdout
     finally:
         t.close()
         wait_for(lambda: (reap_zombie_children(), proc_state(child) is None)[1], what="the zombie to go")

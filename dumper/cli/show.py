@@ -13,6 +13,7 @@ from typing import Sequence
 from ..errors import ImageError
 from ..image import format as fmt
 from ..image.checkpoint import open_checkpoint
+from ..image.reader import read_image
 from ..image.pretty import printable
 from .mems import add_pid_option, selected_pids
 from .options import human_bytes, plural
@@ -118,6 +119,7 @@ def _summary(ck, path: str, *, lazy: bool, pid: int | None = None) -> dict:
         stats, stats_error = ck.stats, None
     except ImageError as err:  # auxiliary: the rest of the checkpoint still shows (verify reports it)
         stats, stats_error = None, str(err)
+    zombies = _zombies(ck) if pid is None else []  # all of them, or only the --pid process
     procs = []
     for pid in selected_pids(ck, pid):
         proc = ck.process(pid)
@@ -165,6 +167,7 @@ def _summary(ck, path: str, *, lazy: bool, pid: int | None = None) -> dict:
         "parent_chain_error": chain_error,
         "dump_start_ns": inv.dump_start_ns,
         "processes": procs,
+        "zombies": zombies,
         "shared": shared,
     }
     if stats is not None:
@@ -280,6 +283,9 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
                   f"{v['kind']:12} {dumped:>8}  {v['path']}{note}")
         if hidden:
             print(f"  ({plural(hidden, 'VMA')} with no pages to dump not listed; --all-vmas shows them)")
+    for z in s["zombies"]:
+        print(f"process {z['pid']}: zombie, {z['status']}, not reaped by {z['ppid']}: in pstree.img only "
+              "(no memory; criu restore recreates it as a zombie)")
     if s["shared"]:
         print("shared memory (saved once, whoever maps it; MAP_SHARED file mappings keep their contents in the file)")
         for o in s["shared"]:
@@ -290,6 +296,31 @@ def _print_text(s: dict, args: argparse.Namespace) -> int:
                   f"{plural(o['mappings'], 'mapping')} in {plural(len(o['mapped_by']), 'pid')} "
                   f"{', '.join(map(str, o['mapped_by'])) or '-'}")
     return 0
+
+
+def _zombies(ck) -> list[dict]:
+    """Processes of pstree.img without memory images: the zombies of the
+    tree (CRIU records them; their core image holds the wait status)."""
+    if ck.pstree is None:
+        return []
+    have = set(ck.pids)
+    out = []
+    for e in ck.pstree:
+        if e.pid in have:
+            continue
+        status = "exit status unknown"
+        try:
+            _, cores = read_image(ck.path / fmt.core_name(e.pid))
+            tc = cores[0].tc if cores and cores[0].HasField("tc") else None
+        except (ImageError, OSError, IndexError):
+            tc = None
+        if tc is not None:
+            w = tc.exit_code
+            status = f"exited with status {os.WEXITSTATUS(w)}" if os.WIFEXITED(w) else (
+                f"killed by signal {os.WTERMSIG(w)}" if os.WIFSIGNALED(w) else f"wait status {w:#x}")
+        out.append({"pid": int(e.pid), "ppid": int(e.ppid), "exit_code": tc.exit_code if tc is not None else None,
+                    "status": status})
+    return out
 
 
 def _empty(v: dict) -> bool:
