@@ -6,7 +6,7 @@ Before the freeze (the target runs):
                    and populate the spool for the pages expected.
 Frozen (the target waits only for this):
   ``freeze``       every thread (of the tree) stopped by the tracer;
-  ``list_vmas``    /proc/PID/maps read again, in the background;
+  ``list_vmas``    /proc/PID/maps read again (a long one in the background);
   ``scan_soon``    (no tracking to arm) the scan, in a background thread,
                    over the VMAs as listed, while the next phases run;
   ``confirm_vmas`` maps unchanged (byte for byte) -> the pre-read VMAs
@@ -447,7 +447,7 @@ class DumpSession:
         p.vmas = vmas
         p.scanned = False
         p.plans = classify_all(vmas)
-        # Vma.file_backed and not Vma.special, without two property calls per VMA.
+        # file-backed, not [vdso] and such: the cheap test first, the properties for the few left
         p.mapped_idx = [i for i, v in enumerate(vmas)
                         if (v.inode or v.path[:1] == "/") and v.file_backed and not v.special]
         p.shmem_idx = [i for i, pl in enumerate(p.plans) if pl.mode == "shmem"]
