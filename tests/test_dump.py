@@ -8,7 +8,6 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -668,32 +667,6 @@ def test_mapped_files_are_collected_before_the_freeze_unless_changed(spawn_targe
     mapped = [n for n in frozen_collects if n.startswith("map_files/")]
     a, n = t.regions["file"]
     assert (f"map_files/{a:x}-{a + n:x}" in mapped) == change
-
-
-def test_an_error_in_the_background_scan_fails_the_dump_and_thaws(spawn_target, tmp_path, monkeypatch):
-    """The scan runs in a thread while state is collected: its error is the
-    dump's error, raised before the thaw, and the target runs on untraced."""
-    import errno
-
-    import dumper.dump.session as S
-    from dumper.errors import KernelError
-    from freeze_helpers import proc_state
-
-    t = spawn_target("dense")
-    threads = []
-
-    def failing_scan(self, p):
-        threads.append(threading.current_thread().name)
-        raise KernelError(errno.EIO, "PAGEMAP_SCAN", "made up by the test")
-
-    monkeypatch.setattr(S.DumpSession, "_scan_one", failing_scan)
-    with pytest.raises(KernelError, match="made up by the test"):
-        S.DumpSession(t.pid, tmp_path / "ck", S.DumpOptions()).run()
-    assert threads == ["scan"]  # it was the background scan that failed
-    assert not (tmp_path / "ck").exists() and list(tmp_path.iterdir()) == []
-    assert proc_state(t.pid) in ("S", "R")
-    with open(f"/proc/{t.pid}/status") as f:
-        assert "TracerPid:\t0\n" in f.read()
 
 
 def test_vmas_are_those_of_the_read_the_frozen_check_compares(spawn_target, tmp_path, monkeypatch):

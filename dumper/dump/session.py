@@ -7,8 +7,7 @@ Before the freeze (the target runs):
 Frozen (the target waits only for this):
   ``freeze``       every thread (of the tree) stopped by the tracer;
   ``list_vmas``    /proc/PID/maps read again (a long one in the background);
-  ``scan_soon``    (no tracking to arm) the scan, in a background thread,
-                   over the VMAs as listed, while the next phases run;
+  ``scan``         (no tracking to arm) meanwhile, over the pre-read VMAs;
   ``confirm_vmas`` maps unchanged (byte for byte) -> the pre-read VMAs
                    stand, else smaps is read now and the scan redone;
   ``collect``      process state (mm layout, auxv, open files...); the
@@ -259,8 +258,7 @@ class DumpSession:
         self.timens_id = 0  # the root's time namespace id if not the dumper's (timens-ID.img)
         self.timens_offsets: dict[str, int] = {}
         self._tracking_was_armed = False
-        self._maps_check: _Background | None = None
-        self._scanning: _Background | None = None
+        self._maps_check: _MapsCheck | None = None
         self.ns_ids = NamespaceIds()
         self.root_ns = self.ns_ids.of("self")  # the dumper's own come first: the inventory's root_ids
         self.kobj_ids = KobjIds()
@@ -285,7 +283,7 @@ class DumpSession:
             self.freeze()
             self.list_vmas()
             if not any(p.tracker.arms for p in self.processes):
-                self.scan_soon()  # tracking, when armed, must come first
+                self.scan()  # while maps is read again; tracking, when armed, must come first
             self.confirm_vmas()
             self.collect()
             self.check_restorable()
@@ -493,9 +491,7 @@ class DumpSession:
                 recheck.append(p)
             elif not p.pre_maps or p.proc.read_file("maps") != p.pre_maps:
                 self._set_vmas(p, p.proc.vmas())
-        self._maps_check = None
-        if recheck:
-            self._maps_check = _Background(lambda: [(p, p.proc.read_file("maps")) for p in recheck], "maps-check")
+        self._maps_check = _MapsCheck(recheck) if recheck else None
 
     def confirm_vmas(self) -> None:
         """The pre-read stands where maps did not change (byte for byte);
@@ -503,23 +499,9 @@ class DumpSession:
         check, self._maps_check = self._maps_check, None
         if check is None:
             return
-        changed = [p for p, now in check.result() if now != p.pre_maps]
-        if changed:
-            self._scan_done()  # its regions are of the old VMAs: let it finish before they change
-            for p in changed:
+        for p, now in check.result():
+            if now != p.pre_maps:
                 self._set_vmas(p, p.proc.vmas())
-
-    def scan_soon(self) -> None:
-        """:meth:`scan` in a background thread, over the VMAs as listed,
-        while this thread checks them and collects process state (the
-        ioctl waits in the kernel with the GIL released). Only where no
-        tracking is to be armed: arming must come before the scan."""
-        self._scanning = _Background(self._scan_all, "scan")
-
-    def _scan_done(self) -> None:
-        scanning, self._scanning = self._scanning, None
-        if scanning is not None:
-            scanning.result()
 
     def collect(self) -> None:
         """Process state that must be read while it exists and holds still:
@@ -657,11 +639,7 @@ class DumpSession:
 
     def scan(self) -> None:
         """The mask scanner over each process not scanned since its VMAs
-        were (re)listed in this freeze (a :meth:`scan_soon` finished first)."""
-        self._scan_done()
-        self._scan_all()
-
-    def _scan_all(self) -> None:
+        were (re)listed in this freeze."""
         t0 = time.monotonic_ns()
         for p in self.processes:
             if not p.scanned:
@@ -951,30 +929,31 @@ def _record_coredump_filter(mm: mm_pb2.mm_entry, tid: int) -> None:
 _MAPS_IN_BACKGROUND = 256 << 10
 
 
-class _Background:
-    """``fn()`` run by a daemon thread while the caller goes on (for work
-    that waits in the kernel with the GIL released: a /proc read, the scan
-    ioctl); :meth:`result` waits for it and returns its value or raises its
-    error."""
+class _MapsCheck:
+    """``/proc/PID/maps`` of some processes, read by a background thread
+    (the read releases the GIL; the kernel does the work)."""
 
-    def __init__(self, fn: Callable[[], object], name: str) -> None:
-        self._fn = fn
-        self._value: object = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+    def __init__(self, processes: list[ProcessDump]) -> None:
+        self._processes = processes
+        self._got: list = []
+        self._thread = threading.Thread(target=self._read, name="maps-check", daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
-        try:
-            self._value = self._fn()
-        except BaseException as err:  # NoSuchProcess, KernelError...: raised in the caller
-            self._error = err
+    def _read(self) -> None:
+        for p in self._processes:
+            try:
+                self._got.append(p.proc.read_file("maps"))
+            except BaseException as err:  # NoSuchProcess...: raised in the caller
+                self._got.append(err)
+                return
 
-    def result(self):
+    def result(self) -> list[tuple[ProcessDump, bytes]]:
+        """``(process, maps bytes)`` pairs; the reader's error re-raised."""
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._value
+        for got in self._got:
+            if isinstance(got, BaseException):
+                raise got
+        return list(zip(self._processes, self._got))
 
 
 def _descendants(pid: int) -> list[int]:
