@@ -15,6 +15,18 @@ import pytest
 
 TARGETS = Path(__file__).parent / "targets"
 
+# The suite runs as from a terminal, whatever the runner passed on: dumper
+# keeps a termination signal ignored if it was ignored at start (nohup, a
+# script's background job), and a CI runner may start pytest so. The tests
+# that interrupt dumper, here or in a child (which inherits SIG_IGN but not
+# a handler), need the signals delivered; the one test of the ignored case
+# ignores them in its own child.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+for _sig in (signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(_sig) is signal.SIG_IGN:
+        signal.signal(_sig, signal.SIG_DFL)
+
 # @pytest.mark.kernel(needs=...) skips, with the reason, where the running
 # kernel lacks a feature (the kernel matrix loads the same plugin).
 sys.path.insert(0, str(Path(__file__).parent / "kernels"))
