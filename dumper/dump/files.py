@@ -461,20 +461,20 @@ class FileTable:
         frozen collection too."""
         seen = set()
         for vma in vmas:
-            file_key = (vma.path, vma.dev_major, vma.dev_minor, vma.inode)
-            if file_key in seen:
+            key = _prefetch_key(pid, vma)
+            if key[3:] in seen:  # the file, as the maps line names it
                 continue
-            seen.add(file_key)
+            seen.add(key[3:])
             try:
                 info = self._collect(pid, f"map_files/{vma.start:x}-{vma.end:x}")
             except DumperError:
                 continue
             if stat.S_ISREG(info.mode) and not info.deleted and info.nlink and not is_shared_memory(info):
-                self._prefetched[(pid, vma.start, vma.end, *file_key)] = info
+                self._prefetched[key] = info
 
     def _mapped_info(self, pid: int, vma: Vma) -> FileInfo:
         name = f"map_files/{vma.start:x}-{vma.end:x}"
-        info = self._prefetched.pop((pid, vma.start, vma.end, vma.path, vma.dev_major, vma.dev_minor, vma.inode), None)
+        info = self._prefetched.pop(_prefetch_key(pid, vma), None)
         if info is not None:
             try:
                 st = os.stat(self._process(pid).file_path(name))
@@ -593,3 +593,8 @@ def write_fdinfo(writer, files_id: int, fdinfos: list[fdinfo_pb2.fdinfo_entry]) 
     """Write ``fdinfo-<files_id>.img`` (``files_id`` from the process's
     task_kobj_ids_entry) holding ``fdinfos`` from :meth:`FileTable.add_process`."""
     writer.write_image(fmt.fdinfo_name(files_id), "FDINFO", fdinfos)
+
+
+def _prefetch_key(pid: int, vma: Vma) -> tuple:
+    """A prefetched file's key: the VMA (range) and the file its maps line names."""
+    return (pid, vma.start, vma.end, vma.path, vma.dev_major, vma.dev_minor, vma.inode)

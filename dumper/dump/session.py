@@ -445,9 +445,7 @@ class DumpSession:
         p.vmas = vmas
         p.scanned = False
         p.plans = classify_all(vmas)
-        # file-backed, not [vdso] and such: the cheap test first, the properties for the few left
-        p.mapped_idx = [i for i, v in enumerate(vmas)
-                        if (v.inode or v.path[:1] == "/") and v.file_backed and not v.special]
+        p.mapped_idx = [i for i, v in enumerate(vmas) if v.file_backed and not v.special]
         p.shmem_idx = [i for i, pl in enumerate(p.plans) if pl.mode == "shmem"]
         p.unrestorable_idx = [i for i, pl in enumerate(p.plans) if pl.unrestorable]
         pages = [(v.start, v.end) for v, pl in zip(vmas, p.plans) if pl.mode == "pages"]

@@ -140,18 +140,18 @@ def parse_maps(data: bytes) -> list[Vma]:
     without some field) goes through a line-by-line parser instead.
     """
     smaps = b"\nVmFlags:" in data or data.startswith(b"VmFlags:") or b"\nRss:" in data
-    fields: dict[str, list] | None = _smaps_columns(data) if smaps else None
+    fields = _smaps_columns(data) if smaps else None
     if fields is not None:
         heads = fields.pop("heads")
     else:
         heads = _HEADER.findall(data)
-    if smaps and fields is None:
-        fields = {name: rx.findall(data) for name, rx in _SMAPS_FIELDS.items()}
-        fields["vmflags"] = _VMFLAGS.findall(data)
-        if any(len(v) != len(heads) for v in fields.values()):
+        if smaps:
+            fields = {name: rx.findall(data) for name, rx in _SMAPS_FIELDS.items()}
+            fields["vmflags"] = _VMFLAGS.findall(data)
+            if any(len(v) != len(heads) for v in fields.values()):
+                return _parse_lines(data)
+        elif data.count(b"\n") + (not data.endswith(b"\n") and bool(data)) != len(heads):
             return _parse_lines(data)
-    elif not smaps and data.count(b"\n") + (not data.endswith(b"\n") and bool(data)) != len(heads):
-        return _parse_lines(data)
     names: dict[bytes, str] = {}
     flagsets: dict[bytes, frozenset[str]] = {}
     perms: dict[bytes, str] = {}
@@ -213,11 +213,10 @@ def _smaps_columns(data: bytes) -> dict[str, list] | None:
         return None
     out: dict[str, list] = {"heads": heads}
     for name, pos in where.items():
-        column = lines[pos::k]
-        prefix = block[pos - 1] + b":"
-        if b"\n".join(column).count(prefix) != n:
+        column = b"\n".join(lines[pos::k])
+        if column.count(block[pos - 1] + b":") != n:
             return None
-        out[name] = _KB_NUMBER.findall(b"\n".join(column))
+        out[name] = _KB_NUMBER.findall(column)
         if len(out[name]) != n:
             return None
     out["vmflags"] = [ln[8:].strip() for ln in lines[first::k]]

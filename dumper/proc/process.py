@@ -227,24 +227,23 @@ class Process:
 
         Raises ZombieProcess / NoMemoryMap instead of returning an empty list.
         """
-        self.check_has_mm()
-        vmas = parse_maps(self.read_file("smaps" if smaps else "maps"))
-        if not vmas:
-            self.check_has_mm()  # it may have exited meanwhile
-            raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
-        return vmas
+        return self._read_vmas("smaps" if smaps else "maps")[0]
 
     def vmas_and_maps(self) -> tuple[list[Vma], bytes]:
         """:meth:`vmas` from smaps, and the /proc/PID/maps text of that same
         read (:func:`~dumper.proc.maps.maps_text`), to tell later whether
         the VMAs changed. Raises as :meth:`vmas`."""
+        vmas, data = self._read_vmas("smaps")
+        return vmas, maps_text(data)
+
+    def _read_vmas(self, name: str) -> tuple[list[Vma], bytes]:
         self.check_has_mm()
-        data = self.read_file("smaps")
+        data = self.read_file(name)
         vmas = parse_maps(data)
         if not vmas:
-            self.check_has_mm()
+            self.check_has_mm()  # it may have exited meanwhile
             raise NoSuchProcess(self.pid, "process has no memory mappings (exiting?)")
-        return vmas, maps_text(data)
+        return vmas, data
 
     def mm_layout(self, vmas: list[Vma] | None = None) -> dict[str, int]:
         """mm addresses from /proc/PID/stat fields 26-28 and 45-51 (proc(5)).

@@ -31,6 +31,7 @@ names and renamed into place, so no other user can redirect a write.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import secrets
@@ -69,6 +70,7 @@ def state_dir() -> str:
     return os.path.join(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/dumper-{os.getuid()}", "dumper")
 
 
+@functools.cache
 def _pidns() -> int:
     """The inode of our pid namespace: the one /proc's numbers belong to."""
     try:
@@ -156,11 +158,11 @@ def new_id() -> str:
 def load(pid: int, start_time: int) -> TrackingState | None:
     """The recorded state, or None (never tracked, or the record is unreadable).
     Raises StateDirError if the directory exists but is not safely ours."""
-    rec = _load_name(pid, start_time, _name(pid, start_time))
-    return rec if rec is not None else _load_name(pid, start_time, _legacy_name(pid, start_time))
+    rec = _load_name(_name(pid, start_time))
+    return rec if rec is not None else _load_name(_legacy_name(pid, start_time))
 
 
-def _load_name(pid: int, start_time: int, name: str) -> TrackingState | None:
+def _load_name(name: str) -> TrackingState | None:
     dfd = _open_dir(create=False)
     if dfd is None:
         return None
@@ -253,7 +255,7 @@ def records() -> list[tuple[int, int, TrackingState]]:
     for name in names:
         key = _parse_name(name)
         if key is not None:
-            rec = _load_name(*key, name)
+            rec = _load_name(name)
             if rec is not None:
                 out.append((*key, rec))
     return out
