@@ -174,9 +174,13 @@ def run_gcore(gcore: str, pid: int, dest: Path) -> dict:
 
 
 def _dumper_row(result, phases: dict, wall: float, dest: Path) -> dict:
-    return {"ok": True, "wall_s": wall, "frozen_s": result.frozen_ns / 1e9, "bytes": dir_bytes(dest),
-            "pages": result.pages_written, "pages_parent": result.pages_parent, "notes": list(result.notes),
-            "backend": result.backend, "tracker": result.tracker, "phases_ms": phases}
+    # frozen: every stop of the target, the reap of a copy-on-write snapshot's child too
+    if result.reap_ns:
+        phases = {**phases, "reap": result.reap_ns / 1e6}
+    return {"ok": True, "wall_s": wall, "frozen_s": (result.frozen_ns + result.reap_ns) / 1e9,
+            "bytes": dir_bytes(dest), "pages": result.pages_written, "pages_parent": result.pages_parent,
+            "notes": list(result.notes), "backend": result.backend, "tracker": result.tracker,
+            "copy": result.copy, "phases_ms": phases}
 
 
 def run_dumper(pid: int, dest: Path, **options) -> dict:

@@ -152,11 +152,11 @@ def spawn_ready(argv: list[str], *, timeout: float = 120.0, **kw) -> subprocess.
 
 # DumpSession's phases (dumper/dump/session.py), in the order they run.
 PHASES = ("prepare", "pre_copy_rounds", "freeze", "list_vmas", "confirm_vmas", "collect", "check_restorable", "arm", "scan",
-          "select", "share_cow", "copy", "copy_shared", "collected_tasks", "disarm", "reset", "thaw", "write")
+          "select", "share_cow", "snapshot", "copy", "copy_shared", "collected_tasks", "disarm", "reset", "thaw", "write")
 # How the final freeze's phases are reported (the frozen-time breakdown).
 FROZEN_PARTS = {"freeze": ("freeze",), "list_vmas": ("list_vmas", "confirm_vmas"), "collect": ("collect", "check_restorable", "collected_tasks"),
                 "arm": ("arm",), "scan": ("scan",), "select": ("select",), "share_cow": ("share_cow",),
-                "copy": ("copy",), "copy_shared": ("copy_shared",),
+                "snapshot": ("snapshot",), "copy": ("copy",), "copy_shared": ("copy_shared",),
                 "reset": ("reset", "disarm"), "thaw": ("thaw",)}
 
 

@@ -5,7 +5,9 @@ same target in the same run.
 Scenarios (``BENCH_PEERS``, comma-separated; default all, in this order):
 
 - ``dense``: a 1 GiB target (half random, half text; C, idle): dumper
-  (zstd), ``--no-compress``, ``--pre-copy`` (4 rounds at most, as the CLI),
+  (zstd; ``--copy auto`` forks it: pages read from the copy-on-write child
+  after the thaw), ``--copy frozen`` (the spool: copied while frozen),
+  ``--no-compress``, ``--pre-copy`` (4 rounds at most, as the CLI),
   ``criu dump --leave-running``, ``gcore``; wall, frozen, bytes. Issue 14
   item 1: frozen <= 0.5x CRIU's, wall <= 1.0x, bytes <= 0.55x.
 - ``writing``: the same target rewriting random pages continuously, at
@@ -192,6 +194,7 @@ def dense(peers: Peers) -> dict:
     rows = {}
     try:
         rows["dumper"] = peers.dumper(p.pid, "d-zstd")
+        rows["dumper --copy frozen"] = peers.dumper(p.pid, "d-frozen", copy="frozen")
         rows["dumper --no-compress"] = peers.dumper(p.pid, "d-raw", compress=False)
         rows["dumper --pre-copy"] = peers.dumper(p.pid, "d-pre", pre_copy=PRE_COPY_ROUNDS)
         if peers.criu:
@@ -659,8 +662,8 @@ def _by_rate(r: dict) -> list[str]:
             f"  {'rate':>5}  {'pages/s':>12}  {'frozen ms':>10}  {'criu ms':>10}  {'ratio':>7}  rounds", *lines]
 
 
-BREAKDOWN = ("prepare", "rounds", "freezing", "freeze", "list_vmas", "collect", "arm", "scan", "select", "copy",
-             "reset", "thaw", "other", "write")
+BREAKDOWN = ("prepare", "rounds", "freezing", "freeze", "list_vmas", "collect", "arm", "scan", "select", "snapshot",
+             "copy", "reset", "thaw", "other", "write", "reap")
 
 
 def _breakdown(r: dict) -> list[str]:
@@ -677,4 +680,6 @@ def _breakdown(r: dict) -> list[str]:
         return []
     head = f"{'dumper phases, ms':<40} {'':<28} " + " ".join(f"{k[:8]:>8}" for k in BREAKDOWN)
     return ["", "frozen-time breakdown (freeze .. other add up to the frozen time; prepare, rounds, write run "
-            "unfrozen; freezing comes before it)", head, "-" * len(head), *lines]
+            "unfrozen; freezing comes before it; snapshot: the fork of --copy fork, whose pages are read during "
+            "write; reap: the second stop that reaps its child, counted in the frozen column above)",
+            head, "-" * len(head), *lines]

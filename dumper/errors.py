@@ -19,7 +19,8 @@ Every failure the package reports derives from :class:`DumperError`::
     │   ├── UnsupportedVersion
     │   └── CorruptImage
     ├── DumpError                    a dump could not be completed
-    │   └── StateDirError            the tracking state directory is unusable or unsafe
+    │   ├── StateDirError            the tracking state directory is unusable or unsafe
+    │   └── SnapshotRefused          no copy-on-write snapshot here (the pages are copied frozen)
     ├── WardenError                  the tracer process (dumper.proc.warden) failed or is gone
     └── RestoreError(details)        a checkpoint could not be restored
         ├── CriuNotFound             no usable CRIU (missing, not runnable, < 4.0)
@@ -56,6 +57,7 @@ __all__ = [
     "DumpError",
     "StateDirError",
     "WardenError",
+    "SnapshotRefused",
     "RestoreError",
     "CriuNotFound",
     "NotRestorable",
@@ -251,6 +253,13 @@ class DumpError(DumperError):
 class StateDirError(DumpError):
     """The tracking state directory cannot be used: unwritable, or not a
     directory of the effective user with mode 0700 (dumper.track.state)."""
+
+    __module__ = "dumper"
+
+
+class SnapshotRefused(DumpError):
+    """A copy-on-write snapshot of the process cannot be taken here
+    (dumper.proc.snapshot); the dump copies its pages while it is frozen."""
 
     __module__ = "dumper"
 

@@ -68,19 +68,26 @@ def stopped_dump(spawn_target, tmp_path):
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("copy", ["frozen", "fork"])
 @pytest.mark.parametrize("compress", [True, False])
-def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress):
-    t, ckpt, res = stopped_dump("dense,zero,file,guard,thp,sparse", compress=compress)
+def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress, copy):
+    t, ckpt, res = stopped_dump("dense,zero,file,guard,thp,sparse,dontfork,wipeonfork", compress=compress, copy=copy)
+    assert res.copy == copy
     pages = image_pages(ckpt, t.pid)
     assert len(pages) == res.pages_written > 0
+    for name in ("dontfork", "wipeonfork"):  # a forked child does not hold these: copied frozen
+        a, n = t.regions[name]
+        assert all(x in pages for x in range(a, a + n, P))
     live = live_pages(t.pid, pages)
     bad = [hex(a) for a in pages if pages[a] != live[a]]
     assert not bad, f"{len(bad)} pages differ, first {bad[:5]}"
 
 
 @pytest.mark.kernel(needs="guard")
-def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump):
-    t, ckpt, res = stopped_dump("dense,zero,file,guard,shared,thp")
+@pytest.mark.parametrize("copy", ["frozen", "fork"])
+def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump, copy):
+    t, ckpt, res = stopped_dump("dense,zero,file,guard,shared,thp", copy=copy)
+    assert res.copy == copy
     pages = image_pages(ckpt, t.pid)
     r = t.regions
 
@@ -122,7 +129,8 @@ def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump):
 
 
 @pytest.mark.kernel
-def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path):
+@pytest.mark.parametrize("copy", ["frozen", "fork"])
+def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path, copy):
     t = spawn_target("swap")
     t.command("pageout swap")
     from dumper.scan import scan
@@ -131,7 +139,8 @@ def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path):
     swapped = scan(t.pid, addr, addr + length, anyof="SWAPPED").nr_pages
     if not swapped:
         pytest.skip("MADV_PAGEOUT swapped nothing out")
-    res = dump(t.pid, tmp_path / "ck", thaw="leave-stopped")
+    res = dump(t.pid, tmp_path / "ck", thaw="leave-stopped", copy=copy)
+    assert res.copy == copy
     pages = image_pages(tmp_path / "ck", t.pid)
     for p in range(64):
         assert pages[addr + p * P][:64] == bytes([p + 1]) * 64

@@ -886,6 +886,10 @@ class Maker:
     def __init__(self, kind: str, criu, tmp_path: Path) -> None:
         self.kind, self.criu, self.tmp = kind, criu, tmp_path
 
+    @property
+    def _extra(self) -> list[str]:
+        return {"dumper-raw": ["--no-compress"], "dumper-fork": ["--copy", "fork"]}.get(self.kind, [])
+
     def dump(self, t: Target, dest: Path) -> Path:
         if self.kind.startswith("criu"):
             raw = dest if self.kind == "criu" else self.tmp / "criu-raw"
@@ -894,9 +898,13 @@ class Maker:
             if self.kind == "criu-zstd":
                 to_zstd(raw, dest)
         else:
-            extra = ["--no-compress"] if self.kind == "dumper-raw" else []
-            r = dumper("dump", t.pid, "-D", dest, "--kill", *extra)
+            # --copy fork leaves the process stopped, then it is killed: a fork is refused with --kill
+            thaw = ["--leave-stopped"] if self.kind == "dumper-fork" else ["--kill"]
+            r = dumper("dump", t.pid, "-D", dest, *thaw, *self._extra)
             assert r.returncode == 0, r.stderr
+            if self.kind == "dumper-fork":
+                assert "copy-on-write child" in r.stdout, r.stdout
+                os.kill(t.pid, signal.SIGKILL)
             self.first = dest
         return dest
 
@@ -904,7 +912,7 @@ class Maker:
         if self.kind.startswith("criu"):
             criu_dump(self.criu.path, pid, dest, self.tmp, "--leave-running")
         else:
-            r = dumper("dump", pid, "-D", dest, *(["--no-compress"] if self.kind == "dumper-raw" else []))
+            r = dumper("dump", pid, "-D", dest, *self._extra)
             assert r.returncode == 0, r.stderr
         return dest
 
@@ -1137,6 +1145,14 @@ def test_restore_dumper_memory_with_criu_process_images(target, criu, bins, tmp_
 @pytest.mark.parametrize("target", list(SPECS))
 def test_restore_dumper_dump(target, criu, bins, tmp_path, restored):
     restore_flow(SPECS[target], Maker("dumper", criu, tmp_path), bins, tmp_path, restored)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["counter", "threads", "python"])
+def test_restore_dumper_dump_copied_from_a_forked_snapshot(target, criu, bins, tmp_path, restored):
+    """``--copy fork``: pages read from the copy-on-write child after the
+    thaw (here the kill) bring the process back as it was at the freeze."""
+    restore_flow(SPECS[target], Maker("dumper-fork", criu, tmp_path), bins, tmp_path, restored)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import sys
 from typing import Sequence
 
 from ..dump import TRACKERS, dump
+from ..dump.snapshot import COPY_MODES
 from ..scan import BACKENDS
 from ..kernel.libc import PAGE_SIZE
 from .options import human_bytes, pid, plural
@@ -90,6 +91,11 @@ def configure(parser: argparse.ArgumentParser, *, pre_dump: bool = False) -> Non
                         help="RAM for pages copied while the process is frozen (e.g. 2G; default: half of "
                              "MemAvailable); beyond it pages spill into the checkpoint's directory")
     if not pre_dump:
+        parser.add_argument("--copy", choices=COPY_MODES, default="auto",
+                            help="how pages are copied: fork (the frozen process forks; pages are read from "
+                                 "that copy-on-write child after the process runs again, which is frozen only "
+                                 "for the fork), frozen (copied while it is frozen), or auto (fork for a "
+                                 "single process with 64 MiB or more to copy, where it is safe)")
         parser.add_argument("--pre-copy", nargs="?", type=_rounds, const=4, default=0, metavar="N",
                             help="copy pages while the process runs, in up to N rounds (default 4) while "
                                  "the set of written pages shrinks; then freeze and copy only what changed")
@@ -125,7 +131,9 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
         + (f"; {r.pages_parent} in parent {r.parent}" if r.parent else ""),
         f"  image       {human_bytes(r.bytes_written)}"
         + (f" (raw / image = {ratio:.2f}x)" if r.bytes_written != r.bytes_raw else " (uncompressed)"),
-        f"  frozen      {ms(r.frozen_ns)}, after {ms(r.freezing_ns)} freezing; total {ms(r.total_ns)}",
+        f"  frozen      {ms(r.frozen_ns)}, after {ms(r.freezing_ns)} freezing; total {ms(r.total_ns)}"
+        + (f"; pages read after the thaw from a copy-on-write child (stopped {ms(r.reap_ns)} more to reap it)"
+           if r.copy == "fork" else ""),
         f"  time        scan {ms(r.scan_ns)} ({r.backend}), read {ms(r.read_ns)}, "
         f"compress {ms(r.compress_ns)} of CPU, write {ms(r.write_ns)}",
     ]
@@ -156,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         track_mem=getattr(args, "track_mem", False), parent=args.parent, tracker=args.tracker,
         pre_dump=getattr(args, "pre_dump", False), freeze_timeout=args.freeze_timeout,
         spool_limit=args.spool_limit, restorable=getattr(args, "restorable", False),
-        pre_copy=getattr(args, "pre_copy", 0), single=args.single,
+        pre_copy=getattr(args, "pre_copy", 0), single=args.single, copy=getattr(args, "copy", "auto"),
     )
     if args.json:
         print(json.dumps(result.to_json(), indent=2))

@@ -25,7 +25,9 @@ def dump(pid: int, dest: str | os.PathLike, **options) -> DumpResult:
     "leave-stopped", "kill"), ``compress``, ``level``, ``threads``,
     ``backend``, ``force``, ``progress``, ``parent``, ``track_mem``,
     ``tracker``, ``pre_dump``, ``freeze_timeout`` (seconds), ``spool_limit``
-    (bytes).
+    (bytes), ``copy`` ("auto", "fork": pages read after the thaw from a
+    copy-on-write child of the frozen target, "frozen": copied while it is
+    frozen; see :mod:`dumper.dump.snapshot`).
 
     Raises DumpError (destination exists without ``force``, bad parent,
     disk full, ...), UnsupportedKernel (no working tracker, ``backend="ioctl"``

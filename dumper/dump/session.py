@@ -18,14 +18,19 @@ Frozen (the target waits only for this):
   ``select``       numpy interval algebra: pages to copy, pages the parent holds;
   ``share_cow``    pages a process shares copy-on-write with an earlier one
                    (same PFN): not copied again, referenced (PE_COW);
-  ``copy``         page runs into the spool (process_vm_readv, batched);
+  ``snapshot``     (``--copy fork``/``auto``) the process forks from inside:
+                   its pages are read from that copy-on-write child after
+                   the thaw (:mod:`dumper.dump.snapshot`);
+  ``copy``         page runs into the spool (process_vm_readv, batched): all
+                   of them, or what a forked child does not hold;
   ``copy_shared``  shared memory objects into the spool, once each (pread);
   ``collected_tasks`` the warden's answer (task state) taken;
   ``reset``        tracking reset for the next dump;
   ``thaw``         resume, leave stopped, or kill.
 After the thaw:
-  ``write``        compress and write pages from the spool, mm, inventory,
-                   stats; fsync; rename into place.
+  ``write``        compress and write pages from the spool (or read from the
+                   snapshot child, which is then killed and reaped inside the
+                   stopped process), mm, inventory, stats; fsync; rename.
 
 A pre-dump resets tracking and thaws before copying (CRIU's read mode).
 On any error, SIGINT, SIGTERM or SIGHUP the tracer thaws the target into
@@ -63,6 +68,7 @@ from . import intervals as iv
 from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
 from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
+from .snapshot import AUTO_MIN_BYTES, COPY_MODES, ForkSnapshot, SnapshotRefused, kept_out, not_in_child, why_not
 from .spool import Spool
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
@@ -114,6 +120,7 @@ class DumpOptions:
     restorable: bool = False
     pre_copy: int = 0
     single: bool = False
+    copy: str = "auto"
 
     def validate(self) -> None:
         if self.thaw not in THAW_MODES:
@@ -137,6 +144,8 @@ class DumpOptions:
                             "pre-dump or --parent")
         if not self.freeze_timeout > 0:
             raise DumpError("the freeze timeout must be a positive number of seconds")
+        if self.copy not in COPY_MODES:
+            raise DumpError(f"unknown copy mode {self.copy!r} (choose from {', '.join(COPY_MODES)})")
 
     @property
     def wants_tracking(self) -> bool:
@@ -182,6 +191,8 @@ class DumpResult:
     spool_bytes: int = 0
     spilled_bytes: int = 0
     unrestorable: list = field(default_factory=list)  # one line per reason `criu restore` would fail
+    copy: str = "frozen"  # how the pages were copied: "frozen" (spool), "fork" (copy-on-write snapshot)
+    reap_ns: int = 0  # the second, short stop that reaps the snapshot child (fork), not in frozen_ns
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -226,6 +237,8 @@ class ProcessDump:
     ns_ids: dict = field(default_factory=dict)
     kobj_ids: dict = field(default_factory=dict)
     copier: PageCopier | None = None
+    fork_why: str | None = "not decided"  # why the pages are copied frozen, None: forked (snapshot)
+    snapshot: ForkSnapshot | None = None
     task_result: Callable[[], TaskState] | None = None  # collect_task under way in the warden
     pages_id: int = 0
     scanned: bool = False  # regions are those of this freeze and these VMAs
@@ -254,6 +267,7 @@ class DumpSession:
         self._fdinfos: dict[int, list] = {}  # files_id -> fdinfo entries
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
+        self.reap_ns = 0
         self.zombies: list[FrozenProcess] = []
         self.timens_id = 0  # the root's time namespace id if not the dumper's (timens-ID.img)
         self.timens_offsets: dict[str, int] = {}
@@ -297,6 +311,7 @@ class DumpSession:
                 self.copy()
             else:
                 self.share_cow()
+                self.snapshot()
                 self.copy()
                 self.copy_shared()
                 self.collected_tasks()
@@ -376,22 +391,37 @@ class DumpSession:
         opts = self.opts
         self.spool = Spool(limit=opts.spool_limit, spill_dir=self.writer.dir_fd)
         try:
-            expected = 0
+            expected = spooled = 0
             for p in self.processes:
                 try:
                     self._pre_read(p)
                 except NoSuchProcess:
                     continue  # gone already: the freeze decides
-                expected += sum(v.anonymous + v.swap for v, pl in zip(p.vmas, p.plans) if pl.mode == "pages")
-                expected += sum(v.size for v, pl in zip(p.vmas, p.plans) if pl.mode == "whole")
-            expected += spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans)
-                                        if pl.mode == "shmem"))
+                mine = self._expected_bytes(p.vmas, p.plans)
+                p.fork_why = why_not(opts.copy, tree=len(self.processes) > 1, pre_dump=opts.pre_dump,
+                                     pre_copy=bool(opts.pre_copy), thaw=opts.thaw, pid=p.pid, vmas=p.vmas,
+                                     expected=mine)
+                expected += mine
+                if p.fork_why is None:  # only what the child will not hold is copied frozen
+                    kept = [i for i, v in enumerate(p.vmas) if not_in_child(v)]
+                    mine = self._expected_bytes([p.vmas[i] for i in kept], [p.plans[i] for i in kept])
+                spooled += mine
+            shared = spool_estimate((v for p in self.processes for v, pl in zip(p.vmas, p.plans)
+                                     if pl.mode == "shmem"))
+            expected += shared
+            spooled += shared
             if not opts.pre_dump:
-                self.spool.reserve(expected + expected // 16 + (1 << 20))
-            self._warn_long_freeze(expected)
+                self.spool.reserve(spooled + spooled // 16 + (1 << 20))
+            self._warn_long_freeze(spooled)
         except BaseException:
             self.spool.close()
             raise
+
+    @staticmethod
+    def _expected_bytes(vmas, plans) -> int:
+        """Bytes the VMAs' pages are expected to take (smaps counters)."""
+        return (sum(v.anonymous + v.swap for v, pl in zip(vmas, plans) if pl.mode == "pages")
+                + sum(v.size for v, pl in zip(vmas, plans) if pl.mode == "whole"))
 
     def _warn_long_freeze(self, expected: int) -> None:
         """Say so before a freeze estimated to last long: the pagemap
@@ -692,6 +722,25 @@ class DumpSession:
                 p.reuse_iv = covered
             p.copy_iv = _union(iv.subtract((s, e), covered), whole)
 
+    def snapshot(self) -> None:
+        """Processes planned for it fork (:mod:`dumper.dump.snapshot`): their
+        pages are read from the child after the thaw; only what the child
+        does not hold stays to copy now."""
+        for p in self.processes:
+            if p.fork_why is not None:
+                continue
+            out = kept_out(p.vmas)
+            forked = iv.subtract(p.copy_iv, out)
+            if self.opts.copy == "auto" and iv.total(*forked) < AUTO_MIN_BYTES:
+                p.fork_why = f"less than {AUTO_MIN_BYTES >> 20} MiB to copy"
+                continue
+            try:
+                p.snapshot = ForkSnapshot.take(self.tracer, p.pid, forked)
+            except SnapshotRefused as err:
+                p.fork_why = str(err)
+                continue
+            p.copy_iv = iv.intersect(p.copy_iv, out)
+
     def copy(self) -> None:
         with _progress(sum(iv.total(*p.copy_iv) for p in self.processes), self.opts.progress) as bar:
             for p in self.processes:
@@ -727,11 +776,16 @@ class DumpSession:
         self.frozen_ns = self.tracer.thaw_done_ns - self.tree.stopped_ns
 
     def write(self) -> DumpResult:
-        """Everything after the thaw: pages from the spool, then the images."""
+        """Everything after the thaw: pages from the spool or the snapshot,
+        then the images."""
         opts, w = self.opts, self.writer
         pages_stats = []
         skipped: dict[str, int] = {}
-        total = sum(p.extents.total + sum(e.total for e in self._reused(p)) for p in self.processes)
+        if opts.copy == "fork":
+            self.notes.extend(f"pid {p.pid}: pages copied while frozen: {p.fork_why}"
+                              for p in self.processes if p.snapshot is None)
+        total = sum(p.extents.total + sum(e.total for e in self._reused(p))
+                    + (p.snapshot.total if p.snapshot is not None else 0) for p in self.processes)
         for i, p in enumerate(self.processes, 1):
             p.pages_id = i  # all first: PE_COW references name earlier processes' streams
         with _progress(total, opts.progress, "writing") as bar:
@@ -740,7 +794,9 @@ class DumpSession:
                                     threads=opts.threads, progress=bar.update if bar is not None else None)
                 cow = self.cow.runs(p, self.processes, self._stream)
                 self._write_pages(p, pw, cow)
-                pw.close()
+                pw.close()  # its workers read the snapshot: released after
+                if p.snapshot is not None:
+                    self._release_snapshot(p)
                 write_cow_refs(w, p, cow)
                 pages_stats.append(pw.stats)
                 w.write_mm(p.pid, self._mm_entry(p, skipped))
@@ -748,7 +804,7 @@ class DumpSession:
                                         level=opts.level, threads=opts.threads, ipc_ns_id=self.root_ns.get("ipc", 0))
         self._write_task_images()
         st = _sum_stats(pages_stats + shm_stats)
-        copiers = [p.copier for p in self.processes if p.copier is not None]
+        copiers = [c for p in self.processes for c in (p.copier, p.snapshot) if c is not None]
         read_ns = sum(c.read_ns for c in copiers)
         unreadable = [u for c in copiers for u in c.unreadable]
         n_unreadable = sum(c.pages_unreadable for c in copiers)
@@ -818,6 +874,8 @@ class DumpSession:
             unreadable=unreadable, notes=self.notes, pids=[p.pid for p in self.processes],
             spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
             unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
+            copy="fork" if any(p.snapshot is not None for p in self.processes) else "frozen",
+            reap_ns=self.reap_ns,
         )
 
     # -- helpers ---------------------------------------------------------------
@@ -861,10 +919,12 @@ class DumpSession:
         ps, pe = p.parent_iv
         cs = cow.vaddr if cow is not None else np.empty(0, _U64)
         cn = cow.nr_pages * _U64(PAGE_SIZE) if cow is not None else np.empty(0, _U64)
-        vaddr = np.concatenate((ext.vaddr, ps, cs)).astype(_U64)
-        nbytes = np.concatenate((ext.nbytes, pe - ps, cn)).astype(_U64)
-        offset = np.concatenate((ext.offset, np.zeros(len(ps) + len(cs), _U64)))
-        kind = np.concatenate((np.zeros(len(ext), np.int8), np.ones(len(ps), np.int8), np.full(len(cs), 2, np.int8)))
+        fs, fe = p.snapshot.runs if p.snapshot is not None else iv.EMPTY
+        vaddr = np.concatenate((ext.vaddr, ps, cs, fs)).astype(_U64)
+        nbytes = np.concatenate((ext.nbytes, pe - ps, cn, fe - fs)).astype(_U64)
+        offset = np.concatenate((ext.offset, np.zeros(len(ps) + len(cs) + len(fs), _U64)))
+        kind = np.concatenate((np.zeros(len(ext), np.int8), np.ones(len(ps), np.int8), np.full(len(cs), 2, np.int8),
+                               np.full(len(fs), 3, np.int8)))
         order = np.argsort(vaddr, kind="stable")
         spool = self.spool
         for a, n, off, k in zip(vaddr[order].tolist(), nbytes[order].tolist(),
@@ -873,8 +933,24 @@ class DumpSession:
                 pw.add_present(a, spool.read(off, n), stable=True)
             elif k == 1:
                 pw.add_parent(a, n // PAGE_SIZE)
-            else:
+            elif k == 2:
                 pw.add_cow(a, n // PAGE_SIZE)
+            else:
+                p.snapshot.write_run(pw, a, a + n)
+
+    def _release_snapshot(self, p: ProcessDump) -> None:
+        """The snapshot child killed and reaped; its pages join ``extents``
+        (by vaddr) and its unreadable pages the restorability problems."""
+        snap = p.snapshot
+        self.reap_ns += snap.release(self.tracer, self.opts.thaw)
+        ext = Extents.concat([p.extents, snap.extents])
+        order = np.argsort(ext.vaddr, kind="stable")
+        p.extents = Extents(ext.vaddr[order], ext.nbytes[order], ext.offset[order])
+        if snap.unreadable:
+            self._unrestorable(p.pid, "memory", plural(snap.pages_unreadable, "page"), "pages that could not be read")
+            if self.opts.restorable:
+                raise DumpError(f"not restorable: pid {p.pid}: {plural(snap.pages_unreadable, 'page')} of its "
+                                "snapshot could not be read (drop --restorable to dump it anyway)")
 
     @staticmethod
     def _reused(p: ProcessDump) -> list[Extents]:

@@ -51,6 +51,8 @@ __all__ = [
     "detach",
     "cont",
     "listen",
+    "setoptions",
+    "geteventmsg",
     "getsiginfo",
     "getregs",
     "setregs",
@@ -158,6 +160,23 @@ def cont(tid: int, sig: int = 0) -> None:
     ``OSError`` ESRCH if it is not our tracee or not stopped.
     """
     _ptrace(PTRACE_CONT, "PTRACE_CONT", tid, None, sig)
+
+
+def setoptions(tid: int, options: int) -> None:
+    """PTRACE_SETOPTIONS: replace the tracee's PTRACE_O_* bits with ``options``.
+
+    Raises ``OSError`` ESRCH if it is not our stopped tracee, EINVAL for
+    unknown bits.
+    """
+    _ptrace(PTRACE_SETOPTIONS, "PTRACE_SETOPTIONS", tid, None, options)
+
+
+def geteventmsg(tid: int) -> int:
+    """PTRACE_GETEVENTMSG: the message of the tracee's last PTRACE_EVENT stop
+    (for PTRACE_EVENT_CLONE/FORK/VFORK: the new task's pid)."""
+    msg = ctypes.c_ulong(0)
+    _ptrace(PTRACE_GETEVENTMSG, "PTRACE_GETEVENTMSG", tid, None, ctypes.addressof(msg))
+    return msg.value
 
 
 def listen(tid: int) -> None:

@@ -50,6 +50,7 @@ _MOV_RBX = b"\x48\xbb"
 _STORE_RAX_AT_RBX = b"\x48\x89\x03"  # mov [rbx], rax
 _INT3 = b"\xcc"
 _MASK = (1 << 64) - 1
+_NEW_TASK_EVENTS = frozenset({ptrace.PTRACE_EVENT_CLONE, ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK})
 
 
 def assemble(calls: Sequence[tuple[int, Sequence[int]]], results: int) -> bytes:
@@ -116,6 +117,7 @@ class Injector:
         self.saved = x86_64.user_regs_struct()
         ptrace.getregs(self.tid, self.saved)
         self.signals: list[int] = []
+        self.new_tasks: list[int] = []  # pids of tasks the injected calls created (PTRACE_EVENT_CLONE/FORK)
         self._dirty = False
 
     def syscall(self, nr: int, *args: int) -> int:
@@ -173,6 +175,11 @@ class Injector:
             _, status = os.waitpid(self.tid, ptrace.WALL)
             if not os.WIFSTOPPED(status):
                 raise KernelError(errno.ESRCH, what, f"thread {self.tid} exited")
+            if ptrace.stop_event(status) in _NEW_TASK_EVENTS:
+                # a clone/fork the caller asked to trace (PTRACE_O_TRACECLONE/FORK):
+                # the syscall is half done; note the child and let it finish
+                self.new_tasks.append(ptrace.geteventmsg(self.tid))
+                continue
             stopsig = os.WSTOPSIG(status)
             if stopsig == signal.SIGTRAP:
                 break

@@ -258,6 +258,13 @@ class WardenContext:
         self._s.freezers[fz.pid] = fz
         return fz
 
+    def thaw(self, pid: int, mode: str = "resume") -> None:
+        """Let ``pid`` go again now, alone (``mode`` as :meth:`Warden.thaw`);
+        nothing if it is not frozen."""
+        fz = self._s.freezers.pop(pid, None) or self._s.freezers.pop(_tgid_or(pid), None)
+        if fz is not None and fz.frozen:
+            fz.thaw(mode)
+
     def injector(self, pid: int, tid: int | None = None) -> Injector:
         """An Injector into thread ``tid`` (default: the main thread, or a live
         one if it exited) of frozen ``pid``; use it with ``with``: registers

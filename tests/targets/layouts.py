@@ -164,6 +164,22 @@ def _iowr(nr, size):
 _uffd_fd = None
 
 
+def _setup_fork_advised(name, advice):
+    a = mmap(16 * PAGE)
+    for p in range(16):
+        ctypes.memset(a + p * PAGE, (p * 13 + advice) % 251 + 1, PAGE)
+    madvise(a, 16 * PAGE, advice)
+    regions[name] = (a, 16 * PAGE)
+
+
+def setup_dontfork():
+    _setup_fork_advised("dontfork", 10)  # MADV_DONTFORK: a forked child has no such VMA
+
+
+def setup_wipeonfork():
+    _setup_fork_advised("wipeonfork", 18)  # MADV_WIPEONFORK (4.14): a forked child reads zeros
+
+
 def setup_alt():
     n = 4000
     a = mmap(n * PAGE)
@@ -258,7 +274,7 @@ def serve():
 SETUPS = {
     "dense": setup_dense, "sparse": setup_sparse, "zero": setup_zero, "shared": setup_shared,
     "thp": setup_thp, "swap": setup_swap, "guard": setup_guard, "uffd": setup_uffd,
-    "alt": setup_alt,
+    "alt": setup_alt, "dontfork": setup_dontfork, "wipeonfork": setup_wipeonfork,
 }
 
 

@@ -1,0 +1,176 @@
+"""Copy-on-write snapshots of a frozen process: a child forked from inside it.
+
+A process's private memory can be saved without keeping it frozen while the
+pages are copied: the frozen target forks, and the child holds every
+private page as it was at that instant (the kernel shares the pages
+copy-on-write: fork copies page tables, not pages; kernel/fork.c
+``dup_mmap``, mm/memory.c ``copy_page_range``). The target runs again at
+once; the pages are read from the child afterwards, and the child is
+killed. Redis saves its dataset this way (BGSAVE).
+
+How, without code of ours running in either process:
+
+* the fork is one ``clone(2)`` injected into the target's main thread
+  (:mod:`dumper.proc.inject`) with PTRACE_O_TRACECLONE set for it, so the
+  kernel attaches the child to the warden before it runs a single
+  instruction (ptrace(2), "automatically attached"); it never runs;
+* flags ``CLONE_FILES | CLONE_FS``: the child shares the descriptor table
+  (a descriptor the target closes is closed, whatever the child holds) and
+  cwd/umask instead of copying them; the exit signal is 0, so the target
+  gets no SIGCHLD and its ``wait()``s do not see the child (only
+  ``__WALL``/``__WCLONE`` do: kernel/exit.c ``eligible_child``);
+* in case the warden dies before killing it, the child has
+  PTRACE_O_EXITKILL and registers that make it call ``exit_group(0)`` if it
+  ever runs;
+* done with it, the warden kills it, collects its death as its tracer, and
+  reaps the zombie as its parent must: a ``wait4(child, WNOHANG|__WALL)``
+  injected into the target, stopped for that moment. An exit signal of 0 is
+  never auto-reaped (kernel/signal.c ``do_notify_parent``): without this the
+  target would keep a zombie child until it exits.
+
+What the child does not hold: VMAs with MADV_DONTFORK (not copied) and
+MADV_WIPEONFORK (empty in the child) -- the caller copies those while the
+target is frozen -- and shared memory (the same pages: saved apart, frozen).
+Refused (:class:`SnapshotRefused`, the caller copies frozen instead) where
+the fork could harm the target: a seccomp filter on the thread (it could
+kill the process for ``clone``), VMAs registered with a userfaultfd (a
+context with UFFD_FEATURE_EVENT_FORK makes ``fork`` wait for a monitor
+that is frozen), and when the kernel refuses the clone (pids limit, memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+
+from ..errors import DumperError, NoSuchProcess, SnapshotRefused
+from ..kernel import ptrace, sched, x86_64
+from .inject import Injector
+
+__all__ = ["SnapshotRefused", "fork_snapshot", "release_snapshot"]
+
+# Snapshots alive in this warden, by child pid (as the warden sees it): the
+# child's pid in the target's pid namespace (what wait4 there takes) and the
+# undo action's token, which must be dropped (ctx.forget) where it was made.
+_alive: dict[int, tuple[int, tuple]] = {}
+
+
+def _seccomp_mode(pid: int, tid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Seccomp:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def fork_snapshot(ctx, pid: int) -> int:
+    """Fork frozen process ``pid`` from inside; returns the child's pid.
+
+    The child is a stopped tracee of the warden until
+    :func:`release_snapshot`; if the dumper dies first, the warden's abort
+    path releases it. Raises SnapshotRefused (nothing changed) or
+    KernelError/NoSuchProcess.
+    """
+    fz = ctx.freezer(pid)
+    tid = fz.main_tid
+    if _seccomp_mode(pid, tid):
+        raise SnapshotRefused(f"thread {tid} runs under seccomp: a clone could be denied or kill it")
+    with Injector(fz, tid) as inj:
+        ptrace.setoptions(tid, ptrace.PTRACE_O_TRACECLONE)
+        try:
+            ret = inj.syscall(x86_64.NR_clone, sched.CLONE_FILES | sched.CLONE_FS, 0, 0, 0, 0)
+        finally:
+            ptrace.setoptions(tid, 0)  # the Freezer seizes with no options
+        insn = inj.insn
+        children = list(inj.new_tasks)
+    if ret < 0:
+        for child in children:  # cannot happen: a failed clone makes no task
+            _kill_traced(child)
+        raise SnapshotRefused(f"clone inside the process failed: {os.strerror(-ret)}")
+    # clone returned the pid in the target's pid namespace; the event message
+    # names it in the tracer's (kernel/fork.c ptrace_event_pid), which may differ
+    inner = ret
+    if len(children) != 1:
+        raise SnapshotRefused(f"clone inside the process reported {len(children)} new tasks")
+    child = children[0]
+    try:
+        _wait_stopped(child)
+        # If it ever ran (the warden killed before it could kill it): exit at once.
+        regs = x86_64.user_regs_struct()
+        ptrace.getregs(child, regs)
+        x86_64.set_syscall(regs, x86_64.NR_exit_group, (0,), insn)
+        ptrace.setregs(child, regs)
+        ptrace.setoptions(child, ptrace.PTRACE_O_EXITKILL)
+    except BaseException:
+        _kill_traced(child)
+        _reap_in(ctx, pid, inner, fz_frozen=True)
+        raise
+    _alive[child] = (inner, ctx.on_abort(_release_on_abort, pid, child, inner))
+    return child
+
+
+def _wait_stopped(child: int) -> None:
+    # The auto-attached child reports its first stop on its own (ptrace(2)).
+    while True:
+        _, status = os.waitpid(child, ptrace.WALL)
+        if os.WIFSTOPPED(status):
+            return
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            raise NoSuchProcess(child, "the snapshot child died at birth")
+
+
+def _kill_traced(child: int) -> None:
+    """SIGKILL our tracee ``child`` and collect its death as its tracer."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        while True:
+            _, status = os.waitpid(child, ptrace.WALL)
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                return
+
+
+def _reap_in(ctx, pid: int, child: int, *, fz_frozen: bool, mode: str = "resume") -> int:
+    """Reap zombie ``child`` (its pid in ``pid``'s namespace) from inside its
+    parent ``pid`` (frozen now if it is not; let go again in ``mode`` then).
+    Returns the nanoseconds ``pid`` was stopped for it (0 if it already was)."""
+    try:
+        fz = ctx.freezer(pid) if fz_frozen else ctx.freeze(pid)
+    except NoSuchProcess:
+        return 0  # the parent is gone: the child was reparented and reaped by init
+    try:
+        with Injector(fz) as inj:
+            ret = inj.syscall(x86_64.NR_wait4, child, 0, os.WNOHANG | ptrace.WALL, 0)
+        if ret < 0 and ret != -errno.ECHILD:
+            raise SnapshotRefused(f"reaping the snapshot child {child} in pid {pid}: {os.strerror(-ret)}")
+    finally:
+        if not fz_frozen:
+            ctx.thaw(pid, mode)
+    return 0 if fz_frozen else (fz.freezing_ns or 0) + (fz.frozen_time_ns or 0)
+
+
+def release_snapshot(ctx, pid: int, child: int, mode: str = "resume") -> int:
+    """Kill snapshot ``child`` of ``pid`` and reap it (``pid`` is stopped
+    for the injected ``wait4``, then let go in thaw ``mode``); returns the
+    nanoseconds ``pid`` was stopped for that."""
+    inner, token = _alive.pop(child)
+    _kill_traced(child)
+    stopped = _reap_in(ctx, pid, inner, fz_frozen=False, mode=mode)
+    ctx.forget(token)
+    return stopped
+
+
+def _release_on_abort(ctx, pid: int, child: int, inner: int) -> None:
+    _alive.pop(child, None)
+    _kill_traced(child)
+    # Still frozen when the dump failed before its thaw; otherwise frozen for this.
+    try:
+        frozen = ctx.freezer(pid) is not None
+    except DumperError:
+        frozen = False
+    _reap_in(ctx, pid, inner, fz_frozen=frozen)

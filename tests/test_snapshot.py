@@ -1,0 +1,271 @@
+"""dump --copy fork: the frozen target forks, pages are read from the
+copy-on-write child after the thaw (dumper.dump.snapshot). The image must
+be the memory at the freeze whatever the target writes afterwards, and the
+target must be left as found: no child, no zombie, running, untraced."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from dumper.dump import dump
+from dumper.image.checkpoint import open_checkpoint
+from dumper.kernel.libc import PAGE_SIZE as P
+from dumper.kernel.x86_64 import ARCH
+
+pytestmark = pytest.mark.skipif(ARCH != "x86_64", reason="the fork is injected: x86_64 only")
+
+N = 16384  # pages of the writer's mapping (64 MiB)
+
+# Sweeps the mapping again and again, writing the sweep number at the start
+# of every page, and reports each sweep's first number on request (SIGUSR1
+# prints the current sweep). At any instant the mapping holds one boundary:
+# pages [0, k) have sweep g + 1, pages [k, N) sweep g.
+WRITER = textwrap.dedent(f"""
+    import ctypes, mmap, signal, sys
+    n = {N}
+    m = mmap.mmap(-1, n * 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    g = 1
+    for i in range(0, n * 4096, 4096):
+        m[i:i + 8] = g.to_bytes(8, "little")
+    signal.signal(signal.SIGUSR1, lambda *a: print(g, flush=True))
+    print(base, flush=True)
+    while True:
+        g += 1
+        for i in range(0, n * 4096, 4096):
+            m[i:i + 8] = g.to_bytes(8, "little")
+""")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+def _status(pid: int, field: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return line.split(None, 1)[1].strip()
+    raise KeyError(field)
+
+
+def _sweeps(ck, pid: int, base: int) -> list[int]:
+    with open_checkpoint(ck) as c:
+        data = c.read(pid, base, N * P)
+    return [int.from_bytes(data[i:i + 8], "little") for i in range(0, N * P, P)]
+
+
+@pytest.fixture
+def writer():
+    p = subprocess.Popen([sys.executable, "-c", WRITER], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        p.base = int(p.stdout.readline())
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def _left_as_found(p) -> None:
+    assert _children(p.pid) == []  # killed and reaped: no child, no zombie
+    assert _status(p.pid, "TracerPid") == "0"
+    assert _status(p.pid, "State")[0] in "RS"
+
+
+def test_the_image_is_the_memory_at_the_freeze_whatever_is_written_after(writer, tmp_path):
+    time.sleep(0.2)
+    r = dump(writer.pid, tmp_path / "ck", copy="fork")
+    assert r.copy == "fork" and r.pages_unreadable == 0
+    sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
+    # One instant: a run of sweep g + 1 then a run of sweep g (or one sweep
+    # throughout). Pages read from the running process would show later sweeps.
+    g = sweeps[-1]
+    k = sweeps.index(g)
+    assert set(sweeps[:k]) <= {g + 1} and set(sweeps[k:]) == {g}, sorted(set(sweeps))[:8]
+    # it kept running and writing meanwhile, and was left as found
+    writer.send_signal(signal.SIGUSR1)
+    assert int(writer.stdout.readline()) > g + 1
+    _left_as_found(writer)
+
+
+def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp_path):
+    """The same with the target running during a slow read: every page of
+    the snapshot is read one page per call."""
+    from dumper.dump import snapshot
+
+    orig = snapshot.ForkSnapshot.readinto
+    calls = []
+
+    def slow(self, view, addr):  # one page at a time: the read outlasts many sweeps
+        got = 0
+        while got < len(view):
+            calls.append(addr + got)
+            k = orig(self, view[got:got + P], addr + got)
+            got += k
+            if k < P:
+                break
+        return got
+
+    snapshot.ForkSnapshot.readinto = slow
+    try:
+        t0 = time.monotonic()
+        r = dump(writer.pid, tmp_path / "ck", copy="fork")
+        took = time.monotonic() - t0
+    finally:
+        snapshot.ForkSnapshot.readinto = orig
+    assert r.copy == "fork" and len(calls) >= N and r.pages_unreadable == 0
+    sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
+    g = sweeps[-1]
+    k = sweeps.index(g)
+    assert set(sweeps[:k]) <= {g + 1} and set(sweeps[k:]) == {g}
+    writer.send_signal(signal.SIGUSR1)
+    now = int(writer.stdout.readline())
+    assert now > g + 1, f"the target did not run during the {took:.1f} s dump"
+    _left_as_found(writer)
+
+
+def test_a_stopped_target_stays_stopped(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    os.kill(t.pid, signal.SIGSTOP)
+    try:
+        r = dump(t.pid, tmp_path / "ck", copy="fork")
+        assert r.copy == "fork" and r.was_stopped
+        assert _status(t.pid, "State")[0] == "T" and _children(t.pid) == []
+        assert _status(t.pid, "TracerPid") == "0"
+    finally:
+        os.kill(t.pid, signal.SIGCONT)
+
+
+def test_leave_stopped_after_a_fork(spawn_target, tmp_path):
+    t = spawn_target("dense")
+    r = dump(t.pid, tmp_path / "ck", copy="fork", thaw="leave-stopped")
+    assert r.copy == "fork" and r.reap_ns > 0
+    assert _status(t.pid, "State")[0] == "T" and _children(t.pid) == []
+    os.kill(t.pid, signal.SIGCONT)
+    assert t.command("write dense 1") == []  # and it runs on
+
+
+def test_a_userfaultfd_target_is_copied_frozen(spawn_target, tmp_path):
+    # A fork would wait for the (frozen) monitor of a context with UFFD_FEATURE_EVENT_FORK.
+    t = spawn_target("dense,uffd")
+    r = dump(t.pid, tmp_path / "ck", copy="fork")
+    assert r.copy == "frozen"
+    assert any("userfaultfd" in n and "copied while frozen" in n for n in r.notes), r.notes
+    assert _children(t.pid) == []
+
+
+SECCOMP_TARGET = textwrap.dedent("""
+    import ctypes, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    # one BPF instruction, BPF_RET|BPF_K SECCOMP_RET_ALLOW: a filter that allows everything
+    insn = (ctypes.c_ubyte * 8).from_buffer_copy(struct.pack("<HBBI", 0x06, 0, 0, 0x7FFF0000))
+    prog = struct.pack("<HxxxxxxQ", 1, ctypes.addressof(insn))
+    buf = ctypes.create_string_buffer(prog)
+    if libc.prctl(38, 1, 0, 0, 0) or libc.prctl(22, 2, buf, 0, 0):  # NO_NEW_PRIVS, SECCOMP filter
+        sys.exit("seccomp: " + str(ctypes.get_errno()))
+    data = bytearray(8 << 20)
+    print("READY", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_a_seccomp_filtered_target_is_copied_frozen(tmp_path):
+    p = subprocess.Popen([sys.executable, "-c", SECCOMP_TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        assert _status(p.pid, "Seccomp") == "2"
+        r = dump(p.pid, tmp_path / "ck", copy="fork")
+        assert r.copy == "frozen"
+        assert any("seccomp" in n for n in r.notes), r.notes
+        assert _children(p.pid) == []
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_auto_forks_only_where_it_pays(spawn_target, writer, tmp_path):
+    small = spawn_target("dense")  # 1 MiB: the copy costs less than a fork and a reap
+    assert dump(small.pid, tmp_path / "small").copy == "frozen"
+    assert dump(writer.pid, tmp_path / "big").copy == "fork"  # 64 MiB
+    assert dump(writer.pid, tmp_path / "frozen", copy="frozen").copy == "frozen"
+
+
+def test_the_warden_releases_the_child_when_the_dumper_dies(writer, tmp_path):
+    """SIGKILL to the dumper while it reads the snapshot: its warden (the
+    tracer) kills the child and reaps it inside the target."""
+    code = textwrap.dedent(f"""
+        import sys
+        from dumper.dump import dump, snapshot
+        orig = snapshot.ForkSnapshot.write_run
+        def stall(self, pw, start, end):
+            print("CHILD", self.child, flush=True)
+            sys.stdin.read()  # killed here
+        snapshot.ForkSnapshot.write_run = stall
+        dump({writer.pid}, {str(tmp_path / "ck")!r}, copy="fork")
+    """)
+    d = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = d.stdout.readline()
+        assert line.startswith("CHILD"), line
+        child = int(line.split()[1])
+        assert _children(writer.pid) == [child]
+        d.kill()
+        d.wait()
+        deadline = time.monotonic() + 10
+        while _children(writer.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _left_as_found(writer)
+        assert not os.path.exists(f"/proc/{child}")
+        assert not (tmp_path / "ck").exists()
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+
+
+def test_no_fork_when_the_process_is_killed_at_the_thaw(spawn_target, tmp_path):
+    # The orphaned child would hold the pid (its session and group id) until
+    # its new parent reaps it, and `criu restore` needs that pid at once.
+    t = spawn_target("dense", new_session=True)
+    r = dump(t.pid, tmp_path / "ck", copy="fork", thaw="kill")
+    assert r.copy == "frozen"
+    assert any("killed at the thaw" in n for n in r.notes), r.notes
+
+
+@pytest.mark.skipif(not __import__("shutil").which("unshare"), reason="needs unshare(1)")
+def test_a_target_in_its_own_pid_namespace(tmp_path):
+    """clone returns the child's pid in the target's namespace, the tracer
+    sees another: each is used where it means something (wait4 inside,
+    ptrace and kill outside)."""
+    code = "import sys; data = bytearray(b'x' * (8 << 20)); print('READY', flush=True); sys.stdin.read()"
+    u = subprocess.Popen(["unshare", "--pid", "--fork", sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert u.stdout.readline().strip() == "READY"
+        (pid,) = _children(u.pid)
+        assert _status(pid, "NSpid").split()[-1] == "1"  # pid 1 in its namespace
+        r = dump(pid, tmp_path / "ck", copy="fork", thaw="leave-stopped")
+        assert r.copy == "fork" and r.pages_unreadable == 0
+        assert _children(pid) == [] and _status(pid, "State")[0] == "T"
+        with open_checkpoint(tmp_path / "ck") as c, open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            for vaddr, data in c.iter_pages(pid):
+                mem.seek(vaddr)
+                assert mem.read(len(data)) == bytes(data), hex(vaddr)
+        os.kill(pid, signal.SIGCONT)
+    finally:
+        os.killpg(u.pid, signal.SIGKILL)
+        u.wait()
