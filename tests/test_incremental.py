@@ -132,16 +132,20 @@ def test_incremental_chain_equals_a_fresh_full_dump(spawn_target, tmp_path):
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("copy", ["frozen", "fork"])
 @pytest.mark.parametrize("tracker", TRACKERS)
-def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path, tracker):
+def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path, tracker, copy):
+    """With ``fork`` the first dump's tracking is armed in the freeze that
+    forks, and what the process writes after is found by the next dumps."""
     t = spawn_target("dense,alt")
     prev = tmp_path / "d0"
-    assert dump(t.pid, prev, track_mem=True, tracker=tracker).tracker == tracker
+    first = dump(t.pid, prev, track_mem=True, tracker=tracker, copy=copy)
+    assert (first.tracker, first.copy) == (tracker, copy)
     for i in range(1, 11):
         t.command(f"write dense {i} {i * 20 % 256} {(i * 37) % 256}")
         t.command(f"write alt {(i * 2) % 4000} {(i * 400) % 4000}")
         cur = tmp_path / f"d{i}"
-        res = dump(t.pid, cur, parent=prev, thaw="leave-stopped", tracker=tracker)
+        res = dump(t.pid, cur, parent=prev, thaw="leave-stopped", tracker=tracker, copy=copy)
         pages = chain_pages(cur, t.pid)
         fd = os.open(f"/proc/{t.pid}/mem", os.O_RDONLY)
         try:

@@ -269,3 +269,57 @@ def test_a_target_in_its_own_pid_namespace(tmp_path):
     finally:
         os.killpg(u.pid, signal.SIGKILL)
         u.wait()
+
+
+def _limited_memcg(tmp_name: str, limit: int):
+    """A memory cgroup limited to ``limit`` bytes: (its cgroup.procs path, its directory), or skip."""
+    import uuid
+
+    for root, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+                             ("/sys/fs/cgroup", "memory.max"), ("/sys/fs/cgroup/unified", "memory.max")):
+        if not os.path.exists(os.path.join(root, "cgroup.procs")):
+            continue
+        d = os.path.join(root, f"{tmp_name}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.mkdir(d)
+        except OSError:
+            continue
+        try:
+            with open(os.path.join(d, limit_file), "w") as f:
+                f.write(str(limit))
+            return os.path.join(d, "cgroup.procs"), d
+        except OSError:
+            os.rmdir(d)
+    pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
+
+
+def test_a_target_near_its_memory_cgroup_limit_is_copied_frozen(tmp_path):
+    """Pages it writes while the child lives would be copied and charged to
+    its cgroup: a fork there could push it into its OOM killer."""
+    procs, d = _limited_memcg("dumper-test", 160 << 20)
+    code = "import sys; data = bytearray(b'x' * (100 << 20)); print('READY', flush=True); sys.stdin.read()"
+    p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); exec(sys.argv[1])", code],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        with open(procs, "w") as f:
+            f.write(str(p.pid))
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "READY"
+        from dumper.proc.snapshot import memcg_headroom
+
+        assert memcg_headroom(p.pid) < 100 << 20
+        r = dump(p.pid, tmp_path / "ck")  # auto
+        assert r.copy == "frozen"
+        r = dump(p.pid, tmp_path / "ck2", copy="fork")
+        assert r.copy == "frozen" and any("memory cgroup" in n for n in r.notes), r.notes
+    finally:
+        p.kill()
+        p.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                os.rmdir(d)
+                break
+            except OSError:
+                time.sleep(0.05)

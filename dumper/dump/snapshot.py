@@ -33,7 +33,7 @@ from ..errors import DumpError, NoSuchProcess
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.x86_64 import ARCH
 from ..proc.maps import Vma
-from ..proc.snapshot import SnapshotRefused, fork_snapshot, release_snapshot
+from ..proc.snapshot import SnapshotRefused, fork_snapshot, memcg_headroom, release_snapshot
 from . import intervals as iv
 from .memread import Extents, add_unreadable
 
@@ -73,29 +73,11 @@ def why_not(mode: str, *, tree: bool, pre_dump: bool, pre_copy: bool, thaw: str,
         return "VMAs registered with a userfaultfd (a fork could wait for its frozen monitor)"
     if mode == "auto" and expected < AUTO_MIN_BYTES:
         return f"less than {AUTO_MIN_BYTES >> 20} MiB to copy"
-    headroom = _memcg_headroom(pid)
+    headroom = memcg_headroom(pid)
     if headroom is not None and headroom < expected:
         return (f"its memory cgroup has {headroom >> 20} MiB left: pages it writes while the "
                 "snapshot lives would be copied there")
     return None
-
-
-def _memcg_headroom(pid: int) -> int | None:
-    """memory.max - memory.current of ``pid``'s cgroup v2 (bytes; None: no limit known)."""
-    try:
-        with open(f"/proc/{pid}/cgroup", "rb") as f:
-            path = next((ln[3:].strip().decode() for ln in f if ln.startswith(b"0::")), None)
-        if path is None:
-            return None
-        base = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-        with open(os.path.join(base, "memory.max"), "rb") as f:
-            limit = f.read().strip()
-        if limit == b"max":
-            return None
-        with open(os.path.join(base, "memory.current"), "rb") as f:
-            return int(limit) - int(f.read())
-    except (OSError, ValueError, StopIteration):
-        return None
 
 
 def not_in_child(v: Vma) -> bool:

@@ -49,7 +49,7 @@ from ..errors import DumperError, NoSuchProcess, SnapshotRefused
 from ..kernel import ptrace, sched, x86_64
 from .inject import Injector
 
-__all__ = ["SnapshotRefused", "fork_snapshot", "release_snapshot"]
+__all__ = ["fork_snapshot", "release_snapshot", "memcg_headroom"]
 
 # Snapshots alive in this warden, by child pid (as the warden sees it): the
 # child's pid in the target's pid namespace (what wait4 there takes) and the
@@ -174,3 +174,37 @@ def _release_on_abort(ctx, pid: int, child: int, inner: int) -> None:
     except DumperError:
         frozen = False
     _reap_in(ctx, pid, inner, fz_frozen=frozen)
+
+
+def memcg_headroom(pid: int) -> int | None:
+    """How many bytes ``pid``'s memory cgroup may still charge: its limit
+    minus its usage (cgroup v2 ``memory.max``/``memory.current``, v1
+    ``memory.limit_in_bytes``/``memory.usage_in_bytes``). None: no limit,
+    or none known. Pages the target writes while a snapshot lives are
+    copied and charged there."""
+    try:
+        with open(f"/proc/{pid}/cgroup", "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    places = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        rel = path.lstrip("/")
+        if "memory" in controllers.split(","):
+            places.append((os.path.join("/sys/fs/cgroup/memory", rel), "memory.limit_in_bytes", "memory.usage_in_bytes"))
+        elif controllers == "":
+            for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
+                places.append((os.path.join(root, rel), "memory.max", "memory.current"))
+    for base, limit_name, usage_name in places:
+        try:
+            with open(os.path.join(base, limit_name), "rb") as f:
+                limit = f.read().strip()
+            with open(os.path.join(base, usage_name), "rb") as f:
+                usage = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if limit == b"max" or not limit.isdigit() or int(limit) >= 1 << 62:  # v1 "no limit": near 2^63
+            return None
+        return int(limit) - usage
+    return None
