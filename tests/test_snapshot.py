@@ -349,3 +349,32 @@ def test_auto_weighs_the_fork_against_the_copy(monkeypatch):
     assert why_not("auto", vmas=vmas(25), expected=250 << 20, **common) is None
     assert why_not("fork", vmas=vmas(64024), expected=250 << 20, **common) is None  # asked for: forked
     assert "less than 64 MiB" in why_not("auto", vmas=vmas(25), expected=32 << 20, **common)
+
+
+def test_the_process_exits_while_its_snapshot_is_read(writer, tmp_path, monkeypatch):
+    """The checkpoint is the memory at the freeze: a process that dies right
+    after the thaw is still saved, and its orphaned snapshot child (exit
+    signal now SIGCHLD: kernel/exit.c reparent_leader) is killed and left
+    to its new parent to reap."""
+    from dumper.dump import snapshot
+
+    orig = snapshot.ForkSnapshot.write_run
+    seen = {}
+
+    def kill_first(self, pw, start, end):
+        if not seen:
+            seen["child"] = self.child
+            writer.kill()
+            writer.wait()
+        return orig(self, pw, start, end)
+
+    monkeypatch.setattr(snapshot.ForkSnapshot, "write_run", kill_first)
+    r = dump(writer.pid, tmp_path / "ck", copy="fork")
+    assert r.copy == "fork" and r.pages_unreadable == 0
+    sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
+    g = sweeps[-1]
+    assert set(sweeps) <= {g, g + 1}
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{seen['child']}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{seen['child']}")
