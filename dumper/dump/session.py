@@ -34,6 +34,7 @@ the state it was found in and no checkpoint directory is left behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -64,6 +65,7 @@ from .memread import Extents, PageCopier
 from .parent import ParentInfo, check_parent_placement, load_parent
 from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
 from .spool import Spool
+from ..proc.residency import resident_runs
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
@@ -647,7 +649,12 @@ class DumpSession:
 
     def _scan_one(self, p: ProcessDump) -> None:
         starts, ends = p.scan_iv
-        with open_backend(p.proc, self.opts.backend, progress=None if self.opts.progress else False) as be:
+        # The pagemap reader reads only the resident pages of large anonymous VMAs (mincore run in the
+        # target by the warden); not when this freeze registers uffd-wp, whose markers mincore misses
+        # and the pre-read VmFlags do not show yet.
+        residency = None if p.tracker.name == "uffd-wp" else functools.partial(self.tracer.call, resident_runs, p.pid)
+        with open_backend(p.proc, self.opts.backend, progress=None if self.opts.progress else False,
+                          residency=residency) as be:
             self.backend_name = be.name
             masks = dump_masks(be.supported)
             # WRITTEN|SWAPPED tell uffd-wp markers apart (see drop_uffd_markers).

@@ -23,6 +23,7 @@ __all__ = [
     "PagemapInfo",
     "probe_pagemap",
     "probe_soft_dirty",
+    "probe_guard_vmflag",
     "probe_uffd_wp_async",
     "kernel_features",
     "ScanCosts",
@@ -155,6 +156,25 @@ def probe_pagemap() -> PagemapInfo:
         else:
             guard = "reported" if _own_pagemap_entry(s.addr) & PM_GUARD_REGION else "unreported"
     return PagemapInfo(pfn_visible, zero_pfn, huge_zero, guard)
+
+
+@functools.cache
+def probe_guard_vmflag() -> bool:
+    """True if smaps names the VMAs that ever held a guard marker (VmFlags
+    ``gu``, VM_MAYBE_GUARD): then a VMA without it holds none. False where
+    the kernel has no guard regions or does not say (6.13 to 6.17)."""
+    with _Scratch(2 * PAGE_SIZE) as s:
+        if s.madvise(mman.MADV_GUARD_INSTALL, 0, PAGE_SIZE) != 0:
+            return False
+        with open("/proc/self/smaps", "rb") as f:
+            inside = False
+            for line in f:
+                if line[:1] in b"0123456789abcdef" and b"-" in line.split(b" ", 1)[0]:
+                    lo, _, hi = line.split(b" ", 1)[0].partition(b"-")
+                    inside = int(lo, 16) <= s.addr < int(hi, 16)
+                elif inside and line.startswith(b"VmFlags:"):
+                    return b"gu" in line.split()[1:]
+    return False
 
 
 @functools.cache

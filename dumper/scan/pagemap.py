@@ -50,10 +50,11 @@ import ctypes
 import os
 import sys
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..errors import DumperError
 from ..kernel.libc import PAGE_SIZE, libc
 from ..kernel.pagemap import (PM_ENTRY_BYTES, PM_FILE, PM_GUARD_REGION, PM_PFRAME_MASK, PM_PRESENT, PM_SOFT_DIRTY,
                               PM_SWAP, PM_UFFD_WP)
@@ -61,9 +62,10 @@ from ..proc.maps import Vma
 from ..proc.process import Process
 from .base import REGION_DTYPE, Backend
 from .categories import Category, KernelMasks
-from .features import HPAGE_PMD_SIZE, PagemapInfo, probe_pagemap, probe_uffd_wp_async
+from .features import HPAGE_PMD_SIZE, PagemapInfo, probe_guard_vmflag, probe_pagemap, probe_uffd_wp_async
 
-__all__ = ["PagemapBackend", "derive_categories", "CHUNK_PAGES", "default_threads"]
+__all__ = ["PagemapBackend", "derive_categories", "CHUNK_PAGES", "default_threads", "Residency",
+           "RESIDENCY_MIN_BYTES"]
 
 #: Entries per read: 1 MiB of entries, 512 MiB of address space with 4 KiB
 #: pages. Larger reads gain nothing (the kernel copies 4 KiB at a time) and
@@ -76,6 +78,18 @@ _NO_INDEX = np.empty(0, dtype=np.intp)
 _MAX_GAP = 64  # pages between two VMAs read (as holes) to save a separate read
 _FEW = 48  # candidate entries below which plain Python beats numpy's per-call cost
 _BLOCK = 512  # entries: one page of entries, 2 MiB of address space (one kernel walk step)
+#: VMAs at least this long are pre-filtered by residency when the backend
+#: has a ``residency`` callable: below it the pagemap read costs too little
+#: (1 GiB: ~2 MiB of entries, 1 ms) to pay for an injected call.
+RESIDENCY_MIN_BYTES = 1 << 30
+_UFFD_FLAGS = frozenset({"um", "uw", "ui"})  # VM_UFFD_MISSING, VM_UFFD_WP, VM_UFFD_MINOR
+
+#: ``residency(ranges) -> (starts, ends) | None``: the pages of ``ranges``
+#: (``[(start, end), ...]``, bytes, end-exclusive, each inside one VMA) that
+#: mincore(2) reports resident, as runs (uint64 arrays of bytes, address
+#: order), or None when it cannot tell (every page is read then). See
+#: :func:`dumper.proc.residency.resident_runs`.
+Residency = Callable[[list[tuple[int, int]]], "tuple[np.ndarray, np.ndarray] | None"]
 
 # Our own function pointer (libc["..."] is not cached), so setting argtypes
 # does not change libc.memcmp for anybody else. ctypes releases the GIL.
@@ -141,6 +155,19 @@ def derive_one(entry: int, info: PagemapInfo) -> int:
                                     and 0 <= pfn - info.huge_zero_pfn < _HUGE_ZERO_PAGES):
             cats = (cats | Category.PFNZERO) & ~Category.FILE
     return int(cats)
+
+
+def _close_gaps(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs with gaps of up to ``_MAX_GAP`` pages between them merged: the
+    gap pages are holes (see the module docstring), and one read of a few
+    more entries costs less than a read of its own."""
+    if len(starts) < 2:
+        return starts, ends
+    new = np.ones(len(starts), bool)
+    new[1:] = starts[1:] - ends[:-1] > U(_MAX_GAP * PAGE_SIZE)
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], len(starts)) - 1
+    return starts[first], ends[last]
 
 
 class _Plan:
@@ -227,7 +254,7 @@ class _Walk:
     def __init__(self, be: PagemapBackend, start: int, end: int, masks: KernelMasks, progress) -> None:
         self.be, self.end, self.masks, self.progress = be, end, masks, progress
         self.plan = _Plan(masks)
-        self._chunks = self._chunk_ranges(be.vmas_in(start, end), start, end, be.chunk_pages * PAGE_SIZE)
+        self._chunks = self._chunk_ranges(be.units_in(start, end, self.plan), start, end, be.chunk_pages * PAGE_SIZE)
         self._inflight: collections.deque[tuple[int, int, list | None, int, Future | np.ndarray]] = \
             collections.deque()
         self._free = list(range(len(be.buffers)))
@@ -236,16 +263,18 @@ class _Walk:
         self._fill()
 
     @staticmethod
-    def _chunk_ranges(vmas: list[Vma], start: int, end: int, size: int) -> Iterator[tuple[int, int, list | None]]:
+    def _chunk_ranges(units: Iterable[tuple[int, int]], start: int, end: int,
+                      size: int) -> Iterator[tuple[int, int, list | None]]:
         """``(lo, hi, pieces)``: chunks on a fixed grid of ``size`` bytes, so a
-        resumed walk meets the same chunks. Nearby VMAs (gaps up to
-        ``_MAX_GAP`` pages) share a chunk, so many small VMAs cost one read;
-        ``pieces`` then lists the VMA parts ``[(lo, hi), ...]`` (None when the
-        chunk lies in one VMA)."""
+        resumed walk meets the same chunks. ``units`` are the ranges to read
+        (``(start, end)``, address order: VMAs, or a pre-filtered VMA's
+        candidate runs). Nearby units (gaps up to ``_MAX_GAP`` pages) share
+        a chunk, so many small VMAs cost one read; ``pieces`` then lists the
+        unit parts ``[(lo, hi), ...]`` (None when the chunk lies in one unit)."""
         cur_lo = cur_hi = -1
         pieces: list[tuple[int, int]] = []
-        for vma in vmas:
-            lo, hi = max(start, vma.start), min(end, vma.end)
+        for u_start, u_end in units:
+            lo, hi = max(start, u_start), min(end, u_end)
             while lo < hi:
                 nxt = min(hi, (lo // size + 1) * size)
                 if pieces and lo // size == (cur_hi - 1) // size and lo - cur_hi <= _MAX_GAP * PAGE_SIZE:
@@ -324,8 +353,15 @@ class PagemapBackend(Backend):
 
     def __init__(self, process: Process, info: PagemapInfo | None = None, *,
                  threads: int | None = None, progress: bool | None = None,
-                 chunk_pages: int = CHUNK_PAGES) -> None:
+                 chunk_pages: int = CHUNK_PAGES, residency: Residency | None = None,
+                 residency_min: int = RESIDENCY_MIN_BYTES) -> None:
         self.process = process
+        self.residency = residency
+        self.residency_min = residency_min
+        #: How the last scan read each VMA the pre-filter considered (VMA
+        #: start -> "resident pages" or why every entry was read).
+        self.vma_reads: dict[int, str] = {}
+        self._candidates: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}
         process.check_has_mm()
         self.info = info or probe_pagemap()
         sup = Category.PRESENT | Category.SWAPPED | Category.FILE | Category.WRITTEN | Category.SOFT_DIRTY
@@ -370,13 +406,17 @@ class PagemapBackend(Backend):
 
     def prepare(self, vmas: Sequence[Vma] | None = None) -> None:
         """Read the VMAs from smaps, unless given ``vmas`` (read from smaps,
-        with the target frozen: maps lacks the VmFlags that name VM_PFNMAP)."""
+        with the target frozen: maps lacks the VmFlags that name VM_PFNMAP
+        and userfaultfd registrations)."""
         self._close_walk()
         self._load_vmas(vmas)
+        self._candidates.clear()
+        self.vma_reads.clear()
         self._in_scan = True
 
     def finish(self) -> None:
         self._close_walk()
+        self._candidates.clear()
         self._in_scan = False
         if self._bar is not None:
             self._bar.close()
@@ -387,6 +427,92 @@ class PagemapBackend(Backend):
         if self._vmas is None:
             self._load_vmas()
         return [v for v in self._vmas if v.end > start and v.start < end]
+
+    # -- the residency pre-filter (see the module docstring) ---------------------
+
+    def units_in(self, start: int, end: int, plan: _Plan) -> list[tuple[int, int]]:
+        """The ranges whose entries a walk of ``[start, end)`` reads: each
+        VMA, or a pre-filtered VMA's candidate runs (only inside a scan:
+        between :meth:`prepare` and :meth:`finish`)."""
+        vmas = self.vmas_in(start, end)
+        if not self._in_scan or self.residency is None:
+            return [(v.start, v.end) for v in vmas]
+        self._resolve_candidates(vmas, plan)
+        units: list[tuple[int, int]] = []
+        for v in vmas:
+            runs = self._candidates.get(v.start)
+            if runs is None:
+                units.append((v.start, v.end))
+                continue
+            s, e = runs
+            i, j = np.searchsorted(e, start, side="right"), np.searchsorted(s, end, side="left")
+            units.extend(zip(s[i:j].tolist(), e[i:j].tolist()))
+        return units
+
+    def why_full_read(self, vma: Vma, plan: _Plan | None = None) -> str | None:
+        """Why every pagemap entry of ``vma`` must be read, or None when the
+        residency pre-filter is exact for it: a private anonymous VMA of at
+        least ``residency_min`` bytes, no userfaultfd registration, no
+        possible guard marker the masks could match, masks that cannot
+        match an unpopulated page (``plan``; None: the dump's selection,
+        PRESENT or SWAPPED). Swapped pages are checked after the pass."""
+        if not vma.anonymous_private or vma.special not in (None, "[heap]", "[stack]"):
+            return "not private anonymous memory"
+        if vma.size < self.residency_min:
+            return "small"
+        if not vma.vmflags:
+            return "VmFlags unknown (VMAs read from maps)"
+        if vma.vmflags & _UFFD_FLAGS:
+            return "registered with userfaultfd"
+        hidden = [0, PM_SOFT_DIRTY]
+        if self.info.guard != "absent" and ("gu" in vma.vmflags or not probe_guard_vmflag()):
+            guard = PM_SWAP | (PM_GUARD_REGION if self.info.guard == "reported" else 0)
+            hidden += [guard, guard | PM_SOFT_DIRTY]
+        if plan is not None and any(plan.match(derive_one(e, self.info)) for e in hidden):
+            return "the masks select pages mincore reports as absent"
+        if plan is None and len(hidden) > 2:
+            return "guard regions possible"
+        return None
+
+    def _resolve_candidates(self, vmas: list[Vma], plan: _Plan) -> None:
+        """Candidate runs of the pre-filtered VMAs among ``vmas`` not seen
+        yet in this scan (None for the others)."""
+        todo = [v for v in vmas if v.start not in self._candidates]
+        ask = []
+        for v in todo:
+            why = self.why_full_read(v, plan)
+            self._candidates[v.start] = None
+            if why is None:
+                ask.append(v)
+            elif why not in ("small", "not private anonymous memory"):
+                self.vma_reads[v.start] = why
+        if not ask:
+            return
+        got = self.residency([(v.start, v.end) for v in ask])
+        if got is None:
+            self.vma_reads.update((v.start, "no residency (mincore could not run in the target)") for v in ask)
+            return
+        swapped = self._swapped_vmas()  # after the pass: what was swapped out meanwhile counts too
+        s, e = np.asarray(got[0], U), np.asarray(got[1], U)
+        for v in ask:
+            if v.start in swapped:
+                self.vma_reads[v.start] = "swapped pages (mincore does not see them)"
+                continue
+            i, j = np.searchsorted(e, v.start, side="right"), np.searchsorted(s, v.end, side="left")
+            self._candidates[v.start] = _close_gaps(np.maximum(s[i:j], U(v.start)), np.minimum(e[i:j], U(v.end)))
+            self.vma_reads[v.start] = "resident pages"
+
+    def _swapped_vmas(self) -> set[int]:
+        """Starts of the VMAs holding swap entries now: smaps_rollup first
+        (one line), smaps only when the process has any."""
+        try:
+            rollup = self.process.read_file("smaps_rollup")
+            line = next((ln for ln in rollup.splitlines() if ln.startswith(b"Swap:")), None)
+            if line is not None and int(line.split()[1]) == 0:
+                return set()
+        except (OSError, DumperError, ValueError, IndexError):
+            pass  # no smaps_rollup (< 4.14): smaps says
+        return {v.start for v in self.process.vmas() if v.swap}
 
     def read_entries(self, buf: np.ndarray, first_page: int, n: int) -> np.ndarray:
         """Read ``n`` entries from page ``first_page`` into ``buf``; returns the
