@@ -403,7 +403,8 @@ class DumpSession:
 
         copy = 0.0 if self.opts.pre_dump else expected / 1.5e9
         scan = sum(estimate_scan_seconds(self.opts.backend, [v for v, pl in zip(p.vmas, p.plans)
-                                                              if pl.mode == "pages"])
+                                                              if pl.mode == "pages"],
+                                         residency=p.tracker.name != "uffd-wp")  # as _scan_one passes it
                    for p in self.processes)
         if copy + scan > 2.0:
             why = (f"scanning {sum(v.size for p in self.processes for v in p.vmas) / (1 << 40):.1f} TiB of "

@@ -127,7 +127,7 @@ from .categories import Category, KernelMasks
 from .features import HPAGE_PMD_SIZE, PagemapInfo, probe_guard_vmflag, probe_pagemap, probe_uffd_wp_async
 
 __all__ = ["PagemapBackend", "derive_categories", "CHUNK_PAGES", "default_threads", "Residency",
-           "RESIDENCY_MIN_BYTES"]
+           "RESIDENCY_MIN_BYTES", "why_full_read"]
 
 #: Entries per read: 1 MiB of entries, 512 MiB of address space with 4 KiB
 #: pages. Larger reads gain nothing (the kernel copies 4 KiB at a time) and
@@ -230,6 +230,34 @@ def _close_gaps(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.nd
     first = np.flatnonzero(new)
     last = np.append(first[1:], len(starts)) - 1
     return starts[first], ends[last]
+
+
+def why_full_read(vma: Vma, info: PagemapInfo, residency_min: int = RESIDENCY_MIN_BYTES,
+                  plan: _Plan | None = None) -> str | None:
+    """Why every pagemap entry of ``vma`` must be read, or None when the
+    residency pre-filter is exact for it (see the module docstring): a
+    private anonymous VMA of at least ``residency_min`` bytes, no
+    userfaultfd registration, no possible guard marker the masks could
+    match, masks (``plan``; None: the dump's selection, PRESENT or SWAPPED
+    and guard markers) that cannot match an unpopulated page. ``vma`` must
+    come from smaps (VmFlags). Swapped pages are checked after the pass."""
+    if not vma.anonymous_private or vma.special not in (None, "[heap]", "[stack]"):
+        return "not private anonymous memory"
+    if vma.size < residency_min:
+        return "small"
+    if not vma.vmflags:
+        return "VmFlags unknown (VMAs read from maps)"
+    if vma.vmflags & _UFFD_FLAGS:
+        return "registered with userfaultfd"
+    hidden = [0, PM_SOFT_DIRTY]
+    if info.guard != "absent" and ("gu" in vma.vmflags or not probe_guard_vmflag()):
+        guard = PM_SWAP | (PM_GUARD_REGION if info.guard == "reported" else 0)
+        hidden += [guard, guard | PM_SOFT_DIRTY]
+    if plan is None:
+        return "guard regions possible" if len(hidden) > 2 else None
+    if any(plan.match(derive_one(e, info)) for e in hidden):
+        return "the masks select pages mincore reports as absent"
+    return None
 
 
 class _Plan:
@@ -512,29 +540,8 @@ class PagemapBackend(Backend):
         return units
 
     def why_full_read(self, vma: Vma, plan: _Plan | None = None) -> str | None:
-        """Why every pagemap entry of ``vma`` must be read, or None when the
-        residency pre-filter is exact for it: a private anonymous VMA of at
-        least ``residency_min`` bytes, no userfaultfd registration, no
-        possible guard marker the masks could match, masks that cannot
-        match an unpopulated page (``plan``; None: the dump's selection,
-        PRESENT or SWAPPED). Swapped pages are checked after the pass."""
-        if not vma.anonymous_private or vma.special not in (None, "[heap]", "[stack]"):
-            return "not private anonymous memory"
-        if vma.size < self.residency_min:
-            return "small"
-        if not vma.vmflags:
-            return "VmFlags unknown (VMAs read from maps)"
-        if vma.vmflags & _UFFD_FLAGS:
-            return "registered with userfaultfd"
-        hidden = [0, PM_SOFT_DIRTY]
-        if self.info.guard != "absent" and ("gu" in vma.vmflags or not probe_guard_vmflag()):
-            guard = PM_SWAP | (PM_GUARD_REGION if self.info.guard == "reported" else 0)
-            hidden += [guard, guard | PM_SOFT_DIRTY]
-        if plan is not None and any(plan.match(derive_one(e, self.info)) for e in hidden):
-            return "the masks select pages mincore reports as absent"
-        if plan is None and len(hidden) > 2:
-            return "guard regions possible"
-        return None
+        """:func:`why_full_read` for this backend's kernel and threshold."""
+        return why_full_read(vma, self.info, self.residency_min, plan)
 
     def _resolve_candidates(self, vmas: list[Vma], plan: _Plan) -> None:
         """Candidate runs of the pre-filtered VMAs among ``vmas`` not seen
