@@ -527,7 +527,7 @@ class PagemapBackend(Backend):
         vmas = self.vmas_in(start, end)
         if not self._in_scan or self.residency is None:
             return [(v.start, v.end) for v in vmas]
-        self._resolve_candidates(vmas, plan)
+        self._resolve_candidates(vmas, start, end, plan)
         units: list[tuple[int, int]] = []
         for v in vmas:
             runs = self._candidates.get(v.start)
@@ -543,9 +543,10 @@ class PagemapBackend(Backend):
         """:func:`why_full_read` for this backend's kernel and threshold."""
         return why_full_read(vma, self.info, self.residency_min, plan)
 
-    def _resolve_candidates(self, vmas: list[Vma], plan: _Plan) -> None:
-        """Candidate runs of the pre-filtered VMAs among ``vmas`` not seen
-        yet in this scan (None for the others)."""
+    def _resolve_candidates(self, vmas: list[Vma], start: int, end: int, plan: _Plan) -> None:
+        """Candidate runs in ``[start, end)`` of the pre-filtered VMAs among
+        ``vmas`` not seen yet in this scan (None for the others). A scan's
+        later walks resume inside that range (scan_range)."""
         todo = [v for v in vmas if v.start not in self._candidates]
         ask = []
         for v in todo:
@@ -557,7 +558,7 @@ class PagemapBackend(Backend):
                 self.vma_reads[v.start] = why
         if not ask:
             return
-        got = self.residency([(v.start, v.end) for v in ask])
+        got = self.residency([(max(v.start, start), min(v.end, end)) for v in ask])
         if got is None:
             self.vma_reads.update((v.start, "no residency (mincore could not run in the target)") for v in ask)
             return
