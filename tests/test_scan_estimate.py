@@ -105,3 +105,36 @@ def test_a_noisy_probe_never_makes_a_cost_zero():
     assert _per_unit((0.002, 0.008), (1000, 4000), 0.0001) == pytest.approx(0.006 / 3000)
     assert _per_unit((0.008, 0.007), (1000, 4000), 0.001) == pytest.approx(0.006 / 4000)
     assert _per_unit((0.008, 0.008), (1000, 4000), 0.1) == pytest.approx(0.004 / 4000)
+
+
+def test_the_estimate_counts_mincore_where_the_dump_prefilters(monkeypatch):
+    """A dump's fallback reads only the resident pages of large anonymous
+    VMAs (mincore in the frozen target): their length costs a mincore byte
+    per page, not a pagemap entry; VMAs it cannot pre-filter (userfaultfd,
+    swap, file-backed, small) cost what they did."""
+    import dumper.scan.pagemap as pm
+
+    costs = ScanCosts(per_scan=1e-3, per_vma=1e-5, per_hole_page=8e-9, per_present_page=1e-7, per_mincore_page=2e-9)
+    monkeypatch.setattr(estimate, "probe_scan_costs", lambda name: costs)
+    monkeypatch.setattr(pm, "probe_guard_vmflag", lambda: True)  # "gu" tells the guard VMAs
+    pages = 16 * TiB // P
+
+    def anon(flags="rd wr mr mw me ac", swap=0, path=""):
+        return Vma(0x10000000, 0x10000000 + 16 * TiB, "rw-p", 0, 0, 0, 0, path, vmflags=frozenset(flags.split()),
+                   rss=4 << 20, swap=swap)
+
+    full = 1e-3 + 1e-5 + (pages - 1024) * 8e-9 + 1024 * 1e-7
+    filtered = 1e-3 + 1e-5 + pages * 2e-9 + 1024 * 1e-7
+    assert estimate_scan_seconds("pagemap", [anon()]) == pytest.approx(full)  # no residency: the scan CLI
+    assert estimate_scan_seconds("pagemap", [anon()], residency=True) == pytest.approx(filtered)
+    assert estimate_scan_seconds("pagemap", [anon("rd wr uw")], residency=True) == pytest.approx(full)
+    assert estimate_scan_seconds("pagemap", [anon(swap=P)], residency=True) == pytest.approx(
+        1e-3 + 1e-5 + (pages - 1025) * 8e-9 + 1025 * 1e-7)  # one page swapped: read whole
+    assert estimate_scan_seconds("pagemap", [anon(path="/data/file")], residency=True) == pytest.approx(full)
+    assert filtered < full / 3
+    from dumper.scan import long_scan_note
+
+    assert long_scan_note("pagemap", [anon()], residency=True) == (
+        "scanning 16.0 TiB of mappings with the pagemap fallback: about 9 s frozen")
+    assert long_scan_note("pagemap", [anon()]) == (
+        "scanning 16.0 TiB of mappings with the pagemap fallback: about 34 s frozen")

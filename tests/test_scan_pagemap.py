@@ -329,3 +329,127 @@ def test_progress_bar_by_default_only_on_a_terminal(monkeypatch, tty, progress, 
     if made:
         # automatic: only scans over a second; asked for: at once
         assert made[0]["delay"] == (1.0 if progress is None else 0) and made[0]["total"] == len(entries) * P
+
+
+# --- the residency pre-filter ----------------------------------------------------
+
+_MARKERS = PM_UFFD_WP | PM_GUARD_REGION
+
+
+class ResidentSynthetic(SyntheticPagemap):
+    """The fallback with a residency pre-filter over synthetic entries, as
+    the kernel would answer (dumper/scan/pagemap.py's docstring): mincore
+    says 1 for present pages and for ``cached`` pages (swap entries in the
+    swap cache, or any page: a superset is allowed), 0 for holes, markers
+    and other swap entries; VmFlags name uffd-wp and guard VMAs; smaps
+    counts swap entries."""
+
+    def __init__(self, entries, vmas, cached=(), **kw) -> None:
+        super().__init__(entries, vmas, residency=self.mincore, residency_min=0, **kw)
+        self.cached = set(cached)
+        self.asked: list[list[tuple[int, int]]] = []
+        self.swapped = set()
+        for i, v in enumerate(self.fake_vmas):
+            e = self._entries(v.start, v.end)
+            flags = {"rd", "wr", "mr", "mw", "me", "ac"}
+            flags |= {"uw"} if (e & np.uint64(PM_UFFD_WP)).any() else set()
+            flags |= {"gu"} if (e & np.uint64(PM_GUARD_REGION)).any() else set()
+            self.fake_vmas[i] = Vma(v.start, v.end, "rw-p", 0, 0, 0, 0, "", vmflags=frozenset(flags))
+            if ((e & np.uint64(PM_SWAP)).astype(bool) & ~(e & np.uint64(_MARKERS)).astype(bool)).any():
+                self.swapped.add(v.start)
+
+    def _entries(self, lo, hi):
+        i, j = (lo - BASE) // P, (hi - BASE) // P
+        out = np.zeros(j - i, dtype=np.uint64)
+        have = self.entries[max(i, 0) : max(j, 0)]
+        out[max(-i, 0) : max(-i, 0) + len(have)] = have
+        return out
+
+    def mincore(self, ranges):
+        self.asked.append(list(ranges))
+        starts, ends = [], []
+        for lo, hi in ranges:
+            e = self._entries(lo, hi)
+            resident = (e & np.uint64(PM_PRESENT)) != 0
+            for k in self.cached:
+                if lo <= BASE + k * P < hi:
+                    resident[(BASE + k * P - lo) // P] = True
+            edges = np.diff(np.concatenate(([0], resident.astype(np.int8), [0])))
+            starts += [lo + int(k) * P for k in np.flatnonzero(edges == 1)]
+            ends += [lo + int(k) * P for k in np.flatnonzero(edges == -1)]
+        return np.array(starts, np.uint64), np.array(ends, np.uint64)
+
+    def _swapped_vmas(self):
+        return self.swapped
+
+
+@settings(max_examples=150, deadline=None)
+@given(layout=layouts(), m=masks(), vec_len=st.sampled_from([1, 2, 7, 512]),
+       max_pages=st.sampled_from([0, 0, 1, 5, 700]), threads=st.sampled_from([0, 2]),
+       cached=st.lists(st.integers(0, 12000), max_size=6))
+def test_prefiltered_fallback_equals_the_page_by_page_rule(layout, m, vec_len, max_pages, threads, cached):
+    entries, vmas = layout
+    start, end = BASE, BASE + (len(entries) + 3) * P
+    cats = reference_categories(entries, INFO).tolist()
+    with ResidentSynthetic(entries, vmas, cached, threads=threads, progress=False) as be:
+        got = scan_range(be, start, end, m, vec_len=vec_len, max_pages=max_pages)
+        want, walk_end = reference_scan_range(cats, vmas, start, end, m.to_kernel(), vec_len, max_pages)
+        assert got.array.tolist() == [tuple(r) for r in want]
+        assert got.walk_end == walk_end
+        # The pre-filter was used exactly where it is exact.
+        for v in be.fake_vmas:
+            why = be.vma_reads.get(v.start)
+            if v.start in be.swapped:
+                assert why in ("swapped pages (mincore does not see them)",
+                               "the masks select pages mincore reports as absent", "registered with userfaultfd")
+            elif "uw" in v.vmflags:
+                assert why == "registered with userfaultfd"
+
+
+def test_prefilter_reads_only_the_resident_pages():
+    # 64 chunks, two present pages far apart: 2 reads instead of 64.
+    n = 64 * CHUNK
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[[5, 40 * CHUNK + 9]] = PM_PRESENT | 0x100000
+    with ResidentSynthetic(entries, [(BASE, BASE + n * P)], threads=0, progress=False) as be:
+        dump = ScanMasks(anyof="PRESENT,SWAPPED", excluded="FILE,PFNZERO", returned="PRESENT")
+        r = scan_range(be, BASE, BASE + n * P, dump)
+        assert [(x.start, x.end) for x in r] == [(BASE + 5 * P, BASE + 6 * P),
+                                                 (BASE + (40 * CHUNK + 9) * P, BASE + (40 * CHUNK + 10) * P)]
+        assert be.reads == 2 and be.asked == [[(BASE, BASE + n * P)]]
+        assert be.vma_reads == {BASE: "resident pages"}
+        # Masks that select holes: every entry is read, mincore is not asked.
+        be.reads = 0
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(excluded="PRESENT", returned=""))
+        assert r.nr_pages == n - 2 and be.reads == 64 and len(be.asked) == 1
+        assert be.vma_reads == {BASE: "the masks select pages mincore reports as absent"}
+        # A VMA under the size threshold is read whole.
+        be.reads, be.residency_min = 0, (n + 1) * P
+        assert len(scan_range(be, BASE, BASE + n * P, dump)) == 2 and be.reads == 64 and be.vma_reads == {}
+
+
+def test_prefilter_falls_back_when_mincore_cannot_run():
+    n = 8 * CHUNK
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[7] = PM_PRESENT | 0x100000
+    with ResidentSynthetic(entries, [(BASE, BASE + n * P)], threads=0, progress=False) as be:
+        be.residency = lambda ranges: None
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT", returned=""))
+        assert r.nr_pages == 1 and be.reads == 8
+        assert be.vma_reads == {BASE: "no residency (mincore could not run in the target)"}
+
+
+def test_swap_is_checked_after_the_mincore_pass():
+    # A page swapped out between mincore and the smaps read: mincore saw it
+    # present, smaps now counts it: the VMA is read whole.
+    n = 8 * CHUNK
+    entries = np.zeros(n, dtype=np.uint64)
+    entries[7] = PM_PRESENT | 0x100000
+    with ResidentSynthetic(entries, [(BASE, BASE + n * P)], threads=0, progress=False) as be:
+        order = []
+        mincore = be.mincore
+        be.residency = lambda ranges: order.append("mincore") or mincore(ranges)
+        be._swapped_vmas = lambda: order.append("smaps") or {BASE}
+        r = scan_range(be, BASE, BASE + n * P, ScanMasks(anyof="PRESENT,SWAPPED", returned=""))
+        assert r.nr_pages == 1 and be.reads == 8 and order == ["mincore", "smaps"]
+        assert be.vma_reads == {BASE: "swapped pages (mincore does not see them)"}

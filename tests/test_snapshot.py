@@ -303,7 +303,9 @@ def test_a_target_near_its_memory_cgroup_limit_is_copied_frozen(tmp_path):
     """Pages it writes while the child lives would be copied and charged to
     its cgroup: a fork there could push it into its OOM killer."""
     procs, d = _limited_memcg("dumper-test", 160 << 20)
-    code = "import sys; data = bytearray(b'x' * (100 << 20)); print('READY', flush=True); sys.stdin.read()"
+    # every page written, no temporary copy (the cgroup would OOM-kill it)
+    code = ("import sys; data = bytearray(100 << 20); data[::4096] = b'x' * (25600); "
+            "print('READY', flush=True); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); exec(sys.argv[1])", code],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -39,6 +39,7 @@ the state it was found in and no checkpoint directory is left behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -70,6 +71,7 @@ from .parent import ParentInfo, check_parent_placement, load_parent
 from .select import VmaPlan, classify_all, drop_uffd_markers, dump_masks
 from .snapshot import AUTO_MIN_BYTES, COPY_MODES, ForkSnapshot, SnapshotRefused, kept_out, not_in_child, why_not
 from .spool import Spool
+from ..proc.residency import resident_runs
 from ..proc.task import TaskState, collect_task
 from . import core as criu_core
 from .core import KobjIds, NamespaceIds
@@ -431,7 +433,8 @@ class DumpSession:
 
         copy = 0.0 if self.opts.pre_dump else expected / 1.5e9
         scan = sum(estimate_scan_seconds(self.opts.backend, [v for v, pl in zip(p.vmas, p.plans)
-                                                              if pl.mode == "pages"])
+                                                              if pl.mode == "pages"],
+                                         residency=p.tracker.name != "uffd-wp")  # as _scan_one passes it
                    for p in self.processes)
         if copy + scan > 2.0:
             why = (f"scanning {sum(v.size for p in self.processes for v in p.vmas) / (1 << 40):.1f} TiB of "
@@ -677,7 +680,12 @@ class DumpSession:
 
     def _scan_one(self, p: ProcessDump) -> None:
         starts, ends = p.scan_iv
-        with open_backend(p.proc, self.opts.backend, progress=None if self.opts.progress else False) as be:
+        # The pagemap reader reads only the resident pages of large anonymous VMAs (mincore run in the
+        # target by the warden); not when this freeze registers uffd-wp, whose markers mincore misses
+        # and the pre-read VmFlags do not show yet.
+        residency = None if p.tracker.name == "uffd-wp" else functools.partial(self.tracer.call, resident_runs, p.pid)
+        with open_backend(p.proc, self.opts.backend, progress=None if self.opts.progress else False,
+                          residency=residency) as be:
             self.backend_name = be.name
             masks = dump_masks(be.supported)
             # WRITTEN|SWAPPED tell uffd-wp markers apart (see drop_uffd_markers).

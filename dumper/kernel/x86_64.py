@@ -14,6 +14,7 @@ NR_close = 3
 NR_mmap = 9
 NR_munmap = 11
 NR_rt_sigaction = 13
+NR_mincore = 27
 NR_ioctl = 16
 NR_getitimer = 36
 NR_clone = 56

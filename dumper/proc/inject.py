@@ -51,6 +51,7 @@ _STORE_RAX_AT_RBX = b"\x48\x89\x03"  # mov [rbx], rax
 _INT3 = b"\xcc"
 _MASK = (1 << 64) - 1
 _NEW_TASK_EVENTS = frozenset({ptrace.PTRACE_EVENT_CLONE, ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK})
+_REQUEST_NAMES = {ptrace.PTRACE_SINGLESTEP: "PTRACE_SINGLESTEP", ptrace.PTRACE_CONT: "PTRACE_CONT"}
 
 
 def assemble(calls: Sequence[tuple[int, Sequence[int]]], results: int) -> bytes:
@@ -119,15 +120,29 @@ class Injector:
         self.signals: list[int] = []
         self.new_tasks: list[int] = []  # pids of tasks the injected calls created (PTRACE_EVENT_CLONE/FORK)
         self._dirty = False
+        self._running = False  # a syscall_start() not waited for yet
 
     def syscall(self, nr: int, *args: int) -> int:
         """Run syscall ``nr(args)`` in the target; returns its raw result
         (a negative errno on failure, as the kernel returns it)."""
+        self.syscall_start(nr, *args)
+        return self.syscall_wait()
+
+    def syscall_start(self, nr: int, *args: int) -> None:
+        """Start syscall ``nr(args)`` in the target and return at once, so
+        the tracer works while the target's thread runs it; :meth:`syscall_wait`
+        must be called before any other request to this thread."""
         regs = x86_64.user_regs_struct()
         ctypes.pointer(regs)[0] = self.saved
         x86_64.set_syscall(regs, nr, args, self.insn)
-        done = self._run_until_trap(regs, ptrace.PTRACE_SINGLESTEP, self.insn + len(x86_64.SYSCALL_INSN),
-                                    "injected syscall")
+        self._resume(regs, ptrace.PTRACE_SINGLESTEP)
+        self._running = True
+
+    def syscall_wait(self) -> int:
+        """The raw result of the call :meth:`syscall_start` started."""
+        self._running = False
+        done = self._wait_for_trap(ptrace.PTRACE_SINGLESTEP, self.insn + len(x86_64.SYSCALL_INSN),
+                                   "injected syscall")
         return x86_64.syscall_result(done)
 
     def syscalls(self, calls: Sequence[tuple[int, Sequence[int]]], *, code: int | None = None,
@@ -167,11 +182,16 @@ class Injector:
         return the registers there. Other signals that arrive first are kept
         for after (not delivered into the injected code). KernelError unless
         the thread stopped at ``end``."""
+        self._resume(regs, request)
+        return self._wait_for_trap(request, end, what)
+
+    def _resume(self, regs, request: int) -> None:
         self._dirty = True
         ptrace.setregs(self.tid, regs)
-        name = "PTRACE_SINGLESTEP" if request == ptrace.PTRACE_SINGLESTEP else "PTRACE_CONT"
+        ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
+
+    def _wait_for_trap(self, request: int, end: int, what: str):
         while True:
-            ptrace._ptrace(request, name, self.tid, None, 0)
             _, status = os.waitpid(self.tid, ptrace.WALL)
             if not os.WIFSTOPPED(status):
                 raise KernelError(errno.ESRCH, what, f"thread {self.tid} exited")
@@ -179,11 +199,13 @@ class Injector:
                 # a clone/fork the caller asked to trace (PTRACE_O_TRACECLONE/FORK):
                 # the syscall is half done; note the child and let it finish
                 self.new_tasks.append(ptrace.geteventmsg(self.tid))
+                ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
                 continue
             stopsig = os.WSTOPSIG(status)
             if stopsig == signal.SIGTRAP:
                 break
             self.signals.append(stopsig)
+            ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
         done = x86_64.user_regs_struct()
         ptrace.getregs(self.tid, done)
         if done.rip != end:
@@ -192,6 +214,8 @@ class Injector:
 
     def restore(self) -> None:
         """Put the saved registers back and re-send signals held back."""
+        if self._running:  # an exception between syscall_start() and syscall_wait()
+            self.syscall_wait()
         if self._dirty:
             ptrace.setregs(self.tid, self.saved)
             self._dirty = False

@@ -10,7 +10,7 @@ VMA, holes included): :func:`estimate_scan_seconds`, :func:`long_scan_note`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .. import lazy_exports
 from ..errors import ScanError, UnsupportedKernel
@@ -48,21 +48,26 @@ __getattr__ = lazy_exports(__name__, {"Backend": "base", "PageRegion": "base", "
                                       "long_scan_note": "estimate"})
 
 
-def open_backend(process: Process | int, backend: str = "auto", *, progress: bool | None = None) -> Backend:
+def open_backend(process: Process | int, backend: str = "auto", *, progress: bool | None = None,
+                 residency: Callable | None = None) -> Backend:
     """A scanner backend for ``process``: "ioctl", "pagemap" or "auto".
 
     "auto" picks the ioctl when the kernel has PAGEMAP_SCAN. ``progress``
     is for the pagemap reader, whose scans can take minutes: True shows a
     bar on stderr, False none, None one only when stderr is a terminal and
-    the scan lasts over a second. Raises UnsupportedKernel for "ioctl" on
-    kernels before 6.7, ScanError for an unknown name, and the ProcessError
-    kinds for a bad pid.
+    the scan lasts over a second. ``residency`` (pagemap reader only; see
+    :data:`dumper.scan.pagemap.Residency`) tells it which pages of large
+    anonymous VMAs are resident, so it reads only their entries: for a
+    target frozen by a warden, ``functools.partial(warden.call,
+    dumper.proc.residency.resident_runs, pid)``. Raises UnsupportedKernel
+    for "ioctl" on kernels before 6.7, ScanError for an unknown name, and
+    the ProcessError kinds for a bad pid.
     """
     cls = backend_class(backend)
     proc = process if isinstance(process, Process) else Process(process)
     if cls.name == "ioctl":
         return cls(proc)
-    return cls(proc, progress=progress)
+    return cls(proc, progress=progress, residency=residency)
 
 
 def backend_class(backend: str = "auto") -> type[Backend]:
