@@ -28,7 +28,7 @@ from ..errors import UnsupportedKernel
 from ..kernel import mman, x86_64
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.uio import IOVEC_DTYPE, process_vm_readv
-from .task import _unmap_scratch
+from .task import unmap_scratch
 
 __all__ = ["resident_runs", "VECTOR_BYTES"]
 
@@ -80,7 +80,7 @@ def resident_runs(ctx, pid: int, ranges: Sequence[tuple[int, int]], vector_bytes
                           mman.MAP_PRIVATE | mman.MAP_ANONYMOUS | mman.MAP_NORESERVE, -1, 0)
         if vec < 0:
             return None
-        undo = ctx.on_abort(_unmap_scratch, pid, inj.tid, vec, 2 * half)
+        undo = ctx.on_abort(unmap_scratch, pid, inj.tid, vec, 2 * half)
         try:
             # Two halves: the target fills one while this process reads the other.
             pending = None

@@ -30,7 +30,7 @@ from ..errors import KernelError
 from ..kernel import mman, ptrace, x86_64
 from ..kernel.libc import PAGE_SIZE
 
-__all__ = ["ThreadState", "TaskState", "PosixTimer", "collect_task", "RLIM_NLIMITS"]
+__all__ = ["ThreadState", "TaskState", "PosixTimer", "collect_task", "unmap_scratch", "RLIM_NLIMITS"]
 
 RLIM_NLIMITS = 16  # include/uapi/asm-generic/resource.h
 _NSIG = 64
@@ -362,14 +362,14 @@ def _injected(ctx, pid: int, tids: list[int], timers: list[PosixTimer], mem_fd: 
     with ctx.injector(pid, first) as inj:
         scratch = _check(inj.syscall(x86_64.NR_mmap, 0, size, mman.PROT_READ | mman.PROT_WRITE,
                                      mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0), "mmap(scratch)")
-        undo_scratch = ctx.on_abort(_unmap_scratch, pid, first, scratch, size)
+        undo_scratch = ctx.on_abort(unmap_scratch, pid, first, scratch, size)
         undo_code = None
         code = inj.syscall(x86_64.NR_mmap, 0, _CODE, mman.PROT_READ | mman.PROT_EXEC,
                            mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0)
         if code < 0:
             code = None  # exec memory refused: one call at a time
         else:
-            undo_code = ctx.on_abort(_unmap_scratch, pid, first, code, _CODE)
+            undo_code = ctx.on_abort(unmap_scratch, pid, first, code, _CODE)
         batch = dict(code=code, code_size=_CODE, results=scratch + _RESULTS_OFF)
         try:
             calls = [(x86_64.NR_rt_sigaction, (sig, 0, scratch + _SA_OFF + (sig - 1) * 32, 8)) for sig in signals]
@@ -427,7 +427,7 @@ def _thread_injected(inj, scratch: int, mem_fd: int, batch: dict) -> tuple[int, 
     return clear_tid, (ss_sp, ss_size, ss_flags), pdeath, res[3]
 
 
-def _unmap_scratch(ctx, pid: int, tid: int, addr: int, size: int) -> None:
+def unmap_scratch(ctx, pid: int, tid: int, addr: int, size: int) -> None:
     """Undo: a scratch or code mapping must not outlive an interrupted collection."""
     with ctx.injector(pid, tid) as inj:
         inj.syscall(x86_64.NR_munmap, addr, size)
