@@ -204,11 +204,15 @@ def test_auto_forks_only_where_it_pays(spawn_target, writer, tmp_path):
     assert dump(writer.pid, tmp_path / "frozen", copy="frozen").copy == "frozen"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
-def test_the_child_is_released_when_the_dumper_dies_or_is_interrupted(writer, tmp_path, sig):
+@pytest.mark.parametrize("sig,group", [(signal.SIGKILL, False), (signal.SIGKILL, True), (signal.SIGINT, False),
+                                       (signal.SIGTERM, False)],
+                         ids=["SIGKILL", "SIGKILL-process-group", "SIGINT", "SIGTERM"])
+def test_the_child_is_released_when_the_dumper_dies_or_is_interrupted(writer, tmp_path, sig, group):
     """A signal to the dumper while it reads the snapshot: its warden (the
     tracer) kills the child and reaps it inside the target -- on SIGKILL by
-    itself, on SIGINT/SIGTERM as the dumper unwinds."""
+    itself (also when the whole process group is killed: `kill -9 -PGID`, a
+    CI timeout; the warden has a session of its own), on SIGINT/SIGTERM as
+    the dumper unwinds."""
     code = textwrap.dedent(f"""
         import sys
         from dumper.dump import dump, snapshot
@@ -220,13 +224,16 @@ def test_the_child_is_released_when_the_dumper_dies_or_is_interrupted(writer, tm
         dump({writer.pid}, {str(tmp_path / "ck")!r}, copy="fork")
     """)
     d = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, start_new_session=group)
     try:
         line = d.stdout.readline()
         assert line.startswith("CHILD"), line
         child = int(line.split()[1])
         assert _children(writer.pid) == [child]
-        d.send_signal(sig)
+        if group:
+            os.killpg(d.pid, sig)
+        else:
+            d.send_signal(sig)
         _, err = d.communicate(timeout=30)
         assert d.returncode == -sig or (sig != signal.SIGKILL and d.returncode != 0), (d.returncode, err)
         if sig != signal.SIGKILL:  # unwound: everything undone before it exits
@@ -277,8 +284,10 @@ def test_a_target_in_its_own_pid_namespace(tmp_path):
         u.wait()
 
 
-def _limited_memcg(tmp_name: str, limit: int):
-    """A memory cgroup limited to ``limit`` bytes: (its cgroup.procs path, its directory), or skip."""
+def _limited_memcg(tmp_name: str, limit: int, where: str):
+    """A memory cgroup with a child cgroup, ``limit`` bytes on the child
+    (``where="leaf"``) or on the parent: (the child's cgroup.procs path, the
+    directories to remove, deepest first), or skip."""
     import uuid
 
     for root, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
@@ -290,19 +299,29 @@ def _limited_memcg(tmp_name: str, limit: int):
             os.mkdir(d)
         except OSError:
             continue
+        made = [d]
         try:
-            with open(os.path.join(d, limit_file), "w") as f:
+            if limit_file == "memory.max":  # v2: the controller must be enabled for the child
+                with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                    f.write("+memory")
+            leaf = os.path.join(d, "c")
+            os.mkdir(leaf)
+            made.insert(0, leaf)
+            with open(os.path.join(leaf if where == "leaf" else d, limit_file), "w") as f:
                 f.write(str(limit))
-            return os.path.join(d, "cgroup.procs"), d
+            return os.path.join(leaf, "cgroup.procs"), made
         except OSError:
-            os.rmdir(d)
+            for x in made:
+                os.rmdir(x)
     pytest.skip("no memory cgroup can be made here (needs root and a memory controller)")
 
 
-def test_a_target_near_its_memory_cgroup_limit_is_copied_frozen(tmp_path):
+@pytest.mark.parametrize("where", ["leaf", "parent"])
+def test_a_target_near_its_memory_cgroup_limit_is_copied_frozen(tmp_path, where):
     """Pages it writes while the child lives would be copied and charged to
-    its cgroup: a fork there could push it into its OOM killer."""
-    procs, d = _limited_memcg("dumper-test", 160 << 20)
+    its cgroup: a fork there could push it into its OOM killer. A limit on
+    a parent cgroup (a systemd slice, a pod) binds as much as one on its own."""
+    procs, made = _limited_memcg("dumper-test", 160 << 20, where)
     # every page written, no temporary copy (the cgroup would OOM-kill it)
     code = ("import sys; data = bytearray(100 << 20); data[::4096] = b'x' * (25600); "
             "print('READY', flush=True); sys.stdin.read()")
@@ -324,13 +343,14 @@ def test_a_target_near_its_memory_cgroup_limit_is_copied_frozen(tmp_path):
     finally:
         p.kill()
         p.wait()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                os.rmdir(d)
-                break
-            except OSError:
-                time.sleep(0.05)
+        for d in made:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.rmdir(d)
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
 
 def test_auto_weighs_the_fork_against_the_copy(monkeypatch):
@@ -373,6 +393,7 @@ def test_the_process_exits_while_its_snapshot_is_read(writer, tmp_path, monkeypa
     monkeypatch.setattr(snapshot.ForkSnapshot, "write_run", kill_first)
     r = dump(writer.pid, tmp_path / "ck", copy="fork")
     assert r.copy == "fork" and r.pages_unreadable == 0
+    assert r.exited_after_thaw and any("exited while its pages were read" in n for n in r.notes), r.notes
     sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
     g = sweeps[-1]
     assert set(sweeps) <= {g, g + 1}
@@ -380,3 +401,37 @@ def test_the_process_exits_while_its_snapshot_is_read(writer, tmp_path, monkeypa
     while os.path.exists(f"/proc/{seen['child']}") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{seen['child']}")
+
+
+SETNS_TARGET = textwrap.dedent("""
+    import ctypes, os, signal, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    data = bytearray(80 << 20)
+    data[::4096] = b"x" * (len(data) // 4096)
+    fd = os.open("/proc/self/ns/mnt", os.O_RDONLY)
+    tries = failed = 0
+    signal.signal(signal.SIGUSR1, lambda *a: print(tries, failed, flush=True))
+    print("READY", flush=True)
+    while True:
+        tries += 1
+        if libc.setns(fd, 0x00020000):  # CLONE_NEWNS: EINVAL while another task shares its fs_struct
+            failed += 1
+""")
+
+
+def test_the_snapshot_child_shares_no_fs_struct_with_the_process(tmp_path):
+    """With CLONE_FS the child would share cwd/root/umask: the process's
+    setns(CLONE_NEWNS) fails with EINVAL while it lives (fs->users != 1),
+    and a setuid exec would lose its privileges."""
+    p = subprocess.Popen([sys.executable, "-c", SETNS_TARGET], stdout=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        r = dump(p.pid, tmp_path / "ck", copy="fork")
+        assert r.copy == "fork"
+        p.send_signal(signal.SIGUSR1)
+        tries, failed = map(int, p.stdout.readline().split())
+        assert tries > 1000 and failed == 0
+    finally:
+        p.kill()
+        p.wait()

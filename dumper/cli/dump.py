@@ -123,6 +123,8 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
     after = {"resume": "running again", "leave-stopped": "left stopped", "kill": "killed"}[r.thaw]
     if r.thaw == "resume" and r.was_stopped:
         after = "left stopped, as it was before"
+    if r.exited_after_thaw:
+        after += ", then exited while its pages were read (see the note)"
     who = f"pid {r.pid} ({r.comm})" if len(r.pids) <= 1 else f"the tree of pid {r.pid} ({r.comm}, {len(r.pids)} processes)"
     lines = [
         f"dumped {who} into {r.dest}; the process was {after}",
@@ -146,6 +148,7 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
     lines.append(f"  VMAs        {r.vmas}; contents skipped: "
                  + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
     if verbose:
+        lines.append(f"  copy        {r.copy}" + (f" ({r.copy_why})" if r.copy_why else ""))
         for vaddr, n in r.unreadable[:20]:
             lines.append(f"  unreadable  {vaddr:#x} +{plural(n, 'page')}")
         if len(r.unreadable) > 20:

@@ -195,6 +195,8 @@ class DumpResult:
     unrestorable: list = field(default_factory=list)  # one line per reason `criu restore` would fail
     copy: str = "frozen"  # how the pages were copied: "frozen" (spool), "fork" (copy-on-write snapshot)
     reap_ns: int = 0  # the second, short stop that reaps the snapshot child (fork), not in frozen_ns
+    exited_after_thaw: bool = False  # the root exited while its snapshot was read (the checkpoint stands)
+    copy_why: str = ""  # why the root's pages were copied frozen (``copy == "frozen"``)
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -270,6 +272,7 @@ class DumpSession:
         self.round_bytes: list[int] = []
         self.frozen_ns = 0
         self.reap_ns = 0
+        self.target_gone: set[int] = set()  # exited after the thaw, while a snapshot was read
         self.zombies: list[FrozenProcess] = []
         self.timens_id = 0  # the root's time namespace id if not the dumper's (timens-ID.img)
         self.timens_offsets: dict[str, int] = {}
@@ -883,7 +886,8 @@ class DumpSession:
             spool_bytes=self.spool.size, spilled_bytes=self.spool.spilled_bytes,
             unrestorable=[f"pid {r.pid}: {r.kind} {r.what}: {r.why}" for r in self.unrestorable],
             copy="fork" if any(p.snapshot is not None for p in self.processes) else "frozen",
-            reap_ns=self.reap_ns,
+            reap_ns=self.reap_ns, exited_after_thaw=root.pid in self.target_gone,
+            copy_why=root.fork_why if root.snapshot is None and root.fork_why else "",
         )
 
     # -- helpers ---------------------------------------------------------------
@@ -950,7 +954,13 @@ class DumpSession:
         """The snapshot child killed and reaped; its pages join ``extents``
         (by vaddr) and its unreadable pages the restorability problems."""
         snap = p.snapshot
-        self.reap_ns += snap.release(self.tracer, self.opts.thaw)
+        stopped = snap.release(self.tracer, self.opts.thaw)
+        if stopped is None:
+            self.target_gone.add(p.pid)
+            self.notes.append(f"pid {p.pid} exited while its pages were read from its snapshot (killed? see the "
+                              "kernel log for an OOM kill): the checkpoint holds it as it was at the freeze")
+        else:
+            self.reap_ns += stopped
         ext = Extents.concat([p.extents, snap.extents])
         order = np.argsort(ext.vaddr, kind="stable")
         p.extents = Extents(ext.vaddr[order], ext.nbytes[order], ext.offset[order])

@@ -203,10 +203,11 @@ class ForkSnapshot:
         self.bytes_read += end - start
         self.read_ns += time.perf_counter_ns() - t0
 
-    def release(self, tracer, thaw: str) -> int:
+    def release(self, tracer, thaw: str) -> int | None:
         """Kill and reap the child (the target stops for the reap, then goes
         on in ``thaw`` mode); ``extents`` is then final. Returns the
-        nanoseconds the target was stopped for the reap."""
+        nanoseconds the target was stopped for the reap, None if the target
+        exited while its snapshot was read."""
         if self._mem_fd >= 0:
             os.close(self._mem_fd)
             self._mem_fd = -1

@@ -14,9 +14,12 @@ How, without code of ours running in either process:
   (:mod:`dumper.proc.inject`) with PTRACE_O_TRACECLONE set for it, so the
   kernel attaches the child to the warden before it runs a single
   instruction (ptrace(2), "automatically attached"); it never runs;
-* flags ``CLONE_FILES | CLONE_FS``: the child shares the descriptor table
-  (a descriptor the target closes is closed, whatever the child holds) and
-  cwd/umask instead of copying them; the exit signal is 0, so the target
+* flags ``CLONE_FILES``: the child shares the descriptor table (a
+  descriptor the target closes is closed, whatever the child holds). Not
+  CLONE_FS: a shared fs_struct makes the target's setns(CLONE_NEWNS) and
+  setns into a user namespace fail with EINVAL and a setuid exec lose its
+  privileges (fs/exec.c check_unsafe_exec) while the child lives. The
+  exit signal is 0, so the target
   gets no SIGCHLD and its ``wait()``s do not see the child (only
   ``__WALL``/``__WCLONE`` do: kernel/exit.c ``eligible_child``);
 * in case the warden dies before killing it, the child has
@@ -83,7 +86,7 @@ def fork_snapshot(ctx, pid: int) -> int:
     with Injector(fz, tid) as inj:
         ptrace.setoptions(tid, ptrace.PTRACE_O_TRACECLONE)
         try:
-            ret = inj.syscall(x86_64.NR_clone, sched.CLONE_FILES | sched.CLONE_FS, 0, 0, 0, 0)
+            ret = inj.syscall(x86_64.NR_clone, sched.CLONE_FILES, 0, 0, 0, 0)
         finally:
             ptrace.setoptions(tid, 0)  # the Freezer seizes with no options
         insn = inj.insn
@@ -135,14 +138,15 @@ def _kill_traced(child: int) -> None:
                 return
 
 
-def _reap_in(ctx, pid: int, child: int, *, fz_frozen: bool, mode: str = "resume") -> int:
+def _reap_in(ctx, pid: int, child: int, *, fz_frozen: bool, mode: str = "resume") -> int | None:
     """Reap zombie ``child`` (its pid in ``pid``'s namespace) from inside its
     parent ``pid`` (frozen now if it is not; let go again in ``mode`` then).
-    Returns the nanoseconds ``pid`` was stopped for it (0 if it already was)."""
+    Returns the nanoseconds ``pid`` was stopped for it (0 if it already was),
+    None if ``pid`` is gone (the child was reparented: its new parent reaps it)."""
     try:
         fz = ctx.freezer(pid) if fz_frozen else ctx.freeze(pid)
     except NoSuchProcess:
-        return 0  # the parent is gone: the child was reparented and reaped by init
+        return None
     try:
         with Injector(fz) as inj:
             ret = inj.syscall(x86_64.NR_wait4, child, 0, os.WNOHANG | ptrace.WALL, 0)
@@ -154,10 +158,11 @@ def _reap_in(ctx, pid: int, child: int, *, fz_frozen: bool, mode: str = "resume"
     return 0 if fz_frozen else (fz.freezing_ns or 0) + (fz.frozen_time_ns or 0)
 
 
-def release_snapshot(ctx, pid: int, child: int, mode: str = "resume") -> int:
+def release_snapshot(ctx, pid: int, child: int, mode: str = "resume") -> int | None:
     """Kill snapshot ``child`` of ``pid`` and reap it (``pid`` is stopped
     for the injected ``wait4``, then let go in thaw ``mode``); returns the
-    nanoseconds ``pid`` was stopped for that."""
+    nanoseconds ``pid`` was stopped for that, None if ``pid`` exited
+    meanwhile."""
     inner, token = _alive.pop(child)
     _kill_traced(child)
     stopped = _reap_in(ctx, pid, inner, fz_frozen=False, mode=mode)
@@ -177,34 +182,42 @@ def _release_on_abort(ctx, pid: int, child: int, inner: int) -> None:
 
 
 def memcg_headroom(pid: int) -> int | None:
-    """How many bytes ``pid``'s memory cgroup may still charge: its limit
-    minus its usage (cgroup v2 ``memory.max``/``memory.current``, v1
-    ``memory.limit_in_bytes``/``memory.usage_in_bytes``). None: no limit,
-    or none known. Pages the target writes while a snapshot lives are
-    copied and charged there."""
+    """How many bytes ``pid``'s memory cgroup may still charge: the least,
+    over its cgroup and every ancestor, of limit minus usage (cgroup v2
+    ``memory.max``/``memory.current``, v1 ``memory.limit_in_bytes``/
+    ``memory.usage_in_bytes``): a limit on a parent (a systemd slice, a pod)
+    binds as much as one on the leaf. None: no limit, or none known. Pages
+    the target writes while a snapshot lives are copied and charged there."""
     try:
         with open(f"/proc/{pid}/cgroup", "rb") as f:
             lines = f.read().decode(errors="replace").splitlines()
     except OSError:
         return None
-    places = []
+    trees = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
-        rel = path.lstrip("/")
         if "memory" in controllers.split(","):
-            places.append((os.path.join("/sys/fs/cgroup/memory", rel), "memory.limit_in_bytes", "memory.usage_in_bytes"))
+            trees.append(("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes"))
         elif controllers == "":
             for root in ("/sys/fs/cgroup", "/sys/fs/cgroup/unified"):
-                places.append((os.path.join(root, rel), "memory.max", "memory.current"))
-    for base, limit_name, usage_name in places:
-        try:
-            with open(os.path.join(base, limit_name), "rb") as f:
-                limit = f.read().strip()
-            with open(os.path.join(base, usage_name), "rb") as f:
-                usage = int(f.read())
-        except (OSError, ValueError):
-            continue
-        if limit == b"max" or not limit.isdigit() or int(limit) >= 1 << 62:  # v1 "no limit": near 2^63
-            return None
-        return int(limit) - usage
+                trees.append((root, path, "memory.max", "memory.current"))
+    for root, path, limit_name, usage_name in trees:
+        parts = [p for p in path.split("/") if p]
+        if not os.path.exists(os.path.join(root, *parts, limit_name)):
+            continue  # not this mount
+        least = None
+        for depth in range(len(parts), 0, -1):  # the leaf, then each ancestor (the root has no limit)
+            base = os.path.join(root, *parts[:depth])
+            try:
+                with open(os.path.join(base, limit_name), "rb") as f:
+                    limit = f.read().strip()
+                with open(os.path.join(base, usage_name), "rb") as f:
+                    usage = int(f.read())
+            except (OSError, ValueError):
+                continue
+            if limit == b"max" or not limit.isdigit() or int(limit) >= 1 << 62:  # v1 "no limit": near 2^63
+                continue
+            room = int(limit) - usage
+            least = room if least is None else min(least, room)
+        return least
     return None

@@ -434,6 +434,14 @@ def _become_warden() -> None:
     for sig in _TERMINATION:
         signal.signal(sig, signal.SIG_IGN)
     try:
+        # A session of its own: a SIGKILL to the dumper's process group
+        # (`kill -9 -PGID`, a CI timeout) must leave the warden alive to
+        # undo what it did inside the target (an injection under way, a
+        # snapshot child) before it goes.
+        os.setsid()
+    except OSError:
+        pass
+    try:
         from ..kernel.libc import libc
 
         libc.prctl(PR_SET_NAME, b"dumper-warden", 0, 0, 0)
