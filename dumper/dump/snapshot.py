@@ -23,8 +23,11 @@ nothing in :func:`why_not` holds, and ``frozen`` otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -134,6 +137,8 @@ class ForkSnapshot:
     _mem_fd: int = -1
     _done: list = field(default_factory=list)
     _bad: list = field(default_factory=list)  # addresses of pages read as zeros (from worker threads)
+    _left: int = -1  # bytes still to read; at 0 the child is killed at once
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def take(cls, tracer, pid: int, runs: tuple) -> ForkSnapshot:
@@ -181,7 +186,24 @@ class ForkSnapshot:
                 self._check_alive()
                 break
             got += k
-        return got - got % PAGE_SIZE
+        got -= got % PAGE_SIZE
+        self._consumed(got)
+        return got
+
+    def _unreadable(self, addr: int) -> None:
+        self._bad.append(addr)
+        self._consumed(PAGE_SIZE)
+
+    def _consumed(self, nbytes: int) -> None:
+        """Count bytes read (or given up); after the last one the child is
+        killed right away, so the kernel tears its address space down while
+        the last frames are compressed and written, not after."""
+        with self._lock:
+            self._left -= nbytes
+            last = self._left == 0
+        if last:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, signal.SIGKILL)  # still our tracee until reaped: the pid is its own
 
     def _check_alive(self) -> None:
         try:
@@ -197,8 +219,10 @@ class ForkSnapshot:
         by its compression workers (a page that cannot be read is stored as
         zeros and recorded in ``unreadable``)."""
         self.open()
+        if self._left < 0:
+            self._left = self.total
         t0 = time.perf_counter_ns()
-        pw.add_present_read(start, (end - start) // PAGE_SIZE, self.readinto, self._bad.append)
+        pw.add_present_read(start, (end - start) // PAGE_SIZE, self.readinto, self._unreadable)
         self._done.append((start, end))
         self.bytes_read += end - start
         self.read_ns += time.perf_counter_ns() - t0
