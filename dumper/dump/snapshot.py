@@ -8,9 +8,10 @@ populated before the freeze (the kernel zeroes and maps every 4 KiB page:
 
 ``fork`` (:class:`ForkSnapshot`): the frozen target forks
 (:mod:`dumper.proc.snapshot`), which takes page tables, not pages (~40 ms
-per GiB of 4 KiB pages), and runs again; the pages are read from the
-child straight into the compressor's frames while the target runs, and the
-child is killed and reaped. No spool, so no populate before and no free
+per GiB of 4 KiB pages), and runs again; the compression workers read the
+child's pages themselves, frame by frame, while the target runs
+(:meth:`~dumper.image.writer.PagesWriter.add_present_read`), and the child
+is killed as soon as its last page is read and reaped at the end. No spool, so no populate before and no free
 after; the target pays a page copy for each page it writes while the child
 lives (copy-on-write), in its own memory cgroup.
 
