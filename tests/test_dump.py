@@ -23,6 +23,7 @@ from dumper.image.reader import iter_present
 from dumper.kernel.libc import PAGE_SIZE
 from dumper.scan.features import probe_scan_categories
 from freeze_helpers import kernel_thread_pid
+from live_memory import differing_pages
 
 P = PAGE_SIZE
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "target.py"
@@ -78,12 +79,7 @@ def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress, cop
     for name in ("dontfork", "wipeonfork"):  # a forked child does not hold these: copied frozen
         a, n = t.regions[name]
         assert all(x in pages for x in range(a, a + n, P))
-    live = live_pages(t.pid, pages)
-    # The kernel rewrites a thread's rseq cpu ids when it returns to user
-    # space after moving CPU: the thaw can do that before the stop lands.
-    with open_checkpoint(ckpt) as ck:
-        rseq = ck.rseq_areas(t.pid)
-    bad = [hex(a) for a in pages if pages[a] != live[a] and not only_kernel_written(pages[a], live[a], a, rseq)]
+    bad = [hex(a) for a in differing_pages(ckpt, t.pid, pages)]  # rseq cpu ids aside (tests/live_memory.py)
     assert not bad, f"{len(bad)} pages differ, first {bad[:5]}"
 
 

@@ -25,6 +25,7 @@ from dumper.image import load_inventory, load_pagemap, open_pages
 from dumper.image.reader import iter_present
 from dumper.kernel.libc import PAGE_SIZE
 from dumper.scan.features import probe_scan_categories, probe_soft_dirty, probe_uffd_wp_async
+from live_memory import differing_pages
 
 P = PAGE_SIZE
 needs_uffd = pytest.mark.skipif(not (probe_scan_categories() and probe_uffd_wp_async()),
@@ -147,11 +148,7 @@ def test_ten_dump_chain_matches_the_live_process(spawn_target, tmp_path, tracker
         cur = tmp_path / f"d{i}"
         res = dump(t.pid, cur, parent=prev, thaw="leave-stopped", tracker=tracker, copy=copy)
         pages = chain_pages(cur, t.pid)
-        fd = os.open(f"/proc/{t.pid}/mem", os.O_RDONLY)
-        try:
-            bad = [a for a, data in pages.items() if os.pread(fd, P, a) != data]
-        finally:
-            os.close(fd)
+        bad = differing_pages(cur, t.pid, pages)
         assert not bad, f"dump {i}: {len(bad)} pages differ from the live process"
         assert res.pages_parent > 0
         os.kill(t.pid, signal.SIGCONT)
@@ -183,12 +180,7 @@ while True:                      # keeps writing while it is pre-dumped
         final = tmp_path / "final"
         rf = dump(p.pid, final, parent=pre, thaw="leave-stopped", tracker=tracker)
         pages = chain_pages(final, p.pid)
-        fd = os.open(f"/proc/{p.pid}/mem", os.O_RDONLY)
-        try:
-            live = {a: os.pread(fd, P, a) for a in pages}
-        finally:
-            os.close(fd)
-        assert all(pages[a] == live[a] for a in pages)
+        assert not differing_pages(final, p.pid, pages)
         assert all(base + q * P in pages for q in range(512))
         assert rf.pages_parent > 0
     finally:
@@ -426,11 +418,7 @@ def test_parent_must_be_the_last_reset_or_the_dump_is_full(spawn_target, tmp_pat
     r = dump(t.pid, tmp_path / "b", parent=tmp_path / "x", thaw="leave-stopped")
     assert r.pages_parent == 0 and any("last reset" in n for n in r.notes)
     pages = chain_pages(tmp_path / "b", t.pid)
-    fd = os.open(f"/proc/{t.pid}/mem", os.O_RDONLY)
-    try:
-        assert all(os.pread(fd, P, a) == d for a, d in pages.items())
-    finally:
-        os.close(fd)
+    assert not differing_pages(tmp_path / "b", t.pid, pages)
 
 
 @needs_uffd
