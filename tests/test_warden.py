@@ -356,7 +356,17 @@ time.sleep(60)
 """
 
 
-def _group_gone(pgid: int) -> bool:
+def _start_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return int(data[data.rindex(b")") + 2:].split()[19])
+
+
+def _wardens_gone(since: int) -> bool:
+    """No warden started at or after clock tick ``since`` is alive (a
+    warden leads a session of its own, out of the dumper's process group,
+    so it is found by its name; one of a dumper run meanwhile elsewhere
+    only makes the wait longer)."""
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
@@ -364,7 +374,9 @@ def _group_gone(pgid: int) -> bool:
                     data = f.read()
             except OSError:
                 continue
-            if int(data[data.rindex(b")") + 2 :].split()[2]) == pgid:
+            comm = data[data.index(b"(") + 1:data.rindex(b")")]
+            fields = data[data.rindex(b")") + 2:].split()
+            if comm == b"dumper-warden" and fields[0] != b"Z" and int(fields[19]) >= since:
                 return False
     return True
 
@@ -374,7 +386,8 @@ def _group_gone(pgid: int) -> bool:
 def test_dead_dumper_leaves_the_target_as_found(target, how):
     """The holder freezes and maps a scratch page through its warden, then
     dies; the warden undoes the mapping and thaws. A signal sent to the whole
-    process group (a terminal's Ctrl-C) does not reach the warden."""
+    process group (a terminal's Ctrl-C) does not reach the warden, which
+    leads a session of its own."""
     with open(f"/proc/{target.pid}/maps") as f:
         maps_before = f.read()
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(target.pid), ROOT, str(Path(__file__).parent)],
@@ -388,7 +401,8 @@ def test_dead_dumper_leaves_the_target_as_found(target, how):
         else:
             os.kill(holder.pid, sig)
         holder.wait(10)
-        wait_until(lambda: _group_gone(holder.pid), 10, "the warden to finish")
+        wait_until(lambda: not os.path.exists(f"/proc/{warden_pid}") or proc_state(warden_pid) == "Z", 10,
+                   "the warden to finish")
     finally:
         holder.kill()
         holder.wait()
@@ -504,6 +518,7 @@ def _interrupt_loop(tmp_path: Path, rounds: int, nvmas: int, seed: int) -> None:
                     assert r.returncode == 0, r.stderr
             delay = rng.uniform(0, durations[cmd] * 1.1)
             p = _dumper(*args, env=env)
+            since = _start_ticks(p.pid)
             time.sleep(delay)
             sig = getattr(signal, how)
             if how == "SIGKILL":
@@ -514,7 +529,7 @@ def _interrupt_loop(tmp_path: Path, rounds: int, nvmas: int, seed: int) -> None:
             codes.append(p.returncode)
             if p.returncode == 1:
                 print(f"round {i} {cmd} {how} after {delay:.3f} s: {err.strip()}")
-            wait_until(lambda: _group_gone(p.pid), 30, "the warden to finish")
+            wait_until(lambda: _wardens_gone(since), 30, "the warden to finish")
             # Python may print a traceback for a SIGINT that lands while the
             # interpreter itself starts, before dumper code runs; never later.
             assert "Traceback" not in err or (err.rstrip().endswith("KeyboardInterrupt")
