@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import DumpError, NoSuchProcess
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.x86_64 import ARCH
+from ..proc.freeze import thread_state
 from ..proc.maps import Vma
 from ..proc.snapshot import SnapshotRefused, fork_snapshot, memcg_headroom, release_snapshot
 from . import intervals as iv
@@ -207,12 +208,7 @@ class ForkSnapshot:
                 os.kill(self.child, signal.SIGKILL)  # still our tracee until reaped: the pid is its own
 
     def _check_alive(self) -> None:
-        try:
-            with open(f"/proc/{self.child}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            state = b"X"
-        if state in (b"Z", b"X"):
+        if thread_state(self.child, self.child) in (None, "Z", "X"):
             raise NoSuchProcess(self.child, "the snapshot process was killed (out of memory?)")
 
     def write_run(self, pw, start: int, end: int) -> None:

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 _U64_LIMIT = 1 << 64
-# Compression threads: each brings 4 frame buffers (1 MiB); more threads than
+# Compression threads: each brings 2 batch buffers (4 MiB); more threads than
 # this cannot help on any machine and would only grow memory.
 MAX_THREADS = 256
 #: Frames compressed by one worker task (2 MiB of pages with 256 KiB frames).
@@ -389,10 +389,9 @@ class PagesWriter:
                 n = min((len(buf) - fill) // ps, nr_pages - done)
                 view = memoryview(buf)[fill : fill + n * ps]
             else:
-                if self._raw_buf is None:
-                    self._raw_buf = bytearray(fmt.FRAME_PAGES * ps)
-                n = min(len(self._raw_buf) // ps, nr_pages - done)
-                view = memoryview(self._raw_buf)[: n * ps]
+                raw = self._raw_buffer()
+                n = min(len(raw) // ps, nr_pages - done)
+                view = memoryview(raw)[: n * ps]
             got = readinto(view, vaddr + done * ps)
             got -= got % ps
             if got:
@@ -430,9 +429,9 @@ class PagesWriter:
         self._add_entry(vaddr, nr_pages, fmt.PE_PRESENT)
         self.stats.bytes_raw += n
         if not self.compress:
-            self._raw_buf = self._raw_buf or bytearray(fmt.FRAME_PAGES * ps)
-            for pos in range(0, n, len(self._raw_buf)):
-                view = memoryview(self._raw_buf)[: min(len(self._raw_buf), n - pos)]
+            raw = self._raw_buffer()
+            for pos in range(0, n, len(raw)):
+                view = memoryview(raw)[: min(len(raw), n - pos)]
                 _read_whole(readinto, view, vaddr + pos, ps, unreadable)
                 self._write(view)
                 self._crc[-1] = zlib.crc32(view, self._crc[-1])
@@ -460,6 +459,12 @@ class PagesWriter:
             _read_whole(readinto, memoryview(self._cur)[self._fill : self._fill + n - pos], vaddr + pos, ps,
                         unreadable)
             self._fill += n - pos
+
+    def _raw_buffer(self) -> bytearray:
+        """The one reused buffer raw (uncompressed) pages are read into."""
+        if self._raw_buf is None:
+            self._raw_buf = bytearray(fmt.FRAME_PAGES * self.page_size)
+        return self._raw_buf
 
     def _read_compress(self, readinto, addr: int, nbytes: int, unreadable) -> tuple[list[bytes], int]:
         """Worker: ``nbytes`` (whole frames) at ``addr`` read frame by frame

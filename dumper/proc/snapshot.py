@@ -51,6 +51,7 @@ import signal
 from ..errors import DumperError, NoSuchProcess, SnapshotRefused
 from ..kernel import ptrace, sched, x86_64
 from .inject import Injector
+from .task import read_status
 
 __all__ = ["fork_snapshot", "release_snapshot", "memcg_headroom"]
 
@@ -58,17 +59,6 @@ __all__ = ["fork_snapshot", "release_snapshot", "memcg_headroom"]
 # child's pid in the target's pid namespace (what wait4 there takes) and the
 # undo action's token, which must be dropped (ctx.forget) where it was made.
 _alive: dict[int, tuple[int, tuple]] = {}
-
-
-def _seccomp_mode(pid: int, tid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Seccomp:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def fork_snapshot(ctx, pid: int) -> int:
@@ -81,7 +71,7 @@ def fork_snapshot(ctx, pid: int) -> int:
     """
     fz = ctx.freezer(pid)
     tid = fz.main_tid
-    if _seccomp_mode(pid, tid):
+    if read_status(f"/proc/{pid}/task/{tid}/status").get("Seccomp", "0") != "0":
         raise SnapshotRefused(f"thread {tid} runs under seccomp: a clone could be denied or kill it")
     with Injector(fz, tid) as inj:
         ptrace.setoptions(tid, ptrace.PTRACE_O_TRACECLONE)
@@ -99,6 +89,8 @@ def fork_snapshot(ctx, pid: int) -> int:
     # names it in the tracer's (kernel/fork.c ptrace_event_pid), which may differ
     inner = ret
     if len(children) != 1:
+        for child in children:
+            _kill_traced(child)
         raise SnapshotRefused(f"clone inside the process reported {len(children)} new tasks")
     child = children[0]
     try:

@@ -30,7 +30,7 @@ from ..errors import KernelError
 from ..kernel import mman, ptrace, x86_64
 from ..kernel.libc import PAGE_SIZE
 
-__all__ = ["ThreadState", "TaskState", "PosixTimer", "collect_task", "unmap_scratch", "RLIM_NLIMITS"]
+__all__ = ["ThreadState", "TaskState", "PosixTimer", "collect_task", "read_status", "unmap_scratch", "RLIM_NLIMITS"]
 
 RLIM_NLIMITS = 16  # include/uapi/asm-generic/resource.h
 _NSIG = 64
@@ -156,7 +156,9 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _status(path: str) -> dict[str, str]:
+def read_status(path: str) -> dict[str, str]:
+    """A /proc status file (``/proc/PID/status``, ``.../task/TID/status``) as
+    ``{field: value}``, values stripped."""
     out = {}
     for line in _read(path).splitlines():
         k, _, v = line.partition(b":")
@@ -447,7 +449,7 @@ def collect_task(ctx, pid: int, tids: list[int], *, was_stopped: bool = False, s
     process vanishes.
     """
     base = proc_path or f"/proc/{pid}"
-    st = _status(f"{base}/status")
+    st = read_status(f"{base}/status")
     sf = _stat_fields(f"/proc/{pid}/stat")
     mem_fd = os.open(f"{base}/mem", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -455,7 +457,7 @@ def collect_task(ctx, pid: int, tids: list[int], *, was_stopped: bool = False, s
         filters_by_tid: dict[int, list[bytes]] = {}
         for tid in tids:
             tbase = f"/proc/{pid}/task/{tid}"
-            tst = _status(f"{tbase}/status")
+            tst = read_status(f"{tbase}/status")
             captured, regs = _regs(tid)
             xstate, fx = _xstate(tid)
             rseq, rseq_cs, regs = _rseq(tid, mem_fd, regs)
