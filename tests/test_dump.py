@@ -54,6 +54,18 @@ def live_pages(pid: int, addrs) -> dict[int, bytes]:
         os.close(fd)
 
 
+def copy_mode(copy: str, monkeypatch) -> str:
+    """The dump's ``copy`` option for a test's copy mode: ``fork-procmem`` is
+    a fork whose child is read through /proc/CHILD/mem, as where its window
+    cannot be made (kernels before 5.9)."""
+    if copy == "fork-procmem":
+        from dumper.dump import snapshot
+
+        monkeypatch.setattr(snapshot.ForkSnapshot, "use_window", False)
+        return "fork"
+    return copy
+
+
 @pytest.fixture
 def stopped_dump(spawn_target, tmp_path):
     """Dump a layouts target with --leave-stopped; returns (target, ckpt, result)."""
@@ -69,9 +81,10 @@ def stopped_dump(spawn_target, tmp_path):
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("copy", ["frozen", "fork"])
+@pytest.mark.parametrize("copy", ["frozen", "fork", "fork-procmem"])
 @pytest.mark.parametrize("compress", [True, False])
-def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress, copy):
+def test_every_dumped_page_equals_the_stopped_memory(stopped_dump, compress, copy, monkeypatch):
+    copy = copy_mode(copy, monkeypatch)
     t, ckpt, res = stopped_dump("dense,zero,file,guard,thp,sparse,dontfork,wipeonfork", compress=compress, copy=copy)
     assert res.copy == copy
     pages = image_pages(ckpt, t.pid)
@@ -129,8 +142,9 @@ def test_selection_dumps_what_it_should_and_nothing_else(stopped_dump, copy):
 
 
 @pytest.mark.kernel
-@pytest.mark.parametrize("copy", ["frozen", "fork"])
-def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path, copy):
+@pytest.mark.parametrize("copy", ["frozen", "fork", "fork-procmem"])
+def test_swapped_pages_are_dumped(spawn_target, swapfile, tmp_path, copy, monkeypatch):
+    copy = copy_mode(copy, monkeypatch)
     t = spawn_target("swap")
     t.command("pageout swap")
     from dumper.scan import scan

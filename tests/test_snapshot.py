@@ -102,32 +102,45 @@ def test_the_image_is_the_memory_at_the_freeze_whatever_is_written_after(writer,
     _left_as_found(writer)
 
 
-def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp_path):
-    """The same with the target running during a slow read: every page of
-    the snapshot is read one page per call."""
+@pytest.mark.parametrize("read", ["window", "proc-mem"])
+def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp_path, monkeypatch, read):
+    """The same with the target running during a slow read: the child
+    copies one slot of its window at a time with a pause after each
+    (``window``), or every page is read from /proc/CHILD/mem one page per
+    call (``proc-mem``, where the window cannot be made)."""
     from dumper.dump import snapshot
 
-    orig = snapshot.ForkSnapshot.readinto
     calls = []
+    if read == "window":
+        orig = snapshot._Window._advance
 
-    def slow(self, view, addr):  # one page at a time: the read outlasts many sweeps
-        got = 0
-        while got < len(view):
-            calls.append(addr + got)
-            k = orig(self, view[got:got + P], addr + got)
-            got += k
-            if k < P:
-                break
-        return got
+        def slow(self):  # the copies outlast many sweeps
+            calls.append(1)
+            orig(self)
+            time.sleep(0.05)
 
-    snapshot.ForkSnapshot.readinto = slow
-    try:
-        t0 = time.monotonic()
-        r = dump(writer.pid, tmp_path / "ck", copy="fork")
-        took = time.monotonic() - t0
-    finally:
-        snapshot.ForkSnapshot.readinto = orig
-    assert r.copy == "fork" and len(calls) >= N and r.pages_unreadable == 0
+        monkeypatch.setattr(snapshot._Window, "_advance", slow)
+        least = N * P // snapshot.WINDOW_SLOT_BYTES
+    else:
+        monkeypatch.setattr(snapshot.ForkSnapshot, "use_window", False)
+        orig = snapshot.ForkSnapshot.readinto
+
+        def slow(self, view, addr):  # one page at a time: the read outlasts many sweeps
+            got = 0
+            while got < len(view):
+                calls.append(addr + got)
+                k = orig(self, view[got:got + P], addr + got)
+                got += k
+                if k < P:
+                    break
+            return got
+
+        monkeypatch.setattr(snapshot.ForkSnapshot, "readinto", slow)
+        least = N
+    t0 = time.monotonic()
+    r = dump(writer.pid, tmp_path / "ck", copy="fork")
+    took = time.monotonic() - t0
+    assert r.copy == "fork" and len(calls) >= least and r.pages_unreadable == 0
     sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
     g = sweeps[-1]
     k = sweeps.index(g)
@@ -136,6 +149,30 @@ def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp
     now = int(writer.stdout.readline())
     assert now > g + 1, f"the target did not run during the {took:.1f} s dump"
     _left_as_found(writer)
+
+
+@pytest.mark.parametrize("window", [True, False], ids=["window", "proc-mem"])
+def test_pages_the_child_cannot_touch_are_read_through_proc_mem(spawn_target, tmp_path, monkeypatch, window):
+    """Pages of a PROT_NONE VMA: the child's copy stops at the first one
+    (SIGSEGV, never delivered) and the rest of that slot is read through
+    /proc/CHILD/mem, which reads them (FOLL_FORCE); the image holds their
+    bytes, not zeros."""
+    from dumper.dump import snapshot
+
+    monkeypatch.setattr(snapshot.ForkSnapshot, "use_window", window)
+    rests = []
+    orig = snapshot._Window._read_rest
+    monkeypatch.setattr(snapshot._Window, "_read_rest", lambda self, *a: rests.append(a[2]) or orig(self, *a))
+    t = spawn_target("dense,zero")
+    t.command("mprotect dense none")
+    a, n = t.regions["dense"]
+    r = dump(t.pid, tmp_path / "ck", copy="fork", thaw="leave-stopped")
+    assert r.copy == "fork" and r.pages_unreadable == 0
+    assert bool(rests) == window  # the child stopped short, and only there
+    with open_checkpoint(tmp_path / "ck") as c:
+        assert [c.read(t.pid, a + i * P, P)[:8] for i in range(n // P)] == [
+            bytes([i % 251 + 1]) * 8 for i in range(n // P)]
+    os.kill(t.pid, signal.SIGCONT)
 
 
 def test_a_stopped_target_stays_stopped(spawn_target, tmp_path):

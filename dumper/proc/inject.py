@@ -48,7 +48,6 @@ _MOV_RAX = b"\x48\xb8"
 _MOV_ARGS = (b"\x48\xbf", b"\x48\xbe", b"\x48\xba", b"\x49\xba", b"\x49\xb8", b"\x49\xb9")
 _MOV_RBX = b"\x48\xbb"
 _STORE_RAX_AT_RBX = b"\x48\x89\x03"  # mov [rbx], rax
-_INT3 = b"\xcc"
 _MASK = (1 << 64) - 1
 _NEW_TASK_EVENTS = frozenset({ptrace.PTRACE_EVENT_CLONE, ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK})
 _REQUEST_NAMES = {ptrace.PTRACE_SINGLESTEP: "PTRACE_SINGLESTEP", ptrace.PTRACE_CONT: "PTRACE_CONT"}
@@ -67,7 +66,7 @@ def assemble(calls: Sequence[tuple[int, Sequence[int]]], results: int) -> bytes:
         for mov, value in zip(_MOV_ARGS, args):
             out += mov + struct.pack("<Q", value & _MASK)
         out += x86_64.SYSCALL_INSN + _MOV_RBX + struct.pack("<Q", (results + 8 * i) & _MASK) + _STORE_RAX_AT_RBX
-    return bytes(out + _INT3)
+    return bytes(out + x86_64.INT3)
 
 
 _AT_SYSINFO_EHDR = 33  # include/uapi/linux/auxvec.h: where the kernel mapped [vdso]
@@ -122,6 +121,34 @@ class Injector:
         self._dirty = False
         self._running = False  # a syscall_start() not waited for yet
 
+    @classmethod
+    def tracee(cls, tid: int, insn: int) -> Injector:
+        """An injector for a task this process traces and keeps stopped
+        outside any freeze (a snapshot child, :mod:`dumper.proc.snapshot`);
+        ``insn``: the address of a ``syscall`` instruction in it. Signals
+        that arrive while it runs injected calls are dropped, not re-sent:
+        such a task must never act on one."""
+        if x86_64.ARCH != "x86_64":
+            raise UnsupportedKernel("syscall injection", f"only x86_64 is supported, not {x86_64.ARCH}")
+        self = cls.__new__(cls)
+        self.freezer = None
+        self.tid = tid
+        self.insn = insn
+        self.saved = x86_64.user_regs_struct()
+        ptrace.getregs(tid, self.saved)
+        self.signals, self.new_tasks = [], []
+        self._dirty = self._running = False
+        return self
+
+    def run_code(self, regs, end: int, *, faults: frozenset[int] = frozenset()) -> tuple[object, int]:
+        """Run code already in the task from ``regs`` (PTRACE_CONT) until the
+        ``int3`` that ends at ``end``; returns the registers there and 0, or,
+        if it stopped on a signal in ``faults`` first (SIGSEGV: a page it
+        could not touch), the registers at that instruction and the signal,
+        which is not delivered. KernelError if it stopped anywhere else."""
+        self._resume(regs, ptrace.PTRACE_CONT)
+        return self._wait_for_trap(ptrace.PTRACE_CONT, end, "injected code", faults=faults)
+
     def syscall(self, nr: int, *args: int) -> int:
         """Run syscall ``nr(args)`` in the target; returns its raw result
         (a negative errno on failure, as the kernel returns it)."""
@@ -141,8 +168,8 @@ class Injector:
     def syscall_wait(self) -> int:
         """The raw result of the call :meth:`syscall_start` started."""
         self._running = False
-        done = self._wait_for_trap(ptrace.PTRACE_SINGLESTEP, self.insn + len(x86_64.SYSCALL_INSN),
-                                   "injected syscall")
+        done, _ = self._wait_for_trap(ptrace.PTRACE_SINGLESTEP, self.insn + len(x86_64.SYSCALL_INSN),
+                                      "injected syscall")
         return x86_64.syscall_result(done)
 
     def syscalls(self, calls: Sequence[tuple[int, Sequence[int]]], *, code: int | None = None,
@@ -183,14 +210,15 @@ class Injector:
         for after (not delivered into the injected code). KernelError unless
         the thread stopped at ``end``."""
         self._resume(regs, request)
-        return self._wait_for_trap(request, end, what)
+        return self._wait_for_trap(request, end, what)[0]
 
     def _resume(self, regs, request: int) -> None:
         self._dirty = True
         ptrace.setregs(self.tid, regs)
         ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
 
-    def _wait_for_trap(self, request: int, end: int, what: str):
+    def _wait_for_trap(self, request: int, end: int, what: str, *, faults: frozenset[int] = frozenset()):
+        stopsig = 0
         while True:
             _, status = os.waitpid(self.tid, ptrace.WALL)
             if not os.WIFSTOPPED(status):
@@ -202,15 +230,17 @@ class Injector:
                 ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
                 continue
             stopsig = os.WSTOPSIG(status)
-            if stopsig == signal.SIGTRAP:
+            if stopsig == signal.SIGTRAP or stopsig in faults:
                 break
             self.signals.append(stopsig)
             ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
         done = x86_64.user_regs_struct()
         ptrace.getregs(self.tid, done)
+        if stopsig in faults:
+            return done, stopsig
         if done.rip != end:
             raise KernelError(errno.EFAULT, what, f"thread stopped at {done.rip:#x}, not {end:#x}")
-        return done
+        return done, 0
 
     def restore(self) -> None:
         """Put the saved registers back and re-send signals held back."""
@@ -219,7 +249,7 @@ class Injector:
         if self._dirty:
             ptrace.setregs(self.tid, self.saved)
             self._dirty = False
-        for sig in self.signals:
+        for sig in self.signals if self.freezer is not None else ():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.freezer.pid, sig)
         self.signals.clear()

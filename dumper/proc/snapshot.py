@@ -31,6 +31,17 @@ How, without code of ours running in either process:
   never auto-reaped (kernel/signal.c ``do_notify_parent``): without this the
   target would keep a zombie child until it exits.
 
+Reading the child (:func:`open_window`, :func:`copy_in_child`): its pages
+are not pinned from outside (process_vm_readv pins, and pinning a page the
+child shares with the target copies it first) nor read one page per call
+(/proc/PID/mem: a page-table walk, two copies); the child copies them itself,
+with one ``rep movsb`` per run, into a window: a memfd the dumper maps too.
+The child's descriptor table is first replaced by an empty one of its own
+(``close_range(CLOSE_RANGE_UNSHARE)``, 5.9), so the memfd never reaches the
+target's table; its code (24 bytes: a loop of ``rep movsb`` over a list of
+runs the dumper writes into the window, then ``int3``) lives in a page mapped
+in the child only. The target's memory is never written.
+
 What the child does not hold: VMAs with MADV_DONTFORK (not copied) and
 MADV_WIPEONFORK (empty in the child) -- the caller copies those while the
 target is frozen -- and shared memory (the same pages: saved apart, frozen).
@@ -44,21 +55,41 @@ that is frozen), and when the kernel refuses the clone (pids limit, memory).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
 
-from ..errors import DumperError, NoSuchProcess, SnapshotRefused
-from ..kernel import ptrace, sched, x86_64
+from ..errors import DumperError, KernelError, NoSuchProcess, SnapshotRefused
+from ..kernel import mman, ptrace, sched, x86_64
+from ..kernel.libc import PAGE_SIZE
 from .inject import Injector
 from .task import read_status
 
-__all__ = ["fork_snapshot", "release_snapshot", "memcg_headroom"]
+__all__ = ["fork_snapshot", "release_snapshot", "memcg_headroom", "open_window", "copy_in_child",
+           "WINDOW_DESC_BYTES"]
 
 # Snapshots alive in this warden, by child pid (as the warden sees it): the
-# child's pid in the target's pid namespace (what wait4 there takes) and the
-# undo action's token, which must be dropped (ctx.forget) where it was made.
-_alive: dict[int, tuple[int, tuple]] = {}
+# child's pid in the target's pid namespace (what wait4 there takes), the
+# undo action's token, which must be dropped (ctx.forget) where it was made,
+# and the address of a syscall instruction in it.
+_alive: dict[int, tuple[int, tuple, int]] = {}
+# The copy code's address in each child given a window.
+_windows: dict[int, int] = {}
+
+#: Bytes of one run's descriptor in a window: two little-endian u64 (address, length).
+WINDOW_DESC_BYTES = 16
+# The copy loop (rbx: descriptors, r12: how many, rdi: destination):
+#   loop: test r12, r12; jz done; mov rsi, [rbx]; mov rcx, [rbx+8]; rep movsb
+#         add rbx, 16; dec r12; jmp loop
+#   done: int3
+_COPY_LOOP = (b"\x4d\x85\xe4" b"\x74\x12" b"\x48\x8b\x33" b"\x48\x8b\x4b\x08" + x86_64.REP_MOVSB
+              + b"\x48\x83\xc3\x10" b"\x49\xff\xcc" b"\xeb\xe9" + x86_64.INT3)
+_WINDOW_NAME = b"dumper-window\0"
+_MFD_CLOEXEC = 0x1  # include/uapi/linux/memfd.h
+# RFLAGS bits the copy must not run with, whatever the target had: TF (a
+# trap per instruction), DF (rep movsb backwards), AC (alignment checks).
+_EFLAGS_CLEAR = (1 << 8) | (1 << 10) | (1 << 18)
 
 
 def fork_snapshot(ctx, pid: int) -> int:
@@ -105,7 +136,7 @@ def fork_snapshot(ctx, pid: int) -> int:
         _kill_traced(child)
         _reap_in(ctx, pid, inner, fz_frozen=True)
         raise
-    _alive[child] = (inner, ctx.on_abort(_release_on_abort, pid, child, inner))
+    _alive[child] = (inner, ctx.on_abort(_release_on_abort, pid, child, inner), insn)
     return child
 
 
@@ -155,7 +186,8 @@ def release_snapshot(ctx, pid: int, child: int, mode: str = "resume") -> int | N
     for the injected ``wait4``, then let go in thaw ``mode``); returns the
     nanoseconds ``pid`` was stopped for that, None if ``pid`` exited
     meanwhile."""
-    inner, token = _alive.pop(child)
+    inner, token, _ = _alive.pop(child)
+    _windows.pop(child, None)
     _kill_traced(child)
     stopped = _reap_in(ctx, pid, inner, fz_frozen=False, mode=mode)
     ctx.forget(token)
@@ -164,6 +196,7 @@ def release_snapshot(ctx, pid: int, child: int, mode: str = "resume") -> int | N
 
 def _release_on_abort(ctx, pid: int, child: int, inner: int) -> None:
     _alive.pop(child, None)
+    _windows.pop(child, None)
     _kill_traced(child)
     # Still frozen when the dump failed before its thaw; otherwise frozen for this.
     try:
@@ -171,6 +204,69 @@ def _release_on_abort(ctx, pid: int, child: int, inner: int) -> None:
     except DumperError:
         frozen = False
     _reap_in(ctx, pid, inner, fz_frozen=frozen)
+
+
+def open_window(ctx, child: int, size: int) -> tuple[int, int] | None:
+    """Give snapshot ``child`` a window of ``size`` bytes (a memfd mapped
+    shared, read-write, in the child) and the code of :func:`copy_in_child`.
+    Returns the memfd's descriptor in the child and the window's address
+    there; None when the kernel lacks a step (CLOSE_RANGE_UNSHARE: 5.9):
+    the caller reads /proc/CHILD/mem instead, nothing having reached the
+    target. The child stays stopped, with its exit_group registers.
+    Raises NoSuchProcess if the child died, KernelError."""
+    insn = _alive[child][2]
+    try:
+        with Injector.tracee(child, insn) as inj:
+            # An empty table of its own: the memfd must not land in the target's.
+            if inj.syscall(x86_64.NR_close_range, 0, 0xFFFFFFFF, sched.CLOSE_RANGE_UNSHARE) < 0:
+                return None
+            code = inj.syscall(x86_64.NR_mmap, 0, PAGE_SIZE, mman.PROT_READ | mman.PROT_EXEC,
+                               mman.MAP_PRIVATE | mman.MAP_ANONYMOUS, -1, 0)
+            if code < 0:
+                return None
+            fd = os.open(f"/proc/{child}/mem", os.O_RDWR | os.O_CLOEXEC)
+            try:  # through the missing PROT_WRITE, as a debugger writes breakpoints
+                blob = _COPY_LOOP + _WINDOW_NAME
+                if os.pwrite(fd, blob, code) != len(blob):
+                    return None
+            finally:
+                os.close(fd)
+            memfd = inj.syscall(x86_64.NR_memfd_create, code + len(_COPY_LOOP), _MFD_CLOEXEC)
+            if memfd < 0 or inj.syscall(x86_64.NR_ftruncate, memfd, size) < 0:
+                return None
+            base = inj.syscall(x86_64.NR_mmap, 0, size, mman.PROT_READ | mman.PROT_WRITE, mman.MAP_SHARED,
+                               memfd, 0)
+            if base < 0:
+                return None
+    except KernelError as err:
+        if err.errno == errno.ESRCH:
+            raise NoSuchProcess(child, "the snapshot process was killed (out of memory?)") from err
+        raise
+    _windows[child] = code
+    return memfd, base
+
+
+def copy_in_child(ctx, child: int, dst: int, desc: int, count: int) -> int:
+    """Have snapshot ``child`` copy ``count`` runs of its memory, described
+    at ``desc`` in its window (:data:`WINDOW_DESC_BYTES` each: address,
+    length), one after another to ``dst`` in its window. Returns the bytes
+    copied: short when the child could not read a page (SIGSEGV or SIGBUS
+    there, not delivered) -- the rest is for the caller to read otherwise.
+    Raises NoSuchProcess if the child died, KernelError."""
+    code = _windows[child]
+    try:
+        with Injector.tracee(child, _alive[child][2]) as inj:
+            regs = x86_64.user_regs_struct()
+            ctypes.pointer(regs)[0] = inj.saved
+            regs.rip, regs.rbx, regs.r12, regs.rdi = code, desc, count, dst
+            regs.orig_rax = 0xFFFFFFFFFFFFFFFF
+            regs.eflags &= ~_EFLAGS_CLEAR
+            done, _ = inj.run_code(regs, code + len(_COPY_LOOP), faults=frozenset({signal.SIGSEGV, signal.SIGBUS}))
+    except KernelError as err:
+        if err.errno == errno.ESRCH:
+            raise NoSuchProcess(child, "the snapshot process was killed (out of memory?)") from err
+        raise
+    return done.rdi - dst
 
 
 def memcg_headroom(pid: int) -> int | None:
