@@ -620,12 +620,27 @@ except KeyboardInterrupt:
 """
 
 
-def test_a_signal_dropped_in_a_finalizer_is_delivered_again():
+# The main thread descheduled right after it starts the resending thread (a
+# loaded machine): the resent signal must not land in the hook, still running.
+SLOW_START = r"""
+import threading, time
+_start = threading.Thread.start
+def start(self):
+    _start(self)
+    time.sleep(0.05)
+threading.Thread.start = start
+"""
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["plain", "hook-descheduled"])
+def test_a_signal_dropped_in_a_finalizer_is_delivered_again(slow):
     """A Ctrl-C that lands in a finalizer or a weakref callback (an import's
     module-lock callback: seen in the 100-round interrupt test) was printed
     as "Exception ignored" with a traceback and lost: the dump ran on. It is
-    sent again and interrupts the ordinary code that follows, silently."""
-    r = subprocess.run([sys.executable, "-c", UNRAISABLE], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": ROOT})
+    sent again and interrupts the ordinary code that follows, silently --
+    also when the resend comes while the hook that arranged it still runs
+    (it was lost there: the loaded suite run)."""
+    r = subprocess.run([sys.executable, "-c", (SLOW_START if slow else "") + UNRAISABLE], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
     assert r.stdout == "interrupted\n", (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr

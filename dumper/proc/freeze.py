@@ -84,6 +84,7 @@ class _Gone(Exception):
 
 _critical = 0  # > 0 while a Freezer detaches/kills: termination waits
 _deferred: list[int] = []
+_in_hook = 0  # > 0 while _redeliver_termination runs
 
 
 def _raise_for(signum: int) -> None:
@@ -93,6 +94,8 @@ def _raise_for(signum: int) -> None:
 
 
 def _on_termination(signum: int, frame) -> None:
+    if _in_hook:
+        return  # raised here it would be dropped again: the hook's resend thread sends it after
     if _critical:
         _deferred.append(signum)
         return
@@ -156,7 +159,21 @@ def _redeliver_termination(unraisable) -> None:
     if not signum:
         _previous_hook(unraisable)
         return
-    threading.Timer(0.001, os.kill, (os.getpid(), signum)).start()
+    global _in_hook
+    _in_hook += 1
+    try:
+        threading.Thread(target=_resend, args=(signum,), name="dumper-resend", daemon=True).start()
+    finally:
+        _in_hook -= 1
+
+
+def _resend(signum: int) -> None:
+    # Never while the hook still runs (starting this thread waits for it to
+    # run: on a loaded machine the signal landed there and was lost again).
+    time.sleep(0.001)
+    while _in_hook:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signum)
 
 
 # -- helpers -----------------------------------------------------------------
