@@ -39,7 +39,7 @@ import zstandard
 from google.protobuf.message import EncodeError, Message
 
 from ..errors import DumpError
-from ..kernel.libc import aligned_buffer
+from ..kernel.libc import aligned_buffer, keep_freed_memory
 from ..proc.maps import Vma
 from . import format as fmt
 from .checkpoint import check_not_a_parent
@@ -214,7 +214,9 @@ class PagesWriter:
     recycled once written, so memory stays near that many batches (12 MiB
     on 2 cores with 256 KiB frames) whatever the dump size, and
     :meth:`add_present_from` lets the caller read memory straight into a
-    batch buffer, without a copy.
+    batch buffer, without a copy. The first compressing writer of a process
+    has glibc keep freed memory (:func:`~dumper.kernel.libc.keep_freed_memory`:
+    up to 32 MiB an arena), for the frames zstd allocates.
     ``merge=True`` folds an entry into the previous one when both have the
     same flags and are contiguous in memory.
     """
@@ -279,6 +281,7 @@ class PagesWriter:
             if not 1 <= nthreads <= MAX_THREADS:
                 raise ValueError(f"threads must be between 1 and {MAX_THREADS}, not {nthreads}")
             self._tls = threading.local()
+            keep_freed_memory()  # each compressed frame is a new allocation
             self._pool = ThreadPoolExecutor(nthreads, thread_name_prefix=f"zstd-{pid}")
             # Bounded buffer pool: taking a free buffer is the back-pressure.
             self._batch_bytes = BATCH_FRAMES * self._frame_bytes

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import os
 
-__all__ = ["libc", "syscall", "check", "PAGE_SIZE", "aligned_buffer"]
+__all__ = ["libc", "syscall", "check", "PAGE_SIZE", "aligned_buffer", "keep_freed_memory"]
 
 libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -60,3 +61,23 @@ def aligned_buffer(nbytes: int) -> memoryview:
     a tmpfs file at 1.7 GB/s instead of 5.5.
     """
     return memoryview(mmap.mmap(-1, max(nbytes, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+
+
+_M_TRIM_THRESHOLD = -1  # glibc malloc.h
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def keep_freed_memory() -> None:
+    """Once per process: have glibc keep up to 32 MiB of freed memory per
+    arena and map only allocations over 1 MiB on their own (mallopt(3)).
+
+    By default it hands freed memory back to the kernel eagerly (a 128 KiB
+    trim threshold, raised only after frees of mapped chunks), so every
+    256 KiB frame zstd returns was written to freshly faulted pages: 40,000
+    page faults per GiB dumped, 0.1 s of CPU here. No-op without glibc.
+    """
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        mallopt(_M_TRIM_THRESHOLD, 32 << 20)
