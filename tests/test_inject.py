@@ -97,3 +97,69 @@ def test_batched_syscalls_give_the_results_of_one_by_one_calls_and_leave_no_trac
     finally:
         p.kill()
         p.wait()
+
+
+def _build(tmp_path, name: str) -> str:
+    import shutil
+    from pathlib import Path
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip(f"no C compiler to build tests/targets/{name}.c")
+    exe = tmp_path / name
+    subprocess.run([cc, "-O1", "-pthread", "-o", str(exe), str(Path(__file__).parent / "targets" / f"{name}.c")],
+                   check=True, capture_output=True)
+    return str(exe)
+
+
+def _state(pid: int) -> tuple[str, str]:
+    with open(f"/proc/{pid}/status") as f:
+        st = dict(line.split(":", 1) for line in f)
+    return st["State"].split()[0], st["TracerPid"].strip()
+
+
+def test_a_thread_running_32_bit_code_is_refused_not_hung(tmp_path):
+    """A thread that far-jumped to the compat code segment: the bytes of our
+    64-bit ``syscall`` mean something else there and single-stepping them
+    faulted for ever (the warden spun, the process stayed frozen: a trial).
+    The dump stops with one clear error and the process runs on, untraced."""
+    from dumper import DumperError
+    from dumper.dump import dump
+
+    p = subprocess.Popen([_build(tmp_path, "compat_thread")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(DumperError, match="32-bit code"):
+            dump(p.pid, tmp_path / "ck")
+        assert time.monotonic() - t0 < 30
+        assert not (tmp_path / "ck").exists()
+        assert _state(p.pid) in (("R", "0"), ("S", "0"))
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_fault_in_injected_code_is_an_error_not_a_loop():
+    """Injected code that faults (here: run from an unmapped address) stops
+    with KernelError; resumed, it would fault again at once, for ever. The
+    signal is not delivered: the process runs on as it was."""
+    from dumper.errors import KernelError
+
+    p = subprocess.Popen([sys.executable, "-c", BLOCKED_READER], stdout=subprocess.PIPE, text=True)
+    try:
+        p.stdout.readline()
+        with Freezer(p.pid) as fz, Injector(fz) as inj:
+            regs = x86_64.user_regs_struct()
+            import ctypes
+
+            ctypes.pointer(regs)[0] = inj.saved
+            regs.rip = 0x1000  # never mapped (mmap_min_addr)
+            with pytest.raises(KernelError, match="SIGSEGV"):
+                inj.run_code(regs, 0x1001)
+        time.sleep(0.2)
+        assert p.poll() is None and _state(p.pid) == ("S", "0")
+    finally:
+        p.kill()
+        p.wait()

@@ -52,6 +52,11 @@ class user_regs_struct(ctypes.Structure):
     ]
 
 
+# The 64-bit user code segment (arch/x86/include/asm/segment.h __USER_CS); a
+# thread of a 64-bit process that far-jumped to __USER32_CS (0x23) runs
+# 32-bit code, where our instructions mean something else.
+USER_CS = 0x33
+
 # The `syscall` instruction, and where its arguments go (entry_64.S).
 SYSCALL_INSN = b"\x0f\x05"
 # `rep movsb`: copies rcx bytes from [rsi] to [rdi]; after a fault the three

@@ -50,6 +50,9 @@ _MOV_RBX = b"\x48\xbb"
 _STORE_RAX_AT_RBX = b"\x48\x89\x03"  # mov [rbx], rax
 _MASK = (1 << 64) - 1
 _NEW_TASK_EVENTS = frozenset({ptrace.PTRACE_EVENT_CLONE, ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK})
+# Signals an instruction raises itself: resumed, the injected code would
+# fault again at once, for ever.
+_FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
 _REQUEST_NAMES = {ptrace.PTRACE_SINGLESTEP: "PTRACE_SINGLESTEP", ptrace.PTRACE_CONT: "PTRACE_CONT"}
 
 
@@ -98,6 +101,20 @@ def _find_syscall_insn(freezer: Freezer) -> int:
     raise UnsupportedKernel("syscall injection", "no syscall instruction found in the target's [vdso]")
 
 
+def _check_64bit(tid: int, regs) -> None:
+    if regs.cs != x86_64.USER_CS:
+        raise UnsupportedKernel("syscall injection", f"thread {tid} runs 32-bit code (code segment {regs.cs:#x})")
+
+
+def _raised_by_the_cpu(tid: int) -> bool:
+    """Whether the signal ``tid`` is stopped with came from an instruction
+    (si_code > 0: SEGV_MAPERR, BUS_ADRERR...), not from kill() or a queue."""
+    try:
+        return ptrace.getsiginfo(tid).si_code > 0
+    except OSError:
+        return False
+
+
 class Injector:
     """Issue syscalls as thread ``tid`` of a frozen process (default: the main
     thread, or the lowest live thread if the main thread exited).
@@ -116,6 +133,7 @@ class Injector:
         self.insn = _find_syscall_insn(freezer)
         self.saved = x86_64.user_regs_struct()
         ptrace.getregs(self.tid, self.saved)
+        _check_64bit(self.tid, self.saved)
         self.signals: list[int] = []
         self.new_tasks: list[int] = []  # pids of tasks the injected calls created (PTRACE_EVENT_CLONE/FORK)
         self._dirty = False
@@ -136,6 +154,7 @@ class Injector:
         self.insn = insn
         self.saved = x86_64.user_regs_struct()
         ptrace.getregs(tid, self.saved)
+        _check_64bit(tid, self.saved)
         self.signals, self.new_tasks = [], []
         self._dirty = self._running = False
         return self
@@ -232,6 +251,11 @@ class Injector:
             stopsig = os.WSTOPSIG(status)
             if stopsig == signal.SIGTRAP or stopsig in faults:
                 break
+            if stopsig in _FAULTS and _raised_by_the_cpu(self.tid):
+                regs = x86_64.user_regs_struct()
+                ptrace.getregs(self.tid, regs)
+                raise KernelError(errno.EFAULT, what, f"thread {self.tid} got {signal.Signals(stopsig).name} at "
+                                  f"{regs.rip:#x} (not delivered)")
             self.signals.append(stopsig)
             ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
         done = x86_64.user_regs_struct()
