@@ -38,6 +38,8 @@ WRITER = textwrap.dedent(f"""
     for i in range(0, n * 4096, 4096):
         m[i:i + 8] = g.to_bytes(8, "little")
     signal.signal(signal.SIGUSR1, lambda *a: print(g, flush=True))
+    for sig in (signal.SIGTRAP, signal.SIGSEGV):  # sent with kill() by a test: ignored
+        signal.signal(sig, lambda *a: None)
     print(base, flush=True)
     while True:
         g += 1
@@ -141,6 +143,7 @@ def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp
     r = dump(writer.pid, tmp_path / "ck", copy="fork")
     took = time.monotonic() - t0
     assert r.copy == "fork" and len(calls) >= least and r.pages_unreadable == 0
+    assert r.copy_read == ("window" if read == "window" else "/proc/PID/mem")
     sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
     g = sweeps[-1]
     k = sweeps.index(g)
@@ -148,6 +151,71 @@ def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp
     writer.send_signal(signal.SIGUSR1)
     now = int(writer.stdout.readline())
     assert now > g + 1, f"the target did not run during the {took:.1f} s dump"
+    _left_as_found(writer)
+
+
+@pytest.mark.parametrize(("sig", "copy"), [(signal.SIGTRAP, "fork"), (signal.SIGSEGV, "fork"),
+                                           (signal.SIGTRAP, "frozen")],
+                         ids=["SIGTRAP-fork", "SIGSEGV-fork", "SIGTRAP-frozen"])
+def test_signals_sent_to_the_process_group_do_not_break_the_dump(writer, tmp_path, monkeypatch, sig, copy):
+    """The snapshot child is in the process's group and runs its copies for
+    the whole read: a SIGTRAP sent to the group was taken for the end of a
+    copy (the dump failed), a SIGSEGV for a page it could not read (the rest
+    read the slow way) -- a trial. And a SIGTRAP pending at the freeze was
+    taken for the end of an injected syscall, in every copy mode. Signals
+    someone sent are not ours: the child drops them (it never acts on one),
+    the process gets its own after the thaw."""
+    import threading
+
+    from dumper.dump import snapshot
+
+    rests = []
+    orig_rest, orig_advance = snapshot._Window._read_rest, snapshot._Window._advance
+    monkeypatch.setattr(snapshot._Window, "_read_rest", lambda self, *a: rests.append(1) or orig_rest(self, *a))
+    monkeypatch.setattr(snapshot._Window, "_advance", lambda self: (orig_advance(self), time.sleep(0.03)))
+    stop = threading.Event()
+
+    def storm():
+        while not stop.is_set():
+            os.killpg(writer.pid, sig)
+            time.sleep(0.002)
+
+    th = threading.Thread(target=storm)
+    th.start()
+    try:
+        r = dump(writer.pid, tmp_path / "ck", copy=copy)
+    finally:
+        stop.set()
+        th.join()
+    assert r.copy == copy and r.pages_unreadable == 0 and not rests
+    sweeps = _sweeps(tmp_path / "ck", writer.pid, writer.base)
+    g = sweeps[-1]
+    k = sweeps.index(g)
+    assert set(sweeps[:k]) <= {g + 1} and set(sweeps[k:]) == {g}
+    _left_as_found(writer)
+
+
+def test_the_snapshot_child_killed_during_the_read_is_said_so(writer, tmp_path, monkeypatch):
+    """Someone kills the snapshot child while it copies (kill -9, the OOM
+    killer): the dump fails saying so, not with a ptrace error (a trial),
+    and leaves nothing behind."""
+    from dumper.dump import snapshot
+    from dumper.errors import NoSuchProcess
+
+    calls = []
+    orig = snapshot._Window._advance
+
+    def kill_at_second(self):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(self.snap.child, signal.SIGKILL)
+            time.sleep(0.05)
+        orig(self)
+
+    monkeypatch.setattr(snapshot._Window, "_advance", kill_at_second)
+    with pytest.raises(NoSuchProcess, match="snapshot process was killed"):
+        dump(writer.pid, tmp_path / "ck", copy="fork")
+    assert not (tmp_path / "ck").exists()
     _left_as_found(writer)
 
 
@@ -167,7 +235,7 @@ def test_pages_the_child_cannot_touch_are_read_through_proc_mem(spawn_target, tm
     t.command("mprotect dense none")
     a, n = t.regions["dense"]
     r = dump(t.pid, tmp_path / "ck", copy="fork", thaw="leave-stopped")
-    assert r.copy == "fork" and r.pages_unreadable == 0
+    assert r.copy == "fork" and r.pages_unreadable == 0 and r.copy_read == ("window" if window else "/proc/PID/mem")
     assert bool(rests) == window  # the child stopped short, and only there
     with open_checkpoint(tmp_path / "ck") as c:
         assert [c.read(t.pid, a + i * P, P)[:8] for i in range(n // P)] == [

@@ -148,7 +148,9 @@ def summary_lines(r, verbose: bool = False) -> list[str]:
     lines.append(f"  VMAs        {r.vmas}; contents skipped: "
                  + (", ".join(f"{n} ({why})" for why, n in r.vmas_skipped.items()) or "none"))
     if verbose:
-        lines.append(f"  copy        {r.copy}" + (f" ({r.copy_why})" if r.copy_why else ""))
+        lines.append(f"  copy        {r.copy}" + (f" ({r.copy_why})" if r.copy_why else "")
+                     + (f", read through {'the child' if r.copy_read == 'window' else r.copy_read}"
+                        if r.copy_read else ""))
         for vaddr, n in r.unreadable[:20]:
             lines.append(f"  unreadable  {vaddr:#x} +{plural(n, 'page')}")
         if len(r.unreadable) > 20:

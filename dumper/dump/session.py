@@ -197,6 +197,7 @@ class DumpResult:
     reap_ns: int = 0  # the second, short stop that reaps the snapshot child (fork), not in frozen_ns
     exited_after_thaw: bool = False  # the root exited while its snapshot was read (the checkpoint stands)
     copy_why: str = ""  # why the root's pages were copied frozen (``copy == "frozen"``)
+    copy_read: str = ""  # how a snapshot was read (fork): "window" (the child copied), "/proc/PID/mem"
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -888,6 +889,7 @@ class DumpSession:
             copy="fork" if any(p.snapshot is not None for p in self.processes) else "frozen",
             reap_ns=self.reap_ns, exited_after_thaw=root.pid in self.target_gone,
             copy_why=root.fork_why if root.snapshot is None and root.fork_why else "",
+            copy_read=root.snapshot.read_via if root.snapshot is not None else "",
         )
 
     # -- helpers ---------------------------------------------------------------

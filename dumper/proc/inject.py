@@ -249,7 +249,10 @@ class Injector:
                 ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
                 continue
             stopsig = os.WSTOPSIG(status)
-            if stopsig == signal.SIGTRAP or stopsig in faults:
+            # Ours only if the CPU raised it: a SIGTRAP or SIGSEGV someone sent
+            # with kill() (the process group's, one pending at the freeze) is
+            # held for after, like any other signal.
+            if (stopsig == signal.SIGTRAP or stopsig in faults) and _raised_by_the_cpu(self.tid):
                 break
             if stopsig in _FAULTS and _raised_by_the_cpu(self.tid):
                 regs = x86_64.user_regs_struct()

@@ -238,9 +238,8 @@ def open_window(ctx, child: int, size: int) -> tuple[int, int] | None:
                                memfd, 0)
             if base < 0:
                 return None
-    except KernelError as err:
-        if err.errno == errno.ESRCH:
-            raise NoSuchProcess(child, "the snapshot process was killed (out of memory?)") from err
+    except (KernelError, OSError) as err:
+        _raise_if_gone(child, err)
         raise
     _windows[child] = code
     return memfd, base
@@ -262,11 +261,17 @@ def copy_in_child(ctx, child: int, dst: int, desc: int, count: int) -> int:
             regs.orig_rax = 0xFFFFFFFFFFFFFFFF
             regs.eflags &= ~_EFLAGS_CLEAR
             done, _ = inj.run_code(regs, code + len(_COPY_LOOP), faults=frozenset({signal.SIGSEGV, signal.SIGBUS}))
-    except KernelError as err:
-        if err.errno == errno.ESRCH:
-            raise NoSuchProcess(child, "the snapshot process was killed (out of memory?)") from err
+    except (KernelError, OSError) as err:
+        _raise_if_gone(child, err)
         raise
     return done.rdi - dst
+
+
+def _raise_if_gone(child: int, err: OSError | KernelError) -> None:
+    """NoSuchProcess for a ptrace error that means ``child`` died (killed by
+    someone, or by the OOM killer) while we worked on it."""
+    if err.errno == errno.ESRCH:
+        raise NoSuchProcess(child, "the snapshot process was killed (out of memory?)") from err
 
 
 def memcg_headroom(pid: int) -> int | None:
