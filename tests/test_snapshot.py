@@ -114,14 +114,14 @@ def test_pages_written_while_the_child_is_read_stay_out_of_the_image(writer, tmp
 
     calls = []
     if read == "window":
-        orig = snapshot._Window._advance
+        orig = snapshot._Window._take_pending
 
         def slow(self):  # the copies outlast many sweeps
             calls.append(1)
             orig(self)
             time.sleep(0.05)
 
-        monkeypatch.setattr(snapshot._Window, "_advance", slow)
+        monkeypatch.setattr(snapshot._Window, "_take_pending", slow)
         least = N * P // snapshot.WINDOW_SLOT_BYTES
     else:
         monkeypatch.setattr(snapshot.ForkSnapshot, "use_window", False)
@@ -170,9 +170,9 @@ def test_signals_sent_to_the_process_group_do_not_break_the_dump(writer, tmp_pat
     from dumper.dump import snapshot
 
     rests = []
-    orig_rest, orig_advance = snapshot._Window._read_rest, snapshot._Window._advance
+    orig_rest, orig_take = snapshot._Window._read_rest, snapshot._Window._take_pending
     monkeypatch.setattr(snapshot._Window, "_read_rest", lambda self, *a: rests.append(1) or orig_rest(self, *a))
-    monkeypatch.setattr(snapshot._Window, "_advance", lambda self: (orig_advance(self), time.sleep(0.03)))
+    monkeypatch.setattr(snapshot._Window, "_take_pending", lambda self: (orig_take(self), time.sleep(0.03)))
     stop = threading.Event()
 
     def storm():
@@ -203,7 +203,7 @@ def test_the_snapshot_child_killed_during_the_read_is_said_so(writer, tmp_path, 
     from dumper.errors import NoSuchProcess
 
     calls = []
-    orig = snapshot._Window._advance
+    orig = snapshot._Window._take_pending
 
     def kill_at_second(self):
         calls.append(1)
@@ -212,7 +212,7 @@ def test_the_snapshot_child_killed_during_the_read_is_said_so(writer, tmp_path, 
             time.sleep(0.05)
         orig(self)
 
-    monkeypatch.setattr(snapshot._Window, "_advance", kill_at_second)
+    monkeypatch.setattr(snapshot._Window, "_take_pending", kill_at_second)
     with pytest.raises(NoSuchProcess, match="snapshot process was killed"):
         dump(writer.pid, tmp_path / "ck", copy="fork")
     assert not (tmp_path / "ck").exists()

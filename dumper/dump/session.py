@@ -747,7 +747,7 @@ class DumpSession:
                 p.fork_why = f"less than {AUTO_MIN_BYTES >> 20} MiB to copy"
                 continue
             try:
-                p.snapshot = ForkSnapshot.take(self.tracer, p.pid, forked)
+                p.snapshot = ForkSnapshot.take(self.tracer, p.pid, forked, self.opts.thaw)
             except SnapshotRefused as err:
                 p.fork_why = str(err)
                 continue

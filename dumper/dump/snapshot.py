@@ -76,9 +76,9 @@ _FORK_NS_PER_MIB = 35_000
 _COPY_NS_PER_MIB = 250_000
 
 
-#: The child copies runs into a window of this many slots of this many bytes:
-#: one slot copying while the writer compresses the others.
-WINDOW_SLOTS = 4
+#: The child copies runs into a window of this many slots of this many bytes
+#: (64 MiB): one slot copying while the writer compresses others, ahead.
+WINDOW_SLOTS = 8
 WINDOW_SLOT_BYTES = 8 << 20
 _SLOT_RUNS = WINDOW_SLOT_BYTES // PAGE_SIZE  # the most runs a slot can hold (a page each)
 _DESC_OFFSET = WINDOW_SLOTS * WINDOW_SLOT_BYTES  # the descriptors follow the slots
@@ -168,6 +168,8 @@ class _Window:
         while pos < end:
             if not self.ready:
                 self._advance()
+            elif not self.free.empty():
+                self._run_ahead()
             addr, n, view, slot = self.ready.popleft()
             if addr != pos or addr + n > end:
                 raise RuntimeError(f"snapshot run {start:#x}-{end:#x} asked out of order (have {addr:#x})")
@@ -183,11 +185,30 @@ class _Window:
 
     def _advance(self) -> None:
         """Wait for the copy under way (starting one if none is), queue its
-        pieces, and start the next."""
+        pieces, and run ahead."""
         if self.pending is None:
-            self._issue()
-        if self.pending is None:
-            raise RuntimeError("snapshot runs asked past the last one")
+            self._issue(block=True)
+            if self.pending is None:
+                raise RuntimeError("snapshot runs asked past the last one")
+        self._take_pending()
+        self._run_ahead()
+
+    def _run_ahead(self) -> None:
+        """Fill every free slot, leaving one copy under way while the writer
+        is fed: the sooner the last copy is done, the sooner the child goes
+        (its teardown, 40 ms per GiB here, then overlaps the compression of
+        what the window holds). The last copy is waited for at once."""
+        while self.run_i < len(self.runs) and not self.free.empty():
+            if self.pending is not None:
+                self._take_pending()
+            self._issue(block=False)
+        if self.run_i >= len(self.runs):
+            if self.pending is not None:
+                self._take_pending()
+            self.snap._all_read()
+
+    def _take_pending(self) -> None:
+        """Wait for the copy under way and queue its pieces."""
         result, slot, pieces = self.pending
         self.pending = None
         got = result()
@@ -198,15 +219,16 @@ class _Window:
         for addr, n in pieces:
             self.ready.append((addr, n, self.view[off:off + n], slot))
             off += n
-        self._issue()
-        if self.pending is None:
-            self.snap._all_read()
 
-    def _issue(self) -> None:
-        """Start the child copying the next slot's worth of runs."""
+    def _issue(self, *, block: bool) -> bool:
+        """Start the child copying the next slot's worth of runs, if any
+        (and, unless ``block``, if a slot is free now); whether it did."""
         if self.run_i >= len(self.runs):
-            return
-        slot = self.free.get()
+            return False
+        try:
+            slot = self.free.get(block=block)
+        except queue.Empty:
+            return False
         pieces, room = [], WINDOW_SLOT_BYTES
         while room and self.run_i < len(self.runs) and len(pieces) < _SLOT_RUNS:
             end = self.runs[self.run_i][1]
@@ -224,6 +246,7 @@ class _Window:
         result = snap._tracer.call_soon(copy_in_child, snap.child, self.base + slot * WINDOW_SLOT_BYTES,
                                         self.base + desc, len(pieces))
         self.pending = (result, slot, pieces)
+        return True
 
     def _read_rest(self, slot: int, pieces: list, got: int) -> None:
         """The child stopped at a page it could not read: the rest of the
@@ -271,10 +294,14 @@ class ForkSnapshot:
     #: /proc/CHILD/mem); tests turn it off to cover that path.
     use_window = True
 
+    _thaw: str = "resume"
+    _released: object = None  # the result of a release started early (call_soon)
+
     @classmethod
-    def take(cls, tracer, pid: int, runs: tuple) -> ForkSnapshot:
-        """Fork frozen ``pid`` (in the warden). SnapshotRefused: not done."""
-        return cls(pid, tracer.call(fork_snapshot, pid), runs, _tracer=tracer)
+    def take(cls, tracer, pid: int, runs: tuple, thaw: str = "resume") -> ForkSnapshot:
+        """Fork frozen ``pid`` (in the warden); ``thaw``: how the target goes
+        on after the reap. SnapshotRefused: not done."""
+        return cls(pid, tracer.call(fork_snapshot, pid), runs, _tracer=tracer, _thaw=thaw)
 
     @property
     def read_via(self) -> str:
@@ -331,9 +358,13 @@ class ForkSnapshot:
 
     def _all_read(self) -> None:
         """Every page is in the window: the child goes at once, so the kernel
-        tears its address space down while the last frames are compressed."""
+        tears its address space down (40 ms per GiB here) and the warden
+        reaps it while the last frames are compressed, not after."""
+        if self._released is not None:
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.child, signal.SIGKILL)  # still our tracee until reaped: the pid is its own
+        self._released = self._tracer.call_soon(release_snapshot, self.pid, self.child, self._thaw)
 
     def _read_fully(self, view: memoryview, addr: int) -> None:
         """``view`` from /proc/CHILD/mem at ``addr``; a page it cannot read
@@ -433,5 +464,7 @@ class ForkSnapshot:
         if not self.child:
             return 0
         child, self.child = self.child, 0
+        if self._released is not None:  # started by _all_read (the same thaw mode)
+            return self._released()
         return tracer.call(release_snapshot, self.pid, child, thaw)
 
