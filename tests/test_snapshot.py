@@ -195,6 +195,81 @@ def test_signals_sent_to_the_process_group_do_not_break_the_dump(writer, tmp_pat
     _left_as_found(writer)
 
 
+SIGTRAP_BLOCKED = textwrap.dedent("""
+    import signal, sys, time
+    data = bytearray(80 << 20)
+    data[::4096] = b"x" * (len(data) // 4096)
+    signal.signal(signal.SIGTRAP, lambda *a: print("trapped", flush=True))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTRAP})
+    print("READY", flush=True)
+    sys.stdin.readline()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTRAP})
+    time.sleep(5)
+""")
+
+
+def _sig_bits(pid: int) -> tuple[int, int]:
+    return int(_status(pid, "SigBlk"), 16), int(_status(pid, "SigCgt"), 16)
+
+
+@pytest.mark.parametrize("copy", ["fork", "frozen"])
+def test_a_blocked_sigtrap_keeps_its_handler(tmp_path, copy):
+    """Our traps (single-step, int3) are forced signals: with SIGTRAP
+    blocked, the kernel unblocked it and reset its handler to SIG_DFL for
+    good, so the next SIGTRAP killed the process (a trial). SIGTRAP is now
+    unblocked while we inject and the mask put back: the process keeps its
+    handler and its mask."""
+    p = subprocess.Popen([sys.executable, "-c", SIGTRAP_BLOCKED], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "READY"
+        bit = 1 << (signal.SIGTRAP - 1)
+        before = _sig_bits(p.pid)
+        assert before[0] & bit and before[1] & bit
+        r = dump(p.pid, tmp_path / "ck", copy=copy)
+        assert r.copy == copy
+        assert _sig_bits(p.pid) == before
+        os.kill(p.pid, signal.SIGTRAP)  # pending while blocked, handled once unblocked
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "trapped"
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_sigstop_and_sigcont_during_the_dump(writer, tmp_path):
+    """A process throttled with SIGSTOP/SIGCONT (cpulimit) while it is
+    dumped: an injected syscall the stop interrupted is rewound for a
+    restart (or never ran) and reported at its first byte; it is stepped
+    again, not taken for a failure (a trial: every dump failed, and the
+    failed one left its snapshot child a zombie)."""
+    import threading
+
+    stop = threading.Event()
+
+    def throttle():
+        while not stop.is_set():
+            os.kill(writer.pid, signal.SIGSTOP)
+            time.sleep(0.003)
+            os.kill(writer.pid, signal.SIGCONT)
+            time.sleep(0.005)
+
+    th = threading.Thread(target=throttle)
+    th.start()
+    try:
+        for copy in ("fork", "frozen"):
+            r = dump(writer.pid, tmp_path / copy, copy=copy)
+            assert r.copy == copy and r.pages_unreadable == 0
+    finally:
+        stop.set()
+        th.join()
+        os.kill(writer.pid, signal.SIGCONT)
+    time.sleep(0.1)
+    _left_as_found(writer)
+
+
 def test_the_snapshot_child_killed_during_the_read_is_said_so(writer, tmp_path, monkeypatch):
     """Someone kills the snapshot child while it copies (kill -9, the OOM
     killer): the dump fails saying so, not with a ptrace error (a trial),

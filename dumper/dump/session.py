@@ -959,8 +959,9 @@ class DumpSession:
         stopped = snap.release(self.tracer, self.opts.thaw)
         if stopped is None:
             self.target_gone.add(p.pid)
-            self.notes.append(f"pid {p.pid} exited while its pages were read from its snapshot (killed? see the "
-                              "kernel log for an OOM kill): the checkpoint holds it as it was at the freeze")
+            self.notes.append(f"pid {p.pid} exited while its pages were read from its snapshot (if it was killed, "
+                              "the kernel log says whether by the OOM killer): the checkpoint holds it as it was "
+                              "at the freeze")
         else:
             self.reap_ns += stopped
         ext = Extents.concat([p.extents, snap.extents])

@@ -220,6 +220,7 @@ PTRACE_GET_THREAD_AREA = 25  # arch/x86: one GDT TLS entry, addr = entry number
 PTRACE_GETREGSET = 0x4204  # 2.6.34: addr = NT_* note type, data = struct iovec
 PTRACE_PEEKSIGINFO = 0x4209  # 3.10
 PTRACE_GETSIGMASK = 0x420A  # 3.11
+PTRACE_SETSIGMASK = 0x420B  # 3.11
 PTRACE_SECCOMP_GET_FILTER = 0x420C  # 4.4, CAP_SYS_ADMIN
 PTRACE_GET_RSEQ_CONFIGURATION = 0x420F  # 5.13
 PTRACE_PEEKSIGINFO_SHARED = 1 << 0
@@ -285,6 +286,13 @@ def getsigmask(tid: int) -> int:
     mask = ctypes.c_uint64()
     _ptrace(PTRACE_GETSIGMASK, "PTRACE_GETSIGMASK", tid, ctypes.sizeof(mask), ctypes.addressof(mask))
     return mask.value
+
+
+def setsigmask(tid: int, mask: int) -> None:
+    """PTRACE_SETSIGMASK: set the stopped thread's blocked signals (as
+    :func:`getsigmask` returns them; SIGKILL and SIGSTOP are dropped by the kernel)."""
+    value = ctypes.c_uint64(mask)
+    _ptrace(PTRACE_SETSIGMASK, "PTRACE_SETSIGMASK", tid, ctypes.sizeof(value), ctypes.addressof(value))
 
 
 def peeksiginfo(tid: int, *, shared: bool, batch: int = 32) -> list[bytes]:

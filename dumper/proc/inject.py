@@ -136,6 +136,7 @@ class Injector:
         _check_64bit(self.tid, self.saved)
         self.signals: list[int] = []
         self.new_tasks: list[int] = []  # pids of tasks the injected calls created (PTRACE_EVENT_CLONE/FORK)
+        self._sigmask: int | None = None  # the mask to put back, when SIGTRAP was blocked
         self._dirty = False
         self._running = False  # a syscall_start() not waited for yet
 
@@ -156,6 +157,7 @@ class Injector:
         ptrace.getregs(tid, self.saved)
         _check_64bit(tid, self.saved)
         self.signals, self.new_tasks = [], []
+        self._sigmask = None
         self._dirty = self._running = False
         return self
 
@@ -166,7 +168,7 @@ class Injector:
         could not touch), the registers at that instruction and the signal,
         which is not delivered. KernelError if it stopped anywhere else."""
         self._resume(regs, ptrace.PTRACE_CONT)
-        return self._wait_for_trap(ptrace.PTRACE_CONT, end, "injected code", faults=faults)
+        return self._wait_for_trap(ptrace.PTRACE_CONT, end, "injected code", faults=faults, again_at=regs.rip)
 
     def syscall(self, nr: int, *args: int) -> int:
         """Run syscall ``nr(args)`` in the target; returns its raw result
@@ -188,7 +190,7 @@ class Injector:
         """The raw result of the call :meth:`syscall_start` started."""
         self._running = False
         done, _ = self._wait_for_trap(ptrace.PTRACE_SINGLESTEP, self.insn + len(x86_64.SYSCALL_INSN),
-                                      "injected syscall")
+                                      "injected syscall", again_at=self.insn)
         return x86_64.syscall_result(done)
 
     def syscalls(self, calls: Sequence[tuple[int, Sequence[int]]], *, code: int | None = None,
@@ -229,15 +231,38 @@ class Injector:
         for after (not delivered into the injected code). KernelError unless
         the thread stopped at ``end``."""
         self._resume(regs, request)
-        return self._wait_for_trap(request, end, what)[0]
+        return self._wait_for_trap(request, end, what, again_at=regs.rip)[0]
 
     def _resume(self, regs, request: int) -> None:
+        if not self._dirty:
+            self._unblock_sigtrap()
         self._dirty = True
         ptrace.setregs(self.tid, regs)
         ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
 
-    def _wait_for_trap(self, request: int, end: int, what: str, *, faults: frozenset[int] = frozenset()):
+    def _unblock_sigtrap(self) -> None:
+        """Our traps (the single-step's, the ``int3``'s) are forced signals:
+        with SIGTRAP blocked, the kernel would unblock it and reset its
+        handler to SIG_DFL for good (kernel/signal.c force_sig_info_to_task),
+        and the process would die of the next one. So it is unblocked while
+        we run, and the mask put back by :meth:`restore` (as CRIU's compel
+        does). An ignored SIGTRAP is reset all the same: README, Known limits."""
+        mask = ptrace.getsigmask(self.tid)
+        bit = 1 << (signal.SIGTRAP - 1)
+        if mask & bit:
+            ptrace.setsigmask(self.tid, mask & ~bit)
+            self._sigmask = mask
+
+    def _wait_for_trap(self, request: int, end: int, what: str, *, faults: frozenset[int] = frozenset(),
+                       again_at: int | None = None):
+        """Wait for the trap that ends what runs (at ``end``), holding other
+        signals. ``again_at``: where the code starts; a trap there means it
+        did not run (a trap left pending by a stop: a SIGSTOP or SIGCONT came
+        meanwhile), or a single-stepped syscall ran and was rewound for a
+        restart (kernel/fork.c returns ERESTARTNOINTR with a signal pending):
+        it is resumed again."""
         stopsig = 0
+        retries = 0
         while True:
             _, status = os.waitpid(self.tid, ptrace.WALL)
             if not os.WIFSTOPPED(status):
@@ -253,6 +278,13 @@ class Injector:
             # with kill() (the process group's, one pending at the freeze) is
             # held for after, like any other signal.
             if (stopsig == signal.SIGTRAP or stopsig in faults) and _raised_by_the_cpu(self.tid):
+                if stopsig == signal.SIGTRAP and again_at is not None and retries < 1000:
+                    at = x86_64.user_regs_struct()
+                    ptrace.getregs(self.tid, at)
+                    if at.rip == again_at:
+                        retries += 1
+                        ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
+                        continue
                 break
             if stopsig in _FAULTS and _raised_by_the_cpu(self.tid):
                 regs = x86_64.user_regs_struct()
@@ -276,6 +308,9 @@ class Injector:
         if self._dirty:
             ptrace.setregs(self.tid, self.saved)
             self._dirty = False
+        if self._sigmask is not None:
+            ptrace.setsigmask(self.tid, self._sigmask)
+            self._sigmask = None
         for sig in self.signals if self.freezer is not None else ():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.freezer.pid, sig)
