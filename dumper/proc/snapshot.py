@@ -8,12 +8,13 @@ copy-on-write: fork copies page tables, not pages; kernel/fork.c
 once; the pages are read from the child afterwards, and the child is
 killed. Redis saves its dataset this way (BGSAVE).
 
-How, without code of ours running in either process:
+How, without code of ours running in the target:
 
 * the fork is one ``clone(2)`` injected into the target's main thread
   (:mod:`dumper.proc.inject`) with PTRACE_O_TRACECLONE set for it, so the
   kernel attaches the child to the warden before it runs a single
-  instruction (ptrace(2), "automatically attached"); it never runs;
+  instruction (ptrace(2), "automatically attached"); it never runs the
+  target's code, only our copy loop (below);
 * flags ``CLONE_FILES``: the child shares the descriptor table (a
   descriptor the target closes is closed, whatever the child holds). Not
   CLONE_FS: a shared fs_struct makes the target's setns(CLONE_NEWNS) and
