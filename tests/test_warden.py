@@ -632,6 +632,39 @@ threading.Thread.start = start
 """
 
 
+# Before any handler of ours: the command installs the hook first thing,
+# while Python's own SIGINT handler still runs (the modules load).
+EARLY = r"""
+import os, signal, sys, time
+from dumper import interrupts
+interrupts.install()
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+
+try:
+    Finalized()
+    for _ in range(1000):
+        time.sleep(0.01)
+    print("not interrupted", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_a_signal_dropped_while_the_modules_load_is_delivered_again():
+    """The 100-round interrupt test caught a Ctrl-C that landed in an
+    import's module-lock callback before the dump's handlers were in place:
+    "Exception ignored", and the dump went on. The command now installs the
+    resending hook before it loads anything."""
+    r = subprocess.run([sys.executable, "-c", EARLY], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+    assert r.stdout == "interrupted\n", (r.stdout, r.stderr)
+    assert "Exception ignored" not in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("slow", [False, True], ids=["plain", "hook-descheduled"])
 def test_a_signal_dropped_in_a_finalizer_is_delivered_again(slow):
     """A Ctrl-C that lands in a finalizer or a weakref callback (an import's

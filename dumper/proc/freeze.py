@@ -51,6 +51,7 @@ import time
 from typing import Iterator
 
 from ..errors import AccessDenied, FreezeTimeout, KernelError, NoSuchProcess, ProcessError, RefusedTarget
+from .. import interrupts
 from ..kernel import ptrace
 from .process import Process
 
@@ -84,7 +85,6 @@ class _Gone(Exception):
 
 _critical = 0  # > 0 while a Freezer detaches/kills: termination waits
 _deferred: list[int] = []
-_in_hook = 0  # > 0 while _redeliver_termination runs
 
 
 def _raise_for(signum: int) -> None:
@@ -94,7 +94,7 @@ def _raise_for(signum: int) -> None:
 
 
 def _on_termination(signum: int, frame) -> None:
-    if _in_hook:
+    if interrupts.in_hook():
         return  # raised here it would be dropped again: the hook's resend thread sends it after
     if _critical:
         _deferred.append(signum)
@@ -136,7 +136,7 @@ def raise_on_termination(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     """
     old = {s: signal.signal(s, _on_termination) for s in signals if signal.getsignal(s) is not signal.SIG_IGN}
     global _previous_hook
-    _previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver_termination
+    _previous_hook = interrupts.install()
     try:
         yield
     finally:
@@ -146,34 +146,6 @@ def raise_on_termination(signals=(signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
 
 
 _previous_hook = sys.unraisablehook
-
-
-def _redeliver_termination(unraisable) -> None:
-    """A termination signal whose exception landed in a finalizer or a weakref
-    callback (an import's module-lock callback, a ``__del__``), where Python
-    prints it and drops it: the dumper would go on as if never asked to stop.
-    Send the signal again a moment later, when ordinary code runs."""
-    exc = unraisable.exc_value
-    signum = signal.SIGINT if isinstance(exc, KeyboardInterrupt) else (
-        exc.code - 128 if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128 else 0)
-    if not signum:
-        _previous_hook(unraisable)
-        return
-    global _in_hook
-    _in_hook += 1
-    try:
-        threading.Thread(target=_resend, args=(signum,), name="dumper-resend", daemon=True).start()
-    finally:
-        _in_hook -= 1
-
-
-def _resend(signum: int) -> None:
-    # Never while the hook still runs (starting this thread waits for it to
-    # run: on a loaded machine the signal landed there and was lost again).
-    time.sleep(0.001)
-    while _in_hook:
-        time.sleep(0.001)
-    os.kill(os.getpid(), signum)
 
 
 # -- helpers -----------------------------------------------------------------
