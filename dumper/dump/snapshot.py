@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import DumpError, KernelError, NoSuchProcess, UnsupportedKernel
+from ..image.writer import read_whole
 from ..kernel.libc import PAGE_SIZE
 from ..kernel.pidfd import pidfd_getfd, pidfd_open
 from ..kernel.x86_64 import ARCH
@@ -369,13 +370,7 @@ class ForkSnapshot:
     def _read_fully(self, view: memoryview, addr: int) -> None:
         """``view`` from /proc/CHILD/mem at ``addr``; a page it cannot read
         becomes zeros, recorded in ``unreadable``."""
-        got = 0
-        while got < len(view):
-            got += self._pread(view[got:], addr + got)
-            if got < len(view):
-                view[got:got + PAGE_SIZE] = bytes(PAGE_SIZE)
-                self._bad.append(addr + got)
-                got += PAGE_SIZE
+        read_whole(self._pread, view, addr, PAGE_SIZE, self._bad.append)
 
     def readinto(self, view: memoryview, addr: int) -> int:
         """Fill ``view`` with the child's memory at ``addr``; bytes got (short:

@@ -52,6 +52,7 @@ __all__ = [
     "PagesWriterStats",
     "vma_entry_from",
     "fill_required",
+    "read_whole",
 ]
 
 _U64_LIMIT = 1 << 64
@@ -443,7 +444,7 @@ class PagesWriter:
             raw = self._raw_buffer()
             for pos in range(0, n, len(raw)):
                 view = memoryview(raw)[: min(len(raw), n - pos)]
-                _read_whole(readinto, view, vaddr + pos, ps, unreadable)
+                read_whole(readinto, view, vaddr + pos, ps, unreadable)
                 self._write(view)
                 self._crc[-1] = zlib.crc32(view, self._crc[-1])
                 if self._progress is not None:
@@ -452,7 +453,7 @@ class PagesWriter:
         fb, pos = self._frame_bytes, 0
         if self._fill % fb:  # finish the frame under way, here
             k = min(n, fb - self._fill % fb)
-            _read_whole(readinto, memoryview(self._cur)[self._fill : self._fill + k], vaddr, ps, unreadable)
+            read_whole(readinto, memoryview(self._cur)[self._fill : self._fill + k], vaddr, ps, unreadable)
             self._fill += k
             pos = k
             if self._fill == len(self._cur):
@@ -467,7 +468,7 @@ class PagesWriter:
                 if self._error is not None:
                     raise self._error
         if pos < n:  # the tail, less than a frame, starts the next one
-            _read_whole(readinto, memoryview(self._cur)[self._fill : self._fill + n - pos], vaddr + pos, ps,
+            read_whole(readinto, memoryview(self._cur)[self._fill : self._fill + n - pos], vaddr + pos, ps,
                         unreadable)
             self._fill += n - pos
 
@@ -478,14 +479,14 @@ class PagesWriter:
         return self._raw_buf
 
     def _read_compress(self, readinto, addr: int, nbytes: int, unreadable) -> tuple[list[bytes], int]:
-        """Worker: ``nbytes`` (whole frames) at ``addr`` read frame by frame
-        into this thread's buffer and compressed."""
+        """Worker: ``nbytes`` (whole frames, at most a batch) at ``addr`` read
+        into this thread's buffer in one go and compressed frame by frame."""
         buf = getattr(self._tls, "rbuf", None)
         if buf is None:
             buf = self._tls.rbuf = aligned_buffer(self._batch_bytes)
         # One read for the batch: every call drops and retakes the GIL, which
         # four threads contend for (the batch, 2 MiB, stays in the core's cache).
-        _read_whole(readinto, buf[:nbytes], addr, self.page_size, unreadable)
+        read_whole(readinto, buf[:nbytes], addr, self.page_size, unreadable)
         return self._compress(buf[:nbytes])
 
     def add_parent(self, vaddr: int, nr_pages: int) -> None:
@@ -725,9 +726,10 @@ def _after(views: list, n: int) -> list:
     return out
 
 
-def _read_whole(readinto, view: memoryview, addr: int, page_size: int, unreadable) -> None:
-    """Fill ``view`` from ``addr`` with ``readinto``; a page it cannot read
-    becomes zeros and is passed to ``unreadable``."""
+def read_whole(readinto, view: memoryview, addr: int, page_size: int, unreadable) -> None:
+    """Fill ``view`` from ``addr`` with ``readinto`` (``readinto(view, addr)``
+    -> bytes got, short before a page it cannot read); such a page becomes
+    zeros and its address is passed to ``unreadable``."""
     got = 0
     while got < len(view):
         k = readinto(view[got:], addr + got)

@@ -101,11 +101,6 @@ def _find_syscall_insn(freezer: Freezer) -> int:
     raise UnsupportedKernel("syscall injection", "no syscall instruction found in the target's [vdso]")
 
 
-def _check_64bit(tid: int, regs) -> None:
-    if regs.cs != x86_64.USER_CS:
-        raise UnsupportedKernel("syscall injection", f"thread {tid} runs 32-bit code (code segment {regs.cs:#x})")
-
-
 def _raised_by_the_cpu(tid: int) -> bool:
     """Whether the signal ``tid`` is stopped with came from an instruction
     (si_code > 0: SEGV_MAPERR, BUS_ADRERR...), not from kill() or a queue."""
@@ -129,11 +124,17 @@ class Injector:
         if not freezer.frozen:
             raise RuntimeError("the process must be frozen first")
         self.freezer = freezer
-        self.tid = tid or freezer.main_tid
-        self.insn = _find_syscall_insn(freezer)
+        self._attach(tid or freezer.main_tid, _find_syscall_insn(freezer))
+
+    def _attach(self, tid: int, insn: int) -> None:
+        """Save ``tid``'s registers (it must run 64-bit code) and start clean."""
+        self.tid = tid
+        self.insn = insn
         self.saved = x86_64.user_regs_struct()
-        ptrace.getregs(self.tid, self.saved)
-        _check_64bit(self.tid, self.saved)
+        ptrace.getregs(tid, self.saved)
+        if self.saved.cs != x86_64.USER_CS:
+            raise UnsupportedKernel("syscall injection", f"thread {tid} runs 32-bit code (code segment "
+                                    f"{self.saved.cs:#x})")
         self.signals: list[int] = []
         self.new_tasks: list[int] = []  # pids of tasks the injected calls created (PTRACE_EVENT_CLONE/FORK)
         self._sigmask: int | None = None  # the mask to put back, when SIGTRAP was blocked
@@ -151,14 +152,7 @@ class Injector:
             raise UnsupportedKernel("syscall injection", f"only x86_64 is supported, not {x86_64.ARCH}")
         self = cls.__new__(cls)
         self.freezer = None
-        self.tid = tid
-        self.insn = insn
-        self.saved = x86_64.user_regs_struct()
-        ptrace.getregs(tid, self.saved)
-        _check_64bit(tid, self.saved)
-        self.signals, self.new_tasks = [], []
-        self._sigmask = None
-        self._dirty = self._running = False
+        self._attach(tid, insn)
         return self
 
     def run_code(self, regs, end: int, *, faults: frozenset[int] = frozenset()) -> tuple[object, int]:
@@ -277,7 +271,9 @@ class Injector:
             # Ours only if the CPU raised it: a SIGTRAP or SIGSEGV someone sent
             # with kill() (the process group's, one pending at the freeze) is
             # held for after, like any other signal.
-            if (stopsig == signal.SIGTRAP or stopsig in faults) and _raised_by_the_cpu(self.tid):
+            by_cpu = (stopsig == signal.SIGTRAP or stopsig in faults or stopsig in _FAULTS) and \
+                _raised_by_the_cpu(self.tid)
+            if by_cpu and (stopsig == signal.SIGTRAP or stopsig in faults):
                 if stopsig == signal.SIGTRAP and again_at is not None and retries < 1000:
                     at = x86_64.user_regs_struct()
                     ptrace.getregs(self.tid, at)
@@ -286,7 +282,7 @@ class Injector:
                         ptrace._ptrace(request, _REQUEST_NAMES[request], self.tid, None, 0)
                         continue
                 break
-            if stopsig in _FAULTS and _raised_by_the_cpu(self.tid):
+            if by_cpu:  # a fault of the injected code: resumed, it would fault again
                 regs = x86_64.user_regs_struct()
                 ptrace.getregs(self.tid, regs)
                 raise KernelError(errno.EFAULT, what, f"thread {self.tid} got {signal.Signals(stopsig).name} at "
